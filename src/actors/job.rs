@@ -1,0 +1,631 @@
+//! `JobActor`: one processing job of one video — validate, plan, dispatch, retry, finalize.
+//!
+//! Supervised by its `VideoActor`, which restarts it after a crash. A job keeps nothing that
+//! matters in memory: on every start it reads the record and lists the outputs already in the
+//! object store, and dispatches only the renditions that are missing. So a restarted job, or a
+//! job on a restarted node, finishes the work without repeating what was done (design brief
+//! section 5, "Recovery").
+//!
+//! Steps:
+//! 1. Validate (once per video): sniff the first bytes, then ffprobe (`media::probe`). An invalid
+//!    source fails the video at once, never retried.
+//! 2. Plan the ladder (`media::ladder::plan`); tell the `VideoActor` (it stores the plan).
+//! 3. One task per rendition whose media playlist does not exist yet; hand them to the pool.
+//! 4. Track attempts. Transient failures retry after exponential backoff up to `max_attempts`;
+//!    permanent ones fail the video at once. A running task that reports no progress for
+//!    `stuck_after_seconds` is reclaimed: cancelled on its worker and retried.
+//! 5. Finalize: write the multivariant playlist (the commit point of `ready`), then report
+//!    ready. Reports about attempts other than the current one are stale and ignored, so a late
+//!    answer from a reclaimed attempt changes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::actors::video::VideoMsg;
+use crate::actors::worker_pool::PoolMsg;
+use crate::actors::{Assignment, Ctx, TaskFailure, TaskSpec};
+use crate::media::ladder::{self, Rendition};
+use crate::media::playlist::{self, RenditionOutput};
+use crate::media::probe::{self, ProbeError, SourceInfo};
+use crate::media::sniff::{self, Sniff};
+use crate::storage::events::NewEvent;
+use crate::storage::keys;
+
+/// The job actor.
+pub struct JobActor;
+
+/// Startup arguments. The pool and the video actor are passed in, so a test can put probe
+/// actors in their place.
+pub struct JobArgs {
+    /// Node context.
+    pub ctx: Ctx,
+    /// The video to process.
+    pub video_id: String,
+    /// Where tasks go.
+    pub pool: ActorRef<PoolMsg>,
+    /// Whom to report plan, progress and the outcome to.
+    pub video: ActorRef<VideoMsg>,
+}
+
+/// Messages.
+pub enum JobMsg {
+    /// Begin or resume (sent to itself at start).
+    Start,
+    /// Internal: validation finished.
+    Validated(Result<SourceInfo, ProbeError>),
+    /// A worker began an attempt (starts the stuck-task clock).
+    TaskStarted {
+        /// Task key (rendition name).
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// Node the worker runs on.
+        node: String,
+    },
+    /// Seconds of output an attempt has written so far.
+    Progress {
+        /// Task key.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// Output written so far, seconds.
+        seconds: f64,
+    },
+    /// An attempt ended.
+    TaskFinished {
+        /// Task key.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// The rendition's outputs, or why it failed.
+        result: Box<Result<RenditionOutput, TaskFailure>>,
+    },
+    /// Internal: a backoff delay ran out; dispatch the next attempt.
+    RetryDue {
+        /// Task key.
+        task: String,
+    },
+    /// Internal: periodic check for stuck tasks.
+    Tick,
+    /// Observe the job.
+    Snapshot(RpcReplyPort<JobSnapshot>),
+    /// Fault injection for tests and `examples/`: panic in the handler, as a bug would.
+    InjectPanic,
+}
+impl ractor::Message for JobMsg {}
+
+/// Where one task stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskStatus {
+    /// In the pool's queue.
+    Queued,
+    /// On a worker.
+    Running {
+        /// Output written, seconds.
+        seconds: f64,
+    },
+    /// Waiting for its backoff delay.
+    WaitingRetry,
+    /// Outputs stored.
+    Done,
+}
+
+/// One task as seen in a [`JobSnapshot`].
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    /// Task key (rendition name).
+    pub task: String,
+    /// Current attempt.
+    pub attempt: u32,
+    /// Status.
+    pub status: TaskStatus,
+}
+
+/// What the job is doing.
+#[derive(Debug, Clone)]
+pub struct JobSnapshot {
+    /// Whether validation has passed.
+    pub validated: bool,
+    /// Tasks by rendition, in ladder order.
+    pub tasks: Vec<TaskView>,
+    /// Renditions found already done at start (resumed, not redone).
+    pub resumed: Vec<String>,
+}
+
+struct Task {
+    spec: TaskSpec,
+    attempt: u32,
+    status: TaskStatus,
+    last_heard: Instant,
+    output: Option<RenditionOutput>,
+}
+
+/// State.
+pub struct JobState {
+    ctx: Ctx,
+    video_id: String,
+    pool: ActorRef<PoolMsg>,
+    video: ActorRef<VideoMsg>,
+    source: Option<SourceInfo>,
+    order: Vec<String>,
+    tasks: BTreeMap<String, Task>,
+    resumed: Vec<String>,
+    finished: bool,
+}
+
+impl JobState {
+    fn progress(&self) -> f64 {
+        let Some(src) = &self.source else { return 0.0 };
+        if self.tasks.is_empty() {
+            return 0.0;
+        }
+        let sum: f64 = self
+            .tasks
+            .values()
+            .map(|t| match t.status {
+                TaskStatus::Done => 1.0,
+                TaskStatus::Running { seconds } => (seconds / src.duration_seconds).min(0.99),
+                _ => 0.0,
+            })
+            .sum();
+        // Validation counts as the first 5 %.
+        0.05 + 0.95 * sum / self.tasks.len() as f64
+    }
+
+    async fn event(&self, e: NewEvent) {
+        self.ctx.events.append(e).await;
+    }
+}
+
+async fn validate(ctx: Ctx, video_id: String) -> Result<SourceInfo, ProbeError> {
+    let path = ctx
+        .storage
+        .source_path(&video_id, &ctx.scratch_dir)
+        .await
+        .map_err(|e| ProbeError::Tool(format!("cannot read the source: {e}")))?;
+    let mut head = vec![0u8; sniff::SNIFF_BYTES];
+    let n = {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| ProbeError::Tool(e.to_string()))?;
+        let mut n = 0;
+        loop {
+            let k = f
+                .read(&mut head[n..])
+                .await
+                .map_err(|e| ProbeError::Tool(e.to_string()))?;
+            if k == 0 || n + k == head.len() {
+                break n + k;
+            }
+            n += k;
+        }
+    };
+    if let Sniff::NotVideo(reason) = sniff::sniff(&head[..n], n < head.len()) {
+        return Err(ProbeError::Invalid(reason));
+    }
+    probe::probe(&path, Duration::from_secs(300)).await
+}
+
+impl JobActor {
+    async fn fail(
+        &self,
+        myself: &ActorRef<JobMsg>,
+        state: &mut JobState,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        state.finished = true;
+        for (name, t) in &state.tasks {
+            if matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }) {
+                let _ = state.pool.cast(PoolMsg::Cancel {
+                    video_id: state.video_id.clone(),
+                    task: name.clone(),
+                    attempt: t.attempt,
+                });
+            }
+        }
+        state
+            .event(NewEvent::video(&state.video_id, "job_failed").detail(reason.clone()))
+            .await;
+        let _ = state.video.cast(VideoMsg::JobFailed { reason });
+        myself.stop(None);
+        Ok(())
+    }
+
+    fn dispatch(myself: &ActorRef<JobMsg>, state: &mut JobState, task: &str) {
+        let Some(t) = state.tasks.get_mut(task) else {
+            return;
+        };
+        t.status = TaskStatus::Queued;
+        t.last_heard = Instant::now();
+        let _ = state.pool.cast(PoolMsg::Submit(Assignment {
+            task: t.spec.clone(),
+            attempt: t.attempt,
+            job: myself.clone(),
+        }));
+    }
+
+    /// Plan, look for outputs already stored, dispatch what is missing.
+    async fn plan(
+        &self,
+        myself: &ActorRef<JobMsg>,
+        state: &mut JobState,
+        source: SourceInfo,
+    ) -> Result<(), ActorProcessingErr> {
+        let renditions: Vec<Rendition> = ladder::plan(&state.ctx.processing.ladder, &source);
+        let _ = state.video.cast(VideoMsg::Planned {
+            source: source.clone(),
+            renditions: renditions.clone(),
+        });
+        state.source = Some(source.clone());
+        for r in &renditions {
+            let spec = TaskSpec {
+                video_id: state.video_id.clone(),
+                rendition: r.clone(),
+                has_audio: source.has_audio,
+                duration_seconds: source.duration_seconds,
+                frame_rate: source.frame_rate,
+            };
+            let done_key =
+                keys::rendition_file(&state.video_id, &r.name, playlist::MEDIA_PLAYLIST_NAME);
+            let output = if state.ctx.storage.exists(&done_key).await? {
+                state
+                    .ctx
+                    .storage
+                    .get_json::<RenditionOutput>(&keys::rendition_info(&state.video_id, &r.name))
+                    .await?
+            } else {
+                None
+            };
+            let done = output.is_some();
+            state.order.push(r.name.clone());
+            state.tasks.insert(
+                r.name.clone(),
+                Task {
+                    spec,
+                    attempt: 1,
+                    status: if done {
+                        TaskStatus::Done
+                    } else {
+                        TaskStatus::Queued
+                    },
+                    last_heard: Instant::now(),
+                    output,
+                },
+            );
+            if done {
+                state.resumed.push(r.name.clone());
+                state
+                    .event(
+                        NewEvent::video(&state.video_id, "task_skipped")
+                            .task(&r.name, 0)
+                            .detail("outputs already stored"),
+                    )
+                    .await;
+            }
+        }
+        let pending: Vec<String> = state
+            .order
+            .iter()
+            .filter(|n| state.tasks[*n].status != TaskStatus::Done)
+            .cloned()
+            .collect();
+        for name in pending {
+            state
+                .event(NewEvent::video(&state.video_id, "task_dispatched").task(&name, 1))
+                .await;
+            Self::dispatch(myself, state, &name);
+        }
+        self.maybe_finalize(myself, state).await
+    }
+
+    async fn maybe_finalize(
+        &self,
+        myself: &ActorRef<JobMsg>,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.finished || state.tasks.values().any(|t| t.status != TaskStatus::Done) {
+            return Ok(());
+        }
+        let outputs: Vec<RenditionOutput> = state
+            .order
+            .iter()
+            .filter_map(|n| state.tasks[n].output.clone())
+            .collect();
+        let master = playlist::multivariant_playlist(&outputs);
+        // The commit point: nothing streams before this object exists.
+        state
+            .ctx
+            .storage
+            .put(&keys::multivariant(&state.video_id), Bytes::from(master))
+            .await?;
+        state.finished = true;
+        state
+            .event(NewEvent::video(&state.video_id, "job_finalized").outcome("ok"))
+            .await;
+        let _ = state.video.cast(VideoMsg::JobReady { outputs });
+        myself.stop(None);
+        Ok(())
+    }
+
+    async fn task_failed(
+        &self,
+        myself: &ActorRef<JobMsg>,
+        state: &mut JobState,
+        task: &str,
+        failure: TaskFailure,
+    ) -> Result<(), ActorProcessingErr> {
+        let max = state.ctx.processing.max_attempts;
+        let Some(t) = state.tasks.get_mut(task) else {
+            return Ok(());
+        };
+        let attempt = t.attempt;
+        let outcome = if failure.permanent {
+            "permanent"
+        } else {
+            "transient"
+        };
+        state
+            .event(
+                NewEvent::video(&state.video_id, "task_failed")
+                    .task(task, attempt)
+                    .outcome(outcome)
+                    .detail(failure.message.clone()),
+            )
+            .await;
+        if failure.permanent {
+            return self.fail(myself, state, failure.message).await;
+        }
+        if attempt >= max {
+            let reason = format!(
+                "processing rendition {task} failed {attempt} times; last error: {}",
+                failure.message
+            );
+            return self.fail(myself, state, reason).await;
+        }
+        let delay = state.ctx.processing.backoff(attempt);
+        if let Some(t) = state.tasks.get_mut(task) {
+            t.status = TaskStatus::WaitingRetry;
+        }
+        state
+            .event(
+                NewEvent::video(&state.video_id, "task_retry_scheduled")
+                    .task(task, attempt + 1)
+                    .detail(format!("after {} ms", delay.as_millis())),
+            )
+            .await;
+        myself.send_after(delay, {
+            let task = task.to_string();
+            move || JobMsg::RetryDue { task }
+        });
+        Ok(())
+    }
+}
+
+impl Actor for JobActor {
+    type Msg = JobMsg;
+    type State = JobState;
+    type Arguments = JobArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<JobMsg>,
+        args: JobArgs,
+    ) -> Result<JobState, ActorProcessingErr> {
+        myself.send_message(JobMsg::Start)?;
+        let every = (args.ctx.processing.stuck_after() / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        myself.send_interval(every, || JobMsg::Tick);
+        Ok(JobState {
+            ctx: args.ctx,
+            video_id: args.video_id,
+            pool: args.pool,
+            video: args.video,
+            source: None,
+            order: Vec::new(),
+            tasks: BTreeMap::new(),
+            resumed: Vec::new(),
+            finished: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<JobMsg>,
+        msg: JobMsg,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.finished {
+            if let JobMsg::Snapshot(reply) = msg {
+                let _ = reply.send(snapshot(state));
+            }
+            return Ok(());
+        }
+        match msg {
+            JobMsg::Start => {
+                let record = state.ctx.storage.load_record(&state.video_id).await?;
+                match record.and_then(|r| r.source) {
+                    Some(source) => self.plan(&myself, state, source).await?,
+                    None => {
+                        let (ctx, id, me) =
+                            (state.ctx.clone(), state.video_id.clone(), myself.clone());
+                        tokio::spawn(async move {
+                            let _ = me.cast(JobMsg::Validated(validate(ctx, id).await));
+                        });
+                    }
+                }
+            }
+            JobMsg::Validated(Ok(source)) => {
+                state
+                    .event(
+                        NewEvent::video(&state.video_id, "validated")
+                            .outcome("ok")
+                            .detail(format!(
+                                "{}x{} {} {:.2}s audio={}",
+                                source.width,
+                                source.height,
+                                source.video_codec,
+                                source.duration_seconds,
+                                source.has_audio
+                            )),
+                    )
+                    .await;
+                self.plan(&myself, state, source).await?;
+            }
+            JobMsg::Validated(Err(ProbeError::Invalid(reason))) => {
+                state
+                    .event(
+                        NewEvent::video(&state.video_id, "validated")
+                            .outcome("invalid")
+                            .detail(reason.clone()),
+                    )
+                    .await;
+                self.fail(&myself, state, reason).await?;
+            }
+            JobMsg::Validated(Err(tool @ ProbeError::Tool(_))) => {
+                // Not the source's fault: crash so the supervisor restarts the job (bounded).
+                return Err(tool.into());
+            }
+            JobMsg::TaskStarted {
+                task,
+                attempt,
+                node,
+            } => {
+                if let Some(t) = state.tasks.get_mut(&task) {
+                    if t.attempt == attempt && t.status == TaskStatus::Queued {
+                        t.status = TaskStatus::Running { seconds: 0.0 };
+                        t.last_heard = Instant::now();
+                        state
+                            .event(
+                                NewEvent::video(&state.video_id, "task_started")
+                                    .task(&task, attempt)
+                                    .detail(format!("on node {node}")),
+                            )
+                            .await;
+                    }
+                }
+            }
+            JobMsg::Progress {
+                task,
+                attempt,
+                seconds,
+            } => {
+                if let Some(t) = state.tasks.get_mut(&task) {
+                    if t.attempt == attempt && matches!(t.status, TaskStatus::Running { .. }) {
+                        t.status = TaskStatus::Running { seconds };
+                        t.last_heard = Instant::now();
+                    }
+                }
+                let _ = state.video.cast(VideoMsg::Progress(state.progress()));
+            }
+            JobMsg::TaskFinished {
+                task,
+                attempt,
+                result,
+            } => {
+                let current = state.tasks.get(&task).is_some_and(|t| {
+                    t.attempt == attempt
+                        && matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. })
+                });
+                if !current {
+                    return Ok(());
+                }
+                match *result {
+                    Ok(output) => {
+                        if let Some(t) = state.tasks.get_mut(&task) {
+                            t.status = TaskStatus::Done;
+                            t.output = Some(output);
+                        }
+                        state
+                            .event(
+                                NewEvent::video(&state.video_id, "task_succeeded")
+                                    .task(&task, attempt)
+                                    .outcome("ok"),
+                            )
+                            .await;
+                        let _ = state.video.cast(VideoMsg::Progress(state.progress()));
+                        self.maybe_finalize(&myself, state).await?;
+                    }
+                    Err(failure) => self.task_failed(&myself, state, &task, failure).await?,
+                }
+            }
+            JobMsg::RetryDue { task } => {
+                if let Some(t) = state.tasks.get_mut(&task) {
+                    if t.status == TaskStatus::WaitingRetry {
+                        t.attempt += 1;
+                        let attempt = t.attempt;
+                        state
+                            .event(
+                                NewEvent::video(&state.video_id, "task_dispatched")
+                                    .task(&task, attempt),
+                            )
+                            .await;
+                        Self::dispatch(&myself, state, &task);
+                    }
+                }
+            }
+            JobMsg::Tick => {
+                let deadline = state.ctx.processing.stuck_after();
+                let stuck: Vec<(String, u32)> = state
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| {
+                        matches!(t.status, TaskStatus::Running { .. })
+                            && t.last_heard.elapsed() > deadline
+                    })
+                    .map(|(n, t)| (n.clone(), t.attempt))
+                    .collect();
+                for (task, attempt) in stuck {
+                    let _ = state.pool.cast(PoolMsg::Cancel {
+                        video_id: state.video_id.clone(),
+                        task: task.clone(),
+                        attempt,
+                    });
+                    state
+                        .event(
+                            NewEvent::video(&state.video_id, "task_reclaimed")
+                                .task(&task, attempt)
+                                .detail(format!("no progress for {} s", deadline.as_secs_f64())),
+                        )
+                        .await;
+                    let failure = TaskFailure::transient(format!(
+                        "no progress for {} s (reclaimed)",
+                        deadline.as_secs_f64()
+                    ));
+                    self.task_failed(&myself, state, &task, failure).await?;
+                    if state.finished {
+                        break;
+                    }
+                }
+            }
+            JobMsg::Snapshot(reply) => {
+                let _ = reply.send(snapshot(state));
+            }
+            JobMsg::InjectPanic => panic!("injected fault: JobActor panics mid-job"),
+        }
+        Ok(())
+    }
+}
+
+fn snapshot(state: &JobState) -> JobSnapshot {
+    JobSnapshot {
+        validated: state.source.is_some(),
+        tasks: state
+            .order
+            .iter()
+            .map(|n| {
+                let t = &state.tasks[n];
+                TaskView {
+                    task: n.clone(),
+                    attempt: t.attempt,
+                    status: t.status.clone(),
+                }
+            })
+            .collect(),
+        resumed: state.resumed.clone(),
+    }
+}

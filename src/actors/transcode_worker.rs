@@ -1,0 +1,275 @@
+//! `TranscodeWorker`: runs one transcode task at a time.
+//!
+//! Supervised by the `WorkerPool`. The ffmpeg run happens in a spawned task (the blocking part
+//! in `spawn_blocking`), so the worker's mailbox stays responsive: it can be told to cancel.
+//! The running task is held in the state behind a guard whose `Drop` kills ffmpeg, so a worker
+//! that crashes (a panic in a handler) leaves no ffmpeg behind; the pool then reports the task
+//! as failed to its job, which retries it.
+//!
+//! A task's outputs are uploaded in a fixed order: segments, init segment, `rendition.json`,
+//! then the media playlist. The media playlist's presence marks the rendition done, so a retried
+//! or resumed task never sees a half-written rendition as finished; a retry overwrites the same
+//! deterministic keys.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::actors::job::JobMsg;
+use crate::actors::worker_pool::PoolMsg;
+use crate::actors::{Assignment, Ctx, TaskFailure};
+use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
+use crate::media::transcode::{self, Cancel, TranscodeError, TranscodeSpec};
+use crate::storage::keys;
+
+/// The worker actor.
+pub struct TranscodeWorker;
+
+/// Startup arguments.
+pub struct WorkerArgs {
+    /// Node context (storage, scratch dir, settings).
+    pub ctx: Ctx,
+    /// The pool to report idleness to.
+    pub pool: ActorRef<PoolMsg>,
+}
+
+/// Messages.
+pub enum WorkerMsg {
+    /// Run this task (the pool only sends it to an idle worker).
+    Run(Assignment),
+    /// Cancel the task if it is this attempt of this task (a reclaim of a stuck task).
+    Cancel {
+        /// Video of the task.
+        video_id: String,
+        /// Task key (rendition name).
+        task: String,
+        /// Attempt to cancel.
+        attempt: u32,
+    },
+    /// Internal: the spawned run ended.
+    Finished(Box<Result<RenditionOutput, TaskFailure>>),
+    /// Fault injection for tests and `examples/`: panic in the handler, as a bug would.
+    InjectPanic,
+}
+impl ractor::Message for WorkerMsg {}
+
+struct Running {
+    assignment: Assignment,
+    cancel: Cancel,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Kills ffmpeg if it still runs; harmless when it has finished.
+        self.cancel.cancel();
+        self.handle.abort();
+    }
+}
+
+/// State: the task being run, if any.
+pub struct WorkerState {
+    ctx: Ctx,
+    pool: ActorRef<PoolMsg>,
+    running: Option<Running>,
+}
+
+impl Actor for TranscodeWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        Ok(WorkerState {
+            ctx: args.ctx,
+            pool: args.pool,
+            running: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Run(a) => {
+                let _ = a.job.cast(JobMsg::TaskStarted {
+                    task: a.key().to_string(),
+                    attempt: a.attempt,
+                    node: state.ctx.node_id.clone(),
+                });
+                let cancel = Cancel::default();
+                let handle = tokio::spawn(run_task(
+                    state.ctx.clone(),
+                    a.clone(),
+                    cancel.clone(),
+                    myself.clone(),
+                ));
+                state.running = Some(Running {
+                    assignment: a,
+                    cancel,
+                    handle,
+                });
+            }
+            WorkerMsg::Cancel {
+                video_id,
+                task,
+                attempt,
+            } => {
+                if let Some(r) = &state.running {
+                    let a = &r.assignment;
+                    if a.task.video_id == video_id && a.key() == task && a.attempt == attempt {
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            WorkerMsg::Finished(result) => {
+                if let Some(r) = state.running.take() {
+                    let a = &r.assignment;
+                    let _ = a.job.cast(JobMsg::TaskFinished {
+                        task: a.key().to_string(),
+                        attempt: a.attempt,
+                        result,
+                    });
+                }
+                let _ = state.pool.cast(PoolMsg::WorkerIdle(myself.get_id()));
+            }
+            WorkerMsg::InjectPanic => panic!("injected fault: TranscodeWorker panics mid-task"),
+        }
+        Ok(())
+    }
+}
+
+async fn run_task(ctx: Ctx, a: Assignment, cancel: Cancel, worker: ActorRef<WorkerMsg>) {
+    let out_dir = ctx.scratch_dir.join(&a.task.video_id).join(format!(
+        "{}-{}-{:08x}",
+        a.key(),
+        a.attempt,
+        rand::random::<u32>()
+    ));
+    let result = transcode_and_store(&ctx, &a, &cancel, &out_dir).await;
+    let _ = tokio::fs::remove_dir_all(&out_dir).await;
+    let _ = worker.cast(WorkerMsg::Finished(Box::new(result)));
+}
+
+async fn transcode_and_store(
+    ctx: &Ctx,
+    a: &Assignment,
+    cancel: &Cancel,
+    out_dir: &Path,
+) -> Result<RenditionOutput, TaskFailure> {
+    let t = &a.task;
+    let input = ctx
+        .storage
+        .source_path(&t.video_id, &ctx.scratch_dir)
+        .await
+        .map_err(|e| TaskFailure::transient(format!("cannot read the source: {e}")))?;
+    let spec = TranscodeSpec {
+        input,
+        out_dir: out_dir.to_path_buf(),
+        rendition: t.rendition.clone(),
+        segment_seconds: ctx.processing.segment_seconds,
+        preset: ctx.processing.preset.clone(),
+        has_audio: t.has_audio,
+    };
+    let job = a.job.clone();
+    let (task, attempt) = (a.key().to_string(), a.attempt);
+    let run_cancel = cancel.clone();
+    let ran = tokio::task::spawn_blocking(move || {
+        let mut last_sent = -1.0f64;
+        transcode::run_blocking(&spec, &run_cancel, |seconds| {
+            if seconds - last_sent >= 0.25 {
+                last_sent = seconds;
+                let _ = job.cast(JobMsg::Progress {
+                    task: task.clone(),
+                    attempt,
+                    seconds,
+                });
+            }
+        })
+    })
+    .await
+    .map_err(|e| TaskFailure::transient(format!("transcode thread failed: {e}")))?;
+    if let Err(e) = ran {
+        return Err(TaskFailure {
+            permanent: e.is_permanent(),
+            message: match e {
+                TranscodeError::NotInstalled => e.to_string(),
+                other => format!("rendition {}: {other}", t.rendition.name),
+            },
+        });
+    }
+    store_outputs(ctx, a, out_dir).await
+}
+
+async fn store_outputs(
+    ctx: &Ctx,
+    a: &Assignment,
+    dir: &Path,
+) -> Result<RenditionOutput, TaskFailure> {
+    let t = &a.task;
+    let io = |what: &str, e: &dyn std::fmt::Display| TaskFailure::transient(format!("{what}: {e}"));
+    let ffmpeg_playlist = tokio::fs::read(dir.join(playlist::MEDIA_PLAYLIST_NAME))
+        .await
+        .map_err(|e| io("ffmpeg wrote no media playlist", &e))?;
+    let durations =
+        playlist::read_durations(&ffmpeg_playlist).map_err(|e| io("ffmpeg's playlist", &e))?;
+    let files = transcode::output_files(dir).map_err(|e| io("listing outputs", &e))?;
+    if files.len() != durations.len() || files.is_empty() {
+        return Err(TaskFailure::transient(format!(
+            "ffmpeg wrote {} segments but listed {}",
+            files.len(),
+            durations.len()
+        )));
+    }
+    let name = &t.rendition.name;
+    let mut segments = Vec::with_capacity(files.len());
+    for (i, (file, duration)) in files.iter().zip(&durations).enumerate() {
+        let key = keys::rendition_file(&t.video_id, name, &playlist::segment_name(i));
+        let bytes = ctx
+            .storage
+            .put_file(&key, file)
+            .await
+            .map_err(|e| io("storing a segment", &e))?;
+        segments.push(SegmentInfo {
+            duration_seconds: *duration,
+            bytes,
+        });
+    }
+    let init = tokio::fs::read(dir.join(playlist::INIT_NAME))
+        .await
+        .map_err(|e| io("ffmpeg wrote no init segment", &e))?;
+    let output = RenditionOutput {
+        rendition: t.rendition.clone(),
+        codecs: playlist::codecs_from_init(&init, t.has_audio),
+        frame_rate: t.frame_rate,
+        init_bytes: init.len() as u64,
+        segments,
+    };
+    let s = &ctx.storage;
+    let put = |key: String, bytes: Bytes| async move { s.put(&key, bytes).await };
+    put(
+        keys::rendition_file(&t.video_id, name, playlist::INIT_NAME),
+        Bytes::from(init),
+    )
+    .await
+    .map_err(|e| io("storing the init segment", &e))?;
+    s.put_json(&keys::rendition_info(&t.video_id, name), &output)
+        .await
+        .map_err(|e| io("storing rendition.json", &e))?;
+    // Last: the media playlist marks the rendition done.
+    put(
+        keys::rendition_file(&t.video_id, name, playlist::MEDIA_PLAYLIST_NAME),
+        Bytes::from(playlist::media_playlist(&output)),
+    )
+    .await
+    .map_err(|e| io("storing the media playlist", &e))?;
+    Ok(output)
+}

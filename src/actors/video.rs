@@ -1,0 +1,267 @@
+//! `VideoActor`: the lifecycle state machine of one video, and the only writer of its record.
+//!
+//! ```text
+//! uploaded ──start──> processing ──JobReady──> ready
+//!                         │
+//!                         └──JobFailed / job crashed too often──> failed
+//! ```
+//!
+//! Supervised by the `VideoSupervisor`. Supervises one `JobActor`: when the job crashes, the
+//! video actor starts a new one (up to `max_job_restarts`), which resumes from the outputs in the
+//! object store. When the video reaches `ready` or `failed` the actor stops: a terminal video
+//! needs no actor, its record says everything.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::actors::job::{JobActor, JobArgs, JobMsg};
+use crate::actors::worker_pool::PoolMsg;
+use crate::actors::Ctx;
+use crate::media::ladder::Rendition;
+use crate::media::playlist::RenditionOutput;
+use crate::media::probe::SourceInfo;
+use crate::model::{now_rfc3339, RenditionSummary, VideoRecord, VideoState};
+use crate::storage::events::NewEvent;
+
+/// The video actor.
+pub struct VideoActor;
+
+/// Startup arguments.
+pub struct VideoArgs {
+    /// Node context.
+    pub ctx: Ctx,
+    /// The video.
+    pub video_id: String,
+    /// The pool its jobs dispatch to.
+    pub pool: ActorRef<PoolMsg>,
+}
+
+/// A video's live status.
+#[derive(Debug, Clone)]
+pub struct VideoStatus {
+    /// The record as last written.
+    pub record: VideoRecord,
+    /// Progress, 0.0 to 1.0.
+    pub progress: f64,
+    /// Times the job actor was restarted after a crash.
+    pub job_restarts: u32,
+}
+
+/// Messages.
+pub enum VideoMsg {
+    /// From the job: the source is valid and this is the plan.
+    Planned {
+        /// Probe result.
+        source: SourceInfo,
+        /// Planned renditions.
+        renditions: Vec<Rendition>,
+    },
+    /// From the job: overall progress, 0.0 to 1.0.
+    Progress(f64),
+    /// From the job: every rendition is stored and the multivariant playlist is written.
+    JobReady {
+        /// The finished renditions, in ladder order.
+        outputs: Vec<RenditionOutput>,
+    },
+    /// From the job: the video cannot be processed; the reason is for people.
+    JobFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Observe the video.
+    Status(RpcReplyPort<VideoStatus>),
+}
+impl ractor::Message for VideoMsg {}
+
+/// State.
+pub struct VideoActorState {
+    ctx: Ctx,
+    pool: ActorRef<PoolMsg>,
+    record: VideoRecord,
+    progress: f64,
+    job_restarts: u32,
+}
+
+impl VideoActor {
+    async fn spawn_job(
+        myself: &ActorRef<VideoMsg>,
+        state: &VideoActorState,
+    ) -> Result<ActorRef<JobMsg>, ActorProcessingErr> {
+        let name = state.ctx.name(&format!("job:{}", state.record.video_id));
+        let (job, _) = Actor::spawn_linked(
+            Some(name),
+            JobActor,
+            JobArgs {
+                ctx: state.ctx.clone(),
+                video_id: state.record.video_id.clone(),
+                pool: state.pool.clone(),
+                video: myself.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(job)
+    }
+
+    async fn transition(
+        state: &mut VideoActorState,
+        to: VideoState,
+        detail: Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        let from = state.record.state;
+        state.record.state = to;
+        state.record.touch();
+        state.ctx.storage.save_record(&state.record).await?;
+        let change = format!("{} -> {}", from.as_str(), to.as_str());
+        let detail = match detail {
+            Some(d) => format!("{change}: {d}"),
+            None => change,
+        };
+        let e = NewEvent::video(&state.record.video_id, "state_changed")
+            .outcome(to.as_str())
+            .detail(detail);
+        state.ctx.events.append(e).await;
+        Ok(())
+    }
+}
+
+impl Actor for VideoActor {
+    type Msg = VideoMsg;
+    type State = VideoActorState;
+    type Arguments = VideoArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<VideoMsg>,
+        args: VideoArgs,
+    ) -> Result<VideoActorState, ActorProcessingErr> {
+        let record = args
+            .ctx
+            .storage
+            .load_record(&args.video_id)
+            .await?
+            .ok_or_else(|| format!("video {} has no record", args.video_id))?;
+        let mut state = VideoActorState {
+            ctx: args.ctx,
+            pool: args.pool,
+            record,
+            progress: 0.0,
+            job_restarts: 0,
+        };
+        match state.record.state {
+            VideoState::Ready | VideoState::Failed => {
+                myself.stop(Some("terminal".into()));
+                return Ok(state);
+            }
+            VideoState::Uploaded => {
+                state
+                    .ctx
+                    .events
+                    .append(NewEvent::video(&state.record.video_id, "job_started"))
+                    .await;
+                Self::transition(&mut state, VideoState::Processing, None).await?;
+            }
+            VideoState::Processing => {
+                state
+                    .ctx
+                    .events
+                    .append(
+                        NewEvent::video(&state.record.video_id, "job_resumed")
+                            .detail("processing was interrupted; resuming from stored outputs"),
+                    )
+                    .await;
+            }
+        }
+        Self::spawn_job(&myself, &state).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<VideoMsg>,
+        msg: VideoMsg,
+        state: &mut VideoActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            VideoMsg::Planned { source, renditions } => {
+                let summaries: Vec<_> = renditions.iter().map(RenditionSummary::planned).collect();
+                if state.record.source.as_ref() != Some(&source)
+                    || state.record.renditions != summaries
+                {
+                    state.record.source = Some(source);
+                    state.record.renditions = summaries;
+                    state.record.touch();
+                    state.ctx.storage.save_record(&state.record).await?;
+                }
+            }
+            VideoMsg::Progress(p) => state.progress = p.clamp(0.0, 1.0),
+            VideoMsg::JobReady { outputs } => {
+                if state.record.state.is_terminal() {
+                    return Ok(());
+                }
+                state.record.renditions = outputs.iter().map(RenditionSummary::finished).collect();
+                state.record.ready_at = Some(now_rfc3339());
+                state.progress = 1.0;
+                Self::transition(state, VideoState::Ready, None).await?;
+                myself.stop(Some("ready".into()));
+            }
+            VideoMsg::JobFailed { reason } => {
+                if state.record.state.is_terminal() {
+                    return Ok(());
+                }
+                state.record.error = Some(reason.clone());
+                Self::transition(state, VideoState::Failed, Some(reason)).await?;
+                myself.stop(Some("failed".into()));
+            }
+            VideoMsg::Status(reply) => {
+                let _ = reply.send(VideoStatus {
+                    record: state.record.clone(),
+                    progress: if state.record.state == VideoState::Ready {
+                        1.0
+                    } else {
+                        state.progress
+                    },
+                    job_restarts: state.job_restarts,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<VideoMsg>,
+        event: SupervisionEvent,
+        state: &mut VideoActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A job that ends normally has already reported; only crashes matter here.
+        let SupervisionEvent::ActorFailed(_, err) = event else {
+            return Ok(());
+        };
+        if state.record.state.is_terminal() {
+            return Ok(());
+        }
+        state.job_restarts += 1;
+        let id = state.record.video_id.clone();
+        state
+            .ctx
+            .events
+            .append(
+                NewEvent::video(&id, "job_actor_restarted")
+                    .attempt(state.job_restarts)
+                    .detail(format!("job crashed: {err}")),
+            )
+            .await;
+        if state.job_restarts > state.ctx.processing.max_job_restarts {
+            let reason = format!(
+                "processing crashed {} times; last error: {err}",
+                state.job_restarts
+            );
+            state.record.error = Some(reason.clone());
+            Self::transition(state, VideoState::Failed, Some(reason)).await?;
+            myself.stop(Some("failed".into()));
+            return Ok(());
+        }
+        Self::spawn_job(&myself, state).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! `VideoSupervisor`: keeps one `VideoActor` running for every video of this node that is not
+//! terminal.
+//!
+//! - `Ensure(id)` starts the video's actor unless it runs (idempotent: a duplicate upload, or
+//!   two racing ones, never start a second job; the actor name `{node}/video:{id}` is unique).
+//! - `Recover` at node start lists the records in the object store and ensures every video in
+//!   `uploaded` or `processing`: a node restarted mid-job finishes the job without help.
+//! - A `VideoActor` that crashes is restarted (it re-reads its record); after
+//!   `max_job_restarts` crashes of the same video it is left stopped and logged.
+
+use std::collections::HashMap;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::actors::video::{VideoActor, VideoArgs, VideoMsg};
+use crate::actors::worker_pool::PoolMsg;
+use crate::actors::Ctx;
+use crate::storage::events::NewEvent;
+
+/// The supervisor actor.
+pub struct VideoSupervisor;
+
+/// Startup arguments.
+pub struct VideoSupervisorArgs {
+    /// Node context.
+    pub ctx: Ctx,
+    /// The pool every job dispatches to.
+    pub pool: ActorRef<PoolMsg>,
+}
+
+/// Messages.
+pub enum VideoSupervisorMsg {
+    /// Start the video's actor unless it is running or the video is terminal.
+    Ensure {
+        /// The video.
+        video_id: String,
+    },
+    /// Ensure every non-terminal video found in the object store.
+    Recover,
+    /// The running actor of a video, if any (to ask it for live status).
+    Lookup {
+        /// The video.
+        video_id: String,
+        /// The answer.
+        reply: RpcReplyPort<Option<ActorRef<VideoMsg>>>,
+    },
+    /// Ids of videos with a running actor (a barrier for tests: answered after earlier casts).
+    Active(RpcReplyPort<Vec<String>>),
+}
+impl ractor::Message for VideoSupervisorMsg {}
+
+/// State.
+pub struct VideoSupervisorState {
+    ctx: Ctx,
+    pool: ActorRef<PoolMsg>,
+    running: HashMap<String, ActorRef<VideoMsg>>,
+    by_actor: HashMap<ActorId, String>,
+    crashes: HashMap<String, u32>,
+}
+
+impl VideoSupervisor {
+    async fn ensure(
+        myself: &ActorRef<VideoSupervisorMsg>,
+        state: &mut VideoSupervisorState,
+        id: String,
+    ) {
+        if state.running.contains_key(&id) {
+            return;
+        }
+        let spawned = Actor::spawn_linked(
+            Some(state.ctx.name(&format!("video:{id}"))),
+            VideoActor,
+            VideoArgs {
+                ctx: state.ctx.clone(),
+                video_id: id.clone(),
+                pool: state.pool.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await;
+        match spawned {
+            Ok((actor, _)) => {
+                state.by_actor.insert(actor.get_id(), id.clone());
+                state.running.insert(id, actor);
+            }
+            Err(e) => tracing::warn!(video_id = %id, "cannot start video actor: {e}"),
+        }
+    }
+}
+
+impl Actor for VideoSupervisor {
+    type Msg = VideoSupervisorMsg;
+    type State = VideoSupervisorState;
+    type Arguments = VideoSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<VideoSupervisorMsg>,
+        args: VideoSupervisorArgs,
+    ) -> Result<VideoSupervisorState, ActorProcessingErr> {
+        Ok(VideoSupervisorState {
+            ctx: args.ctx,
+            pool: args.pool,
+            running: HashMap::new(),
+            by_actor: HashMap::new(),
+            crashes: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<VideoSupervisorMsg>,
+        msg: VideoSupervisorMsg,
+        state: &mut VideoSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            VideoSupervisorMsg::Ensure { video_id } => Self::ensure(&myself, state, video_id).await,
+            VideoSupervisorMsg::Recover => {
+                let ids = state.ctx.storage.list_video_ids().await?;
+                let mut resumed = 0;
+                for id in ids {
+                    let record = match state.ctx.storage.load_record(&id).await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(video_id = %id, "unreadable record: {e}");
+                            continue;
+                        }
+                    };
+                    if !record.state.is_terminal() {
+                        resumed += 1;
+                        Self::ensure(&myself, state, id).await;
+                    }
+                }
+                state
+                    .ctx
+                    .events
+                    .append(
+                        NewEvent::node("node_recovered")
+                            .detail(format!("{resumed} videos resumed")),
+                    )
+                    .await;
+            }
+            VideoSupervisorMsg::Lookup { video_id, reply } => {
+                let _ = reply.send(state.running.get(&video_id).cloned());
+            }
+            VideoSupervisorMsg::Active(reply) => {
+                let _ = reply.send(state.running.keys().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<VideoSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut VideoSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(id) = state.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        state.running.remove(&id);
+        if let Some(err) = failure {
+            let crashes = state.crashes.entry(id.clone()).or_default();
+            *crashes += 1;
+            let n = *crashes;
+            state
+                .ctx
+                .events
+                .append(
+                    NewEvent::video(&id, "video_actor_crashed")
+                        .attempt(n)
+                        .detail(err),
+                )
+                .await;
+            if n <= state.ctx.processing.max_job_restarts {
+                Self::ensure(&myself, state, id).await;
+            }
+        } else {
+            state.crashes.remove(&id);
+        }
+        Ok(())
+    }
+}

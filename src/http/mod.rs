@@ -1,0 +1,209 @@
+//! HTTP (warp): translates requests into storage reads and actor messages, and errors into
+//! statuses. Every error body is JSON `{"error": "..."}`.
+//!
+//! Routes:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/health` | liveness and node id |
+//! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source |
+//! | GET | `/videos` | every video's record |
+//! | GET | `/videos/{id}` | record + live progress |
+//! | GET | `/videos/{id}/events` | the video's event log on this node, oldest first |
+//! | GET | `/videos/{id}/master.m3u8` | multivariant playlist (`409` until ready) |
+//! | GET | `/videos/{id}/{rendition}/index.m3u8`, `init.mp4`, `NNNNN.m4s` | media playlist, init segment, segments |
+
+mod stream;
+mod upload;
+mod videos;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_json::json;
+use warp::http::{header, HeaderValue, Response, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use crate::actors::node::Node;
+use crate::config::Config;
+use crate::storage::StorageError;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct App {
+    /// The node's actors and context.
+    pub node: Node,
+    /// The node's configuration.
+    pub config: Arc<Config>,
+    /// Ids known to be ready (a fact that never changes), so serving a segment does not read
+    /// the record each time. Bounded.
+    ready: Arc<Mutex<lru::LruCache<String, ()>>>,
+}
+
+impl App {
+    /// Build the handler state.
+    pub fn new(node: Node, config: Arc<Config>) -> Self {
+        let cap = std::num::NonZeroUsize::new(100_000).expect("non-zero");
+        Self {
+            node,
+            config,
+            ready: Arc::new(Mutex::new(lru::LruCache::new(cap))),
+        }
+    }
+
+    fn is_known_ready(&self, id: &str) -> bool {
+        self.ready
+            .lock()
+            .map(|mut c| c.get(id).is_some())
+            .unwrap_or(false)
+    }
+
+    fn remember_ready(&self, id: &str) {
+        if let Ok(mut c) = self.ready.lock() {
+            c.put(id.to_string(), ());
+        }
+    }
+}
+
+/// Errors a request can end with. [`ApiError::status`] is the one place they map to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A malformed request (bad id, bad header, empty or interrupted upload).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Unknown video, rendition or file.
+    #[error("{0}")]
+    NotFound(String),
+    /// The video exists but is not ready to stream.
+    #[error("{0}")]
+    NotReady(String),
+    /// The body is larger than the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is plainly not a video.
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// An actor did not answer in time, or the node is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The object store failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotReady(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Storage(StorageError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ApiError::Storage(StorageError::Backend(_) | StorageError::Corrupt { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+/// A JSON response with a status.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
+    let mut r = Response::new(Bytes::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Bytes> {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::error!("request failed: {e}");
+    }
+    json_response(status, &json!({ "error": e.to_string() }))
+}
+
+/// Turn a handler's result into a response.
+pub(crate) fn respond(r: Result<Response<Bytes>, ApiError>) -> Result<Response<Bytes>, Infallible> {
+    Ok(r.unwrap_or_else(|e| error_response(&e)))
+}
+
+async fn recover(rej: Rejection) -> Result<Response<Bytes>, Infallible> {
+    let (status, msg) = if rej.is_not_found() {
+        (StatusCode::NOT_FOUND, "no such route".to_string())
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_string(),
+        )
+    } else if let Some(e) = rej.find::<warp::reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = rej.find::<warp::reject::MissingHeader>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = rej.find::<warp::reject::PayloadTooLarge>() {
+        (StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+    } else if let Some(e) = rej.find::<warp::reject::UnsupportedMediaType>() {
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
+    } else if let Some(e) = rej.find::<warp::reject::InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, e.to_string())
+    } else {
+        tracing::warn!("unhandled rejection: {rej:?}");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error".to_string(),
+        )
+    };
+    Ok(json_response(status, &json!({ "error": msg })))
+}
+
+/// Every route, with JSON errors for unmatched requests.
+pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: App| {
+            json_response(
+                StatusCode::OK,
+                &json!({ "status": "ok", "node": app.config.node_id }),
+            )
+        });
+    health
+        .or(upload::routes(with_app.clone()))
+        .unify()
+        .or(videos::routes(with_app.clone()))
+        .unify()
+        .or(stream::routes(with_app))
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::trace::request())
+}
+
+/// Serve `app` on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(app))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// The address a listener is bound to, for logs.
+pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}

@@ -1,0 +1,129 @@
+//! `GET /videos`, `GET /videos/{id}`, `GET /videos/{id}/events`: observable lifecycle (seed
+//! rule 4). The record in the object store is the truth; a running `VideoActor` adds live
+//! progress.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use warp::http::{Response, StatusCode};
+use warp::{Filter, Rejection};
+
+use crate::actors::video::VideoMsg;
+use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::http::{json_response, respond, ApiError, App};
+use crate::model::{VideoRecord, VideoState};
+use crate::storage::keys;
+
+pub(super) fn routes(
+    with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,
+) -> impl Filter<Extract = (Response<Bytes>,), Error = Rejection> + Clone {
+    let list = warp::path!("videos")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and_then(|app: App| async move { respond(list(app).await) });
+    let one = warp::path!("videos" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .and_then(|id: String, app: App| async move { respond(status(app, id).await) });
+    let events = warp::path!("videos" / String / "events")
+        .and(warp::get())
+        .and(with_app)
+        .and_then(|id: String, app: App| async move { respond(events(app, id).await) });
+    list.or(one).unify().or(events).unify()
+}
+
+/// Check the id's shape before it reaches a key.
+pub(super) fn checked_id(id: &str) -> Result<&str, ApiError> {
+    if keys::valid_video_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "no video {id:?}: video ids are 32 lowercase hex digits"
+        )))
+    }
+}
+
+/// The record of a known video, or `NotFound`.
+pub(super) async fn record(app: &App, id: &str) -> Result<VideoRecord, ApiError> {
+    app.node
+        .ctx
+        .storage
+        .load_record(checked_id(id)?)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no video {id}")))
+}
+
+fn view(record: &VideoRecord, progress: f64) -> Value {
+    let mut v = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
+    v["progress"] = json!((progress * 1000.0).round() / 1000.0);
+    if record.state == VideoState::Ready {
+        v["playlist"] = json!(format!("/videos/{}/master.m3u8", record.video_id));
+    }
+    v
+}
+
+async fn status(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
+    let mut record = record(&app, &id).await?;
+    let mut progress = match record.state {
+        VideoState::Ready => 1.0,
+        _ => 0.0,
+    };
+    if !record.state.is_terminal() {
+        let actor = ractor::call_t!(
+            app.node.refs.videos,
+            |reply| VideoSupervisorMsg::Lookup {
+                video_id: id.clone(),
+                reply
+            },
+            2000
+        )
+        .ok()
+        .flatten();
+        if let Some(actor) = actor {
+            if let Ok(s) = actor
+                .call(VideoMsg::Status, Some(Duration::from_secs(2)))
+                .await
+            {
+                if let ractor::rpc::CallResult::Success(s) = s {
+                    progress = s.progress;
+                    record = s.record;
+                }
+            }
+        }
+    }
+    Ok(json_response(StatusCode::OK, &view(&record, progress)))
+}
+
+async fn list(app: App) -> Result<Response<Bytes>, ApiError> {
+    let storage = &app.node.ctx.storage;
+    let mut videos = Vec::new();
+    for id in storage.list_video_ids().await? {
+        if let Some(r) = storage.load_record(&id).await? {
+            let progress = if r.state == VideoState::Ready {
+                1.0
+            } else {
+                0.0
+            };
+            videos.push(view(&r, progress));
+        }
+    }
+    videos.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
+    Ok(json_response(StatusCode::OK, &json!({ "videos": videos })))
+}
+
+async fn events(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
+    let record = record(&app, &id).await?;
+    let events = app
+        .node
+        .ctx
+        .events
+        .for_video(&record.video_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("event log: {e}")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "video_id": record.video_id, "events": events }),
+    ))
+}

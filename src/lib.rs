@@ -1,0 +1,172 @@
+//! reel: a distributed video platform. It accepts uploads, stores them in an object store,
+//! transcodes them into an adaptive-bitrate ladder with ffmpeg, and serves HLS to third-party
+//! players.
+//!
+//! # Layout (modules follow the data's path)
+//!
+//! - [`http`]: warp routes; translates requests to storage reads and actor messages, errors to
+//!   statuses.
+//! - [`actors`]: orchestration on ractor; the supervision tree is drawn in its module doc.
+//! - [`media`]: sniffing, ffprobe validation, the ladder, ffmpeg arguments, playlists. Knows
+//!   nothing of actors, HTTP or the object store.
+//! - [`storage`]: the object store (system of record, key layout) and the node-local SQLite
+//!   event log. The only module that names `object_store` or `rusqlite`.
+//! - [`model`]: the video record and lifecycle states that pass between the others.
+//! - [`config`]: `cluster.toml` and the typed per-node configuration.
+//! - [`client`]: the `reel upload` and `reel status` commands.
+//!
+//! # Glossary
+//!
+//! - **upload**: the bytes a client sends; becomes a **source** at `sources/{video_id}`.
+//! - **video**: a source plus its record and outputs; `video_id` is its content address.
+//! - **ladder**: the renditions configured; **rendition**: one encoding (resolution, bitrate).
+//! - **segment**: a CMAF fragment (`NNNNN.m4s`) of fixed duration; the **init segment**
+//!   (`init.mp4`) precedes them. A **media playlist** lists a rendition's segments; the
+//!   **multivariant playlist** (`master.m3u8`) lists the **variant streams**.
+//! - **job**: the processing of one video; **task**: one rendition of it, run by a worker.
+//! - **session**: one player's playback (a later issue).
+
+pub mod actors;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod media;
+pub mod model;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::actors::node::Node;
+use crate::actors::NodeContext;
+use crate::config::Config;
+use crate::storage::events::EventLog;
+use crate::storage::Storage;
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// ffmpeg or ffprobe is missing.
+    #[error("{0}")]
+    MissingTool(String),
+    /// The data directory, object store or event log cannot be opened.
+    #[error("{0}")]
+    Setup(String),
+    /// The actor tree failed to start or stopped on a failure.
+    #[error("node failed: {0}")]
+    Node(String),
+}
+
+/// Open storage and the event log and start the node's actors (no HTTP).
+///
+/// Errors: see [`RunError`].
+pub async fn start_node(config: &Config) -> Result<Node, RunError> {
+    config.validate()?;
+    media::transcode::check_tools().map_err(RunError::MissingTool)?;
+    let setup = |what: &str, e: &dyn std::fmt::Display| RunError::Setup(format!("{what}: {e}"));
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        setup(
+            &format!("cannot create data directory {:?}", config.data_dir),
+            &e,
+        )
+    })?;
+    let scratch_dir = config.data_dir.join("scratch");
+    // Scratch holds only unfinished ffmpeg outputs and source copies: safe to clear at start.
+    let _ = std::fs::remove_dir_all(&scratch_dir);
+    std::fs::create_dir_all(&scratch_dir)
+        .map_err(|e| setup("cannot create scratch directory", &e))?;
+    let storage = Storage::open(&config.storage).map_err(|e| setup("object store", &e))?;
+    let events = EventLog::open(&config.data_dir.join("reel.sqlite"), &config.node_id)
+        .map_err(|e| setup("event log", &e))?;
+    let ctx = NodeContext {
+        node_id: config.node_id.clone(),
+        storage,
+        events,
+        processing: config.processing.clone(),
+        scratch_dir,
+    };
+    Node::start(ctx, config.workers)
+        .await
+        .map_err(|e| RunError::Node(e.to_string()))
+}
+
+/// A node serving HTTP in this process: what tests and examples start.
+pub struct RunningNode {
+    /// The HTTP address actually bound.
+    pub addr: SocketAddr,
+    /// The node's actors.
+    pub node: Node,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// `http://{addr}`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop HTTP, then the actors.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server).await;
+        self.node.shutdown().await;
+    }
+}
+
+/// Start a node and serve HTTP on `listener` in the background.
+pub async fn spawn(
+    config: Config,
+    listener: tokio::net::TcpListener,
+) -> Result<RunningNode, RunError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunError::Setup(format!("listener: {e}")))?;
+    let node = start_node(&config).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = http::App::new(node.clone(), Arc::new(config));
+    let server = tokio::spawn(http::serve(app, listener, async {
+        let _ = rx.await;
+    }));
+    Ok(RunningNode {
+        addr,
+        node,
+        shutdown: Some(tx),
+        server,
+    })
+}
+
+/// Run one node until `shutdown` completes (`reel serve`). Binds `config.listen`.
+///
+/// Errors: see [`RunError`]; also when the node's actor tree stops on a failure.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| RunError::Setup(format!("cannot listen on {}: {e}", config.listen)))?;
+    let running = spawn(config, listener).await?;
+    tracing::info!(
+        "reel node {} serving on {}",
+        running.node.ctx.node_id,
+        running.url()
+    );
+    let node = running.node.clone();
+    let failed = tokio::select! {
+        _ = shutdown => false,
+        _ = node.stopped() => true,
+    };
+    running.stop().await;
+    if failed {
+        return Err(RunError::Node(
+            "the supervision tree stopped; see the log".into(),
+        ));
+    }
+    Ok(())
+}

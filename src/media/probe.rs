@@ -1,0 +1,362 @@
+//! Source validation: run `ffprobe -count_packets -of json` and judge what it says.
+//!
+//! Exit status 0 is not enough (design brief section 8): a text file can probe as format `tty`
+//! with codec `ansi`, and a truncated MP4 whose `moov` box comes first probes with its whole
+//! duration and frame count. So the container format and codecs are whitelisted, and the packets
+//! actually present are counted against the frames the header promises.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What reel knows about a valid source after probing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// ffprobe's container format name (`mov,mp4,m4a,3gp,3g2,mj2`).
+    pub format: String,
+    /// Duration, seconds.
+    pub duration_seconds: f64,
+    /// Coded width of the video stream, pixels.
+    pub width: u32,
+    /// Coded height of the video stream, pixels.
+    pub height: u32,
+    /// Display rotation, degrees (phone clips: -90, 90, 180); 0 when none.
+    pub rotation: i32,
+    /// Video codec name (`h264`).
+    pub video_codec: String,
+    /// Average frame rate, frames per second.
+    pub frame_rate: f64,
+    /// Whether an audio stream exists.
+    pub has_audio: bool,
+    /// Audio codec name, when there is audio.
+    pub audio_codec: Option<String>,
+    /// Size of the source, bytes.
+    pub size_bytes: u64,
+}
+
+impl SourceInfo {
+    /// Width and height as displayed (after rotation).
+    pub fn display_size(&self) -> (u32, u32) {
+        if self.rotation.rem_euclid(180) == 90 {
+            (self.height, self.width)
+        } else {
+            (self.width, self.height)
+        }
+    }
+
+    /// A plausible source, for tests.
+    pub fn example() -> Self {
+        Self {
+            format: "mov,mp4,m4a,3gp,3g2,mj2".into(),
+            duration_seconds: 10.0,
+            width: 1920,
+            height: 1080,
+            rotation: 0,
+            video_codec: "h264".into(),
+            frame_rate: 30.0,
+            has_audio: true,
+            audio_codec: Some("aac".into()),
+            size_bytes: 1_000_000,
+        }
+    }
+}
+
+/// Why a source was refused or could not be probed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProbeError {
+    /// The source is not a usable video. Deterministic: never retried. The text is a sentence a
+    /// person can act on.
+    #[error("{0}")]
+    Invalid(String),
+    /// ffprobe could not be run (missing binary, I/O). May be retried.
+    #[error("could not run ffprobe: {0}")]
+    Tool(String),
+}
+
+/// Container formats reel accepts (ffprobe `format_name`, which may list several, comma-separated).
+const FORMATS: &[&str] = &[
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "asf", "ogg", "mxf",
+];
+
+/// Video codecs reel accepts as input.
+const VIDEO_CODECS: &[&str] = &[
+    "h264",
+    "hevc",
+    "vp8",
+    "vp9",
+    "av1",
+    "mpeg4",
+    "mpeg2video",
+    "mpeg1video",
+    "prores",
+    "mjpeg",
+    "theora",
+    "wmv1",
+    "wmv2",
+    "wmv3",
+    "vc1",
+    "dnxhd",
+    "h263",
+    "msmpeg4v2",
+    "msmpeg4v3",
+    "dvvideo",
+    "flv1",
+    "rawvideo",
+];
+
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    streams: Vec<Stream>,
+    format: Option<Format>,
+}
+
+#[derive(Deserialize)]
+struct Format {
+    format_name: String,
+    duration: Option<String>,
+    size: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Stream {
+    codec_type: Option<String>,
+    codec_name: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    avg_frame_rate: Option<String>,
+    r_frame_rate: Option<String>,
+    duration: Option<String>,
+    nb_frames: Option<String>,
+    nb_read_packets: Option<String>,
+    #[serde(default)]
+    disposition: Disposition,
+    #[serde(default)]
+    tags: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    side_data_list: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct Disposition {
+    #[serde(default)]
+    attached_pic: i32,
+}
+
+fn ratio(text: &Option<String>) -> Option<f64> {
+    let text = text.as_deref()?;
+    let (n, d) = text.split_once('/')?;
+    let (n, d): (f64, f64) = (n.parse().ok()?, d.parse().ok()?);
+    (d > 0.0 && n > 0.0).then(|| n / d)
+}
+
+fn num<T: std::str::FromStr>(text: &Option<String>) -> Option<T> {
+    text.as_deref()?.parse().ok()
+}
+
+/// Judge ffprobe's JSON (`-count_packets -show_format -show_streams -of json`).
+///
+/// Errors: [`ProbeError::Invalid`] with the reason when the container or codec is not a video
+/// reel accepts, there is no video stream (audio only), no duration, or fewer packets than the
+/// header promises (truncated).
+pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
+    let probe: Probe = serde_json::from_str(json)
+        .map_err(|_| ProbeError::Invalid("the file could not be read as a video".into()))?;
+    let format = probe
+        .format
+        .ok_or_else(|| ProbeError::Invalid("the file is not in a known video container".into()))?;
+    let names: Vec<&str> = format.format_name.split(',').collect();
+    if !names.iter().any(|n| FORMATS.contains(n)) {
+        return Err(ProbeError::Invalid(format!(
+            "the file's format ({}) is not a video container reel accepts (MP4, MOV, MKV, WebM, \
+             AVI, MPEG-TS, FLV, ...)",
+            format.format_name
+        )));
+    }
+    let audio = probe
+        .streams
+        .iter()
+        .find(|s| s.codec_type.as_deref() == Some("audio"));
+    let video = probe
+        .streams
+        .iter()
+        .find(|s| s.codec_type.as_deref() == Some("video") && s.disposition.attached_pic == 0);
+    let Some(video) = video else {
+        return Err(ProbeError::Invalid(match audio {
+            Some(a) => format!(
+                "the file has only audio ({}): reel needs a video stream",
+                a.codec_name.as_deref().unwrap_or("unknown codec")
+            ),
+            None => "the file has no video stream".into(),
+        }));
+    };
+    let codec = video.codec_name.clone().unwrap_or_default();
+    if !VIDEO_CODECS.contains(&codec.as_str()) {
+        return Err(ProbeError::Invalid(format!(
+            "the video codec ({}) is not one reel can decode",
+            if codec.is_empty() { "unknown" } else { &codec }
+        )));
+    }
+    let (width, height) = match (video.width, video.height) {
+        (Some(w), Some(h)) if w >= 2 && h >= 2 => (w, h),
+        _ => {
+            return Err(ProbeError::Invalid(
+                "the video stream has no picture size".into(),
+            ))
+        }
+    };
+    let duration = num::<f64>(&format.duration)
+        .or_else(|| num(&video.duration))
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .ok_or_else(|| ProbeError::Invalid("the video has no duration (0 seconds)".into()))?;
+    let frame_rate = ratio(&video.avg_frame_rate)
+        .or_else(|| ratio(&video.r_frame_rate))
+        .unwrap_or(25.0);
+    let packets: Option<u64> = num(&video.nb_read_packets);
+    if packets == Some(0) {
+        return Err(ProbeError::Invalid(
+            "the video stream holds no frames".into(),
+        ));
+    }
+    // Truncation: the header promises frames the file does not hold.
+    if let Some(packets) = packets {
+        let (expected, slack) = match num::<u64>(&video.nb_frames).filter(|n| *n > 0) {
+            Some(n) => (n as f64, 0.98),
+            None => (duration * frame_rate, 0.80),
+        };
+        if (packets as f64) < expected * slack {
+            return Err(ProbeError::Invalid(format!(
+                "the file looks truncated: the video stream holds {packets} of {:.0} frames; \
+                 upload the complete file",
+                expected
+            )));
+        }
+    }
+    let rotation = video
+        .side_data_list
+        .iter()
+        .find_map(|v| v.get("rotation").and_then(|r| r.as_i64()))
+        .or_else(|| video.tags.get("rotate").and_then(|r| r.parse().ok()))
+        .unwrap_or(0) as i32;
+    Ok(SourceInfo {
+        format: format.format_name.clone(),
+        duration_seconds: duration,
+        width,
+        height,
+        rotation,
+        video_codec: codec,
+        frame_rate,
+        has_audio: audio.is_some(),
+        audio_codec: audio.and_then(|a| a.codec_name.clone()),
+        size_bytes: num(&format.size).unwrap_or(0),
+    })
+}
+
+/// Run ffprobe on `path` (async; killed if the future is dropped or after `timeout`) and judge
+/// the result with [`judge`].
+///
+/// Errors: [`ProbeError::Tool`] when ffprobe cannot run or times out; [`ProbeError::Invalid`]
+/// when it cannot read the file or the file is not a usable video.
+pub async fn probe(path: &Path, timeout: Duration) -> Result<SourceInfo, ProbeError> {
+    let mut cmd = tokio::process::Command::new("ffprobe");
+    cmd.args([
+        "-v",
+        "error",
+        "-count_packets",
+        "-show_format",
+        "-show_streams",
+    ])
+    .args(["-of", "json"])
+    .arg(path)
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| ProbeError::Tool(format!("ffprobe took longer than {timeout:?}")))?
+        .map_err(|e| {
+            ProbeError::Tool(format!(
+                "{e} (is ffmpeg installed? apt-get install -y ffmpeg)"
+            ))
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().last().unwrap_or("").trim();
+        return Err(ProbeError::Invalid(if first.contains("Invalid data") {
+            "the file is not a video reel can read (invalid data)".to_string()
+        } else {
+            format!("the file is not a video reel can read ({first})")
+        }));
+    }
+    judge(&stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_json(extra: &str) -> String {
+        format!(
+            r#"{{"streams":[{{"codec_type":"video","codec_name":"h264","width":1280,"height":720,
+            "avg_frame_rate":"30/1","nb_frames":"300","nb_read_packets":"300"{extra}}},
+            {{"codec_type":"audio","codec_name":"aac"}}],
+            "format":{{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","duration":"10.0","size":"12345"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_good_source_is_described() {
+        let s = judge(&stream_json("")).unwrap();
+        assert_eq!((s.width, s.height, s.rotation), (1280, 720, 0));
+        assert_eq!(s.duration_seconds, 10.0);
+        assert!(s.has_audio);
+        assert_eq!(s.size_bytes, 12345);
+        assert_eq!(s.frame_rate, 30.0);
+    }
+
+    #[test]
+    fn rotation_comes_from_side_data() {
+        let s = judge(&stream_json(r#","side_data_list":[{"rotation":-90}]"#)).unwrap();
+        assert_eq!(s.rotation, -90);
+        assert_eq!(s.display_size(), (720, 1280));
+    }
+
+    #[test]
+    fn text_probed_as_tty_is_refused() {
+        let j = r#"{"streams":[{"codec_type":"video","codec_name":"ansi","width":640,"height":400}],
+                   "format":{"format_name":"tty","duration":"1.0"}}"#;
+        let e = judge(j).unwrap_err().to_string();
+        assert!(e.contains("tty"), "{e}");
+    }
+
+    #[test]
+    fn audio_only_is_refused_with_the_codec() {
+        let j = r#"{"streams":[{"codec_type":"audio","codec_name":"aac"}],
+                   "format":{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","duration":"3.0"}}"#;
+        let e = judge(j).unwrap_err().to_string();
+        assert!(e.contains("only audio (aac)"), "{e}");
+    }
+
+    #[test]
+    fn truncated_file_with_whole_header_is_refused() {
+        let j = stream_json("").replace(r#""nb_read_packets":"300""#, r#""nb_read_packets":"120""#);
+        let e = judge(&j).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("120 of 300"), "{e}");
+    }
+
+    #[test]
+    fn cover_art_is_not_a_video_stream() {
+        let j = r#"{"streams":[{"codec_type":"video","codec_name":"mjpeg","width":500,"height":500,
+                   "disposition":{"attached_pic":1}},{"codec_type":"audio","codec_name":"mp3"}],
+                   "format":{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","duration":"3.0"}}"#;
+        assert!(judge(j).unwrap_err().to_string().contains("only audio"));
+    }
+
+    #[test]
+    fn zero_duration_and_garbage_json_are_refused() {
+        let j = stream_json("").replace(r#""duration":"10.0""#, r#""duration":"0.0""#);
+        assert!(judge(&j).unwrap_err().to_string().contains("no duration"));
+        assert!(matches!(judge("not json"), Err(ProbeError::Invalid(_))));
+    }
+}

@@ -1,0 +1,317 @@
+//! One transcode task: encode a source into one rendition's CMAF (fMP4) segments with ffmpeg.
+//!
+//! ffmpeg runs through `ffmpeg-sidecar` (the system `ffmpeg` on PATH; nothing is downloaded).
+//! The runner is blocking code: call it from `spawn_blocking`. It reports progress as seconds of
+//! output written and can be cancelled from another thread with [`Cancel`], which kills the
+//! ffmpeg process.
+//!
+//! Keyframes are forced at every multiple of the segment duration with scene-cut detection off,
+//! so every rendition of a video cuts its segments at the same instants (segment `k` of each
+//! rendition covers the same time): what lets a player switch between variant streams.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use ffmpeg_sidecar::command::FfmpegCommand;
+use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
+use ffmpeg_sidecar::ffmpeg_time_duration::FfmpegTimeDuration;
+
+use crate::media::ladder::Rendition;
+use crate::media::playlist::{INIT_NAME, MEDIA_PLAYLIST_NAME};
+
+/// What to encode and where.
+#[derive(Debug, Clone)]
+pub struct TranscodeSpec {
+    /// Source file on a local disk.
+    pub input: PathBuf,
+    /// Empty directory the segments, init segment and ffmpeg's media playlist go to.
+    pub out_dir: PathBuf,
+    /// The rendition to produce.
+    pub rendition: Rendition,
+    /// Segment duration, seconds.
+    pub segment_seconds: u32,
+    /// x264 preset.
+    pub preset: String,
+    /// Whether to map the source's first audio stream.
+    pub has_audio: bool,
+}
+
+/// Why a transcode failed. [`TranscodeError::is_permanent`] tells the caller whether a retry can
+/// help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TranscodeError {
+    /// The source cannot be decoded: retrying gives the same result.
+    #[error("the source cannot be decoded: {0}")]
+    InvalidInput(String),
+    /// ffmpeg failed for a reason that may pass (I/O, resources, a kill).
+    #[error("ffmpeg failed: {0}")]
+    Failed(String),
+    /// [`Cancel::cancel`] was called.
+    #[error("cancelled")]
+    Cancelled,
+    /// ffmpeg is not on PATH.
+    #[error("ffmpeg is not installed or not on PATH (install it: apt-get install -y ffmpeg)")]
+    NotInstalled,
+}
+
+impl TranscodeError {
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::InvalidInput(_))
+    }
+}
+
+/// A handle that cancels a running transcode from another thread (kills ffmpeg with SIGKILL).
+/// Cloning shares the handle.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    cancelled: Arc<AtomicBool>,
+    pid: Arc<AtomicU32>,
+}
+
+impl Cancel {
+    /// Cancel: mark cancelled and kill the ffmpeg process if one runs.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        let pid = self.pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+/// The ffmpeg arguments for `spec` (without the program name).
+pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
+    let r = &spec.rendition;
+    let seg = spec.segment_seconds;
+    let out = |name: &str| spec.out_dir.join(name).to_string_lossy().into_owned();
+    let mut a: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
+    a.extend(["-i".into(), spec.input.to_string_lossy().into_owned()]);
+    a.extend(["-map".into(), "0:v:0".into()]);
+    if spec.has_audio {
+        a.extend(["-map".into(), "0:a:0".into()]);
+    }
+    let v = [
+        "-vf".to_string(),
+        format!("scale={}:{}:flags=bicubic,setsar=1", r.width, r.height),
+        "-pix_fmt".into(),
+        "yuv420p".into(),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        spec.preset.clone(),
+        "-profile:v".into(),
+        "main".into(),
+        "-b:v".into(),
+        format!("{}k", r.video_kbps),
+        "-maxrate".into(),
+        format!("{}k", r.video_kbps * 107 / 100),
+        "-bufsize".into(),
+        format!("{}k", r.video_kbps * 3 / 2),
+        "-force_key_frames".into(),
+        format!("expr:gte(t,n_forced*{seg})"),
+        "-sc_threshold".into(),
+        "0".into(),
+    ];
+    a.extend(v);
+    if spec.has_audio {
+        a.extend(
+            [
+                "-c:a",
+                "aac",
+                "-ac",
+                "2",
+                "-ar",
+                "48000",
+                "-b:a",
+                &format!("{}k", r.audio_kbps.max(32)),
+            ]
+            .map(String::from),
+        );
+    }
+    a.extend(
+        [
+            "-f",
+            "hls",
+            "-hls_time",
+            &seg.to_string(),
+            "-hls_playlist_type",
+            "vod",
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_fmp4_init_filename",
+            INIT_NAME,
+            "-hls_flags",
+            "independent_segments",
+            "-hls_segment_filename",
+            &out("%05d.m4s"),
+            &out(MEDIA_PLAYLIST_NAME),
+        ]
+        .map(String::from),
+    );
+    a
+}
+
+fn is_invalid_input(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    l.contains("invalid data found") || l.contains("moov atom not found")
+}
+
+/// Run the transcode to completion (blocking). `on_progress` gets the seconds of output written
+/// so far, each time ffmpeg reports.
+///
+/// Errors: see [`TranscodeError`]. A cancelled run returns `Cancelled` whatever ffmpeg said.
+pub fn run_blocking(
+    spec: &TranscodeSpec,
+    cancel: &Cancel,
+    mut on_progress: impl FnMut(f64),
+) -> Result<(), TranscodeError> {
+    if cancel.is_cancelled() {
+        return Err(TranscodeError::Cancelled);
+    }
+    std::fs::create_dir_all(&spec.out_dir)
+        .map_err(|e| TranscodeError::Failed(format!("cannot create {:?}: {e}", spec.out_dir)))?;
+    let mut child = FfmpegCommand::new()
+        .args(ffmpeg_args(spec))
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => TranscodeError::NotInstalled,
+            _ => TranscodeError::Failed(format!("cannot start ffmpeg: {e}")),
+        })?;
+    cancel.pid.store(child.as_inner().id(), Ordering::SeqCst);
+    // A cancel between spawn and storing the pid would be missed: check again.
+    if cancel.is_cancelled() {
+        let _ = child.kill();
+    }
+    let mut errors: Vec<String> = Vec::new();
+    let events = child
+        .iter()
+        .map_err(|e| TranscodeError::Failed(format!("cannot read ffmpeg output: {e}")))?;
+    for event in events {
+        match event {
+            FfmpegEvent::Progress(p) => {
+                if let Some(t) = FfmpegTimeDuration::from_str(&p.time) {
+                    on_progress(t.as_seconds().max(0.0));
+                }
+            }
+            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => {
+                if errors.len() < 20 {
+                    errors.push(line.trim().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let status = child.wait();
+    cancel.pid.store(0, Ordering::SeqCst);
+    if cancel.is_cancelled() {
+        return Err(TranscodeError::Cancelled);
+    }
+    let status = status.map_err(|e| TranscodeError::Failed(format!("waiting for ffmpeg: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let summary = errors
+        .last()
+        .cloned()
+        .unwrap_or_else(|| format!("exit status {status}"));
+    if errors.iter().any(|l| is_invalid_input(l)) {
+        Err(TranscodeError::InvalidInput(summary))
+    } else {
+        Err(TranscodeError::Failed(summary))
+    }
+}
+
+/// Whether `ffmpeg` and `ffprobe` run. `Err` carries a message naming the fix.
+pub fn check_tools() -> Result<(), String> {
+    for tool in ["ffmpeg", "ffprobe"] {
+        let ok = std::process::Command::new(tool)
+            .arg("-version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return Err(format!(
+                "{tool} was not found on PATH. reel uses the system ffmpeg: install it with \
+                 `apt-get install -y ffmpeg` (Debian/Ubuntu) or `brew install ffmpeg` (macOS)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// List the files ffmpeg produced in `dir`: the init segment and the segments, in order.
+pub fn output_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "m4s"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(audio: bool) -> TranscodeSpec {
+        TranscodeSpec {
+            input: "/in/source".into(),
+            out_dir: "/out".into(),
+            rendition: Rendition {
+                name: "360p".into(),
+                width: 640,
+                height: 360,
+                video_kbps: 1000,
+                audio_kbps: 96,
+            },
+            segment_seconds: 4,
+            preset: "veryfast".into(),
+            has_audio: audio,
+        }
+    }
+
+    #[test]
+    fn arguments_force_aligned_keyframes_and_fmp4_segments() {
+        let a = ffmpeg_args(&spec(true)).join(" ");
+        assert!(
+            a.contains("-force_key_frames expr:gte(t,n_forced*4)"),
+            "{a}"
+        );
+        assert!(a.contains("-sc_threshold 0"), "{a}");
+        assert!(a.contains("-hls_segment_type fmp4"), "{a}");
+        assert!(a.contains("scale=640:360"), "{a}");
+        assert!(a.contains("-b:v 1000k"), "{a}");
+        assert!(
+            a.contains("-map 0:a:0") && a.contains("-c:a aac -ac 2 -ar 48000 -b:a 96k"),
+            "{a}"
+        );
+        assert!(a.ends_with("/out/index.m3u8"), "{a}");
+    }
+
+    #[test]
+    fn no_audio_maps_no_audio() {
+        let a = ffmpeg_args(&spec(false)).join(" ");
+        assert!(!a.contains("0:a:0") && !a.contains("aac"), "{a}");
+    }
+
+    #[test]
+    fn invalid_data_is_permanent_other_failures_are_not() {
+        assert!(TranscodeError::InvalidInput("x".into()).is_permanent());
+        assert!(!TranscodeError::Failed("x".into()).is_permanent());
+        assert!(is_invalid_input(
+            "/x: Invalid data found when processing input"
+        ));
+    }
+}
