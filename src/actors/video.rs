@@ -261,6 +261,8 @@ impl Actor for VideoActor {
             myself.stop(Some("failed".into()));
             return Ok(());
         }
+        // The crashed job's tasks may still run; its successor dispatches afresh.
+        let _ = state.pool.cast(PoolMsg::CancelVideo { video_id: id });
         Self::spawn_job(&myself, state).await?;
         Ok(())
     }

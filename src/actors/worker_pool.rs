@@ -67,6 +67,12 @@ pub enum PoolMsg {
         /// Attempt.
         attempt: u32,
     },
+    /// Drop every queued task of a video and cancel its running ones (a crashed job's leftovers,
+    /// before its successor dispatches again).
+    CancelVideo {
+        /// Video.
+        video_id: String,
+    },
     /// A worker finished its task (sent by the worker after it reported to the job).
     WorkerIdle(ActorId),
     /// Observe the pool.
@@ -178,6 +184,18 @@ impl Actor for WorkerPool {
                             video_id: video_id.clone(),
                             task: task.clone(),
                             attempt,
+                        });
+                    }
+                }
+            }
+            PoolMsg::CancelVideo { video_id } => {
+                state.queue.retain(|a| a.task.video_id != video_id);
+                for slot in state.slots.values() {
+                    if let Some(a) = slot.task.as_ref().filter(|a| a.task.video_id == video_id) {
+                        let _ = slot.worker.cast(WorkerMsg::Cancel {
+                            video_id: video_id.clone(),
+                            task: a.key().to_string(),
+                            attempt: a.attempt,
                         });
                     }
                 }

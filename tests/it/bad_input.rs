@@ -1,0 +1,98 @@
+//! Bad input gets a clear error and loses nothing: never a panic, never a retry, never a
+//! half-visible video.
+
+use crate::helpers::*;
+
+async fn fails_with(kind: &str, reason_contains: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let (status, v) = upload(&base, &clip(kind)).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains(reason_contains), "{kind}: {error}");
+    let events = event_kinds(&base, &id).await;
+    assert_eq!(
+        count(&events, "task_dispatched"),
+        0,
+        "never transcoded: {events:?}"
+    );
+    assert_eq!(count(&events, "job_failed"), 1, "{events:?}");
+    let resp = reqwest::get(format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("failed"), "{body}");
+    // Uploading it again does not retry it.
+    let (status, again) = upload(&base, &clip(kind)).await;
+    assert_eq!((status, again["state"].as_str()), (200, Some("failed")));
+    assert_eq!(count(&event_kinds(&base, &id).await, "job_started"), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_file_fails_with_a_reason() {
+    fails_with("text", "text file, not a video").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_bytes_fail_with_a_reason() {
+    fails_with("random", "not a video").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audio_only_fails_with_a_reason() {
+    fails_with("audio", "only audio (aac)").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_mp4_with_a_whole_header_fails_with_a_reason() {
+    fails_with("truncated", "truncated").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_upload_unknown_and_hostile_ids_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let resp = reqwest::Client::new()
+        .put(format!("{base}/upload"))
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("empty"), "{v}");
+    let (status, v) = get_json(&format!("{base}/videos/0123456789abcdef0123456789abcdef")).await;
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"].is_string());
+    for hostile in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "ABC",
+        "0123456789abcdef0123456789abcdef%2F..",
+    ] {
+        let (status, v) = get_json(&format!("{base}/videos/{hostile}")).await;
+        assert_eq!(status, 404, "{hostile}: {v}");
+        let (status, _) = get_json(&format!("{base}/videos/{hostile}/master.m3u8")).await;
+        assert_eq!(status, 404, "{hostile}");
+    }
+    let (status, _) = get_json(&format!(
+        "{base}/videos/0123456789abcdef0123456789abcdef/240p/record.json"
+    ))
+    .await;
+    assert_eq!(status, 404, "only playlists and segments are served");
+    let (status, v) = get_json(&format!("{base}/nope")).await;
+    assert_eq!((status, v["error"].as_str()), (404, Some("no such route")));
+    let (_, list) = get_json(&format!("{base}/videos")).await;
+    assert_eq!(
+        list["videos"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
+    node.stop().await;
+}

@@ -1,0 +1,207 @@
+//! Upload to playback on one node, with a third-party client (ffmpeg) as the player.
+
+use crate::helpers::*;
+
+/// Upload a clip, wait for ready, play the multivariant playlist with `ffmpeg -xerror`, and
+/// check every rendition's resolution, segment count and duration.
+async fn upload_and_play(kind: &str, expect: &[(&str, u64, u64)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let (status, v) = upload(&base, &clip(kind)).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["progress"], 1.0);
+    let duration = v["source"]["duration_seconds"].as_f64().unwrap();
+
+    let master = format!("{base}/videos/{id}/master.m3u8");
+    play(&master)
+        .await
+        .expect("ffmpeg plays the multivariant playlist");
+    let variants = variants(&master).await;
+    let names: Vec<_> = variants
+        .iter()
+        .map(|v| v.uri.split('/').next().unwrap().to_string())
+        .collect();
+    let want: Vec<_> = expect.iter().map(|e| e.0.to_string()).collect();
+    assert_eq!(names, want, "variant streams, highest bandwidth first");
+
+    let mut counts = Vec::new();
+    for (name, w, h) in expect {
+        let media = format!("{base}/videos/{id}/{name}/index.m3u8");
+        let (pw, ph, frames, _) = probe(&media).await;
+        assert_eq!((pw, ph), (*w, *h), "resolution of {name}");
+        assert!(frames > 0);
+        let segs = segments(&media).await;
+        let total: f32 = segs.iter().map(|s| s.1).sum();
+        assert!(
+            (total as f64 - duration).abs() < 0.5,
+            "{name}: {total} s of {duration} s"
+        );
+        // 2 s segments: every segment but the last is exactly the segment duration.
+        for (uri, d) in &segs[..segs.len() - 1] {
+            assert!((d - 2.0).abs() < 0.05, "{name}/{uri} lasts {d}");
+        }
+        counts.push(segs.len());
+        play(&media).await.expect("each media playlist plays");
+    }
+    assert!(
+        counts.windows(2).all(|w| w[0] == w[1]),
+        "aligned renditions: {counts:?}"
+    );
+    assert_eq!(counts[0], (duration / 2.0).ceil() as usize);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clip_with_audio_plays_in_every_rendition() {
+    upload_and_play("av", &[("240p", 320, 240), ("180p", 240, 180)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clip_without_audio_plays() {
+    upload_and_play("video", &[("240p", 320, 240), ("180p", 240, 180)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_clip_plays_at_its_own_size_with_the_default_ladder() {
+    // carphone is 176x144, smaller than every default rung: one rendition at its own size.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.processing = reel::config::ProcessingConfig::default();
+    let node = start(config).await;
+    let base = node.url();
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/media/carphone_pristine.mp4");
+    let (status, v) = upload(&base, &clip).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap();
+    let v = wait_terminal(&base, id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["renditions"][0]["name"], "144p");
+    assert_eq!(v["source"]["has_audio"], false);
+    let master = format!("{base}/videos/{id}/master.m3u8");
+    play(&master).await.unwrap();
+    let (w, h, frames, _) = probe(&format!("{base}/videos/{id}/144p/index.m3u8")).await;
+    assert_eq!((w, h), (176, 144));
+    assert_eq!(frames, 120, "every source frame arrives");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_uploads_start_one_job_even_when_they_race() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let file = clip("av");
+    let racers = (0..4).map(|_| {
+        let base = base.clone();
+        let file = file.clone();
+        tokio::spawn(async move { upload(&base, &file).await })
+    });
+    let mut answers = Vec::new();
+    for r in racers {
+        answers.push(r.await.unwrap());
+    }
+    let ids: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(_, v)| v["video_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "one content address: {answers:?}");
+    let created = answers
+        .iter()
+        .filter(|(s, v)| *s == 202 && v["duplicate"] == false)
+        .count();
+    let dups = answers
+        .iter()
+        .filter(|(s, v)| *s == 200 && v["duplicate"] == true)
+        .count();
+    assert_eq!((created, dups), (1, 3), "{answers:?}");
+    let id = ids.into_iter().next().unwrap();
+    let id = id.as_str();
+    wait_terminal(&base, id, PROCESSING_DEADLINE).await;
+
+    // Once ready, the same bytes again: 200, same id, still one job.
+    let (status, v) = upload(&base, &file).await;
+    assert_eq!(
+        (status, v["video_id"].as_str(), v["state"].as_str()),
+        (200, Some(id), Some("ready"))
+    );
+    let events = event_kinds(&base, id).await;
+    assert_eq!(count(&events, "job_started"), 1, "{events:?}");
+    assert_eq!(
+        count(&events, "task_dispatched"),
+        2,
+        "one task per rendition: {events:?}"
+    );
+    assert_eq!(count(&events, "duplicate_upload"), 4);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_and_post_uploads_work_and_the_playlist_waits_for_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let bytes = tokio::fs::read(clip("long")).await.unwrap();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes.clone()).file_name("long.mp4"),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert!(resp.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/videos/"));
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let id = v["video_id"].as_str().unwrap().to_string();
+    // A 30 s clip takes seconds to process: the playlist is not there yet.
+    let early = reqwest::get(format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 409);
+    let seg = reqwest::get(format!("{base}/videos/{id}/240p/00000.m4s"))
+        .await
+        .unwrap();
+    assert_eq!(seg.status(), 409, "no segment is visible before ready");
+    // The same bytes as a plain POST body are the same video.
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/upload"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v2: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v2["video_id"], v["video_id"]);
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["filename"], "long.mp4");
+    let resp = reqwest::get(format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
+    let resp = reqwest::get(format!("{base}/videos/{id}/240p/00000.m4s"))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "video/mp4");
+    assert!(resp.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let (_, list) = get_json(&format!("{base}/videos")).await;
+    assert_eq!(list["videos"].as_array().unwrap().len(), 1);
+    node.stop().await;
+}

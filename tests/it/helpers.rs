@@ -1,0 +1,338 @@
+//! Shared helpers for the integration tests: tiny clips made with ffmpeg, shrunken configs,
+//! in-process nodes on free loopback ports, and clients (HTTP, ffmpeg, ffprobe).
+//!
+//! Waiting is always a bounded poll with a deadline, never a bare sleep.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use reel::config::{Config, RungConfig};
+use serde_json::Value;
+
+/// How long any test waits for a video to finish processing.
+pub const PROCESSING_DEADLINE: Duration = Duration::from_secs(120);
+
+static FIXTURES: OnceLock<PathBuf> = OnceLock::new();
+
+/// A directory of generated clips shared by every test in this process.
+pub fn fixtures() -> &'static Path {
+    FIXTURES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("reel-fixtures-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg runs (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Make (once) and return a clip. `kind`: `av` 320x240 6 s with audio, `video` the same without
+/// audio, `long` 640x360 30 s with audio (slow enough to crash mid-task), `audio` audio only,
+/// `truncated` an MP4 with `moov` first cut in half, `text`, `random`.
+pub fn clip(kind: &str) -> PathBuf {
+    let path = fixtures().join(format!("{kind}.bin"));
+    if path.exists() {
+        return path;
+    }
+    let tmp = fixtures().join(format!("{kind}.{}.tmp.mp4", rand_u32()));
+    let t = tmp.to_str().unwrap();
+    match kind {
+        "av" => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-c:a",
+            "aac",
+            "-shortest",
+            t,
+        ]),
+        "video" => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            t,
+        ]),
+        "long" => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=220:sample_rate=48000",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+            t,
+        ]),
+        "audio" => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300",
+            "-t",
+            "3",
+            "-c:a",
+            "aac",
+            t,
+        ]),
+        "truncated" => {
+            ffmpeg(&[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-t",
+                "5",
+                "-c:v",
+                "libx264",
+                "-b:v",
+                "800k",
+                "-movflags",
+                "+faststart",
+                t,
+            ]);
+            let bytes = std::fs::read(&tmp).unwrap();
+            std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
+        }
+        "text" => std::fs::write(&tmp, "my holiday video, honest\n".repeat(300)).unwrap(),
+        "random" => {
+            let bytes: Vec<u8> = (0..200_000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
+            std::fs::write(&tmp, bytes).unwrap();
+        }
+        other => panic!("unknown clip kind {other}"),
+    }
+    // Rename makes concurrent tests see a whole file or none.
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn rand_u32() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    std::process::id() ^ N.fetch_add(1, Ordering::SeqCst).wrapping_mul(7919)
+}
+
+/// A unique node id, so in-process nodes of parallel tests never share actor names.
+pub fn node_id() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A config for tests: a two-rung ladder small enough for 320x240 clips (240p, 180p), 2 s
+/// segments, fast backoff.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::single_node(dir, "127.0.0.1:0".parse().unwrap());
+    c.node_id = node_id();
+    c.processing.segment_seconds = 2;
+    c.processing.preset = "ultrafast".into();
+    c.processing.backoff_initial_ms = 50;
+    c.processing.backoff_max_ms = 200;
+    c.processing.ladder = vec![
+        RungConfig {
+            name: "240p".into(),
+            height: 240,
+            video_kbps: 400,
+            audio_kbps: 64,
+        },
+        RungConfig {
+            name: "180p".into(),
+            height: 180,
+            video_kbps: 200,
+            audio_kbps: 48,
+        },
+    ];
+    c
+}
+
+/// Start a node in this process on a free loopback port.
+pub async fn start(config: Config) -> reel::RunningNode {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    reel::spawn(config, listener).await.expect("node starts")
+}
+
+/// PUT a file to `/upload`; returns the status and JSON body.
+pub async fn upload(base: &str, file: &Path) -> (u16, Value) {
+    let bytes = tokio::fs::read(file).await.unwrap();
+    let resp = reqwest::Client::new()
+        .put(format!("{base}/upload"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// GET a JSON document.
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Poll `GET /videos/{id}` until its state is terminal; panics after `deadline`.
+pub async fn wait_terminal(base: &str, id: &str, deadline: Duration) -> Value {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let (status, v) = get_json(&format!("{base}/videos/{id}")).await;
+        assert_eq!(status, 200, "{v}");
+        if matches!(v["state"].as_str(), Some("ready" | "failed")) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "video {id} not done in {deadline:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll `cond` until true; panics with `what` after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Play a URL to the end with ffmpeg as the client, failing on any decode error.
+pub async fn play(url: &str) -> Result<(), String> {
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i", url, "-f", "null", "-"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .map_err(|_| "ffmpeg did not finish in 120 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// ffprobe a URL: (width, height, number of frames read, duration seconds).
+pub async fn probe(url: &str) -> (u64, u64, u64, f64) {
+    let out = tokio::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_streams",
+            "-show_format",
+        ])
+        .args(["-of", "json", url])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    let num = |x: &Value| {
+        x.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        s["width"].as_u64().unwrap(),
+        s["height"].as_u64().unwrap(),
+        num(&s["nb_read_frames"]) as u64,
+        num(&v["format"]["duration"]),
+    )
+}
+
+/// Segment URIs of a media playlist, parsed with m3u8-rs.
+pub async fn segments(url: &str) -> Vec<(String, f32)> {
+    let text = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    match m3u8_rs::parse_playlist_res(&text).unwrap() {
+        m3u8_rs::Playlist::MediaPlaylist(p) => p
+            .segments
+            .iter()
+            .map(|s| (s.uri.clone(), s.duration))
+            .collect(),
+        _ => panic!("not a media playlist: {url}"),
+    }
+}
+
+/// Variant stream URIs of a multivariant playlist.
+pub async fn variants(url: &str) -> Vec<m3u8_rs::VariantStream> {
+    let text = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    match m3u8_rs::parse_playlist_res(&text).unwrap() {
+        m3u8_rs::Playlist::MasterPlaylist(p) => p.variants,
+        _ => panic!("not a multivariant playlist: {url}"),
+    }
+}
+
+/// Kinds of events of a video, in order.
+pub async fn event_kinds(base: &str, id: &str) -> Vec<Value> {
+    let (_, v) = get_json(&format!("{base}/videos/{id}/events")).await;
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Count events of `kind`.
+pub fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["kind"] == kind).count()
+}
+
+/// A free loopback port (bind to 0, read, release).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

@@ -1,0 +1,10 @@
+//! reel's integration tests: one test binary, real nodes on loopback ports, real ffmpeg.
+//!
+//! Run with `cargo test` (the README's test command). ffmpeg must be installed
+//! (`scripts/setup` does it).
+
+mod bad_input;
+mod crash;
+mod e2e;
+mod helpers;
+mod restart;
