@@ -451,6 +451,14 @@ cluster = "127.0.0.1:9080"
     }
 
     #[test]
+    fn the_repository_cluster_toml_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        let c = Config::from_file(&path, Some("node-1")).unwrap();
+        assert_eq!(c.processing.ladder, default_ladder());
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         let p = ProcessingConfig {
             backoff_initial_ms: 100,
