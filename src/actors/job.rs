@@ -112,6 +112,8 @@ pub enum TaskStatus {
     WaitingRetry,
     /// Outputs stored.
     Done,
+    /// Gave up (the job fails).
+    Failed,
 }
 
 /// One task as seen in a [`JobSnapshot`].
@@ -364,6 +366,7 @@ impl JobActor {
             return Ok(());
         };
         let attempt = t.attempt;
+        t.status = TaskStatus::Failed;
         let outcome = if failure.permanent {
             "permanent"
         } else {
@@ -627,5 +630,341 @@ fn snapshot(state: &JobState) -> JobSnapshot {
             })
             .collect(),
         resumed: state.resumed.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The job against probe actors in place of the pool and the video actor: every assertion is
+    //! on a message that arrived (or did not, within a deadline); nothing sleeps.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::actors::NodeContext;
+    use crate::config::{ProcessingConfig, RungConfig, StorageLocation};
+    use crate::model::VideoRecord;
+    use crate::storage::events::EventLog;
+    use crate::storage::Storage;
+
+    /// Forwards every message it gets to a channel.
+    struct Probe<M>(std::marker::PhantomData<M>);
+
+    impl<M: ractor::Message + Sync> Actor for Probe<M> {
+        type Msg = M;
+        type State = mpsc::UnboundedSender<M>;
+        type Arguments = mpsc::UnboundedSender<M>;
+        async fn pre_start(
+            &self,
+            _: ActorRef<M>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<M>,
+            msg: M,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(msg);
+            Ok(())
+        }
+    }
+
+    async fn probe<M: ractor::Message + Sync>() -> (ActorRef<M>, mpsc::UnboundedReceiver<M>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (a, _) = Actor::spawn(None, Probe::<M>(std::marker::PhantomData), tx)
+            .await
+            .unwrap();
+        (a, rx)
+    }
+
+    async fn next<M>(rx: &mut mpsc::UnboundedReceiver<M>, what: &str) -> M {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 10 s"))
+            .expect("probe alive")
+    }
+
+    struct Harness {
+        ctx: Arc<NodeContext>,
+        job: ActorRef<JobMsg>,
+        pool: mpsc::UnboundedReceiver<PoolMsg>,
+        video: mpsc::UnboundedReceiver<VideoMsg>,
+    }
+
+    /// A job for a video whose record already holds its probe (so no ffprobe runs) and a
+    /// two-rendition plan.
+    async fn harness(tune: impl FnOnce(&mut ProcessingConfig)) -> Harness {
+        let mut processing = ProcessingConfig {
+            max_attempts: 3,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            stuck_after_seconds: 1,
+            ladder: vec![
+                RungConfig {
+                    name: "720p".into(),
+                    height: 720,
+                    video_kbps: 2000,
+                    audio_kbps: 96,
+                },
+                RungConfig {
+                    name: "360p".into(),
+                    height: 360,
+                    video_kbps: 600,
+                    audio_kbps: 64,
+                },
+            ],
+            ..Default::default()
+        };
+        tune(&mut processing);
+        let ctx = Arc::new(NodeContext {
+            node_id: "n".into(),
+            storage: Storage::open(&StorageLocation::Memory).unwrap(),
+            events: EventLog::in_memory("n"),
+            processing,
+            scratch_dir: std::env::temp_dir(),
+        });
+        let id = "0123456789abcdef0123456789abcdef";
+        let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);
+        record.source = Some(SourceInfo::example());
+        ctx.storage.save_record(&record).await.unwrap();
+        let (pool_ref, pool) = probe::<PoolMsg>().await;
+        let (video_ref, video) = probe::<VideoMsg>().await;
+        let (job, _) = Actor::spawn(
+            None,
+            JobActor,
+            JobArgs {
+                ctx: ctx.clone(),
+                video_id: id.into(),
+                pool: pool_ref,
+                video: video_ref,
+            },
+        )
+        .await
+        .unwrap();
+        Harness {
+            ctx,
+            job,
+            pool,
+            video,
+        }
+    }
+
+    async fn submitted(h: &mut Harness) -> Assignment {
+        loop {
+            if let PoolMsg::Submit(a) = next(&mut h.pool, "Submit").await {
+                return a;
+            }
+        }
+    }
+
+    fn output(a: &Assignment) -> Box<Result<RenditionOutput, TaskFailure>> {
+        Box::new(Ok(RenditionOutput {
+            rendition: a.task.rendition.clone(),
+            codecs: "avc1.4d401f".into(),
+            frame_rate: 30.0,
+            init_bytes: 1,
+            segments: vec![playlist::SegmentInfo {
+                duration_seconds: 4.0,
+                bytes: 1000,
+            }],
+        }))
+    }
+
+    fn finish(h: &Harness, a: &Assignment, result: Box<Result<RenditionOutput, TaskFailure>>) {
+        h.job
+            .cast(JobMsg::TaskFinished {
+                task: a.key().into(),
+                attempt: a.attempt,
+                result,
+            })
+            .unwrap();
+    }
+
+    async fn outcome(h: &mut Harness) -> VideoMsg {
+        loop {
+            match next(&mut h.video, "an outcome").await {
+                m @ (VideoMsg::JobReady { .. } | VideoMsg::JobFailed { .. }) => return m,
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failure_is_retried_after_backoff_then_the_job_finalizes() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        let b = submitted(&mut h).await;
+        assert_eq!((a.attempt, b.attempt), (1, 1));
+        let failed_at = tokio::time::Instant::now();
+        finish(&h, &a, Box::new(Err(TaskFailure::transient("disk full"))));
+        let retry = submitted(&mut h).await;
+        assert_eq!((retry.key(), retry.attempt), (a.key(), 2));
+        assert!(
+            failed_at.elapsed() >= Duration::from_millis(100),
+            "waited the backoff"
+        );
+        // A late answer from the failed attempt is stale and ignored.
+        finish(&h, &a, output(&a));
+        finish(&h, &b, output(&b));
+        finish(&h, &retry, output(&retry));
+        match outcome(&mut h).await {
+            VideoMsg::JobReady { outputs } => assert_eq!(outputs.len(), 2),
+            _ => panic!("expected ready"),
+        }
+        let master = h
+            .ctx
+            .storage
+            .get(&keys::multivariant("0123456789abcdef0123456789abcdef"))
+            .await;
+        assert!(
+            master.unwrap().is_some(),
+            "the multivariant playlist is the commit point"
+        );
+    }
+
+    #[tokio::test]
+    async fn permanent_failure_fails_the_video_at_once_and_cancels_the_rest() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        let _b = submitted(&mut h).await;
+        let bad = TaskFailure {
+            permanent: true,
+            message: "the source cannot be decoded".into(),
+        };
+        finish(&h, &a, Box::new(Err(bad)));
+        match outcome(&mut h).await {
+            VideoMsg::JobFailed { reason } => assert!(reason.contains("cannot be decoded")),
+            _ => panic!("expected failed"),
+        }
+        let mut cancels = 0;
+        while let Ok(m) = h.pool.try_recv() {
+            match m {
+                PoolMsg::Submit(_) => panic!("a permanent failure is never retried"),
+                PoolMsg::Cancel { .. } => cancels += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(cancels, 1, "the other rendition's task is cancelled");
+    }
+
+    #[tokio::test]
+    async fn attempts_run_out_after_max_attempts() {
+        let mut h = harness(|p| p.max_attempts = 2).await;
+        let a = submitted(&mut h).await;
+        let _b = submitted(&mut h).await;
+        finish(&h, &a, Box::new(Err(TaskFailure::transient("io"))));
+        let a2 = submitted(&mut h).await;
+        finish(&h, &a2, Box::new(Err(TaskFailure::transient("io again"))));
+        match outcome(&mut h).await {
+            VideoMsg::JobFailed { reason } => {
+                assert!(
+                    reason.contains("failed 2 times") && reason.contains("io again"),
+                    "{reason}"
+                )
+            }
+            _ => panic!("expected failed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_stops_reporting_progress_is_reclaimed_and_redispatched() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        // Queued tasks are never reclaimed: only once a worker says it started.
+        h.job
+            .cast(JobMsg::TaskStarted {
+                task: a.key().into(),
+                attempt: 1,
+                node: "n".into(),
+            })
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let (mut cancelled, mut resubmitted) = (false, None);
+        while resubmitted.is_none() {
+            match next(&mut h.pool, "reclaim").await {
+                PoolMsg::Cancel { task, attempt, .. } if task == a.key() && attempt == 1 => {
+                    cancelled = true
+                }
+                PoolMsg::Submit(s) if s.key() == a.key() => resubmitted = Some(s),
+                _ => {}
+            }
+        }
+        assert!(cancelled, "the stuck attempt is cancelled on its worker");
+        assert_eq!(resubmitted.unwrap().attempt, 2);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "not before the deadline"
+        );
+        let snap = ractor::call!(h.job, JobMsg::Snapshot).unwrap();
+        let other = snap.tasks.iter().find(|t| t.task != a.key()).unwrap();
+        assert_eq!(
+            (other.attempt, &other.status),
+            (1, &TaskStatus::Queued),
+            "queued task untouched"
+        );
+        let events = h
+            .ctx
+            .events
+            .for_video("0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap();
+        assert!(events.iter().any(|e| e.kind == "task_reclaimed"));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_job_skips_renditions_already_stored() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        let b = submitted(&mut h).await;
+        // Store one rendition's outputs as a worker would, then crash the job.
+        let id = "0123456789abcdef0123456789abcdef";
+        let Ok(out) = *output(&a) else { unreachable!() };
+        h.ctx
+            .storage
+            .put_json(&keys::rendition_info(id, a.key()), &out)
+            .await
+            .unwrap();
+        h.ctx
+            .storage
+            .put(
+                &keys::rendition_file(id, a.key(), playlist::MEDIA_PLAYLIST_NAME),
+                "x".into(),
+            )
+            .await
+            .unwrap();
+        h.job.stop(None);
+        let (pool_ref, mut pool) = probe::<PoolMsg>().await;
+        let (video_ref, _video) = probe::<VideoMsg>().await;
+        let (job, _) = Actor::spawn(
+            None,
+            JobActor,
+            JobArgs {
+                ctx: h.ctx.clone(),
+                video_id: id.into(),
+                pool: pool_ref,
+                video: video_ref,
+            },
+        )
+        .await
+        .unwrap();
+        let resubmitted = loop {
+            if let PoolMsg::Submit(s) = next(&mut pool, "Submit").await {
+                break s;
+            }
+        };
+        assert_eq!(
+            resubmitted.key(),
+            b.key(),
+            "only the missing rendition runs again"
+        );
+        let snap = ractor::call!(job, JobMsg::Snapshot).unwrap();
+        assert_eq!(snap.resumed, vec![a.key().to_string()]);
     }
 }
