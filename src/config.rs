@@ -222,6 +222,44 @@ impl StorageLocation {
     }
 }
 
+/// A secret (the cluster cookie). Its `Debug` never shows the value, so it cannot reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it (the NodeServer handshake).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The cluster side of a node: who the members are and how to reach them.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's NodeServer address (ractor_cluster).
+    pub listen: SocketAddr,
+    /// The shared secret every node must present (`cookie` in the file, or the environment
+    /// variable `REEL_CLUSTER_COOKIE`, which wins). Never logged.
+    pub cookie: Secret,
+    /// Every member, this node included: (id, http address, cluster address).
+    pub members: Vec<(String, SocketAddr, SocketAddr)>,
+    /// Heartbeat period between Gateways.
+    pub heartbeat: Duration,
+    /// Missed heartbeats before a peer is fenced.
+    pub fence_after: u32,
+}
+
 /// Everything one node needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -239,6 +277,10 @@ pub struct Config {
     pub processing: ProcessingConfig,
     /// Input limits.
     pub limits: Limits,
+    /// Cluster membership; `None` for a stand-alone node.
+    pub cluster: Option<ClusterConfig>,
+    /// How often the node re-checks which unfinished videos it owns.
+    pub reconcile_every: Duration,
 }
 
 impl Config {
@@ -254,6 +296,8 @@ impl Config {
             workers: 2,
             processing: ProcessingConfig::default(),
             limits: Limits::default(),
+            cluster: None,
+            reconcile_every: Duration::from_secs(10),
         }
     }
 
@@ -262,6 +306,17 @@ impl Config {
     /// Errors: unreadable file, unknown keys, an unknown node id, duplicate addresses, an invalid
     /// ladder.
     pub fn from_file(path: &Path, node_id: Option<&str>) -> Result<Self, ConfigError> {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        Self::from_file_with_env(path, node_id, &env)
+    }
+
+    /// [`Config::from_file`] with the environment passed in (tests never touch process-wide
+    /// variables).
+    pub fn from_file_with_env(
+        path: &Path,
+        node_id: Option<&str>,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -271,7 +326,7 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        file.into_config(node_id, base)
+        file.into_config(node_id, base, env)
     }
 
     /// Check what cannot work; called by `from_file` and by `run`.
@@ -314,12 +369,40 @@ fn default_workers() -> usize {
     2
 }
 
+/// The `[cluster]` table: membership timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTiming {
+    /// Heartbeat period, milliseconds.
+    pub heartbeat_ms: u64,
+    /// Missed heartbeats before a peer is fenced.
+    pub fence_after: u32,
+    /// How often each node re-checks which unfinished videos it owns, seconds.
+    pub reconcile_seconds: u64,
+}
+
+impl Default for ClusterTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1000,
+            fence_after: 3,
+            reconcile_seconds: 10,
+        }
+    }
+}
+
 /// The `cluster.toml` file as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// Shared storage: `local:DIR` (or a bare path) shared by every node, or `memory:`.
     pub storage: String,
+    /// The cluster secret. Prefer the environment variable `REEL_CLUSTER_COOKIE`.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Membership timing.
+    #[serde(default)]
+    pub cluster: ClusterTiming,
     /// Processing settings and the ladder.
     #[serde(default)]
     pub processing: ProcessingConfig,
@@ -332,7 +415,12 @@ pub struct ClusterFile {
 }
 
 impl ClusterFile {
-    fn into_config(self, node_id: Option<&str>, base: &Path) -> Result<Config, ConfigError> {
+    fn into_config(
+        self,
+        node_id: Option<&str>,
+        base: &Path,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         if self.nodes.is_empty() {
             return Err(ConfigError::Invalid("the file lists no [[node]]".into()));
         }
@@ -379,14 +467,44 @@ impl ClusterFile {
             Some(d) => base.join(d),
             None => base.join("reel-data").join(&node.id),
         };
+        let storage = StorageLocation::parse(&self.storage, base)?;
+        let cookie = env
+            .get("REEL_CLUSTER_COOKIE")
+            .cloned()
+            .or(self.cookie.clone())
+            .filter(|c| !c.is_empty());
+        if self.nodes.len() > 1 {
+            if storage == StorageLocation::Memory {
+                return Err(ConfigError::Invalid(
+                    "a cluster needs shared storage: `memory:` is private to one process".into(),
+                ));
+            }
+            if cookie.is_none() {
+                return Err(ConfigError::Invalid(
+                    "a cluster needs a shared secret: set REEL_CLUSTER_COOKIE or `cookie`".into(),
+                ));
+            }
+        }
         let config = Config {
             node_id: node.id.clone(),
             listen: node.http,
             data_dir,
-            storage: StorageLocation::parse(&self.storage, base)?,
+            storage,
             workers: node.workers,
             processing: self.processing,
             limits: self.limits,
+            cluster: Some(ClusterConfig {
+                listen: node.cluster,
+                cookie: Secret::new(cookie.unwrap_or_else(|| "reel-single-node".into())),
+                members: self
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id.clone(), n.http, n.cluster))
+                    .collect(),
+                heartbeat: Duration::from_millis(self.cluster.heartbeat_ms.max(50)),
+                fence_after: self.cluster.fence_after.max(1),
+            }),
+            reconcile_every: Duration::from_secs(self.cluster.reconcile_seconds.max(1)),
         };
         config.validate()?;
         Ok(config)
@@ -456,6 +574,36 @@ cluster = "127.0.0.1:9080"
         let c = Config::from_file(&path, Some("node-1")).unwrap();
         assert_eq!(c.processing.ladder, default_ladder());
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn a_cluster_needs_a_cookie_and_shared_storage_and_never_prints_the_cookie() {
+        let three = format!(
+            "{ONE}\n[[node]]\nid = \"node-2\"\nhttp = \"127.0.0.1:8081\"\ncluster = \"127.0.0.1:9081\"\n"
+        );
+        let (_d, path) = write(&three);
+        let none = std::collections::HashMap::new();
+        let e = Config::from_file_with_env(&path, Some("node-1"), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("REEL_CLUSTER_COOKIE"), "{e}");
+        let env = std::collections::HashMap::from([(
+            "REEL_CLUSTER_COOKIE".to_string(),
+            "s3cret".to_string(),
+        )]);
+        let c = Config::from_file_with_env(&path, Some("node-2"), &env).unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(cl.members.len(), 2);
+        assert_eq!(cl.cookie.expose(), "s3cret");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the cookie never reaches a log"
+        );
+        let (_d, path) = write(&three.replace("local:objects", "memory:"));
+        let e = Config::from_file_with_env(&path, Some("node-1"), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shared storage"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 pub mod actors;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod media;
@@ -81,14 +82,26 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
     let storage = Storage::open(&config.storage).map_err(|e| setup("object store", &e))?;
     let events = EventLog::open(&config.data_dir.join("reel.sqlite"), &config.node_id)
         .map_err(|e| setup("event log", &e))?;
+    let view = match &config.cluster {
+        Some(c) => cluster::Cluster::new(
+            &config.node_id,
+            c.members
+                .iter()
+                .map(|(id, http, cl)| (id.clone(), *http, Some(*cl)))
+                .collect(),
+        ),
+        None => cluster::Cluster::single(&config.node_id, config.listen),
+    };
     let ctx = NodeContext {
         node_id: config.node_id.clone(),
         storage,
         events,
         processing: config.processing.clone(),
         scratch_dir,
+        cluster: view,
+        reconcile_every: config.reconcile_every,
     };
-    Node::start(ctx, config.workers)
+    Node::start(ctx, config.workers, config.cluster.clone())
         .await
         .map_err(|e| RunError::Node(e.to_string()))
 }

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 
 use crate::actors::video::VideoMsg;
 use crate::actors::worker_pool::PoolMsg;
-use crate::actors::{Assignment, Ctx, TaskFailure, TaskSpec};
+use crate::actors::{Assignment, Ctx, TaskFailure, TaskReply, TaskSpec};
+use crate::cluster::protocol::{Reply, Request, TaskReport};
 use crate::media::ladder::{self, Rendition};
 use crate::media::playlist::{self, RenditionOutput};
 use crate::media::probe::{self, ProbeError, SourceInfo};
@@ -49,6 +50,9 @@ pub struct JobArgs {
     pub pool: ActorRef<PoolMsg>,
     /// Whom to report plan, progress and the outcome to.
     pub video: ActorRef<VideoMsg>,
+    /// The lease epoch the video actor holds; the multivariant playlist is written only while
+    /// it is still the newest (fencing, design brief section 4).
+    pub lease_epoch: u64,
 }
 
 /// Messages.
@@ -98,6 +102,45 @@ pub enum JobMsg {
 }
 impl ractor::Message for JobMsg {}
 
+impl From<TaskReport> for JobMsg {
+    fn from(r: TaskReport) -> Self {
+        match r {
+            TaskReport::Started {
+                task,
+                attempt,
+                node,
+                ..
+            } => JobMsg::TaskStarted {
+                task,
+                attempt,
+                node,
+            },
+            TaskReport::Progress {
+                task,
+                attempt,
+                seconds,
+                ..
+            } => JobMsg::Progress {
+                task,
+                attempt,
+                seconds,
+            },
+            TaskReport::Finished {
+                task,
+                attempt,
+                result,
+                ..
+            } => JobMsg::TaskFinished {
+                task,
+                attempt,
+                result: Box::new(
+                    result.map_err(|(permanent, message)| TaskFailure { permanent, message }),
+                ),
+            },
+        }
+    }
+}
+
 /// Where one task stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskStatus {
@@ -141,6 +184,8 @@ pub struct JobSnapshot {
 struct Task {
     spec: TaskSpec,
     attempt: u32,
+    /// The node the current attempt was handed to.
+    node: String,
     status: TaskStatus,
     last_heard: Instant,
     output: Option<RenditionOutput>,
@@ -152,6 +197,7 @@ pub struct JobState {
     video_id: String,
     pool: ActorRef<PoolMsg>,
     video: ActorRef<VideoMsg>,
+    lease_epoch: u64,
     source: Option<SourceInfo>,
     order: Vec<String>,
     tasks: BTreeMap<String, Task>,
@@ -221,14 +267,14 @@ impl JobActor {
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
         state.finished = true;
-        for (name, t) in &state.tasks {
-            if matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }) {
-                let _ = state.pool.cast(PoolMsg::Cancel {
-                    video_id: state.video_id.clone(),
-                    task: name.clone(),
-                    attempt: t.attempt,
-                });
-            }
+        let live: Vec<(String, u32)> = state
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }))
+            .map(|(n, t)| (n.clone(), t.attempt))
+            .collect();
+        for (name, attempt) in live {
+            Self::cancel(state, &name, attempt);
         }
         state
             .event(NewEvent::video(&state.video_id, "job_failed").detail(reason.clone()))
@@ -238,17 +284,89 @@ impl JobActor {
         Ok(())
     }
 
-    fn dispatch(myself: &ActorRef<JobMsg>, state: &mut JobState, task: &str) {
-        let Some(t) = state.tasks.get_mut(task) else {
+    /// Cancel an attempt wherever it was handed.
+    fn cancel(state: &JobState, task: &str, attempt: u32) {
+        let Some(t) = state.tasks.get(task) else {
             return;
+        };
+        if t.node == state.ctx.node_id {
+            let _ = state.pool.cast(PoolMsg::Cancel {
+                video_id: state.video_id.clone(),
+                task: task.to_string(),
+                attempt,
+            });
+        } else {
+            let (cluster, node) = (state.ctx.cluster.clone(), t.node.clone());
+            let req = Request::CancelTask {
+                video_id: state.video_id.clone(),
+                task: task.to_string(),
+                attempt,
+            };
+            tokio::spawn(async move {
+                let _ = cluster.request(&node, &req, Duration::from_secs(5)).await;
+            });
+        }
+    }
+
+    /// The node for an attempt: tasks of one video spread over the live nodes (rendition `i`
+    /// of video `v` goes to node `(hash(v) + i + attempt - 1) mod n`), and a retry moves to the
+    /// next node.
+    fn pick_node(state: &JobState, task: &str, attempt: u32) -> String {
+        let live = state.ctx.cluster.live_nodes();
+        if live.is_empty() {
+            return state.ctx.node_id.clone();
+        }
+        let seed =
+            u64::from_str_radix(&state.video_id[..8.min(state.video_id.len())], 16).unwrap_or(0);
+        let idx = state.order.iter().position(|n| n == task).unwrap_or(0) as u64;
+        let at = (seed + idx + attempt as u64 - 1) % live.len() as u64;
+        live[at as usize].clone()
+    }
+
+    /// Hand the current attempt of `task` to a node's pool. Returns the node.
+    fn dispatch(myself: &ActorRef<JobMsg>, state: &mut JobState, task: &str) -> String {
+        let node = Self::pick_node(state, task, state.tasks.get(task).map_or(1, |t| t.attempt));
+        let self_id = state.ctx.node_id.clone();
+        let Some(t) = state.tasks.get_mut(task) else {
+            return node;
         };
         t.status = TaskStatus::Queued;
         t.last_heard = Instant::now();
-        let _ = state.pool.cast(PoolMsg::Submit(Assignment {
+        t.node = node.clone();
+        if node == self_id {
+            let _ = state.pool.cast(PoolMsg::Submit(Assignment {
+                task: t.spec.clone(),
+                attempt: t.attempt,
+                reply: TaskReply::Local(myself.clone()),
+            }));
+            return node;
+        }
+        let (cluster, me, attempt) = (state.ctx.cluster.clone(), myself.clone(), t.attempt);
+        let req = Request::SubmitTask {
             task: t.spec.clone(),
-            attempt: t.attempt,
-            job: myself.clone(),
-        }));
+            attempt,
+            job_node: self_id,
+        };
+        let (task, target) = (task.to_string(), node.clone());
+        tokio::spawn(async move {
+            match cluster.request(&target, &req, Duration::from_secs(5)).await {
+                Ok(Reply::Ok) => {}
+                other => {
+                    let why = match other {
+                        Err(e) => e,
+                        Ok(r) => format!("{r:?}"),
+                    };
+                    let _ = me.cast(JobMsg::TaskFinished {
+                        task,
+                        attempt,
+                        result: Box::new(Err(TaskFailure::transient(format!(
+                            "could not hand the task to node {target}: {why}"
+                        )))),
+                    });
+                }
+            }
+        });
+        node
     }
 
     /// Plan, look for outputs already stored, dispatch what is missing.
@@ -290,6 +408,7 @@ impl JobActor {
                 Task {
                     spec,
                     attempt: 1,
+                    node: state.ctx.node_id.clone(),
                     status: if done {
                         TaskStatus::Done
                     } else {
@@ -317,10 +436,14 @@ impl JobActor {
             .cloned()
             .collect();
         for name in pending {
+            let node = Self::dispatch(myself, state, &name);
             state
-                .event(NewEvent::video(&state.video_id, "task_dispatched").task(&name, 1))
+                .event(
+                    NewEvent::video(&state.video_id, "task_dispatched")
+                        .task(&name, 1)
+                        .detail(format!("to node {node}")),
+                )
                 .await;
-            Self::dispatch(myself, state, &name);
         }
         self.maybe_finalize(myself, state).await
     }
@@ -339,6 +462,26 @@ impl JobActor {
             .filter_map(|n| state.tasks[n].output.clone())
             .collect();
         let master = playlist::multivariant_playlist(&outputs);
+        if !state
+            .ctx
+            .storage
+            .lease_holds(&state.video_id, state.lease_epoch)
+            .await?
+        {
+            // A newer owner exists (this node was fenced or the ring moved): stand down.
+            state.finished = true;
+            state
+                .event(
+                    NewEvent::video(&state.video_id, "stood_down").detail(format!(
+                        "lease epoch {} is no longer the newest",
+                        state.lease_epoch
+                    )),
+                )
+                .await;
+            let _ = state.video.cast(VideoMsg::LeaseLost);
+            myself.stop(None);
+            return Ok(());
+        }
         // The commit point: nothing streams before this object exists.
         state
             .ctx
@@ -428,6 +571,7 @@ impl Actor for JobActor {
             video_id: args.video_id,
             pool: args.pool,
             video: args.video,
+            lease_epoch: args.lease_epoch,
             source: None,
             order: Vec::new(),
             tasks: BTreeMap::new(),
@@ -561,45 +705,63 @@ impl Actor for JobActor {
                     if t.status == TaskStatus::WaitingRetry {
                         t.attempt += 1;
                         let attempt = t.attempt;
+                        let node = Self::dispatch(&myself, state, &task);
                         state
                             .event(
                                 NewEvent::video(&state.video_id, "task_dispatched")
-                                    .task(&task, attempt),
+                                    .task(&task, attempt)
+                                    .detail(format!("to node {node}")),
                             )
                             .await;
-                        Self::dispatch(&myself, state, &task);
                     }
                 }
             }
             JobMsg::Tick => {
                 let deadline = state.ctx.processing.stuck_after();
-                let stuck: Vec<(String, u32)> = state
+                let cluster = &state.ctx.cluster;
+                // A task is reclaimed when its node left the cluster, or when it runs and has
+                // reported nothing for `stuck_after` (a hung ffmpeg or worker).
+                let reclaim: Vec<(String, u32, String)> = state
                     .tasks
                     .iter()
-                    .filter(|(_, t)| {
-                        matches!(t.status, TaskStatus::Running { .. })
-                            && t.last_heard.elapsed() > deadline
+                    .filter_map(|(n, t)| {
+                        let active =
+                            matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. });
+                        if active && !cluster.is_live(&t.node) {
+                            return Some((
+                                n.clone(),
+                                t.attempt,
+                                format!("node {} left the cluster", t.node),
+                            ));
+                        }
+                        (matches!(t.status, TaskStatus::Running { .. })
+                            && t.last_heard.elapsed() > deadline)
+                            .then(|| {
+                                let why = format!(
+                                    "no progress for {} s on node {}",
+                                    deadline.as_secs_f64(),
+                                    t.node
+                                );
+                                (n.clone(), t.attempt, why)
+                            })
                     })
-                    .map(|(n, t)| (n.clone(), t.attempt))
                     .collect();
-                for (task, attempt) in stuck {
-                    let _ = state.pool.cast(PoolMsg::Cancel {
-                        video_id: state.video_id.clone(),
-                        task: task.clone(),
-                        attempt,
-                    });
+                for (task, attempt, why) in reclaim {
+                    Self::cancel(state, &task, attempt);
                     state
                         .event(
                             NewEvent::video(&state.video_id, "task_reclaimed")
                                 .task(&task, attempt)
-                                .detail(format!("no progress for {} s", deadline.as_secs_f64())),
+                                .detail(why.clone()),
                         )
                         .await;
-                    let failure = TaskFailure::transient(format!(
-                        "no progress for {} s (reclaimed)",
-                        deadline.as_secs_f64()
-                    ));
-                    self.task_failed(&myself, state, &task, failure).await?;
+                    self.task_failed(
+                        &myself,
+                        state,
+                        &task,
+                        TaskFailure::transient(format!("{why} (reclaimed)")),
+                    )
+                    .await?;
                     if state.finished {
                         break;
                     }
@@ -729,6 +891,8 @@ mod tests {
             events: EventLog::in_memory("n"),
             processing,
             scratch_dir: std::env::temp_dir(),
+            cluster: crate::cluster::Cluster::single("n", "127.0.0.1:1".parse().unwrap()),
+            reconcile_every: Duration::from_secs(10),
         });
         let id = "0123456789abcdef0123456789abcdef";
         let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);
@@ -744,6 +908,7 @@ mod tests {
                 video_id: id.into(),
                 pool: pool_ref,
                 video: video_ref,
+                lease_epoch: 0,
             },
         )
         .await
@@ -950,6 +1115,7 @@ mod tests {
                 video_id: id.into(),
                 pool: pool_ref,
                 video: video_ref,
+                lease_epoch: 0,
             },
         )
         .await

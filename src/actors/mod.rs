@@ -18,7 +18,9 @@
 //! Messages here are local-only: with ractor's `cluster` feature each message type implements
 //! [`ractor::Message`] with its default (non-serialising) methods.
 
+pub mod gateway;
 pub mod job;
+pub mod membership;
 pub mod node;
 pub mod transcode_worker;
 pub mod video;
@@ -31,6 +33,8 @@ use std::sync::Arc;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::protocol::TaskReport;
+use crate::cluster::Cluster;
 use crate::config::ProcessingConfig;
 use crate::media::ladder::Rendition;
 use crate::storage::events::EventLog;
@@ -49,6 +53,10 @@ pub struct NodeContext {
     pub processing: ProcessingConfig,
     /// Node-local scratch directory for ffmpeg outputs and downloaded sources.
     pub scratch_dir: PathBuf,
+    /// This node's view of the cluster (a one-node view when not clustered).
+    pub cluster: Cluster,
+    /// How often every node re-checks which unfinished videos it should own (reconcile loop).
+    pub reconcile_every: std::time::Duration,
 }
 
 /// Shared context handle.
@@ -77,15 +85,42 @@ pub struct TaskSpec {
     pub frame_rate: f64,
 }
 
-/// A task handed to the pool: the spec, which attempt this is, and whom to report to.
+/// Where a task's reports go: the job's actor on this node, or the Gateway of the node that
+/// runs the job.
+#[derive(Debug, Clone)]
+pub enum TaskReply {
+    /// The job runs on this node.
+    Local(ActorRef<job::JobMsg>),
+    /// The job runs on `node`; reports travel through its Gateway.
+    Remote {
+        /// The job's node.
+        node: String,
+        /// How to reach it.
+        cluster: Cluster,
+    },
+}
+
+impl TaskReply {
+    /// Deliver a report (best effort: a lost report is covered by the job's liveness checks).
+    pub fn send(&self, report: TaskReport) {
+        match self {
+            TaskReply::Local(job) => {
+                let _ = job.cast(job::JobMsg::from(report));
+            }
+            TaskReply::Remote { node, cluster } => cluster.report(node, &report),
+        }
+    }
+}
+
+/// A task handed to a pool: the spec, which attempt this is, and whom to report to.
 #[derive(Debug, Clone)]
 pub struct Assignment {
     /// The work.
     pub task: TaskSpec,
     /// Attempt number, from 1. Reports about other attempts are stale and ignored.
     pub attempt: u32,
-    /// The job to report progress and the outcome to.
-    pub job: ActorRef<job::JobMsg>,
+    /// Where progress and the outcome go.
+    pub reply: TaskReply,
 }
 
 impl Assignment {

@@ -1,8 +1,9 @@
 //! `NodeSupervisor`: the root of a node's supervision tree, and [`Node`], the handle the HTTP
 //! layer and tests hold.
 //!
-//! The node supervisor starts the `WorkerPool` and the `VideoSupervisor` (in that order: the
-//! video supervisor's jobs need the pool). They are infrastructure that holds references to each
+//! The node supervisor starts, in order: the `WorkerPool`, the `VideoSupervisor` (its jobs need
+//! the pool), the `Gateway` (it routes to both), and on a cluster the ractor_cluster
+//! `NodeServer` and the `Membership` actor that dials peers and keeps the ring. They are infrastructure that holds references to each
 //! other, so they are not restarted in place: if one fails, the node supervisor stops, [`Node`]'s
 //! `stopped` future completes, and `reel serve` exits non-zero. A process supervisor (systemd,
 //! Docker, Kubernetes) restarts it, and the new node recovers every unfinished video from the
@@ -12,9 +13,13 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::actors::gateway::{Gateway, GatewayArgs, GatewayMsg};
+use crate::actors::membership::{Membership, MembershipArgs};
 use crate::actors::video_supervisor::{VideoSupervisor, VideoSupervisorArgs, VideoSupervisorMsg};
 use crate::actors::worker_pool::{PoolArgs, PoolMsg, WorkerPool};
 use crate::actors::{Ctx, NodeContext};
+use crate::cluster::protocol::{Reply, Request};
+use crate::config::ClusterConfig;
 
 /// The root actor.
 pub struct NodeSupervisor;
@@ -25,6 +30,8 @@ pub struct NodeArgs {
     pub ctx: Ctx,
     /// Number of transcode workers.
     pub workers: usize,
+    /// Cluster membership, when clustered.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The node's top-level actors.
@@ -34,6 +41,8 @@ pub struct NodeRefs {
     pub pool: ActorRef<PoolMsg>,
     /// The video supervisor.
     pub videos: ActorRef<VideoSupervisorMsg>,
+    /// The gateway (remote-capable).
+    pub gateway: ActorRef<GatewayMsg>,
 }
 
 /// Messages.
@@ -73,7 +82,46 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
-        Ok(NodeRefs { pool, videos })
+        let (gateway, _) = Actor::spawn_linked(
+            Some(args.ctx.name("gateway")),
+            Gateway,
+            GatewayArgs {
+                ctx: args.ctx.clone(),
+                pool: pool.clone(),
+                videos: videos.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        if let Some(cluster) = args.cluster {
+            let server = ractor_cluster::NodeServer::new(
+                cluster.listen.port(),
+                cluster.cookie.expose().to_string(),
+                args.ctx.node_id.clone(),
+                cluster.listen.ip().to_string(),
+                None,
+                Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+            )
+            .with_listen_addr(cluster.listen.ip());
+            let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
+            Actor::spawn_linked(
+                Some(args.ctx.name("membership")),
+                Membership,
+                MembershipArgs {
+                    ctx: args.ctx.clone(),
+                    node_server,
+                    heartbeat: cluster.heartbeat,
+                    fence_after: cluster.fence_after,
+                },
+                myself.get_cell(),
+            )
+            .await?;
+        }
+        Ok(NodeRefs {
+            pool,
+            videos,
+            gateway,
+        })
     }
 
     async fn handle(
@@ -128,7 +176,11 @@ impl Node {
     ///
     /// Errors: an actor failed to start (for instance, the node's actor names are taken because
     /// a node with the same id runs in this process).
-    pub async fn start(ctx: NodeContext, workers: usize) -> Result<Self, ActorProcessingErr> {
+    pub async fn start(
+        ctx: NodeContext,
+        workers: usize,
+        cluster: Option<ClusterConfig>,
+    ) -> Result<Self, ActorProcessingErr> {
         let ctx = Arc::new(ctx);
         let (root, handle) = Actor::spawn(
             Some(ctx.name("node")),
@@ -136,6 +188,7 @@ impl Node {
             NodeArgs {
                 ctx: ctx.clone(),
                 workers,
+                cluster,
             },
         )
         .await?;
@@ -154,6 +207,38 @@ impl Node {
             refs,
             stopped,
         })
+    }
+
+    /// Make sure the video is being processed by its home node (a local message when this node
+    /// is home, else a request to the home's Gateway). A failure is logged, not raised: the
+    /// home's periodic reconcile finds every unfinished video anyway.
+    pub async fn ensure_video(&self, video_id: &str) {
+        let home = self
+            .ctx
+            .cluster
+            .home(&crate::cluster::ring::video_key(video_id));
+        if home == self.ctx.node_id {
+            let _ = self.refs.videos.cast(VideoSupervisorMsg::Ensure {
+                video_id: video_id.to_string(),
+            });
+            return;
+        }
+        let req = Request::EnsureVideo {
+            video_id: video_id.to_string(),
+        };
+        match self
+            .ctx
+            .cluster
+            .request(&home, &req, std::time::Duration::from_secs(5))
+            .await
+        {
+            Ok(Reply::Ok) => {}
+            other => tracing::warn!(
+                video_id,
+                home,
+                "could not ask the home node to start the video: {other:?}"
+            ),
+        }
     }
 
     /// Completes when the node's supervision tree has stopped (a top-level actor failed).

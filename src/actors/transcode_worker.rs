@@ -16,9 +16,9 @@ use std::path::Path;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::actors::job::JobMsg;
 use crate::actors::worker_pool::PoolMsg;
 use crate::actors::{Assignment, Ctx, TaskFailure};
+use crate::cluster::protocol::{failure_to_wire, TaskReport};
 use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
 use crate::media::transcode::{self, Cancel, TranscodeError, TranscodeSpec};
 use crate::storage::keys;
@@ -100,7 +100,8 @@ impl Actor for TranscodeWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Run(a) => {
-                let _ = a.job.cast(JobMsg::TaskStarted {
+                a.reply.send(TaskReport::Started {
+                    video_id: a.task.video_id.clone(),
                     task: a.key().to_string(),
                     attempt: a.attempt,
                     node: state.ctx.node_id.clone(),
@@ -133,10 +134,11 @@ impl Actor for TranscodeWorker {
             WorkerMsg::Finished(result) => {
                 if let Some(r) = state.running.take() {
                     let a = &r.assignment;
-                    let _ = a.job.cast(JobMsg::TaskFinished {
+                    a.reply.send(TaskReport::Finished {
+                        video_id: a.task.video_id.clone(),
                         task: a.key().to_string(),
                         attempt: a.attempt,
-                        result,
+                        result: (*result).map_err(failure_to_wire),
                     });
                 }
                 let _ = state.pool.cast(PoolMsg::WorkerIdle(myself.get_id()));
@@ -179,15 +181,16 @@ async fn transcode_and_store(
         preset: ctx.processing.preset.clone(),
         has_audio: t.has_audio,
     };
-    let job = a.job.clone();
-    let (task, attempt) = (a.key().to_string(), a.attempt);
+    let reply = a.reply.clone();
+    let (video_id, task, attempt) = (t.video_id.clone(), a.key().to_string(), a.attempt);
     let run_cancel = cancel.clone();
     let ran = tokio::task::spawn_blocking(move || {
         let mut last_sent = -1.0f64;
         transcode::run_blocking(&spec, &run_cancel, |seconds| {
             if seconds - last_sent >= 0.25 {
                 last_sent = seconds;
-                let _ = job.cast(JobMsg::Progress {
+                reply.send(TaskReport::Progress {
+                    video_id: video_id.clone(),
                     task: task.clone(),
                     attempt,
                     seconds,

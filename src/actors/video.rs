@@ -67,6 +67,8 @@ pub enum VideoMsg {
         /// Why.
         reason: String,
     },
+    /// From the job: a newer lease epoch exists; another node owns the video now.
+    LeaseLost,
     /// Observe the video.
     Status(RpcReplyPort<VideoStatus>),
 }
@@ -79,6 +81,9 @@ pub struct VideoActorState {
     record: VideoRecord,
     progress: f64,
     job_restarts: u32,
+    /// The lease epoch this actor claimed at start; every record write checks it is still the
+    /// newest, so a fenced or superseded owner never writes over the new one.
+    lease_epoch: u64,
 }
 
 impl VideoActor {
@@ -95,6 +100,7 @@ impl VideoActor {
                 video_id: state.record.video_id.clone(),
                 pool: state.pool.clone(),
                 video: myself.clone(),
+                lease_epoch: state.lease_epoch,
             },
             myself.get_cell(),
         )
@@ -102,7 +108,42 @@ impl VideoActor {
         Ok(job)
     }
 
+    /// Write the record if this actor still owns the video; `Ok(false)` (and the actor stands
+    /// down) when a newer lease exists.
+    async fn save(
+        myself: &ActorRef<VideoMsg>,
+        state: &mut VideoActorState,
+    ) -> Result<bool, ActorProcessingErr> {
+        if !state
+            .ctx
+            .storage
+            .lease_holds(&state.record.video_id, state.lease_epoch)
+            .await?
+        {
+            Self::stand_down(myself, state).await;
+            return Ok(false);
+        }
+        state.ctx.storage.save_record(&state.record).await?;
+        Ok(true)
+    }
+
+    async fn stand_down(myself: &ActorRef<VideoMsg>, state: &mut VideoActorState) {
+        state
+            .ctx
+            .events
+            .append(
+                NewEvent::video(&state.record.video_id, "stood_down")
+                    .detail(format!("lease epoch {} was superseded", state.lease_epoch)),
+            )
+            .await;
+        let _ = state.pool.cast(PoolMsg::CancelVideo {
+            video_id: state.record.video_id.clone(),
+        });
+        myself.stop(Some("lease lost".into()));
+    }
+
     async fn transition(
+        myself: &ActorRef<VideoMsg>,
         state: &mut VideoActorState,
         to: VideoState,
         detail: Option<String>,
@@ -110,7 +151,9 @@ impl VideoActor {
         let from = state.record.state;
         state.record.state = to;
         state.record.touch();
-        state.ctx.storage.save_record(&state.record).await?;
+        if !Self::save(myself, state).await? {
+            return Ok(());
+        }
         let change = format!("{} -> {}", from.as_str(), to.as_str());
         let detail = match detail {
             Some(d) => format!("{change}: {d}"),
@@ -140,13 +183,34 @@ impl Actor for VideoActor {
             .load_record(&args.video_id)
             .await?
             .ok_or_else(|| format!("video {} has no record", args.video_id))?;
+        let terminal = record.state.is_terminal();
+        let lease_epoch = if terminal {
+            0
+        } else {
+            args.ctx
+                .storage
+                .claim_lease(&args.video_id, &args.ctx.node_id)
+                .await?
+        };
         let mut state = VideoActorState {
             ctx: args.ctx,
             pool: args.pool,
             record,
             progress: 0.0,
             job_restarts: 0,
+            lease_epoch,
         };
+        if !terminal {
+            state
+                .ctx
+                .events
+                .append(
+                    NewEvent::video(&state.record.video_id, "lease_claimed")
+                        .attempt(lease_epoch as u32)
+                        .detail(format!("epoch {lease_epoch}")),
+                )
+                .await;
+        }
         match state.record.state {
             VideoState::Ready | VideoState::Failed => {
                 myself.stop(Some("terminal".into()));
@@ -158,7 +222,7 @@ impl Actor for VideoActor {
                     .events
                     .append(NewEvent::video(&state.record.video_id, "job_started"))
                     .await;
-                Self::transition(&mut state, VideoState::Processing, None).await?;
+                Self::transition(&myself, &mut state, VideoState::Processing, None).await?;
             }
             VideoState::Processing => {
                 state
@@ -190,7 +254,7 @@ impl Actor for VideoActor {
                     state.record.source = Some(source);
                     state.record.renditions = summaries;
                     state.record.touch();
-                    state.ctx.storage.save_record(&state.record).await?;
+                    Self::save(&myself, state).await?;
                 }
             }
             VideoMsg::Progress(p) => state.progress = p.clamp(0.0, 1.0),
@@ -201,7 +265,7 @@ impl Actor for VideoActor {
                 state.record.renditions = outputs.iter().map(RenditionSummary::finished).collect();
                 state.record.ready_at = Some(now_rfc3339());
                 state.progress = 1.0;
-                Self::transition(state, VideoState::Ready, None).await?;
+                Self::transition(&myself, state, VideoState::Ready, None).await?;
                 myself.stop(Some("ready".into()));
             }
             VideoMsg::JobFailed { reason } => {
@@ -209,9 +273,10 @@ impl Actor for VideoActor {
                     return Ok(());
                 }
                 state.record.error = Some(reason.clone());
-                Self::transition(state, VideoState::Failed, Some(reason)).await?;
+                Self::transition(&myself, state, VideoState::Failed, Some(reason)).await?;
                 myself.stop(Some("failed".into()));
             }
+            VideoMsg::LeaseLost => Self::stand_down(&myself, state).await,
             VideoMsg::Status(reply) => {
                 let _ = reply.send(VideoStatus {
                     record: state.record.clone(),
@@ -257,7 +322,7 @@ impl Actor for VideoActor {
                 state.job_restarts
             );
             state.record.error = Some(reason.clone());
-            Self::transition(state, VideoState::Failed, Some(reason)).await?;
+            Self::transition(&myself, state, VideoState::Failed, Some(reason)).await?;
             myself.stop(Some("failed".into()));
             return Ok(());
         }

@@ -3,8 +3,12 @@
 //!
 //! - `Ensure(id)` starts the video's actor unless it runs (idempotent: a duplicate upload, or
 //!   two racing ones, never start a second job; the actor name `{node}/video:{id}` is unique).
-//! - `Recover` at node start lists the records in the object store and ensures every video in
-//!   `uploaded` or `processing`: a node restarted mid-job finishes the job without help.
+//! - `Recover` (the reconcile loop: at node start, every `reconcile_every`, and shortly after
+//!   each ring change) lists the records in the object store; every video in `uploaded` or
+//!   `processing` whose home on the ring is this node gets an actor; a running video whose home
+//!   moved to another live node is handed off (its actor stops; the new home claims a newer
+//!   lease). So a node restarted mid-job finishes the job without help, and a dead node's
+//!   videos are taken over by their new homes.
 //! - A `VideoActor` that crashes is restarted (it re-reads its record); after
 //!   `max_job_restarts` crashes of the same video it is left stopped and logged.
 
@@ -15,7 +19,12 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::actors::video::{VideoActor, VideoArgs, VideoMsg};
 use crate::actors::worker_pool::PoolMsg;
 use crate::actors::Ctx;
+use crate::cluster::ring::video_key;
 use crate::storage::events::NewEvent;
+
+/// How long the ring must be quiet after a change before the reconcile runs: a peer that
+/// flaps (a woken node re-dialing) should not move work twice.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The supervisor actor.
 pub struct VideoSupervisor;
@@ -95,9 +104,27 @@ impl Actor for VideoSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<VideoSupervisorMsg>,
+        myself: ActorRef<VideoSupervisorMsg>,
         args: VideoSupervisorArgs,
     ) -> Result<VideoSupervisorState, ActorProcessingErr> {
+        myself.send_interval(args.ctx.reconcile_every, || VideoSupervisorMsg::Recover);
+        let mut changes = args.ctx.cluster.changes();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                // Debounce: wait until the ring has been quiet for SETTLE.
+                loop {
+                    match tokio::time::timeout(SETTLE, changes.changed()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => return,
+                        Err(_) => break,
+                    }
+                }
+                if me.cast(VideoSupervisorMsg::Recover).is_err() {
+                    return;
+                }
+            }
+        });
         Ok(VideoSupervisorState {
             ctx: args.ctx,
             pool: args.pool,
@@ -116,8 +143,15 @@ impl Actor for VideoSupervisor {
         match msg {
             VideoSupervisorMsg::Ensure { video_id } => Self::ensure(&myself, state, video_id).await,
             VideoSupervisorMsg::Recover => {
-                let ids = state.ctx.storage.list_video_ids().await?;
-                let mut resumed = 0;
+                let ids = match state.ctx.storage.list_video_ids().await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tracing::warn!("reconcile cannot list videos: {e}");
+                        return Ok(());
+                    }
+                };
+                let (mut resumed, mut handed_off) = (0, 0);
+                let me = state.ctx.node_id.clone();
                 for id in ids {
                     let record = match state.ctx.storage.load_record(&id).await {
                         Ok(Some(r)) => r,
@@ -127,19 +161,39 @@ impl Actor for VideoSupervisor {
                             continue;
                         }
                     };
-                    if !record.state.is_terminal() {
-                        resumed += 1;
-                        Self::ensure(&myself, state, id).await;
+                    if record.state.is_terminal() {
+                        continue;
+                    }
+                    let home = state.ctx.cluster.home(&video_key(&id));
+                    if home == me {
+                        if !state.running.contains_key(&id) {
+                            resumed += 1;
+                            Self::ensure(&myself, state, id).await;
+                        }
+                    } else if state.ctx.cluster.is_live(&home) {
+                        if let Some(actor) = state.running.get(&id) {
+                            handed_off += 1;
+                            actor.stop(Some(format!("handed off to {home}")));
+                            state
+                                .ctx
+                                .events
+                                .append(
+                                    NewEvent::video(&id, "handed_off")
+                                        .detail(format!("home is now {home}")),
+                                )
+                                .await;
+                        }
                     }
                 }
-                state
-                    .ctx
-                    .events
-                    .append(
-                        NewEvent::node("node_recovered")
-                            .detail(format!("{resumed} videos resumed")),
-                    )
-                    .await;
+                if resumed + handed_off > 0 {
+                    state
+                        .ctx
+                        .events
+                        .append(NewEvent::node("reconciled").detail(format!(
+                            "{resumed} videos taken up, {handed_off} handed off"
+                        )))
+                        .await;
+                }
             }
             VideoSupervisorMsg::Lookup { video_id, reply } => {
                 let _ = reply.send(state.running.get(&video_id).cloned());

@@ -12,9 +12,9 @@ use std::collections::{HashMap, VecDeque};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::actors::job::JobMsg;
 use crate::actors::transcode_worker::{TranscodeWorker, WorkerArgs, WorkerMsg};
-use crate::actors::{Assignment, Ctx, TaskFailure};
+use crate::actors::{Assignment, Ctx};
+use crate::cluster::protocol::TaskReport;
 use crate::storage::events::NewEvent;
 
 /// The pool actor.
@@ -253,10 +253,11 @@ impl Actor for WorkerPool {
             event = NewEvent::video(&a.task.video_id, "worker_restarted")
                 .task(a.key(), a.attempt)
                 .detail(why.clone());
-            let _ = a.job.cast(JobMsg::TaskFinished {
+            a.reply.send(TaskReport::Finished {
+                video_id: a.task.video_id.clone(),
                 task: a.key().to_string(),
                 attempt: a.attempt,
-                result: Box::new(Err(TaskFailure::transient(why))),
+                result: Err((false, why)),
             });
         }
         state.ctx.events.append(event).await;

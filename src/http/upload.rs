@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use warp::http::{header, HeaderValue, Response, StatusCode};
 use warp::{Filter, Rejection};
 
-use crate::actors::video_supervisor::VideoSupervisorMsg;
 use crate::http::{json_response, respond, ApiError, App};
 use crate::model::{video_id, VideoRecord};
 use crate::storage::events::NewEvent;
@@ -201,13 +200,7 @@ async fn accept(app: &App, r: Received) -> Result<Response<Bytes>, ApiError> {
                 .detail(format!("{} bytes, sha256 {}", r.bytes, r.sha256)),
         )
         .await;
-    app.node
-        .refs
-        .videos
-        .cast(VideoSupervisorMsg::Ensure {
-            video_id: id.clone(),
-        })
-        .map_err(|_| ApiError::Unavailable("the node is shutting down".into()))?;
+    app.node.ensure_video(&id).await;
     let body = json!({ "video_id": id, "state": "uploaded", "duplicate": false });
     Ok(with_location(
         json_response(StatusCode::ACCEPTED, &body),
@@ -227,9 +220,7 @@ async fn duplicate(app: &App, id: &str, state: &str, location: &str) -> Response
         .await;
     if state == "uploaded" || state == "processing" {
         // Idempotent: makes sure an interrupted video is being processed, never starts a second job.
-        let _ = app.node.refs.videos.cast(VideoSupervisorMsg::Ensure {
-            video_id: id.to_string(),
-        });
+        app.node.ensure_video(id).await;
     }
     let body = json!({ "video_id": id, "state": state, "duplicate": true });
     with_location(json_response(StatusCode::OK, &body), location)

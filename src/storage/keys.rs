@@ -10,6 +10,7 @@
 //! videos/{video_id}/{rendition}/index.m3u8   media playlist: written last, marks the rendition done
 //! videos/{video_id}/master.m3u8              multivariant playlist: the commit point of `ready`
 //! uploads/direct/{token}                     a body being received, before its id is known
+//! leases/video/{video_id}/{epoch:020}        ownership claims; the highest epoch owns the video
 //! ```
 
 fn is_name_char(c: char) -> bool {
@@ -84,6 +85,16 @@ pub fn rendition_file(id: &str, rendition: &str, file: &str) -> String {
 /// `videos/{id}/{rendition}/rendition.json`
 pub fn rendition_info(id: &str, rendition: &str) -> String {
     rendition_file(id, rendition, "rendition.json")
+}
+
+/// `leases/video/{id}/` (prefix of a video's lease epochs)
+pub fn lease_prefix(id: &str) -> String {
+    format!("leases/video/{id}")
+}
+
+/// `leases/video/{id}/{epoch:020}`: zero-padded so names sort by epoch.
+pub fn lease(id: &str, epoch: u64) -> String {
+    format!("leases/video/{id}/{epoch:020}")
 }
 
 /// `uploads/direct/{token}`

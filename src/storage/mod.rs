@@ -252,6 +252,60 @@ impl Storage {
             .await
     }
 
+    /// The newest lease of a video: `(epoch, holder node)`, or `None` when never claimed.
+    pub async fn current_lease(
+        &self,
+        video_id: &str,
+    ) -> Result<Option<(u64, String)>, StorageError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&path(&keys::lease_prefix(video_id))))
+            .await?;
+        let newest = listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename()?.parse::<u64>().ok())
+            .max();
+        let Some(epoch) = newest else { return Ok(None) };
+        let holder = self
+            .get(&keys::lease(video_id, epoch))
+            .await?
+            .map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
+            .unwrap_or_default();
+        Ok(Some((epoch, holder)))
+    }
+
+    /// Claim ownership of a video for `node`: create the next lease epoch with create-if-absent
+    /// (works on every backend; LocalFileSystem has no conditional update). The highest epoch
+    /// owns the video; an owner that sees a higher one stands down. Returns the epoch claimed.
+    ///
+    /// Errors: the store fails, or other nodes keep winning the race (after 8 tries).
+    pub async fn claim_lease(&self, video_id: &str, node: &str) -> Result<u64, StorageError> {
+        for _ in 0..8 {
+            let next = self
+                .current_lease(video_id)
+                .await?
+                .map_or(1, |(e, _)| e + 1);
+            let claimed = self
+                .put_if_absent(&keys::lease(video_id, next), Bytes::from(node.to_string()))
+                .await?;
+            if claimed {
+                return Ok(next);
+            }
+        }
+        Err(StorageError::Backend(format!(
+            "could not claim a lease on video {video_id}: contention"
+        )))
+    }
+
+    /// Whether `epoch` is still the newest lease of the video.
+    pub async fn lease_holds(&self, video_id: &str, epoch: u64) -> Result<bool, StorageError> {
+        Ok(self
+            .current_lease(video_id)
+            .await?
+            .is_none_or(|(e, _)| e == epoch))
+    }
+
     /// Read and decode a JSON object. `Ok(None)` when absent.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -319,6 +373,20 @@ mod tests {
         assert!(!s.create_record(&rec).await.unwrap());
         assert_eq!(s.load_record(id).await.unwrap().unwrap(), rec);
         assert_eq!(s.list_video_ids().await.unwrap(), vec![id.to_string()]);
+        assert_eq!(s.current_lease(id).await.unwrap(), None);
+        let e1 = s.claim_lease(id, "node-a").await.unwrap();
+        let e2 = s.claim_lease(id, "node-b").await.unwrap();
+        assert_eq!((e1, e2), (1, 2));
+        assert_eq!(
+            s.current_lease(id).await.unwrap(),
+            Some((2, "node-b".to_string()))
+        );
+        assert!(!s.lease_holds(id, 1).await.unwrap() && s.lease_holds(id, 2).await.unwrap());
+        assert_eq!(
+            s.list_video_ids().await.unwrap(),
+            vec![id.to_string()],
+            "leases are not videos"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,289 @@
+//! `Membership`: keeps this node connected to every peer of `cluster.toml` and decides who is
+//! live; the only writer of the [`Cluster`](crate::cluster::Cluster) view and so of the ring.
+//!
+//! What ractor_cluster does not do, this actor does (design brief section 4):
+//! - **dial** every peer's NodeServer, and **re-dial** with exponential backoff (0.5 s doubling
+//!   to 5 s) after a failed dial or a lost session;
+//! - **heartbeat**: every `heartbeat` it pings each peer's Gateway with a timeout; a peer is
+//!   live once it answers;
+//! - **fence** a hung peer (for instance one stopped with SIGSTOP, whose TCP session stays
+//!   open): after `fence_after` missed heartbeats it is marked dead and its session is stopped,
+//!   so the ring moves its keys and its unfinished work is re-dispatched. When the peer wakes,
+//!   it finds itself disconnected, re-dials, and stands down wherever a newer lease exists.
+//!
+//! Supervised by the `NodeSupervisor`. Session events arrive from the NodeServer through a
+//! subscription that casts them here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessage};
+use tokio::time::Instant;
+
+use crate::actors::Ctx;
+use crate::cluster::protocol::{Reply, Request};
+use crate::storage::events::NewEvent;
+
+/// The membership actor.
+pub struct Membership;
+
+/// Startup arguments.
+pub struct MembershipArgs {
+    /// Node context (its `cluster` view is what this actor maintains).
+    pub ctx: Ctx,
+    /// This node's NodeServer.
+    pub node_server: ActorRef<NodeServerMessage>,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Missed heartbeats before a peer is fenced.
+    pub fence_after: u32,
+}
+
+/// Messages.
+pub enum MembershipMsg {
+    /// Periodic: ping live sessions, dial missing ones.
+    Heartbeat,
+    /// A session to `peer` is authenticated and ready.
+    SessionReady {
+        /// Peer node id.
+        peer: String,
+        /// The session actor (stopped to fence the peer).
+        session: ActorRef<NodeSessionMessage>,
+    },
+    /// The session to `peer` ended.
+    SessionDown {
+        /// Peer node id.
+        peer: String,
+    },
+    /// A dial attempt ended.
+    Dialed {
+        /// Peer node id.
+        peer: String,
+        /// Whether the TCP connection opened.
+        ok: bool,
+    },
+    /// A heartbeat answered (or not).
+    Pong {
+        /// Peer node id.
+        peer: String,
+        /// Whether it answered in time.
+        ok: bool,
+    },
+}
+impl ractor::Message for MembershipMsg {}
+
+struct Peer {
+    addr: SocketAddr,
+    session: Option<ActorRef<NodeSessionMessage>>,
+    session_since: Instant,
+    misses: u32,
+    dialing: bool,
+    next_dial: Instant,
+    backoff: Duration,
+    ping_in_flight: bool,
+}
+
+/// State.
+pub struct MembershipState {
+    ctx: Ctx,
+    node_server: ActorRef<NodeServerMessage>,
+    heartbeat: Duration,
+    fence_after: u32,
+    peers: BTreeMap<String, Peer>,
+}
+
+struct Subscription(ActorRef<MembershipMsg>);
+
+fn peer_id(ses: &NodeServerSessionInformation) -> Option<String> {
+    let name = &ses.peer_name.as_ref()?.name;
+    Some(name.split('@').next().unwrap_or(name).to_string())
+}
+
+impl NodeEventSubscription for Subscription {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        if let Some(peer) = peer_id(&ses) {
+            let _ = self.0.cast(MembershipMsg::SessionReady {
+                peer,
+                session: ses.actor.clone(),
+            });
+        }
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        if let Some(peer) = peer_id(&ses) {
+            let _ = self.0.cast(MembershipMsg::SessionDown { peer });
+        }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Membership {
+    async fn mark(state: &MembershipState, peer: &str, live: bool, why: &str) {
+        if state.ctx.cluster.set_live(peer, live) {
+            let kind = if live { "member_up" } else { "member_down" };
+            tracing::info!(peer, why, "{kind}");
+            state
+                .ctx
+                .events
+                .append(NewEvent::node(kind).detail(format!("{peer}: {why}")))
+                .await;
+        }
+    }
+}
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipState, ActorProcessingErr> {
+        args.node_server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "reel-membership".into(),
+                subscription: Box::new(Subscription(myself.clone())),
+            })?;
+        let now = Instant::now();
+        let peers = args
+            .ctx
+            .cluster
+            .peers()
+            .into_iter()
+            .filter_map(|m| {
+                Some((
+                    m.id,
+                    Peer {
+                        addr: m.cluster?,
+                        session: None,
+                        session_since: now,
+                        misses: 0,
+                        dialing: false,
+                        next_dial: now,
+                        backoff: MIN_BACKOFF,
+                        ping_in_flight: false,
+                    },
+                ))
+            })
+            .collect();
+        myself.send_interval(args.heartbeat, || MembershipMsg::Heartbeat);
+        myself.send_message(MembershipMsg::Heartbeat)?;
+        Ok(MembershipState {
+            ctx: args.ctx,
+            node_server: args.node_server,
+            heartbeat: args.heartbeat,
+            fence_after: args.fence_after,
+            peers,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        msg: MembershipMsg,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MembershipMsg::Heartbeat => {
+                let now = Instant::now();
+                let timeout = state.heartbeat.max(Duration::from_millis(500));
+                for (id, p) in state.peers.iter_mut() {
+                    match &p.session {
+                        None if !p.dialing && now >= p.next_dial => {
+                            p.dialing = true;
+                            let (server, addr, me, peer) = (
+                                state.node_server.clone(),
+                                p.addr,
+                                myself.clone(),
+                                id.clone(),
+                            );
+                            tokio::spawn(async move {
+                                let ok =
+                                    ractor_cluster::client_connect(&server, addr).await.is_ok();
+                                let _ = me.cast(MembershipMsg::Dialed { peer, ok });
+                            });
+                        }
+                        Some(_) if !p.ping_in_flight => {
+                            // A new session needs a moment before its Gateway is announced.
+                            if state.ctx.cluster.gateway(id).is_none()
+                                && p.session_since.elapsed() < 10 * timeout
+                            {
+                                continue;
+                            }
+                            p.ping_in_flight = true;
+                            let (cluster, me, peer) =
+                                (state.ctx.cluster.clone(), myself.clone(), id.clone());
+                            tokio::spawn(async move {
+                                let ok = matches!(
+                                    cluster.request(&peer, &Request::Ping, timeout).await,
+                                    Ok(Reply::Pong { .. })
+                                );
+                                let _ = me.cast(MembershipMsg::Pong { peer, ok });
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            MembershipMsg::Dialed { peer, ok } => {
+                if let Some(p) = state.peers.get_mut(&peer) {
+                    p.dialing = false;
+                    if !ok || p.session.is_none() {
+                        // Until a session is ready, keep re-dialing with backoff.
+                        p.next_dial = Instant::now() + p.backoff;
+                        p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            MembershipMsg::SessionReady { peer, session } => {
+                if let Some(p) = state.peers.get_mut(&peer) {
+                    p.session = Some(session);
+                    p.session_since = Instant::now();
+                    p.misses = 0;
+                    p.backoff = MIN_BACKOFF;
+                }
+            }
+            MembershipMsg::SessionDown { peer } => {
+                if let Some(p) = state.peers.get_mut(&peer) {
+                    p.session = None;
+                    p.ping_in_flight = false;
+                    p.next_dial = Instant::now() + p.backoff;
+                }
+                Self::mark(state, &peer, false, "connection lost").await;
+            }
+            MembershipMsg::Pong { peer, ok } => {
+                let fence_after = state.fence_after;
+                let Some(p) = state.peers.get_mut(&peer) else {
+                    return Ok(());
+                };
+                p.ping_in_flight = false;
+                if ok {
+                    p.misses = 0;
+                    Self::mark(state, &peer, true, "answers heartbeats").await;
+                    return Ok(());
+                }
+                p.misses += 1;
+                if p.misses >= fence_after {
+                    // Fence: a hung peer keeps its TCP session open; cut it so the peer must
+                    // reconnect (and find newer leases) when it wakes.
+                    if let Some(session) = p.session.take() {
+                        session.stop(Some("fenced: missed heartbeats".into()));
+                    }
+                    p.misses = 0;
+                    p.next_dial = Instant::now() + p.backoff;
+                    let why = format!("fenced after {fence_after} missed heartbeats");
+                    Self::mark(state, &peer, false, &why).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
