@@ -571,9 +571,12 @@ cluster = "127.0.0.1:9080"
     #[test]
     fn the_repository_cluster_toml_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
-        let c = Config::from_file(&path, Some("node-1")).unwrap();
+        let env =
+            std::collections::HashMap::from([("REEL_CLUSTER_COOKIE".to_string(), "x".to_string())]);
+        let c = Config::from_file_with_env(&path, Some("node-2"), &env).unwrap();
         assert_eq!(c.processing.ladder, default_ladder());
-        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.cluster.unwrap().members.len(), 3);
     }
 
     #[test]

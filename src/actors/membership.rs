@@ -53,10 +53,12 @@ pub enum MembershipMsg {
         /// The session actor (stopped to fence the peer).
         session: ActorRef<NodeSessionMessage>,
     },
-    /// The session to `peer` ended.
+    /// A session to `peer` ended.
     SessionDown {
         /// Peer node id.
         peer: String,
+        /// Which session (a pair of nodes can hold one in each direction).
+        session: ractor::ActorId,
     },
     /// A dial attempt ended.
     Dialed {
@@ -77,7 +79,8 @@ impl ractor::Message for MembershipMsg {}
 
 struct Peer {
     addr: SocketAddr,
-    session: Option<ActorRef<NodeSessionMessage>>,
+    /// Every open session to this peer (each side may have dialed), by session actor id.
+    sessions: std::collections::HashMap<ractor::ActorId, ActorRef<NodeSessionMessage>>,
     session_since: Instant,
     misses: u32,
     dialing: bool,
@@ -115,7 +118,10 @@ impl NodeEventSubscription for Subscription {
     }
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         if let Some(peer) = peer_id(&ses) {
-            let _ = self.0.cast(MembershipMsg::SessionDown { peer });
+            let _ = self.0.cast(MembershipMsg::SessionDown {
+                peer,
+                session: ses.actor.get_id(),
+            });
         }
     }
 }
@@ -163,7 +169,7 @@ impl Actor for Membership {
                     m.id,
                     Peer {
                         addr: m.cluster?,
-                        session: None,
+                        sessions: std::collections::HashMap::new(),
                         session_since: now,
                         misses: 0,
                         dialing: false,
@@ -196,8 +202,8 @@ impl Actor for Membership {
                 let now = Instant::now();
                 let timeout = state.heartbeat.max(Duration::from_millis(500));
                 for (id, p) in state.peers.iter_mut() {
-                    match &p.session {
-                        None if !p.dialing && now >= p.next_dial => {
+                    match p.sessions.is_empty() {
+                        true if !p.dialing && now >= p.next_dial => {
                             p.dialing = true;
                             let (server, addr, me, peer) = (
                                 state.node_server.clone(),
@@ -211,7 +217,7 @@ impl Actor for Membership {
                                 let _ = me.cast(MembershipMsg::Dialed { peer, ok });
                             });
                         }
-                        Some(_) if !p.ping_in_flight => {
+                        false if !p.ping_in_flight => {
                             // A new session needs a moment before its Gateway is announced.
                             if state.ctx.cluster.gateway(id).is_none()
                                 && p.session_since.elapsed() < 10 * timeout
@@ -236,7 +242,7 @@ impl Actor for Membership {
             MembershipMsg::Dialed { peer, ok } => {
                 if let Some(p) = state.peers.get_mut(&peer) {
                     p.dialing = false;
-                    if !ok || p.session.is_none() {
+                    if !ok || p.sessions.is_empty() {
                         // Until a session is ready, keep re-dialing with backoff.
                         p.next_dial = Instant::now() + p.backoff;
                         p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
@@ -245,19 +251,22 @@ impl Actor for Membership {
             }
             MembershipMsg::SessionReady { peer, session } => {
                 if let Some(p) = state.peers.get_mut(&peer) {
-                    p.session = Some(session);
+                    p.sessions.insert(session.get_id(), session);
                     p.session_since = Instant::now();
                     p.misses = 0;
                     p.backoff = MIN_BACKOFF;
                 }
             }
-            MembershipMsg::SessionDown { peer } => {
-                if let Some(p) = state.peers.get_mut(&peer) {
-                    p.session = None;
+            MembershipMsg::SessionDown { peer, session } => {
+                let Some(p) = state.peers.get_mut(&peer) else {
+                    return Ok(());
+                };
+                p.sessions.remove(&session);
+                if p.sessions.is_empty() {
                     p.ping_in_flight = false;
                     p.next_dial = Instant::now() + p.backoff;
+                    Self::mark(state, &peer, false, "connection lost").await;
                 }
-                Self::mark(state, &peer, false, "connection lost").await;
             }
             MembershipMsg::Pong { peer, ok } => {
                 let fence_after = state.fence_after;
@@ -274,7 +283,7 @@ impl Actor for Membership {
                 if p.misses >= fence_after {
                     // Fence: a hung peer keeps its TCP session open; cut it so the peer must
                     // reconnect (and find newer leases) when it wakes.
-                    if let Some(session) = p.session.take() {
+                    for (_, session) in p.sessions.drain() {
                         session.stop(Some("fenced: missed heartbeats".into()));
                     }
                     p.misses = 0;

@@ -6,6 +6,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/health` | liveness and node id |
+//! | GET | `/cluster` | members, liveness, each one's share of the ring |
 //! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source |
 //! | GET | `/videos` | every video's record |
 //! | GET | `/videos/{id}` | record + live progress |
@@ -178,7 +179,13 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                 &json!({ "status": "ok", "node": app.config.node_id }),
             )
         });
+    let cluster = warp::path!("cluster")
+        .and(warp::get())
+        .and(with_app.clone())
+        .map(|app: App| json_response(StatusCode::OK, &app.node.ctx.cluster.describe()));
     health
+        .or(cluster)
+        .unify()
         .or(upload::routes(with_app.clone()))
         .unify()
         .or(videos::routes(with_app.clone()))

@@ -12,6 +12,8 @@ use warp::{Filter, Rejection};
 
 use crate::actors::video::VideoMsg;
 use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::cluster::protocol::{Reply, Request};
+use crate::cluster::ring::video_key;
 use crate::http::{json_response, respond, ApiError, App};
 use crate::model::{VideoRecord, VideoState};
 use crate::storage::keys;
@@ -30,8 +32,17 @@ pub(super) fn routes(
     let events = warp::path!("videos" / String / "events")
         .and(warp::get())
         .and(with_app)
-        .and_then(|id: String, app: App| async move { respond(events(app, id).await) });
+        .and(warp::query::<EventsQuery>())
+        .and_then(|id: String, app: App, q: EventsQuery| async move {
+            respond(events(app, id, q.scope.as_deref() == Some("local")).await)
+        });
     list.or(one).unify().or(events).unify()
+}
+
+/// `?scope=local`: only this node's events (what nodes ask each other for).
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    scope: Option<String>,
 }
 
 /// Check the id's shape before it reaches a key.
@@ -70,7 +81,18 @@ async fn status(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
         VideoState::Ready => 1.0,
         _ => 0.0,
     };
-    if !record.state.is_terminal() {
+    let cluster = &app.node.ctx.cluster;
+    let home = cluster.home(&video_key(&id));
+    if !record.state.is_terminal() && home != cluster.self_id() {
+        let req = Request::VideoProgress {
+            video_id: id.clone(),
+        };
+        if let Ok(Reply::Progress { progress: Some(p) }) =
+            cluster.request(&home, &req, Duration::from_secs(2)).await
+        {
+            progress = p;
+        }
+    } else if !record.state.is_terminal() {
         let actor = ractor::call_t!(
             app.node.refs.videos,
             |reply| VideoSupervisorMsg::Lookup {
@@ -93,7 +115,9 @@ async fn status(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
             }
         }
     }
-    Ok(json_response(StatusCode::OK, &view(&record, progress)))
+    let mut v = view(&record, progress);
+    v["home_node"] = json!(home);
+    Ok(json_response(StatusCode::OK, &v))
 }
 
 async fn list(app: App) -> Result<Response<Bytes>, ApiError> {
@@ -113,17 +137,55 @@ async fn list(app: App) -> Result<Response<Bytes>, ApiError> {
     Ok(json_response(StatusCode::OK, &json!({ "videos": videos })))
 }
 
-async fn events(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
+/// The video's events: this node's, plus (unless `local_only`) every other live node's,
+/// fetched over HTTP, merged oldest first. Each event names the node that wrote it; the logs
+/// themselves stay node-local (seed section 7: logs are not replicated).
+async fn events(app: App, id: String, local_only: bool) -> Result<Response<Bytes>, ApiError> {
     let record = record(&app, &id).await?;
-    let events = app
-        .node
-        .ctx
+    let ctx = &app.node.ctx;
+    let mut events: Vec<Value> = ctx
         .events
         .for_video(&record.video_id)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("event log: {e}")))?;
+        .map_err(|e| ApiError::Unavailable(format!("event log: {e}")))?
+        .into_iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
+    let mut unreachable = Vec::new();
+    if !local_only {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let peers: Vec<_> = ctx
+            .cluster
+            .peers()
+            .into_iter()
+            .filter(|m| m.live)
+            .map(|m| {
+                let url = format!("http://{}/videos/{id}/events?scope=local", m.http);
+                let client = client.clone();
+                async move { (m.id, client.get(url).send().await) }
+            })
+            .collect();
+        for (node, resp) in futures::future::join_all(peers).await {
+            match resp {
+                Ok(r) => match r.json::<Value>().await {
+                    Ok(v) => events.extend(v["events"].as_array().cloned().unwrap_or_default()),
+                    Err(_) => unreachable.push(node),
+                },
+                Err(_) => unreachable.push(node),
+            }
+        }
+        events.sort_by_key(|e| {
+            (
+                e["ts_ms"].as_i64().unwrap_or(0),
+                e["seq"].as_i64().unwrap_or(0),
+            )
+        });
+    }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "video_id": record.video_id, "events": events }),
+        &json!({ "video_id": record.video_id, "events": events, "unreachable_nodes": unreachable }),
     ))
 }

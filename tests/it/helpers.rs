@@ -336,3 +336,77 @@ pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A `reel` child process that this test started; killed (by its own PID) when dropped.
+pub struct ReelProcess {
+    child: std::process::Child,
+}
+
+impl ReelProcess {
+    /// Start `reel ARGS` with extra environment, logging stderr to `log`.
+    pub fn start(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_reel"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,ractor=warn,ractor_cluster=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("reel binary starts");
+        Self { child }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal our own child");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: the process hangs with its sockets open.
+    pub fn stop(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+impl Drop for ReelProcess {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        self.kill9();
+    }
+}
+
+impl ReelProcess {
+    fn resume_quietly(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Wait until `GET {base}/health` answers.
+pub async fn wait_healthy(base: &str) {
+    wait_until(
+        &format!("{base} healthy"),
+        Duration::from_secs(30),
+        || async {
+            reqwest::get(format!("{base}/health"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+}

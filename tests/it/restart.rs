@@ -1,47 +1,15 @@
 //! A node process killed with SIGKILL mid-job finishes the job after it restarts, with no
 //! manual step. Real `reel serve` processes on a loopback port.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use crate::helpers::*;
 
-/// A `reel serve` child process, killed (by its PID, which we started) when dropped.
-struct ServeProcess(Child);
-
-impl ServeProcess {
-    fn start(data_dir: &std::path::Path, addr: std::net::SocketAddr) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_reel"))
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("reel binary starts");
-        Self(child)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-async fn wait_healthy(base: &str) {
-    wait_until("node health", Duration::from_secs(30), || async {
-        reqwest::get(format!("{base}/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+fn serve(dir: &std::path::Path, addr: std::net::SocketAddr) -> ReelProcess {
+    let (d, a) = (dir.to_str().unwrap(), addr.to_string());
+    ReelProcess::start(
+        &["serve", "--data-dir", d, "--listen", &a],
+        &[],
+        dir.join("node.log"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,7 +17,7 @@ async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let base = format!("http://{addr}");
-    let mut first = ServeProcess::start(dir.path(), addr);
+    let mut first = serve(dir.path(), addr);
     wait_healthy(&base).await;
     let (status, v) = upload(&base, &clip("long")).await;
     assert_eq!(status, 202, "{v}");
@@ -65,7 +33,7 @@ async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
         "the node is down"
     );
 
-    let _second = ServeProcess::start(dir.path(), addr);
+    let _second = serve(dir.path(), addr);
     wait_healthy(&base).await;
     let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");

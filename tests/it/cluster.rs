@@ -1,0 +1,297 @@
+//! Three-node clusters of real `reel serve` processes on 127.0.0.1 (two NodeServers in one
+//! process would confuse ractor's process groups). Each test starts its own cluster on free
+//! ports with its own shared storage directory, is bounded in time, and stops only the
+//! processes it started.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const COOKIE: &str = "test-cookie-not-secret";
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    nodes: Vec<Option<ReelProcess>>,
+    urls: Vec<String>,
+}
+
+impl TestCluster {
+    async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = String::from(
+            r#"storage = "local:objects"
+[cluster]
+heartbeat_ms = 300
+fence_after = 3
+reconcile_seconds = 2
+[processing]
+segment_seconds = 2
+preset = "ultrafast"
+backoff_initial_ms = 100
+backoff_max_ms = 500
+stuck_after_seconds = 30
+[[processing.ladder]]
+name = "240p"
+height = 240
+video_kbps = 400
+audio_kbps = 64
+[[processing.ladder]]
+name = "180p"
+height = 180
+video_kbps = 250
+audio_kbps = 48
+[[processing.ladder]]
+name = "120p"
+height = 120
+video_kbps = 120
+audio_kbps = 32
+"#,
+        );
+        let mut urls = Vec::new();
+        for i in 1..=n {
+            let (http, cluster) = (free_addr(), free_addr());
+            toml.push_str(&format!(
+                "[[node]]\nid = \"node-{i}\"\nhttp = \"{http}\"\ncluster = \"{cluster}\"\nworkers = 1\n"
+            ));
+            urls.push(format!("http://{http}"));
+        }
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut c = Self {
+            dir,
+            config,
+            nodes: Vec::new(),
+            urls,
+        };
+        for i in 1..=n {
+            let p = c.spawn(i);
+            c.nodes.push(Some(p));
+        }
+        for url in c.urls.clone() {
+            wait_healthy(&url).await;
+        }
+        c.wait_live(&(1..=n).collect::<Vec<_>>(), n).await;
+        c
+    }
+
+    fn spawn(&self, i: usize) -> ReelProcess {
+        let node = format!("node-{i}");
+        ReelProcess::start(
+            &[
+                "serve",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--node",
+                &node,
+            ],
+            &[("REEL_CLUSTER_COOKIE", COOKIE)],
+            self.dir.path().join(format!("{node}.log")),
+        )
+    }
+
+    fn url(&self, i: usize) -> &str {
+        &self.urls[i - 1]
+    }
+
+    fn index_of(&self, node: &str) -> usize {
+        node.trim_start_matches("node-").parse().unwrap()
+    }
+
+    /// Wait until each node in `observers` sees exactly `live` live members.
+    async fn wait_live(&self, observers: &[usize], live: usize) {
+        for &i in observers {
+            let url = format!("{}/cluster", self.url(i));
+            wait_until(
+                &format!("node-{i} to see {live} live members"),
+                Duration::from_secs(60),
+                || {
+                    let url = url.clone();
+                    async move {
+                        match reqwest::get(&url).await {
+                            Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["live"] == live),
+                            Err(_) => false,
+                        }
+                    }
+                },
+            )
+            .await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(40).collect();
+                out += &format!(
+                    "--- {:?}\n{}\n",
+                    entry.file_name(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The nodes that ran tasks of a video, from the merged event log.
+fn task_nodes(events: &[Value]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "task_started")
+        .filter_map(|e| {
+            e["detail"]
+                .as_str()?
+                .strip_prefix("on node ")
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Same renditions, segment counts and durations as an undisturbed run of a clip of `duration`.
+async fn check_media(base: &str, id: &str, duration: f64) {
+    let master = format!("{base}/videos/{id}/master.m3u8");
+    play(&master).await.expect("plays with ffmpeg -xerror");
+    let names: Vec<String> = variants(&master)
+        .await
+        .iter()
+        .map(|v| v.uri.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["240p/index.m3u8", "180p/index.m3u8", "120p/index.m3u8"]
+    );
+    for name in ["240p", "180p", "120p"] {
+        let segs = segments(&format!("{base}/videos/{id}/{name}/index.m3u8")).await;
+        assert_eq!(segs.len(), (duration / 2.0).ceil() as usize, "{name}");
+        for (uri, d) in &segs[..segs.len() - 1] {
+            assert!((d - 2.0).abs() < 0.05, "{name}/{uri} lasts {d}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_spread_one_video_and_any_node_answers() {
+    let c = TestCluster::start(3).await;
+    let (status, v) = upload(c.url(2), &clip("av")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(c.url(3), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}\n{}", c.logs());
+    let events = event_kinds(c.url(1), &id).await;
+    let nodes = task_nodes(&events);
+    assert!(nodes.len() >= 2, "tasks ran on {nodes:?}: {events:#?}");
+    assert_eq!(count(&events, "job_started"), 1, "{events:#?}");
+    for i in 1..=3 {
+        check_media(
+            c.url(i),
+            &id,
+            v["source"]["duration_seconds"].as_f64().unwrap(),
+        )
+        .await;
+    }
+    let (_, cluster) = get_json(&format!("{}/cluster", c.url(1))).await;
+    let shares: f64 = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ring_share"].as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{cluster}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_jobs_node_still_ends_ready_and_the_node_rejoins() {
+    let mut c = TestCluster::start(3).await;
+    let (_, v) = upload(c.url(1), &clip("long")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let (_, status) = get_json(&format!("{}/videos/{id}", c.url(1))).await;
+    let home = c.index_of(status["home_node"].as_str().unwrap());
+    let other = if home == 1 { 2 } else { 1 };
+    wait_until("a task started", PROCESSING_DEADLINE, || {
+        let (base, id) = (c.url(other).to_string(), id.clone());
+        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
+    })
+    .await;
+    c.nodes[home - 1].as_mut().unwrap().kill9();
+    let v = wait_terminal(c.url(other), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}\n{}", c.logs());
+    assert_ne!(
+        v["home_node"],
+        format!("node-{home}"),
+        "a survivor owns it now"
+    );
+    check_media(
+        c.url(other),
+        &id,
+        v["source"]["duration_seconds"].as_f64().unwrap(),
+    )
+    .await;
+    let events = event_kinds(c.url(other), &id).await;
+    assert!(
+        count(&events, "job_resumed") >= 1,
+        "the new home resumed the job: {events:#?}"
+    );
+
+    // The killed node restarts and rejoins with no manual step.
+    let p = c.spawn(home);
+    c.nodes[home - 1] = Some(p);
+    wait_healthy(c.url(home)).await;
+    c.wait_live(&[1, 2, 3], 3).await;
+    let (status, v) = get_json(&format!("{}/videos/{id}", c.url(home))).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("ready")));
+    play(&format!("{}/videos/{id}/master.m3u8", c.url(home)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_node_is_fenced_its_work_finishes_elsewhere_and_it_stands_down() {
+    let c = TestCluster::start(3).await;
+    let (_, v) = upload(c.url(1), &clip("long")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let (_, status) = get_json(&format!("{}/videos/{id}", c.url(1))).await;
+    let home = c.index_of(status["home_node"].as_str().unwrap());
+    let others: Vec<usize> = (1..=3).filter(|i| *i != home).collect();
+    wait_until("a task started", PROCESSING_DEADLINE, || {
+        let (base, id) = (c.url(others[0]).to_string(), id.clone());
+        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
+    })
+    .await;
+    let hung = c.nodes[home - 1].as_ref().unwrap();
+    hung.stop();
+    // Fenced within a few seconds: 3 missed heartbeats of 300 ms.
+    c.wait_live(&others, 2).await;
+    let v = wait_terminal(c.url(others[0]), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}\n{}", c.logs());
+    hung.resume();
+    c.wait_live(&[1, 2, 3], 3).await;
+    // The woken node never writes over the new owner: the video stays ready, and its own log
+    // shows it stood down or handed the video off.
+    wait_until(
+        "the woken node to stand down",
+        Duration::from_secs(60),
+        || {
+            let (base, id) = (c.url(home).to_string(), id.clone());
+            async move {
+                let (_, v) = get_json(&format!("{base}/videos/{id}/events?scope=local")).await;
+                let evs = v["events"].as_array().cloned().unwrap_or_default();
+                count(&evs, "stood_down") + count(&evs, "handed_off") >= 1
+            }
+        },
+    )
+    .await;
+    let (_, v) = get_json(&format!("{}/videos/{id}", c.url(home))).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    check_media(
+        c.url(home),
+        &id,
+        v["source"]["duration_seconds"].as_f64().unwrap(),
+    )
+    .await;
+}
