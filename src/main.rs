@@ -39,6 +39,13 @@ enum Command {
         #[arg(long)]
         json_logs: bool,
     },
+    /// Start every node of a cluster.toml as child processes of this one (a local cluster for
+    /// trying reel out; in production start each node on its own machine with `serve`).
+    ClusterUp {
+        /// The cluster file.
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
     /// Upload a video file and print its id.
     Upload {
         /// The file.
@@ -127,6 +134,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::ClusterUp { config } => cluster_up(&config).await,
         Command::Upload { file, server, wait } => {
             let v = match reel::client::upload(&server, &file).await {
                 Ok(v) => v,
@@ -165,6 +173,81 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `reel cluster-up`: validate every node's config, start one `reel serve` child per node, and
+/// stop them all on Ctrl-C / SIGTERM or when any of them exits.
+async fn cluster_up(config: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let file: reel::config::ClusterFile = match toml::from_str(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {} is not valid: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let ids: Vec<String> = file.nodes.iter().map(|n| n.id.clone()).collect();
+    for id in &ids {
+        if let Err(e) = reel::config::Config::from_file(config, Some(id)) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find the reel binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut children = Vec::new();
+    for id in &ids {
+        match tokio::process::Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--node", id])
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => {
+                eprintln!("started {id} (pid {})", child.id().unwrap_or(0));
+                children.push((id.clone(), child));
+            }
+            Err(e) => {
+                eprintln!("error: cannot start {id}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let any_exit = futures::future::select_all(
+        children
+            .iter_mut()
+            .map(|(id, c)| Box::pin(async move { (id.clone(), c.wait().await) })),
+    );
+    let code = tokio::select! {
+        _ = shutdown_signal() => ExitCode::SUCCESS,
+        ((id, status), _, _) = any_exit => {
+            eprintln!("{id} exited ({status:?}); stopping the others");
+            ExitCode::FAILURE
+        }
+    };
+    for (id, child) in children.iter_mut() {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        eprintln!("stopped {id}");
+    }
+    code
 }
 
 fn print_status(v: &serde_json::Value, duplicate: bool) -> ExitCode {

@@ -472,8 +472,8 @@ impl JobActor {
             state.finished = true;
             state
                 .event(
-                    NewEvent::video(&state.video_id, "stood_down").detail(format!(
-                        "lease epoch {} is no longer the newest",
+                    NewEvent::video(&state.video_id, "finalize_fenced").detail(format!(
+                        "multivariant playlist not written: lease epoch {} is no longer the newest",
                         state.lease_epoch
                     )),
                 )

@@ -7,5 +7,6 @@ mod bad_input;
 mod cluster;
 mod crash;
 mod e2e;
+mod fencing;
 mod helpers;
 mod restart;
