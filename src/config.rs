@@ -612,7 +612,8 @@ cluster = "127.0.0.1:9080"
     #[test]
     fn the_compose_cluster_file_parses_for_every_node() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose.cluster.toml");
-        let env = std::collections::HashMap::from([("REEL_CLUSTER_COOKIE".to_string(), "x".to_string())]);
+        let env =
+            std::collections::HashMap::from([("REEL_CLUSTER_COOKIE".to_string(), "x".to_string())]);
         for node in ["node-1", "node-2", "node-3"] {
             let c = Config::from_file_with_env(&path, Some(node), &env).unwrap();
             assert_eq!(c.data_dir, PathBuf::from(format!("/var/lib/reel/{node}")));

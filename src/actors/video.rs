@@ -154,6 +154,10 @@ impl VideoActor {
         if !Self::save(myself, state).await? {
             return Ok(());
         }
+        if to.is_terminal() {
+            // Best effort: a marker left behind is removed by the next reconcile.
+            let _ = state.ctx.storage.clear_active(&state.record.video_id).await;
+        }
         let change = format!("{} -> {}", from.as_str(), to.as_str());
         let detail = match detail {
             Some(d) => format!("{change}: {d}"),

@@ -4,7 +4,8 @@
 //! - `Ensure(id)` starts the video's actor unless it runs (idempotent: a duplicate upload, or
 //!   two racing ones, never start a second job; the actor name `{node}/video:{id}` is unique).
 //! - `Recover` (the reconcile loop: at node start, every `reconcile_every`, and shortly after
-//!   each ring change) lists the records in the object store; every video in `uploaded` or
+//!   each ring change) lists the `active/` index in the object store (the videos not yet
+//!   terminal, not every record ever uploaded); every video in `uploaded` or
 //!   `processing` whose home on the ring is this node gets an actor; a running video whose home
 //!   moved to another live node is handed off (its actor stops; the new home claims a newer
 //!   lease). So a node restarted mid-job finishes the job without help, and a dead node's
@@ -143,7 +144,7 @@ impl Actor for VideoSupervisor {
         match msg {
             VideoSupervisorMsg::Ensure { video_id } => Self::ensure(&myself, state, video_id).await,
             VideoSupervisorMsg::Recover => {
-                let ids = match state.ctx.storage.list_video_ids().await {
+                let ids = match state.ctx.storage.list_active_ids().await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!("reconcile cannot list videos: {e}");
@@ -155,6 +156,7 @@ impl Actor for VideoSupervisor {
                 for id in ids {
                     let record = match state.ctx.storage.load_record(&id).await {
                         Ok(Some(r)) => r,
+                        // A marker whose upload is still creating the record, or died doing so.
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(video_id = %id, "unreadable record: {e}");
@@ -162,6 +164,7 @@ impl Actor for VideoSupervisor {
                         }
                     };
                     if record.state.is_terminal() {
+                        let _ = state.ctx.storage.clear_active(&id).await;
                         continue;
                     }
                     let home = state.ctx.cluster.home(&video_key(&id));

@@ -178,6 +178,9 @@ async fn accept(app: &App, r: Received) -> Result<Response<Bytes>, ApiError> {
     } else {
         storage.rename(&r.staging, &keys::source(&id)).await?;
     }
+    // Index first: a crash between the two leaves a marker without a record (skipped), never an
+    // unfinished video the reconcile loop cannot find.
+    storage.mark_active(&id).await?;
     let record = VideoRecord::uploaded(
         id.clone(),
         r.sha256.clone(),

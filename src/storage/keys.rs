@@ -11,6 +11,8 @@
 //! videos/{video_id}/master.m3u8              multivariant playlist: the commit point of `ready`
 //! uploads/direct/{token}                     a body being received, before its id is known
 //! leases/video/{video_id}/{epoch:020}        ownership claims; the highest epoch owns the video
+//! active/{video_id}                          marker: the video is not terminal yet (an index the
+//!                                            reconcile loop lists instead of every record)
 //! ```
 
 fn is_name_char(c: char) -> bool {
@@ -85,6 +87,11 @@ pub fn rendition_file(id: &str, rendition: &str, file: &str) -> String {
 /// `videos/{id}/{rendition}/rendition.json`
 pub fn rendition_info(id: &str, rendition: &str) -> String {
     rendition_file(id, rendition, "rendition.json")
+}
+
+/// `active/{id}`: present while the video is `uploaded` or `processing`.
+pub fn active(id: &str) -> String {
+    format!("active/{id}")
 }
 
 /// `leases/video/{id}/` (prefix of a video's lease epochs)

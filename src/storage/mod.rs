@@ -223,6 +223,31 @@ impl Storage {
             .collect())
     }
 
+    /// Ids of the videos marked active (not terminal), from the `active/` index.
+    pub async fn list_active_ids(&self) -> Result<Vec<String>, StorageError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&path("active")))
+            .await?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .filter(|id| keys::valid_video_id(id))
+            .collect())
+    }
+
+    /// Mark a video active (before its record is created, so no unfinished video is ever
+    /// missing from the index).
+    pub async fn mark_active(&self, video_id: &str) -> Result<(), StorageError> {
+        self.put(&keys::active(video_id), Bytes::new()).await
+    }
+
+    /// Remove a video from the active index (after its record is terminal).
+    pub async fn clear_active(&self, video_id: &str) -> Result<(), StorageError> {
+        self.delete(&keys::active(video_id)).await
+    }
+
     /// Read a video record. `Ok(None)` when the video is unknown.
     pub async fn load_record(&self, video_id: &str) -> Result<Option<VideoRecord>, StorageError> {
         let key = keys::record(video_id);
@@ -373,6 +398,11 @@ mod tests {
         assert!(!s.create_record(&rec).await.unwrap());
         assert_eq!(s.load_record(id).await.unwrap().unwrap(), rec);
         assert_eq!(s.list_video_ids().await.unwrap(), vec![id.to_string()]);
+        assert!(s.list_active_ids().await.unwrap().is_empty());
+        s.mark_active(id).await.unwrap();
+        assert_eq!(s.list_active_ids().await.unwrap(), vec![id.to_string()]);
+        s.clear_active(id).await.unwrap();
+        assert!(s.list_active_ids().await.unwrap().is_empty());
         assert_eq!(s.current_lease(id).await.unwrap(), None);
         let e1 = s.claim_lease(id, "node-a").await.unwrap();
         let e2 = s.claim_lease(id, "node-b").await.unwrap();
