@@ -14,6 +14,7 @@
 //! | GET | `/videos/{id}/master.m3u8` | multivariant playlist (`409` until ready) |
 //! | GET | `/videos/{id}/{rendition}/index.m3u8`, `init.mp4`, `NNNNN.m4s` | media playlist, init segment, segments |
 
+pub mod proxy;
 mod stream;
 mod upload;
 mod videos;
