@@ -82,6 +82,10 @@ pub struct ProcessingConfig {
     pub profile: String,
     /// Fixed segment duration, seconds (every rendition cuts at the same instants).
     pub segment_seconds: u32,
+    /// Sources longer than this are encoded in chunks of this many seconds (rounded down to
+    /// whole segments), spread over workers of every node, with the audio encoded once and each
+    /// rendition packaged by stream copy; 0 turns chunking off.
+    pub chunk_seconds: u32,
     /// x264 preset (`ultrafast` .. `veryslow`).
     pub preset: String,
     /// Attempts per task before the video is marked failed (transient errors only; invalid input
@@ -105,6 +109,7 @@ impl Default for ProcessingConfig {
         Self {
             profile: "default".into(),
             segment_seconds: 4,
+            chunk_seconds: 16,
             preset: "veryfast".into(),
             max_attempts: 3,
             backoff_initial_ms: 1_000,

@@ -27,12 +27,13 @@ use tokio::time::Instant;
 
 use crate::actors::video::VideoMsg;
 use crate::actors::worker_pool::PoolMsg;
-use crate::actors::{Assignment, Ctx, TaskFailure, TaskReply, TaskSpec};
+use crate::actors::{Assignment, Ctx, TaskFailure, TaskKind, TaskReply, TaskSpec};
 use crate::cluster::protocol::{Reply, Request, TaskReport};
 use crate::media::ladder::{self, Rendition};
 use crate::media::playlist::{self, RenditionOutput};
 use crate::media::probe::{self, ProbeError, SourceInfo};
 use crate::media::sniff::{self, Sniff};
+use crate::media::transcode;
 use crate::storage::events::NewEvent;
 use crate::storage::keys;
 
@@ -85,8 +86,8 @@ pub enum JobMsg {
         task: String,
         /// Attempt.
         attempt: u32,
-        /// The rendition's outputs, or why it failed.
-        result: Box<Result<RenditionOutput, TaskFailure>>,
+        /// The finished rendition (`None` for chunk and audio tasks), or why it failed.
+        result: Box<Result<Option<RenditionOutput>, TaskFailure>>,
     },
     /// Internal: a backoff delay ran out; dispatch the next attempt.
     RetryDue {
@@ -144,6 +145,8 @@ impl From<TaskReport> for JobMsg {
 /// Where one task stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskStatus {
+    /// Not dispatched yet: waiting for its inputs (or for the plan to dispatch it).
+    Waiting,
     /// In the pool's queue.
     Queued,
     /// On a worker.
@@ -186,6 +189,8 @@ struct Task {
     attempt: u32,
     /// The node the current attempt was handed to.
     node: String,
+    /// Keys of the tasks whose outputs this one reads (a packaging task's chunks and audio).
+    needs: Vec<String>,
     status: TaskStatus,
     last_heard: Instant,
     output: Option<RenditionOutput>,
@@ -199,6 +204,8 @@ pub struct JobState {
     video: ActorRef<VideoMsg>,
     lease_epoch: u64,
     source: Option<SourceInfo>,
+    /// Rendition names in ladder order (the multivariant playlist's order).
+    renditions: Vec<String>,
     order: Vec<String>,
     tasks: BTreeMap<String, Task>,
     resumed: Vec<String>,
@@ -211,17 +218,26 @@ impl JobState {
         if self.tasks.is_empty() {
             return 0.0;
         }
-        let sum: f64 = self
-            .tasks
-            .values()
-            .map(|t| match t.status {
+        // Each task weighs the share of source it encodes; packaging (stream copy) weighs little.
+        let weight = |t: &Task| match t.spec.kind {
+            TaskKind::Package { .. } => 0.05,
+            TaskKind::Audio { .. } => 0.2,
+            _ => t.spec.span_seconds() / src.duration_seconds.max(0.001),
+        };
+        let (mut done, mut total) = (0.0, 0.0);
+        for t in self.tasks.values() {
+            let w = weight(t);
+            total += w;
+            done += w * match t.status {
                 TaskStatus::Done => 1.0,
-                TaskStatus::Running { seconds } => (seconds / src.duration_seconds).min(0.99),
+                TaskStatus::Running { seconds } => {
+                    (seconds / t.spec.span_seconds().max(0.001)).min(0.99)
+                }
                 _ => 0.0,
-            })
-            .sum();
+            };
+        }
         // Validation counts as the first 5 %.
-        0.05 + 0.95 * sum / self.tasks.len() as f64
+        0.05 + 0.95 * done / total.max(0.001)
     }
 
     async fn event(&self, e: NewEvent) {
@@ -382,29 +398,78 @@ impl JobActor {
             renditions: renditions.clone(),
         });
         state.source = Some(source.clone());
+        let p = &state.ctx.processing;
+        let seg = p.segment_seconds;
+        let per_chunk = (p.chunk_seconds / seg.max(1)).max(1);
+        let chunked = p.chunk_seconds > 0 && source.duration_seconds > (per_chunk * seg) as f64;
+        let chunks = transcode::plan_chunks(source.duration_seconds, seg, per_chunk);
+        let storage = state.ctx.storage.clone();
+        let id = state.video_id.clone();
+        let spec = |r: &Rendition, kind: TaskKind| TaskSpec {
+            video_id: id.clone(),
+            rendition: r.clone(),
+            kind,
+            has_audio: source.has_audio,
+            duration_seconds: source.duration_seconds,
+            frame_rate: source.frame_rate,
+        };
+        // The graph: per rendition either one whole-rendition task, or its chunks and the
+        // (shared) audio feeding one packaging task. Anything already stored counts as done.
+        let mut graph: Vec<(TaskSpec, Vec<String>, bool, Option<RenditionOutput>)> = Vec::new();
         for r in &renditions {
-            let spec = TaskSpec {
-                video_id: state.video_id.clone(),
-                rendition: r.clone(),
-                has_audio: source.has_audio,
-                duration_seconds: source.duration_seconds,
-                frame_rate: source.frame_rate,
-            };
-            let done_key =
-                keys::rendition_file(&state.video_id, &r.name, playlist::MEDIA_PLAYLIST_NAME);
-            let output = if state.ctx.storage.exists(&done_key).await? {
-                state
-                    .ctx
-                    .storage
-                    .get_json::<RenditionOutput>(&keys::rendition_info(&state.video_id, &r.name))
+            let done_key = keys::rendition_file(&id, &r.name, playlist::MEDIA_PLAYLIST_NAME);
+            let output = if storage.exists(&done_key).await? {
+                storage
+                    .get_json::<RenditionOutput>(&keys::rendition_info(&id, &r.name))
                     .await?
             } else {
                 None
             };
-            let done = output.is_some();
-            state.order.push(r.name.clone());
+            if output.is_some() || !chunked {
+                let done = output.is_some();
+                graph.push((spec(r, TaskKind::Rendition), vec![], done, output));
+                continue;
+            }
+            let mut needs = Vec::new();
+            for (index, (start_seconds, duration_seconds)) in chunks.iter().copied().enumerate() {
+                let kind = TaskKind::Chunk {
+                    index,
+                    start_seconds,
+                    duration_seconds,
+                };
+                let done = storage.exists(&keys::chunk(&id, &r.name, index)).await?;
+                let t = spec(r, kind);
+                needs.push(t.key());
+                graph.push((t, vec![], done, None));
+            }
+            let audio_kbps = source.has_audio.then_some(r.audio_kbps);
+            if let Some(kbps) = audio_kbps {
+                let t = spec(r, TaskKind::Audio { kbps });
+                needs.push(t.key());
+                if !graph.iter().any(|g| g.0.key() == t.key()) {
+                    let done = storage.exists(&keys::audio(&id, kbps)).await?;
+                    graph.push((t, vec![], done, None));
+                }
+            }
+            graph.push((
+                spec(
+                    r,
+                    TaskKind::Package {
+                        chunks: chunks.len(),
+                        audio_kbps,
+                    },
+                ),
+                needs,
+                false,
+                None,
+            ));
+        }
+        state.renditions = renditions.iter().map(|r| r.name.clone()).collect();
+        for (spec, needs, done, output) in graph {
+            let key = spec.key();
+            state.order.push(key.clone());
             state.tasks.insert(
-                r.name.clone(),
+                key.clone(),
                 Task {
                     spec,
                     attempt: 1,
@@ -412,40 +477,56 @@ impl JobActor {
                     status: if done {
                         TaskStatus::Done
                     } else {
-                        TaskStatus::Queued
+                        TaskStatus::Waiting
                     },
+                    needs,
                     last_heard: Instant::now(),
                     output,
                 },
             );
             if done {
-                state.resumed.push(r.name.clone());
+                state.resumed.push(key.clone());
                 state
                     .event(
                         NewEvent::video(&state.video_id, "task_skipped")
-                            .task(&r.name, 0)
+                            .task(&key, 0)
                             .detail("outputs already stored"),
                     )
                     .await;
             }
         }
-        let pending: Vec<String> = state
+        self.dispatch_ready(myself, state).await;
+        self.maybe_finalize(myself, state).await
+    }
+
+    /// Dispatch every waiting task whose inputs are all done.
+    async fn dispatch_ready(&self, myself: &ActorRef<JobMsg>, state: &mut JobState) {
+        let ready: Vec<String> = state
             .order
             .iter()
-            .filter(|n| state.tasks[*n].status != TaskStatus::Done)
+            .filter(|k| {
+                let t = &state.tasks[*k];
+                t.status == TaskStatus::Waiting
+                    && t.needs.iter().all(|n| {
+                        state
+                            .tasks
+                            .get(n)
+                            .is_some_and(|d| d.status == TaskStatus::Done)
+                    })
+            })
             .cloned()
             .collect();
-        for name in pending {
-            let node = Self::dispatch(myself, state, &name);
+        for key in ready {
+            let attempt = state.tasks[&key].attempt;
+            let node = Self::dispatch(myself, state, &key);
             state
                 .event(
                     NewEvent::video(&state.video_id, "task_dispatched")
-                        .task(&name, 1)
+                        .task(&key, attempt)
                         .detail(format!("to node {node}")),
                 )
                 .await;
         }
-        self.maybe_finalize(myself, state).await
     }
 
     async fn maybe_finalize(
@@ -457,9 +538,9 @@ impl JobActor {
             return Ok(());
         }
         let outputs: Vec<RenditionOutput> = state
-            .order
+            .renditions
             .iter()
-            .filter_map(|n| state.tasks[n].output.clone())
+            .filter_map(|r| state.tasks.get(r).and_then(|t| t.output.clone()))
             .collect();
         let master = playlist::multivariant_playlist(&outputs);
         if !state
@@ -493,6 +574,16 @@ impl JobActor {
             .event(NewEvent::video(&state.video_id, "job_finalized").outcome("ok"))
             .await;
         let _ = state.video.cast(VideoMsg::JobReady { outputs });
+        // Intermediates (chunks, audio) are no longer needed once the segments are stored.
+        let (storage, prefix) = (
+            state.ctx.storage.clone(),
+            keys::work_prefix(&state.video_id),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = storage.delete_prefix(&prefix).await {
+                tracing::warn!("cleaning {prefix}: {e}");
+            }
+        });
         myself.stop(None);
         Ok(())
     }
@@ -573,6 +664,7 @@ impl Actor for JobActor {
             video: args.video,
             lease_epoch: args.lease_epoch,
             source: None,
+            renditions: Vec::new(),
             order: Vec::new(),
             tasks: BTreeMap::new(),
             resumed: Vec::new(),
@@ -685,7 +777,7 @@ impl Actor for JobActor {
                     Ok(output) => {
                         if let Some(t) = state.tasks.get_mut(&task) {
                             t.status = TaskStatus::Done;
-                            t.output = Some(output);
+                            t.output = output;
                         }
                         state
                             .event(
@@ -695,6 +787,7 @@ impl Actor for JobActor {
                             )
                             .await;
                         let _ = state.video.cast(VideoMsg::Progress(state.progress()));
+                        self.dispatch_ready(&myself, state).await;
                         self.maybe_finalize(&myself, state).await?;
                     }
                     Err(failure) => self.task_failed(&myself, state, &task, failure).await?,
@@ -929,8 +1022,8 @@ mod tests {
         }
     }
 
-    fn output(a: &Assignment) -> Box<Result<RenditionOutput, TaskFailure>> {
-        Box::new(Ok(RenditionOutput {
+    fn output(a: &Assignment) -> Box<Result<Option<RenditionOutput>, TaskFailure>> {
+        Box::new(Ok(Some(RenditionOutput {
             rendition: a.task.rendition.clone(),
             codecs: "avc1.4d401f".into(),
             frame_rate: 30.0,
@@ -939,10 +1032,14 @@ mod tests {
                 duration_seconds: 4.0,
                 bytes: 1000,
             }],
-        }))
+        })))
     }
 
-    fn finish(h: &Harness, a: &Assignment, result: Box<Result<RenditionOutput, TaskFailure>>) {
+    fn finish(
+        h: &Harness,
+        a: &Assignment,
+        result: Box<Result<Option<RenditionOutput>, TaskFailure>>,
+    ) {
         h.job
             .cast(JobMsg::TaskFinished {
                 task: a.key().into(),
@@ -1090,16 +1187,18 @@ mod tests {
         let b = submitted(&mut h).await;
         // Store one rendition's outputs as a worker would, then crash the job.
         let id = "0123456789abcdef0123456789abcdef";
-        let Ok(out) = *output(&a) else { unreachable!() };
+        let Ok(Some(out)) = *output(&a) else {
+            unreachable!()
+        };
         h.ctx
             .storage
-            .put_json(&keys::rendition_info(id, a.key()), &out)
+            .put_json(&keys::rendition_info(id, &a.key()), &out)
             .await
             .unwrap();
         h.ctx
             .storage
             .put(
-                &keys::rendition_file(id, a.key(), playlist::MEDIA_PLAYLIST_NAME),
+                &keys::rendition_file(id, &a.key(), playlist::MEDIA_PLAYLIST_NAME),
                 "x".into(),
             )
             .await

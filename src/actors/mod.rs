@@ -70,19 +70,72 @@ impl NodeContext {
     }
 }
 
-/// One unit of work: encode one rendition of one video.
+/// What a task does (design brief section 8: chunks encoded in parallel, audio once, then a
+/// stream-copy packaging step per rendition).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Encode the whole rendition (video and audio) in one ffmpeg run: short sources.
+    Rendition,
+    /// Encode the video of one chunk of the rendition (whole segments) to an intermediate MP4.
+    Chunk {
+        /// Chunk number, from 0.
+        index: usize,
+        /// Where the chunk starts in the source, seconds (a multiple of the segment duration).
+        start_seconds: f64,
+        /// Its length, seconds.
+        duration_seconds: f64,
+    },
+    /// Encode the whole source's audio once, at this bitrate (kbit/s), to an intermediate M4A.
+    Audio {
+        /// AAC bitrate, kbit/s.
+        kbps: u32,
+    },
+    /// Stream-copy the rendition's chunks and the audio into its CMAF segments and playlist.
+    Package {
+        /// How many chunks.
+        chunks: usize,
+        /// The audio intermediate's bitrate, when the source has audio.
+        audio_kbps: Option<u32>,
+    },
+}
+
+/// One unit of work of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// The video.
     pub video_id: String,
-    /// The rendition to produce; its name is the task's key within the job.
+    /// The rendition the task works towards.
     pub rendition: Rendition,
+    /// What the task does.
+    pub kind: TaskKind,
     /// Whether the source has audio to map.
     pub has_audio: bool,
     /// Source duration, seconds (for progress).
     pub duration_seconds: f64,
     /// Source frame rate, frames per second (kept; written as `FRAME-RATE`).
     pub frame_rate: f64,
+}
+
+impl TaskSpec {
+    /// The task's key within its job: `720p` (whole rendition or its packaging step),
+    /// `720p/c0003` (a chunk), `audio-128` (the audio).
+    pub fn key(&self) -> String {
+        match &self.kind {
+            TaskKind::Rendition | TaskKind::Package { .. } => self.rendition.name.clone(),
+            TaskKind::Chunk { index, .. } => format!("{}/c{index:04}", self.rendition.name),
+            TaskKind::Audio { kbps } => format!("audio-{kbps}"),
+        }
+    }
+
+    /// The length of source this task covers, seconds (for progress).
+    pub fn span_seconds(&self) -> f64 {
+        match &self.kind {
+            TaskKind::Chunk {
+                duration_seconds, ..
+            } => *duration_seconds,
+            _ => self.duration_seconds,
+        }
+    }
 }
 
 /// Where a task's reports go: the job's actor on this node, or the Gateway of the node that
@@ -124,9 +177,9 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// The task's key within its job (the rendition name).
-    pub fn key(&self) -> &str {
-        &self.task.rendition.name
+    /// The task's key within its job (see [`TaskSpec::key`]).
+    pub fn key(&self) -> String {
+        self.task.key()
     }
 }
 

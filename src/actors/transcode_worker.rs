@@ -17,7 +17,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::worker_pool::PoolMsg;
-use crate::actors::{Assignment, Ctx, TaskFailure};
+use crate::actors::{Assignment, Ctx, TaskFailure, TaskKind};
 use crate::cluster::protocol::{failure_to_wire, TaskReport};
 use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
 use crate::media::transcode::{self, Cancel, TranscodeError, TranscodeSpec};
@@ -48,7 +48,7 @@ pub enum WorkerMsg {
         attempt: u32,
     },
     /// Internal: the spawned run ended.
-    Finished(Box<Result<RenditionOutput, TaskFailure>>),
+    Finished(Box<Result<Option<RenditionOutput>, TaskFailure>>),
     /// Fault injection for tests and `examples/`: panic in the handler, as a bug would.
     InjectPanic,
 }
@@ -161,32 +161,14 @@ async fn run_task(ctx: Ctx, a: Assignment, cancel: Cancel, worker: ActorRef<Work
     let _ = worker.cast(WorkerMsg::Finished(Box::new(result)));
 }
 
-async fn transcode_and_store(
-    ctx: &Ctx,
-    a: &Assignment,
-    cancel: &Cancel,
-    out_dir: &Path,
-) -> Result<RenditionOutput, TaskFailure> {
-    let t = &a.task;
-    let input = ctx
-        .storage
-        .source_path(&t.video_id, &ctx.scratch_dir)
-        .await
-        .map_err(|e| TaskFailure::transient(format!("cannot read the source: {e}")))?;
-    let spec = TranscodeSpec {
-        input,
-        out_dir: out_dir.to_path_buf(),
-        rendition: t.rendition.clone(),
-        segment_seconds: ctx.processing.segment_seconds,
-        preset: ctx.processing.preset.clone(),
-        has_audio: t.has_audio,
-    };
+/// Run ffmpeg with `args` in a blocking thread, reporting progress to the job.
+async fn run_ffmpeg(a: &Assignment, cancel: &Cancel, args: Vec<String>) -> Result<(), TaskFailure> {
     let reply = a.reply.clone();
-    let (video_id, task, attempt) = (t.video_id.clone(), a.key().to_string(), a.attempt);
+    let (video_id, task, attempt) = (a.task.video_id.clone(), a.key(), a.attempt);
     let run_cancel = cancel.clone();
     let ran = tokio::task::spawn_blocking(move || {
         let mut last_sent = -1.0f64;
-        transcode::run_blocking(&spec, &run_cancel, |seconds| {
+        transcode::run_args(args, &run_cancel, |seconds| {
             if seconds - last_sent >= 0.25 {
                 last_sent = seconds;
                 reply.send(TaskReport::Progress {
@@ -200,16 +182,122 @@ async fn transcode_and_store(
     })
     .await
     .map_err(|e| TaskFailure::transient(format!("transcode thread failed: {e}")))?;
-    if let Err(e) = ran {
-        return Err(TaskFailure {
-            permanent: e.is_permanent(),
-            message: match e {
-                TranscodeError::NotInstalled => e.to_string(),
-                other => format!("rendition {}: {other}", t.rendition.name),
-            },
-        });
+    ran.map_err(|e| TaskFailure {
+        permanent: e.is_permanent(),
+        message: match e {
+            TranscodeError::NotInstalled => e.to_string(),
+            other => format!("task {}: {other}", a.key()),
+        },
+    })
+}
+
+/// Do the task; `Some(output)` when it finished a rendition (segments and media playlist
+/// stored), `None` when it produced an intermediate (a chunk or the audio).
+async fn transcode_and_store(
+    ctx: &Ctx,
+    a: &Assignment,
+    cancel: &Cancel,
+    out_dir: &Path,
+) -> Result<Option<RenditionOutput>, TaskFailure> {
+    let t = &a.task;
+    let io = |what: &str, e: &dyn std::fmt::Display| TaskFailure::transient(format!("{what}: {e}"));
+    tokio::fs::create_dir_all(out_dir)
+        .await
+        .map_err(|e| io("creating scratch space", &e))?;
+    let source = || async {
+        ctx.storage
+            .source_path(&t.video_id, &ctx.scratch_dir)
+            .await
+            .map_err(|e| TaskFailure::transient(format!("cannot read the source: {e}")))
+    };
+    let seg = ctx.processing.segment_seconds;
+    match &t.kind {
+        TaskKind::Rendition => {
+            let spec = TranscodeSpec {
+                input: source().await?,
+                out_dir: out_dir.to_path_buf(),
+                rendition: t.rendition.clone(),
+                segment_seconds: seg,
+                preset: ctx.processing.preset.clone(),
+                has_audio: t.has_audio,
+            };
+            run_ffmpeg(a, cancel, transcode::ffmpeg_args(&spec)).await?;
+            store_outputs(ctx, a, out_dir).await.map(Some)
+        }
+        TaskKind::Chunk {
+            index,
+            start_seconds,
+            duration_seconds,
+        } => {
+            let out = out_dir.join("chunk.mp4");
+            let args = transcode::chunk_args(
+                &source().await?,
+                &out,
+                &t.rendition,
+                *start_seconds,
+                *duration_seconds,
+                seg,
+                &ctx.processing.preset,
+            );
+            run_ffmpeg(a, cancel, args).await?;
+            ctx.storage
+                .put_file(&keys::chunk(&t.video_id, &t.rendition.name, *index), &out)
+                .await
+                .map_err(|e| io("storing the chunk", &e))?;
+            Ok(None)
+        }
+        TaskKind::Audio { kbps } => {
+            let out = out_dir.join("audio.m4a");
+            run_ffmpeg(
+                a,
+                cancel,
+                transcode::audio_args(&source().await?, &out, *kbps),
+            )
+            .await?;
+            ctx.storage
+                .put_file(&keys::audio(&t.video_id, *kbps), &out)
+                .await
+                .map_err(|e| io("storing the audio", &e))?;
+            Ok(None)
+        }
+        TaskKind::Package { chunks, audio_kbps } => {
+            let inputs = out_dir.join("in");
+            tokio::fs::create_dir_all(&inputs)
+                .await
+                .map_err(|e| io("creating scratch space", &e))?;
+            let mut files = Vec::with_capacity(*chunks);
+            for i in 0..*chunks {
+                let f = inputs.join(format!("chunk-{i:04}.mp4"));
+                ctx.storage
+                    .download(&keys::chunk(&t.video_id, &t.rendition.name, i), &f)
+                    .await
+                    .map_err(|e| io("fetching a chunk", &e))?;
+                files.push(f);
+            }
+            let audio = match audio_kbps {
+                Some(k) => {
+                    let f = inputs.join("audio.m4a");
+                    ctx.storage
+                        .download(&keys::audio(&t.video_id, *k), &f)
+                        .await
+                        .map_err(|e| io("fetching the audio", &e))?;
+                    Some(f)
+                }
+                None => None,
+            };
+            let list = inputs.join("chunks.txt");
+            tokio::fs::write(&list, transcode::concat_list(&files))
+                .await
+                .map_err(|e| io("writing the chunk list", &e))?;
+            run_ffmpeg(
+                a,
+                cancel,
+                transcode::package_args(&list, audio.as_deref(), out_dir, seg),
+            )
+            .await?;
+            store_outputs(ctx, a, out_dir).await.map(Some)
+        }
     }
-    store_outputs(ctx, a, out_dir).await
 }
 
 async fn store_outputs(

@@ -6,6 +6,9 @@
 //!                         └──JobFailed / job crashed too often──> failed
 //! ```
 //!
+//! Ownership: at start it claims the next lease epoch; every record write, and a periodic check,
+//! verify the epoch is still the newest, else the actor stands down (cancels its tasks, stops).
+//!
 //! Supervised by the `VideoSupervisor`. Supervises one `JobActor`: when the job crashes, the
 //! video actor starts a new one (up to `max_job_restarts`), which resumes from the outputs in the
 //! object store. When the video reaches `ready` or `failed` the actor stops: a terminal video
@@ -69,6 +72,9 @@ pub enum VideoMsg {
     },
     /// From the job: a newer lease epoch exists; another node owns the video now.
     LeaseLost,
+    /// Periodic (every `reconcile_every`): stand down if a newer lease epoch exists, even with
+    /// nothing to write (a node that was hung or cut off learns it lost the video).
+    CheckLease,
     /// Observe the video.
     Status(RpcReplyPort<VideoStatus>),
 }
@@ -240,6 +246,7 @@ impl Actor for VideoActor {
             }
         }
         Self::spawn_job(&myself, &state).await?;
+        myself.send_interval(state.ctx.reconcile_every, || VideoMsg::CheckLease);
         Ok(state)
     }
 
@@ -281,6 +288,12 @@ impl Actor for VideoActor {
                 myself.stop(Some("failed".into()));
             }
             VideoMsg::LeaseLost => Self::stand_down(&myself, state).await,
+            VideoMsg::CheckLease => {
+                let id = &state.record.video_id;
+                if !state.ctx.storage.lease_holds(id, state.lease_epoch).await? {
+                    Self::stand_down(&myself, state).await;
+                }
+            }
             VideoMsg::Status(reply) => {
                 let _ = reply.send(VideoStatus {
                     record: state.record.clone(),

@@ -251,7 +251,7 @@ impl Actor for WorkerPool {
         let mut event = NewEvent::node("worker_restarted").detail(why.clone());
         if let Some(a) = &slot.task {
             event = NewEvent::video(&a.task.video_id, "worker_restarted")
-                .task(a.key(), a.attempt)
+                .task(&a.key(), a.attempt)
                 .detail(why.clone());
             a.reply.send(TaskReport::Finished {
                 video_id: a.task.video_id.clone(),

@@ -107,8 +107,9 @@ pub enum TaskReport {
         task: String,
         /// Attempt.
         attempt: u32,
-        /// Outputs, or the failure (`permanent`, `message`).
-        result: Result<RenditionOutput, (bool, String)>,
+        /// The finished rendition (whole-rendition and packaging tasks; `None` for chunk and
+        /// audio tasks), or the failure (`permanent`, `message`).
+        result: Result<Option<RenditionOutput>, (bool, String)>,
     },
 }
 

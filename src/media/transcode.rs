@@ -161,6 +161,164 @@ pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
     a
 }
 
+/// The chunks of a chunked encode: `(start, duration)` in seconds, each a whole number of
+/// segments (`segments_per_chunk` x `segment_seconds`) except the last, so every chunk starts on
+/// a segment boundary and keyframes stay aligned across chunks and renditions.
+pub fn plan_chunks(
+    duration_seconds: f64,
+    segment_seconds: u32,
+    segments_per_chunk: u32,
+) -> Vec<(f64, f64)> {
+    let len = (segment_seconds.max(1) * segments_per_chunk.max(1)) as f64;
+    let mut out = Vec::new();
+    let mut start = 0.0;
+    while start < duration_seconds - 1e-6 {
+        let d = len.min(duration_seconds - start);
+        out.push((start, d));
+        start += len;
+    }
+    out
+}
+
+/// Arguments to encode the video of one chunk of a rendition into `out` (MP4, no audio):
+/// frame-accurate input seek to `start`, timestamps restarted at zero (`setpts=PTS-STARTPTS`, or
+/// the packager would shift the first chunk by a frame), keyframes forced every segment.
+pub fn chunk_args(
+    input: &Path,
+    out: &Path,
+    r: &Rendition,
+    start: f64,
+    duration: f64,
+    segment_seconds: u32,
+    preset: &str,
+) -> Vec<String> {
+    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-y", "-ss"]
+        .map(String::from)
+        .to_vec();
+    a.push(format!("{start:.3}"));
+    a.extend([
+        "-t".into(),
+        format!("{duration:.3}"),
+        "-i".into(),
+        input.to_string_lossy().into_owned(),
+    ]);
+    a.extend([
+        "-map".to_string(),
+        "0:v:0".into(),
+        "-vf".into(),
+        format!(
+            "setpts=PTS-STARTPTS,scale={}:{}:flags=bicubic,setsar=1",
+            r.width, r.height
+        ),
+        "-pix_fmt".into(),
+        "yuv420p".into(),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        preset.into(),
+        "-profile:v".into(),
+        "main".into(),
+        "-b:v".into(),
+        format!("{}k", r.video_kbps),
+        "-maxrate".into(),
+        format!("{}k", r.video_kbps * 107 / 100),
+        "-bufsize".into(),
+        format!("{}k", r.video_kbps * 3 / 2),
+        "-force_key_frames".into(),
+        format!("expr:gte(t,n_forced*{segment_seconds})"),
+        "-sc_threshold".into(),
+        "0".into(),
+        "-an".into(),
+        "-f".into(),
+        "mp4".into(),
+        out.to_string_lossy().into_owned(),
+    ]);
+    a
+}
+
+/// Arguments to encode the whole source's audio once (AAC-LC stereo 48 kHz) into `out` (M4A).
+pub fn audio_args(input: &Path, out: &Path, kbps: u32) -> Vec<String> {
+    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-y", "-i"]
+        .map(String::from)
+        .to_vec();
+    a.push(input.to_string_lossy().into_owned());
+    a.extend(
+        [
+            "-map", "0:a:0", "-vn", "-c:a", "aac", "-ac", "2", "-ar", "48000", "-b:a",
+        ]
+        .map(String::from),
+    );
+    a.push(format!("{}k", kbps.max(32)));
+    a.extend([
+        "-f".into(),
+        "mp4".into(),
+        out.to_string_lossy().into_owned(),
+    ]);
+    a
+}
+
+/// The concat demuxer's list for `files` (quotes escaped as it requires).
+pub fn concat_list(files: &[std::path::PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| format!("file '{}'\n", f.to_string_lossy().replace('\'', "'\\''")))
+        .collect()
+}
+
+/// Arguments to package encoded chunks (listed in `list`) and the audio into CMAF segments
+/// with stream copy: no re-encoding, well under a second.
+pub fn package_args(
+    list: &Path,
+    audio: Option<&Path>,
+    out_dir: &Path,
+    segment_seconds: u32,
+) -> Vec<String> {
+    let out = |name: &str| out_dir.join(name).to_string_lossy().into_owned();
+    let mut a: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-y",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.push(list.to_string_lossy().into_owned());
+    if let Some(audio) = audio {
+        a.extend(["-i".into(), audio.to_string_lossy().into_owned()]);
+    }
+    a.extend(["-map".into(), "0:v:0".into()]);
+    if audio.is_some() {
+        a.extend(["-map".into(), "1:a:0".into()]);
+    }
+    a.extend(
+        [
+            "-c",
+            "copy",
+            "-f",
+            "hls",
+            "-hls_time",
+            &segment_seconds.to_string(),
+            "-hls_playlist_type",
+            "vod",
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_fmp4_init_filename",
+            INIT_NAME,
+            "-hls_flags",
+            "independent_segments",
+            "-hls_segment_filename",
+            &out("%05d.m4s"),
+            &out(MEDIA_PLAYLIST_NAME),
+        ]
+        .map(String::from),
+    );
+    a
+}
+
 fn is_invalid_input(line: &str) -> bool {
     let l = line.to_ascii_lowercase();
     l.contains("invalid data found") || l.contains("moov atom not found")
@@ -173,15 +331,24 @@ fn is_invalid_input(line: &str) -> bool {
 pub fn run_blocking(
     spec: &TranscodeSpec,
     cancel: &Cancel,
+    on_progress: impl FnMut(f64),
+) -> Result<(), TranscodeError> {
+    std::fs::create_dir_all(&spec.out_dir)
+        .map_err(|e| TranscodeError::Failed(format!("cannot create {:?}: {e}", spec.out_dir)))?;
+    run_args(ffmpeg_args(spec), cancel, on_progress)
+}
+
+/// Run ffmpeg with `args` to completion (blocking); progress and errors as [`run_blocking`].
+pub fn run_args(
+    args: Vec<String>,
+    cancel: &Cancel,
     mut on_progress: impl FnMut(f64),
 ) -> Result<(), TranscodeError> {
     if cancel.is_cancelled() {
         return Err(TranscodeError::Cancelled);
     }
-    std::fs::create_dir_all(&spec.out_dir)
-        .map_err(|e| TranscodeError::Failed(format!("cannot create {:?}: {e}", spec.out_dir)))?;
     let mut child = FfmpegCommand::new()
-        .args(ffmpeg_args(spec))
+        .args(args)
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => TranscodeError::NotInstalled,
@@ -304,6 +471,53 @@ mod tests {
     fn no_audio_maps_no_audio() {
         let a = ffmpeg_args(&spec(false)).join(" ");
         assert!(!a.contains("0:a:0") && !a.contains("aac"), "{a}");
+    }
+
+    #[test]
+    fn chunks_are_whole_segments_and_cover_the_source() {
+        assert_eq!(plan_chunks(30.0, 2, 8), vec![(0.0, 16.0), (16.0, 14.0)]);
+        assert_eq!(plan_chunks(16.0, 4, 4), vec![(0.0, 16.0)]);
+        let c = plan_chunks(61.5, 4, 4);
+        assert_eq!(c.len(), 4);
+        assert!(c.iter().all(|(s, _)| s % 4.0 == 0.0));
+        assert!((c.iter().map(|x| x.1).sum::<f64>() - 61.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn chunk_and_package_arguments() {
+        let r = spec(true).rendition;
+        let a = chunk_args(
+            Path::new("/s"),
+            Path::new("/c.mp4"),
+            &r,
+            16.0,
+            16.0,
+            4,
+            "veryfast",
+        )
+        .join(" ");
+        assert!(
+            a.contains("-ss 16.000 -t 16.000 -i /s")
+                && a.contains("setpts=PTS-STARTPTS,scale=640:360"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-an") && a.contains("expr:gte(t,n_forced*4)"),
+            "{a}"
+        );
+        let p = package_args(
+            Path::new("/l.txt"),
+            Some(Path::new("/a.m4a")),
+            Path::new("/o"),
+            4,
+        )
+        .join(" ");
+        assert!(
+            p.contains("-f concat -safe 0 -i /l.txt -i /a.m4a -map 0:v:0 -map 1:a:0 -c copy"),
+            "{p}"
+        );
+        let list = concat_list(&["/x/it's.mp4".into()]);
+        assert_eq!(list, "file '/x/it'\\''s.mp4'\n");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! videos/{video_id}/master.m3u8              multivariant playlist: the commit point of `ready`
 //! uploads/direct/{token}                     a body being received, before its id is known
 //! leases/video/{video_id}/{epoch:020}        ownership claims; the highest epoch owns the video
+//! work/{video_id}/{rendition}/chunk-NNNN.mp4  intermediate: one encoded chunk (deleted at ready)
+//! work/{video_id}/audio-{kbps}.m4a           intermediate: the audio, encoded once
 //! active/{video_id}                          marker: the video is not terminal yet (an index the
 //!                                            reconcile loop lists instead of every record)
 //! ```
@@ -87,6 +89,21 @@ pub fn rendition_file(id: &str, rendition: &str, file: &str) -> String {
 /// `videos/{id}/{rendition}/rendition.json`
 pub fn rendition_info(id: &str, rendition: &str) -> String {
     rendition_file(id, rendition, "rendition.json")
+}
+
+/// `work/{id}/{rendition}/chunk-{index:04}.mp4`
+pub fn chunk(id: &str, rendition: &str, index: usize) -> String {
+    format!("work/{id}/{rendition}/chunk-{index:04}.mp4")
+}
+
+/// `work/{id}/audio-{kbps}.m4a`
+pub fn audio(id: &str, kbps: u32) -> String {
+    format!("work/{id}/audio-{kbps}.m4a")
+}
+
+/// `work/{id}`: every intermediate of a video.
+pub fn work_prefix(id: &str) -> String {
+    format!("work/{id}")
 }
 
 /// `active/{id}`: present while the video is `uploaded` or `processing`.

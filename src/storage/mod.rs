@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
@@ -145,6 +145,36 @@ impl Storage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Delete every object under `prefix` (best effort for cleanup; returns how many).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&path(prefix)))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        for o in &objects {
+            self.delete(o.as_ref()).await?;
+        }
+        Ok(objects.len())
+    }
+
+    /// Download an object into a local file (streamed; for intermediates that ffmpeg reads).
+    pub async fn download(&self, key: &str, file: &Path) -> Result<(), StorageError> {
+        let io = |e: std::io::Error| StorageError::Backend(format!("writing {file:?}: {e}"));
+        let mut out = tokio::fs::File::create(file).await.map_err(io)?;
+        let mut stream = self.store.get(&path(key)).await?.into_stream();
+        while let Some(chunk) = stream.next().await {
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk?)
+                .await
+                .map_err(io)?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(io)?;
+        Ok(())
     }
 
     /// Move an object (a rename on the local disk, copy + delete elsewhere).

@@ -178,7 +178,8 @@ async fn check_media(base: &str, id: &str, duration: f64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_spread_one_video_and_any_node_answers() {
     let c = TestCluster::start(3).await;
-    let (status, v) = upload(c.url(2), &clip("av")).await;
+    // 30 s: longer than one 16 s chunk, so each rendition is encoded as two chunks.
+    let (status, v) = upload(c.url(2), &clip("long")).await;
     assert_eq!(status, 202, "{v}");
     let id = v["video_id"].as_str().unwrap().to_string();
     let v = wait_terminal(c.url(3), &id, PROCESSING_DEADLINE).await;
@@ -187,6 +188,30 @@ async fn three_nodes_spread_one_video_and_any_node_answers() {
     let nodes = task_nodes(&events);
     assert!(nodes.len() >= 2, "tasks ran on {nodes:?}: {events:#?}");
     assert_eq!(count(&events, "job_started"), 1, "{events:#?}");
+    // Chunks of ONE rendition ran on different nodes; the audio was encoded once per bitrate.
+    let chunk_nodes: BTreeSet<String> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "task_started"
+                && e["task"].as_str().is_some_and(|t| t.starts_with("240p/c"))
+        })
+        .filter_map(|e| e["detail"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        chunk_nodes.len() >= 2,
+        "240p chunks ran on {chunk_nodes:?}: {events:#?}"
+    );
+    let audio_runs = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "task_succeeded"
+                && e["task"].as_str().is_some_and(|t| t.starts_with("audio-"))
+        })
+        .count();
+    assert_eq!(
+        audio_runs, 3,
+        "one audio encode per distinct bitrate (64, 48, 32 kbit/s)"
+    );
     for i in 1..=3 {
         check_media(
             c.url(i),

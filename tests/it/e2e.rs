@@ -203,5 +203,53 @@ async fn multipart_and_post_uploads_work_and_the_playlist_waits_for_ready() {
         .contains("immutable"));
     let (_, list) = get_json(&format!("{base}/videos")).await;
     assert_eq!(list["videos"].as_array().unwrap().len(), 1);
+    // 30 s is encoded in two chunks per rendition, audio once, then packaged: every source
+    // frame arrives exactly once across the chunk boundary, and the segments stay aligned.
+    let events = event_kinds(&base, &id).await;
+    assert!(
+        events.iter().any(|e| e["task"] == "240p/c0001"),
+        "chunked: {events:#?}"
+    );
+    for name in ["240p", "180p"] {
+        let (_, _, frames, duration) =
+            probe(&format!("{base}/videos/{id}/{name}/index.m3u8")).await;
+        assert_eq!(frames, 900, "{name}: 30 s at 30 fps");
+        assert!((duration - 30.0).abs() < 0.1, "{name}: {duration} s");
+        let segs = segments(&format!("{base}/videos/{id}/{name}/index.m3u8")).await;
+        assert_eq!(segs.len(), 15);
+        assert!(
+            segs.iter().all(|s| (s.1 - 2.0).abs() < 0.05),
+            "{name}: {segs:?}"
+        );
+    }
+    play(&format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    let work = dir.path().join("objects/work");
+    wait_until(
+        "intermediates deleted once the video is ready",
+        std::time::Duration::from_secs(10),
+        || {
+            let work = work.clone();
+            async move {
+                // LocalFileSystem leaves empty directories; count files only.
+                fn files(p: &std::path::Path) -> usize {
+                    std::fs::read_dir(p).map_or(0, |d| {
+                        d.flatten()
+                            .map(|e| {
+                                if e.path().is_dir() {
+                                    files(&e.path())
+                                } else {
+                                    1
+                                }
+                            })
+                            .sum()
+                    })
+                }
+                files(&work) == 0
+            }
+        },
+    )
+    .await;
     node.stop().await;
 }
