@@ -89,11 +89,35 @@ impl Cancel {
     }
 }
 
+/// The output half of every command that writes a rendition: ffmpeg's HLS muxer producing
+/// CMAF (fMP4) segments `NNNNN.m4s`, `init.mp4` and a VOD media playlist in `out_dir`.
+fn hls_output_args(out_dir: &Path, segment_seconds: u32) -> Vec<String> {
+    let out = |name: &str| out_dir.join(name).to_string_lossy().into_owned();
+    [
+        "-f",
+        "hls",
+        "-hls_time",
+        &segment_seconds.to_string(),
+        "-hls_playlist_type",
+        "vod",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_fmp4_init_filename",
+        INIT_NAME,
+        "-hls_flags",
+        "independent_segments",
+        "-hls_segment_filename",
+        &out("%05d.m4s"),
+        &out(MEDIA_PLAYLIST_NAME),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The ffmpeg arguments for `spec` (without the program name).
 pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
     let r = &spec.rendition;
     let seg = spec.segment_seconds;
-    let out = |name: &str| spec.out_dir.join(name).to_string_lossy().into_owned();
     let mut a: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
     a.extend(["-i".into(), spec.input.to_string_lossy().into_owned()]);
     a.extend(["-map".into(), "0:v:0".into()]);
@@ -138,26 +162,7 @@ pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
             .map(String::from),
         );
     }
-    a.extend(
-        [
-            "-f",
-            "hls",
-            "-hls_time",
-            &seg.to_string(),
-            "-hls_playlist_type",
-            "vod",
-            "-hls_segment_type",
-            "fmp4",
-            "-hls_fmp4_init_filename",
-            INIT_NAME,
-            "-hls_flags",
-            "independent_segments",
-            "-hls_segment_filename",
-            &out("%05d.m4s"),
-            &out(MEDIA_PLAYLIST_NAME),
-        ]
-        .map(String::from),
-    );
+    a.extend(hls_output_args(&spec.out_dir, seg));
     a
 }
 
@@ -273,7 +278,6 @@ pub fn package_args(
     out_dir: &Path,
     segment_seconds: u32,
 ) -> Vec<String> {
-    let out = |name: &str| out_dir.join(name).to_string_lossy().into_owned();
     let mut a: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -294,28 +298,8 @@ pub fn package_args(
     if audio.is_some() {
         a.extend(["-map".into(), "1:a:0".into()]);
     }
-    a.extend(
-        [
-            "-c",
-            "copy",
-            "-f",
-            "hls",
-            "-hls_time",
-            &segment_seconds.to_string(),
-            "-hls_playlist_type",
-            "vod",
-            "-hls_segment_type",
-            "fmp4",
-            "-hls_fmp4_init_filename",
-            INIT_NAME,
-            "-hls_flags",
-            "independent_segments",
-            "-hls_segment_filename",
-            &out("%05d.m4s"),
-            &out(MEDIA_PLAYLIST_NAME),
-        ]
-        .map(String::from),
-    );
+    a.extend(["-c".into(), "copy".into()]);
+    a.extend(hls_output_args(out_dir, segment_seconds));
     a
 }
 

@@ -224,18 +224,10 @@ impl Storage {
             .await
             .map_err(|e| StorageError::Backend(format!("cannot create {dir:?}: {e}")))?;
         let part = dir.join(format!("source.{}.part", rand::random::<u64>()));
-        let io = |e: std::io::Error| StorageError::Backend(format!("writing {part:?}: {e}"));
-        let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-        let mut stream = self.store.get(&path(&key)).await?.into_stream();
-        while let Some(chunk) = stream.next().await {
-            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
-                .await
-                .map_err(io)?;
-        }
-        tokio::io::AsyncWriteExt::flush(&mut file)
+        self.download(&key, &part).await?;
+        tokio::fs::rename(&part, &target)
             .await
-            .map_err(io)?;
-        tokio::fs::rename(&part, &target).await.map_err(io)?;
+            .map_err(|e| StorageError::Backend(format!("writing {target:?}: {e}")))?;
         Ok(target)
     }
 
