@@ -11,6 +11,8 @@
 //!   nothing of actors, HTTP or the object store.
 //! - [`storage`]: the object store (system of record, key layout) and the node-local SQLite
 //!   event log. The only module that names `object_store` or `rusqlite`.
+//! - [`ingest`]: received bytes become a video (content address, create-once record); shared
+//!   by `POST /upload` and resumable (tus) uploads.
 //! - [`model`]: the video record and lifecycle states that pass between the others.
 //! - [`config`]: `cluster.toml` and the typed per-node configuration.
 //! - [`client`]: the `reel upload` and `reel status` commands.
@@ -30,6 +32,7 @@ pub mod actors;
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod media;
 pub mod model;
 pub mod storage;
@@ -87,6 +90,7 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
         events,
         processing: config.processing.clone(),
         scratch_dir,
+        limits: config.limits.clone(),
     };
     Node::start(ctx, config.workers)
         .await

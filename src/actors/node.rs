@@ -1,8 +1,9 @@
 //! `NodeSupervisor`: the root of a node's supervision tree, and [`Node`], the handle the HTTP
 //! layer and tests hold.
 //!
-//! The node supervisor starts the `WorkerPool` and the `VideoSupervisor` (in that order: the
-//! video supervisor's jobs need the pool). They are infrastructure that holds references to each
+//! The node supervisor starts the `WorkerPool`, the `VideoSupervisor` and the
+//! `UploadSupervisor` (in that order: the video supervisor's jobs need the pool, completed
+//! uploads need the video supervisor). They are infrastructure that holds references to each
 //! other, so they are not restarted in place: if one fails, the node supervisor stops, [`Node`]'s
 //! `stopped` future completes, and `reel serve` exits non-zero. A process supervisor (systemd,
 //! Docker, Kubernetes) restarts it, and the new node recovers every unfinished video from the
@@ -12,6 +13,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::actors::upload_supervisor::{
+    sweep_interval, UploadSupervisor, UploadSupervisorArgs, UploadSupervisorMsg,
+};
 use crate::actors::video_supervisor::{VideoSupervisor, VideoSupervisorArgs, VideoSupervisorMsg};
 use crate::actors::worker_pool::{PoolArgs, PoolMsg, WorkerPool};
 use crate::actors::{Ctx, NodeContext};
@@ -34,6 +38,8 @@ pub struct NodeRefs {
     pub pool: ActorRef<PoolMsg>,
     /// The video supervisor.
     pub videos: ActorRef<VideoSupervisorMsg>,
+    /// The resumable upload supervisor.
+    pub uploads: ActorRef<UploadSupervisorMsg>,
 }
 
 /// Messages.
@@ -73,7 +79,22 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
-        Ok(NodeRefs { pool, videos })
+        let (uploads, _) = Actor::spawn_linked(
+            Some(args.ctx.name("uploads")),
+            UploadSupervisor,
+            UploadSupervisorArgs {
+                ctx: args.ctx.clone(),
+                videos: videos.clone(),
+                sweep_every: sweep_interval(args.ctx.limits.upload_expiry_seconds),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(NodeRefs {
+            pool,
+            videos,
+            uploads,
+        })
     }
 
     async fn handle(

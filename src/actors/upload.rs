@@ -1,0 +1,381 @@
+//! `UploadActor`: one per resumable (tus) upload in progress on this node. It owns the upload's
+//! durable state (`uploads/{id}/info.json`) and serialises every change to it.
+//!
+//! Supervision: a child of the `UploadSupervisor` (see `upload_supervisor.rs`). It holds no state
+//! that is not in the object store, so a crash loses nothing: the supervisor forgets it and the
+//! next request for the upload starts a fresh actor from `info.json`.
+//!
+//! A `PATCH` is a lease: [`UploadMsg::Begin`] checks the offset and takes the upload (a second
+//! `PATCH` while one runs gets [`UploadError::Locked`], so two writers can never corrupt the
+//! offset); the HTTP layer streams the body into a part object outside the actor (the actor is
+//! never blocked by a slow client); [`UploadMsg::End`] records the part and, when the last byte
+//! arrived, completes the upload: the parts are joined and hashed, the declared SHA-256 (if any)
+//! checked, and the bytes go through [`crate::ingest::accept`] exactly as `POST /upload`. A lease
+//! whose request vanished is given back by [`UploadMsg::Release`] (sent from a drop guard).
+//!
+//! Policy for a `PATCH` cut mid-way: the bytes that fully arrived are kept as a part (tus 1.0.0
+//! allows it), so `HEAD` tells the truth and the client resends only the rest. A chunk with an
+//! `Upload-Checksum` is all or nothing: cut or mismatched, it is discarded.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sha2::{Digest, Sha256};
+
+use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::actors::Ctx;
+use crate::ingest::{self, Staged};
+use crate::model::now_ms;
+use crate::storage::uploads::{Part, UploadInfo};
+use crate::storage::{keys, StorageError};
+
+/// Why an upload request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// No such upload (never created, terminated or expired).
+    #[error("{0}")]
+    NotFound(String),
+    /// `Upload-Offset` is not the stored offset (tus: `409 Conflict`).
+    #[error("{0}")]
+    Conflict(String),
+    /// Another `PATCH` of this upload is running.
+    #[error("{0}")]
+    Locked(String),
+    /// The first bytes are plainly not a video; the upload was terminated.
+    #[error("{0}")]
+    NotVideo(String),
+    /// The whole file's SHA-256 is not the declared one; the upload was terminated.
+    #[error("{0}")]
+    ChecksumMismatch(String),
+    /// The object store failed; the stored state is unchanged.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The node is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ingest::IngestError> for UploadError {
+    fn from(e: ingest::IngestError) -> Self {
+        match e {
+            ingest::IngestError::Storage(s) => Self::Storage(s),
+            ingest::IngestError::Unavailable(m) => Self::Unavailable(m),
+        }
+    }
+}
+
+/// The actor.
+pub struct UploadActor;
+
+/// Startup arguments.
+pub struct UploadArgs {
+    /// Node context (storage, events, limits).
+    pub ctx: Ctx,
+    /// Where a completed upload's video is started.
+    pub videos: ActorRef<VideoSupervisorMsg>,
+    /// The upload's state, as stored.
+    pub info: UploadInfo,
+}
+
+/// State.
+pub struct UploadState {
+    ctx: Ctx,
+    videos: ActorRef<VideoSupervisorMsg>,
+    /// The stored state: always what `info.json` holds.
+    info: UploadInfo,
+    /// The token of the running `PATCH`, if any.
+    busy: Option<u64>,
+    /// The next lease token.
+    next_token: u64,
+}
+
+/// Permission to append at `info.offset`, until `End` or `Release` with `token`.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Identifies this `PATCH`.
+    pub token: u64,
+    /// The state when the lease was taken.
+    pub info: UploadInfo,
+}
+
+/// What `Begin` gives.
+#[derive(Debug, Clone)]
+pub enum Begun {
+    /// Append: stream the body, then `End`.
+    Lease(Lease),
+    /// The upload is already complete and the offset given is its length: nothing to do.
+    Complete(UploadInfo),
+}
+
+/// What a `PATCH` achieved, reported with `End`.
+#[derive(Debug, Clone)]
+pub enum PatchOutcome {
+    /// A part was stored at `uploads/{id}/{part.offset:020}` (`part.len` may be 0: nothing
+    /// stored). `sniffed`: the head of the file has now been classified as a possible video.
+    Stored {
+        /// The part.
+        part: Part,
+        /// The head was sniffed and may be a video.
+        sniffed: bool,
+    },
+    /// Nothing kept (a checksum mismatch, or a failure before any byte was stored).
+    Nothing,
+    /// The head is plainly not a video: terminate the upload.
+    NotVideo(String),
+}
+
+/// Messages.
+pub enum UploadMsg {
+    /// The stored state (`HEAD`).
+    Info(RpcReplyPort<UploadInfo>),
+    /// Start a `PATCH` at `offset` (must equal the stored offset).
+    Begin {
+        /// The client's `Upload-Offset`.
+        offset: u64,
+        /// The lease, `Complete`, or `Conflict`/`Locked`.
+        reply: RpcReplyPort<Result<Begun, UploadError>>,
+    },
+    /// Finish the `PATCH` holding `token`; completes the upload when the last byte arrived.
+    End {
+        /// The lease's token.
+        token: u64,
+        /// What was stored.
+        outcome: PatchOutcome,
+        /// The new state (with `video_id` once complete).
+        reply: RpcReplyPort<Result<UploadInfo, UploadError>>,
+    },
+    /// Give back the lease `token` without a change (the request vanished).
+    Release {
+        /// The lease's token.
+        token: u64,
+    },
+    /// Delete the upload and its parts and stop (tus "Termination"; also expiry).
+    Terminate(RpcReplyPort<Result<(), UploadError>>),
+}
+impl ractor::Message for UploadMsg {}
+
+impl UploadActor {
+    fn expiry(ctx: &Ctx) -> i64 {
+        (ctx.limits.upload_expiry_seconds as i64).saturating_mul(1000)
+    }
+
+    /// Join and hash the parts, check the declared digest, and ingest.
+    async fn complete(state: &mut UploadState) -> Result<(), UploadError> {
+        let storage = &state.ctx.storage;
+        let info = &state.info;
+        // One part (the common single-PATCH case) is already the whole file: no copy.
+        let single = info.parts.len() == 1;
+        let staging = if single {
+            keys::upload_part(&info.id, 0)
+        } else {
+            keys::upload_assembled(&info.id)
+        };
+        let mut writer = if single {
+            None
+        } else {
+            Some(storage.writer(&staging).await?)
+        };
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        for part in &info.parts {
+            let mut stream = storage
+                .read_stream(&keys::upload_part(&info.id, part.offset))
+                .await?;
+            while let Some(chunk) = stream.next().await {
+                let chunk: Bytes = chunk?;
+                hasher.update(&chunk);
+                total += chunk.len() as u64;
+                if let Some(w) = writer.as_mut() {
+                    w.wait_for_capacity(4)
+                        .await
+                        .map_err(|e| StorageError::from(e))?;
+                    w.put(chunk);
+                }
+            }
+        }
+        if let Some(w) = writer {
+            w.finish().await.map_err(StorageError::from)?;
+        }
+        if total != info.length {
+            return Err(StorageError::Corrupt {
+                key: keys::upload_prefix(&info.id),
+                message: format!("parts hold {total} bytes, the upload {}", info.length),
+            }
+            .into());
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(declared) = info.sha256.as_ref().filter(|d| **d != sha256) {
+            let msg = format!(
+                "the file's SHA-256 is {sha256}, not the declared {declared}; the upload was deleted and nothing became a video"
+            );
+            storage.delete_upload(&info.id).await?;
+            return Err(UploadError::ChecksumMismatch(msg));
+        }
+        let accepted = ingest::accept(
+            &state.ctx,
+            &state.videos,
+            Staged {
+                key: staging.clone(),
+                sha256,
+                bytes: total,
+                filename: info.filename.clone(),
+            },
+        )
+        .await?;
+        for part in &info.parts {
+            let key = keys::upload_part(&info.id, part.offset);
+            if key != staging {
+                let _ = storage.delete(&key).await;
+            }
+        }
+        if !single {
+            let _ = storage.delete(&staging).await;
+        }
+        let mut info = state.info.clone();
+        info.video_id = Some(accepted.video_id);
+        info.video_state = Some(accepted.state);
+        info.duplicate = accepted.duplicate;
+        info.parts.clear();
+        info.expires_ms = now_ms() + Self::expiry(&state.ctx);
+        storage.save_upload(&info).await?;
+        state.info = info;
+        Ok(())
+    }
+
+    async fn end(
+        myself: &ActorRef<UploadMsg>,
+        state: &mut UploadState,
+        outcome: PatchOutcome,
+    ) -> Result<UploadInfo, UploadError> {
+        match outcome {
+            PatchOutcome::Nothing => Ok(state.info.clone()),
+            PatchOutcome::NotVideo(reason) => {
+                state.ctx.storage.delete_upload(&state.info.id).await?;
+                myself.stop(Some("not a video".into()));
+                Err(UploadError::NotVideo(reason))
+            }
+            PatchOutcome::Stored { part, sniffed } => {
+                let mut info = state.info.clone();
+                if part.len > 0 {
+                    if part.offset != info.offset || info.offset + part.len > info.length {
+                        return Err(UploadError::Conflict(format!(
+                            "part {}+{} does not continue the upload at {}",
+                            part.offset, part.len, info.offset
+                        )));
+                    }
+                    info.parts.push(part);
+                    info.offset += part.len;
+                }
+                info.sniffed |= sniffed;
+                info.expires_ms = now_ms() + Self::expiry(&state.ctx);
+                state.ctx.storage.save_upload(&info).await?;
+                state.info = info;
+                if state.info.offset == state.info.length {
+                    match Self::complete(state).await {
+                        Ok(()) => myself.stop(Some("complete".into())),
+                        Err(e @ UploadError::ChecksumMismatch(_)) => {
+                            myself.stop(Some("checksum mismatch".into()));
+                            return Err(e);
+                        }
+                        // The state stays "all bytes stored": a retried PATCH (or HEAD after a
+                        // restart followed by an empty PATCH) completes it.
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(state.info.clone())
+            }
+        }
+    }
+}
+
+impl Actor for UploadActor {
+    type Msg = UploadMsg;
+    type State = UploadState;
+    type Arguments = UploadArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<UploadMsg>,
+        args: UploadArgs,
+    ) -> Result<UploadState, ActorProcessingErr> {
+        Ok(UploadState {
+            ctx: args.ctx,
+            videos: args.videos,
+            info: args.info,
+            busy: None,
+            next_token: 1,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<UploadMsg>,
+        msg: UploadMsg,
+        state: &mut UploadState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            UploadMsg::Info(reply) => {
+                let _ = reply.send(state.info.clone());
+            }
+            UploadMsg::Begin { offset, reply } => {
+                let info = &state.info;
+                let answer = if info.is_complete() && offset == info.length {
+                    Ok(Begun::Complete(info.clone()))
+                } else if offset != info.offset || info.is_complete() {
+                    Err(UploadError::Conflict(format!(
+                        "Upload-Offset is {offset} but the upload holds {} bytes: ask HEAD for the offset and resume there",
+                        info.offset
+                    )))
+                } else if state.busy.is_some() {
+                    Err(UploadError::Locked(
+                        "another PATCH of this upload is running; retry when it ends".into(),
+                    ))
+                } else {
+                    let token = state.next_token;
+                    state.next_token += 1;
+                    state.busy = Some(token);
+                    Ok(Begun::Lease(Lease {
+                        token,
+                        info: info.clone(),
+                    }))
+                };
+                let _ = reply.send(answer);
+            }
+            UploadMsg::End {
+                token,
+                outcome,
+                reply,
+            } => {
+                if state.busy != Some(token) {
+                    let _ = reply.send(Err(UploadError::Conflict(
+                        "this PATCH no longer holds the upload".into(),
+                    )));
+                    return Ok(());
+                }
+                state.busy = None;
+                let r = Self::end(&myself, state, outcome).await;
+                let _ = reply.send(r);
+            }
+            UploadMsg::Release { token } => {
+                if state.busy == Some(token) {
+                    state.busy = None;
+                }
+            }
+            UploadMsg::Terminate(reply) => {
+                let r = state.ctx.storage.delete_upload(&state.info.id).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r.map_err(UploadError::from));
+                if ok {
+                    myself.stop(Some("terminated".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long an `UploadActor` call may take before the HTTP layer gives up: completing an upload
+/// reads every byte once (about 20 s per GiB on a slow disk), so this is generous.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3600);
