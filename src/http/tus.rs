@@ -86,28 +86,33 @@ pub(super) fn routes(
     let item = warp::path("files")
         .and(warp::path::param::<String>())
         .and(warp::path::end());
-    let options = warp::options()
-        .and(warp::path("files"))
-        .and(warp::path::tail())
+    // Path before method: a path that is no tus resource ends as 404, not 405.
+    let options = collection
+        .and(warp::options())
         .and(with_app.clone())
-        .map(|_: warp::path::Tail, app: App| options(&app));
-    let create = warp::post()
-        .and(collection)
+        .map(|app: App| options(&app))
+        .or(item
+            .and(warp::options())
+            .and(with_app.clone())
+            .map(|_: String, app: App| options(&app)))
+        .unify();
+    let create = collection
+        .and(warp::post())
         .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and_then(|app: App, headers: HeaderMap, body| async move {
             tus_respond(create(app, headers, boxed(body)).await)
         });
-    let head = warp::head()
-        .and(item)
+    let head = item
+        .and(warp::head())
         .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and_then(|id: String, app: App, headers: HeaderMap| async move {
             tus_respond(head(app, id, headers).await)
         });
-    let patch = warp::patch()
-        .and(item)
+    let patch = item
+        .and(warp::patch())
         .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
@@ -116,8 +121,8 @@ pub(super) fn routes(
                 tus_respond(patch(app, id, headers, boxed(body)).await)
             },
         );
-    let delete = warp::delete()
-        .and(item)
+    let delete = item
+        .and(warp::delete())
         .and(with_app)
         .and(warp::header::headers_cloned())
         .and_then(|id: String, app: App, headers: HeaderMap| async move {
