@@ -105,7 +105,7 @@ pub struct Lease {
 pub enum Begun {
     /// Append: stream the body, then `End`.
     Lease(Lease),
-    /// The upload is already complete and the offset given is its length: nothing to do.
+    /// The upload is already complete: nothing to do, whatever the offset.
     Complete(UploadInfo),
 }
 
@@ -321,9 +321,13 @@ impl Actor for UploadActor {
             }
             UploadMsg::Begin { offset, reply } => {
                 let info = &state.info;
-                let answer = if info.is_complete() && offset == info.length {
+                // A complete upload has nothing left to append or to conflict with: any PATCH
+                // learns the full offset (and the video) at once, without sending its body.
+                // That lets a client whose final reply was lost, and which resends its last
+                // chunk, finish cleanly.
+                let answer = if info.is_complete() {
                     Ok(Begun::Complete(info.clone()))
-                } else if offset != info.offset || info.is_complete() {
+                } else if offset != info.offset {
                     Err(UploadError::Conflict(format!(
                         "Upload-Offset is {offset} but the upload holds {} bytes: ask HEAD for the offset and resume there",
                         info.offset

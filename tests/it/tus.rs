@@ -415,9 +415,11 @@ async fn lost_final_response_cut_patch_and_concurrent_patch() {
     drop(s);
     let r = wait_offset(&url, len as u64).await;
     let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
-    // A client that resends its last chunk is told where the upload stands.
+    // A client that resends its last chunk is told the upload is complete, and by what video.
     let r = patch(&url, 7_000, bytes[7_000..].to_vec()).await;
-    assert_eq!(r.status(), 409);
+    assert_eq!(r.status(), 204);
+    assert_eq!(num(&r, "upload-offset"), len as u64);
+    assert_eq!(r.headers()["reel-video-id"], id.as_str());
     let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");
     assert_eq!(
@@ -720,5 +722,85 @@ async fn every_malformed_header_gets_a_clear_4xx_and_stores_nothing() {
     // And the upload still completes.
     let r = patch(&url, 4096, bytes[4096..].to_vec()).await;
     assert_eq!(r.status(), 204);
+    node.stop().await;
+}
+
+/// Run `tests/tus/tuspy_upload.py` with `args`; returns its JSON line. Fails loudly, with the
+/// fix, when tuspy is missing.
+async fn tuspy(args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tus/tuspy_upload.py");
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("tuspy finishes in 120 s")
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'tusclient'"),
+        "tuspy is not installed: run scripts/setup (pip install tuspy)"
+    );
+    assert!(out.status.success(), "tuspy failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tuspy printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tuspy_interrupted_at_three_offsets_resumes_to_a_ready_video_with_intact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let file = clip("av");
+    let bytes = std::fs::read(&file).unwrap();
+    let endpoint = format!("{base}/files/");
+    let chunk = 32 * 1024;
+    let v = tuspy(&[
+        &endpoint,
+        file.to_str().unwrap(),
+        &chunk.to_string(),
+        "40000,120000,200000",
+    ])
+    .await;
+    let offsets: Vec<u64> = v["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 40_000, "{offsets:?}");
+    assert_eq!(offsets[1], 120_000, "{offsets:?}");
+    assert_eq!(
+        offsets[2],
+        120_000 + chunk / 2,
+        "half of the cut chunk was kept"
+    );
+    assert_eq!(*offsets.last().unwrap(), bytes.len() as u64);
+    let url = v["url"].as_str().unwrap();
+    let r = head(url).await;
+    let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
+    let rec = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(rec["state"], "ready", "{rec}");
+    assert_eq!(rec["filename"], "av.bin");
+    assert_eq!(
+        sha256_hex(&stored_source(dir.path(), &id)),
+        sha256_hex(&bytes),
+        "the stored source is the original, byte for byte"
+    );
+
+    // The same file declared by sha256: the existing id, with nothing sent.
+    let v = tuspy(&["--dedupe", &endpoint, file.to_str().unwrap()]).await;
+    assert_eq!(v["offset"], v["size"], "{v}");
+    let r = head(v["url"].as_str().unwrap()).await;
+    assert_eq!(r.headers()["reel-video-id"], id.as_str());
+    let events = event_kinds(&base, &id).await;
+    assert_eq!(count(&events, "duplicate_upload"), 1, "{events:?}");
+    assert_eq!(count(&events, "job_started"), 1, "no new processing");
     node.stop().await;
 }
