@@ -8,4 +8,5 @@ mod crash;
 mod e2e;
 mod helpers;
 mod restart;
+mod s3;
 mod tus;
