@@ -290,6 +290,27 @@ impl UploadActor {
     }
 }
 
+impl UploadActor {
+    /// All bytes are stored but the upload is not complete (the node stopped, or the store
+    /// failed, between the last part and the video): complete it now, so a client that sees the
+    /// full offset always finds its video.
+    async fn finish_if_all_stored(myself: &ActorRef<UploadMsg>, state: &mut UploadState) {
+        if state.info.offset != state.info.length || state.info.is_complete() {
+            return;
+        }
+        match Self::complete(state).await {
+            Ok(()) => {}
+            Err(e @ UploadError::ChecksumMismatch(_)) => {
+                tracing::warn!(upload_id = %state.info.id, "{e}");
+                myself.stop(Some("checksum mismatch".into()));
+            }
+            Err(e) => {
+                tracing::warn!(upload_id = %state.info.id, "cannot complete the upload yet: {e}")
+            }
+        }
+    }
+}
+
 impl Actor for UploadActor {
     type Msg = UploadMsg;
     type State = UploadState;
@@ -309,6 +330,15 @@ impl Actor for UploadActor {
         })
     }
 
+    async fn post_start(
+        &self,
+        myself: ActorRef<UploadMsg>,
+        state: &mut UploadState,
+    ) -> Result<(), ActorProcessingErr> {
+        Self::finish_if_all_stored(&myself, state).await;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<UploadMsg>,
@@ -317,6 +347,9 @@ impl Actor for UploadActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             UploadMsg::Info(reply) => {
+                if state.busy.is_none() {
+                    Self::finish_if_all_stored(&myself, state).await;
+                }
                 let _ = reply.send(state.info.clone());
             }
             UploadMsg::Begin { offset, reply } => {

@@ -14,7 +14,8 @@
 //! - A crashed `UploadActor` is only forgotten: its state is all in the object store, and the
 //!   next request starts a fresh one.
 //! - `Sweep` (every `sweep_every`, and on demand) deletes uploads past their `expires_ms`:
-//!   unfinished ones lose their parts, finished ones their remembered answer.
+//!   unfinished ones lose their parts, finished ones their remembered answer. It also completes
+//!   uploads whose bytes all arrived but whose node stopped before making the video.
 //!
 //! Cluster seam: [`handles_upload`] says whether this node is the one that serves (and sweeps)
 //! an upload. One node serves every upload; the cluster wires it to the ring.
@@ -144,8 +145,11 @@ impl UploadSupervisor {
         }
     }
 
-    async fn sweep(state: &mut UploadSupervisorState) -> usize {
-        let storage = &state.ctx.storage;
+    async fn sweep(
+        myself: &ActorRef<UploadSupervisorMsg>,
+        state: &mut UploadSupervisorState,
+    ) -> usize {
+        let storage = state.ctx.storage.clone();
         let ids = match storage.list_upload_ids().await {
             Ok(ids) => ids,
             Err(e) => {
@@ -160,6 +164,19 @@ impl UploadSupervisor {
                 continue;
             }
             let expired = match storage.load_upload(&id).await {
+                Ok(Some(info))
+                    if info.expires_ms > now
+                        && info.offset == info.length
+                        && !info.is_complete()
+                        && !state.running.contains_key(&id) =>
+                {
+                    // Every byte arrived but the node stopped before the video was made:
+                    // starting the actor completes it.
+                    if let Err(e) = Self::get(myself, state, id.clone()).await {
+                        tracing::warn!(upload_id = %id, "cannot complete a stored upload: {e}");
+                    }
+                    false
+                }
                 Ok(Some(info)) => info.expires_ms <= now,
                 // Parts without a state: a terminated upload's leftovers.
                 Ok(None) => true,
@@ -237,7 +254,7 @@ impl Actor for UploadSupervisor {
                 let _ = reply.send(r);
             }
             UploadSupervisorMsg::Sweep(reply) => {
-                let n = Self::sweep(state).await;
+                let n = Self::sweep(&myself, state).await;
                 if let Some(r) = reply {
                     let _ = r.send(n);
                 }

@@ -804,3 +804,127 @@ async fn tuspy_interrupted_at_three_offsets_resumes_to_a_ready_video_with_intact
     assert_eq!(count(&events, "job_started"), 1, "no new processing");
     node.stop().await;
 }
+
+/// A TCP proxy to `target` that cuts the connection carrying client bytes number `cuts[i]`
+/// (counted over all connections), once per cut. Returns its address and the byte counter.
+async fn cutting_proxy(
+    target: std::net::SocketAddr,
+    cuts: Vec<u64>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let cuts = Arc::new(std::sync::Mutex::new(cuts));
+    let pending = cuts.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (sent, cuts) = (sent.clone(), cuts.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = uw.shutdown().await;
+                                return false;
+                            }
+                            Ok(n) => n,
+                        };
+                        let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                        let cut = {
+                            let mut c = cuts.lock().unwrap();
+                            match c.first().copied() {
+                                Some(at) if before + n as u64 >= at => {
+                                    c.remove(0);
+                                    Some((at - before.min(at)) as usize)
+                                }
+                                _ => None,
+                            }
+                        };
+                        if let Some(keep) = cut {
+                            let _ = uw.write_all(&buf[..keep.min(n)]).await;
+                            return true; // drop both halves: the connection is cut
+                        }
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            return false;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut ur, &mut cw);
+                tokio::pin!(down);
+                tokio::select! {
+                    cut = up => if !cut { let _ = down.await; },
+                    _ = &mut down => {}
+                }
+            });
+        }
+    });
+    (addr, counter, pending)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transfer() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let (proxy, sent, cuts) = cutting_proxy(node.addr, vec![100_000, 200_000]).await;
+    let server = format!("http://{proxy}");
+    let file = clip("av");
+    let bytes = std::fs::read(&file).unwrap();
+    let opts = reel::client::UploadOptions {
+        chunk_bytes: 64 * 1024,
+        retries: 5,
+        backoff: Duration::from_millis(20),
+        progress: false,
+    };
+    let v = reel::client::upload_with(&server, &file, &opts)
+        .await
+        .unwrap();
+    assert_eq!(v["duplicate"], false, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    assert!(
+        ["uploaded", "processing"].contains(&v["state"].as_str().unwrap()),
+        "{v}"
+    );
+    assert_eq!(
+        sha256_hex(&stored_source(dir.path(), &id)),
+        sha256_hex(&bytes)
+    );
+    assert!(cuts.lock().unwrap().is_empty(), "both connections were cut");
+
+    // The same file again: the existing id, and (almost) nothing on the wire.
+    let before = sent.load(Ordering::SeqCst);
+    let v = reel::client::upload_with(&server, &file, &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["video_id"].as_str(), v["duplicate"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    let extra = sent.load(Ordering::SeqCst) - before;
+    assert!(
+        extra < 2_000,
+        "only a creation request went out: {extra} bytes"
+    );
+
+    // A text file is refused with the server's reason, at once.
+    let e = reel::client::upload_with(&server, &clip("text"), &opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("415") && e.contains("text file"), "{e}");
+    node.stop().await;
+}
