@@ -188,9 +188,7 @@ impl UploadActor {
                 hasher.update(&chunk);
                 total += chunk.len() as u64;
                 if let Some(w) = writer.as_mut() {
-                    w.wait_for_capacity(4)
-                        .await
-                        .map_err(|e| StorageError::from(e))?;
+                    w.wait_for_capacity(4).await.map_err(StorageError::from)?;
                     w.put(chunk);
                 }
             }

@@ -65,7 +65,7 @@ pub enum UploadSupervisorMsg {
     /// Store a new upload's state and start its actor.
     Create {
         /// The new upload (offset 0, or already complete for a dedupe answer).
-        info: UploadInfo,
+        info: Box<UploadInfo>,
         /// Its actor.
         reply: RpcReplyPort<Result<ActorRef<UploadMsg>, UploadError>>,
     },
@@ -244,7 +244,7 @@ impl Actor for UploadSupervisor {
         match msg {
             UploadSupervisorMsg::Create { info, reply } => {
                 let r = match state.ctx.storage.save_upload(&info).await {
-                    Ok(()) => Self::start(&myself, state, info).await,
+                    Ok(()) => Self::start(&myself, state, *info).await,
                     Err(e) => Err(e.into()),
                 };
                 let _ = reply.send(r);

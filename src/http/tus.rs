@@ -455,7 +455,7 @@ async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Byt
         .uploads
         .call(
             |reply| UploadSupervisorMsg::Create {
-                info: info.clone(),
+                info: Box::new(info.clone()),
                 reply,
             },
             Some(Duration::from_secs(30)),
