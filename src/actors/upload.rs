@@ -414,3 +414,184 @@ impl Actor for UploadActor {
 /// How long an `UploadActor` call may take before the HTTP layer gives up: completing an upload
 /// reads every byte once (about 20 s per GiB on a slow disk), so this is generous.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::actors::NodeContext;
+    use crate::config::{Limits, ProcessingConfig, StorageLocation};
+    use crate::storage::events::EventLog;
+    use crate::storage::Storage;
+
+    /// Stands in for the VideoSupervisor: records the videos it is asked to ensure.
+    struct Probe;
+    impl Actor for Probe {
+        type Msg = VideoSupervisorMsg;
+        type State = Arc<Mutex<Vec<String>>>;
+        type Arguments = Arc<Mutex<Vec<String>>>;
+        async fn pre_start(
+            &self,
+            _: ActorRef<Self::Msg>,
+            seen: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(seen)
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            seen: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            match msg {
+                VideoSupervisorMsg::Ensure { video_id } => seen.lock().unwrap().push(video_id),
+                VideoSupervisorMsg::Active(reply) => {
+                    let _ = reply.send(seen.lock().unwrap().clone());
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    async fn begin(a: &ActorRef<UploadMsg>, offset: u64) -> Result<Begun, UploadError> {
+        ractor::call!(a, |reply| UploadMsg::Begin { offset, reply }).unwrap()
+    }
+
+    async fn end(
+        a: &ActorRef<UploadMsg>,
+        token: u64,
+        outcome: PatchOutcome,
+    ) -> Result<UploadInfo, UploadError> {
+        ractor::call!(a, |reply| UploadMsg::End {
+            token,
+            outcome,
+            reply
+        })
+        .unwrap()
+    }
+
+    fn token(b: Result<Begun, UploadError>) -> u64 {
+        match b {
+            Ok(Begun::Lease(l)) => l.token,
+            other => panic!("expected a lease: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_patch_at_a_time_and_the_last_part_makes_the_video_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageLocation::Memory).unwrap();
+        let ctx = Arc::new(NodeContext {
+            node_id: "u1".into(),
+            storage: storage.clone(),
+            events: EventLog::open(&dir.path().join("e.sqlite"), "u1").unwrap(),
+            processing: ProcessingConfig::default(),
+            scratch_dir: dir.path().into(),
+            limits: Limits::default(),
+        });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (probe, _) = Actor::spawn(None, Probe, seen.clone()).await.unwrap();
+        let id = keys::new_upload_id("u1");
+        let info = UploadInfo {
+            id: id.clone(),
+            length: 10,
+            offset: 0,
+            parts: vec![],
+            raw_metadata: None,
+            filename: Some("a.mp4".into()),
+            filetype: None,
+            sha256: None,
+            sniffed: false,
+            created_ms: now_ms(),
+            expires_ms: now_ms() + 60_000,
+            video_id: None,
+            video_state: None,
+            duplicate: false,
+        };
+        storage.save_upload(&info).await.unwrap();
+        let (a, _) = Actor::spawn(
+            None,
+            UploadActor,
+            UploadArgs {
+                ctx,
+                videos: probe.clone(),
+                info,
+            },
+        )
+        .await
+        .unwrap();
+
+        // One lease at a time; the wrong offset is a conflict.
+        let t1 = token(begin(&a, 0).await);
+        assert!(matches!(begin(&a, 0).await, Err(UploadError::Locked(_))));
+        assert!(matches!(begin(&a, 3).await, Err(UploadError::Conflict(_))));
+        // A released lease frees the upload and cannot end anything afterwards.
+        a.cast(UploadMsg::Release { token: t1 }).unwrap();
+        let t2 = token(begin(&a, 0).await);
+        assert!(matches!(
+            end(&a, t1, PatchOutcome::Nothing).await,
+            Err(UploadError::Conflict(_))
+        ));
+        storage
+            .put(&keys::upload_part(&id, 0), Bytes::from_static(b"0123"))
+            .await
+            .unwrap();
+        let part = Part { offset: 0, len: 4 };
+        let info = end(
+            &a,
+            t2,
+            PatchOutcome::Stored {
+                part,
+                sniffed: true,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(info.offset, 4);
+        assert_eq!(
+            storage.load_upload(&id).await.unwrap().unwrap().offset,
+            4,
+            "durable"
+        );
+
+        // The last part completes: one video, its source the joined parts.
+        let t3 = token(begin(&a, 4).await);
+        storage
+            .put(&keys::upload_part(&id, 4), Bytes::from_static(b"456789"))
+            .await
+            .unwrap();
+        let part = Part { offset: 4, len: 6 };
+        let info = end(
+            &a,
+            t3,
+            PatchOutcome::Stored {
+                part,
+                sniffed: true,
+            },
+        )
+        .await
+        .unwrap();
+        let video = info.video_id.clone().expect("complete");
+        let source = storage.get(&keys::source(&video)).await.unwrap().unwrap();
+        assert_eq!(&source.bytes[..], b"0123456789");
+        assert_eq!(
+            storage
+                .load_record(&video)
+                .await
+                .unwrap()
+                .unwrap()
+                .source_bytes,
+            10
+        );
+        assert_eq!(
+            storage.list(&keys::upload_prefix(&id)).await.unwrap().len(),
+            1
+        );
+        // `call` on the probe is a barrier: the Ensure cast before it has arrived.
+        let ensured = ractor::call!(probe, VideoSupervisorMsg::Active).unwrap();
+        assert_eq!(ensured, vec![video]);
+        probe.stop(None);
+    }
+}
