@@ -10,7 +10,9 @@
 //! | PATCH | `/files/{id}` | append at `Upload-Offset` (optional `Upload-Checksum`) | 204 + new `Upload-Offset` |
 //! | DELETE | `/files/{id}` | Termination: the upload and its parts are deleted | 204 |
 //!
-//! Every answer carries `Tus-Resumable: 1.0.0`; errors also carry a JSON body `{"error": ...}`.
+//! Every answer carries `Tus-Resumable: 1.0.0` and CORS headers for browser clients; errors also
+//! carry a JSON body `{"error": ...}`. `POST /files/{id}` with `X-HTTP-Method-Override: PATCH`
+//! (or `DELETE`, `HEAD`) is that method (tus 1.0.0 core).
 //!
 //! Metadata keys reel reads (values base64 as tus requires): `filename`, `filetype` (a
 //! `text/*` or `image/*` type is refused at creation with `415`), `sha256` (the SHA-256 of the
@@ -121,6 +123,30 @@ pub(super) fn routes(
                 tus_respond(patch(app, id, headers, boxed(body)).await)
             },
         );
+    // tus 1.0.0 core, "X-HTTP-Method-Override": a client that cannot send PATCH or DELETE
+    // POSTs with the method in this header.
+    let overridden = item
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and_then(
+            |id: String, app: App, headers: HeaderMap, body| async move {
+                let method = headers
+                    .get("x-http-method-override")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|m| m.trim().to_ascii_uppercase());
+                tus_respond(match method.as_deref() {
+                    Some("PATCH") => self::patch(app, id, headers, boxed(body)).await,
+                    Some("DELETE") => terminate(app, id, headers).await,
+                    Some("HEAD") => self::head(app, id, headers).await,
+                    _ => Err(ApiError::BadRequest(
+                        "POST to an upload needs X-HTTP-Method-Override: PATCH, DELETE or HEAD"
+                            .into(),
+                    )),
+                })
+            },
+        );
     let delete = item
         .and(warp::delete())
         .and(with_app)
@@ -137,12 +163,20 @@ pub(super) fn routes(
         .unify()
         .or(delete)
         .unify()
+        .or(overridden)
+        .unify()
 }
 
 fn tus_respond(r: Result<Response<Bytes>, ApiError>) -> Result<Response<Bytes>, Infallible> {
     let mut resp = respond(r)?;
     let h = resp.headers_mut();
     h.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    // Browser clients (tus-js-client, Uppy) on another origin must be able to read these.
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(CORS_EXPOSE),
+    );
     if resp.status() == StatusCode::PRECONDITION_FAILED {
         resp.headers_mut()
             .insert("tus-version", HeaderValue::from_static(TUS_VERSION));
@@ -169,8 +203,28 @@ fn options(app: &App) -> Response<Bytes> {
     set(&mut r, "tus-extension", TUS_EXTENSIONS);
     set(&mut r, "tus-max-size", app.config.limits.max_upload_bytes);
     set(&mut r, "tus-checksum-algorithm", TUS_CHECKSUMS);
+    // CORS preflight (browser tus clients).
+    set(&mut r, "access-control-allow-origin", "*");
+    set(
+        &mut r,
+        "access-control-allow-methods",
+        "POST, HEAD, PATCH, DELETE, OPTIONS",
+    );
+    set(&mut r, "access-control-allow-headers", CORS_ALLOW);
+    set(&mut r, "access-control-expose-headers", CORS_EXPOSE);
+    set(&mut r, "access-control-max-age", 86400);
     r
 }
+
+/// Request headers a browser tus client sends (CORS preflight).
+const CORS_ALLOW: &str = "Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset, \
+    Upload-Checksum, Upload-Defer-Length, Upload-Concat, Content-Type, X-HTTP-Method-Override, \
+    X-Requested-With, Reel-Content-Sha256";
+
+/// Response headers a browser tus client must be able to read.
+const CORS_EXPOSE: &str = "Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, \
+    Tus-Checksum-Algorithm, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, \
+    Reel-Video-Id, Reel-Video-State";
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     match headers.get(name) {
@@ -462,8 +516,13 @@ async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Byt
         )
         .await;
     let actor = unwrap_call(r)??;
+    // Absolute, as the client reached us (behind a TLS proxy: X-Forwarded-Proto).
+    let scheme = match header(&headers, "x-forwarded-proto")? {
+        Some("https") => "https",
+        _ => "http",
+    };
     let location = match header(&headers, "host")? {
-        Some(host) => format!("http://{host}/files/{}", info.id),
+        Some(host) => format!("{scheme}://{host}/files/{}", info.id),
         None => format!("/files/{}", info.id),
     };
     let info = if with_body && !info.is_complete() {

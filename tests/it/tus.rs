@@ -241,15 +241,36 @@ async fn creation_with_upload_and_termination() {
     assert_eq!(num(&r, "upload-offset"), 5000);
     let url = r.headers()["location"].to_str().unwrap().to_string();
     assert_eq!(num(&head(&url).await, "upload-offset"), 5000);
+    // A client that cannot send PATCH or DELETE uses X-HTTP-Method-Override.
     let r = Client::new()
-        .delete(&url)
+        .post(&url)
+        .header("X-HTTP-Method-Override", "PATCH")
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", OCTET)
+        .header("Upload-Offset", "5000")
+        .body(bytes[5000..6000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(num(&r, "upload-offset"), 6000);
+    let r = Client::new()
+        .post(&url)
+        .header("X-HTTP-Method-Override", "DELETE")
         .header("Tus-Resumable", "1.0.0")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(head(&url).await.status(), 404);
-    assert_eq!(patch(&url, 5000, vec![0; 10]).await.status(), 404);
+    assert_eq!(patch(&url, 6000, vec![0; 10]).await.status(), 404);
+    let r = Client::new()
+        .delete(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "terminating twice");
     assert!(stored_upload_objects(dir.path()).is_empty());
     node.stop().await;
 }
