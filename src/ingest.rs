@@ -21,7 +21,8 @@ use crate::storage::{keys, StorageError};
 /// Bytes stored under a staging key, with what was learnt while receiving them.
 #[derive(Debug, Clone)]
 pub struct Staged {
-    /// The staging object (`uploads/direct/{token}` or `uploads/{upload_id}/...`).
+    /// The staging object (`uploads/direct/{token}` or `uploads/{upload_id}/...`), or
+    /// `sources/{video_id}` itself when the bytes were written there directly.
     pub key: String,
     /// SHA-256 of the bytes, lowercase hex.
     pub sha256: String,
@@ -85,7 +86,9 @@ pub async fn accept(
         let _ = storage.delete(&staged.key).await;
         return Ok(duplicate(ctx, videos, &id, existing.state.as_str(), "same bytes").await);
     }
-    if storage.exists(&keys::source(&id)).await? {
+    if staged.key == keys::source(&id) {
+        // Written straight to its content address (a joined resumable upload).
+    } else if storage.exists(&keys::source(&id)).await? {
         let _ = storage.delete(&staged.key).await;
     } else {
         storage.rename(&staged.key, &keys::source(&id)).await?;

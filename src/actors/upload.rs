@@ -89,6 +89,9 @@ pub struct UploadState {
     busy: Option<u64>,
     /// The next lease token.
     next_token: u64,
+    /// SHA-256 of the stored bytes so far, when this actor saw all of them arrive (`None`
+    /// after a restart mid-upload: completion then reads the parts to hash them).
+    hasher: Option<Sha256>,
 }
 
 /// Permission to append at `info.offset`, until `End` or `Release` with `token`.
@@ -98,6 +101,9 @@ pub struct Lease {
     pub token: u64,
     /// The state when the lease was taken.
     pub info: UploadInfo,
+    /// The running SHA-256 of the stored bytes, when known: the PATCH feeds it every byte it
+    /// stores and hands it back with `End`.
+    pub hasher: Option<Sha256>,
 }
 
 /// What `Begin` gives.
@@ -119,6 +125,9 @@ pub enum PatchOutcome {
         part: Part,
         /// The head was sniffed and may be a video.
         sniffed: bool,
+        /// The lease's running SHA-256 fed with exactly the part's bytes (`None` if the lease
+        /// had none).
+        hasher: Option<Sha256>,
     },
     /// Nothing kept (a checksum mismatch, or a failure before any byte was stored).
     Nothing,
@@ -161,23 +170,12 @@ impl UploadActor {
         (ctx.limits.upload_expiry_seconds as i64).saturating_mul(1000)
     }
 
-    /// Join and hash the parts, check the declared digest, and ingest.
-    async fn complete(state: &mut UploadState) -> Result<(), UploadError> {
-        let storage = &state.ctx.storage;
-        let info = &state.info;
-        // One part (the common single-PATCH case) is already the whole file: no copy.
-        let single = info.parts.len() == 1;
-        let staging = if single {
-            keys::upload_part(&info.id, 0)
-        } else {
-            keys::upload_assembled(&info.id)
-        };
-        let mut writer = if single {
-            None
-        } else {
-            Some(storage.writer(&staging).await?)
-        };
-        let mut hasher = Sha256::new();
+    /// Stream every part of `info` in order into `sink` (bytes, bounded memory).
+    async fn for_each_chunk(
+        storage: &crate::storage::Storage,
+        info: &UploadInfo,
+        mut sink: impl FnMut(Bytes),
+    ) -> Result<u64, UploadError> {
         let mut total = 0u64;
         for part in &info.parts {
             let mut stream = storage
@@ -185,25 +183,35 @@ impl UploadActor {
                 .await?;
             while let Some(chunk) = stream.next().await {
                 let chunk: Bytes = chunk?;
-                hasher.update(&chunk);
                 total += chunk.len() as u64;
-                if let Some(w) = writer.as_mut() {
-                    w.wait_for_capacity(4).await.map_err(StorageError::from)?;
-                    w.put(chunk);
+                sink(chunk);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Check the declared digest, then ingest. The SHA-256 is usually known already (hashed as
+    /// the PATCHes streamed in); after a restart it is computed by reading the parts once.
+    /// Bytes reel already holds are never written again; a multi-part upload is joined straight
+    /// into `sources/{video_id}` (one write, no copy).
+    async fn complete(state: &mut UploadState) -> Result<(), UploadError> {
+        let storage = state.ctx.storage.clone();
+        let info = state.info.clone();
+        let sha256 = match state.hasher.take() {
+            Some(h) => hex::encode(h.finalize()),
+            None => {
+                let mut h = Sha256::new();
+                let total = Self::for_each_chunk(&storage, &info, |c| h.update(&c)).await?;
+                if total != info.length {
+                    return Err(StorageError::Corrupt {
+                        key: keys::upload_prefix(&info.id),
+                        message: format!("parts hold {total} bytes, the upload {}", info.length),
+                    }
+                    .into());
                 }
+                hex::encode(h.finalize())
             }
-        }
-        if let Some(w) = writer {
-            w.finish().await.map_err(StorageError::from)?;
-        }
-        if total != info.length {
-            return Err(StorageError::Corrupt {
-                key: keys::upload_prefix(&info.id),
-                message: format!("parts hold {total} bytes, the upload {}", info.length),
-            }
-            .into());
-        }
-        let sha256 = hex::encode(hasher.finalize());
+        };
         if let Some(declared) = info.sha256.as_ref().filter(|d| **d != sha256) {
             let msg = format!(
                 "the file's SHA-256 is {sha256}, not the declared {declared}; the upload was deleted and nothing became a video"
@@ -211,27 +219,63 @@ impl UploadActor {
             storage.delete_upload(&info.id).await?;
             return Err(UploadError::ChecksumMismatch(msg));
         }
-        let accepted = ingest::accept(
-            &state.ctx,
-            &state.videos,
-            Staged {
-                key: staging.clone(),
-                sha256,
-                bytes: total,
-                filename: info.filename.clone(),
-            },
-        )
-        .await?;
-        for part in &info.parts {
-            let key = keys::upload_part(&info.id, part.offset);
-            if key != staging {
-                let _ = storage.delete(&key).await;
+        let accepted = match ingest::existing(&state.ctx, &state.videos, &sha256).await? {
+            Some(a) => a,
+            None => {
+                let id = crate::model::video_id(&sha256, &state.ctx.processing.profile);
+                let source = keys::source(&id);
+                // One part is already the whole file: ingest renames it.
+                let staged = if info.parts.len() == 1 {
+                    keys::upload_part(&info.id, 0)
+                } else {
+                    if !storage.exists(&source).await? {
+                        let mut w = storage.writer(&source).await?;
+                        let mut total = 0u64;
+                        for part in &info.parts {
+                            let mut stream = storage
+                                .read_stream(&keys::upload_part(&info.id, part.offset))
+                                .await?;
+                            while let Some(chunk) = stream.next().await {
+                                let chunk: Bytes = chunk?;
+                                total += chunk.len() as u64;
+                                w.wait_for_capacity(4).await.map_err(StorageError::from)?;
+                                w.put(chunk);
+                            }
+                        }
+                        if total != info.length {
+                            let _ = w.abort().await;
+                            return Err(StorageError::Corrupt {
+                                key: keys::upload_prefix(&info.id),
+                                message: format!(
+                                    "parts hold {total} bytes, the upload {}",
+                                    info.length
+                                ),
+                            }
+                            .into());
+                        }
+                        w.finish().await.map_err(StorageError::from)?;
+                    }
+                    source
+                };
+                ingest::accept(
+                    &state.ctx,
+                    &state.videos,
+                    Staged {
+                        key: staged,
+                        sha256,
+                        bytes: info.length,
+                        filename: info.filename.clone(),
+                    },
+                )
+                .await?
             }
+        };
+        for part in &info.parts {
+            let _ = storage
+                .delete(&keys::upload_part(&info.id, part.offset))
+                .await;
         }
-        if !single {
-            let _ = storage.delete(&staging).await;
-        }
-        let mut info = state.info.clone();
+        let mut info = info;
         info.video_id = Some(accepted.video_id);
         info.video_state = Some(accepted.state);
         info.duplicate = accepted.duplicate;
@@ -254,7 +298,11 @@ impl UploadActor {
                 myself.stop(Some("not a video".into()));
                 Err(UploadError::NotVideo(reason))
             }
-            PatchOutcome::Stored { part, sniffed } => {
+            PatchOutcome::Stored {
+                part,
+                sniffed,
+                hasher,
+            } => {
                 let mut info = state.info.clone();
                 if part.len > 0 {
                     if part.offset != info.offset || info.offset + part.len > info.length {
@@ -265,6 +313,7 @@ impl UploadActor {
                     }
                     info.parts.push(part);
                     info.offset += part.len;
+                    state.hasher = state.hasher.as_ref().and(hasher);
                 }
                 info.sniffed |= sniffed;
                 info.expires_ms = now_ms() + Self::expiry(&state.ctx);
@@ -322,9 +371,10 @@ impl Actor for UploadActor {
         Ok(UploadState {
             ctx: args.ctx,
             videos: args.videos,
-            info: args.info,
+            info: args.info.clone(),
             busy: None,
             next_token: 1,
+            hasher: (args.info.offset == 0).then(Sha256::new),
         })
     }
 
@@ -374,6 +424,7 @@ impl Actor for UploadActor {
                     Ok(Begun::Lease(Lease {
                         token,
                         info: info.clone(),
+                        hasher: state.hasher.clone(),
                     }))
                 };
                 let _ = reply.send(answer);
@@ -472,11 +523,21 @@ mod tests {
         .unwrap()
     }
 
-    fn token(b: Result<Begun, UploadError>) -> u64 {
+    fn lease(b: Result<Begun, UploadError>) -> Lease {
         match b {
-            Ok(Begun::Lease(l)) => l.token,
+            Ok(Begun::Lease(l)) => l,
             other => panic!("expected a lease: {other:?}"),
         }
+    }
+
+    fn token(b: Result<Begun, UploadError>) -> u64 {
+        lease(b).token
+    }
+
+    fn fed(l: &Lease, bytes: &[u8]) -> Option<Sha256> {
+        let mut h = l.hasher.clone()?;
+        h.update(bytes);
+        Some(h)
     }
 
     #[tokio::test]
@@ -529,7 +590,8 @@ mod tests {
         assert!(matches!(begin(&a, 3).await, Err(UploadError::Conflict(_))));
         // A released lease frees the upload and cannot end anything afterwards.
         a.cast(UploadMsg::Release { token: t1 }).unwrap();
-        let t2 = token(begin(&a, 0).await);
+        let l2 = lease(begin(&a, 0).await);
+        let t2 = l2.token;
         assert!(matches!(
             end(&a, t1, PatchOutcome::Nothing).await,
             Err(UploadError::Conflict(_))
@@ -545,6 +607,7 @@ mod tests {
             PatchOutcome::Stored {
                 part,
                 sniffed: true,
+                hasher: fed(&l2, b"0123"),
             },
         )
         .await
@@ -557,7 +620,9 @@ mod tests {
         );
 
         // The last part completes: one video, its source the joined parts.
-        let t3 = token(begin(&a, 4).await);
+        let l3 = lease(begin(&a, 4).await);
+        assert!(l3.hasher.is_some(), "the running hash carries over");
+        let t3 = l3.token;
         storage
             .put(&keys::upload_part(&id, 4), Bytes::from_static(b"456789"))
             .await
@@ -569,6 +634,7 @@ mod tests {
             PatchOutcome::Stored {
                 part,
                 sniffed: true,
+                hasher: fed(&l3, b"456789"),
             },
         )
         .await
@@ -584,6 +650,12 @@ mod tests {
                 .unwrap()
                 .source_bytes,
             10
+        );
+        let record = storage.load_record(&video).await.unwrap().unwrap();
+        assert_eq!(
+            record.source_sha256,
+            hex::encode(Sha256::digest(b"0123456789")),
+            "the running hash is the bytes' hash"
         );
         assert_eq!(
             storage.list(&keys::upload_prefix(&id)).await.unwrap().len(),

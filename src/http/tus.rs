@@ -700,6 +700,8 @@ async fn receive(
         }
     }
     let mut hasher = checksum.as_ref().map(ChunkHasher::new);
+    // The upload's running SHA-256 (so completion need not read the parts again).
+    let mut whole = lease.hasher.clone();
     let mut pending: Vec<Bytes> = Vec::new();
     let mut writer = None;
     let mut received: u64 = 0;
@@ -746,6 +748,9 @@ async fn receive(
         received += chunk.len() as u64;
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
+        }
+        if let Some(h) = whole.as_mut() {
+            sha2::Digest::update(h, &chunk);
         }
         if sniffed {
             write_out!(chunk);
@@ -840,6 +845,7 @@ async fn receive(
             len: received,
         },
         sniffed,
+        hasher: whole,
     };
     let error = cut.then(|| {
         ApiError::BadRequest(format!(

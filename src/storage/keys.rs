@@ -12,7 +12,6 @@
 //! uploads/direct/{token}                     a body being received, before its id is known
 //! uploads/{upload_id}/info.json              a resumable (tus) upload's durable state
 //! uploads/{upload_id}/{offset:020}           one received part of it, starting at `offset`
-//! uploads/{upload_id}/assembled              the parts joined, just before it becomes a source
 //! ```
 //!
 //! A resumable upload id is `{node_id}.{32 lowercase hex}`: it names its home node (the node
@@ -141,11 +140,6 @@ pub fn upload_info(upload_id: &str) -> String {
 /// list in order).
 pub fn upload_part(upload_id: &str, offset: u64) -> String {
     format!("uploads/{upload_id}/{offset:020}")
-}
-
-/// `uploads/{id}/assembled`
-pub fn upload_assembled(upload_id: &str) -> String {
-    format!("uploads/{upload_id}/assembled")
 }
 
 #[cfg(test)]
