@@ -416,6 +416,13 @@ impl Config {
                 "workers must be between 1 and 64".into(),
             ));
         }
+        if self.limits.upload_expiry_seconds == 0
+            || self.limits.upload_expiry_seconds > 366 * 86_400
+        {
+            return Err(ConfigError::Invalid(
+                "limits.upload_expiry_seconds must be between 1 and 31622400 (366 days)".into(),
+            ));
+        }
         if !crate::storage::keys::valid_node_id(&self.node_id) {
             return Err(ConfigError::Invalid(format!(
                 "node id {:?} must be 1 to 32 characters of a-z, 0-9, '_' or '-'",

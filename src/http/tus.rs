@@ -621,7 +621,7 @@ async fn append(
         done: false,
     };
     if let Some(n) = parse_u64_header(headers, "content-length")? {
-        if offset + n > lease.info.length {
+        if offset.saturating_add(n) > lease.info.length {
             return Err(ApiError::BadRequest(format!(
                 "{n} bytes at offset {offset} go past Upload-Length {}",
                 lease.info.length
