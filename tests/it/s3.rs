@@ -22,6 +22,8 @@ use crate::helpers::*;
 /// A `weed mini` process with S3 on a free loopback port; killed (SIGKILL, by PID) on drop.
 pub struct SeaweedFs {
     child: Child,
+    /// The ports given to it: weed leaves `/tmp/seaweedfs-{kind}-grpc-{port}.sock` behind.
+    ports: Vec<String>,
     /// `http://127.0.0.1:{port}`
     pub endpoint: String,
     _dir: tempfile::TempDir,
@@ -60,7 +62,15 @@ impl SeaweedFs {
         .unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let port = |_: &str| free_addr().port().to_string();
+        // Below 55000: weed derives some gRPC ports as port + 10000 whatever the flags say.
+        let mut ports = Vec::new();
+        let mut port = |_: &str| loop {
+            let p = free_addr().port();
+            if p < 55_000 {
+                ports.push(p.to_string());
+                break p.to_string();
+            }
+        };
         let s3_port = port("s3");
         let mut cmd = Command::new("weed");
         cmd.arg("mini")
@@ -75,6 +85,15 @@ impl SeaweedFs {
                 "-master.telemetry=false",
             ])
             .arg(format!("-s3.config={}", config.display()))
+            // Its unix sockets in our temporary directory, not in /tmp.
+            .arg(format!(
+                "-filer.localSocket={}",
+                dir.path().join("filer.sock").display()
+            ))
+            .arg(format!(
+                "-s3.localSocket={}",
+                dir.path().join("s3.sock").display()
+            ))
             .arg(format!("-s3.port={s3_port}"))
             .arg(format!("-bucket={}", buckets.join(",")));
         for flag in [
@@ -98,6 +117,7 @@ impl SeaweedFs {
             .expect("weed starts");
         let me = Self {
             child,
+            ports,
             endpoint: format!("http://127.0.0.1:{s3_port}"),
             _dir: dir,
         };
@@ -151,6 +171,11 @@ impl Drop for SeaweedFs {
         // SIGKILL to the process we started (throw-away data; SIGTERM can take 30 s).
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for port in &self.ports {
+            for kind in ["master", "volume", "filer", "s3", "admin"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"));
+            }
+        }
     }
 }
 
