@@ -17,8 +17,8 @@
 //!   unfinished ones lose their parts, finished ones their remembered answer. It also completes
 //!   uploads whose bytes all arrived but whose node stopped before making the video.
 //!
-//! Cluster seam: [`handles_upload`] says whether this node is the one that serves (and sweeps)
-//! an upload. One node serves every upload; the cluster wires it to the ring.
+//! Cluster seam: [`route_upload`] says which node serves (and sweeps) an upload. One node serves
+//! every upload; the cluster wires it to the ring.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,17 +34,26 @@ use crate::model::now_ms;
 use crate::storage::keys;
 use crate::storage::uploads::UploadInfo;
 
-/// Whether this node (`node_id`) handles requests for `upload_id` and sweeps it.
+/// Which node serves requests for an upload (and sweeps it when it expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadRoute {
+    /// This node.
+    Here,
+    /// Another node, by id: the HTTP layer proxies or redirects (307) the request there.
+    Node(String),
+}
+
+/// Where requests for `upload_id` go, seen from node `node_id`. The one seam for the cluster.
 ///
-/// The id names its home node ([`keys::upload_home`]). Today every node answers `true`: one node
-/// serves all uploads (including ones created under an earlier node id), since the state lives
-/// in the object store. The cluster issue replaces the body with: the home node while it is a
-/// live member, else the ring's owner of `upload:{id}`; the HTTP layer then proxies or redirects
-/// (307) a request for an upload this node does not handle to that node.
-pub fn handles_upload(node_id: &str, upload_id: &str) -> bool {
+/// The id names its home node ([`keys::upload_home`]: the node that created it). Today the
+/// answer is always [`UploadRoute::Here`]: one node serves all uploads (including ones created
+/// under an earlier node id), which is safe because the whole state lives in the shared object
+/// store. The cluster wires this to membership: the home node while it is a live member, else
+/// the ring's owner of `upload:{id}` (which then takes the upload over from the object store).
+pub fn route_upload(node_id: &str, upload_id: &str) -> UploadRoute {
     let _home = keys::upload_home(upload_id);
     let _ = node_id;
-    true
+    UploadRoute::Here
 }
 
 /// The supervisor actor.
@@ -160,7 +169,7 @@ impl UploadSupervisor {
         let now = now_ms();
         let mut deleted = 0;
         for id in ids {
-            if !handles_upload(&state.ctx.node_id, &id) {
+            if route_upload(&state.ctx.node_id, &id) != UploadRoute::Here {
                 continue;
             }
             let expired = match storage.load_upload(&id).await {

@@ -32,7 +32,8 @@
 //! The first bytes (up to 4 KiB) are sniffed as they arrive: plainly not a video → 415 and the
 //! upload is terminated.
 //!
-//! Routing seam for the cluster: [`crate::actors::upload_supervisor::handles_upload`].
+//! Routing seam for the cluster: [`crate::actors::upload_supervisor::route_upload`], used by
+//! one function here (`upload_actor`).
 
 use std::convert::Infallible;
 use std::time::{Duration, UNIX_EPOCH};
@@ -49,7 +50,7 @@ use warp::http::{Response, StatusCode};
 use warp::{Filter, Rejection};
 
 use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, CALL_TIMEOUT};
-use crate::actors::upload_supervisor::{handles_upload, UploadSupervisorMsg};
+use crate::actors::upload_supervisor::{route_upload, UploadRoute, UploadSupervisorMsg};
 use crate::http::upload::parse_sha256;
 use crate::http::{respond, ApiError, App};
 use crate::ingest;
@@ -400,10 +401,10 @@ async fn upload_actor(app: &App, id: &str) -> Result<ActorRef<UploadMsg>, ApiErr
     if !keys::valid_upload_id(id) {
         return Err(ApiError::NotFound(format!("no upload {id:?}")));
     }
-    if !handles_upload(&app.config.node_id, id) {
-        // The cluster issue turns this into a proxy or a 307 to the upload's home node.
+    if let UploadRoute::Node(node) = route_upload(&app.config.node_id, id) {
+        // The cluster turns this into a proxy or a 307 to that node's HTTP address.
         return Err(ApiError::Unavailable(format!(
-            "upload {id} is served by another node"
+            "upload {id} is served by node {node}"
         )));
     }
     let uploads = &app.node.refs.uploads;
