@@ -69,6 +69,11 @@ pub struct UploadOptions {
     pub backoff: Duration,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
+    /// Where unfinished uploads are remembered (`{server} {sha256}` → upload URL, JSON), so
+    /// running `reel upload` again on the same file after the client itself was stopped resumes
+    /// instead of starting over. Default `$XDG_CACHE_HOME/reel/uploads.json` (or
+    /// `~/.cache/reel/uploads.json`); `None` remembers nothing.
+    pub resume_file: Option<std::path::PathBuf>,
 }
 
 impl Default for UploadOptions {
@@ -78,7 +83,36 @@ impl Default for UploadOptions {
             retries: 8,
             backoff: Duration::from_millis(500),
             progress: true,
+            resume_file: std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                .map(|d| d.join("reel").join("uploads.json")),
         }
+    }
+}
+
+/// The remembered unfinished uploads (best effort: an unreadable file is an empty one).
+fn read_resume(file: &Path) -> serde_json::Map<String, Value> {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+fn remember(file: Option<&Path>, key: &str, url: Option<&str>) {
+    let Some(file) = file else { return };
+    let mut map = read_resume(file);
+    match url {
+        Some(u) => map.insert(key.to_string(), Value::String(u.to_string())),
+        None => map.remove(key),
+    };
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = file.with_extension("json.tmp");
+    if std::fs::write(&tmp, Value::Object(map).to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, file);
     }
 }
 
@@ -144,7 +178,9 @@ async fn refused(resp: reqwest::Response) -> ClientError {
 ///    the existing video, and nothing is sent (dedupe before transfer);
 /// 2. `PATCH` chunks of `chunk_bytes`, drawing a progress bar;
 /// 3. on a dropped connection or a 5xx, ask `HEAD` for the offset and resume there, with
-///    exponential backoff, at most `retries` times in a row.
+///    exponential backoff, at most `retries` times in a row;
+/// 4. if the client itself was stopped, the next `reel upload` of the same file to the same
+///    server finds the upload in `resume_file` and resumes it.
 ///
 /// Returns the JSON the rest of the CLI prints: `video_id`, `state`, `duplicate`.
 ///
@@ -171,35 +207,66 @@ pub async fn upload_with(
         metadata.push_str(&format!(",filename {}", b64(&filename)));
     }
     let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{server}/files/"))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", len)
-        .header("Upload-Metadata", metadata)
-        .send()
-        .await
-        .map_err(|e| connect_err(server, e))?;
-    if resp.status() != reqwest::StatusCode::CREATED {
-        return Err(refused(resp).await);
-    }
-    let location = header_str(&resp, "location").ok_or_else(|| ClientError::Refused {
-        status: 201,
-        message: "the server sent no Location".into(),
-    })?;
-    let url = reqwest::Url::parse(server)
-        .and_then(|base| base.join(&location))
-        .map_err(|e| ClientError::Refused {
-            status: 201,
-            message: format!("bad Location {location}: {e}"),
-        })?;
+    let resume_key = format!("{server} {sha256}");
+    let resume_file = opts.resume_file.as_deref();
+    // An unfinished upload of these bytes to this server, from an earlier run of the client?
+    let earlier = match resume_file.map(read_resume) {
+        Some(map) => match map.get(&resume_key).and_then(Value::as_str) {
+            Some(u) => match reqwest::Url::parse(u) {
+                Ok(url) => client
+                    .head(url.clone())
+                    .header("Tus-Resumable", "1.0.0")
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| {
+                        r.status().is_success() && header_u64(r, "upload-length") == Some(len)
+                    })
+                    .map(|r| (url, r)),
+                Err(_) => None,
+            },
+            None => None,
+        },
+        None => None,
+    };
+    let (url, resp) = match earlier {
+        Some(found) => found,
+        None => {
+            let resp = client
+                .post(format!("{server}/files/"))
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Length", len)
+                .header("Upload-Metadata", metadata)
+                .send()
+                .await
+                .map_err(|e| connect_err(server, e))?;
+            if resp.status() != reqwest::StatusCode::CREATED {
+                return Err(refused(resp).await);
+            }
+            let location = header_str(&resp, "location").ok_or_else(|| ClientError::Refused {
+                status: 201,
+                message: "the server sent no Location".into(),
+            })?;
+            let url = reqwest::Url::parse(server)
+                .and_then(|base| base.join(&location))
+                .map_err(|e| ClientError::Refused {
+                    status: 201,
+                    message: format!("bad Location {location}: {e}"),
+                })?;
+            (url, resp)
+        }
+    };
     let mut offset = header_u64(&resp, "upload-offset").unwrap_or(0);
     let mut video = header_str(&resp, "reel-video-id");
     let mut state = header_str(&resp, "reel-video-state");
+    let duplicate = resp.status() == reqwest::StatusCode::CREATED;
     if offset == len && video.is_some() {
+        remember(resume_file, &resume_key, None);
         return Ok(serde_json::json!({
-            "video_id": video, "state": state, "duplicate": true, "upload": url.as_str(),
+            "video_id": video, "state": state, "duplicate": duplicate, "upload": url.as_str(),
         }));
     }
+    remember(resume_file, &resume_key, Some(url.as_str()));
     let bar = if opts.progress {
         ProgressBar::new(len)
     } else {
@@ -287,6 +354,7 @@ pub async fn upload_with(
         }
     }
     bar.finish_and_clear();
+    remember(resume_file, &resume_key, None);
     Ok(serde_json::json!({
         "video_id": video,
         "state": state.unwrap_or_else(|| "uploaded".into()),

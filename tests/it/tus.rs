@@ -910,6 +910,7 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
         retries: 5,
         backoff: Duration::from_millis(20),
         progress: false,
+        resume_file: Some(dir.path().join("client/uploads.json")),
     };
     let v = reel::client::upload_with(&server, &file, &opts)
         .await
@@ -940,6 +941,45 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
         extra < 2_000,
         "only a creation request went out: {extra} bytes"
     );
+
+    // A client stopped mid-upload (no retries left) resumes on its next run.
+    let (proxy, _, _) = cutting_proxy(node.addr, vec![60_000]).await;
+    let once = reel::client::UploadOptions {
+        retries: 0,
+        ..opts.clone()
+    };
+    let long = clip("video");
+    let e = reel::client::upload_with(&format!("http://{proxy}"), &long, &once).await;
+    assert!(e.is_err(), "the first run gives up: {e:?}");
+    let remembered = std::fs::read_to_string(dir.path().join("client/uploads.json")).unwrap();
+    let url = serde_json::from_str::<serde_json::Value>(&remembered)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = num(&head(&url).await, "upload-offset");
+    assert!(kept > 0, "the server kept the first bytes");
+    let v = reel::client::upload_with(&format!("http://{proxy}"), &long, &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        v["upload"],
+        url.as_str(),
+        "the same upload was resumed: {v}"
+    );
+    assert_eq!(v["duplicate"], false);
+    let id = v["video_id"].as_str().unwrap();
+    assert_eq!(
+        sha256_hex(&stored_source(dir.path(), id)),
+        sha256_hex(&std::fs::read(&long).unwrap())
+    );
+    let remembered = std::fs::read_to_string(dir.path().join("client/uploads.json")).unwrap();
+    assert_eq!(remembered, "{}", "a finished upload is forgotten");
 
     // A text file is refused with the server's reason, at once.
     let e = reel::client::upload_with(&server, &clip("text"), &opts)
