@@ -19,7 +19,9 @@
 //!
 //! # Glossary
 //!
-//! - **upload**: the bytes a client sends; becomes a **source** at `sources/{video_id}`.
+//! - **upload**: the bytes a client sends; becomes a **source** at `sources/{video_id}`. A
+//!   **resumable upload** (tus 1.0.0, `/files/{upload_id}`) arrives in **parts** and keeps its
+//!   state in the object store until it completes or expires (see `docs/uploads.md`).
 //! - **video**: a source plus its record and outputs; `video_id` is its content address.
 //! - **ladder**: the renditions configured; **rendition**: one encoding (resolution, bitrate).
 //! - **segment**: a CMAF fragment (`NNNNN.m4s`) of fixed duration; the **init segment**
