@@ -1,8 +1,9 @@
-//! The client commands: `reel upload FILE` and `reel status VIDEO_ID`.
+//! The client commands: `reel upload FILE` (tus 1.0.0, resumable) and `reel status VIDEO_ID`.
 
 use std::path::Path;
 use std::time::Duration;
 
+use base64::Engine;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -56,16 +57,221 @@ async fn json_or_refused(resp: reqwest::Response) -> Result<Value, ClientError> 
     }
 }
 
-/// Upload `file` to `server` (`PUT /upload`), showing a progress bar; returns the server's JSON
-/// answer (`video_id`, `state`, `duplicate`).
+/// How `reel upload` sends a file.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Bytes per `PATCH` (default 8 MiB): what a dropped connection can cost at most.
+    pub chunk_bytes: u64,
+    /// Retries after a failure (dropped connection, 5xx, 423) before giving up; each retry
+    /// first asks the server for the offset (`HEAD`). Default 8.
+    pub retries: u32,
+    /// First retry delay (default 500 ms); doubles per retry up to 8 s.
+    pub backoff: Duration,
+    /// Draw a progress bar on a terminal.
+    pub progress: bool,
+    /// Where unfinished uploads are remembered (`{server} {sha256}` → upload URL, JSON), so
+    /// running `reel upload` again on the same file after the client itself was stopped resumes
+    /// instead of starting over. Default `$XDG_CACHE_HOME/reel/uploads.json` (or
+    /// `~/.cache/reel/uploads.json`); `None` remembers nothing.
+    pub resume_file: Option<std::path::PathBuf>,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 8 * 1024 * 1024,
+            retries: 8,
+            backoff: Duration::from_millis(500),
+            progress: true,
+            resume_file: std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                .map(|d| d.join("reel").join("uploads.json")),
+        }
+    }
+}
+
+/// The remembered unfinished uploads (best effort: an unreadable file is an empty one).
+fn read_resume(file: &Path) -> serde_json::Map<String, Value> {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+fn remember(file: Option<&Path>, key: &str, url: Option<&str>) {
+    let Some(file) = file else { return };
+    let mut map = read_resume(file);
+    match url {
+        Some(u) => map.insert(key.to_string(), Value::String(u.to_string())),
+        None => map.remove(key),
+    };
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = file.with_extension("json.tmp");
+    if std::fs::write(&tmp, Value::Object(map).to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, file);
+    }
+}
+
+/// Upload `file` to `server` with tus 1.0.0 (`/files/`) and default options: see
+/// [`upload_with`].
 pub async fn upload(server: &str, file: &Path) -> Result<Value, ClientError> {
-    let file_err = |source| ClientError::File {
+    upload_with(server, file, &UploadOptions::default()).await
+}
+
+fn file_err(file: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::File {
         path: file.display().to_string(),
         source,
+    }
+}
+
+/// SHA-256 of a file, lowercase hex, read in 1 MiB blocks.
+pub async fn sha256_file(file: &Path) -> Result<String, ClientError> {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(file).await.map_err(file_err(file))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(file_err(file))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
+    Some(resp.headers().get(name)?.to_str().ok()?.to_string())
+}
+
+/// What a failed request means for the upload loop.
+enum Failure {
+    /// Worth a retry after asking the offset (network, 5xx, 409, 423).
+    Retry(String),
+    /// The server refused the file; retrying cannot help.
+    Fatal(ClientError),
+}
+
+async fn refused(resp: reqwest::Response) -> ClientError {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    ClientError::Refused {
+        status,
+        message: body["error"].as_str().unwrap_or("no message").to_string(),
+    }
+}
+
+/// Upload `file` to `server` with tus 1.0.0:
+///
+/// 1. compute the file's SHA-256 and create the upload with `Upload-Metadata` `filename` and
+///    `sha256`: when the server already holds those bytes it answers with the full offset and
+///    the existing video, and nothing is sent (dedupe before transfer);
+/// 2. `PATCH` chunks of `chunk_bytes`, drawing a progress bar;
+/// 3. on a dropped connection or a 5xx, ask `HEAD` for the offset and resume there, with
+///    exponential backoff, at most `retries` times in a row;
+/// 4. if the client itself was stopped, the next `reel upload` of the same file to the same
+///    server finds the upload in `resume_file` and resumes it.
+///
+/// Returns the JSON the rest of the CLI prints: `video_id`, `state`, `duplicate`.
+///
+/// Errors: the file cannot be read; the server cannot be reached after the retries; the
+/// server refused the file (e.g. `415`: not a video, `413`: too large).
+pub async fn upload_with(
+    server: &str,
+    file: &Path,
+    opts: &UploadOptions,
+) -> Result<Value, ClientError> {
+    let server = server.trim_end_matches('/');
+    let len = tokio::fs::metadata(file)
+        .await
+        .map_err(file_err(file))?
+        .len();
+    let sha256 = sha256_file(file).await?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let filename = file
+        .file_name()
+        .map(|n| n.to_string_lossy().replace([',', ' '], "_"))
+        .unwrap_or_default();
+    let mut metadata = format!("sha256 {}", b64(&sha256));
+    if !filename.is_empty() {
+        metadata.push_str(&format!(",filename {}", b64(&filename)));
+    }
+    let client = reqwest::Client::new();
+    let resume_key = format!("{server} {sha256}");
+    let resume_file = opts.resume_file.as_deref();
+    // An unfinished upload of these bytes to this server, from an earlier run of the client?
+    let earlier = match resume_file.map(read_resume) {
+        Some(map) => match map.get(&resume_key).and_then(Value::as_str) {
+            Some(u) => match reqwest::Url::parse(u) {
+                Ok(url) => client
+                    .head(url.clone())
+                    .header("Tus-Resumable", "1.0.0")
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| {
+                        r.status().is_success() && header_u64(r, "upload-length") == Some(len)
+                    })
+                    .map(|r| (url, r)),
+                Err(_) => None,
+            },
+            None => None,
+        },
+        None => None,
     };
-    let f = tokio::fs::File::open(file).await.map_err(file_err)?;
-    let len = f.metadata().await.map_err(file_err)?.len();
-    let bar = ProgressBar::new(len);
+    let (url, resp) = match earlier {
+        Some(found) => found,
+        None => {
+            let resp = client
+                .post(format!("{server}/files/"))
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Length", len)
+                .header("Upload-Metadata", metadata)
+                .send()
+                .await
+                .map_err(|e| connect_err(server, e))?;
+            if resp.status() != reqwest::StatusCode::CREATED {
+                return Err(refused(resp).await);
+            }
+            let location = header_str(&resp, "location").ok_or_else(|| ClientError::Refused {
+                status: 201,
+                message: "the server sent no Location".into(),
+            })?;
+            let url = reqwest::Url::parse(server)
+                .and_then(|base| base.join(&location))
+                .map_err(|e| ClientError::Refused {
+                    status: 201,
+                    message: format!("bad Location {location}: {e}"),
+                })?;
+            (url, resp)
+        }
+    };
+    let mut offset = header_u64(&resp, "upload-offset").unwrap_or(0);
+    let mut video = header_str(&resp, "reel-video-id");
+    let mut state = header_str(&resp, "reel-video-state");
+    let duplicate = resp.status() == reqwest::StatusCode::CREATED;
+    if offset == len && video.is_some() {
+        remember(resume_file, &resume_key, None);
+        return Ok(serde_json::json!({
+            "video_id": video, "state": state, "duplicate": duplicate, "upload": url.as_str(),
+        }));
+    }
+    remember(resume_file, &resume_key, Some(url.as_str()));
+    let bar = if opts.progress {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -73,24 +279,133 @@ pub async fn upload(server: &str, file: &Path) -> Result<Value, ClientError> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    bar.set_position(offset);
+    let mut failures = 0u32;
+    while video.is_none() {
+        let attempt: Result<(), Failure> = async {
+            let resp = patch_chunk(&client, &url, file, offset, len, opts.chunk_bytes, &bar)
+                .await
+                .map_err(|e| match e {
+                    Ok(io) => Failure::Fatal(io),
+                    Err(net) => Failure::Retry(net),
+                })?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::NO_CONTENT {
+                offset = header_u64(&resp, "upload-offset").unwrap_or(offset);
+                video = header_str(&resp, "reel-video-id");
+                state = header_str(&resp, "reel-video-state");
+                return Ok(());
+            }
+            if status.is_server_error()
+                || status == reqwest::StatusCode::CONFLICT
+                || status == reqwest::StatusCode::LOCKED
+                || status.as_u16() == 460
+            {
+                return Err(Failure::Retry(format!("the server answered {status}")));
+            }
+            Err(Failure::Fatal(refused(resp).await))
+        }
+        .await;
+        match attempt {
+            Ok(()) => {
+                failures = 0;
+                bar.set_position(offset);
+            }
+            Err(Failure::Fatal(e)) => {
+                bar.abandon();
+                return Err(e);
+            }
+            Err(Failure::Retry(why)) => {
+                failures += 1;
+                if failures > opts.retries {
+                    bar.abandon();
+                    return Err(ClientError::Connect {
+                        server: server.to_string(),
+                        message: format!("gave up after {} retries: {why}", opts.retries),
+                    });
+                }
+                let delay = opts
+                    .backoff
+                    .saturating_mul(1 << (failures - 1).min(5))
+                    .min(Duration::from_secs(8));
+                bar.println(format!(
+                    "upload interrupted at {offset} bytes ({why}); resuming in {delay:?}"
+                ));
+                tokio::time::sleep(delay).await;
+                // Ask where the upload stands (what the server kept), and go on from there.
+                if let Ok(resp) = client
+                    .head(url.clone())
+                    .header("Tus-Resumable", "1.0.0")
+                    .send()
+                    .await
+                {
+                    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                        bar.abandon();
+                        return Err(refused(resp).await);
+                    }
+                    if let Some(o) = header_u64(&resp, "upload-offset") {
+                        offset = o;
+                        video = header_str(&resp, "reel-video-id");
+                        state = header_str(&resp, "reel-video-state");
+                        bar.set_position(offset);
+                    }
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    remember(resume_file, &resume_key, None);
+    Ok(serde_json::json!({
+        "video_id": video,
+        "state": state.unwrap_or_else(|| "uploaded".into()),
+        "duplicate": false,
+        "upload": url.as_str(),
+    }))
+}
+
+/// Send one `PATCH` of up to `chunk` bytes from `offset`. `Err(Ok(_))`: the file failed;
+/// `Err(Err(_))`: the network failed.
+async fn patch_chunk(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    file: &Path,
+    offset: u64,
+    len: u64,
+    chunk: u64,
+    bar: &ProgressBar,
+) -> Result<reqwest::Response, Result<ClientError, String>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| Ok(file_err(file)(e)))?;
+    f.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| Ok(file_err(file)(e)))?;
+    let n = chunk.min(len - offset);
+    let base = offset;
     let counted = {
         let bar = bar.clone();
-        tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |chunk| {
-            if let Ok(c) = chunk {
-                bar.inc(c.len() as u64);
+        let mut sent = 0u64;
+        tokio_util::io::ReaderStream::with_capacity(f.take(n), 256 * 1024).inspect(move |c| {
+            if let Ok(c) = c {
+                sent += c.len() as u64;
+                bar.set_position(base + sent);
             }
         })
     };
-    let resp = reqwest::Client::new()
-        .put(format!("{}/upload", server.trim_end_matches('/')))
-        .header(reqwest::header::CONTENT_LENGTH, len)
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+    client
+        .patch(url.clone())
+        .header("Tus-Resumable", "1.0.0")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/offset+octet-stream",
+        )
+        .header(reqwest::header::CONTENT_LENGTH, n)
+        .header("Upload-Offset", offset)
         .body(reqwest::Body::wrap_stream(counted))
         .send()
         .await
-        .map_err(|e| connect_err(server, e))?;
-    bar.finish_and_clear();
-    json_or_refused(resp).await
+        .map_err(|e| Err(e.to_string()))
 }
 
 /// `GET /videos/{id}`; with `wait`, poll until the state is `ready` or `failed` (or `wait`

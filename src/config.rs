@@ -6,6 +6,7 @@
 //! a [`Config`] for one node. Every number carries its unit in its name (`_seconds`, `_kbps`,
 //! `_bytes`, `_ms`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,13 +183,139 @@ impl ProcessingConfig {
 pub struct Limits {
     /// Largest accepted upload, bytes (default 20 GiB). Larger bodies get `413`.
     pub max_upload_bytes: u64,
+    /// An unfinished resumable (tus) upload expires this long after its last received bytes,
+    /// seconds (default 86400, one day); its parts are then deleted. A finished one keeps its
+    /// state this long too, so a client that lost the last reply can still ask (`HEAD`).
+    pub upload_expiry_seconds: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_upload_bytes: 20 * 1024 * 1024 * 1024,
+            upload_expiry_seconds: 86_400,
         }
+    }
+}
+
+/// A secret (an S3 secret key, the cluster cookie): compared and cloned, never printed
+/// (`Debug` shows `***`), so it cannot reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the places that must hand it on (the S3 client, the NodeServer
+    /// handshake).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The `[s3]` table of `cluster.toml`. Every field may instead come from the standard
+/// environment variables, which are used when the field is absent: `AWS_ENDPOINT_URL`,
+/// `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint URL of an S3-compatible server (`http://127.0.0.1:8333` for SeaweedFS or MinIO).
+    /// When set, requests are path-style (`{endpoint}/{bucket}/{key}`). Absent: AWS itself.
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`; S3-compatible servers mostly ignore it).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key. Prefer the environment variable to writing it in a file.
+    pub secret_access_key: Option<String>,
+}
+
+/// An S3 bucket and how to reach it, resolved from `s3://bucket`, the `[s3]` table and the
+/// environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Location {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL (path-style requests), or `None` for AWS (virtual-hosted style).
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Access key id; `None`: unsigned requests (a test server without credentials).
+    pub access_key_id: Option<String>,
+    /// Secret access key (never printed).
+    pub secret_access_key: Option<Secret>,
+    /// Session token for temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+impl S3Location {
+    /// Resolve `bucket` with `settings` first, then `env` (the process environment as a map, so
+    /// tests never touch process-wide variables).
+    ///
+    /// Errors: an empty or malformed bucket name, an endpoint that is not an http(s) URL, a key
+    /// id without a secret or the reverse.
+    pub fn resolve(
+        bucket: &str,
+        settings: &S3Settings,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let bucket = bucket.trim_end_matches('/');
+        // S3 bucket naming rules: 3 to 63 of a-z 0-9 . -
+        if !(3..=63).contains(&bucket.len())
+            || !bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "s3 bucket {bucket:?} must be 3 to 63 characters of a-z, 0-9, '-' or '.' (write storage = \"s3://bucket\")"
+            )));
+        }
+        let pick = |field: &Option<String>, vars: &[&str]| {
+            field
+                .clone()
+                .or_else(|| vars.iter().find_map(|v| env.get(*v).cloned()))
+                .filter(|v| !v.is_empty())
+        };
+        let endpoint = pick(
+            &settings.endpoint,
+            &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        );
+        if let Some(e) = &endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "s3 endpoint {e:?} must be an http:// or https:// URL"
+                )));
+            }
+        }
+        let access_key_id = pick(&settings.access_key_id, &["AWS_ACCESS_KEY_ID"]);
+        let secret = pick(&settings.secret_access_key, &["AWS_SECRET_ACCESS_KEY"]);
+        if access_key_id.is_some() != secret.is_some() {
+            return Err(ConfigError::Invalid(
+                "s3 needs both an access key id and a secret access key (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or [s3] access_key_id and secret_access_key)".into(),
+            ));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            endpoint,
+            region: pick(&settings.region, &["AWS_REGION", "AWS_DEFAULT_REGION"])
+                .unwrap_or_else(|| "us-east-1".into()),
+            access_key_id,
+            secret_access_key: secret.map(Secret),
+            session_token: env
+                .get("AWS_SESSION_TOKEN")
+                .filter(|v| !v.is_empty())
+                .map(|v| Secret::new(v.clone())),
+        })
     }
 }
 
@@ -200,19 +327,30 @@ pub enum StorageLocation {
     Local(PathBuf),
     /// An in-memory store (tests only; lost when the process ends).
     Memory,
+    /// An S3 bucket (AWS, MinIO, SeaweedFS, ...): `s3://bucket`.
+    S3(S3Location),
 }
 
 impl StorageLocation {
-    /// Parse `local:DIR`, a bare path, or `memory:`. A relative path is taken relative to `base`.
+    /// Parse `local:DIR`, a bare path, `memory:` or `s3://bucket` (S3 settings from the process
+    /// environment only). A relative path is taken relative to `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::parse_with(text, base, &S3Settings::default(), &env)
+    }
+
+    /// [`StorageLocation::parse`] with explicit `[s3]` settings and environment map.
+    pub fn parse_with(
+        text: &str,
+        base: &Path,
+        s3: &S3Settings,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         if text == "memory:" {
             return Ok(Self::Memory);
         }
-        if text.starts_with("s3://") {
-            return Err(ConfigError::Invalid(
-                "s3:// storage is not built yet (see the uploads issue); use a local directory"
-                    .into(),
-            ));
+        if let Some(bucket) = text.strip_prefix("s3://") {
+            return Ok(Self::S3(S3Location::resolve(bucket, s3, env)?));
         }
         let path = text.strip_prefix("local:").unwrap_or(text);
         if path.is_empty() {
@@ -227,27 +365,6 @@ impl StorageLocation {
     }
 }
 
-/// A secret (the cluster cookie). Its `Debug` never shows the value, so it cannot reach a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that needs it (the NodeServer handshake).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// The cluster side of a node: who the members are and how to reach them.
 #[derive(Debug, Clone)]
@@ -311,16 +428,15 @@ impl Config {
     /// Errors: unreadable file, unknown keys, an unknown node id, duplicate addresses, an invalid
     /// ladder.
     pub fn from_file(path: &Path, node_id: Option<&str>) -> Result<Self, ConfigError> {
-        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let env: HashMap<String, String> = std::env::vars().collect();
         Self::from_file_with_env(path, node_id, &env)
     }
 
-    /// [`Config::from_file`] with the environment passed in (tests never touch process-wide
-    /// variables).
+    /// [`Config::from_file`] with the environment given as a map (S3 credentials).
     pub fn from_file_with_env(
         path: &Path,
         node_id: Option<&str>,
-        env: &std::collections::HashMap<String, String>,
+        env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -340,6 +456,13 @@ impl Config {
         if self.workers == 0 || self.workers > 64 {
             return Err(ConfigError::Invalid(
                 "workers must be between 1 and 64".into(),
+            ));
+        }
+        if self.limits.upload_expiry_seconds == 0
+            || self.limits.upload_expiry_seconds > 366 * 86_400
+        {
+            return Err(ConfigError::Invalid(
+                "limits.upload_expiry_seconds must be between 1 and 31622400 (366 days)".into(),
             ));
         }
         if !crate::storage::keys::valid_node_id(&self.node_id) {
@@ -414,6 +537,9 @@ pub struct ClusterFile {
     /// Input limits.
     #[serde(default)]
     pub limits: Limits,
+    /// S3 connection settings, for `storage = "s3://bucket"`.
+    #[serde(default)]
+    pub s3: Option<S3Settings>,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
@@ -424,7 +550,7 @@ impl ClusterFile {
         self,
         node_id: Option<&str>,
         base: &Path,
-        env: &std::collections::HashMap<String, String>,
+        env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
         if self.nodes.is_empty() {
             return Err(ConfigError::Invalid("the file lists no [[node]]".into()));
@@ -472,7 +598,12 @@ impl ClusterFile {
             Some(d) => base.join(d),
             None => base.join("reel-data").join(&node.id),
         };
-        let storage = StorageLocation::parse(&self.storage, base)?;
+        let storage = StorageLocation::parse_with(
+            &self.storage,
+            base,
+            &self.s3.clone().unwrap_or_default(),
+            env,
+        )?;
         let cookie = env
             .get("REEL_CLUSTER_COOKIE")
             .cloned()
@@ -623,6 +754,50 @@ cluster = "127.0.0.1:9080"
             let c = Config::from_file_with_env(&path, Some(node), &env).unwrap();
             assert_eq!(c.data_dir, PathBuf::from(format!("/var/lib/reel/{node}")));
         }
+    }
+
+    #[test]
+    fn s3_storage_takes_the_table_first_then_the_environment() {
+        let text = ONE.replace("local:objects", "s3://reel-media")
+            + "[s3]\nendpoint = \"http://127.0.0.1:8333\"\n";
+        let (_d, path) = write(&text);
+        let env: HashMap<String, String> = [
+            ("AWS_ACCESS_KEY_ID", "KEY"),
+            ("AWS_SECRET_ACCESS_KEY", "SECRET"),
+            ("AWS_ENDPOINT_URL", "http://elsewhere:1"),
+            ("AWS_REGION", "eu-west-3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = Config::from_file_with_env(&path, None, &env).unwrap();
+        let StorageLocation::S3(s3) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(s3.bucket, "reel-media");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+        assert_eq!(s3.region, "eu-west-3");
+        assert_eq!(s3.access_key_id.as_deref(), Some("KEY"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("SECRET"), "the secret is never printed");
+        let e = StorageLocation::parse_with(
+            "s3://Bad_Bucket",
+            Path::new("."),
+            &S3Settings::default(),
+            &HashMap::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Bad_Bucket"), "{e}");
+        let only_key: HashMap<String, String> =
+            [("AWS_ACCESS_KEY_ID".to_string(), "KEY".to_string())].into();
+        let e = StorageLocation::parse_with(
+            "s3://b-1",
+            Path::new("."),
+            &S3Settings::default(),
+            &only_key,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
     }
 
     #[test]

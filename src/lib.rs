@@ -11,13 +11,17 @@
 //!   nothing of actors, HTTP or the object store.
 //! - [`storage`]: the object store (system of record, key layout) and the node-local SQLite
 //!   event log. The only module that names `object_store` or `rusqlite`.
+//! - [`ingest`]: received bytes become a video (content address, create-once record); shared
+//!   by `POST /upload` and resumable (tus) uploads.
 //! - [`model`]: the video record and lifecycle states that pass between the others.
 //! - [`config`]: `cluster.toml` and the typed per-node configuration.
 //! - [`client`]: the `reel upload` and `reel status` commands.
 //!
 //! # Glossary
 //!
-//! - **upload**: the bytes a client sends; becomes a **source** at `sources/{video_id}`.
+//! - **upload**: the bytes a client sends; becomes a **source** at `sources/{video_id}`. A
+//!   **resumable upload** (tus 1.0.0, `/files/{upload_id}`) arrives in **parts** and keeps its
+//!   state in the object store until it completes or expires (see `docs/uploads.md`).
 //! - **video**: a source plus its record and outputs; `video_id` is its content address.
 //! - **ladder**: the renditions configured; **rendition**: one encoding (resolution, bitrate).
 //! - **segment**: a CMAF fragment (`NNNNN.m4s`) of fixed duration; the **init segment**
@@ -31,6 +35,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod media;
 pub mod model;
 pub mod storage;
@@ -100,6 +105,7 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
         scratch_dir,
         cluster: view,
         reconcile_every: config.reconcile_every,
+        limits: config.limits.clone(),
     };
     Node::start(ctx, config.workers, config.cluster.clone())
         .await

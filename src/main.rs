@@ -35,6 +35,11 @@ enum Command {
         /// Which [[node]] of the config file this is.
         #[arg(long)]
         node: Option<String>,
+        /// Object store without a config file: a directory, `memory:`, or `s3://bucket` (with
+        /// the standard AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+        /// AWS_SECRET_ACCESS_KEY variables). Default: DATA_DIR/objects.
+        #[arg(long)]
+        storage: Option<String>,
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
@@ -46,7 +51,8 @@ enum Command {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
     },
-    /// Upload a video file and print its id.
+    /// Upload a video file (tus: resumes by itself after a dropped connection; a file the
+    /// server already holds is not sent again) and print its id and state.
     Upload {
         /// The file.
         file: PathBuf,
@@ -113,6 +119,7 @@ async fn main() -> ExitCode {
             listen,
             config,
             node,
+            storage,
             json_logs,
         } => {
             init_logs(json_logs);
@@ -124,7 +131,20 @@ async fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 },
-                None => reel::config::Config::single_node(data_dir, listen),
+                None => {
+                    let mut c = reel::config::Config::single_node(data_dir, listen);
+                    if let Some(text) = storage {
+                        match reel::config::StorageLocation::parse(&text, std::path::Path::new("."))
+                        {
+                            Ok(s) => c.storage = s,
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
+                    }
+                    c
+                }
             };
             match reel::run(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

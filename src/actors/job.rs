@@ -986,6 +986,7 @@ mod tests {
             scratch_dir: std::env::temp_dir(),
             cluster: crate::cluster::Cluster::single("n", "127.0.0.1:1".parse().unwrap()),
             reconcile_every: Duration::from_secs(10),
+            limits: crate::config::Limits::default(),
         });
         let id = "0123456789abcdef0123456789abcdef";
         let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);

@@ -7,6 +7,9 @@
 //!  │                                 and the restarted node recovers from the object store
 //!  ├─ WorkerPool                    (worker_pool.rs) queue of tasks; restarts crashed workers
 //!  │   └─ TranscodeWorker × N       (transcode_worker.rs) runs ffmpeg for one task at a time
+//!  ├─ UploadSupervisor              (upload_supervisor.rs) one UploadActor per resumable upload
+//!  │   └─ UploadActor               (upload.rs) owns uploads/{id}/info.json; serialises PATCHes;
+//!  │                                 completes the upload through `ingest::accept`
 //!  └─ VideoSupervisor               (video_supervisor.rs) one VideoActor per active video;
 //!      │                             restarts a crashed VideoActor; recovers videos at start
 //!      └─ VideoActor                (video.rs) lifecycle state machine, owner of record.json;
@@ -23,6 +26,8 @@ pub mod job;
 pub mod membership;
 pub mod node;
 pub mod transcode_worker;
+pub mod upload;
+pub mod upload_supervisor;
 pub mod video;
 pub mod video_supervisor;
 pub mod worker_pool;
@@ -35,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::protocol::TaskReport;
 use crate::cluster::Cluster;
-use crate::config::ProcessingConfig;
+use crate::config::{Limits, ProcessingConfig};
 use crate::media::ladder::Rendition;
 use crate::storage::events::EventLog;
 use crate::storage::Storage;
@@ -57,6 +62,8 @@ pub struct NodeContext {
     pub cluster: Cluster,
     /// How often every node re-checks which unfinished videos it should own (reconcile loop).
     pub reconcile_every: std::time::Duration,
+    /// Input limits (upload size, upload expiry).
+    pub limits: Limits,
 }
 
 /// Shared context handle.

@@ -2,8 +2,10 @@
 //! layer and tests hold.
 //!
 //! The node supervisor starts, in order: the `WorkerPool`, the `VideoSupervisor` (its jobs need
-//! the pool), the `Gateway` (it routes to both), and on a cluster the ractor_cluster
-//! `NodeServer` and the `Membership` actor that dials peers and keeps the ring. They are infrastructure that holds references to each
+//! the pool), the `UploadSupervisor` (completed uploads need the video supervisor), the
+//! `Gateway` (it routes to the pool and the video supervisor), and on a cluster the
+//! ractor_cluster `NodeServer` and the `Membership` actor that dials peers and keeps the ring.
+//! They are infrastructure that holds references to each
 //! other, so they are not restarted in place: if one fails, the node supervisor stops, [`Node`]'s
 //! `stopped` future completes, and `reel serve` exits non-zero. A process supervisor (systemd,
 //! Docker, Kubernetes) restarts it, and the new node recovers every unfinished video from the
@@ -15,6 +17,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use crate::actors::gateway::{Gateway, GatewayArgs, GatewayMsg};
 use crate::actors::membership::{Membership, MembershipArgs};
+use crate::actors::upload_supervisor::{
+    sweep_interval, UploadSupervisor, UploadSupervisorArgs, UploadSupervisorMsg,
+};
 use crate::actors::video_supervisor::{VideoSupervisor, VideoSupervisorArgs, VideoSupervisorMsg};
 use crate::actors::worker_pool::{PoolArgs, PoolMsg, WorkerPool};
 use crate::actors::{Ctx, NodeContext};
@@ -43,6 +48,8 @@ pub struct NodeRefs {
     pub videos: ActorRef<VideoSupervisorMsg>,
     /// The gateway (remote-capable).
     pub gateway: ActorRef<GatewayMsg>,
+    /// The resumable upload supervisor.
+    pub uploads: ActorRef<UploadSupervisorMsg>,
 }
 
 /// Messages.
@@ -78,6 +85,17 @@ impl Actor for NodeSupervisor {
             VideoSupervisorArgs {
                 ctx: args.ctx.clone(),
                 pool: pool.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        let (uploads, _) = Actor::spawn_linked(
+            Some(args.ctx.name("uploads")),
+            UploadSupervisor,
+            UploadSupervisorArgs {
+                ctx: args.ctx.clone(),
+                videos: videos.clone(),
+                sweep_every: sweep_interval(args.ctx.limits.upload_expiry_seconds),
             },
             myself.get_cell(),
         )
@@ -121,6 +139,7 @@ impl Actor for NodeSupervisor {
             pool,
             videos,
             gateway,
+            uploads,
         })
     }
 
@@ -209,36 +228,9 @@ impl Node {
         })
     }
 
-    /// Make sure the video is being processed by its home node (a local message when this node
-    /// is home, else a request to the home's Gateway). A failure is logged, not raised: the
-    /// home's periodic reconcile finds every unfinished video anyway.
+    /// Make sure the video is being processed by its home node (see [`ensure_video`]).
     pub async fn ensure_video(&self, video_id: &str) {
-        let home = self
-            .ctx
-            .cluster
-            .home(&crate::cluster::ring::video_key(video_id));
-        if home == self.ctx.node_id {
-            let _ = self.refs.videos.cast(VideoSupervisorMsg::Ensure {
-                video_id: video_id.to_string(),
-            });
-            return;
-        }
-        let req = Request::EnsureVideo {
-            video_id: video_id.to_string(),
-        };
-        match self
-            .ctx
-            .cluster
-            .request(&home, &req, std::time::Duration::from_secs(5))
-            .await
-        {
-            Ok(Reply::Ok) => {}
-            other => tracing::warn!(
-                video_id,
-                home,
-                "could not ask the home node to start the video: {other:?}"
-            ),
-        }
+        ensure_video(&self.ctx, &self.refs.videos, video_id).await
     }
 
     /// Completes when the node's supervision tree has stopped (a top-level actor failed).
@@ -255,5 +247,25 @@ impl Node {
                 Some(std::time::Duration::from_secs(10)),
             )
             .await;
+    }
+}
+
+/// Make sure a video is being processed by its home node: a local message when this node is
+/// home (on its ring view), else a request to the home's Gateway. A failure is logged, not
+/// raised: the home's periodic reconcile finds every unfinished video anyway.
+pub async fn ensure_video(ctx: &NodeContext, videos: &ActorRef<VideoSupervisorMsg>, video_id: &str) {
+    let home = ctx.cluster.home(&crate::cluster::ring::video_key(video_id));
+    if home == ctx.node_id {
+        let _ = videos.cast(VideoSupervisorMsg::Ensure {
+            video_id: video_id.to_string(),
+        });
+        return;
+    }
+    let req = Request::EnsureVideo {
+        video_id: video_id.to_string(),
+    };
+    match ctx.cluster.request(&home, &req, std::time::Duration::from_secs(5)).await {
+        Ok(Reply::Ok) => {}
+        other => tracing::warn!(video_id, home, "could not ask the home node to start the video: {other:?}"),
     }
 }

@@ -7,7 +7,9 @@
 //! |---|---|---|
 //! | GET | `/health` | liveness and node id |
 //! | GET | `/cluster` | members, liveness, each one's share of the ring |
-//! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source |
+//! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source; `Reel-Content-Sha256` dedupes before transfer |
+//! | OPTIONS, POST | `/files/` | tus 1.0.0 discovery and creation ([`tus`]) |
+//! | HEAD, PATCH, DELETE | `/files/{upload_id}` | tus offset, append, termination |
 //! | GET | `/videos` | every video's record |
 //! | GET | `/videos/{id}` | record + live progress |
 //! | GET | `/videos/{id}/events` | the video's event log on this node, oldest first |
@@ -16,6 +18,7 @@
 
 pub mod proxy;
 mod stream;
+pub mod tus;
 mod upload;
 mod videos;
 
@@ -90,9 +93,32 @@ pub enum ApiError {
     /// An actor did not answer in time, or the node is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The request conflicts with the resource's state (tus: `Upload-Offset` is not the
+    /// stored offset).
+    #[error("{0}")]
+    Conflict(String),
+    /// Another request holds the resource (tus: a second concurrent `PATCH` of one upload).
+    #[error("{0}")]
+    Locked(String),
+    /// A required precondition header is wrong (tus: `Tus-Resumable` is not `1.0.0`).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The received bytes do not match their declared checksum (tus 1.0.0 "Checksum"
+    /// extension: `460 Checksum Mismatch`); the bytes were discarded.
+    #[error("{0}")]
+    ChecksumMismatch(String),
     /// The object store failed.
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),
+}
+
+impl From<crate::ingest::IngestError> for ApiError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        match e {
+            crate::ingest::IngestError::Storage(s) => ApiError::Storage(s),
+            crate::ingest::IngestError::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
 }
 
 impl ApiError {
@@ -105,6 +131,13 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Locked(_) => StatusCode::LOCKED,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            // tus 1.0.0, Checksum extension: "460 Checksum Mismatch".
+            ApiError::ChecksumMismatch(_) => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::Storage(StorageError::NotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Storage(StorageError::Backend(_) | StorageError::Corrupt { .. }) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -188,6 +221,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(cluster)
         .unify()
         .or(upload::routes(with_app.clone()))
+        .unify()
+        .or(tus::routes(with_app.clone()))
         .unify()
         .or(videos::routes(with_app.clone()))
         .unify()

@@ -7,6 +7,13 @@
 //! record is created with create-if-absent: of two identical uploads racing, exactly one creates
 //! it and starts the job; the other answers `200` with `duplicate: true`. An interrupted body, an
 //! empty one, or one over the size limit stores nothing.
+//!
+//! Dedupe before transfer: a client may declare the SHA-256 of the body in the header
+//! [`CONTENT_SHA256`] (`Reel-Content-Sha256: <64 hex digits>`). When reel already holds those
+//! bytes the answer is at once `200` with the existing `video_id` and `duplicate: true`, and the
+//! body is never read (a client sending `Expect: 100-continue`, as curl does for large files,
+//! sends nothing). Otherwise the body is received and must match the declared digest (`400`
+//! and nothing stored when it does not).
 
 use std::convert::Infallible;
 
@@ -18,9 +25,17 @@ use warp::http::{header, HeaderValue, Response, StatusCode};
 use warp::{Filter, Rejection};
 
 use crate::http::{json_response, respond, ApiError, App};
-use crate::model::{video_id, VideoRecord};
-use crate::storage::events::NewEvent;
+use crate::ingest;
 use crate::storage::keys;
+
+/// The request header that declares the body's SHA-256 (lowercase or uppercase hex).
+pub const CONTENT_SHA256: &str = "reel-content-sha256";
+
+/// Parse a declared SHA-256: 64 hex digits, returned lowercase.
+pub(crate) fn parse_sha256(text: &str) -> Option<String> {
+    let t = text.trim();
+    (t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit())).then(|| t.to_ascii_lowercase())
+}
 
 pub(super) fn routes(
     with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,
@@ -30,6 +45,7 @@ pub(super) fn routes(
         .and(with_app)
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::optional::<String>(CONTENT_SHA256))
         .and(warp::body::stream())
         .and_then(handle)
 }
@@ -38,14 +54,31 @@ async fn handle(
     app: App,
     ctype: Option<String>,
     length: Option<u64>,
+    declared: Option<String>,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + 'static,
 ) -> Result<Response<Bytes>, Infallible> {
+    let declared = match declared.as_deref().map(parse_sha256) {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            return respond(Err(ApiError::BadRequest(format!(
+                "{CONTENT_SHA256} must be 64 hex digits (the SHA-256 of the body)"
+            ))))
+        }
+    };
+    if let Some(d) = &declared {
+        match ingest::existing(&app.node.ctx, &app.node.refs.videos, d).await {
+            Ok(Some(a)) => return respond(Ok(answer(&a))),
+            Ok(None) => {}
+            Err(e) => return respond(Err(e.into())),
+        }
+    }
     // A `Bytes`-backed buffer turns into `Bytes` without a copy.
     let body = Box::pin(body.map_ok(|mut b| {
         let n = b.remaining();
         b.copy_to_bytes(n)
     }));
-    respond(upload(app, ctype, length, body).await)
+    respond(upload(app, ctype, length, declared, body).await)
 }
 
 /// A body received and stored under a staging key.
@@ -60,6 +93,7 @@ async fn upload<S, E>(
     app: App,
     ctype: Option<String>,
     length: Option<u64>,
+    declared: Option<String>,
     body: S,
 ) -> Result<Response<Bytes>, ApiError>
 where
@@ -95,6 +129,13 @@ where
         }
         _ => receive(&app, body, None).await?,
     };
+    if let Some(d) = declared.filter(|d| *d != received.sha256) {
+        let _ = app.node.ctx.storage.delete(&received.staging).await;
+        return Err(ApiError::BadRequest(format!(
+            "the body's SHA-256 is {}, not the declared {d}; nothing was stored",
+            received.sha256
+        )));
+    }
     accept(&app, received).await
 }
 
@@ -163,70 +204,30 @@ where
     })
 }
 
-/// Move the staged bytes to their content address and create the record once.
-async fn accept(app: &App, r: Received) -> Result<Response<Bytes>, ApiError> {
-    let ctx = &app.node.ctx;
-    let storage = &ctx.storage;
-    let id = video_id(&r.sha256, &ctx.processing.profile);
-    let location = format!("/videos/{id}");
-    if let Some(existing) = storage.load_record(&id).await? {
-        let _ = storage.delete(&r.staging).await;
-        return Ok(duplicate(app, &id, existing.state.as_str(), &location).await);
-    }
-    if storage.exists(&keys::source(&id)).await? {
-        let _ = storage.delete(&r.staging).await;
+/// Answer with what [`ingest::accept`] or [`ingest::existing`] decided: `202` for a new
+/// video, `200` with `duplicate: true` for bytes reel already holds.
+fn answer(a: &ingest::Accepted) -> Response<Bytes> {
+    let status = if a.duplicate {
+        StatusCode::OK
     } else {
-        storage.rename(&r.staging, &keys::source(&id)).await?;
-    }
-    // Index first: a crash between the two leaves a marker without a record (skipped), never an
-    // unfinished video the reconcile loop cannot find.
-    storage.mark_active(&id).await?;
-    let record = VideoRecord::uploaded(
-        id.clone(),
-        r.sha256.clone(),
-        r.bytes,
-        ctx.processing.profile.clone(),
-        r.filename,
-    );
-    if !storage.create_record(&record).await? {
-        let state = storage
-            .load_record(&id)
-            .await?
-            .map(|r| r.state.as_str())
-            .unwrap_or("uploaded");
-        return Ok(duplicate(app, &id, state, &location).await);
-    }
-    ctx.events
-        .append(
-            NewEvent::video(&id, "upload_received")
-                .outcome("uploaded")
-                .detail(format!("{} bytes, sha256 {}", r.bytes, r.sha256)),
-        )
-        .await;
-    app.node.ensure_video(&id).await;
-    let body = json!({ "video_id": id, "state": "uploaded", "duplicate": false });
-    Ok(with_location(
-        json_response(StatusCode::ACCEPTED, &body),
-        &location,
-    ))
+        StatusCode::ACCEPTED
+    };
+    let body = json!({ "video_id": a.video_id, "state": a.state, "duplicate": a.duplicate });
+    with_location(
+        json_response(status, &body),
+        &format!("/videos/{}", a.video_id),
+    )
 }
 
-async fn duplicate(app: &App, id: &str, state: &str, location: &str) -> Response<Bytes> {
-    app.node
-        .ctx
-        .events
-        .append(
-            NewEvent::video(id, "duplicate_upload")
-                .outcome(state)
-                .detail("no new processing"),
-        )
-        .await;
-    if state == "uploaded" || state == "processing" {
-        // Idempotent: makes sure an interrupted video is being processed, never starts a second job.
-        app.node.ensure_video(id).await;
-    }
-    let body = json!({ "video_id": id, "state": state, "duplicate": true });
-    with_location(json_response(StatusCode::OK, &body), location)
+async fn accept(app: &App, r: Received) -> Result<Response<Bytes>, ApiError> {
+    let staged = ingest::Staged {
+        key: r.staging,
+        sha256: r.sha256,
+        bytes: r.bytes,
+        filename: r.filename,
+    };
+    let accepted = ingest::accept(&app.node.ctx, &app.node.refs.videos, staged).await?;
+    Ok(answer(&accepted))
 }
 
 fn with_location(mut r: Response<Bytes>, location: &str) -> Response<Bytes> {

@@ -15,7 +15,13 @@
 //! work/{video_id}/audio-{kbps}.m4a           intermediate: the audio, encoded once
 //! active/{video_id}                          marker: the video is not terminal yet (an index the
 //!                                            reconcile loop lists instead of every record)
+//! uploads/{upload_id}/info.json              a resumable (tus) upload's durable state
+//! uploads/{upload_id}/{offset:020}           one received part of it, starting at `offset`
 //! ```
+//!
+//! A resumable upload id is `{node_id}.{32 lowercase hex}`: it names its home node (the node
+//! that created it) and contains no `/`, no `..` and nothing outside `[a-z0-9_.-]`, so it can
+//! never escape `uploads/` (and can never equal `direct`).
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
@@ -126,9 +132,80 @@ pub fn direct_upload(token: &str) -> String {
     format!("uploads/direct/{token}")
 }
 
+/// A new resumable upload id homed on `node_id`: `{node_id}.{32 random lowercase hex}`.
+pub fn new_upload_id(node_id: &str) -> String {
+    format!(
+        "{node_id}.{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+/// The home node named by a valid upload id, `None` for anything else (so a hostile id is
+/// refused before it reaches a key).
+pub fn upload_home(upload_id: &str) -> Option<&str> {
+    let (node, random) = upload_id.split_once('.')?;
+    (valid_node_id(node)
+        && random.len() == 32
+        && random
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    .then_some(node)
+}
+
+/// Whether `upload_id` is a well-formed resumable upload id (see [`new_upload_id`]).
+pub fn valid_upload_id(upload_id: &str) -> bool {
+    upload_home(upload_id).is_some()
+}
+
+/// `uploads/` : the prefix of every upload.
+pub const UPLOADS: &str = "uploads";
+
+/// `uploads/{id}/`: everything of one resumable upload (delete it to terminate the upload).
+pub fn upload_prefix(upload_id: &str) -> String {
+    format!("uploads/{upload_id}/")
+}
+
+/// `uploads/{id}/info.json`
+pub fn upload_info(upload_id: &str) -> String {
+    format!("uploads/{upload_id}/info.json")
+}
+
+/// `uploads/{id}/{offset:020}`: the part that starts at byte `offset` (zero-padded so the parts
+/// list in order).
+pub fn upload_part(upload_id: &str, offset: u64) -> String {
+    format!("uploads/{upload_id}/{offset:020}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_ids_name_their_home_and_cannot_escape() {
+        let id = new_upload_id("node-1");
+        assert_eq!(upload_home(&id), Some("node-1"));
+        assert!(valid_upload_id(&id));
+        assert_eq!(
+            upload_part(&id, 5),
+            format!("uploads/{id}/00000000000000000005")
+        );
+        for bad in [
+            "",
+            "direct",
+            "node-1",
+            "node-1.",
+            "../x.0123456789abcdef0123456789abcdef",
+            "node-1/..0123456789abcdef0123456789abcdef",
+            "node-1.0123456789abcdef0123456789abcdeF",
+            "node-1.0123456789abcdef0123456789abcdef/x",
+            "node-1.0123456789abcdef0123456789abcde",
+            ".0123456789abcdef0123456789abcdef",
+            "a.b.0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!valid_upload_id(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn ids_that_could_escape_are_refused() {

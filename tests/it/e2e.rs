@@ -6,7 +6,16 @@ use crate::helpers::*;
 /// check every rendition's resolution, segment count and duration.
 async fn upload_and_play(kind: &str, expect: &[(&str, u64, u64)]) {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(test_config(dir.path())).await;
+    upload_and_play_with(test_config(dir.path()), kind, expect).await;
+}
+
+/// [`upload_and_play`] on a node with `config` (the S3 tests run it against SeaweedFS).
+pub(crate) async fn upload_and_play_with(
+    config: reel::config::Config,
+    kind: &str,
+    expect: &[(&str, u64, u64)],
+) {
+    let node = start(config).await;
     let base = node.url();
     let (status, v) = upload(&base, &clip(kind)).await;
     assert_eq!(status, 202, "{v}");

@@ -10,3 +10,5 @@ mod e2e;
 mod fencing;
 mod helpers;
 mod restart;
+mod s3;
+mod tus;

@@ -1,0 +1,305 @@
+//! `UploadSupervisor`: starts one `UploadActor` per resumable upload that a request names, and
+//! sweeps expired uploads.
+//!
+//! ```text
+//! UploadSupervisor        (this file) map upload id -> actor; periodic expiry sweep
+//!  └─ UploadActor × N     (upload.rs) one per upload being written; stops when complete,
+//!                          terminated or rejected
+//! ```
+//!
+//! - `Create` stores a new upload's `info.json` (the first object of the upload) and starts its
+//!   actor; `Get` starts the actor of an existing upload from `info.json` when none runs (after
+//!   a node restart, the first `HEAD` or `PATCH` does this: the upload resumes where its stored
+//!   parts end).
+//! - A crashed `UploadActor` is only forgotten: its state is all in the object store, and the
+//!   next request starts a fresh one.
+//! - `Sweep` (every `sweep_every`, and on demand) deletes uploads past their `expires_ms`:
+//!   unfinished ones lose their parts, finished ones their remembered answer. It also completes
+//!   uploads whose bytes all arrived but whose node stopped before making the video.
+//!
+//! Cluster seam: [`route_upload`] says which node serves (and sweeps) an upload. One node serves
+//! every upload; the cluster wires it to the ring.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
+};
+
+use crate::actors::upload::{UploadActor, UploadArgs, UploadError, UploadMsg};
+use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::actors::Ctx;
+use crate::model::now_ms;
+use crate::storage::keys;
+use crate::storage::uploads::UploadInfo;
+
+/// Which node serves requests for an upload (and sweeps it when it expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadRoute {
+    /// This node.
+    Here,
+    /// Another node, by id: the HTTP layer proxies or redirects (307) the request there.
+    Node(String),
+}
+
+/// Where requests for `upload_id` go, seen from node `node_id`. The one seam for the cluster.
+///
+/// The id names its home node ([`keys::upload_home`]: the node that created it). Today the
+/// answer is always [`UploadRoute::Here`]: one node serves all uploads (including ones created
+/// under an earlier node id), which is safe because the whole state lives in the shared object
+/// store. The cluster wires this to membership: the home node while it is a live member, else
+/// the ring's owner of `upload:{id}` (which then takes the upload over from the object store).
+pub fn route_upload(node_id: &str, upload_id: &str) -> UploadRoute {
+    let _home = keys::upload_home(upload_id);
+    let _ = node_id;
+    UploadRoute::Here
+}
+
+/// The supervisor actor.
+pub struct UploadSupervisor;
+
+/// Startup arguments.
+pub struct UploadSupervisorArgs {
+    /// Node context (storage, limits).
+    pub ctx: Ctx,
+    /// Handed to every `UploadActor`: where completed uploads start their video.
+    pub videos: ActorRef<VideoSupervisorMsg>,
+    /// How often expired uploads are swept.
+    pub sweep_every: Duration,
+}
+
+/// Messages.
+pub enum UploadSupervisorMsg {
+    /// Store a new upload's state and start its actor.
+    Create {
+        /// The new upload (offset 0, or already complete for a dedupe answer).
+        info: Box<UploadInfo>,
+        /// Its actor.
+        reply: RpcReplyPort<Result<ActorRef<UploadMsg>, UploadError>>,
+    },
+    /// The actor of an existing upload, started from `info.json` if none runs.
+    Get {
+        /// A valid upload id.
+        upload_id: String,
+        /// The actor, or `NotFound`.
+        reply: RpcReplyPort<Result<ActorRef<UploadMsg>, UploadError>>,
+    },
+    /// Delete expired uploads; replies with how many were deleted (also a test barrier).
+    Sweep(Option<RpcReplyPort<usize>>),
+}
+impl ractor::Message for UploadSupervisorMsg {}
+
+/// State.
+pub struct UploadSupervisorState {
+    ctx: Ctx,
+    videos: ActorRef<VideoSupervisorMsg>,
+    running: HashMap<String, ActorRef<UploadMsg>>,
+    by_actor: HashMap<ActorId, String>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl UploadSupervisor {
+    async fn start(
+        myself: &ActorRef<UploadSupervisorMsg>,
+        state: &mut UploadSupervisorState,
+        info: UploadInfo,
+    ) -> Result<ActorRef<UploadMsg>, UploadError> {
+        let id = info.id.clone();
+        let (actor, _) = Actor::spawn_linked(
+            Some(state.ctx.name(&format!("upload:{id}"))),
+            UploadActor,
+            UploadArgs {
+                ctx: state.ctx.clone(),
+                videos: state.videos.clone(),
+                info,
+            },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| UploadError::Unavailable(format!("cannot start the upload's actor: {e}")))?;
+        state.by_actor.insert(actor.get_id(), id.clone());
+        state.running.insert(id, actor.clone());
+        Ok(actor)
+    }
+
+    fn running(state: &mut UploadSupervisorState, id: &str) -> Option<ActorRef<UploadMsg>> {
+        let actor = state.running.get(id)?.clone();
+        if matches!(
+            actor.get_status(),
+            ActorStatus::Running | ActorStatus::Starting
+        ) {
+            Some(actor)
+        } else {
+            // Stopping: its termination event is still on its way.
+            state.running.remove(id);
+            state.by_actor.remove(&actor.get_id());
+            None
+        }
+    }
+
+    async fn get(
+        myself: &ActorRef<UploadSupervisorMsg>,
+        state: &mut UploadSupervisorState,
+        id: String,
+    ) -> Result<ActorRef<UploadMsg>, UploadError> {
+        if let Some(a) = Self::running(state, &id) {
+            return Ok(a);
+        }
+        match state.ctx.storage.load_upload(&id).await? {
+            Some(info) if info.expires_ms > now_ms() => Self::start(myself, state, info).await,
+            _ => Err(UploadError::NotFound(format!(
+                "no upload {id} (never created, terminated, or expired)"
+            ))),
+        }
+    }
+
+    async fn sweep(
+        myself: &ActorRef<UploadSupervisorMsg>,
+        state: &mut UploadSupervisorState,
+    ) -> usize {
+        let storage = state.ctx.storage.clone();
+        let ids = match storage.list_upload_ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("upload sweep cannot list uploads: {e}");
+                return 0;
+            }
+        };
+        let now = now_ms();
+        let mut deleted = 0;
+        for id in ids {
+            if route_upload(&state.ctx.node_id, &id) != UploadRoute::Here {
+                continue;
+            }
+            let expired = match storage.load_upload(&id).await {
+                Ok(Some(info))
+                    if info.expires_ms > now
+                        && info.offset == info.length
+                        && !info.is_complete()
+                        && !state.running.contains_key(&id) =>
+                {
+                    // Every byte arrived but the node stopped before the video was made:
+                    // starting the actor completes it.
+                    if let Err(e) = Self::get(myself, state, id.clone()).await {
+                        tracing::warn!(upload_id = %id, "cannot complete a stored upload: {e}");
+                    }
+                    false
+                }
+                Ok(Some(info)) => info.expires_ms <= now,
+                // Parts without a state: a terminated upload's leftovers.
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(upload_id = %id, "upload sweep cannot read the state: {e}");
+                    false
+                }
+            };
+            if !expired {
+                continue;
+            }
+            if let Some(actor) = state.running.remove(&id) {
+                state.by_actor.remove(&actor.get_id());
+                actor.stop(Some("expired".into()));
+            }
+            match storage.delete_upload(&id).await {
+                Ok(()) => {
+                    deleted += 1;
+                    tracing::info!(upload_id = %id, "expired upload deleted");
+                }
+                Err(e) => tracing::warn!(upload_id = %id, "cannot delete expired upload: {e}"),
+            }
+        }
+        deleted
+    }
+}
+
+impl Actor for UploadSupervisor {
+    type Msg = UploadSupervisorMsg;
+    type State = UploadSupervisorState;
+    type Arguments = UploadSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<UploadSupervisorMsg>,
+        args: UploadSupervisorArgs,
+    ) -> Result<UploadSupervisorState, ActorProcessingErr> {
+        let timer = myself.send_interval(args.sweep_every, || UploadSupervisorMsg::Sweep(None));
+        Ok(UploadSupervisorState {
+            ctx: args.ctx,
+            videos: args.videos,
+            running: HashMap::new(),
+            by_actor: HashMap::new(),
+            timer: Some(timer),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<UploadSupervisorMsg>,
+        state: &mut UploadSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<UploadSupervisorMsg>,
+        msg: UploadSupervisorMsg,
+        state: &mut UploadSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            UploadSupervisorMsg::Create { info, reply } => {
+                let r = match state.ctx.storage.save_upload(&info).await {
+                    Ok(()) => Self::start(&myself, state, *info).await,
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            }
+            UploadSupervisorMsg::Get { upload_id, reply } => {
+                let r = Self::get(&myself, state, upload_id).await;
+                let _ = reply.send(r);
+            }
+            UploadSupervisorMsg::Sweep(reply) => {
+                let n = Self::sweep(&myself, state).await;
+                if let Some(r) = reply {
+                    let _ = r.send(n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<UploadSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut UploadSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+            if state
+                .running
+                .get(&id)
+                .is_some_and(|a| a.get_id() == cell.get_id())
+            {
+                state.running.remove(&id);
+            }
+            if let Some(err) = failure {
+                tracing::warn!(upload_id = %id, "upload actor crashed: {err}; the next request restarts it from the object store");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often to sweep for an expiry of `expiry_seconds`: half of it, between 100 ms and 60 s.
+pub fn sweep_interval(expiry_seconds: u64) -> Duration {
+    Duration::from_millis((expiry_seconds.saturating_mul(500)).clamp(100, 60_000))
+}

@@ -1,0 +1,155 @@
+//! Ingest: turn received bytes into a video. The one path shared by `POST /upload` and
+//! completed resumable (tus) uploads, so both behave alike:
+//!
+//! 1. The `video_id` is the content address of the bytes ([`crate::model::video_id`]).
+//! 2. A video that already has a record is a duplicate: the staged bytes are dropped and the
+//!    existing id is the answer (no new processing; an interrupted video is re-ensured).
+//! 3. Otherwise the staged object moves to `sources/{video_id}` and the record is created with
+//!    create-if-absent: of two identical uploads racing, exactly one creates it and starts the
+//!    job; the other is answered as a duplicate.
+//!
+//! [`existing`] answers step 2 from a declared SHA-256 alone: dedupe before any transfer.
+
+use ractor::ActorRef;
+
+use crate::actors::node::ensure_video;
+use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::actors::NodeContext;
+use crate::model::{video_id, VideoRecord};
+use crate::storage::events::NewEvent;
+use crate::storage::{keys, StorageError};
+
+/// Bytes stored under a staging key, with what was learnt while receiving them.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The staging object (`uploads/direct/{token}` or `uploads/{upload_id}/...`), or
+    /// `sources/{video_id}` itself when the bytes were written there directly.
+    pub key: String,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// Size, bytes.
+    pub bytes: u64,
+    /// The client's file name, if any (informational).
+    pub filename: Option<String>,
+}
+
+/// What the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The video.
+    pub video_id: String,
+    /// Its lifecycle state now (`uploaded` for a new video).
+    pub state: String,
+    /// The bytes were already a video: nothing new is processed.
+    pub duplicate: bool,
+}
+
+/// Why ingesting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The object store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The node is shutting down (the video supervisor is gone).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The video the bytes with SHA-256 `sha256` (lowercase hex) already are, if any: answered
+/// without a transfer.
+///
+/// Errors: the object store failed.
+pub async fn existing(
+    ctx: &NodeContext,
+    videos: &ActorRef<VideoSupervisorMsg>,
+    sha256: &str,
+) -> Result<Option<Accepted>, IngestError> {
+    let id = video_id(sha256, &ctx.processing.profile);
+    match ctx.storage.load_record(&id).await? {
+        Some(record) => Ok(Some(
+            duplicate(ctx, videos, &id, record.state.as_str(), "declared sha256").await,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Move `staged` to its content address and create the record once (module doc).
+///
+/// Errors: the object store failed; the node is shutting down.
+pub async fn accept(
+    ctx: &NodeContext,
+    videos: &ActorRef<VideoSupervisorMsg>,
+    staged: Staged,
+) -> Result<Accepted, IngestError> {
+    let storage = &ctx.storage;
+    let id = video_id(&staged.sha256, &ctx.processing.profile);
+    if let Some(existing) = storage.load_record(&id).await? {
+        let _ = storage.delete(&staged.key).await;
+        return Ok(duplicate(ctx, videos, &id, existing.state.as_str(), "same bytes").await);
+    }
+    if staged.key == keys::source(&id) {
+        // Written straight to its content address (a joined resumable upload).
+    } else if storage.exists(&keys::source(&id)).await? {
+        let _ = storage.delete(&staged.key).await;
+    } else {
+        storage.rename(&staged.key, &keys::source(&id)).await?;
+    }
+    // Index first: a crash between the two leaves a marker without a record (skipped by the
+    // reconcile loop), never an unfinished video the reconcile loop cannot find.
+    storage.mark_active(&id).await?;
+    let record = VideoRecord::uploaded(
+        id.clone(),
+        staged.sha256.clone(),
+        staged.bytes,
+        ctx.processing.profile.clone(),
+        staged.filename,
+    );
+    if !storage.create_record(&record).await? {
+        let state = storage
+            .load_record(&id)
+            .await?
+            .map(|r| r.state.as_str())
+            .unwrap_or("uploaded");
+        return Ok(duplicate(ctx, videos, &id, state, "same bytes").await);
+    }
+    ctx.events
+        .append(
+            NewEvent::video(&id, "upload_received")
+                .outcome("uploaded")
+                .detail(format!("{} bytes, sha256 {}", staged.bytes, staged.sha256)),
+        )
+        .await;
+    // The video's home node (on the ring) processes it; a failed hand-over is retried by the
+    // home's reconcile loop, which finds every unfinished video.
+    ensure_video(ctx, videos, &id).await;
+    Ok(Accepted {
+        video_id: id,
+        state: "uploaded".into(),
+        duplicate: false,
+    })
+}
+
+async fn duplicate(
+    ctx: &NodeContext,
+    videos: &ActorRef<VideoSupervisorMsg>,
+    id: &str,
+    state: &str,
+    how: &str,
+) -> Accepted {
+    ctx.events
+        .append(
+            NewEvent::video(id, "duplicate_upload")
+                .outcome(state)
+                .detail(format!("no new processing ({how})")),
+        )
+        .await;
+    if state == "uploaded" || state == "processing" {
+        // Idempotent: makes sure an interrupted video is being processed, never starts a second job.
+        ensure_video(ctx, videos, id).await;
+    }
+    Accepted {
+        video_id: id.to_string(),
+        state: state.to_string(),
+        duplicate: true,
+    }
+}

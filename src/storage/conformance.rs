@@ -1,0 +1,120 @@
+//! The storage conformance suite: one set of checks over [`Storage`] that every backend must
+//! pass (LocalFileSystem, InMemory, and a real S3 server in the integration tests). Public so
+//! the integration tests can run it against SeaweedFS; it panics on the first difference.
+//!
+//! What it pins down: a missing key reads as `None`; `put` replaces; create-if-absent refuses a
+//! second writer and keeps the first bytes; range reads; prefix listing (recursive and one
+//! level); delete is idempotent; a multipart write of several parts (bigger than one part, so
+//! S3 really uploads parts) reads back byte for byte; rename; records.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+use super::{keys, Storage};
+use crate::model::VideoRecord;
+
+/// Run every check against `s`, which must be empty.
+pub async fn run(s: &Storage) {
+    assert!(
+        s.get("a/b").await.unwrap().is_none(),
+        "missing key reads as None"
+    );
+    assert!(!s.exists("a/b").await.unwrap());
+    s.put("a/b", Bytes::from_static(b"one")).await.unwrap();
+    assert_eq!(&s.get("a/b").await.unwrap().unwrap().bytes[..], b"one");
+    s.put("a/b", Bytes::from_static(b"uno")).await.unwrap();
+    assert_eq!(
+        &s.get("a/b").await.unwrap().unwrap().bytes[..],
+        b"uno",
+        "put replaces"
+    );
+
+    // Create-if-absent: the second writer loses and the first bytes stay.
+    assert!(!s
+        .put_if_absent("a/b", Bytes::from_static(b"two"))
+        .await
+        .unwrap());
+    assert_eq!(&s.get("a/b").await.unwrap().unwrap().bytes[..], b"uno");
+    assert!(s
+        .put_if_absent("a/c", Bytes::from_static(b"two"))
+        .await
+        .unwrap());
+
+    // Range read.
+    s.put("r/x", Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(&s.get_range("r/x", 3, 4).await.unwrap()[..], b"3456");
+
+    // Listing: recursive under a prefix, and one level of names.
+    let mut listed = s.list("a").await.unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![("a/b".to_string(), 3), ("a/c".to_string(), 3)]);
+    let mut dirs = s.list_dirs("").await.unwrap();
+    dirs.sort();
+    assert_eq!(dirs, vec!["a".to_string(), "r".to_string()]);
+    assert!(s.list("nothing-here").await.unwrap().is_empty());
+
+    // Multipart: 8 MiB parts, so 20 MiB is three parts on S3.
+    let pattern: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+    let mut w = s.writer("big/x").await.unwrap();
+    let mut expect = Vec::new();
+    for _ in 0..20 {
+        w.wait_for_capacity(4).await.unwrap();
+        w.write(&pattern);
+        expect.extend_from_slice(&pattern);
+    }
+    w.finish().await.unwrap();
+    let streamed: Vec<Bytes> = s
+        .read_stream("big/x")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let streamed: Vec<u8> = streamed.concat();
+    assert_eq!(streamed.len(), expect.len());
+    assert!(streamed == expect, "multipart bytes read back intact");
+    assert_eq!(
+        &s.get_range("big/x", 8 * 1024 * 1024 - 2, 4).await.unwrap()[..],
+        &expect[8 * 1024 * 1024 - 2..8 * 1024 * 1024 + 2],
+        "range across a part boundary"
+    );
+    s.rename("big/x", "big/y").await.unwrap();
+    assert!(!s.exists("big/x").await.unwrap() && s.exists("big/y").await.unwrap());
+
+    // Delete is idempotent.
+    s.delete("big/y").await.unwrap();
+    s.delete("big/y").await.unwrap();
+    assert!(!s.exists("big/y").await.unwrap());
+
+    // Records: created once, read back, listed.
+    let id = "0123456789abcdef0123456789abcdef";
+    let rec = VideoRecord::uploaded(id.into(), "00".into(), 3, "default".into(), None);
+    assert!(s.create_record(&rec).await.unwrap());
+    assert!(!s.create_record(&rec).await.unwrap());
+    assert_eq!(s.load_record(id).await.unwrap().unwrap(), rec);
+    assert_eq!(s.list_video_ids().await.unwrap(), vec![id.to_string()]);
+
+    // The active index: what the reconcile loop lists instead of every record.
+    assert!(s.list_active_ids().await.unwrap().is_empty());
+    s.mark_active(id).await.unwrap();
+    assert_eq!(s.list_active_ids().await.unwrap(), vec![id.to_string()]);
+    s.clear_active(id).await.unwrap();
+    assert!(s.list_active_ids().await.unwrap().is_empty());
+
+    // Lease epochs: create-if-absent, the highest owns.
+    assert_eq!(s.current_lease(id).await.unwrap(), None);
+    let e1 = s.claim_lease(id, "node-a").await.unwrap();
+    let e2 = s.claim_lease(id, "node-b").await.unwrap();
+    assert_eq!((e1, e2), (1, 2));
+    assert_eq!(s.current_lease(id).await.unwrap(), Some((2, "node-b".to_string())));
+    assert!(!s.lease_holds(id, 1).await.unwrap() && s.lease_holds(id, 2).await.unwrap());
+    assert_eq!(s.list_video_ids().await.unwrap(), vec![id.to_string()], "leases are not videos");
+
+    // Prefix deletion (intermediates are removed this way once a video is ready).
+    s.put(&keys::chunk(id, "240p", 0), Bytes::from_static(b"c0")).await.unwrap();
+    s.put(&keys::audio(id, 64), Bytes::from_static(b"a")).await.unwrap();
+    assert_eq!(s.delete_prefix(&keys::work_prefix(id)).await.unwrap(), 2);
+    assert!(!s.exists(&keys::chunk(id, "240p", 0)).await.unwrap());
+}

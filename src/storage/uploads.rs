@@ -1,0 +1,103 @@
+//! The durable state of a resumable (tus) upload: `uploads/{upload_id}/info.json` plus its part
+//! objects `uploads/{upload_id}/{offset:020}` (layout in [`super::keys`]).
+//!
+//! The offset a client is told is always the offset stored here, so a node that restarts (or
+//! another node that takes the upload over) resumes exactly where the stored parts end.
+
+use serde::{Deserialize, Serialize};
+
+use super::{keys, Storage, StorageError};
+
+/// One stored part: bytes `offset .. offset + len` of the upload, at
+/// `uploads/{id}/{offset:020}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// First byte of the upload this part holds.
+    pub offset: u64,
+    /// Bytes in the part.
+    pub len: u64,
+}
+
+/// `uploads/{id}/info.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The upload id (`{node}.{hex}`).
+    pub id: String,
+    /// Declared total size, bytes (`Upload-Length`).
+    pub length: u64,
+    /// Bytes durably stored: the sum of `parts`, which are contiguous from 0.
+    pub offset: u64,
+    /// The stored parts, in order.
+    pub parts: Vec<Part>,
+    /// `Upload-Metadata` exactly as the client sent it (echoed on `HEAD`, tus 1.0.0 "Creation").
+    #[serde(default)]
+    pub raw_metadata: Option<String>,
+    /// Metadata `filename`, decoded.
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// Metadata `filetype`, decoded.
+    #[serde(default)]
+    pub filetype: Option<String>,
+    /// Metadata `sha256`: the declared SHA-256 of the whole file, lowercase hex; checked on
+    /// completion.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The first bytes were sniffed and look like a video container (or are left to ffprobe).
+    #[serde(default)]
+    pub sniffed: bool,
+    /// When the upload was created, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// When it expires, milliseconds since the Unix epoch: `upload_expiry_seconds` after the
+    /// last stored bytes (sliding).
+    pub expires_ms: i64,
+    /// Set once complete: the video the bytes became.
+    #[serde(default)]
+    pub video_id: Option<String>,
+    /// Set once complete: the video's state when the upload completed.
+    #[serde(default)]
+    pub video_state: Option<String>,
+    /// Set once complete: the bytes were already a video (nothing new was processed).
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+impl UploadInfo {
+    /// All bytes arrived and were turned into a video.
+    pub fn is_complete(&self) -> bool {
+        self.video_id.is_some()
+    }
+}
+
+impl Storage {
+    /// Read an upload's state; `Ok(None)` when unknown (never created, terminated or expired).
+    pub async fn load_upload(&self, upload_id: &str) -> Result<Option<UploadInfo>, StorageError> {
+        self.get_json(&keys::upload_info(upload_id)).await
+    }
+
+    /// Write an upload's state (only its `UploadActor` does).
+    pub async fn save_upload(&self, info: &UploadInfo) -> Result<(), StorageError> {
+        self.put_json(&keys::upload_info(&info.id), info).await
+    }
+
+    /// Delete every object of an upload, state last (so a crash half-way leaves a state that
+    /// the next sweep deletes again).
+    pub async fn delete_upload(&self, upload_id: &str) -> Result<(), StorageError> {
+        let info = keys::upload_info(upload_id);
+        for (key, _) in self.list(&keys::upload_prefix(upload_id)).await? {
+            if key != info {
+                self.delete(&key).await?;
+            }
+        }
+        self.delete(&info).await
+    }
+
+    /// Ids of every resumable upload in the store (any home node).
+    pub async fn list_upload_ids(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .list_dirs(keys::UPLOADS)
+            .await?
+            .into_iter()
+            .filter(|id| keys::valid_upload_id(id))
+            .collect())
+    }
+}

