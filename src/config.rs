@@ -365,7 +365,6 @@ impl StorageLocation {
     }
 }
 
-
 /// The cluster side of a node: who the members are and how to reach them.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

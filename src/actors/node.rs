@@ -253,7 +253,11 @@ impl Node {
 /// Make sure a video is being processed by its home node: a local message when this node is
 /// home (on its ring view), else a request to the home's Gateway. A failure is logged, not
 /// raised: the home's periodic reconcile finds every unfinished video anyway.
-pub async fn ensure_video(ctx: &NodeContext, videos: &ActorRef<VideoSupervisorMsg>, video_id: &str) {
+pub async fn ensure_video(
+    ctx: &NodeContext,
+    videos: &ActorRef<VideoSupervisorMsg>,
+    video_id: &str,
+) {
     let home = ctx.cluster.home(&crate::cluster::ring::video_key(video_id));
     if home == ctx.node_id {
         let _ = videos.cast(VideoSupervisorMsg::Ensure {
@@ -264,8 +268,16 @@ pub async fn ensure_video(ctx: &NodeContext, videos: &ActorRef<VideoSupervisorMs
     let req = Request::EnsureVideo {
         video_id: video_id.to_string(),
     };
-    match ctx.cluster.request(&home, &req, std::time::Duration::from_secs(5)).await {
+    match ctx
+        .cluster
+        .request(&home, &req, std::time::Duration::from_secs(5))
+        .await
+    {
         Ok(Reply::Ok) => {}
-        other => tracing::warn!(video_id, home, "could not ask the home node to start the video: {other:?}"),
+        other => tracing::warn!(
+            video_id,
+            home,
+            "could not ask the home node to start the video: {other:?}"
+        ),
     }
 }

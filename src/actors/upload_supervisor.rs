@@ -17,8 +17,8 @@
 //!   unfinished ones lose their parts, finished ones their remembered answer. It also completes
 //!   uploads whose bytes all arrived but whose node stopped before making the video.
 //!
-//! Cluster seam: [`route_upload`] says which node serves (and sweeps) an upload. One node serves
-//! every upload; the cluster wires it to the ring.
+//! Routing: [`route_upload`] says which node serves (and sweeps) an upload: its home node
+//! while live, else the ring's owner of `upload:{id}`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -43,17 +43,23 @@ pub enum UploadRoute {
     Node(String),
 }
 
-/// Where requests for `upload_id` go, seen from node `node_id`. The one seam for the cluster.
+/// Where requests for `upload_id` go, in this node's view of the cluster. The one routing
+/// decision for uploads (the HTTP layer forwards, the sweep filters with it).
 ///
-/// The id names its home node ([`keys::upload_home`]: the node that created it). Today the
-/// answer is always [`UploadRoute::Here`]: one node serves all uploads (including ones created
-/// under an earlier node id), which is safe because the whole state lives in the shared object
-/// store. The cluster wires this to membership: the home node while it is a live member, else
-/// the ring's owner of `upload:{id}` (which then takes the upload over from the object store).
-pub fn route_upload(node_id: &str, upload_id: &str) -> UploadRoute {
-    let _home = keys::upload_home(upload_id);
-    let _ = node_id;
-    UploadRoute::Here
+/// The id names its home node ([`keys::upload_home`]: the node that created it). Requests go to
+/// the home while it is a live member; when it is not (dead, or an id from an earlier node),
+/// to the ring's owner of `upload:{id}` among the live nodes, which takes the upload over from
+/// the object store (all of its state lives there).
+pub fn route_upload(cluster: &crate::cluster::Cluster, upload_id: &str) -> UploadRoute {
+    let target = match keys::upload_home(upload_id) {
+        Some(home) if cluster.is_live(home) => home.to_string(),
+        _ => cluster.home(&format!("upload:{upload_id}")),
+    };
+    if target == cluster.self_id() {
+        UploadRoute::Here
+    } else {
+        UploadRoute::Node(target)
+    }
 }
 
 /// The supervisor actor.
@@ -169,7 +175,7 @@ impl UploadSupervisor {
         let now = now_ms();
         let mut deleted = 0;
         for id in ids {
-            if route_upload(&state.ctx.node_id, &id) != UploadRoute::Here {
+            if route_upload(&state.ctx.cluster, &id) != UploadRoute::Here {
                 continue;
             }
             let expired = match storage.load_upload(&id).await {

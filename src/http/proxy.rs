@@ -60,7 +60,7 @@ pub async fn forward<S>(
     body: S,
 ) -> Result<Response<Bytes>, ApiError>
 where
-    S: Stream<Item = Result<Bytes, warp::Error>> + Send + Sync + 'static,
+    S: Stream<Item = Result<Bytes, warp::Error>> + Send + 'static,
 {
     let addr = app
         .node

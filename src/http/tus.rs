@@ -32,8 +32,9 @@
 //! The first bytes (up to 4 KiB) are sniffed as they arrive: plainly not a video → 415 and the
 //! upload is terminated.
 //!
-//! Routing seam for the cluster: [`crate::actors::upload_supervisor::route_upload`], used by
-//! one function here (`upload_actor`).
+//! Cluster: a request for `/files/{id}` that reaches a node other than the upload's (see
+//! [`crate::actors::upload_supervisor::route_upload`]) is forwarded there, body streaming
+//! through (`http::proxy`), before any handler here reads it.
 
 use std::convert::Infallible;
 use std::time::{Duration, UNIX_EPOCH};
@@ -52,7 +53,7 @@ use warp::{Filter, Rejection};
 use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, CALL_TIMEOUT};
 use crate::actors::upload_supervisor::{route_upload, UploadRoute, UploadSupervisorMsg};
 use crate::http::upload::parse_sha256;
-use crate::http::{respond, ApiError, App};
+use crate::http::{proxy, respond, ApiError, App};
 use crate::ingest;
 use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
 use crate::model::now_ms;
@@ -107,6 +108,42 @@ pub(super) fn routes(
         .and_then(|app: App, headers: HeaderMap, body| async move {
             tus_respond(create(app, headers, boxed(body)).await)
         });
+    // Cluster: requests for an upload owned by another node are forwarded there whole.
+    let forward = item
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and_then(|id: String, app: App, headers: HeaderMap| async move {
+            if !keys::valid_upload_id(&id) || proxy::was_forwarded(&headers) {
+                return Err(warp::reject::not_found());
+            }
+            match route_upload(&app.node.ctx.cluster, &id) {
+                UploadRoute::Node(node) => Ok((app, node, headers)),
+                UploadRoute::Here => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::body::stream())
+        .and_then(
+            |app: App,
+             node: String,
+             headers: HeaderMap,
+             method,
+             full: warp::path::FullPath,
+             query: String,
+             body| async move {
+                let target = if query.is_empty() {
+                    full.as_str().to_string()
+                } else {
+                    format!("{}?{query}", full.as_str())
+                };
+                tus_respond(
+                    proxy::forward(&app, &node, method, &target, &headers, boxed(body)).await,
+                )
+            },
+        );
     let head = item
         .and(warp::head())
         .and(with_app.clone())
@@ -157,6 +194,8 @@ pub(super) fn routes(
         });
     options
         .or(create)
+        .unify()
+        .or(forward)
         .unify()
         .or(head)
         .unify()
@@ -400,12 +439,6 @@ fn unwrap_call<T, M>(r: Result<CallResult<T>, ractor::MessagingErr<M>>) -> Resul
 async fn upload_actor(app: &App, id: &str) -> Result<ActorRef<UploadMsg>, ApiError> {
     if !keys::valid_upload_id(id) {
         return Err(ApiError::NotFound(format!("no upload {id:?}")));
-    }
-    if let UploadRoute::Node(node) = route_upload(&app.config.node_id, id) {
-        // The cluster turns this into a proxy or a 307 to that node's HTTP address.
-        return Err(ApiError::Unavailable(format!(
-            "upload {id} is served by node {node}"
-        )));
     }
     let uploads = &app.node.refs.uploads;
     let r = uploads

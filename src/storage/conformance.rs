@@ -108,13 +108,24 @@ pub async fn run(s: &Storage) {
     let e1 = s.claim_lease(id, "node-a").await.unwrap();
     let e2 = s.claim_lease(id, "node-b").await.unwrap();
     assert_eq!((e1, e2), (1, 2));
-    assert_eq!(s.current_lease(id).await.unwrap(), Some((2, "node-b".to_string())));
+    assert_eq!(
+        s.current_lease(id).await.unwrap(),
+        Some((2, "node-b".to_string()))
+    );
     assert!(!s.lease_holds(id, 1).await.unwrap() && s.lease_holds(id, 2).await.unwrap());
-    assert_eq!(s.list_video_ids().await.unwrap(), vec![id.to_string()], "leases are not videos");
+    assert_eq!(
+        s.list_video_ids().await.unwrap(),
+        vec![id.to_string()],
+        "leases are not videos"
+    );
 
     // Prefix deletion (intermediates are removed this way once a video is ready).
-    s.put(&keys::chunk(id, "240p", 0), Bytes::from_static(b"c0")).await.unwrap();
-    s.put(&keys::audio(id, 64), Bytes::from_static(b"a")).await.unwrap();
+    s.put(&keys::chunk(id, "240p", 0), Bytes::from_static(b"c0"))
+        .await
+        .unwrap();
+    s.put(&keys::audio(id, 64), Bytes::from_static(b"a"))
+        .await
+        .unwrap();
     assert_eq!(s.delete_prefix(&keys::work_prefix(id)).await.unwrap(), 2);
     assert!(!s.exists(&keys::chunk(id, "240p", 0)).await.unwrap());
 }

@@ -108,7 +108,9 @@ impl Storage {
                 }
                 match (&s3.access_key_id, &s3.secret_access_key) {
                     (Some(id), Some(secret)) => {
-                        b = b.with_access_key_id(id).with_secret_access_key(secret.expose());
+                        b = b
+                            .with_access_key_id(id)
+                            .with_secret_access_key(secret.expose());
                         if let Some(token) = &s3.session_token {
                             b = b.with_token(token.expose());
                         }

@@ -320,3 +320,67 @@ async fn a_hung_node_is_fenced_its_work_finishes_elsewhere_and_it_stands_down() 
     )
     .await;
 }
+
+/// tus requests for an upload go to its home node from whichever node receives them; when the
+/// home dies mid-upload, the ring's new owner takes the upload over from the object store and
+/// the client finishes through any node, with the bytes intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
+    use sha2::Digest;
+    let mut c = TestCluster::start(3).await;
+    let bytes = tokio::fs::read(clip("long")).await.unwrap();
+    let client = reqwest::Client::new();
+    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
+    let resp = tus(client.post(format!("{}/files/", c.url(1))))
+        .header("Upload-Length", bytes.len())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let path = &location[location.find("/files/").unwrap()..];
+    let upload_id = path.trim_start_matches("/files/").to_string();
+    assert!(
+        upload_id.starts_with("node-1."),
+        "the id names its home: {upload_id}"
+    );
+    let urls = c.urls.clone();
+    let patch = |node: usize, from: usize, to: usize| {
+        tus(client.patch(format!("{}{path}", urls[node - 1])))
+            .header("Upload-Offset", from)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(bytes[from..to].to_vec())
+            .send()
+    };
+    // A third of the bytes through node 2: forwarded to node 1, the home.
+    let third = bytes.len() / 3;
+    let r = patch(2, 0, third).await.unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    // The home dies. HEAD through node 3: the ring's owner takes the upload over.
+    c.nodes[0].as_mut().unwrap().kill9();
+    c.wait_live(&[2, 3], 2).await;
+    let r = tus(client.head(format!("{}{path}", c.url(3))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let offset: usize = r.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        offset, third,
+        "every byte that arrived before the crash is kept"
+    );
+    let r = patch(3, offset, bytes.len()).await.unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
+    let v = wait_terminal(c.url(2), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}\n{}", c.logs());
+    let stored = std::fs::read(c.dir.path().join("objects/sources").join(&id)).unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&stored)),
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+}
