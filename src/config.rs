@@ -187,6 +187,55 @@ impl Default for Limits {
     }
 }
 
+/// Segment serving: the node-local cache and read-ahead (issue 4, seed rules 7 and 8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Byte budget of the node-local segment cache, MiB (2^20 bytes). Least recently used
+    /// objects are evicted beyond it; an object larger than the whole budget is served uncached.
+    pub cache_mib: u64,
+    /// Read-ahead depth, segments: after serving segment k, prefetch k+1 ..= k+depth of the
+    /// same rendition (seed rule 8 requires 1; 2 is allowed). 0 turns read-ahead off.
+    pub prefetch_depth: usize,
+    /// Prefetches running at once on this node; one more is skipped (and logged) rather than
+    /// queued, so read-ahead never piles up under load.
+    pub max_prefetches: usize,
+    /// A playback session without a request for this long is stopped, seconds.
+    pub session_idle_seconds: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            cache_mib: 512,
+            prefetch_depth: 1,
+            max_prefetches: 32,
+            session_idle_seconds: 300,
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// The cache budget in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        (self.cache_mib.saturating_mul(1024 * 1024)).min(usize::MAX as u64) as usize
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefetch_depth > 2 {
+            return Err(ConfigError::Invalid(
+                "streaming.prefetch_depth must be 0, 1 or 2".into(),
+            ));
+        }
+        if self.session_idle_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "streaming.session_idle_seconds must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where the object store lives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageLocation {
@@ -239,6 +288,8 @@ pub struct Config {
     pub processing: ProcessingConfig,
     /// Input limits.
     pub limits: Limits,
+    /// Segment cache and read-ahead.
+    pub streaming: StreamingConfig,
 }
 
 impl Config {
@@ -254,6 +305,7 @@ impl Config {
             workers: 2,
             processing: ProcessingConfig::default(),
             limits: Limits::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 
@@ -277,6 +329,7 @@ impl Config {
     /// Check what cannot work; called by `from_file` and by `run`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.processing.validate()?;
+        self.streaming.validate()?;
         if self.workers == 0 || self.workers > 64 {
             return Err(ConfigError::Invalid(
                 "workers must be between 1 and 64".into(),
@@ -326,6 +379,9 @@ pub struct ClusterFile {
     /// Input limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Segment cache and read-ahead.
+    #[serde(default)]
+    pub streaming: StreamingConfig,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
@@ -387,6 +443,7 @@ impl ClusterFile {
             workers: node.workers,
             processing: self.processing,
             limits: self.limits,
+            streaming: self.streaming,
         };
         config.validate()?;
         Ok(config)

@@ -13,6 +13,8 @@
 //!   event log. The only module that names `object_store` or `rusqlite`.
 //! - [`model`]: the video record and lifecycle states that pass between the others.
 //! - [`config`]: `cluster.toml` and the typed per-node configuration.
+//! - [`streaming`]: playback sessions, the node-local segment cache, read-ahead and the
+//!   session timeline (`reel session`); see `docs/streaming.md`.
 //! - [`client`]: the `reel upload` and `reel status` commands.
 //!
 //! # Glossary
@@ -24,7 +26,8 @@
 //!   (`init.mp4`) precedes them. A **media playlist** lists a rendition's segments; the
 //!   **multivariant playlist** (`master.m3u8`) lists the **variant streams**.
 //! - **job**: the processing of one video; **task**: one rendition of it, run by a worker.
-//! - **session**: one player's playback (a later issue).
+//! - **session**: one player's playback, from its multivariant playlist request on; its id
+//!   (`{home_node}-{16 hex}`) names the node that serves it.
 
 pub mod actors;
 pub mod client;
@@ -33,6 +36,7 @@ pub mod http;
 pub mod media;
 pub mod model;
 pub mod storage;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,12 +85,15 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
     let storage = Storage::open(&config.storage).map_err(|e| setup("object store", &e))?;
     let events = EventLog::open(&config.data_dir.join("reel.sqlite"), &config.node_id)
         .map_err(|e| setup("event log", &e))?;
+    let playback = storage::playback::PlaybackLog::open(&config.data_dir)
+        .map_err(|e| setup("playback log", &e))?;
     let ctx = NodeContext {
         node_id: config.node_id.clone(),
         storage,
         events,
         processing: config.processing.clone(),
         scratch_dir,
+        streaming: streaming::Streaming::new(&config.node_id, config.streaming.clone(), playback),
     };
     Node::start(ctx, config.workers)
         .await

@@ -7,6 +7,12 @@
 //!  │                                 and the restarted node recovers from the object store
 //!  ├─ WorkerPool                    (worker_pool.rs) queue of tasks; restarts crashed workers
 //!  │   └─ TranscodeWorker × N       (transcode_worker.rs) runs ffmpeg for one task at a time
+//!  ├─ SessionSupervisor             (session_supervisor.rs) one SessionActor per playback session
+//!  │   │                             served here; forgets a stopped or crashed one (the next
+//!  │   │                             request reopens it cold)
+//!  │   └─ SessionActor              (session.rs) serves the session's requests through the
+//!  │                                 node's SegmentCache, logs them, starts read-ahead; stops
+//!  │                                 when idle
 //!  └─ VideoSupervisor               (video_supervisor.rs) one VideoActor per active video;
 //!      │                             restarts a crashed VideoActor; recovers videos at start
 //!      └─ VideoActor                (video.rs) lifecycle state machine, owner of record.json;
@@ -20,6 +26,8 @@
 
 pub mod job;
 pub mod node;
+pub mod session;
+pub mod session_supervisor;
 pub mod transcode_worker;
 pub mod video;
 pub mod video_supervisor;
@@ -49,6 +57,8 @@ pub struct NodeContext {
     pub processing: ProcessingConfig,
     /// Node-local scratch directory for ffmpeg outputs and downloaded sources.
     pub scratch_dir: PathBuf,
+    /// Segment serving: cache, read-ahead permits, playback log, cluster view.
+    pub streaming: crate::streaming::Streaming,
 }
 
 /// Shared context handle.

@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::actors::session_supervisor::{
+    SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg,
+};
 use crate::actors::video_supervisor::{VideoSupervisor, VideoSupervisorArgs, VideoSupervisorMsg};
 use crate::actors::worker_pool::{PoolArgs, PoolMsg, WorkerPool};
 use crate::actors::{Ctx, NodeContext};
@@ -34,6 +37,8 @@ pub struct NodeRefs {
     pub pool: ActorRef<PoolMsg>,
     /// The video supervisor.
     pub videos: ActorRef<VideoSupervisorMsg>,
+    /// The session supervisor.
+    pub sessions: ActorRef<SessionSupervisorMsg>,
 }
 
 /// Messages.
@@ -73,7 +78,21 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
-        Ok(NodeRefs { pool, videos })
+        let (sessions, _) = Actor::spawn_linked(
+            Some(args.ctx.name("sessions")),
+            SessionSupervisor,
+            SessionSupervisorArgs {
+                ctx: args.ctx.clone(),
+                streaming: args.ctx.streaming.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(NodeRefs {
+            pool,
+            videos,
+            sessions,
+        })
     }
 
     async fn handle(

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod keys;
+pub mod playback;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
