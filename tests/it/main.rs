@@ -8,3 +8,4 @@ mod crash;
 mod e2e;
 mod helpers;
 mod restart;
+mod sessions;
