@@ -7,5 +7,6 @@ mod bad_input;
 mod crash;
 mod e2e;
 mod helpers;
+mod players;
 mod restart;
 mod sessions;
