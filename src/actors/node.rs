@@ -1,8 +1,8 @@
 //! `NodeSupervisor`: the root of a node's supervision tree, and [`Node`], the handle the HTTP
 //! layer and tests hold.
 //!
-//! The node supervisor starts the `WorkerPool` and the `VideoSupervisor` (in that order: the
-//! video supervisor's jobs need the pool). They are infrastructure that holds references to each
+//! The node supervisor starts the `WorkerPool`, the `VideoSupervisor` (in that order: the
+//! video supervisor's jobs need the pool) and the `SessionSupervisor`. They are infrastructure that holds references to each
 //! other, so they are not restarted in place: if one fails, the node supervisor stops, [`Node`]'s
 //! `stopped` future completes, and `reel serve` exits non-zero. A process supervisor (systemd,
 //! Docker, Kubernetes) restarts it, and the new node recovers every unfinished video from the

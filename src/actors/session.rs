@@ -65,6 +65,8 @@ pub struct SessionSnapshot {
 pub enum SessionMsg {
     /// Serve `file` of `rendition`; the answer is the whole object, or `NotFound`.
     Serve {
+        /// The video the request's path names: must be the session's video.
+        video_id: String,
         /// Rendition name (validated by the caller, known to the video).
         rendition: String,
         /// Which file.
@@ -266,12 +268,20 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Serve {
+                video_id,
                 rendition,
                 file,
                 reply,
             } => {
                 state.last_request = Instant::now();
                 state.requests += 1;
+                if video_id != args.video.video_id {
+                    let _ = reply.send(Err(StorageError::NotFound(format!(
+                        "session {} plays video {}, not {video_id}",
+                        args.session, args.video.video_id
+                    ))));
+                    return Ok(());
+                }
                 let Some(info) = args.video.renditions.get(&rendition) else {
                     let _ = reply.send(Err(StorageError::NotFound(format!(
                         "rendition {rendition} of video {}",

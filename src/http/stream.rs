@@ -291,6 +291,7 @@ async fn session_file(
     let served: Served = ractor::call_t!(
         actor,
         |reply| SessionMsg::Serve {
+            video_id: id.clone(),
             rendition,
             file: kind,
             reply,

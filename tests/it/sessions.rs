@@ -257,6 +257,7 @@ async fn serve(actor: &ractor::ActorRef<SessionMsg>, k: usize) -> reel::actors::
     ractor::call_t!(
         actor,
         |reply| SessionMsg::Serve {
+            video_id: VID.into(),
             rendition: "240p".into(),
             file: RenditionFile::Segment(k),
             reply,
@@ -358,6 +359,7 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
     let past = ractor::call_t!(
         actor,
         |reply| SessionMsg::Serve {
+            video_id: VID.into(),
             rendition: "240p".into(),
             file: RenditionFile::Segment(6),
             reply,
@@ -366,6 +368,18 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
     )
     .unwrap();
     assert!(past.is_err());
+    let foreign = ractor::call_t!(
+        actor,
+        |reply| SessionMsg::Serve {
+            video_id: "ffffffffffffffffffffffffffffffff".into(),
+            rendition: "240p".into(),
+            file: RenditionFile::Segment(0),
+            reply,
+        },
+        5_000
+    )
+    .unwrap();
+    assert!(foreign.is_err(), "a session serves only its own video");
     streaming.log.flush().await;
     let recs = read_jsonl(dir.path(), &sid).unwrap();
     assert!(find(&recs, PlaybackEvent::PrefetchStart, 6).is_empty());
@@ -594,6 +608,14 @@ async fn a_session_is_served_by_its_node_with_read_ahead_logs_and_http_semantics
     assert_eq!(r.status(), 404);
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("no session"), "{v}");
+    // The session's id with another (unknown) video's path: no bytes of this video leak.
+    let other = "ffffffffffffffffffffffffffffffff";
+    let r = get(
+        &format!("{base}/videos/{other}/s/{sid}/240p/00000.m4s"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
     let r = get(&format!("{sbase}/240p/00099.m4s"), &[]).await;
     assert_eq!(r.status(), 404);
     let r = get(&format!("{sbase}/999p/00000.m4s"), &[]).await;
