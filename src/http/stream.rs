@@ -64,7 +64,7 @@ pub(super) fn routes(
         .and_then(|id: String, app: App| async move { respond(multivariant(app, id).await) });
     let session_file = warp::path!("videos" / String / "s" / String / String / String)
         .and(warp::get())
-        .and(conditions.clone())
+        .and(conditions)
         .and(with_app.clone())
         .and_then(
             |id: String, session: String, rendition: String, file: String, c, app: App| async move {

@@ -121,8 +121,8 @@ impl Timeline {
         }
         let _ = writeln!(
             s,
-            "{:>9}  {:<18} {:<10} {:<22} {:>5} {:<5} {}",
-            "t (s)", "event", "node", "rendition", "seg", "cache", "result"
+            "{:>9}  {:<18} {:<10} {:<22} {:>5} {:<5} result",
+            "t (s)", "event", "node", "rendition", "seg", "cache"
         );
         for r in &self.records {
             let rend = r

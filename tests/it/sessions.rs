@@ -268,7 +268,7 @@ async fn serve(actor: &ractor::ActorRef<SessionMsg>, k: usize) -> reel::actors::
     .expect("served")
 }
 
-fn find<'a>(recs: &'a [PlaybackRecord], event: PlaybackEvent, k: usize) -> Vec<&'a PlaybackRecord> {
+fn find(recs: &[PlaybackRecord], event: PlaybackEvent, k: usize) -> Vec<&PlaybackRecord> {
     recs.iter()
         .filter(|r| r.event == event && r.segment == Some(k))
         .collect()
