@@ -58,12 +58,18 @@ pub(super) fn routes(
             range,
             if_none_match,
         });
+    // HEAD is answered like GET (hyper drops the body); OPTIONS is the CORS preflight.
+    let get_or_head = || warp::get().or(warp::head()).unify();
+    let preflight = warp::options()
+        .and(warp::path("videos"))
+        .and(warp::path::tail())
+        .map(|_| preflight_response());
     let master = warp::path!("videos" / String / "master.m3u8")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app.clone())
         .and_then(|id: String, app: App| async move { respond(multivariant(app, id).await) });
     let session_file = warp::path!("videos" / String / "s" / String / String / String)
-        .and(warp::get())
+        .and(get_or_head())
         .and(conditions)
         .and(with_app.clone())
         .and_then(
@@ -72,7 +78,7 @@ pub(super) fn routes(
             },
         );
     let file = warp::path!("videos" / String / String / String)
-        .and(warp::get())
+        .and(get_or_head())
         .and(conditions)
         .and(with_app)
         .and_then(
@@ -80,7 +86,34 @@ pub(super) fn routes(
                 respond(rendition_file(app, id, rendition, file, c).await)
             },
         );
-    master.or(session_file).unify().or(file).unify()
+    master
+        .or(session_file)
+        .unify()
+        .or(file)
+        .unify()
+        .or(preflight)
+        .unify()
+}
+
+/// `OPTIONS /videos/...`: the CORS preflight a cross-origin player sends before a request with
+/// headers outside the safelist (a multi-range `Range`, `If-None-Match`).
+fn preflight_response() -> Response<Bytes> {
+    let mut r = base_response(Bytes::new(), "text/plain", "public, max-age=86400");
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Range, If-None-Match"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
 }
 
 /// The renditions of a ready video; `409` with its state otherwise, `404` when unknown.

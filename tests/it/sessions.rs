@@ -539,6 +539,32 @@ async fn a_session_is_served_by_its_node_with_read_ahead_logs_and_http_semantics
     .await;
     assert_eq!(cached.status(), 304);
 
+    // HEAD and the CORS preflight.
+    let head = reqwest::Client::new()
+        .head(format!("{sbase}/240p/00000.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        full.len().to_string().as_str()
+    );
+    let pre = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{sbase}/240p/00000.m4s"))
+        .header("origin", "http://player.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "range")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    assert!(pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Range"));
+
     // Serving 0 started read-ahead of 1; once it ends, 1 is a hit.
     let data = dir.path().to_path_buf();
     wait_until("prefetch of segment 1", Duration::from_secs(10), || {
