@@ -756,3 +756,49 @@ async fn ffmpeg_plays_a_session_to_the_end_from_one_node() {
     assert_eq!(served.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_session_resumes_cold_on_its_home_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.streaming.session_idle_seconds = 1;
+    let node = start(config).await;
+    let base = node.url();
+    let (_, v) = upload(&base, &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    let master = get(&format!("{base}/videos/{id}/master.m3u8"), &[]).await;
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seg = format!("{base}/videos/{id}/s/{sid}/240p/00000.m4s");
+    assert_eq!(get(&seg, &[]).await.status(), 200);
+    let sessions = node.node.refs.sessions.clone();
+    wait_until("the idle session stops", Duration::from_secs(10), || {
+        let sessions = sessions.clone();
+        async move {
+            ractor::call_t!(
+                sessions,
+                reel::actors::session_supervisor::SessionSupervisorMsg::Count,
+                1000
+            )
+            .unwrap()
+                == 0
+        }
+    })
+    .await;
+    // The player comes back after a pause: same id, same node, a cold start that is logged.
+    assert_eq!(get(&seg, &[]).await.status(), 200);
+    let recs = session_records(&node, dir.path(), &sid).await;
+    let kinds: Vec<_> = recs.iter().map(|r| r.event.as_str()).collect();
+    let end = kinds.iter().position(|k| *k == "SESSION_END").unwrap();
+    let resumed = kinds
+        .iter()
+        .position(|k| *k == "SESSION_REASSIGNED")
+        .unwrap();
+    assert!(end < resumed, "{kinds:?}");
+    assert!(recs[resumed].detail.as_deref().unwrap().contains("resumed"));
+    assert!(recs.iter().all(|r| r.node_id == node.node.ctx.node_id));
+    node.stop().await;
+}
