@@ -21,6 +21,10 @@
 //!                                    reclaim stuck tasks, finalize (multivariant playlist last)
 //! ```
 //!
+//! The node's segment cache is deliberately not an actor: it is a plain shared struct
+//! (`streaming::cache::SegmentCache`, reached through `NodeContext::streaming`) so a cache hit
+//! never waits in a mailbox; only the session's own actor sits on the request path.
+//!
 //! Messages here are local-only: with ractor's `cluster` feature each message type implements
 //! [`ractor::Message`] with its default (non-serialising) methods.
 
