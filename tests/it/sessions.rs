@@ -802,3 +802,110 @@ async fn an_expired_session_resumes_cold_on_its_home_node() {
     assert!(recs.iter().all(|r| r.node_id == node.node.ctx.node_id));
     node.stop().await;
 }
+
+/// What node B knows of node A in the failover test: whether A lives, and where it listens.
+struct PeerView {
+    me: String,
+    peer: String,
+    peer_base: String,
+    peer_live: Arc<std::sync::atomic::AtomicBool>,
+}
+impl ClusterView for PeerView {
+    fn is_live(&self, node: &str) -> bool {
+        node == self.me
+            || (node == self.peer && self.peer_live.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn owner(&self, _key: &str) -> Option<String> {
+        Some(self.me.clone())
+    }
+    fn http_base(&self, node: &str) -> Option<String> {
+        (node == self.peer).then(|| self.peer_base.clone())
+    }
+}
+
+/// Two in-process nodes over one object store, the membership view stubbed (the ring is the
+/// cluster issue's): while the home node A lives, requests reaching B are sent to A; after A
+/// stops mid-playback, B takes the session over and the client plays to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_home_node_dies_mid_playback_another_node_takes_the_session_over() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let node_a = start(test_config(dir_a.path())).await;
+    let (base_a, id_a) = (node_a.url(), node_a.node.ctx.node_id.clone());
+    let (_, v) = upload(&base_a, &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_terminal(&base_a, &id, PROCESSING_DEADLINE).await;
+    let mut config_b = test_config(dir_b.path());
+    config_b.storage = reel::config::StorageLocation::Local(dir_a.path().join("objects"));
+    let node_b = start(config_b).await;
+    let (base_b, id_b) = (node_b.url(), node_b.node.ctx.node_id.clone());
+    let a_live = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    node_b.node.ctx.streaming.set_cluster(Arc::new(PeerView {
+        me: id_b.clone(),
+        peer: id_a.clone(),
+        peer_base: base_a.clone(),
+        peer_live: a_live.clone(),
+    }));
+
+    // The session starts on A; the client then talks to B (as through a load balancer).
+    let master = get(&format!("{base_a}/videos/{id}/master.m3u8"), &[]).await;
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let via_b = |k: usize| format!("{base_b}/videos/{id}/s/{sid}/240p/{k:05}.m4s");
+    let mut bodies = Vec::new();
+    for k in 0..2 {
+        let r = get(&via_b(k), &[]).await; // follows the 307 to A
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.url().as_str().starts_with(&base_a),
+            "served by A: {}",
+            r.url()
+        );
+        bodies.push(r.bytes().await.unwrap());
+    }
+    // A dies; the membership notices.
+    node_a.node.ctx.streaming.log.flush().await;
+    node_a.stop().await;
+    a_live.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = get(&via_b(2), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.url().as_str().starts_with(&base_b));
+    bodies.push(r.bytes().await.unwrap());
+    assert!(bodies.iter().all(|b| !b.is_empty()));
+
+    let t = Timeline::load(&[dir_a.path().into(), dir_b.path().into()], &sid).unwrap();
+    let text = t.render_text();
+    assert_eq!(
+        t.serving_nodes(),
+        vec![id_a.clone(), id_b.clone()],
+        "{text}"
+    );
+    let serves: Vec<_> = t
+        .serves()
+        .map(|r| (r.segment.unwrap(), r.node_id.clone()))
+        .collect();
+    assert_eq!(
+        serves,
+        vec![(0, id_a.clone()), (1, id_a.clone()), (2, id_b.clone())],
+        "{text}"
+    );
+    let moved: Vec<_> = t
+        .records
+        .iter()
+        .filter(|r| r.event == PlaybackEvent::SessionReassigned)
+        .collect();
+    assert_eq!(moved.len(), 1, "{text}");
+    assert_eq!(moved[0].node_id, id_b);
+    assert!(
+        moved[0].detail.as_deref().unwrap().contains(&id_a),
+        "{text}"
+    );
+    assert_eq!(
+        t.serves().last().unwrap().cache,
+        Some(CacheOutcome::Miss),
+        "B starts cold"
+    );
+    node_b.stop().await;
+}
