@@ -199,7 +199,7 @@ impl Timeline {
     /// An SVG step chart of the served rendition's `BANDWIDTH` over time, one dot per `SERVE`
     /// (filled for cache hits), switches marked.
     pub fn render_svg(&self) -> String {
-        let (w, h, pad) = (900.0_f64, 360.0_f64, 60.0_f64);
+        let (w, h, pad, left) = (900.0_f64, 360.0_f64, 60.0_f64, 110.0_f64);
         let serves: Vec<_> = self.serves().collect();
         let t0 = serves.first().map(|r| r.ts_ms).unwrap_or(0);
         let t1 = serves.last().map(|r| r.ts_ms).unwrap_or(t0).max(t0 + 1);
@@ -208,7 +208,7 @@ impl Timeline {
         levels.sort_by_key(|t| t.bandwidth);
         levels.dedup_by(|a, b| a.name == b.name);
         let n = levels.len().max(1);
-        let x = |ts: i64| pad + (ts - t0) as f64 / (t1 - t0) as f64 * (w - 2.0 * pad);
+        let x = |ts: i64| left + (ts - t0) as f64 / (t1 - t0) as f64 * (w - left - pad);
         let y = |name: &str| {
             let i = levels.iter().position(|t| t.name == name).unwrap_or(0);
             if n == 1 {
@@ -231,7 +231,7 @@ impl Timeline {
         for t in &levels {
             let _ = writeln!(
                 s,
-                r##"<line x1="{pad}" x2="{}" y1="{y0}" y2="{y0}" stroke="#ddd"/><text x="4" y="{}">{} {}k</text>"##,
+                r##"<line x1="{left}" x2="{}" y1="{y0}" y2="{y0}" stroke="#ddd"/><text x="4" y="{}">{} {}k</text>"##,
                 w - pad,
                 y(&t.name) + 4.0,
                 xml(&t.name),
