@@ -4,9 +4,10 @@
 //! [`SessionMsg::Serve`]. The handler only records the request and spawns the work, so a slow
 //! object-store read never holds the session's mailbox: the spawned task reads through the
 //! node's [`SegmentCache`](crate::streaming::cache::SegmentCache), writes the `SERVE` record,
-//! answers, and only then starts read-ahead of segments k+1 ..= k+depth of the same rendition,
-//! each in its own task, bounded by the node's prefetch permits. Read-ahead goes through the
-//! same cache, so a prefetched segment is whole before anyone can read it.
+//! triggers read-ahead of segments k+1 ..= k+depth of the same rendition (each spawned in its
+//! own task, bounded by the node's prefetch permits, so triggering never waits) and answers.
+//! Read-ahead goes through the same cache, so a prefetched segment is whole before anyone can
+//! read it.
 //!
 //! The actor stops itself after `session_idle_seconds` without a request (memory stays bounded);
 //! a later request with the same id starts it again, cold (see `SessionSupervisor`).
@@ -156,15 +157,17 @@ impl Job {
             }
         }
         self.streaming.log.record(r);
-        let ok = res.is_ok();
-        let _ = reply.send(res);
-        if ok {
+        // Triggering read-ahead only spawns (or skips) it: microseconds, no I/O. Doing it before
+        // the answer makes "serving k logged PREFETCH_START for k+1" true by the time the
+        // player has segment k.
+        if res.is_ok() {
             let last =
                 (k + self.streaming.config.prefetch_depth).min(self.segments.saturating_sub(1));
             for j in k + 1..=last {
                 self.clone().prefetch(j);
             }
         }
+        let _ = reply.send(res);
     }
 
     /// Start read-ahead of segment `j` unless it is cached or being read (then log that), or

@@ -60,10 +60,17 @@ pub(super) fn routes(
         });
     // HEAD is answered like GET (hyper drops the body); OPTIONS is the CORS preflight.
     let get_or_head = || warp::get().or(warp::head()).unify();
-    let preflight = warp::options()
-        .and(warp::path("videos"))
+    // Rejects other methods as "not found", not 405: an unknown GET path stays a 404.
+    let preflight = warp::path("videos")
         .and(warp::path::tail())
-        .map(|_| preflight_response());
+        .and(warp::method())
+        .and_then(|_, m: warp::http::Method| async move {
+            if m == warp::http::Method::OPTIONS {
+                Ok(preflight_response())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
     let master = warp::path!("videos" / String / "master.m3u8")
         .and(get_or_head())
         .and(with_app.clone())

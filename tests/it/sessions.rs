@@ -642,6 +642,8 @@ async fn a_session_is_served_by_its_node_with_read_ahead_logs_and_http_semantics
     )
     .await;
     assert_eq!(r.status(), 404);
+    let r = get(&format!("{base}/videos/{id}/no/such/path/here"), &[]).await;
+    assert_eq!(r.status(), 404, "an unknown path is not a 405");
     let r = get(&format!("{sbase}/240p/00099.m4s"), &[]).await;
     assert_eq!(r.status(), 404);
     let r = get(&format!("{sbase}/999p/00000.m4s"), &[]).await;
