@@ -310,12 +310,61 @@ impl S3Location {
             region: pick(&settings.region, &["AWS_REGION", "AWS_DEFAULT_REGION"])
                 .unwrap_or_else(|| "us-east-1".into()),
             access_key_id,
-            secret_access_key: secret.map(Secret),
+            secret_access_key: secret.map(Secret::new),
             session_token: env
                 .get("AWS_SESSION_TOKEN")
                 .filter(|v| !v.is_empty())
                 .map(|v| Secret::new(v.clone())),
         })
+    }
+}
+
+/// Segment serving: the node-local cache and read-ahead (issue 4, seed rules 7 and 8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Byte budget of the node-local segment cache, MiB (2^20 bytes). Least recently used
+    /// objects are evicted beyond it; an object larger than the whole budget is served uncached.
+    pub cache_mib: u64,
+    /// Read-ahead depth, segments: after serving segment k, prefetch k+1 ..= k+depth of the
+    /// same rendition (seed rule 8 requires 1; 2 is allowed). 0 turns read-ahead off.
+    pub prefetch_depth: usize,
+    /// Prefetches running at once on this node; one more is skipped (and logged) rather than
+    /// queued, so read-ahead never piles up under load.
+    pub max_prefetches: usize,
+    /// A playback session without a request for this long is stopped, seconds.
+    pub session_idle_seconds: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            cache_mib: 512,
+            prefetch_depth: 1,
+            max_prefetches: 32,
+            session_idle_seconds: 300,
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// The cache budget in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        (self.cache_mib.saturating_mul(1024 * 1024)).min(usize::MAX as u64) as usize
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefetch_depth > 2 {
+            return Err(ConfigError::Invalid(
+                "streaming.prefetch_depth must be 0, 1 or 2".into(),
+            ));
+        }
+        if self.session_idle_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "streaming.session_idle_seconds must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -402,6 +451,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// How often the node re-checks which unfinished videos it owns.
     pub reconcile_every: Duration,
+    /// Segment cache and read-ahead.
+    pub streaming: StreamingConfig,
 }
 
 impl Config {
@@ -419,6 +470,7 @@ impl Config {
             limits: Limits::default(),
             cluster: None,
             reconcile_every: Duration::from_secs(10),
+            streaming: StreamingConfig::default(),
         }
     }
 
@@ -452,6 +504,7 @@ impl Config {
     /// Check what cannot work; called by `from_file` and by `run`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.processing.validate()?;
+        self.streaming.validate()?;
         if self.workers == 0 || self.workers > 64 {
             return Err(ConfigError::Invalid(
                 "workers must be between 1 and 64".into(),
@@ -539,6 +592,9 @@ pub struct ClusterFile {
     /// S3 connection settings, for `storage = "s3://bucket"`.
     #[serde(default)]
     pub s3: Option<S3Settings>,
+    /// Segment cache and read-ahead.
+    #[serde(default)]
+    pub streaming: StreamingConfig,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
@@ -640,6 +696,7 @@ impl ClusterFile {
                 fence_after: self.cluster.fence_after.max(1),
             }),
             reconcile_every: Duration::from_secs(self.cluster.reconcile_seconds.max(1)),
+            streaming: self.streaming,
         };
         config.validate()?;
         Ok(config)

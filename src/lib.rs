@@ -15,6 +15,8 @@
 //!   by `POST /upload` and resumable (tus) uploads.
 //! - [`model`]: the video record and lifecycle states that pass between the others.
 //! - [`config`]: `cluster.toml` and the typed per-node configuration.
+//! - [`streaming`]: playback sessions, the node-local segment cache, read-ahead and the
+//!   session timeline (`reel session`); see `docs/streaming.md`.
 //! - [`client`]: the `reel upload` and `reel status` commands.
 //!
 //! # Glossary
@@ -28,7 +30,8 @@
 //!   (`init.mp4`) precedes them. A **media playlist** lists a rendition's segments; the
 //!   **multivariant playlist** (`master.m3u8`) lists the **variant streams**.
 //! - **job**: the processing of one video; **task**: one rendition of it, run by a worker.
-//! - **session**: one player's playback (a later issue).
+//! - **session**: one player's playback, from its multivariant playlist request on; its id
+//!   (`{home_node}-{16 hex}`) names the node that serves it.
 
 pub mod actors;
 pub mod client;
@@ -39,6 +42,7 @@ pub mod ingest;
 pub mod media;
 pub mod model;
 pub mod storage;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +101,8 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
         ),
         None => cluster::Cluster::single(&config.node_id, config.listen),
     };
+    let playback = storage::playback::PlaybackLog::open(&config.data_dir)
+        .map_err(|e| setup("playback log", &e))?;
     let ctx = NodeContext {
         node_id: config.node_id.clone(),
         storage,
@@ -106,7 +112,10 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
         cluster: view,
         reconcile_every: config.reconcile_every,
         limits: config.limits.clone(),
+        streaming: streaming::Streaming::new(&config.node_id, config.streaming.clone(), playback),
     };
+    // Playback sessions follow the same view of the cluster as everything else.
+    ctx.streaming.set_cluster(Arc::new(ctx.cluster.clone()));
     Node::start(ctx, config.workers, config.cluster.clone())
         .await
         .map_err(|e| RunError::Node(e.to_string()))

@@ -63,6 +63,18 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Print a playback session's timeline and the rendition switches its logs prove.
+    Session {
+        /// The session id (`{node}-{16 hex}`, from `x-reel-session` or the playlist URIs).
+        session_id: String,
+        /// A node data directory whose playback log to read; repeat it for every node the
+        /// session may have moved to.
+        #[arg(long = "data-dir", default_value = "./reel-data")]
+        data_dirs: Vec<PathBuf>,
+        /// Also write an SVG chart of rendition over time to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Show a video's state.
     Status {
         /// The video id.
@@ -178,6 +190,11 @@ async fn main() -> ExitCode {
             };
             print_status(&v, v["duplicate"].as_bool() == Some(true))
         }
+        Command::Session {
+            session_id,
+            data_dirs,
+            svg,
+        } => session_timeline(&session_id, &data_dirs, svg.as_deref()),
         Command::Status {
             video_id,
             server,
@@ -268,6 +285,36 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
         eprintln!("stopped {id}");
     }
     code
+}
+
+/// `reel session`: print a session's timeline from the playback logs (and an SVG chart).
+fn session_timeline(
+    session_id: &str,
+    data_dirs: &[PathBuf],
+    svg: Option<&std::path::Path>,
+) -> ExitCode {
+    let t = match reel::streaming::timeline::Timeline::load(data_dirs, session_id) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if t.records.is_empty() {
+        eprintln!(
+            "error: no records of session {session_id} in the playback logs of {data_dirs:?}"
+        );
+        return ExitCode::FAILURE;
+    }
+    print!("{}", t.render_text());
+    if let Some(path) = svg {
+        if let Err(e) = std::fs::write(path, t.render_svg()) {
+            eprintln!("error: cannot write {path:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("chart written to {}", path.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn print_status(v: &serde_json::Value, duplicate: bool) -> ExitCode {

@@ -903,7 +903,7 @@ mod tests {
     use crate::actors::NodeContext;
     use crate::config::{ProcessingConfig, RungConfig, StorageLocation};
     use crate::model::VideoRecord;
-    use crate::storage::events::EventLog;
+
     use crate::storage::Storage;
 
     /// Forwards every message it gets to a channel.
@@ -978,15 +978,14 @@ mod tests {
             ..Default::default()
         };
         tune(&mut processing);
+        let scratch = tempfile::tempdir().unwrap().keep();
         let ctx = Arc::new(NodeContext {
-            node_id: "n".into(),
-            storage: Storage::open(&StorageLocation::Memory).unwrap(),
-            events: EventLog::in_memory("n"),
             processing,
-            scratch_dir: std::env::temp_dir(),
-            cluster: crate::cluster::Cluster::single("n", "127.0.0.1:1".parse().unwrap()),
-            reconcile_every: Duration::from_secs(10),
-            limits: crate::config::Limits::default(),
+            ..NodeContext::for_tests(
+                "n",
+                Storage::open(&StorageLocation::Memory).unwrap(),
+                &scratch,
+            )
         });
         let id = "0123456789abcdef0123456789abcdef";
         let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);

@@ -10,6 +10,12 @@
 //!  ├─ UploadSupervisor              (upload_supervisor.rs) one UploadActor per resumable upload
 //!  │   └─ UploadActor               (upload.rs) owns uploads/{id}/info.json; serialises PATCHes;
 //!  │                                 completes the upload through `ingest::accept`
+//!  ├─ SessionSupervisor             (session_supervisor.rs) one SessionActor per playback session
+//!  │   │                             served here; forgets a stopped or crashed one (the next
+//!  │   │                             request reopens it cold)
+//!  │   └─ SessionActor              (session.rs) serves the session's requests through the
+//!  │                                 node's SegmentCache, logs them, starts read-ahead; stops
+//!  │                                 when idle
 //!  └─ VideoSupervisor               (video_supervisor.rs) one VideoActor per active video;
 //!      │                             restarts a crashed VideoActor; recovers videos at start
 //!      └─ VideoActor                (video.rs) lifecycle state machine, owner of record.json;
@@ -18,6 +24,10 @@
 //!                                    reclaim stuck tasks, finalize (multivariant playlist last)
 //! ```
 //!
+//! The node's segment cache is deliberately not an actor: it is a plain shared struct
+//! (`streaming::cache::SegmentCache`, reached through `NodeContext::streaming`) so a cache hit
+//! never waits in a mailbox; only the session's own actor sits on the request path.
+//!
 //! Messages here are local-only: with ractor's `cluster` feature each message type implements
 //! [`ractor::Message`] with its default (non-serialising) methods.
 
@@ -25,6 +35,8 @@ pub mod gateway;
 pub mod job;
 pub mod membership;
 pub mod node;
+pub mod session;
+pub mod session_supervisor;
 pub mod transcode_worker;
 pub mod upload;
 pub mod upload_supervisor;
@@ -64,12 +76,33 @@ pub struct NodeContext {
     pub reconcile_every: std::time::Duration,
     /// Input limits (upload size, upload expiry).
     pub limits: Limits,
+    /// Segment serving: cache, read-ahead permits, playback log, cluster view.
+    pub streaming: crate::streaming::Streaming,
 }
 
 /// Shared context handle.
 pub type Ctx = Arc<NodeContext>;
 
 impl NodeContext {
+    /// A context with defaults, for tests and examples that run actors without a whole node:
+    /// in-memory event log, default processing and limits, a one-node cluster view, streaming
+    /// with its playback log under `scratch_dir`. Override fields with struct-update syntax.
+    pub fn for_tests(node_id: &str, storage: Storage, scratch_dir: &std::path::Path) -> Self {
+        let log = crate::storage::playback::PlaybackLog::open(scratch_dir)
+            .expect("playback log in scratch dir");
+        Self {
+            node_id: node_id.to_string(),
+            storage,
+            events: EventLog::in_memory(node_id),
+            processing: ProcessingConfig::default(),
+            scratch_dir: scratch_dir.to_path_buf(),
+            cluster: Cluster::single(node_id, std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            reconcile_every: std::time::Duration::from_secs(10),
+            limits: Limits::default(),
+            streaming: crate::streaming::Streaming::new(node_id, Default::default(), log),
+        }
+    }
+
     /// The registry name of an actor of this node: `{node}/{what}`. Names are unique per process,
     /// so the node id keeps two in-process nodes (tests) apart.
     pub fn name(&self, what: &str) -> String {

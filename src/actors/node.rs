@@ -3,9 +3,9 @@
 //!
 //! The node supervisor starts, in order: the `WorkerPool`, the `VideoSupervisor` (its jobs need
 //! the pool), the `UploadSupervisor` (completed uploads need the video supervisor), the
-//! `Gateway` (it routes to the pool and the video supervisor), and on a cluster the
-//! ractor_cluster `NodeServer` and the `Membership` actor that dials peers and keeps the ring.
-//! They are infrastructure that holds references to each
+//! `SessionSupervisor` (playback sessions), the `Gateway` (it routes to the pool and the video
+//! supervisor), and on a cluster the ractor_cluster `NodeServer` and the `Membership` actor that
+//! dials peers and keeps the ring. They are infrastructure that holds references to each
 //! other, so they are not restarted in place: if one fails, the node supervisor stops, [`Node`]'s
 //! `stopped` future completes, and `reel serve` exits non-zero. A process supervisor (systemd,
 //! Docker, Kubernetes) restarts it, and the new node recovers every unfinished video from the
@@ -17,6 +17,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use crate::actors::gateway::{Gateway, GatewayArgs, GatewayMsg};
 use crate::actors::membership::{Membership, MembershipArgs};
+use crate::actors::session_supervisor::{
+    SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg,
+};
 use crate::actors::upload_supervisor::{
     sweep_interval, UploadSupervisor, UploadSupervisorArgs, UploadSupervisorMsg,
 };
@@ -50,6 +53,8 @@ pub struct NodeRefs {
     pub gateway: ActorRef<GatewayMsg>,
     /// The resumable upload supervisor.
     pub uploads: ActorRef<UploadSupervisorMsg>,
+    /// The session supervisor.
+    pub sessions: ActorRef<SessionSupervisorMsg>,
 }
 
 /// Messages.
@@ -100,6 +105,16 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
+        let (sessions, _) = Actor::spawn_linked(
+            Some(args.ctx.name("sessions")),
+            SessionSupervisor,
+            SessionSupervisorArgs {
+                ctx: args.ctx.clone(),
+                streaming: args.ctx.streaming.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         let (gateway, _) = Actor::spawn_linked(
             Some(args.ctx.name("gateway")),
             Gateway,
@@ -140,6 +155,7 @@ impl Actor for NodeSupervisor {
             videos,
             gateway,
             uploads,
+            sessions,
         })
     }
 

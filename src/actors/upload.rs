@@ -472,7 +472,7 @@ mod tests {
 
     use super::*;
     use crate::actors::NodeContext;
-    use crate::config::{Limits, ProcessingConfig, StorageLocation};
+    use crate::config::StorageLocation;
     use crate::storage::events::EventLog;
     use crate::storage::Storage;
 
@@ -545,14 +545,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&StorageLocation::Memory).unwrap();
         let ctx = Arc::new(NodeContext {
-            node_id: "u1".into(),
-            storage: storage.clone(),
             events: EventLog::open(&dir.path().join("e.sqlite"), "u1").unwrap(),
-            processing: ProcessingConfig::default(),
-            scratch_dir: dir.path().into(),
-            limits: Limits::default(),
-            cluster: crate::cluster::Cluster::single("u1", "127.0.0.1:1".parse().unwrap()),
-            reconcile_every: std::time::Duration::from_secs(10),
+            ..NodeContext::for_tests("u1", storage.clone(), dir.path())
         });
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (probe, _) = Actor::spawn(None, Probe, seen.clone()).await.unwrap();

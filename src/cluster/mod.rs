@@ -256,6 +256,20 @@ impl Cluster {
     }
 }
 
+/// Playback sessions route through this view (seed rule 7): a session stays on its home while
+/// the home is live; when it is not, the ring's live owner of `session:{id}` takes it over.
+impl crate::streaming::session::ClusterView for Cluster {
+    fn is_live(&self, node: &str) -> bool {
+        Cluster::is_live(self, node)
+    }
+    fn owner(&self, key: &str) -> Option<String> {
+        Some(self.home(key))
+    }
+    fn http_base(&self, node: &str) -> Option<String> {
+        self.http_of(node).map(|a| format!("http://{a}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

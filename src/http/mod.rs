@@ -15,6 +15,7 @@
 //! | GET | `/videos/{id}/events` | the video's event log on this node, oldest first |
 //! | GET | `/videos/{id}/master.m3u8` | multivariant playlist (`409` until ready) |
 //! | GET | `/videos/{id}/{rendition}/index.m3u8`, `init.mp4`, `NNNNN.m4s` | media playlist, init segment, segments |
+//! | GET | `/videos/{id}/s/{session}/{rendition}/...` | the same files within a playback session (`docs/streaming.md`) |
 
 pub mod proxy;
 mod stream;
@@ -24,7 +25,7 @@ mod videos;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -42,33 +43,14 @@ pub struct App {
     pub node: Node,
     /// The node's configuration.
     pub config: Arc<Config>,
-    /// Ids known to be ready (a fact that never changes), so serving a segment does not read
-    /// the record each time. Bounded.
-    ready: Arc<Mutex<lru::LruCache<String, ()>>>,
 }
 
 impl App {
-    /// Build the handler state.
+    /// Build the handler state. (Ready videos are remembered by the node's
+    /// [`Streaming`](crate::streaming::Streaming) catalog, so serving a segment does not read the
+    /// record each time.)
     pub fn new(node: Node, config: Arc<Config>) -> Self {
-        let cap = std::num::NonZeroUsize::new(100_000).expect("non-zero");
-        Self {
-            node,
-            config,
-            ready: Arc::new(Mutex::new(lru::LruCache::new(cap))),
-        }
-    }
-
-    fn is_known_ready(&self, id: &str) -> bool {
-        self.ready
-            .lock()
-            .map(|mut c| c.get(id).is_some())
-            .unwrap_or(false)
-    }
-
-    fn remember_ready(&self, id: &str) {
-        if let Ok(mut c) = self.ready.lock() {
-            c.put(id.to_string(), ());
-        }
+        Self { node, config }
     }
 }
 

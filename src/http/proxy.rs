@@ -47,13 +47,24 @@ pub fn target(app: &App, headers: &HeaderMap, home: &str) -> Option<String> {
         .then(|| home.to_string())
 }
 
-/// Forward a request to `node` and stream its answer back.
+/// The HTTP base (`http://host:port`) of `node` in this node's cluster view.
+pub fn base_of(app: &App, node: &str) -> Option<String> {
+    app.node
+        .ctx
+        .cluster
+        .http_of(node)
+        .map(|a| format!("http://{a}"))
+}
+
+/// Forward a request to `node`, reachable at `base` (`http://host:port`), and send its answer
+/// back.
 ///
 /// `path_and_query` is the request's path with its query string. Errors: the node cannot be
 /// reached (`503`, so a client may retry; by then the ring may have moved the key).
 pub async fn forward<S>(
     app: &App,
     node: &str,
+    base: Option<String>,
     method: Method,
     path_and_query: &str,
     headers: &HeaderMap,
@@ -62,13 +73,9 @@ pub async fn forward<S>(
 where
     S: Stream<Item = Result<Bytes, warp::Error>> + Send + 'static,
 {
-    let addr = app
-        .node
-        .ctx
-        .cluster
-        .http_of(node)
-        .ok_or_else(|| ApiError::Unavailable(format!("node {node} has no known address")))?;
-    let url = format!("http://{addr}{path_and_query}");
+    let base =
+        base.ok_or_else(|| ApiError::Unavailable(format!("node {node} has no known address")))?;
+    let url = format!("{base}{path_and_query}");
     let mut req = proxy_client()
         .request(method, url)
         .header(FORWARDED_BY, app.node.ctx.cluster.self_id());

@@ -1,55 +1,149 @@
 //! Streaming: the multivariant playlist, media playlists, init segments and segments of ready
-//! videos (seed: "streaming is possible only after processing completes").
+//! videos (seed: "streaming is possible only after processing completes"), with playback
+//! sessions (seed rule 7; see `docs/streaming.md`).
+//!
+//! | path | what |
+//! |---|---|
+//! | `/videos/{id}/master.m3u8` | starts a session; variant URIs rewritten to `s/{session}/...` |
+//! | `/videos/{id}/s/{session}/{rendition}/{file}` | the session's requests: its `SessionActor` serves them (cache, read-ahead, log) |
+//! | `/videos/{id}/{rendition}/{file}` | session-less access (tools, tests): through the cache, no log, no read-ahead |
 //!
 //! Content types follow RFC 8216 section 4 (`application/vnd.apple.mpegurl`) and CMAF
 //! (`video/mp4` for init and media segments). Segments and init segments are immutable once a
-//! video is ready: long `Cache-Control` and the store's `ETag`. Playlists get a short lifetime.
+//! video is ready: long `Cache-Control`, the store's `ETag` (`If-None-Match` gives `304`) and
+//! single byte ranges (`206`, `416`; RFC 9110 section 14). Playlists get a short lifetime.
+//! Every response allows any origin (CORS), so players on other origins (hls.js) can fetch.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::json;
+use ractor::ActorRef;
 use warp::http::{header, HeaderValue, Response, StatusCode};
 use warp::{Filter, Rejection};
 
+use crate::actors::session::{Served, SessionMsg};
+use crate::actors::session_supervisor::{session_actor_name, OpenReason, SessionSupervisorMsg};
 use crate::http::videos::{checked_id, record};
-use crate::http::{json_response, respond, ApiError, App};
+use crate::http::{proxy, respond, ApiError, App};
 use crate::model::VideoState;
 use crate::storage::keys::{self, RenditionFile};
+use crate::storage::Object;
+use crate::streaming::playlist::rewrite_multivariant;
+use crate::streaming::session::{route_session, SessionId, SessionRoute};
+use crate::streaming::VideoInfo;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const PLAYLIST_CACHE: &str = "public, max-age=10";
+/// The multivariant playlist creates a session: a shared cache must not hand one session's
+/// playlist to another player.
+const MULTIVARIANT_CACHE: &str = "private, no-store";
 const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
+/// How long a request waits for its session actor.
+const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Request headers that change the answer.
+#[derive(Debug, Default, Clone)]
+struct Conditions {
+    range: Option<String>,
+    if_none_match: Option<String>,
+}
 
 pub(super) fn routes(
     with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,
 ) -> impl Filter<Extract = (Response<Bytes>,), Error = Rejection> + Clone {
+    let conditions = warp::header::optional::<String>("range")
+        .and(warp::header::optional::<String>("if-none-match"))
+        .map(|range, if_none_match| Conditions {
+            range,
+            if_none_match,
+        });
+    // HEAD is answered like GET (hyper drops the body); OPTIONS is the CORS preflight.
+    let get_or_head = || warp::get().or(warp::head()).unify();
+    // Rejects other methods as "not found", not 405: an unknown GET path stays a 404.
+    let preflight = warp::path("videos")
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and_then(|_, m: warp::http::Method| async move {
+            if m == warp::http::Method::OPTIONS {
+                Ok(preflight_response())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
     let master = warp::path!("videos" / String / "master.m3u8")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app.clone())
         .and_then(|id: String, app: App| async move { respond(multivariant(app, id).await) });
+    let session_file =
+        warp::path!("videos" / String / "s" / String / String / String)
+            .and(get_or_head())
+            .and(conditions)
+            .and(with_app.clone())
+            .and(warp::header::headers_cloned())
+            .and_then(
+                |id: String,
+                 session: String,
+                 rendition: String,
+                 file: String,
+                 c,
+                 app: App,
+                 headers| async move {
+                    respond(session_file(app, id, session, rendition, file, c, headers).await)
+                },
+            );
     let file = warp::path!("videos" / String / String / String)
-        .and(warp::get())
+        .and(get_or_head())
+        .and(conditions)
         .and(with_app)
         .and_then(
-            |id: String, rendition: String, file: String, app: App| async move {
-                respond(rendition_file(app, id, rendition, file).await)
+            |id: String, rendition: String, file: String, c, app: App| async move {
+                respond(rendition_file(app, id, rendition, file, c).await)
             },
         );
-    master.or(file).unify()
+    master
+        .or(session_file)
+        .unify()
+        .or(file)
+        .unify()
+        .or(preflight)
+        .unify()
 }
 
-/// Ensure the video is ready; `409` with its state otherwise, `404` when unknown.
-async fn ensure_ready(app: &App, id: &str) -> Result<(), ApiError> {
+/// `OPTIONS /videos/...`: the CORS preflight a cross-origin player sends before a request with
+/// headers outside the safelist (a multi-range `Range`, `If-None-Match`).
+fn preflight_response() -> Response<Bytes> {
+    let mut r = base_response(Bytes::new(), "text/plain", "public, max-age=86400");
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Range, If-None-Match"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+/// The renditions of a ready video; `409` with its state otherwise, `404` when unknown.
+async fn ready_video(app: &App, id: &str) -> Result<std::sync::Arc<VideoInfo>, ApiError> {
     checked_id(id)?;
-    if app.is_known_ready(id) {
-        return Ok(());
+    let streaming = &app.node.ctx.streaming;
+    if let Some(v) = streaming.video(id) {
+        return Ok(v);
     }
     let r = record(app, id).await?;
     match r.state {
         VideoState::Ready => {
-            app.remember_ready(id);
-            Ok(())
+            let info = VideoInfo::from_record(&r)
+                .ok_or_else(|| ApiError::NotFound(format!("video {id} has no renditions")))?;
+            Ok(streaming.remember_video(info))
         }
         VideoState::Failed => Err(ApiError::NotReady(format!(
             "video {id} failed and will not stream: {}",
@@ -62,72 +156,243 @@ async fn ensure_ready(app: &App, id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn object_response(
-    bytes: Bytes,
-    content_type: &'static str,
-    cache: &'static str,
-    etag: Option<String>,
-) -> Response<Bytes> {
-    let mut r = Response::new(bytes);
+fn quoted(tag: &str) -> String {
+    if tag.starts_with('"') || tag.starts_with("W/") {
+        tag.to_string()
+    } else {
+        format!("\"{tag}\"")
+    }
+}
+
+fn base_response(body: Bytes, content_type: &'static str, cache: &'static str) -> Response<Bytes> {
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    if let Some(v) = etag
-        .map(|t| {
-            if t.starts_with('"') {
-                t
-            } else {
-                format!("\"{t}\"")
-            }
-        })
-        .and_then(|t| HeaderValue::from_str(&t).ok())
-    {
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, ETag"),
+    );
+    r
+}
+
+/// The response for a whole stored object, honouring `If-None-Match` and a single `Range`.
+fn object_response(
+    obj: Object,
+    content_type: &'static str,
+    cache: &'static str,
+    c: &Conditions,
+) -> Response<Bytes> {
+    let etag = obj.e_tag.as_deref().map(quoted);
+    let len = obj.bytes.len() as u64;
+    let not_modified = match (&etag, &c.if_none_match) {
+        (Some(tag), Some(inm)) => inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"),
+        _ => false,
+    };
+    let mut r = if not_modified {
+        let mut r = base_response(Bytes::new(), content_type, cache);
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        match c
+            .range
+            .as_deref()
+            .map(http_range_header::parse_range_header)
+        {
+            // A malformed Range header is ignored (RFC 9110 section 14.2): the whole object.
+            None | Some(Err(_)) => base_response(obj.bytes, content_type, cache),
+            Some(Ok(parsed)) => match parsed.validate(len) {
+                Ok(ranges) if ranges.len() == 1 => {
+                    let (start, end) = (*ranges[0].start(), *ranges[0].end());
+                    let body = obj.bytes.slice(start as usize..=end as usize);
+                    let mut r = base_response(body, content_type, cache);
+                    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                        r.headers_mut().insert(header::CONTENT_RANGE, v);
+                    }
+                    r
+                }
+                // Several ranges: the whole object is a valid answer (RFC 9110 section 14.2).
+                Ok(_) => base_response(obj.bytes, content_type, cache),
+                Err(_) => {
+                    let mut r = base_response(Bytes::new(), content_type, cache);
+                    *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                        r.headers_mut().insert(header::CONTENT_RANGE, v);
+                    }
+                    r
+                }
+            },
+        }
+    };
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(v) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
         h.insert(header::ETAG, v);
     }
     r
 }
 
-async fn multivariant(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
-    ensure_ready(&app, &id).await?;
-    let obj = app
-        .node
-        .ctx
-        .storage
-        .get(&keys::multivariant(&id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("video {id} has no multivariant playlist")))?;
-    Ok(object_response(
-        obj.bytes,
-        PLAYLIST_TYPE,
-        PLAYLIST_CACHE,
-        obj.e_tag,
-    ))
+fn type_and_cache(kind: RenditionFile) -> (&'static str, &'static str) {
+    match kind {
+        RenditionFile::MediaPlaylist => (PLAYLIST_TYPE, PLAYLIST_CACHE),
+        RenditionFile::Init | RenditionFile::Segment(_) => ("video/mp4", SEGMENT_CACHE),
+    }
 }
 
+/// `GET /videos/{id}/master.m3u8`: start a session on this node and answer the multivariant
+/// playlist with its variant URIs under `s/{session}/`.
+async fn multivariant(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
+    let video = ready_video(&app, &id).await?;
+    let ctx = &app.node.ctx;
+    let session = SessionId::new(&ctx.node_id);
+    open_session(&app, &session, video, OpenReason::New).await?;
+    let (obj, _) = ctx
+        .streaming
+        .cache
+        .get(&ctx.storage, &keys::multivariant(&id))
+        .await?;
+    let obj =
+        obj.ok_or_else(|| ApiError::NotFound(format!("video {id} has no multivariant playlist")))?;
+    let body = rewrite_multivariant(&obj.bytes, &session.to_string()).map_err(|e| {
+        ApiError::Storage(crate::storage::StorageError::Corrupt {
+            key: keys::multivariant(&id),
+            message: e,
+        })
+    })?;
+    let mut r = base_response(Bytes::from(body), PLAYLIST_TYPE, MULTIVARIANT_CACHE);
+    if let Ok(v) = HeaderValue::from_str(&session.to_string()) {
+        r.headers_mut().insert("x-reel-session", v);
+    }
+    Ok(r)
+}
+
+async fn open_session(
+    app: &App,
+    session: &SessionId,
+    video: std::sync::Arc<VideoInfo>,
+    reason: OpenReason,
+) -> Result<ActorRef<SessionMsg>, ApiError> {
+    let sessions = &app.node.refs.sessions;
+    ractor::call_t!(
+        sessions,
+        |reply| SessionSupervisorMsg::Open {
+            session: session.clone(),
+            video,
+            reason,
+            reply,
+        },
+        SESSION_CALL_TIMEOUT.as_millis() as u64
+    )
+    .map_err(|e| ApiError::Unavailable(format!("session supervisor: {e}")))?
+    .map_err(ApiError::NotFound)
+}
+
+/// `GET /videos/{id}/s/{session}/{rendition}/{file}`: a request of a session, served by the
+/// session's actor on the node [`route_session`] names.
+async fn session_file(
+    app: App,
+    id: String,
+    session: String,
+    rendition: String,
+    file: String,
+    c: Conditions,
+    headers: warp::http::HeaderMap,
+) -> Result<Response<Bytes>, ApiError> {
+    let sid = SessionId::parse(&session).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no session {session:?}: session ids look like {{node}}-{{16 hex digits}}; \
+             start one with GET /videos/{{id}}/master.m3u8"
+        ))
+    })?;
+    let kind = keys::parse_rendition_file(&file)
+        .filter(|_| keys::valid_rendition_name(&rendition))
+        .ok_or_else(|| ApiError::NotFound(format!("no file {rendition}/{file}")))?;
+    let video = ready_video(&app, &id).await?;
+    if !video.renditions.contains_key(&rendition) {
+        return Err(ApiError::NotFound(format!(
+            "video {id} has no rendition {rendition}"
+        )));
+    }
+    let ctx = &app.node.ctx;
+    // A request another node forwarded is served here: that node already routed it (so two
+    // nodes that briefly disagree about the ring never bounce it).
+    let route = if proxy::was_forwarded(&headers) {
+        if sid.home() == ctx.node_id {
+            SessionRoute::Local
+        } else {
+            SessionRoute::TakeOver {
+                from: sid.home().to_string(),
+            }
+        }
+    } else {
+        route_session(&sid, &ctx.node_id, &*ctx.streaming.cluster())
+    };
+    let reason = match route {
+        SessionRoute::Local => OpenReason::Resumed,
+        SessionRoute::TakeOver { from } => OpenReason::TakeOver { from },
+        SessionRoute::Remote { node } => {
+            // Proxied, not redirected: the player stays on the node (or load balancer) it
+            // chose, so when the session's node dies its next request still lands somewhere
+            // alive, which takes the session over (seed rule 7).
+            let path = format!("/videos/{id}/s/{sid}/{rendition}/{file}");
+            let base = ctx.streaming.cluster().http_base(&node);
+            return proxy::forward(
+                &app,
+                &node,
+                base,
+                warp::http::Method::GET,
+                &path,
+                &headers,
+                proxy::empty_body(),
+            )
+            .await;
+        }
+    };
+    let actor = match ractor::registry::where_is(session_actor_name(ctx, &sid.to_string())) {
+        Some(cell) => ActorRef::<SessionMsg>::from(cell),
+        None => open_session(&app, &sid, video, reason).await?,
+    };
+    let served: Served = ractor::call_t!(
+        actor,
+        |reply| SessionMsg::Serve {
+            video_id: id.clone(),
+            rendition,
+            file: kind,
+            reply,
+        },
+        SESSION_CALL_TIMEOUT.as_millis() as u64
+    )
+    .map_err(|e| ApiError::Unavailable(format!("session {sid}: {e}")))??;
+    let (ctype, cache) = type_and_cache(kind);
+    Ok(object_response(served.object, ctype, cache, &c))
+}
+
+/// `GET /videos/{id}/{rendition}/{file}` without a session: through the node's cache, with no
+/// playback log and no read-ahead.
 async fn rendition_file(
     app: App,
     id: String,
     rendition: String,
     file: String,
+    c: Conditions,
 ) -> Result<Response<Bytes>, ApiError> {
-    let kind = keys::parse_rendition_file(&file);
-    if !keys::valid_rendition_name(&rendition) || kind.is_none() {
-        return Ok(json_response(
-            StatusCode::NOT_FOUND,
-            &json!({ "error": format!("no file {rendition}/{file}") }),
-        ));
-    }
-    ensure_ready(&app, &id).await?;
-    let obj = app
-        .node
-        .ctx
-        .storage
-        .get(&keys::rendition_file(&id, &rendition, &file))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("video {id} has no {rendition}/{file}")))?;
-    let (ctype, cache) = match kind {
-        Some(RenditionFile::MediaPlaylist) => (PLAYLIST_TYPE, PLAYLIST_CACHE),
-        _ => ("video/mp4", SEGMENT_CACHE),
-    };
-    Ok(object_response(obj.bytes, ctype, cache, obj.e_tag))
+    let kind = keys::parse_rendition_file(&file)
+        .filter(|_| keys::valid_rendition_name(&rendition))
+        .ok_or_else(|| ApiError::NotFound(format!("no file {rendition}/{file}")))?;
+    ready_video(&app, &id).await?;
+    let ctx = &app.node.ctx;
+    let (obj, _) = ctx
+        .streaming
+        .cache
+        .get(&ctx.storage, &keys::rendition_file(&id, &rendition, &file))
+        .await?;
+    let obj =
+        obj.ok_or_else(|| ApiError::NotFound(format!("video {id} has no {rendition}/{file}")))?;
+    let (ctype, cache) = type_and_cache(kind);
+    Ok(object_response(obj, ctype, cache, &c))
 }

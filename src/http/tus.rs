@@ -139,8 +139,9 @@ pub(super) fn routes(
                 } else {
                     format!("{}?{query}", full.as_str())
                 };
+                let base = proxy::base_of(&app, &node);
                 tus_respond(
-                    proxy::forward(&app, &node, method, &target, &headers, boxed(body)).await,
+                    proxy::forward(&app, &node, base, method, &target, &headers, boxed(body)).await,
                 )
             },
         );

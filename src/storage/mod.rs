@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod events;
 pub mod keys;
+pub mod playback;
 pub mod uploads;
 
 use std::path::{Path, PathBuf};

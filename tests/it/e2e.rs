@@ -30,9 +30,11 @@ pub(crate) async fn upload_and_play_with(
         .await
         .expect("ffmpeg plays the multivariant playlist");
     let variants = variants(&master).await;
+    // Variant URIs sit under the session path (`s/{session}/240p/index.m3u8`): the rendition is
+    // the directory holding the media playlist.
     let names: Vec<_> = variants
         .iter()
-        .map(|v| v.uri.split('/').next().unwrap().to_string())
+        .map(|v| v.uri.rsplit('/').nth(1).unwrap().to_string())
         .collect();
     let want: Vec<_> = expect.iter().map(|e| e.0.to_string()).collect();
     assert_eq!(names, want, "variant streams, highest bandwidth first");

@@ -42,7 +42,7 @@ fn ffmpeg(args: &[&str]) {
 
 /// Make (once) and return a clip. `kind`: `av` 320x240 6 s with audio, `video` the same without
 /// audio, `long` 640x360 30 s with audio (slow enough to crash mid-task), `audio` audio only,
-/// `truncated` an MP4 with `moov` first cut in half, `text`, `random`.
+/// `abr` 640x360 60 s of noisy testsrc2 without audio (player tests), `truncated` an MP4 with `moov` first cut in half, `text`, `random`.
 pub fn clip(kind: &str) -> PathBuf {
     let path = fixtures().join(format!("{kind}.bin"));
     if path.exists() {
@@ -102,6 +102,23 @@ pub fn clip(kind: &str) -> PathBuf {
             "-c:a",
             "aac",
             "-shortest",
+            t,
+        ]),
+        "abr" => ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            // Noise keeps every rendition near its target bitrate, so the ladder's bitrates
+            // stay well apart (what a player's ABR logic needs to tell them apart).
+            "testsrc2=size=640x360:rate=25,noise=alls=12:allf=t",
+            "-t",
+            "60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "3M",
             t,
         ]),
         "audio" => ffmpeg(&[

@@ -9,6 +9,8 @@ mod crash;
 mod e2e;
 mod fencing;
 mod helpers;
+mod players;
 mod restart;
 mod s3;
+mod sessions;
 mod tus;

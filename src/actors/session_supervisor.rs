@@ -1,0 +1,194 @@
+//! `SessionSupervisor`: starts and watches the node's `SessionActor`s (one per playback
+//! session served here).
+//!
+//! Sessions are cheap and hold no durable state, so a session that crashes or stops when idle is
+//! not restarted in place: the supervisor forgets it, and the next request with its id opens it
+//! again (cold; logged as `SESSION_REASSIGNED` with the reason). Opening is idempotent: two
+//! requests racing to open one session get the same actor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
+
+use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
+use crate::actors::Ctx;
+use crate::storage::playback::{PlaybackEvent, PlaybackRecord};
+use crate::streaming::session::SessionId;
+use crate::streaming::{Streaming, VideoInfo};
+
+/// The actor.
+pub struct SessionSupervisor;
+
+/// Startup arguments.
+pub struct SessionSupervisorArgs {
+    /// Node context.
+    pub ctx: Ctx,
+    /// Node-wide streaming services handed to every session.
+    pub streaming: Streaming,
+}
+
+/// Why a session is being opened on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenReason {
+    /// A multivariant playlist request created it here.
+    New,
+    /// Its home node `from` is dead and the ring chose this node (seed rule 7 fallback).
+    TakeOver {
+        /// The dead home node.
+        from: String,
+    },
+    /// Its id names this node but no actor runs for it (it expired when idle, or this node
+    /// restarted): it starts again, cold.
+    Resumed,
+}
+
+/// Messages.
+pub enum SessionSupervisorMsg {
+    /// The session's actor, started if needed. Errors: it plays another video, or cannot start.
+    Open {
+        /// The session.
+        session: SessionId,
+        /// The video it plays.
+        video: Arc<VideoInfo>,
+        /// Why it is opened (logged when it starts).
+        reason: OpenReason,
+        /// The actor.
+        reply: RpcReplyPort<Result<ActorRef<SessionMsg>, String>>,
+    },
+    /// Number of running sessions.
+    Count(RpcReplyPort<usize>),
+}
+impl ractor::Message for SessionSupervisorMsg {}
+
+/// Running sessions by id, with the video each plays.
+pub struct SessionSupervisorState {
+    args: SessionSupervisorArgs,
+    sessions: HashMap<String, (ActorRef<SessionMsg>, String)>,
+}
+
+/// The registry name of a session's actor on node `ctx`.
+pub fn session_actor_name(ctx: &Ctx, session: &str) -> String {
+    ctx.name(&format!("session/{session}"))
+}
+
+impl Actor for SessionSupervisor {
+    type Msg = SessionSupervisorMsg;
+    type State = SessionSupervisorState;
+    type Arguments = SessionSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SessionSupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SessionSupervisorState {
+            args,
+            sessions: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionSupervisorMsg::Count(reply) => {
+                let _ = reply.send(state.sessions.len());
+            }
+            SessionSupervisorMsg::Open {
+                session,
+                video,
+                reason,
+                reply,
+            } => {
+                let id = session.to_string();
+                if let Some((actor, vid)) = state.sessions.get(&id) {
+                    if actor.get_status() == ActorStatus::Running {
+                        let res = if *vid == video.video_id {
+                            Ok(actor.clone())
+                        } else {
+                            Err(format!(
+                                "session {id} plays video {vid}, not {}",
+                                video.video_id
+                            ))
+                        };
+                        let _ = reply.send(res);
+                        return Ok(());
+                    }
+                    state.sessions.remove(&id);
+                }
+                let ctx = &state.args.ctx;
+                let spawned = Actor::spawn_linked(
+                    Some(session_actor_name(ctx, &id)),
+                    SessionActor,
+                    SessionArgs {
+                        ctx: ctx.clone(),
+                        streaming: state.args.streaming.clone(),
+                        session: session.clone(),
+                        video: video.clone(),
+                    },
+                    myself.get_cell(),
+                )
+                .await;
+                match spawned {
+                    Ok((actor, _)) => {
+                        let (event, detail) = match &reason {
+                            OpenReason::New => (PlaybackEvent::SessionStart, None),
+                            OpenReason::TakeOver { from } => (
+                                PlaybackEvent::SessionReassigned,
+                                Some(format!(
+                                    "home node {from} is unavailable: {} took the session over with a cold cache",
+                                    ctx.node_id
+                                )),
+                            ),
+                            OpenReason::Resumed => (
+                                PlaybackEvent::SessionReassigned,
+                                Some(format!(
+                                    "no running session on {} (expired or node restarted): resumed with a cold cache",
+                                    ctx.node_id
+                                )),
+                            ),
+                        };
+                        let mut r = PlaybackRecord::new(event, &video.video_id, &id, &ctx.node_id);
+                        r.detail = detail;
+                        if reason != OpenReason::New {
+                            tracing::warn!(session = %id, "{}", r.detail.as_deref().unwrap_or(""));
+                        }
+                        state.args.streaming.log.record(r);
+                        state
+                            .sessions
+                            .insert(id, (actor.clone(), video.video_id.clone()));
+                        let _ = reply.send(Ok(actor));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("cannot start session {id}: {e}")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let gone = match &event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(actor = ?cell.get_name(), "session failed: {err}");
+                Some(cell.get_id())
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
+            _ => None,
+        };
+        if let Some(id) = gone {
+            state.sessions.retain(|_, (a, _)| a.get_id() != id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! The playback log (issue 4, seed rules 8 and 9, seed section "Logging Requirements"): one
+//! record per `SERVE`, `PREFETCH_START` and `PREFETCH_RESULT` (plus session lifecycle records),
+//! written twice on the node that served it:
+//!
+//! - as JSON lines, one object per line, in `{data_dir}/playback.jsonl` (easy to `grep`/`jq`);
+//! - as rows of the `playback_events` table of the node's SQLite file (`reel.sqlite`), indexed by
+//!   session id.
+//!
+//! Writes never block an async task: [`PlaybackLog::record`] sends the record over a channel to
+//! one dedicated writer thread, which drains whatever is queued and writes it as one batch (one
+//! SQLite transaction, one file flush). [`PlaybackLog::flush`] is a barrier: it completes once
+//! every record sent before it is on disk (tests use it instead of sleeping).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{now_ms, now_rfc3339};
+
+/// The file name of the JSON-lines playback log inside a node's data directory.
+pub const JSONL_NAME: &str = "playback.jsonl";
+/// The SQLite file (shared with the event log) inside a node's data directory.
+pub const SQLITE_NAME: &str = "reel.sqlite";
+
+/// What a playback record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PlaybackEvent {
+    /// A segment was served to the player (seed: `SERVE`).
+    Serve,
+    /// A read-ahead fetch of a segment started (seed: `PREFETCH_START`).
+    PrefetchStart,
+    /// A read-ahead fetch ended, or was skipped; see `result` (seed: `PREFETCH_RESULT`).
+    PrefetchResult,
+    /// A session was created by a multivariant playlist request on this node.
+    SessionStart,
+    /// This node took over a session whose home node is another (dead) node, or restarted a
+    /// session of its own that had expired; `detail` says which. The cache is cold.
+    SessionReassigned,
+    /// A session stopped (idle timeout or node shutdown).
+    SessionEnd,
+}
+
+impl PlaybackEvent {
+    /// The name written to the logs (`SERVE`, `PREFETCH_START`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serve => "SERVE",
+            Self::PrefetchStart => "PREFETCH_START",
+            Self::PrefetchResult => "PREFETCH_RESULT",
+            Self::SessionStart => "SESSION_START",
+            Self::SessionReassigned => "SESSION_REASSIGNED",
+            Self::SessionEnd => "SESSION_END",
+        }
+    }
+}
+
+/// Whether the bytes were already in this node's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheOutcome {
+    /// Served from the cache, or by joining a read already in flight: no object-store read was
+    /// made for this request.
+    Hit,
+    /// This request read the object store.
+    Miss,
+}
+
+impl CacheOutcome {
+    /// `hit` or `miss`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// The rendition a record concerns, as the multivariant playlist describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenditionTag {
+    /// Rendition name (`720p`).
+    pub name: String,
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+    /// Peak bit rate, bit/s (the variant stream's `BANDWIDTH`, RFC 8216 section 4.3.4.2).
+    pub bandwidth: u64,
+}
+
+/// One playback log record: one JSON line and one SQLite row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaybackRecord {
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The same instant, RFC 3339, UTC.
+    pub ts: String,
+    /// Event type.
+    pub event: PlaybackEvent,
+    /// The video.
+    pub video_id: String,
+    /// The playback session (`{home_node}-{16 hex}`).
+    pub session_id: String,
+    /// The node that served (or prefetched) it: the node that wrote this record.
+    pub node_id: String,
+    /// The rendition, for segment records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendition: Option<RenditionTag>,
+    /// Segment index (`00007.m4s` is 7), for segment records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<usize>,
+    /// Cache hit or miss: for `SERVE`, where the bytes came from; for `PREFETCH_START`, whether
+    /// the segment was already cached or being read (`hit`: nothing to fetch) or not (`miss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheOutcome>,
+    /// For `PREFETCH_RESULT`: `fetched`, `cached` (already there), `skipped_busy` (too many
+    /// prefetches running), `not_found` or `error`. For `SERVE`: `ok` or `range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Bytes served or fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Time the request or fetch took, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Free text for people (why a session was reassigned, an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl PlaybackRecord {
+    /// A record of `event` stamped now, without rendition or segment.
+    pub fn new(event: PlaybackEvent, video_id: &str, session_id: &str, node_id: &str) -> Self {
+        Self {
+            ts_ms: now_ms(),
+            ts: now_rfc3339(),
+            event,
+            video_id: video_id.to_string(),
+            session_id: session_id.to_string(),
+            node_id: node_id.to_string(),
+            rendition: None,
+            segment: None,
+            cache: None,
+            result: None,
+            bytes: None,
+            duration_ms: None,
+            detail: None,
+        }
+    }
+}
+
+enum Cmd {
+    Record(Box<PlaybackRecord>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Handle on a node's playback log. Cheap to clone; the writer thread ends when the last handle
+/// is dropped.
+#[derive(Clone)]
+pub struct PlaybackLog {
+    tx: mpsc::Sender<Cmd>,
+    jsonl: PathBuf,
+}
+
+impl std::fmt::Debug for PlaybackLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaybackLog")
+            .field("jsonl", &self.jsonl)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS playback_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms       INTEGER NOT NULL,
+    ts          TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    video_id    TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    node_id     TEXT NOT NULL,
+    rendition   TEXT,
+    width       INTEGER,
+    height      INTEGER,
+    bandwidth   INTEGER,
+    segment     INTEGER,
+    cache       TEXT,
+    result      TEXT,
+    bytes       INTEGER,
+    duration_ms INTEGER,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS playback_session ON playback_events(session_id, seq);
+";
+
+fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, r: &PlaybackRecord) -> Result<(), rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO playback_events (ts_ms, ts, event, video_id, session_id, node_id, rendition,
+            width, height, bandwidth, segment, cache, result, bytes, duration_ms, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?;
+    let rend = r.rendition.as_ref();
+    stmt.execute(params![
+        r.ts_ms,
+        r.ts,
+        r.event.as_str(),
+        r.video_id,
+        r.session_id,
+        r.node_id,
+        rend.map(|x| x.name.clone()),
+        rend.map(|x| x.width),
+        rend.map(|x| x.height),
+        rend.map(|x| x.bandwidth as i64),
+        r.segment.map(|s| s as i64),
+        r.cache.map(|c| c.as_str()),
+        r.result,
+        r.bytes.map(|b| b as i64),
+        r.duration_ms.map(|b| b as i64),
+        r.detail,
+    ])?;
+    Ok(())
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    file: &mut std::io::BufWriter<std::fs::File>,
+    batch: &[Box<PlaybackRecord>],
+) {
+    for r in batch {
+        if let Ok(line) = serde_json::to_string(r) {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+    if let Err(e) = file.flush() {
+        tracing::error!("playback log file write failed: {e}");
+    }
+    let res = conn.transaction().and_then(|tx| {
+        for r in batch {
+            insert(&tx, r)?;
+        }
+        tx.commit()
+    });
+    if let Err(e) = res {
+        tracing::error!("playback log SQLite write failed: {e}");
+    }
+}
+
+/// Most records one batch writes before answering waiting flushes.
+const MAX_BATCH: usize = 4096;
+
+fn writer(rx: mpsc::Receiver<Cmd>, mut conn: Connection, file: std::fs::File) {
+    let mut file = std::io::BufWriter::new(file);
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Record(r) => batch.push(r),
+                Cmd::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        write_batch(&mut conn, &mut file, &batch);
+        batch.clear();
+        for f in flushes.drain(..) {
+            let _ = f.send(());
+        }
+    }
+}
+
+impl PlaybackLog {
+    /// Open (or create) the log of the node whose data directory is `data_dir` and start its
+    /// writer thread.
+    ///
+    /// Errors: the JSON-lines file or the SQLite table cannot be opened or created.
+    pub fn open(data_dir: &Path) -> Result<Self, String> {
+        let jsonl = data_dir.join(JSONL_NAME);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jsonl)
+            .map_err(|e| format!("cannot open {jsonl:?}: {e}"))?;
+        let db = data_dir.join(SQLITE_NAME);
+        let conn = open_db(&db).map_err(|e| format!("cannot open {db:?}: {e}"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("playback-log".into())
+            .spawn(move || writer(rx, conn, file))
+            .map_err(|e| format!("cannot start the playback log writer: {e}"))?;
+        Ok(Self { tx, jsonl })
+    }
+
+    /// Queue one record; never blocks. Also traced at debug level.
+    pub fn record(&self, r: PlaybackRecord) {
+        tracing::debug!(
+            event = r.event.as_str(),
+            session = %r.session_id,
+            rendition = r.rendition.as_ref().map(|x| x.name.as_str()).unwrap_or(""),
+            segment = r.segment.unwrap_or(usize::MAX),
+            cache = r.cache.map(|c| c.as_str()).unwrap_or(""),
+            "playback"
+        );
+        let _ = self.tx.send(Cmd::Record(Box::new(r)));
+    }
+
+    /// Completes once every record queued before this call is written to both logs.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Cmd::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The JSON-lines file this log appends to.
+    pub fn jsonl_path(&self) -> &Path {
+        &self.jsonl
+    }
+}
+
+/// Read the records of `session_id` from the JSON-lines log of the node whose data directory is
+/// `data_dir`, in file order. A missing file gives no records; a malformed line is skipped.
+///
+/// Errors: the file exists but cannot be read.
+pub fn read_jsonl(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecord>, String> {
+    let path = data_dir.join(JSONL_NAME);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {path:?}: {e}")),
+    };
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        // Cheap pre-filter before parsing.
+        if !line.contains(session_id) {
+            continue;
+        }
+        if let Ok(r) = serde_json::from_str::<PlaybackRecord>(&line) {
+            if r.session_id == session_id {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read the records of `session_id` from the `playback_events` table of the node whose data
+/// directory is `data_dir`, in append order.
+///
+/// Errors: the database cannot be opened or read.
+pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecord>, String> {
+    let db = data_dir.join(SQLITE_NAME);
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let err = |e: rusqlite::Error| format!("cannot read {db:?}: {e}");
+    let conn = open_db(&db).map_err(err)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT ts_ms, ts, event, video_id, session_id, node_id, rendition, width, height,
+                bandwidth, segment, cache, result, bytes, duration_ms, detail
+             FROM playback_events WHERE session_id = ?1 ORDER BY seq",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([session_id], |r| {
+            let event: String = r.get(2)?;
+            let rendition: Option<String> = r.get(6)?;
+            let cache: Option<String> = r.get(11)?;
+            Ok(PlaybackRecord {
+                ts_ms: r.get(0)?,
+                ts: r.get(1)?,
+                event: serde_json::from_value(serde_json::Value::String(event))
+                    .unwrap_or(PlaybackEvent::Serve),
+                video_id: r.get(3)?,
+                session_id: r.get(4)?,
+                node_id: r.get(5)?,
+                rendition: match rendition {
+                    Some(name) => Some(RenditionTag {
+                        name,
+                        width: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
+                        height: r.get::<_, Option<u32>>(8)?.unwrap_or(0),
+                        bandwidth: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
+                    }),
+                    None => None,
+                },
+                segment: r.get::<_, Option<i64>>(10)?.map(|s| s as usize),
+                cache: cache
+                    .and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok()),
+                result: r.get(12)?,
+                bytes: r.get::<_, Option<i64>>(13)?.map(|b| b as u64),
+                duration_ms: r.get::<_, Option<i64>>(14)?.map(|b| b as u64),
+                detail: r.get(15)?,
+            })
+        })
+        .map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_reach_both_logs_in_order_and_read_back_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open(dir.path()).unwrap();
+        for k in 0..50 {
+            let mut r = PlaybackRecord::new(PlaybackEvent::Serve, "v", "n1-00aa", "n1");
+            r.segment = Some(k);
+            r.cache = Some(CacheOutcome::Miss);
+            r.rendition = Some(RenditionTag {
+                name: "240p".into(),
+                width: 320,
+                height: 240,
+                bandwidth: 400_000,
+            });
+            log.record(r);
+        }
+        log.record(PlaybackRecord::new(
+            PlaybackEvent::Serve,
+            "v",
+            "other",
+            "n1",
+        ));
+        log.flush().await;
+        let a = read_jsonl(dir.path(), "n1-00aa").unwrap();
+        let b = read_sqlite(dir.path(), "n1-00aa").unwrap();
+        assert_eq!(a.len(), 50);
+        assert_eq!(a, b);
+        assert_eq!(a[7].segment, Some(7));
+        let line = std::fs::read_to_string(dir.path().join(JSONL_NAME)).unwrap();
+        assert!(line.starts_with("{\"ts_ms\":"), "{line}");
+        assert!(line.contains("\"event\":\"SERVE\""));
+        assert!(line.contains("\"cache\":\"miss\""));
+    }
+}

@@ -1,0 +1,263 @@
+//! The node-local segment cache (seed rule 8: "node-local and non-coherent; cache-on-read").
+//!
+//! A byte-bounded least-recently-used map from object key to the object's bytes, shared by every
+//! session of the node, with single-flight misses: however many requests miss the same key at
+//! once, one object-store read is made and every waiter gets its bytes.
+//!
+//! Correctness rules:
+//! - Only whole objects enter the cache ([`Storage::get`] reads an object completely, or fails),
+//!   under their exact object key, so a reader never sees a partial or foreign segment.
+//! - Objects of ready videos are immutable (the multivariant playlist is the commit point), so
+//!   an entry never goes stale; a missing object is not cached (no negative caching).
+//! - The read runs in its own task: a caller that goes away (a client disconnect) does not
+//!   cancel the read the others wait for, and the in-flight entry is always removed.
+//! - `lru` counts entries, so the byte budget is kept here: least recently used entries are
+//!   popped until the total fits. An object larger than the whole budget is returned uncached.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use crate::storage::{Object, Storage, StorageError};
+
+type Fetch = Shared<BoxFuture<'static, Result<Option<Object>, Arc<StorageError>>>>;
+
+/// Where a lookup's bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Already in the cache.
+    Hit,
+    /// Another caller's read of the same key was in flight; this one waited for it.
+    Joined,
+    /// This call started the object-store read.
+    Miss,
+}
+
+impl Lookup {
+    /// Whether this lookup caused no object-store read of its own.
+    pub fn is_hit(self) -> bool {
+        !matches!(self, Lookup::Miss)
+    }
+}
+
+/// Counters, for logs, tests and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that joined a read in flight.
+    pub joined: u64,
+    /// Lookups that started an object-store read.
+    pub misses: u64,
+    /// Entries evicted to stay within the budget.
+    pub evictions: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Entries held now.
+    pub entries: u64,
+}
+
+struct Inner {
+    lru: lru::LruCache<String, Object>,
+    bytes: usize,
+    inflight: HashMap<String, Fetch>,
+}
+
+/// The cache. Share it as `Arc<SegmentCache>`.
+pub struct SegmentCache {
+    /// Byte budget (sum of cached object sizes).
+    budget_bytes: usize,
+    inner: Mutex<Inner>,
+    hits: AtomicU64,
+    joined: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl std::fmt::Debug for SegmentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentCache")
+            .field("budget_bytes", &self.budget_bytes)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SegmentCache {
+    /// A cache holding at most `budget_bytes` bytes of objects.
+    pub fn new(budget_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            budget_bytes,
+            inner: Mutex::new(Inner {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+                inflight: HashMap::new(),
+            }),
+            hits: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` is cached or being read, without touching its recency.
+    pub fn is_cached_or_inflight(&self, key: &str) -> bool {
+        let g = self.lock();
+        g.lru.contains(key) || g.inflight.contains_key(key)
+    }
+
+    /// Whether `key` is cached (completely), without touching its recency.
+    pub fn contains(&self, key: &str) -> bool {
+        self.lock().lru.contains(key)
+    }
+
+    /// The object at `key`, from the cache or (once, however many callers miss together) from
+    /// `storage`. `Ok((None, _))` when the object does not exist.
+    ///
+    /// Errors: the object-store read failed (every waiter of that read gets the error; the next
+    /// lookup tries again).
+    pub async fn get(
+        self: &Arc<Self>,
+        storage: &Storage,
+        key: &str,
+    ) -> Result<(Option<Object>, Lookup), StorageError> {
+        let (fetch, lookup) = {
+            let mut g = self.lock();
+            if let Some(obj) = g.lru.get(key) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((Some(obj.clone()), Lookup::Hit));
+            }
+            if let Some(f) = g.inflight.get(key) {
+                self.joined.fetch_add(1, Ordering::Relaxed);
+                (f.clone(), Lookup::Joined)
+            } else {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let f = self.start_read(storage, key);
+                g.inflight.insert(key.to_string(), f.clone());
+                (f, Lookup::Miss)
+            }
+        };
+        match fetch.await {
+            Ok(obj) => Ok((obj, lookup)),
+            Err(e) => Err(match &*e {
+                StorageError::NotFound(k) => StorageError::NotFound(k.clone()),
+                other => StorageError::Backend(other.to_string()),
+            }),
+        }
+    }
+
+    /// Spawn the one read of `key`; it stores the result and clears the in-flight entry in one
+    /// critical section, so a lookup sees either the read in flight or its result.
+    fn start_read(self: &Arc<Self>, storage: &Storage, key: &str) -> Fetch {
+        let cache = self.clone();
+        let storage = storage.clone();
+        let key = key.to_string();
+        let task = tokio::spawn(async move {
+            let res = storage.get(&key).await;
+            cache.complete(&key, &res);
+            res.map_err(Arc::new)
+        });
+        async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) => Err(Arc::new(StorageError::Backend(format!(
+                    "cache read task failed: {e}"
+                )))),
+            }
+        }
+        .boxed()
+        .shared()
+    }
+
+    fn complete(&self, key: &str, res: &Result<Option<Object>, StorageError>) {
+        let mut g = self.lock();
+        g.inflight.remove(key);
+        let Ok(Some(obj)) = res else { return };
+        let size = obj.bytes.len();
+        if size > self.budget_bytes {
+            return;
+        }
+        if let Some(old) = g.lru.put(key.to_string(), obj.clone()) {
+            g.bytes -= old.bytes.len();
+        }
+        g.bytes += size;
+        while g.bytes > self.budget_bytes {
+            match g.lru.pop_lru() {
+                Some((_, old)) => {
+                    g.bytes -= old.bytes.len();
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> CacheStats {
+        let g = self.lock();
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            joined: self.joined.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            bytes: g.bytes as u64,
+            entries: g.lru.len() as u64,
+        }
+    }
+
+    /// The byte budget.
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn store() -> Storage {
+        Storage::open(&crate::config::StorageLocation::Memory).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hit_after_miss_and_absent_objects_are_not_cached() {
+        let s = store();
+        s.put("a", Bytes::from_static(b"12345")).await.unwrap();
+        let c = SegmentCache::new(100);
+        let (o, l) = c.get(&s, "a").await.unwrap();
+        assert_eq!((&o.unwrap().bytes[..], l), (&b"12345"[..], Lookup::Miss));
+        let (_, l) = c.get(&s, "a").await.unwrap();
+        assert_eq!(l, Lookup::Hit);
+        let (o, l) = c.get(&s, "nope").await.unwrap();
+        assert!(o.is_none() && l == Lookup::Miss);
+        assert!(!c.is_cached_or_inflight("nope"));
+    }
+
+    #[tokio::test]
+    async fn byte_budget_evicts_least_recently_used() {
+        let s = store();
+        for k in ["a", "b", "c"] {
+            s.put(k, Bytes::from(vec![0u8; 40])).await.unwrap();
+        }
+        s.put("huge", Bytes::from(vec![0u8; 500])).await.unwrap();
+        let c = SegmentCache::new(100);
+        c.get(&s, "a").await.unwrap();
+        c.get(&s, "b").await.unwrap();
+        c.get(&s, "a").await.unwrap(); // a is now more recent than b
+        c.get(&s, "c").await.unwrap(); // 120 > 100: b goes
+        assert!(c.contains("a") && c.contains("c") && !c.contains("b"));
+        assert_eq!(c.stats().bytes, 80);
+        assert_eq!(c.stats().evictions, 1);
+        let (o, _) = c.get(&s, "huge").await.unwrap();
+        assert_eq!(o.unwrap().bytes.len(), 500, "served whole, not cached");
+        assert!(!c.contains("huge"));
+        assert!(c.stats().bytes <= 100);
+    }
+}

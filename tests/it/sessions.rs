@@ -1,0 +1,903 @@
+//! Playback sessions on one node: sticky serving, the segment cache (single flight), read-ahead
+//! that never delays the requested segment, the playback log and its timeline, HTTP details.
+//!
+//! Cluster cases (a second node redirecting, failover after the home node dies) need the
+//! cluster issue; here the routing seam is driven with a stand-in `ClusterView`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
+use ractor::Actor;
+use reel::actors::session::{SessionActor, SessionArgs, SessionMsg};
+use reel::actors::NodeContext;
+use reel::config::StreamingConfig;
+
+use reel::storage::keys::RenditionFile;
+use reel::storage::playback::{
+    read_jsonl, read_sqlite, CacheOutcome, PlaybackEvent, PlaybackLog, PlaybackRecord, RenditionTag,
+};
+use reel::storage::Storage;
+use reel::streaming::cache::{Lookup, SegmentCache};
+use reel::streaming::session::{ClusterView, SessionId};
+use reel::streaming::timeline::Timeline;
+use reel::streaming::{RenditionInfo, Streaming, VideoInfo};
+
+use crate::helpers::*;
+
+/// An in-memory object store that counts reads per key and can hold reads of chosen keys at a
+/// gate until the test opens it (a slow store without sleeps).
+#[derive(Debug)]
+pub struct GatedStore {
+    inner: InMemory,
+    reads: Mutex<HashMap<String, usize>>,
+    gated_suffix: Mutex<Option<String>>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Display for GatedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatedStore")
+    }
+}
+
+impl GatedStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: InMemory::new(),
+            reads: Mutex::new(HashMap::new()),
+            gated_suffix: Mutex::new(None),
+            gate: tokio::sync::watch::channel(true).0,
+        })
+    }
+    /// Hold reads of keys ending with `suffix` until [`GatedStore::open`].
+    pub fn close_for(&self, suffix: &str) {
+        *self.gated_suffix.lock().unwrap() = Some(suffix.to_string());
+        self.gate.send_replace(false);
+    }
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+    pub fn reads(&self, key: &str) -> usize {
+        self.reads.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for GatedStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let key = location.to_string();
+        *self.reads.lock().unwrap().entry(key.clone()).or_default() += 1;
+        let gated = self
+            .gated_suffix
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|s| key.ends_with(s));
+        if gated {
+            let mut rx = self.gate.subscribe();
+            let _ = rx.wait_for(|open| *open).await;
+        }
+        self.inner.get_opts(location, options).await
+    }
+    async fn get_ranges(
+        &self,
+        location: &ObjectPath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    fn list_with_offset(
+        &self,
+        prefix: Option<&ObjectPath>,
+        offset: &ObjectPath,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+    async fn rename_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_concurrent_misses_of_one_segment_make_one_store_read() {
+    let store = GatedStore::new();
+    let key = "videos/v/240p/00003.m4s";
+    store
+        .put(&ObjectPath::from(key), PutPayload::from(vec![7u8; 50_000]))
+        .await
+        .unwrap();
+    let storage = Storage::from_store(store.clone());
+    let cache = SegmentCache::new(10 << 20);
+    // Hold the read so all 100 requests are surely concurrent.
+    store.close_for("00003.m4s");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, storage) = (cache.clone(), storage.clone());
+            tokio::spawn(async move { cache.get(&storage, key).await })
+        })
+        .collect();
+    let c = cache.clone();
+    wait_until("100 lookups in flight", Duration::from_secs(10), || {
+        let s = c.stats();
+        async move { s.misses + s.joined == 100 }
+    })
+    .await;
+    store.open();
+    let mut lookups = Vec::new();
+    for t in tasks {
+        let (obj, lookup) = t.await.unwrap().unwrap();
+        assert_eq!(obj.unwrap().bytes.len(), 50_000, "whole segment");
+        lookups.push(lookup);
+    }
+    assert_eq!(
+        store.reads(key),
+        1,
+        "one object-store read for 100 requests"
+    );
+    assert_eq!(lookups.iter().filter(|l| **l == Lookup::Miss).count(), 1);
+    assert_eq!(lookups.iter().filter(|l| **l == Lookup::Joined).count(), 99);
+    // And the next request is a plain hit.
+    assert_eq!(cache.get(&storage, key).await.unwrap().1, Lookup::Hit);
+    assert_eq!(store.reads(key), 1);
+}
+
+const VID: &str = "0123456789abcdef0123456789abcdef";
+
+fn tag() -> RenditionTag {
+    RenditionTag {
+        name: "240p".into(),
+        width: 320,
+        height: 240,
+        bandwidth: 500_000,
+    }
+}
+
+/// A node context over `store` with one session's worth of services, without HTTP.
+async fn session_fixture(
+    store: Arc<GatedStore>,
+    dir: &Path,
+    streaming: StreamingConfig,
+) -> (Arc<NodeContext>, Streaming, Arc<VideoInfo>) {
+    let node = node_id();
+    let log = PlaybackLog::open(dir).unwrap();
+    let s = Streaming::new(&node, streaming, log);
+    let ctx = Arc::new(NodeContext {
+        streaming: s.clone(),
+        ..NodeContext::for_tests(&node, Storage::from_store(store.clone()), dir)
+    });
+    for k in 0..6 {
+        let key = format!("videos/{VID}/240p/{k:05}.m4s");
+        let bytes = vec![k as u8; 1000 + k];
+        store
+            .put(&ObjectPath::from(key), PutPayload::from(bytes))
+            .await
+            .unwrap();
+    }
+    let video = Arc::new(VideoInfo {
+        video_id: VID.into(),
+        renditions: [(
+            "240p".to_string(),
+            RenditionInfo {
+                tag: tag(),
+                segments: 6,
+            },
+        )]
+        .into(),
+    });
+    (ctx, s, video)
+}
+
+async fn serve(actor: &ractor::ActorRef<SessionMsg>, k: usize) -> reel::actors::session::Served {
+    ractor::call_t!(
+        actor,
+        |reply| SessionMsg::Serve {
+            video_id: VID.into(),
+            rendition: "240p".into(),
+            file: RenditionFile::Segment(k),
+            reply,
+        },
+        5_000
+    )
+    .expect("answered within 5 s: never held by read-ahead")
+    .expect("served")
+}
+
+fn find(recs: &[PlaybackRecord], event: PlaybackEvent, k: usize) -> Vec<&PlaybackRecord> {
+    recs.iter()
+        .filter(|r| r.event == event && r.segment == Some(k))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GatedStore::new();
+    let cfg = StreamingConfig {
+        max_prefetches: 1,
+        ..Default::default()
+    };
+    let (ctx, streaming, video) = session_fixture(store.clone(), dir.path(), cfg).await;
+    let session = SessionId::new(&ctx.node_id);
+    let sid = session.to_string();
+    let (actor, _) = Actor::spawn(
+        None,
+        SessionActor,
+        SessionArgs {
+            ctx: ctx.clone(),
+            streaming: streaming.clone(),
+            session,
+            video,
+        },
+    )
+    .await
+    .unwrap();
+
+    // Reads of segment 1 hang until the gate opens.
+    store.close_for("/00001.m4s");
+    let s0 = serve(&actor, 0).await;
+    assert_eq!(&s0.object.bytes[..], &vec![0u8; 1000][..]);
+    assert_eq!(s0.lookup, Lookup::Miss);
+    // Segment 2 while the prefetch of 1 holds the only permit: served at once; its read-ahead
+    // of 3 is skipped, not queued.
+    let s2 = serve(&actor, 2).await;
+    assert_eq!(s2.object.bytes.len(), 1002);
+    streaming.log.flush().await;
+    let recs = read_jsonl(dir.path(), &sid).unwrap();
+    let start1 = find(&recs, PlaybackEvent::PrefetchStart, 1);
+    assert_eq!(start1.len(), 1, "{recs:#?}");
+    assert_eq!(start1[0].cache, Some(CacheOutcome::Miss));
+    assert!(find(&recs, PlaybackEvent::PrefetchResult, 1).is_empty());
+    let skipped = find(&recs, PlaybackEvent::PrefetchResult, 3);
+    assert_eq!(skipped[0].result.as_deref(), Some("skipped_busy"));
+    assert!(find(&recs, PlaybackEvent::PrefetchStart, 3).is_empty());
+    let serve0 = find(&recs, PlaybackEvent::Serve, 0)[0];
+    assert_eq!(serve0.rendition.as_ref(), Some(&tag()));
+    assert_eq!(serve0.node_id, ctx.node_id);
+    assert_eq!(serve0.video_id, VID);
+
+    // Open the gate: the prefetch completes and segment 1 is then a cache hit.
+    store.open();
+    let (s, d) = (streaming.clone(), dir.path().to_path_buf());
+    let sid2 = sid.clone();
+    wait_until("prefetch of 1 ends", Duration::from_secs(10), || {
+        let (s, d, sid) = (s.clone(), d.clone(), sid2.clone());
+        async move {
+            s.log.flush().await;
+            let recs = read_jsonl(&d, &sid).unwrap();
+            !find(&recs, PlaybackEvent::PrefetchResult, 1).is_empty()
+        }
+    })
+    .await;
+    let s1 = serve(&actor, 1).await;
+    assert_eq!(s1.lookup, Lookup::Hit);
+    assert_eq!(
+        &s1.object.bytes[..],
+        &vec![1u8; 1001][..],
+        "the right segment, whole"
+    );
+    assert_eq!(store.reads(&format!("videos/{VID}/240p/00001.m4s")), 1);
+    streaming.log.flush().await;
+    let recs = read_jsonl(dir.path(), &sid).unwrap();
+    assert_eq!(
+        find(&recs, PlaybackEvent::PrefetchResult, 1)[0]
+            .result
+            .as_deref(),
+        Some("fetched")
+    );
+    assert_eq!(
+        find(&recs, PlaybackEvent::Serve, 1)[0].cache,
+        Some(CacheOutcome::Hit)
+    );
+    // The last segment has nothing to read ahead; a segment past the end is refused.
+    serve(&actor, 5).await;
+    let past = ractor::call_t!(
+        actor,
+        |reply| SessionMsg::Serve {
+            video_id: VID.into(),
+            rendition: "240p".into(),
+            file: RenditionFile::Segment(6),
+            reply,
+        },
+        5_000
+    )
+    .unwrap();
+    assert!(past.is_err());
+    let foreign = ractor::call_t!(
+        actor,
+        |reply| SessionMsg::Serve {
+            video_id: "ffffffffffffffffffffffffffffffff".into(),
+            rendition: "240p".into(),
+            file: RenditionFile::Segment(0),
+            reply,
+        },
+        5_000
+    )
+    .unwrap();
+    assert!(foreign.is_err(), "a session serves only its own video");
+    streaming.log.flush().await;
+    let recs = read_jsonl(dir.path(), &sid).unwrap();
+    assert!(find(&recs, PlaybackEvent::PrefetchStart, 6).is_empty());
+    assert_eq!(
+        recs,
+        read_sqlite(dir.path(), &sid).unwrap(),
+        "both logs agree"
+    );
+    actor.stop(None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_stops_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StreamingConfig {
+        session_idle_seconds: 1,
+        ..Default::default()
+    };
+    let (ctx, streaming, video) = session_fixture(GatedStore::new(), dir.path(), cfg).await;
+    let (actor, handle) = Actor::spawn(
+        None,
+        SessionActor,
+        SessionArgs {
+            ctx,
+            streaming,
+            session: SessionId::new("n"),
+            video,
+        },
+    )
+    .await
+    .unwrap();
+    serve(&actor, 0).await;
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("stopped within 10 s of idleness")
+        .unwrap();
+}
+
+/// Ready video on a fresh node: (dir, node, base, video id).
+async fn ready_node(kind: &str) -> (tempfile::TempDir, reel::RunningNode, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let (status, v) = upload(&base, &clip(kind)).await;
+    assert!(status == 202 || status == 200, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    (dir, node, base, id)
+}
+
+/// Records of `session` from the node's JSON-lines log, after a flush.
+pub async fn session_records(
+    node: &reel::RunningNode,
+    data_dir: &Path,
+    session: &str,
+) -> Vec<PlaybackRecord> {
+    node.node.ctx.streaming.log.flush().await;
+    read_jsonl(data_dir, session).unwrap()
+}
+
+/// Every session id that started on the node (from its JSON-lines log).
+pub async fn started_sessions(node: &reel::RunningNode, data_dir: &Path) -> Vec<String> {
+    node.node.ctx.streaming.log.flush().await;
+    let text = std::fs::read_to_string(data_dir.join("playback.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<PlaybackRecord>(l).ok())
+        .filter(|r| r.event == PlaybackEvent::SessionStart)
+        .map(|r| r.session_id)
+        .collect()
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut rq = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        rq = rq.header(*k, *v);
+    }
+    rq.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_served_by_its_node_with_read_ahead_logs_and_http_semantics() {
+    let (dir, node, base, id) = ready_node("av").await;
+    let master = get(&format!("{base}/videos/{id}/master.m3u8"), &[]).await;
+    assert_eq!(master.status(), 200);
+    assert_eq!(
+        master.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sid.starts_with(&format!("{}-", node.node.ctx.node_id)),
+        "{sid}"
+    );
+    let vars = variants(&format!("{base}/videos/{id}/master.m3u8")).await;
+    assert!(vars
+        .iter()
+        .all(|v| v.uri.starts_with("s/") && v.uri.ends_with("/index.m3u8")));
+    assert!(
+        vars.iter().all(|v| !v.uri.contains(&sid)),
+        "a new session per request"
+    );
+    let sbase = format!("{base}/videos/{id}/s/{sid}");
+
+    // The media playlist under the session: relative names resolve under the session path.
+    let segs = segments(&format!("{sbase}/240p/index.m3u8")).await;
+    assert_eq!(segs.len(), 3);
+    assert_eq!(segs[0].0, "00000.m4s");
+    let init = get(&format!("{sbase}/240p/init.mp4"), &[]).await;
+    assert_eq!(init.status(), 200);
+    assert_eq!(init.headers()["content-type"], "video/mp4");
+
+    let s0 = get(&format!("{sbase}/240p/00000.m4s"), &[]).await;
+    assert_eq!(s0.status(), 200);
+    let h = s0.headers().clone();
+    assert_eq!(h["content-type"], "video/mp4");
+    assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["accept-ranges"], "bytes");
+    let etag = h["etag"].to_str().unwrap().to_string();
+    let full = s0.bytes().await.unwrap();
+    let playlist = get(&format!("{sbase}/240p/index.m3u8"), &[]).await;
+    assert_eq!(playlist.headers()["cache-control"], "public, max-age=10");
+
+    // Range (RFC 9110 section 14): 206 with the exact bytes, 416 past the end, 304 on ETag.
+    let part = get(
+        &format!("{sbase}/240p/00000.m4s"),
+        &[("range", "bytes=10-109")],
+    )
+    .await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 10-109/{}", full.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), full.slice(10..110));
+    let suffix = get(&format!("{sbase}/240p/00000.m4s"), &[("range", "bytes=-5")]).await;
+    assert_eq!(suffix.status(), 206);
+    assert_eq!(suffix.bytes().await.unwrap(), full.slice(full.len() - 5..));
+    let bad = get(
+        &format!("{sbase}/240p/00000.m4s"),
+        &[("range", &format!("bytes={}-", full.len() + 10))],
+    )
+    .await;
+    assert_eq!(bad.status(), 416);
+    assert_eq!(
+        bad.headers()["content-range"],
+        format!("bytes */{}", full.len()).as_str()
+    );
+    let cached = get(
+        &format!("{sbase}/240p/00000.m4s"),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(cached.status(), 304);
+
+    // HEAD and the CORS preflight.
+    let head = reqwest::Client::new()
+        .head(format!("{sbase}/240p/00000.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        full.len().to_string().as_str()
+    );
+    let pre = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{sbase}/240p/00000.m4s"))
+        .header("origin", "http://player.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "range")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    assert!(pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Range"));
+
+    // Serving 0 started read-ahead of 1; once it ends, 1 is a hit.
+    let data = dir.path().to_path_buf();
+    wait_until("prefetch of segment 1", Duration::from_secs(10), || {
+        let (node, data, sid) = (&node, data.clone(), sid.clone());
+        async move {
+            let recs = session_records(node, &data, &sid).await;
+            !find(&recs, PlaybackEvent::PrefetchResult, 1).is_empty()
+        }
+    })
+    .await;
+    assert_eq!(
+        get(&format!("{sbase}/240p/00001.m4s"), &[]).await.status(),
+        200
+    );
+    // A switch down and back up, as a player would.
+    assert_eq!(
+        get(&format!("{sbase}/180p/00002.m4s"), &[]).await.status(),
+        200
+    );
+    assert_eq!(
+        get(&format!("{sbase}/240p/00002.m4s"), &[]).await.status(),
+        200
+    );
+    let recs = session_records(&node, &data, &sid).await;
+    let start1 = find(&recs, PlaybackEvent::PrefetchStart, 1);
+    assert!(start1
+        .iter()
+        .any(|r| r.rendition.as_ref().unwrap().name == "240p"));
+    let serve1 = find(&recs, PlaybackEvent::Serve, 1);
+    assert_eq!(serve1[0].cache, Some(CacheOutcome::Hit), "{recs:#?}");
+    assert!(recs
+        .iter()
+        .all(|r| r.node_id == node.node.ctx.node_id && r.video_id == id));
+    assert_eq!(recs, read_sqlite(&data, &sid).unwrap());
+    let t = Timeline::from_records(&sid, recs);
+    let sw = t.switches();
+    assert_eq!(sw.len(), 2, "{}", t.render_text());
+    assert!(!sw[0].is_up() && sw[0].to.name == "180p");
+    assert!(sw[1].is_up() && sw[1].to.name == "240p");
+
+    // `reel session` reads the same log and draws the chart.
+    let svg = data.join("chart.svg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(["session", &sid, "--data-dir"])
+        .arg(&data)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("rendition switches: 2"), "{text}");
+    assert!(text.contains("DOWN 240p"), "{text}");
+    assert!(text.contains("UP   180p"), "{text}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    // Bad and unknown sessions.
+    let r = get(
+        &format!("{base}/videos/{id}/s/..%2F..%2Fx/240p/00000.m4s"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("no session"), "{v}");
+    // The session's id with another (unknown) video's path: no bytes of this video leak.
+    let other = "ffffffffffffffffffffffffffffffff";
+    let r = get(
+        &format!("{base}/videos/{other}/s/{sid}/240p/00000.m4s"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = get(&format!("{base}/videos/{id}/no/such/path/here"), &[]).await;
+    assert_eq!(r.status(), 404, "an unknown path is not a 405");
+    let r = get(&format!("{sbase}/240p/00099.m4s"), &[]).await;
+    assert_eq!(r.status(), 404);
+    let r = get(&format!("{sbase}/999p/00000.m4s"), &[]).await;
+    assert_eq!(r.status(), 404);
+    node.stop().await;
+}
+
+/// A cluster view with fixed answers.
+struct FixedView {
+    live: Vec<String>,
+    owner: String,
+    bases: HashMap<String, String>,
+}
+impl ClusterView for FixedView {
+    fn is_live(&self, node: &str) -> bool {
+        self.live.iter().any(|n| n == node)
+    }
+    fn owner(&self, _key: &str) -> Option<String> {
+        Some(self.owner.clone())
+    }
+    fn http_base(&self, node: &str) -> Option<String> {
+        self.bases.get(node).cloned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_stay_home_while_the_ring_changes_and_are_taken_over_when_home_dies() {
+    let (dir, node, base, id) = ready_node("av").await;
+    let me = node.node.ctx.node_id.clone();
+    let streaming = node.node.ctx.streaming.clone();
+    let master = get(&format!("{base}/videos/{id}/master.m3u8"), &[]).await;
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // The ring now prefers another node for everything: the session stays here.
+    streaming.set_cluster(Arc::new(FixedView {
+        live: vec![me.clone(), "other".into()],
+        owner: "other".into(),
+        bases: [("other".to_string(), "http://127.0.0.1:9".to_string())].into(),
+    }));
+    let r = get(&format!("{base}/videos/{id}/s/{sid}/240p/00000.m4s"), &[]).await;
+    assert_eq!(r.status(), 200, "served at home whatever the ring says");
+    // A session homed on a live other node is forwarded there (here: an address where nothing
+    // listens, so the forward fails with 503 naming the node), never served here.
+    let foreign = format!("other-{:016x}", 42);
+    let r = get(
+        &format!("{base}/videos/{id}/s/{foreign}/240p/00000.m4s"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("node other"),
+        "{body}"
+    );
+    // The other node died and the ring picks this node: it takes over, cold, and logs it.
+    streaming.set_cluster(Arc::new(FixedView {
+        live: vec![me.clone()],
+        owner: me.clone(),
+        bases: HashMap::new(),
+    }));
+    for k in 0..3 {
+        let r = get(
+            &format!("{base}/videos/{id}/s/{foreign}/240p/{k:05}.m4s"),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let data: PathBuf = dir.path().into();
+    let recs = session_records(&node, &data, &foreign).await;
+    let moved: Vec<_> = recs
+        .iter()
+        .filter(|r| r.event == PlaybackEvent::SessionReassigned)
+        .collect();
+    assert_eq!(moved.len(), 1, "one takeover: {recs:#?}");
+    assert_eq!(moved[0].node_id, me);
+    assert!(moved[0].detail.as_deref().unwrap().contains("other"));
+    let serves: Vec<_> = recs
+        .iter()
+        .filter(|r| r.event == PlaybackEvent::Serve)
+        .collect();
+    assert_eq!(serves.len(), 3);
+    assert!(serves.iter().all(|r| r.node_id == me));
+    let text = Timeline::from_records(&foreign, recs).render_text();
+    assert!(text.contains(&format!("reassigned to {me}")), "{text}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ffmpeg_plays_a_session_to_the_end_from_one_node() {
+    let (dir, node, base, id) = ready_node("av").await;
+    play(&format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .expect("ffmpeg plays through the session");
+    let data: PathBuf = dir.path().into();
+    let sessions = started_sessions(&node, &data).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let recs = session_records(&node, &data, &sessions[0]).await;
+    let served: std::collections::BTreeSet<_> = recs
+        .iter()
+        .filter(|r| r.event == PlaybackEvent::Serve)
+        .map(|r| {
+            assert_eq!(r.node_id, node.node.ctx.node_id);
+            r.segment.unwrap()
+        })
+        .collect();
+    assert_eq!(served.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_session_resumes_cold_on_its_home_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.streaming.session_idle_seconds = 1;
+    let node = start(config).await;
+    let base = node.url();
+    let (_, v) = upload(&base, &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    let master = get(&format!("{base}/videos/{id}/master.m3u8"), &[]).await;
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seg = format!("{base}/videos/{id}/s/{sid}/240p/00000.m4s");
+    assert_eq!(get(&seg, &[]).await.status(), 200);
+    let sessions = node.node.refs.sessions.clone();
+    wait_until("the idle session stops", Duration::from_secs(10), || {
+        let sessions = sessions.clone();
+        async move {
+            ractor::call_t!(
+                sessions,
+                reel::actors::session_supervisor::SessionSupervisorMsg::Count,
+                1000
+            )
+            .unwrap()
+                == 0
+        }
+    })
+    .await;
+    // The player comes back after a pause: same id, same node, a cold start that is logged.
+    assert_eq!(get(&seg, &[]).await.status(), 200);
+    let recs = session_records(&node, dir.path(), &sid).await;
+    let kinds: Vec<_> = recs.iter().map(|r| r.event.as_str()).collect();
+    let end = kinds.iter().position(|k| *k == "SESSION_END").unwrap();
+    let resumed = kinds
+        .iter()
+        .position(|k| *k == "SESSION_REASSIGNED")
+        .unwrap();
+    assert!(end < resumed, "{kinds:?}");
+    assert!(recs[resumed].detail.as_deref().unwrap().contains("resumed"));
+    assert!(recs.iter().all(|r| r.node_id == node.node.ctx.node_id));
+    node.stop().await;
+}
+
+/// What node B knows of node A in the failover test: whether A lives, and where it listens.
+struct PeerView {
+    me: String,
+    peer: String,
+    peer_base: String,
+    peer_live: Arc<std::sync::atomic::AtomicBool>,
+}
+impl ClusterView for PeerView {
+    fn is_live(&self, node: &str) -> bool {
+        node == self.me
+            || (node == self.peer && self.peer_live.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn owner(&self, _key: &str) -> Option<String> {
+        Some(self.me.clone())
+    }
+    fn http_base(&self, node: &str) -> Option<String> {
+        (node == self.peer).then(|| self.peer_base.clone())
+    }
+}
+
+/// Two in-process nodes over one object store, the membership view stubbed (the ring is the
+/// cluster issue's): while the home node A lives, requests reaching B are sent to A; after A
+/// stops mid-playback, B takes the session over and the client plays to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_home_node_dies_mid_playback_another_node_takes_the_session_over() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let node_a = start(test_config(dir_a.path())).await;
+    let (base_a, id_a) = (node_a.url(), node_a.node.ctx.node_id.clone());
+    let (_, v) = upload(&base_a, &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_terminal(&base_a, &id, PROCESSING_DEADLINE).await;
+    let mut config_b = test_config(dir_b.path());
+    config_b.storage = reel::config::StorageLocation::Local(dir_a.path().join("objects"));
+    let node_b = start(config_b).await;
+    let (base_b, id_b) = (node_b.url(), node_b.node.ctx.node_id.clone());
+    let a_live = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    node_b.node.ctx.streaming.set_cluster(Arc::new(PeerView {
+        me: id_b.clone(),
+        peer: id_a.clone(),
+        peer_base: base_a.clone(),
+        peer_live: a_live.clone(),
+    }));
+
+    // The session starts on A; the client then talks to B (as through a load balancer).
+    let master = get(&format!("{base_a}/videos/{id}/master.m3u8"), &[]).await;
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let via_b = |k: usize| format!("{base_b}/videos/{id}/s/{sid}/240p/{k:05}.m4s");
+    let mut bodies = Vec::new();
+    for k in 0..2 {
+        // B forwards it to A, the session's home; the client stays on B (the timeline below
+        // proves who served what).
+        let r = get(&via_b(k), &[]).await;
+        assert_eq!(r.status(), 200);
+        bodies.push(r.bytes().await.unwrap());
+    }
+    // A dies; the membership notices.
+    node_a.node.ctx.streaming.log.flush().await;
+    node_a.stop().await;
+    a_live.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = get(&via_b(2), &[]).await;
+    assert_eq!(r.status(), 200);
+    bodies.push(r.bytes().await.unwrap());
+    assert!(bodies.iter().all(|b| !b.is_empty()));
+
+    let t = Timeline::load(&[dir_a.path().into(), dir_b.path().into()], &sid).unwrap();
+    let text = t.render_text();
+    assert_eq!(
+        t.serving_nodes(),
+        vec![id_a.clone(), id_b.clone()],
+        "{text}"
+    );
+    let serves: Vec<_> = t
+        .serves()
+        .map(|r| (r.segment.unwrap(), r.node_id.clone()))
+        .collect();
+    assert_eq!(
+        serves,
+        vec![(0, id_a.clone()), (1, id_a.clone()), (2, id_b.clone())],
+        "{text}"
+    );
+    let moved: Vec<_> = t
+        .records
+        .iter()
+        .filter(|r| r.event == PlaybackEvent::SessionReassigned)
+        .collect();
+    assert_eq!(moved.len(), 1, "{text}");
+    assert_eq!(moved[0].node_id, id_b);
+    assert!(
+        moved[0].detail.as_deref().unwrap().contains(&id_a),
+        "{text}"
+    );
+    assert_eq!(
+        t.serves().last().unwrap().cache,
+        Some(CacheOutcome::Miss),
+        "B starts cold"
+    );
+    node_b.stop().await;
+}
