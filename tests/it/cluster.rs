@@ -382,3 +382,94 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
         hex::encode(sha2::Sha256::digest(&bytes))
     );
 }
+
+/// Seed rule 7 with real nodes: a playback session stays on its home node while the ring
+/// changes (another node dies), and moves exactly once, to one other node, when its home is
+/// killed. The client talks to a different node the whole time (as through a load balancer),
+/// plays to the end, and the playback logs alone show who served what.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_dies() {
+    use reel::storage::playback::{PlaybackEvent, JSONL_NAME};
+    use reel::streaming::timeline::Timeline;
+    let mut c = TestCluster::start(3).await;
+    let (_, v) = upload(c.url(1), &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_terminal(c.url(1), &id, PROCESSING_DEADLINE).await["state"],
+        "ready"
+    );
+    // The session starts on node 1 (the master playlist is fetched there).
+    let master = reqwest::get(format!("{}/videos/{id}/master.m3u8", c.url(1)))
+        .await
+        .unwrap();
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(sid.starts_with("node-1-"), "{sid}");
+    let via2 = |file: &str| format!("{}/videos/{id}/s/{sid}/180p/{file}", c.urls[1]);
+    let playlist = segments(&via2("index.m3u8")).await;
+    let get = |url: String| async move {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        r.bytes().await.unwrap()
+    };
+    let mut media = get(via2("init.mp4")).await.to_vec();
+    media.extend_from_slice(&get(via2(&playlist[0].0)).await);
+    // The ring changes (node 3 dies): the session stays on node 1.
+    c.nodes[2].as_mut().unwrap().kill9();
+    c.wait_live(&[1, 2], 2).await;
+    media.extend_from_slice(&get(via2(&playlist[1].0)).await);
+    // Node 1's log holds its two SERVEs before it is killed (the writer batches).
+    let log1 = c.dir.path().join("reel-data/node-1").join(JSONL_NAME);
+    wait_until("node 1 logged its serves", Duration::from_secs(10), || {
+        let (log1, sid) = (log1.clone(), sid.clone());
+        async move {
+            let text = std::fs::read_to_string(&log1).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains(&sid) && l.contains("\"SERVE\""))
+                .count()
+                >= 2
+        }
+    })
+    .await;
+    // The home dies mid-playback; the client keeps asking node 2, which takes the session over.
+    c.nodes[0].as_mut().unwrap().kill9();
+    c.wait_live(&[2], 1).await;
+    for (uri, _) in &playlist[2..] {
+        media.extend_from_slice(&get(via2(uri)).await);
+    }
+    let file = c.dir.path().join("played.mp4");
+    std::fs::write(&file, &media).unwrap();
+    let (w, h, frames, _) = probe(file.to_str().unwrap()).await;
+    assert_eq!(
+        (w, h, frames),
+        (240, 180, 150),
+        "the client played every frame"
+    );
+
+    let dirs = [
+        c.dir.path().join("reel-data/node-1"),
+        c.dir.path().join("reel-data/node-2"),
+    ];
+    let t = Timeline::load(&dirs, &sid).unwrap();
+    let serves: Vec<(usize, String)> = t
+        .serves()
+        .map(|r| (r.segment.unwrap(), r.node_id.clone()))
+        .collect();
+    let mut want = vec![(0, "node-1".to_string()), (1, "node-1".to_string())];
+    want.extend((2..playlist.len()).map(|k| (k, "node-2".to_string())));
+    assert_eq!(serves, want, "{}", t.render_text());
+    let moved: Vec<_> = t
+        .records
+        .iter()
+        .filter(|r| r.event == PlaybackEvent::SessionReassigned)
+        .collect();
+    assert_eq!(moved.len(), 1, "{}", t.render_text());
+    assert_eq!(moved[0].node_id, "node-2");
+    assert!(
+        moved[0].detail.as_deref().unwrap_or("").contains("node-1"),
+        "{}",
+        t.render_text()
+    );
+}
