@@ -114,6 +114,33 @@ fn hls_output_args(out_dir: &Path, segment_seconds: u32) -> Vec<String> {
     .to_vec()
 }
 
+/// The video encoder settings every encode of a rendition uses (one pass or chunk): H.264 Main,
+/// 4:2:0, the rendition's bitrate with a 7 % peak and 1.5 s buffer, keyframes forced at every
+/// multiple of the segment duration with scene-cut detection off. One function, because chunks
+/// and renditions only line up if every encode uses exactly these.
+fn x264_args(r: &Rendition, preset: &str, segment_seconds: u32) -> Vec<String> {
+    vec![
+        "-pix_fmt".into(),
+        "yuv420p".into(),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        preset.into(),
+        "-profile:v".into(),
+        "main".into(),
+        "-b:v".into(),
+        format!("{}k", r.video_kbps),
+        "-maxrate".into(),
+        format!("{}k", r.video_kbps * 107 / 100),
+        "-bufsize".into(),
+        format!("{}k", r.video_kbps * 3 / 2),
+        "-force_key_frames".into(),
+        format!("expr:gte(t,n_forced*{segment_seconds})"),
+        "-sc_threshold".into(),
+        "0".into(),
+    ]
+}
+
 /// The ffmpeg arguments for `spec` (without the program name).
 pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
     let r = &spec.rendition;
@@ -124,29 +151,11 @@ pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
     if spec.has_audio {
         a.extend(["-map".into(), "0:a:0".into()]);
     }
-    let v = [
+    a.extend([
         "-vf".to_string(),
         format!("scale={}:{}:flags=bicubic,setsar=1", r.width, r.height),
-        "-pix_fmt".into(),
-        "yuv420p".into(),
-        "-c:v".into(),
-        "libx264".into(),
-        "-preset".into(),
-        spec.preset.clone(),
-        "-profile:v".into(),
-        "main".into(),
-        "-b:v".into(),
-        format!("{}k", r.video_kbps),
-        "-maxrate".into(),
-        format!("{}k", r.video_kbps * 107 / 100),
-        "-bufsize".into(),
-        format!("{}k", r.video_kbps * 3 / 2),
-        "-force_key_frames".into(),
-        format!("expr:gte(t,n_forced*{seg})"),
-        "-sc_threshold".into(),
-        "0".into(),
-    ];
-    a.extend(v);
+    ]);
+    a.extend(x264_args(r, &spec.preset, seg));
     if spec.has_audio {
         a.extend(
             [
@@ -215,24 +224,9 @@ pub fn chunk_args(
             "setpts=PTS-STARTPTS,scale={}:{}:flags=bicubic,setsar=1",
             r.width, r.height
         ),
-        "-pix_fmt".into(),
-        "yuv420p".into(),
-        "-c:v".into(),
-        "libx264".into(),
-        "-preset".into(),
-        preset.into(),
-        "-profile:v".into(),
-        "main".into(),
-        "-b:v".into(),
-        format!("{}k", r.video_kbps),
-        "-maxrate".into(),
-        format!("{}k", r.video_kbps * 107 / 100),
-        "-bufsize".into(),
-        format!("{}k", r.video_kbps * 3 / 2),
-        "-force_key_frames".into(),
-        format!("expr:gte(t,n_forced*{segment_seconds})"),
-        "-sc_threshold".into(),
-        "0".into(),
+    ]);
+    a.extend(x264_args(r, preset, segment_seconds));
+    a.extend([
         "-an".into(),
         "-f".into(),
         "mp4".into(),
