@@ -3,7 +3,7 @@
 //! log for that session alone must show the same switches; VLC (as `nobody`) and ffmpeg play to
 //! the end through a session served by one node.
 //!
-//! Needs `scripts/setup` (chromium, vlc, `npm ci` in `tests/players`). Every player run has a
+//! Needs `scripts/setup --test` (chromium, vlc, `npm ci` in `tests/players`). Every player run has a
 //! hard deadline and is killed when it passes.
 
 use std::path::{Path, PathBuf};
@@ -62,7 +62,7 @@ async fn hlsjs_switches_down_and_up_and_the_server_logs_prove_it() {
     let out = tokio::time::timeout(Duration::from_secs(180), run)
         .await
         .expect("the hls.js run ends within 180 s")
-        .expect("node runs (scripts/setup installs it)");
+        .expect("node runs (scripts/setup --test installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
         .unwrap_or_else(|e| {
@@ -180,7 +180,7 @@ async fn vlc_as_nobody_plays_a_session_to_the_end() {
     let out = tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .expect("VLC ends within 90 s")
-        .expect("vlc runs (scripts/setup installs it)");
+        .expect("vlc runs (scripts/setup --test installs it)");
     let log = String::from_utf8_lossy(&out.stderr);
     let data: PathBuf = dir.path().into();
     let sessions = started_sessions(&node, &data).await;

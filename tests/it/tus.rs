@@ -762,7 +762,7 @@ async fn tuspy(args: &[&str]) -> serde_json::Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'tusclient'"),
-        "tuspy is not installed: run scripts/setup (pip install tuspy)"
+        "tuspy is not installed: run scripts/setup --test (pip install tuspy)"
     );
     assert!(out.status.success(), "tuspy failed: {stderr}");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
