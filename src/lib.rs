@@ -74,6 +74,14 @@ pub enum RunError {
 ///
 /// Errors: see [`RunError`].
 pub async fn start_node(config: &Config) -> Result<Node, RunError> {
+    let storage = Storage::open(&config.storage)
+        .map_err(|e| RunError::Setup(format!("object store: {e}")))?;
+    start_node_with(config, storage).await
+}
+
+/// [`start_node`] over a given object store instead of `config.storage` (tests wrap a store to
+/// count or slow its reads).
+pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, RunError> {
     config.validate()?;
     media::transcode::check_tools().map_err(RunError::MissingTool)?;
     let setup = |what: &str, e: &dyn std::fmt::Display| RunError::Setup(format!("{what}: {e}"));
@@ -88,7 +96,6 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
     let _ = std::fs::remove_dir_all(&scratch_dir);
     std::fs::create_dir_all(&scratch_dir)
         .map_err(|e| setup("cannot create scratch directory", &e))?;
-    let storage = Storage::open(&config.storage).map_err(|e| setup("object store", &e))?;
     let events = EventLog::open(&config.data_dir.join("reel.sqlite"), &config.node_id)
         .map_err(|e| setup("event log", &e))?;
     let view = match &config.cluster {
@@ -152,10 +159,21 @@ pub async fn spawn(
     config: Config,
     listener: tokio::net::TcpListener,
 ) -> Result<RunningNode, RunError> {
+    let storage = Storage::open(&config.storage)
+        .map_err(|e| RunError::Setup(format!("object store: {e}")))?;
+    spawn_with_storage(config, storage, listener).await
+}
+
+/// [`spawn`] over a given object store instead of `config.storage`.
+pub async fn spawn_with_storage(
+    config: Config,
+    storage: Storage,
+    listener: tokio::net::TcpListener,
+) -> Result<RunningNode, RunError> {
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Setup(format!("listener: {e}")))?;
-    let node = start_node(&config).await?;
+    let node = start_node_with(&config, storage).await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::App::new(node.clone(), Arc::new(config));
     let server = tokio::spawn(http::serve(app, listener, async {

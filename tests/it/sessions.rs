@@ -901,3 +901,74 @@ async fn when_the_home_node_dies_mid_playback_another_node_takes_the_session_ove
     );
     node_b.stop().await;
 }
+
+/// Issue 4, item 7, over HTTP: 100 concurrent requests of one session for one uncached segment
+/// cause one object-store read (the store counts reads; its gate holds the first read so the
+/// others arrive while it is in flight, or find the segment cached after it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_concurrent_requests_for_one_uncached_segment_read_the_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GatedStore::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = reel::spawn_with_storage(
+        test_config(dir.path()),
+        reel::storage::Storage::from_store(store.clone()),
+        listener,
+    )
+    .await
+    .unwrap();
+    let base = node.url();
+    let (status, v) = upload(&base, &clip("av")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_terminal(&base, &id, PROCESSING_DEADLINE).await["state"],
+        "ready"
+    );
+    let master = reqwest::get(format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    let sid = master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let key = format!("videos/{id}/240p/00002.m4s");
+    let before = store.reads(&key);
+    store.close_for("240p/00002.m4s");
+    let url = format!("{base}/videos/{id}/s/{sid}/240p/00002.m4s");
+    let client = reqwest::Client::new();
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let r = client.get(&url).send().await.unwrap();
+                (r.status().as_u16(), r.bytes().await.unwrap())
+            })
+        })
+        .collect();
+    // The first miss reaches the store and waits at the gate.
+    wait_until(
+        "the first read to reach the store",
+        std::time::Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            let key = key.clone();
+            async move { store.reads(&key) > before }
+        },
+    )
+    .await;
+    store.open();
+    let mut bodies = Vec::new();
+    for r in requests {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, 200);
+        bodies.push(body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]) && !bodies[0].is_empty());
+    assert_eq!(
+        store.reads(&key) - before,
+        1,
+        "one object-store read for 100 requests"
+    );
+    node.stop().await;
+}
