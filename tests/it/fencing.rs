@@ -31,13 +31,19 @@ async fn two_owners_race_and_exactly_one_finalizes() {
     let v = wait_terminal(&b.url(), &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");
 
-    let ev_a = event_kinds(&a.url(), &id).await;
-    let ev_b = event_kinds(&b.url(), &id).await;
-    let ready = |evs: &[serde_json::Value]| {
+    fn ready(evs: &[serde_json::Value]) -> usize {
         evs.iter()
             .filter(|e| e["kind"] == "state_changed" && e["outcome"] == "ready")
             .count()
-    };
+    }
+    // The record turns ready first; the event that logs it follows at once.
+    wait_until("the ready transition in the log", std::time::Duration::from_secs(10), || {
+        let (a, b, id) = (a.url(), b.url(), id.clone());
+        async move { ready(&event_kinds(&a, &id).await) + ready(&event_kinds(&b, &id).await) >= 1 }
+    })
+    .await;
+    let ev_a = event_kinds(&a.url(), &id).await;
+    let ev_b = event_kinds(&b.url(), &id).await;
     assert_eq!(
         ready(&ev_a) + ready(&ev_b),
         1,
