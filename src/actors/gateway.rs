@@ -11,14 +11,12 @@
 //! actors). Payloads are JSON strings (see `cluster::protocol`): adding a request kind never
 //! breaks decoding of the others.
 
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
 use crate::actors::job::JobMsg;
-use crate::actors::video::VideoMsg;
-use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::actors::video_supervisor::{live_status, VideoSupervisorMsg};
 use crate::actors::worker_pool::PoolMsg;
 use crate::actors::{Assignment, Ctx, TaskReply};
 use crate::cluster::gateway_group;
@@ -59,21 +57,9 @@ fn encode(reply: &Reply) -> String {
 }
 
 async fn progress(videos: ActorRef<VideoSupervisorMsg>, video_id: String) -> Reply {
-    let actor = ractor::call_t!(
-        videos,
-        |reply| VideoSupervisorMsg::Lookup { video_id, reply },
-        2000
-    )
-    .ok()
-    .flatten();
-    let progress = match actor {
-        Some(a) => match a.call(VideoMsg::Status, Some(Duration::from_secs(2))).await {
-            Ok(ractor::rpc::CallResult::Success(s)) => Some(s.progress),
-            _ => None,
-        },
-        None => None,
-    };
-    Reply::Progress { progress }
+    Reply::Progress {
+        progress: live_status(&videos, &video_id).await.map(|s| s.progress),
+    }
 }
 
 impl Actor for Gateway {

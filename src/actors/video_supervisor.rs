@@ -27,6 +27,30 @@ use crate::storage::events::NewEvent;
 /// flaps (a woken node re-dialing) should not move work twice.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The live status of a video processed on this node: asks `videos` for the video's actor,
+/// then the actor for its status (2 s each). `None` when no actor runs for it here or it does
+/// not answer in time.
+pub async fn live_status(
+    videos: &ActorRef<VideoSupervisorMsg>,
+    video_id: &str,
+) -> Option<crate::actors::video::VideoStatus> {
+    let video_id = video_id.to_string();
+    let actor = ractor::call_t!(
+        videos,
+        |reply| VideoSupervisorMsg::Lookup { video_id, reply },
+        2000
+    )
+    .ok()
+    .flatten()?;
+    match actor
+        .call(VideoMsg::Status, Some(std::time::Duration::from_secs(2)))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+        _ => None,
+    }
+}
+
 /// The supervisor actor.
 pub struct VideoSupervisor;
 

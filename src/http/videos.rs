@@ -10,8 +10,7 @@ use serde_json::{json, Value};
 use warp::http::{Response, StatusCode};
 use warp::{Filter, Rejection};
 
-use crate::actors::video::VideoMsg;
-use crate::actors::video_supervisor::VideoSupervisorMsg;
+use crate::actors::video_supervisor::live_status;
 use crate::cluster::protocol::{Reply, Request};
 use crate::cluster::ring::video_key;
 use crate::http::{json_response, respond, ApiError, App};
@@ -93,26 +92,9 @@ async fn status(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
             progress = p;
         }
     } else if !record.state.is_terminal() {
-        let actor = ractor::call_t!(
-            app.node.refs.videos,
-            |reply| VideoSupervisorMsg::Lookup {
-                video_id: id.clone(),
-                reply
-            },
-            2000
-        )
-        .ok()
-        .flatten();
-        if let Some(actor) = actor {
-            if let Ok(s) = actor
-                .call(VideoMsg::Status, Some(Duration::from_secs(2)))
-                .await
-            {
-                if let ractor::rpc::CallResult::Success(s) = s {
-                    progress = s.progress;
-                    record = s.record;
-                }
-            }
+        if let Some(s) = live_status(&app.node.refs.videos, &id).await {
+            progress = s.progress;
+            record = s.record;
         }
     }
     let mut v = view(&record, progress);

@@ -399,13 +399,7 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
         "ready"
     );
     // The session starts on node 1 (the master playlist is fetched there).
-    let master = reqwest::get(format!("{}/videos/{id}/master.m3u8", c.url(1)))
-        .await
-        .unwrap();
-    let sid = master.headers()["x-reel-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let sid = start_session(c.url(1), &id).await;
     assert!(sid.starts_with("node-1-"), "{sid}");
     let via2 = |file: &str| format!("{}/videos/{id}/s/{sid}/180p/{file}", c.urls[1]);
     let playlist = segments(&via2("index.m3u8")).await;

@@ -427,3 +427,16 @@ pub async fn wait_healthy(base: &str) {
     )
     .await;
 }
+
+/// Start a playback session on the node at `base` (fetch the multivariant playlist); returns
+/// the session id from `x-reel-session`.
+pub async fn start_session(base: &str, video_id: &str) -> String {
+    let master = reqwest::get(format!("{base}/videos/{video_id}/master.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(master.status(), 200);
+    master.headers()["x-reel-session"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}

@@ -925,13 +925,7 @@ async fn a_hundred_concurrent_requests_for_one_uncached_segment_read_the_store_o
         wait_terminal(&base, &id, PROCESSING_DEADLINE).await["state"],
         "ready"
     );
-    let master = reqwest::get(format!("{base}/videos/{id}/master.m3u8"))
-        .await
-        .unwrap();
-    let sid = master.headers()["x-reel-session"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let sid = start_session(&base, &id).await;
     let key = format!("videos/{id}/240p/00002.m4s");
     let before = store.reads(&key);
     store.close_for("240p/00002.m4s");
