@@ -11,7 +11,6 @@
 //! actors). Payloads are JSON strings (see `cluster::protocol`): adding a request kind never
 //! breaks decoding of the others.
 
-
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 
