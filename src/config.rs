@@ -405,13 +405,35 @@ impl StorageLocation {
         if path.is_empty() {
             return Err(ConfigError::Invalid("storage path is empty".into()));
         }
-        let path = PathBuf::from(path);
-        Ok(Self::Local(if path.is_absolute() {
-            path
-        } else {
-            base.join(path)
-        }))
+        Ok(Self::Local(absolute_path(Path::new(path), base)?))
     }
+}
+
+/// `path` made absolute: unchanged when it already is, else joined to `base` (made absolute
+/// against the process's working directory when it is relative itself). `.` components are
+/// dropped; symbolic links and `..` are left as written.
+///
+/// Every path from the command line or a config file goes through this once, at load, so
+/// nothing after that sees a relative path: ffmpeg resolves relative names in a concat list
+/// against the list's own folder, not the working directory (issue 8).
+///
+/// Errors: [`ConfigError::Invalid`] for an empty path or when the working directory cannot be
+/// read.
+pub fn absolute_path(path: &Path, base: &Path) -> Result<PathBuf, ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid("a path is empty".into()));
+    }
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    std::path::absolute(&joined).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "cannot make {} absolute (is the working directory readable?): {e}",
+            joined.display()
+        ))
+    })
 }
 
 /// The cluster side of a node: who the members are and how to reach them.
@@ -457,9 +479,11 @@ pub struct Config {
 
 impl Config {
     /// The embedded default for one node: objects under `DATA_DIR/objects`, SQLite under
-    /// `DATA_DIR`, the default ladder, two workers.
+    /// `DATA_DIR`, the default ladder, two workers. A relative `data_dir` is taken against the
+    /// working directory now (see [`absolute_path`]).
     pub fn single_node(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         let data_dir = data_dir.into();
+        let data_dir = absolute_path(&data_dir, Path::new(".")).unwrap_or(data_dir);
         Self {
             node_id: "node-1".into(),
             listen,
@@ -489,6 +513,7 @@ impl Config {
         node_id: Option<&str>,
         env: &HashMap<String, String>,
     ) -> Result<Self, ConfigError> {
+        let path = &absolute_path(path, Path::new("."))?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -497,12 +522,30 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Keys of the file are relative to the file's own folder (absolute: `path` is).
+        let base = path.parent().unwrap_or(Path::new("/"));
         file.into_config(node_id, base, env)
     }
 
     /// Check what cannot work; called by `from_file` and by `run`.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Paths are made absolute at load (`absolute_path`); a relative one here is a bug of
+        // whoever built this Config, and would break ffmpeg's concat lists (issue 8).
+        let relative = |p: &Path| !p.is_absolute();
+        if relative(&self.data_dir) {
+            return Err(ConfigError::Invalid(format!(
+                "data_dir {} must be absolute (build it with config::absolute_path)",
+                self.data_dir.display()
+            )));
+        }
+        if let StorageLocation::Local(dir) = &self.storage {
+            if relative(dir) {
+                return Err(ConfigError::Invalid(format!(
+                    "storage directory {} must be absolute (build it with config::absolute_path)",
+                    dir.display()
+                )));
+            }
+        }
         self.processing.validate()?;
         self.streaming.validate()?;
         if self.workers == 0 || self.workers > 64 {
@@ -524,6 +567,81 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+/// What `reel serve` was given on its command line (`None`: not given), resolved into a
+/// [`Config`] by [`ServeFlags::resolve`].
+///
+/// Rules: without `--config`, the embedded default on `--data-dir` (default `./reel-data`) and
+/// `--listen` (default `127.0.0.1:8080`). With `--config`, the file decides and every flag that
+/// is given explicitly wins over it: `--listen` over the node's `http`, `--data-dir` over its
+/// `data_dir`, `--storage` over `storage`. Relative flags are taken against the working
+/// directory, relative file keys against the file's folder.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFlags {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--node ID` (needs `--config`).
+    pub node: Option<String>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+    /// `--storage LOCATION` (`DIR`, `local:DIR`, `memory:`, `s3://bucket`).
+    pub storage: Option<String>,
+}
+
+/// The data directory `reel serve` uses when neither `--data-dir` nor a config file names one.
+pub const DEFAULT_DATA_DIR: &str = "./reel-data";
+
+/// The HTTP address `reel serve` listens on by default: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl ServeFlags {
+    /// The node's configuration. `cwd` is the working directory relative flags are taken
+    /// against; `env` the process environment (S3 settings, `REEL_CLUSTER_COOKIE`).
+    ///
+    /// Errors: `--node` without `--config`, and every [`Config::from_file`] and
+    /// [`Config::validate`] error.
+    pub fn resolve(
+        &self,
+        cwd: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(file) => {
+                Config::from_file_with_env(&absolute_path(file, cwd)?, self.node.as_deref(), env)?
+            }
+            None => {
+                if let Some(node) = &self.node {
+                    return Err(ConfigError::Invalid(format!(
+                        "--node {node} names a node of a config file: add --config cluster.toml"
+                    )));
+                }
+                let data_dir = self
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+                let listen = self
+                    .listen
+                    .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address"));
+                Config::single_node(absolute_path(&data_dir, cwd)?, listen)
+            }
+        };
+        if self.config.is_some() {
+            if let Some(listen) = self.listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = &self.data_dir {
+                config.data_dir = absolute_path(dir, cwd)?;
+            }
+        }
+        if let Some(text) = &self.storage {
+            config.storage = StorageLocation::parse_with(text, cwd, &S3Settings::default(), env)?;
+        }
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -649,9 +767,8 @@ impl ClusterFile {
             }
         };
         let data_dir = match &node.data_dir {
-            Some(d) if d.is_absolute() => d.clone(),
-            Some(d) => base.join(d),
-            None => base.join("reel-data").join(&node.id),
+            Some(d) => absolute_path(d, base)?,
+            None => absolute_path(&Path::new("reel-data").join(&node.id), base)?,
         };
         let storage = StorageLocation::parse_with(
             &self.storage,
@@ -854,6 +971,78 @@ cluster = "127.0.0.1:9080"
         )
         .unwrap_err();
         assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn every_path_is_absolute_after_load_whatever_was_written() {
+        let cwd = tempfile::tempdir().unwrap();
+        let env = HashMap::from([("REEL_CLUSTER_COOKIE".to_string(), "x".to_string())]);
+        // No flags at all: ./reel-data under the working directory, objects inside it.
+        let c = ServeFlags::default().resolve(cwd.path(), &env).unwrap();
+        assert_eq!(c.data_dir, cwd.path().join("reel-data"));
+        assert_eq!(
+            c.storage,
+            StorageLocation::Local(cwd.path().join("reel-data/objects"))
+        );
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        // A relative config path and the repository's relative keys: against the file's folder.
+        std::fs::create_dir(cwd.path().join("conf")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml"),
+            cwd.path().join("conf/cluster.toml"),
+        )
+        .unwrap();
+        let flags = ServeFlags {
+            config: Some("conf/cluster.toml".into()),
+            node: Some("node-3".into()),
+            ..Default::default()
+        };
+        let c = flags.resolve(cwd.path(), &env).unwrap();
+        assert_eq!(c.data_dir, cwd.path().join("conf/reel-data/node-3"));
+        assert_eq!(
+            c.storage,
+            StorageLocation::Local(cwd.path().join("conf/reel-data/objects"))
+        );
+        assert!(c.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn flags_given_with_a_config_file_win_over_it() {
+        let cwd = tempfile::tempdir().unwrap();
+        let (_d, path) = write(ONE);
+        let flags = ServeFlags {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:18080".parse().unwrap()),
+            data_dir: Some("elsewhere".into()),
+            storage: Some("shared/objects".into()),
+            ..Default::default()
+        };
+        let c = flags.resolve(cwd.path(), &HashMap::new()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(c.data_dir, cwd.path().join("elsewhere"));
+        assert_eq!(
+            c.storage,
+            StorageLocation::Local(cwd.path().join("shared/objects"))
+        );
+        let e = ServeFlags {
+            node: Some("node-2".into()),
+            ..Default::default()
+        }
+        .resolve(cwd.path(), &HashMap::new())
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn a_config_built_by_hand_with_a_relative_path_is_refused() {
+        let mut c = Config::single_node("/tmp/x", "127.0.0.1:0".parse().unwrap());
+        c.data_dir = "reel-data".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("absolute"), "{e}");
+        let mut c = Config::single_node("/tmp/x", "127.0.0.1:0".parse().unwrap());
+        c.storage = StorageLocation::Local("objects".into());
+        assert!(c.validate().is_err());
     }
 
     #[test]

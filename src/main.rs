@@ -23,13 +23,14 @@ enum Command {
     /// Start a node.
     Serve {
         /// Node-local data directory (SQLite, scratch; objects under DIR/objects by default).
-        #[arg(long, default_value = "./reel-data")]
-        data_dir: PathBuf,
-        /// HTTP listen address. Loopback unless you choose otherwise.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Read settings from a cluster.toml instead (then --data-dir and --listen come from it
-        /// unless given explicitly).
+        /// Default ./reel-data; relative to the working directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// HTTP listen address. Default 127.0.0.1:8080: loopback unless you choose otherwise.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Read settings from a cluster.toml (its relative paths are relative to the file).
+        /// --data-dir, --listen and --storage, when given, win over the file.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Which [[node]] of the config file this is.
@@ -135,27 +136,22 @@ async fn main() -> ExitCode {
             json_logs,
         } => {
             init_logs(json_logs);
-            let config = match config {
-                Some(path) => match reel::config::Config::from_file(&path, node.as_deref()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => {
-                    let mut c = reel::config::Config::single_node(data_dir, listen);
-                    if let Some(text) = storage {
-                        match reel::config::StorageLocation::parse(&text, std::path::Path::new("."))
-                        {
-                            Ok(s) => c.storage = s,
-                            Err(e) => {
-                                eprintln!("error: {e}");
-                                return ExitCode::from(2);
-                            }
-                        }
-                    }
-                    c
+            let flags = reel::config::ServeFlags {
+                config,
+                node,
+                data_dir,
+                listen,
+                storage,
+            };
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let config = match std::env::current_dir()
+                .map_err(|e| format!("cannot read the working directory: {e}"))
+                .and_then(|cwd| flags.resolve(&cwd, &env).map_err(|e| e.to_string()))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
                 }
             };
             match reel::run(config, shutdown_signal()).await {
@@ -215,6 +211,13 @@ async fn main() -> ExitCode {
 /// `reel cluster-up`: validate every node's config, start one `reel serve` child per node, and
 /// stop them all on Ctrl-C / SIGTERM or when any of them exits.
 async fn cluster_up(config: &std::path::Path) -> ExitCode {
+    let config = &match reel::config::absolute_path(config, std::path::Path::new(".")) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let text = match std::fs::read_to_string(config) {
         Ok(t) => t,
         Err(e) => {
