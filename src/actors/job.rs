@@ -412,6 +412,7 @@ impl JobActor {
             has_audio: source.has_audio,
             duration_seconds: source.duration_seconds,
             frame_rate: source.frame_rate,
+            input: transcode::InputMap::for_source(&source),
         };
         // The graph: per rendition either one whole-rendition task, or its chunks and the
         // (shared) audio feeding one packaging task. Anything already stored counts as done.
@@ -456,6 +457,7 @@ impl JobActor {
                     r,
                     TaskKind::Package {
                         chunks: chunks.len(),
+                        chunk_seconds: chunks.iter().map(|c| c.1).collect(),
                         audio_kbps,
                     },
                 ),

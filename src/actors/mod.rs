@@ -134,6 +134,10 @@ pub enum TaskKind {
     Package {
         /// How many chunks.
         chunks: usize,
+        /// Each chunk's span, seconds, in order: where the next one starts. Empty in tasks
+        /// from a node that predates it (each chunk's own length is used).
+        #[serde(default)]
+        chunk_seconds: Vec<f64>,
         /// The audio intermediate's bitrate, when the source has audio.
         audio_kbps: Option<u32>,
     },
@@ -154,6 +158,11 @@ pub struct TaskSpec {
     pub duration_seconds: f64,
     /// Source frame rate, frames per second (kept; written as `FRAME-RATE`).
     pub frame_rate: f64,
+    /// Which source streams to read and how to line them up (decided once from the probe, so
+    /// every chunk, the audio and every rendition share one timeline). Absent in tasks from a
+    /// node that predates it: the first streams, no offsets.
+    #[serde(default)]
+    pub input: crate::media::transcode::InputMap,
 }
 
 impl TaskSpec {

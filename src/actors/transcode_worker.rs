@@ -20,7 +20,8 @@ use crate::actors::worker_pool::PoolMsg;
 use crate::actors::{Assignment, Ctx, TaskFailure, TaskKind};
 use crate::cluster::protocol::{failure_to_wire, TaskReport};
 use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
-use crate::media::transcode::{self, Cancel, TranscodeError, TranscodeSpec};
+use crate::media::probe;
+use crate::media::transcode::{self, Cancel, ChunkSeek, TranscodeError, TranscodeSpec};
 use crate::storage::keys;
 
 /// The worker actor.
@@ -35,6 +36,9 @@ pub struct WorkerArgs {
 }
 
 /// Messages.
+// An Assignment (a task spec with its input map) is moved once per dispatch; boxing it
+// would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 pub enum WorkerMsg {
     /// Run this task (the pool only sends it to an idle worker).
     Run(Assignment),
@@ -220,6 +224,7 @@ async fn transcode_and_store(
                 segment_seconds: seg,
                 preset: ctx.processing.preset.clone(),
                 has_audio: t.has_audio,
+                map: t.input.clone(),
             };
             run_ffmpeg(a, cancel, transcode::ffmpeg_args(&spec)).await?;
             store_outputs(ctx, a, out_dir).await.map(Some)
@@ -230,16 +235,48 @@ async fn transcode_and_store(
             duration_seconds,
         } => {
             let out = out_dir.join("chunk.mp4");
-            let args = transcode::chunk_args(
-                &source().await?,
-                &out,
-                &t.rendition,
-                *start_seconds,
-                *duration_seconds,
-                seg,
-                &ctx.processing.preset,
-            );
-            run_ffmpeg(a, cancel, args).await?;
+            let input = source().await?;
+            let args = |seek| {
+                transcode::chunk_args(
+                    &input,
+                    &out,
+                    &t.rendition,
+                    *start_seconds,
+                    *duration_seconds,
+                    seg,
+                    &ctx.processing.preset,
+                    &t.input,
+                    seek,
+                )
+            };
+            run_ffmpeg(a, cancel, args(ChunkSeek::Index)).await?;
+            let frames = || async {
+                probe::count_video_packets(&out, std::time::Duration::from_secs(60))
+                    .await
+                    .map_err(|e| TaskFailure::transient(format!("checking the chunk: {e}")))
+            };
+            let got = frames().await?;
+            if transcode::chunk_is_short(got, *duration_seconds, t.frame_rate) {
+                // The container's seek lost frames (MPEG-TS with sparse keyframes lands past
+                // them): decode from the start instead.
+                tracing::warn!(
+                    video = %t.video_id,
+                    task = %a.key(),
+                    frames = got,
+                    "seeking the source lost frames; decoding this chunk from the start"
+                );
+                run_ffmpeg(a, cancel, args(ChunkSeek::Decode)).await?;
+                if frames().await? == 0 {
+                    return Err(TaskFailure {
+                        permanent: true,
+                        message: format!(
+                            "the source has no video frames between {:.1} s and {:.1} s",
+                            start_seconds,
+                            start_seconds + duration_seconds
+                        ),
+                    });
+                }
+            }
             ctx.storage
                 .put_file(&keys::chunk(&t.video_id, &t.rendition.name, *index), &out)
                 .await
@@ -251,7 +288,7 @@ async fn transcode_and_store(
             run_ffmpeg(
                 a,
                 cancel,
-                transcode::audio_args(&source().await?, &out, *kbps),
+                transcode::audio_args(&source().await?, &out, *kbps, &t.input),
             )
             .await?;
             ctx.storage
@@ -260,7 +297,11 @@ async fn transcode_and_store(
                 .map_err(|e| io("storing the audio", &e))?;
             Ok(None)
         }
-        TaskKind::Package { chunks, audio_kbps } => {
+        TaskKind::Package {
+            chunks,
+            chunk_seconds,
+            audio_kbps,
+        } => {
             let inputs = out_dir.join("in");
             tokio::fs::create_dir_all(&inputs)
                 .await
@@ -286,7 +327,12 @@ async fn transcode_and_store(
                 None => None,
             };
             let list = inputs.join("chunks.txt");
-            tokio::fs::write(&list, transcode::concat_list(&files))
+            let entries: Vec<(std::path::PathBuf, f64)> = files
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (f, chunk_seconds.get(i).copied().unwrap_or(0.0)))
+                .collect();
+            tokio::fs::write(&list, transcode::concat_list(&entries))
                 .await
                 .map_err(|e| io("writing the chunk list", &e))?;
             run_ffmpeg(

@@ -55,6 +55,9 @@ pub struct PoolSnapshot {
 }
 
 /// Messages.
+// An Assignment (a task spec with its input map) is moved once per dispatch; boxing it
+// would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 pub enum PoolMsg {
     /// Queue a task.
     Submit(Assignment),

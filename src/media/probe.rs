@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct SourceInfo {
     /// ffprobe's container format name (`mov,mp4,m4a,3gp,3g2,mj2`).
     pub format: String,
-    /// Duration, seconds.
+    /// Duration of the video stream, seconds: the length of every rendition. Audio that runs
+    /// longer is cut there, audio that stops earlier is padded with silence.
     pub duration_seconds: f64,
     /// Coded width of the video stream, pixels.
     pub width: u32,
@@ -27,21 +28,66 @@ pub struct SourceInfo {
     pub video_codec: String,
     /// Average frame rate, frames per second.
     pub frame_rate: f64,
+    /// Nominal frame rate, frames per second: ffprobe's `r_frame_rate` (the rate a
+    /// variable-rate source's timestamps are laid on), or the average when that is implausible
+    /// (above 240, or below the average). Renditions are constant-rate at it.
+    #[serde(default)]
+    pub nominal_frame_rate: f64,
     /// Whether an audio stream exists.
     pub has_audio: bool,
     /// Audio codec name, when there is audio.
     pub audio_codec: Option<String>,
     /// Size of the source, bytes.
     pub size_bytes: u64,
+    /// ffprobe index of the video stream reel encodes: the first one marked default, else
+    /// the first (cover art never counts). `None` in records written before it existed: the
+    /// first video stream.
+    #[serde(default)]
+    pub video_stream: Option<u32>,
+    /// ffprobe index of the audio stream reel encodes, chosen the same way.
+    #[serde(default)]
+    pub audio_stream: Option<u32>,
+    /// How far the video stream starts after the file's first timestamp, seconds (>= 0).
+    /// MPEG-TS, edit lists and audio that starts early make it non-zero; chunk seeks add it,
+    /// so that time 0 of every rendition is the first video frame.
+    #[serde(default)]
+    pub video_start_seconds: f64,
+    /// Audio start minus video start, seconds: negative when the audio begins before the first
+    /// video frame (that part is cut), positive when after (silence is put before it).
+    #[serde(default)]
+    pub audio_offset_seconds: f64,
+    /// Whether the video is interlaced (ffprobe `field_order` tt, bb, tb or bt): deinterlaced
+    /// on output.
+    #[serde(default)]
+    pub interlaced: bool,
+    /// Sample (pixel) aspect ratio as width / height of one pixel: 1.0 for square pixels, 32/27
+    /// for 16:9 PAL-width DVD video. The display size accounts for it.
+    #[serde(default = "square")]
+    pub sample_aspect_ratio: f64,
+    /// Audio channels of the chosen audio stream (1 mono, 2 stereo, 6 for 5.1); every rendition
+    /// carries stereo.
+    #[serde(default)]
+    pub audio_channels: Option<u32>,
+}
+
+fn square() -> f64 {
+    1.0
 }
 
 impl SourceInfo {
-    /// Width and height as displayed (after rotation).
+    /// Width and height as displayed, pixels: the width stretched by the sample aspect ratio,
+    /// then both swapped for a 90 or 270 degree rotation.
     pub fn display_size(&self) -> (u32, u32) {
-        if self.rotation.rem_euclid(180) == 90 {
-            (self.height, self.width)
+        let sar = self.sample_aspect_ratio;
+        let width = if sar.is_finite() && sar > 0.0 && (sar - 1.0).abs() > 1e-3 {
+            ((self.width as f64 * sar).round() as u32).max(2)
         } else {
-            (self.width, self.height)
+            self.width
+        };
+        if self.rotation.rem_euclid(180) == 90 {
+            (self.height, width)
+        } else {
+            (width, self.height)
         }
     }
 
@@ -55,9 +101,17 @@ impl SourceInfo {
             rotation: 0,
             video_codec: "h264".into(),
             frame_rate: 30.0,
+            nominal_frame_rate: 30.0,
             has_audio: true,
             audio_codec: Some("aac".into()),
             size_bytes: 1_000_000,
+            video_stream: Some(0),
+            audio_stream: Some(1),
+            video_start_seconds: 0.0,
+            audio_offset_seconds: 0.0,
+            interlaced: false,
+            sample_aspect_ratio: 1.0,
+            audio_channels: Some(2),
         }
     }
 }
@@ -117,10 +171,16 @@ struct Format {
     format_name: String,
     duration: Option<String>,
     size: Option<String>,
+    start_time: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Stream {
+    index: Option<u32>,
+    start_time: Option<String>,
+    field_order: Option<String>,
+    sample_aspect_ratio: Option<String>,
+    channels: Option<u32>,
     codec_type: Option<String>,
     codec_name: Option<String>,
     width: Option<u32>,
@@ -142,17 +202,43 @@ struct Stream {
 struct Disposition {
     #[serde(default)]
     attached_pic: i32,
+    #[serde(default)]
+    default: i32,
 }
 
+/// `n/d` (frame rates) or `n:d` (aspect ratios) as a number; `None` for 0 or malformed.
 fn ratio(text: &Option<String>) -> Option<f64> {
     let text = text.as_deref()?;
-    let (n, d) = text.split_once('/')?;
+    let (n, d) = text.split_once('/').or_else(|| text.split_once(':'))?;
     let (n, d): (f64, f64) = (n.parse().ok()?, d.parse().ok()?);
     (d > 0.0 && n > 0.0).then(|| n / d)
 }
 
 fn num<T: std::str::FromStr>(text: &Option<String>) -> Option<T> {
     text.as_deref()?.parse().ok()
+}
+
+/// Matroska's per-track `DURATION` tag (`00:01:02.500000000`), seconds.
+fn tag_duration(tags: &std::collections::HashMap<String, String>) -> Option<f64> {
+    let text = tags.get("DURATION").or_else(|| tags.get("duration"))?;
+    let mut secs = 0.0;
+    for part in text.trim().split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some(secs)
+}
+
+/// The stream of `kind` reel uses: the first marked default, else the first (cover art, an
+/// attached picture, is never a video stream). Seed 002 names no rule; players pick the
+/// default track, so reel does too.
+fn pick<'a>(streams: &'a [Stream], kind: &str) -> Option<&'a Stream> {
+    let usable =
+        |s: &&Stream| s.codec_type.as_deref() == Some(kind) && s.disposition.attached_pic == 0;
+    streams
+        .iter()
+        .filter(usable)
+        .find(|s| s.disposition.default == 1)
+        .or_else(|| streams.iter().find(usable))
 }
 
 /// Judge ffprobe's JSON (`-count_packets -show_format -show_streams -of json`).
@@ -174,14 +260,8 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
             format.format_name
         )));
     }
-    let audio = probe
-        .streams
-        .iter()
-        .find(|s| s.codec_type.as_deref() == Some("audio"));
-    let video = probe
-        .streams
-        .iter()
-        .find(|s| s.codec_type.as_deref() == Some("video") && s.disposition.attached_pic == 0);
+    let audio = pick(&probe.streams, "audio");
+    let video = pick(&probe.streams, "video");
     let Some(video) = video else {
         return Err(ProbeError::Invalid(match audio {
             Some(a) => format!(
@@ -206,13 +286,29 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
             ))
         }
     };
-    let duration = num::<f64>(&format.duration)
-        .or_else(|| num(&video.duration))
-        .filter(|d| d.is_finite() && *d > 0.0)
-        .ok_or_else(|| ProbeError::Invalid("the video has no duration (0 seconds)".into()))?;
+    let positive = |d: &f64| d.is_finite() && *d > 0.0;
+    let file_start = num::<f64>(&format.start_time)
+        .filter(|t| t.is_finite())
+        .unwrap_or(0.0);
+    let video_start = num::<f64>(&video.start_time)
+        .filter(|t| t.is_finite())
+        .unwrap_or(file_start);
+    let audio_start = audio
+        .and_then(|a| num::<f64>(&a.start_time))
+        .filter(|t| t.is_finite())
+        .unwrap_or(video_start);
     let frame_rate = ratio(&video.avg_frame_rate)
         .or_else(|| ratio(&video.r_frame_rate))
         .unwrap_or(25.0);
+    // The video stream's own length: its duration field (MP4, MPEG-TS), Matroska's DURATION
+    // tag, else the file's duration less the part before the video starts.
+    let file_duration = num::<f64>(&format.duration).filter(positive);
+    let duration = num::<f64>(&video.duration)
+        .filter(positive)
+        .or_else(|| tag_duration(&video.tags).filter(positive))
+        .or_else(|| file_duration.map(|d| d - (video_start - file_start).max(0.0)))
+        .filter(positive)
+        .ok_or_else(|| ProbeError::Invalid("the video has no duration (0 seconds)".into()))?;
     let packets: Option<u64> = num(&video.nb_read_packets);
     if packets == Some(0) {
         return Err(ProbeError::Invalid(
@@ -239,6 +335,10 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
         .find_map(|v| v.get("rotation").and_then(|r| r.as_i64()))
         .or_else(|| video.tags.get("rotate").and_then(|r| r.parse().ok()))
         .unwrap_or(0) as i32;
+    let interlaced = matches!(
+        video.field_order.as_deref(),
+        Some("tt" | "bb" | "tb" | "bt")
+    );
     Ok(SourceInfo {
         format: format.format_name.clone(),
         duration_seconds: duration,
@@ -247,9 +347,23 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
         rotation,
         video_codec: codec,
         frame_rate,
+        nominal_frame_rate: ratio(&video.r_frame_rate)
+            .filter(|r| *r <= 240.0 && *r >= frame_rate * 0.99)
+            .unwrap_or(frame_rate),
         has_audio: audio.is_some(),
         audio_codec: audio.and_then(|a| a.codec_name.clone()),
         size_bytes: num(&format.size).unwrap_or(0),
+        video_stream: video.index,
+        audio_stream: audio.and_then(|a| a.index),
+        video_start_seconds: (video_start - file_start).max(0.0),
+        audio_offset_seconds: if audio.is_some() {
+            audio_start - video_start
+        } else {
+            0.0
+        },
+        interlaced,
+        sample_aspect_ratio: ratio(&video.sample_aspect_ratio).unwrap_or(1.0),
+        audio_channels: audio.and_then(|a| a.channels),
     })
 }
 
@@ -290,6 +404,33 @@ pub async fn probe(path: &Path, timeout: Duration) -> Result<SourceInfo, ProbeEr
         }));
     }
     judge(&stdout)
+}
+
+/// Video packets (frames) in a local file, by `ffprobe -count_packets`: quick, it reads the
+/// container without decoding. For checking an intermediate reel wrote itself (a chunk).
+///
+/// Errors: [`ProbeError::Tool`] when ffprobe cannot run, times out or cannot read the file.
+pub async fn count_video_packets(path: &Path, timeout: Duration) -> Result<u64, ProbeError> {
+    let mut cmd = tokio::process::Command::new("ffprobe");
+    cmd.args(["-v", "error", "-count_packets", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| ProbeError::Tool(format!("ffprobe took longer than {timeout:?}")))?
+        .map_err(|e| ProbeError::Tool(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(ProbeError::Tool(format!(
+            "ffprobe cannot read {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // No video stream at all (an empty chunk) prints nothing: 0 frames.
+    Ok(text.trim().parse().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -351,6 +492,67 @@ mod tests {
                    "disposition":{"attached_pic":1}},{"codec_type":"audio","codec_name":"mp3"}],
                    "format":{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","duration":"3.0"}}"#;
         assert!(judge(j).unwrap_err().to_string().contains("only audio"));
+    }
+
+    #[test]
+    fn the_default_video_stream_is_chosen_and_cover_art_never_is() {
+        let j = r#"{"streams":[
+            {"index":0,"codec_type":"video","codec_name":"mjpeg","width":500,"height":500,
+             "disposition":{"attached_pic":1,"default":1}},
+            {"index":1,"codec_type":"video","codec_name":"h264","width":320,"height":240,
+             "disposition":{"default":0}},
+            {"index":2,"codec_type":"video","codec_name":"h264","width":640,"height":360,
+             "duration":"4.0","disposition":{"default":1}},
+            {"index":3,"codec_type":"audio","codec_name":"aac","channels":6,
+             "disposition":{"default":0}}],
+            "format":{"format_name":"matroska,webm","duration":"4.0"}}"#;
+        let s = judge(j).unwrap();
+        assert_eq!((s.video_stream, s.width, s.height), (Some(2), 640, 360));
+        assert_eq!((s.audio_stream, s.audio_channels), (Some(3), Some(6)));
+        // No stream marked default: the first usable one.
+        let s = judge(&j.replace(
+            r#""default":1}},
+            {"index":3"#,
+            r#""default":0}},
+            {"index":3"#,
+        ))
+        .unwrap();
+        assert_eq!(s.video_stream, Some(1));
+    }
+
+    #[test]
+    fn start_offsets_are_taken_against_the_first_video_frame() {
+        // MPEG-TS style: the file starts at 1.4 s, video at 1.41 s, audio at 1.4 s.
+        let j = r#"{"streams":[
+            {"index":0,"codec_type":"video","codec_name":"h264","width":320,"height":240,
+             "start_time":"1.410000","duration":"10.0","field_order":"tt"},
+            {"index":1,"codec_type":"audio","codec_name":"mp2","start_time":"1.400000"}],
+            "format":{"format_name":"mpegts","start_time":"1.400000","duration":"10.01"}}"#;
+        let s = judge(j).unwrap();
+        assert!((s.video_start_seconds - 0.01).abs() < 1e-9, "{s:?}");
+        assert!((s.audio_offset_seconds + 0.01).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.duration_seconds, 10.0, "the video's own duration");
+        assert!(s.interlaced);
+    }
+
+    #[test]
+    fn matroska_track_duration_wins_over_a_longer_file() {
+        // Audio runs to 20 s, the video stops at 8 s: renditions are 8 s long.
+        let j = r#"{"streams":[
+            {"index":0,"codec_type":"video","codec_name":"h264","width":320,"height":240,
+             "avg_frame_rate":"25/1","nb_read_packets":"200","tags":{"DURATION":"00:00:08.000000000"}},
+            {"index":1,"codec_type":"audio","codec_name":"aac","tags":{"DURATION":"00:00:20.000000000"}}],
+            "format":{"format_name":"matroska,webm","duration":"20.0"}}"#;
+        let s = judge(j).unwrap();
+        assert_eq!(s.duration_seconds, 8.0);
+    }
+
+    #[test]
+    fn anamorphic_pixels_widen_the_display_size() {
+        let s = judge(&stream_json(r#","sample_aspect_ratio":"4:3""#)).unwrap();
+        assert_eq!(s.display_size(), (1707, 720));
+        let s = judge(&stream_json(r#","sample_aspect_ratio":"0:1""#)).unwrap();
+        assert_eq!(s.display_size(), (1280, 720), "0:1 means unknown: square");
     }
 
     #[test]

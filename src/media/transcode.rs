@@ -17,8 +17,122 @@ use ffmpeg_sidecar::command::FfmpegCommand;
 use ffmpeg_sidecar::event::{FfmpegEvent, LogLevel};
 use ffmpeg_sidecar::ffmpeg_time_duration::FfmpegTimeDuration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::media::ladder::Rendition;
 use crate::media::playlist::{INIT_NAME, MEDIA_PLAYLIST_NAME};
+use crate::media::probe::SourceInfo;
+
+/// How every task of one video reads its source, decided once from the probe so that every
+/// chunk, the audio and every rendition agree on one timeline whose zero is the source's first
+/// video frame. See `docs/formats.md`.
+///
+/// The default (all `None` and zero) is what tasks planned before this existed did: the first
+/// video and audio streams, no offsets, no deinterlacing, audio neither cut nor padded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InputMap {
+    /// ffprobe index of the video stream (the default one); `None`: the first.
+    pub video_stream: Option<u32>,
+    /// ffprobe index of the audio stream; `None`: the first.
+    pub audio_stream: Option<u32>,
+    /// Video start after the file's first timestamp, seconds: added to every chunk's seek,
+    /// because ffmpeg's `-ss` counts from the file's first timestamp.
+    pub video_start_seconds: f64,
+    /// Audio start minus video start, seconds: a negative offset cuts that much audio, a
+    /// positive one puts that much silence first.
+    pub audio_offset_seconds: f64,
+    /// The video's length, seconds: the audio is cut or padded with silence to it. 0: unknown
+    /// (neither).
+    pub duration_seconds: f64,
+    /// Deinterlace (yadif, one frame per frame) before scaling.
+    pub deinterlace: bool,
+    /// The source's nominal frame rate, frames per second: chunks are made constant-rate at it
+    /// (`fps`), holding a frame over a variable-rate source's gaps. 0: unknown (no `fps`).
+    pub frame_rate: f64,
+    /// How far before its boundary a chunk's seek starts, seconds: half a frame, so a frame
+    /// that sits exactly on a boundary falls in one chunk, not in none or both, whatever the
+    /// rounding of the source's time base.
+    pub seek_margin_seconds: f64,
+}
+
+impl InputMap {
+    /// The map for a probed source.
+    pub fn for_source(source: &SourceInfo) -> Self {
+        Self {
+            video_stream: source.video_stream,
+            audio_stream: source.audio_stream,
+            video_start_seconds: source.video_start_seconds,
+            audio_offset_seconds: source.audio_offset_seconds,
+            duration_seconds: source.duration_seconds,
+            deinterlace: source.interlaced,
+            frame_rate: source.nominal_frame_rate,
+            seek_margin_seconds: if source.frame_rate > 1.0 {
+                (0.5 / source.frame_rate).min(0.02)
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// The `-ss` of a chunk that starts `start` seconds after the first video frame.
+    fn seek(&self, start: f64) -> f64 {
+        let margin = if start > 0.0 {
+            self.seek_margin_seconds
+        } else {
+            0.0
+        };
+        (start + self.video_start_seconds - margin).max(0.0)
+    }
+
+    /// The `-map` argument of the video stream.
+    fn video(&self) -> String {
+        self.video_stream
+            .map_or_else(|| "0:v:0".to_string(), |i| format!("0:{i}"))
+    }
+
+    /// The `-map` argument of the audio stream.
+    fn audio(&self) -> String {
+        self.audio_stream
+            .map_or_else(|| "0:a:0".to_string(), |i| format!("0:{i}"))
+    }
+
+    /// The video filter chain for rendition `r`: deinterlace if needed, restart timestamps at
+    /// the first frame, scale to the rendition's (display-oriented) size with square pixels.
+    /// ffmpeg applies the source's rotation before this chain (its default `-autorotate`), so
+    /// a portrait phone clip arrives upright and is scaled, never stretched.
+    pub fn video_filter(&self, r: &Rendition) -> String {
+        let mut f = String::new();
+        if self.deinterlace {
+            f.push_str("yadif=mode=send_frame:deint=all,");
+        }
+        f.push_str(&format!(
+            "setpts=PTS-STARTPTS,scale={}:{}:flags=bicubic,setsar=1",
+            r.width, r.height
+        ));
+        f
+    }
+
+    /// The audio filter chain: put the audio on the video's timeline (cut what comes before
+    /// the first video frame, or put silence before audio that starts later), then pad with
+    /// silence or cut to the video's length, so every segment carries audio from its first
+    /// to its last frame.
+    pub fn audio_filter(&self) -> String {
+        let mut f = vec!["asetpts=PTS-STARTPTS".to_string()];
+        let offset = self.audio_offset_seconds;
+        if offset < -0.001 {
+            f.push(format!("atrim=start={:.6}", -offset));
+            f.push("asetpts=PTS-STARTPTS".into());
+        } else if offset > 0.001 {
+            f.push(format!("adelay=delays={:.0}:all=1", offset * 1000.0));
+        }
+        if self.duration_seconds > 0.0 {
+            f.push(format!("apad=whole_dur={:.6}", self.duration_seconds));
+            f.push(format!("atrim=end={:.6}", self.duration_seconds));
+        }
+        f.join(",")
+    }
+}
 
 /// What to encode and where.
 #[derive(Debug, Clone)]
@@ -33,8 +147,10 @@ pub struct TranscodeSpec {
     pub segment_seconds: u32,
     /// x264 preset.
     pub preset: String,
-    /// Whether to map the source's first audio stream.
+    /// Whether to map the source's audio stream.
     pub has_audio: bool,
+    /// Which streams to read and how to line them up.
+    pub map: InputMap,
 }
 
 /// Why a transcode failed. [`TranscodeError::is_permanent`] tells the caller whether a retry can
@@ -116,8 +232,13 @@ fn hls_output_args(out_dir: &Path, segment_seconds: u32) -> Vec<String> {
 
 /// The video encoder settings every encode of a rendition uses (one pass or chunk): H.264 Main,
 /// 4:2:0, the rendition's bitrate with a 7 % peak and 1.5 s buffer, keyframes forced at every
-/// multiple of the segment duration with scene-cut detection off. One function, because chunks
-/// and renditions only line up if every encode uses exactly these.
+/// multiple of the segment duration with scene-cut detection off, and no B-frames. One
+/// function, because chunks and renditions only line up if every encode uses exactly these.
+///
+/// Why no B-frames: ffmpeg's fMP4 HLS output shifts every video timestamp by the B-frame delay
+/// (two frames, 67 ms at 30 fps, for x264's `veryfast`), so each segment's video started 53 ms
+/// after its audio, over the 50 ms that issue 8 allows. The price is some compression
+/// efficiency at a given bitrate; CMAF's negative composition offsets would win it back.
 fn x264_args(r: &Rendition, preset: &str, segment_seconds: u32) -> Vec<String> {
     vec![
         "-pix_fmt".into(),
@@ -138,7 +259,15 @@ fn x264_args(r: &Rendition, preset: &str, segment_seconds: u32) -> Vec<String> {
         format!("expr:gte(t,n_forced*{segment_seconds})"),
         "-sc_threshold".into(),
         "0".into(),
+        "-bf".into(),
+        "0".into(),
     ]
+}
+
+impl TranscodeSpec {
+    fn input_path(&self) -> String {
+        self.input.to_string_lossy().into_owned()
+    }
 }
 
 /// The ffmpeg arguments for `spec` (without the program name).
@@ -146,30 +275,16 @@ pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
     let r = &spec.rendition;
     let seg = spec.segment_seconds;
     let mut a: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
-    a.extend(["-i".into(), spec.input.to_string_lossy().into_owned()]);
-    a.extend(["-map".into(), "0:v:0".into()]);
+    let m = &spec.map;
+    a.extend(["-i".into(), spec.input_path()]);
+    a.extend(["-map".into(), m.video()]);
     if spec.has_audio {
-        a.extend(["-map".into(), "0:a:0".into()]);
+        a.extend(["-map".into(), m.audio()]);
     }
-    a.extend([
-        "-vf".to_string(),
-        format!("scale={}:{}:flags=bicubic,setsar=1", r.width, r.height),
-    ]);
+    a.extend(["-vf".to_string(), m.video_filter(r)]);
     a.extend(x264_args(r, &spec.preset, seg));
     if spec.has_audio {
-        a.extend(
-            [
-                "-c:a",
-                "aac",
-                "-ac",
-                "2",
-                "-ar",
-                "48000",
-                "-b:a",
-                &format!("{}k", r.audio_kbps.max(32)),
-            ]
-            .map(String::from),
-        );
+        a.extend(aac_args(m, r.audio_kbps));
     }
     a.extend(hls_output_args(&spec.out_dir, seg));
     a
@@ -194,9 +309,32 @@ pub fn plan_chunks(
     out
 }
 
-/// Arguments to encode the video of one chunk of a rendition into `out` (MP4, no audio):
-/// frame-accurate input seek to `start`, timestamps restarted at zero (`setpts=PTS-STARTPTS`, or
-/// the packager would shift the first chunk by a frame), keyframes forced every segment.
+/// How much further than its span a chunk task reads, seconds: the frame after the span tells
+/// the `fps` filter how long the span's last frame lasts, so a variable-rate source's gap at
+/// the chunk's end is filled with that frame instead of leaving a hole at the boundary (which
+/// ffmpeg's fMP4 muxer closes by pulling the next segment's timestamps early).
+pub const CHUNK_LOOKAHEAD_SECONDS: f64 = 1.0;
+
+/// How a chunk task finds its start in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkSeek {
+    /// ffmpeg's input seek (`-ss` before `-i`) through the container's index, then decoding
+    /// from the keyframe before the start: fast, and exact on MP4, MOV, Matroska and WebM.
+    Index,
+    /// Decode from the start of the source and keep only the chunk's span (`trim`): slower
+    /// the later the chunk, but right on containers whose seeking can land past the start or
+    /// nowhere (MPEG-TS with sparse keyframes yields no frames at all). Used when
+    /// [`chunk_is_short`] says the index seek lost frames.
+    Decode,
+}
+
+/// Arguments to encode the video of one chunk of a rendition into `out` (MP4, no audio): the
+/// frames from `start` seconds after the first video frame for `duration` seconds (a frame on
+/// the boundary falls in exactly one chunk: see [`InputMap::seek_margin_seconds`]),
+/// timestamps restarted at zero (`setpts=PTS-STARTPTS`, or the packager would shift the first
+/// chunk by a frame), keyframes forced every segment. ffmpeg counts `-ss` and `trim` from the
+/// file's first timestamp, so the video's own start is added.
+#[allow(clippy::too_many_arguments)]
 pub fn chunk_args(
     input: &Path,
     out: &Path,
@@ -205,26 +343,39 @@ pub fn chunk_args(
     duration: f64,
     segment_seconds: u32,
     preset: &str,
+    m: &InputMap,
+    seek: ChunkSeek,
 ) -> Vec<String> {
-    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-y", "-ss"]
+    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-y"]
         .map(String::from)
         .to_vec();
-    a.push(format!("{start:.3}"));
-    a.extend([
-        "-t".into(),
-        format!("{duration:.3}"),
-        "-i".into(),
-        input.to_string_lossy().into_owned(),
-    ]);
-    a.extend([
-        "-map".to_string(),
-        "0:v:0".into(),
-        "-vf".into(),
-        format!(
-            "setpts=PTS-STARTPTS,scale={}:{}:flags=bicubic,setsar=1",
-            r.width, r.height
-        ),
-    ]);
+    let from = m.seek(start);
+    let read = duration + CHUNK_LOOKAHEAD_SECONDS;
+    let mut filter = String::new();
+    if m.deinterlace {
+        filter.push_str("yadif=mode=send_frame:deint=all,");
+    }
+    match seek {
+        ChunkSeek::Index => a.extend([
+            "-ss".into(),
+            format!("{from:.6}"),
+            "-t".into(),
+            format!("{read:.6}"),
+        ]),
+        ChunkSeek::Decode => {
+            filter.push_str(&format!("trim=start={from:.6}:end={:.6},", from + read))
+        }
+    }
+    filter.push_str("setpts=PTS-STARTPTS,");
+    if m.frame_rate > 0.0 {
+        filter.push_str(&format!("fps={:.6},", m.frame_rate));
+    }
+    filter.push_str(&format!(
+        "trim=end={duration:.6},scale={}:{}:flags=bicubic,setsar=1",
+        r.width, r.height
+    ));
+    a.extend(["-i".into(), input.to_string_lossy().into_owned()]);
+    a.extend(["-map".to_string(), m.video(), "-vf".into(), filter]);
     a.extend(x264_args(r, preset, segment_seconds));
     a.extend([
         "-an".into(),
@@ -235,19 +386,41 @@ pub fn chunk_args(
     a
 }
 
-/// Arguments to encode the whole source's audio once (AAC-LC stereo 48 kHz) into `out` (M4A).
-pub fn audio_args(input: &Path, out: &Path, kbps: u32) -> Vec<String> {
+/// Whether a chunk encoded with [`ChunkSeek::Index`] holds too few frames for its span:
+/// fewer than 90 % of `duration` x `frame_rate` (the source's average rate; ffmpeg's
+/// constant-rate output never has fewer), less one. Such a chunk lost frames to the seek and
+/// is encoded again with [`ChunkSeek::Decode`].
+pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
+    let expected = duration * frame_rate;
+    expected.is_finite() && (frames as f64) < (0.9 * expected - 1.0).max(1.0)
+}
+
+/// The audio encoder settings of every rendition: AAC-LC, stereo (mono is doubled, 5.1 and
+/// more are downmixed by ffmpeg's standard matrix), 48 kHz, after [`InputMap::audio_filter`].
+fn aac_args(m: &InputMap, kbps: u32) -> Vec<String> {
+    vec![
+        "-af".into(),
+        m.audio_filter(),
+        "-c:a".into(),
+        "aac".into(),
+        "-ac".into(),
+        "2".into(),
+        "-ar".into(),
+        "48000".into(),
+        "-b:a".into(),
+        format!("{}k", kbps.max(32)),
+    ]
+}
+
+/// Arguments to encode the whole source's audio once (AAC-LC stereo 48 kHz) into `out` (M4A),
+/// on the video's timeline and of the video's length (see [`InputMap::audio_filter`]).
+pub fn audio_args(input: &Path, out: &Path, kbps: u32, m: &InputMap) -> Vec<String> {
     let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-y", "-i"]
         .map(String::from)
         .to_vec();
     a.push(input.to_string_lossy().into_owned());
-    a.extend(
-        [
-            "-map", "0:a:0", "-vn", "-c:a", "aac", "-ac", "2", "-ar", "48000", "-b:a",
-        ]
-        .map(String::from),
-    );
-    a.push(format!("{}k", kbps.max(32)));
+    a.extend(["-map".into(), m.audio(), "-vn".into()]);
+    a.extend(aac_args(m, kbps));
     a.extend([
         "-f".into(),
         "mp4".into(),
@@ -256,11 +429,24 @@ pub fn audio_args(input: &Path, out: &Path, kbps: u32) -> Vec<String> {
     a
 }
 
-/// The concat demuxer's list for `files` (quotes escaped as it requires).
-pub fn concat_list(files: &[std::path::PathBuf]) -> String {
-    files
+/// The concat demuxer's list for `chunks` (file, nominal duration in seconds; quotes escaped
+/// as it requires). Every entry is written absolute: the demuxer resolves a relative entry
+/// against the list's own folder, not the working directory (the cause of issue 8; paths are
+/// absolute from config load on, this keeps the list right whatever a caller passes). A
+/// positive duration is written as the entry's `duration`, so the next chunk starts exactly
+/// where its span starts even when the source's frames leave a gap at the chunk's end
+/// (variable frame rate); 0 lets the demuxer use the file's own length.
+pub fn concat_list(chunks: &[(std::path::PathBuf, f64)]) -> String {
+    chunks
         .iter()
-        .map(|f| format!("file '{}'\n", f.to_string_lossy().replace('\'', "'\\''")))
+        .map(|(f, duration)| {
+            let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            let mut entry = format!("file '{}'\n", f.to_string_lossy().replace('\'', "'\\''"));
+            if *duration > 0.0 {
+                entry.push_str(&format!("duration {duration:.6}\n"));
+            }
+            entry
+        })
         .collect()
 }
 
@@ -424,6 +610,7 @@ mod tests {
             segment_seconds: 4,
             preset: "veryfast".into(),
             has_audio: audio,
+            map: InputMap::default(),
         }
     }
 
@@ -434,7 +621,7 @@ mod tests {
             a.contains("-force_key_frames expr:gte(t,n_forced*4)"),
             "{a}"
         );
-        assert!(a.contains("-sc_threshold 0"), "{a}");
+        assert!(a.contains("-sc_threshold 0 -bf 0"), "{a}");
         assert!(a.contains("-hls_segment_type fmp4"), "{a}");
         assert!(a.contains("scale=640:360"), "{a}");
         assert!(a.contains("-b:v 1000k"), "{a}");
@@ -472,11 +659,13 @@ mod tests {
             16.0,
             4,
             "veryfast",
+            &InputMap::default(),
+            ChunkSeek::Index,
         )
         .join(" ");
         assert!(
-            a.contains("-ss 16.000 -t 16.000 -i /s")
-                && a.contains("setpts=PTS-STARTPTS,scale=640:360"),
+            a.contains("-ss 16.000000 -t 17.000000 -i /s")
+                && a.contains("setpts=PTS-STARTPTS,trim=end=16.000000,scale=640:360"),
             "{a}"
         );
         assert!(
@@ -494,8 +683,97 @@ mod tests {
             p.contains("-f concat -safe 0 -i /l.txt -i /a.m4a -map 0:v:0 -map 1:a:0 -c copy"),
             "{p}"
         );
-        let list = concat_list(&["/x/it's.mp4".into()]);
-        assert_eq!(list, "file '/x/it'\\''s.mp4'\n");
+        let list = concat_list(&[("/x/it's.mp4".into(), 0.0), ("/x/b.mp4".into(), 4.0)]);
+        assert_eq!(
+            list,
+            "file '/x/it'\\''s.mp4'\nfile '/x/b.mp4'\nduration 4.000000\n"
+        );
+        let relative = concat_list(&[("chunks/c.mp4".into(), 0.0)]);
+        assert!(relative.starts_with("file '/"), "{relative}");
+    }
+
+    #[test]
+    fn the_input_map_puts_every_task_on_the_first_video_frame_timeline() {
+        let source = SourceInfo {
+            video_stream: Some(2),
+            audio_stream: Some(4),
+            video_start_seconds: 0.5,
+            audio_offset_seconds: -0.5,
+            duration_seconds: 10.0,
+            interlaced: true,
+            ..SourceInfo::example()
+        };
+        let m = InputMap::for_source(&source);
+        let r = spec(true).rendition;
+        let c = chunk_args(
+            Path::new("/s"),
+            Path::new("/c.mp4"),
+            &r,
+            4.0,
+            4.0,
+            2,
+            "veryfast",
+            &m,
+            ChunkSeek::Index,
+        )
+        .join(" ");
+        // 4 s after a video that starts at 0.5 s, less half a frame at 30 fps; one second read
+        // past the span, the span cut after the constant-rate conversion.
+        assert!(c.contains("-ss 4.483333 -t 5.000000 -i /s -map 0:2"), "{c}");
+        assert!(
+            c.contains("yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,scale=640:360"),
+            "{c}"
+        );
+        let a = audio_args(Path::new("/s"), Path::new("/a.m4a"), 96, &m).join(" ");
+        assert!(
+            a.contains("-map 0:4 -vn -af asetpts=PTS-STARTPTS,atrim=start=0.500000,asetpts=PTS-STARTPTS,apad=whole_dur=10.000000,atrim=end=10.000000"),
+            "{a}"
+        );
+        let d = chunk_args(
+            Path::new("/s"),
+            Path::new("/c.mp4"),
+            &r,
+            4.0,
+            4.0,
+            2,
+            "veryfast",
+            &m,
+            ChunkSeek::Decode,
+        )
+        .join(" ");
+        assert!(
+            d.contains("-i /s -map 0:2 -vf yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,scale"),
+            "{d}"
+        );
+        assert!(!d.contains("-ss"), "{d}");
+        assert!(chunk_is_short(0, 4.0, 25.0));
+        assert!(chunk_is_short(60, 4.0, 25.0));
+        assert!(!chunk_is_short(100, 4.0, 25.0));
+        assert!(
+            !chunk_is_short(73, 4.0, 18.27),
+            "variable rate: the average"
+        );
+        assert!(!chunk_is_short(1, 0.04, 25.0), "a one-frame last chunk");
+        // Audio that starts after the video gets silence first.
+        let late = InputMap {
+            audio_offset_seconds: 0.25,
+            ..m.clone()
+        };
+        assert!(late.audio_filter().contains("adelay=delays=250:all=1"));
+        // One pass: the same maps and filters.
+        let one = ffmpeg_args(&TranscodeSpec {
+            map: m,
+            ..spec(true)
+        })
+        .join(" ");
+        assert!(one.contains("-map 0:2 -map 0:4 -vf yadif"), "{one}");
+        assert!(one.contains("atrim=start=0.500000"), "{one}");
+        // The default map is what older tasks did.
+        let old = InputMap::default();
+        assert_eq!(old.audio_filter(), "asetpts=PTS-STARTPTS");
+        assert!(ffmpeg_args(&spec(true))
+            .join(" ")
+            .contains("-map 0:v:0 -map 0:a:0"));
     }
 
     #[test]
