@@ -360,14 +360,27 @@ pub struct ReelProcess {
 }
 
 impl ReelProcess {
+    /// Start `reel ARGS` in the working directory `cwd`, as a user would from a shell there.
+    pub fn start_in(cwd: &Path, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        Self::spawn(Some(cwd), args, env, log)
+    }
+
     /// Start `reel ARGS` with extra environment, logging stderr to `log`.
     pub fn start(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        Self::spawn(None, args, env, log)
+    }
+
+    fn spawn(cwd: Option<&Path>, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_reel"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reel"));
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let child = cmd
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,ractor=warn,ractor_cluster=warn")
@@ -439,4 +452,178 @@ pub async fn start_session(base: &str, video_id: &str) -> String {
         .to_str()
         .unwrap()
         .to_string()
+}
+
+/// What [`check_rendition`] measured of one rendition.
+#[derive(Debug, Clone)]
+pub struct RenditionFacts {
+    /// Rendition name.
+    pub name: String,
+    /// Picture size of the decoded video, pixels.
+    pub width: u64,
+    /// Picture size of the decoded video, pixels.
+    pub height: u64,
+    /// Video frames decoded from init segment + every segment.
+    pub frames: u64,
+    /// Sum of the media playlist's segment durations, seconds.
+    pub duration: f64,
+    /// Segments in the media playlist.
+    pub segments: usize,
+    /// Audio channels, when the rendition has audio.
+    pub audio_channels: Option<u64>,
+    /// The whole rendition (init segment + every segment) as one fMP4 file, for more checks.
+    pub file: PathBuf,
+}
+
+async fn ffprobe_json(args: &[&str], file: &Path) -> Value {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .args(["-of", "json"])
+        .arg(file)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe {args:?} {file:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_str()
+        .and_then(|s| s.parse::<f64>().ok())
+        .or_else(|| v.as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+/// Issue 8's media checks of one rendition of a ready video, through the session-less paths:
+/// its init segment followed by every segment decodes with `ffmpeg -xerror`; in every segment
+/// (init + that segment) the audio and video start within 50 ms of each other. Downloads into
+/// `dir`. Returns what it measured; panics (naming the rendition and segment) on a failure.
+pub async fn check_rendition(base: &str, id: &str, name: &str, dir: &Path) -> RenditionFacts {
+    let root = format!("{base}/videos/{id}/{name}");
+    let get = |url: String| async move {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        r.bytes().await.unwrap()
+    };
+    let init = get(format!("{root}/init.mp4")).await;
+    let segs = segments(&format!("{root}/index.m3u8")).await;
+    assert!(!segs.is_empty(), "{name}: no segments");
+    let whole_path = dir.join(format!("{id}-{name}.mp4"));
+    let mut whole = init.to_vec();
+    let mut has_audio = None;
+    for (k, (uri, _)) in segs.iter().enumerate() {
+        let seg = get(format!("{root}/{uri}")).await;
+        whole.extend_from_slice(&seg);
+        let one = dir.join(format!("{id}-{name}-{k}.mp4"));
+        let mut bytes = init.to_vec();
+        bytes.extend_from_slice(&seg);
+        tokio::fs::write(&one, bytes).await.unwrap();
+        let v = ffprobe_json(&["-show_entries", "stream=codec_type,start_time"], &one).await;
+        let start = |kind: &str| {
+            v["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["codec_type"] == kind)
+                .map(|s| num(&s["start_time"]))
+        };
+        let (video, audio) = (start("video"), start("audio"));
+        let video = video.unwrap_or_else(|| panic!("{name} segment {k} has no video: {v}"));
+        if *has_audio.get_or_insert(audio.is_some()) != audio.is_some() {
+            panic!("{name} segment {k}: audio in some segments only: {v}");
+        }
+        if let Some(audio) = audio {
+            assert!(
+                (audio - video).abs() < 0.050,
+                "{name} segment {k}: audio starts at {audio:.3} s, video at {video:.3} s"
+            );
+        }
+        let _ = tokio::fs::remove_file(&one).await;
+    }
+    tokio::fs::write(&whole_path, &whole).await.unwrap();
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(&whole_path)
+        .args(["-f", "null", "-"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{name}: init + segments do not decode cleanly: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = ffprobe_json(
+        &[
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,width,height,nb_read_frames,channels",
+        ],
+        &whole_path,
+    )
+    .await;
+    let streams = v["streams"].as_array().unwrap();
+    let video = streams.iter().find(|s| s["codec_type"] == "video").unwrap();
+    let audio = streams.iter().find(|s| s["codec_type"] == "audio");
+    RenditionFacts {
+        name: name.to_string(),
+        width: video["width"].as_u64().unwrap(),
+        height: video["height"].as_u64().unwrap(),
+        frames: num(&video["nb_read_frames"]) as u64,
+        duration: segs.iter().map(|s| s.1 as f64).sum(),
+        segments: segs.len(),
+        audio_channels: audio.and_then(|a| a["channels"].as_u64()),
+        file: whole_path,
+    }
+}
+
+/// [`check_rendition`] for every rendition a ready video lists, highest first.
+pub async fn check_all_renditions(base: &str, id: &str, dir: &Path) -> Vec<RenditionFacts> {
+    let (status, v) = get_json(&format!("{base}/videos/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "ready", "{v}");
+    let mut out = Vec::new();
+    for r in v["renditions"].as_array().expect("renditions") {
+        let name = r["name"].as_str().unwrap();
+        out.push(check_rendition(base, id, name, dir).await);
+    }
+    out
+}
+
+/// Video frames of stream `stream` (an ffprobe stream specifier: `v:0`, or an index) of a
+/// local file, counted by decoding.
+pub async fn count_frames(file: &Path, stream: &str) -> u64 {
+    let v = ffprobe_json(
+        &[
+            "-count_frames",
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "stream=nb_read_frames",
+        ],
+        file,
+    )
+    .await;
+    num(&v["streams"][0]["nb_read_frames"]) as u64
+}
+
+/// Run ffmpeg with `args` (quiet, overwriting), returning stderr; panics if it fails.
+pub async fn ffmpeg_out(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-y"])
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("ffmpeg runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ffmpeg {args:?}: {err}");
+    err
 }

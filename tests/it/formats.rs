@@ -1,0 +1,536 @@
+//! The format corpus (issue 8): files of the kinds people upload, generated with ffmpeg inside
+//! the test (nothing large is committed), each uploaded to one node and checked to end `ready`
+//! and playable with the right geometry, or `failed` with a sentence a person can act on.
+//!
+//! The node runs the default ladder with 2 s segments and 4 s chunks, so every entry longer than
+//! 4 s is encoded in chunks (the path that joins chunks and the separately encoded audio) and
+//! the shorter ones in one pass. Every rendition of every ready entry then goes through
+//! [`check_rendition`]: init segment + segments decode cleanly, audio and video start within
+//! 50 ms of each other in every segment. Per entry, as its kind asks: the frame count of a
+//! constant-frame-rate source is kept, the picture is upright (a rotated phone clip compared
+//! with the source turned by hand), interlaced video comes out progressive, surround and mono
+//! audio come out stereo, and audio that starts before the first video frame stays in sync
+//! (a tone that starts at a known instant is heard at that instant).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use crate::helpers::*;
+
+/// What an entry must end as.
+#[derive(Debug, Clone, Default)]
+struct Expect {
+    /// Size of the highest rendition, pixels.
+    top: (u64, u64),
+    /// How many renditions the default ladder gives it.
+    renditions: usize,
+    /// Length of the source's video, seconds.
+    duration: f64,
+    /// For a constant-frame-rate source: the ffprobe stream specifier of the video stream
+    /// reel must use, whose frame count every rendition keeps.
+    frames_of: Option<&'static str>,
+    /// Whether the renditions carry (stereo) audio.
+    audio: bool,
+    /// Interlaced source: the renditions must be progressive (ffmpeg's idet).
+    deinterlaced: bool,
+    /// Rotated source: compare with the unrotated file turned counter-clockwise by hand.
+    upright_from: Option<&'static str>,
+    /// A tone starts this many seconds after the first video frame.
+    tone_at: Option<f64>,
+}
+
+/// One corpus entry: how to make it and what it must end as.
+struct Entry {
+    name: &'static str,
+    /// File name extension (tells ffmpeg the container).
+    ext: &'static str,
+    /// ffmpeg commands, run in order; `{o}` is the entry's file, `{d}` the corpus directory.
+    make: Vec<String>,
+    expect: Expect,
+}
+
+/// `testsrc2` of a size, rate and length, with a 440 Hz tone, as ffmpeg input arguments.
+fn av(size: &str, rate: u32, seconds: f64) -> String {
+    format!(
+        "-f lavfi -i testsrc2=size={size}:rate={rate} -f lavfi -i sine=frequency=440:sample_rate=48000 -t {seconds}"
+    )
+}
+
+const X264: &str = "-c:v libx264 -preset ultrafast";
+
+fn corpus() -> Vec<Entry> {
+    let e = |name, ext, make: &[String], expect| Entry {
+        name,
+        ext,
+        make: make.to_vec(),
+        expect,
+    };
+    let small = |duration, frames: bool| Expect {
+        top: (320, 240),
+        renditions: 1,
+        duration,
+        frames_of: frames.then_some("v:0"),
+        audio: true,
+        ..Default::default()
+    };
+    vec![
+        e(
+            "mkv-h264-aac",
+            "mkv",
+            &[format!("{} {X264} -c:a aac {{o}}", av("320x240", 25, 9.0))],
+            small(9.0, true),
+        ),
+        e(
+            "webm-vp9-opus",
+            "webm",
+            &[format!(
+                "{} -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -b:v 300k -c:a libopus {{o}}",
+                av("320x240", 25, 5.0)
+            )],
+            small(5.0, true),
+        ),
+        e(
+            "mov-hevc-10bit",
+            "mov",
+            &[format!(
+                "{} -c:v libx265 -preset ultrafast -pix_fmt yuv420p10le -x265-params log-level=error -tag:v hvc1 -c:a aac {{o}}",
+                av("320x240", 25, 5.0)
+            )],
+            small(5.0, true),
+        ),
+        e(
+            // MPEG-TS starts its clock at 1.4 s, not 0.
+            "mpegts-h264-mp2",
+            "ts",
+            &[format!("{} {X264} -c:a mp2 -f mpegts {{o}}", av("320x240", 25, 9.0))],
+            small(9.0, true),
+        ),
+        e(
+            "avi-mpeg4-mp3",
+            "avi",
+            &[format!("{} -c:v mpeg4 -q:v 5 -c:a libmp3lame {{o}}", av("320x240", 25, 5.0))],
+            small(5.0, true),
+        ),
+        e(
+            "portrait-1080x1920",
+            "mp4",
+            &[format!("{} {X264} -c:a aac {{o}}", av("1080x1920", 30, 2.0))],
+            Expect {
+                top: (1080, 1920),
+                renditions: 5,
+                duration: 2.0,
+                frames_of: Some("v:0"),
+                audio: true,
+                ..Default::default()
+            },
+        ),
+        e(
+            // A phone clip: stored 1920x1080, displayed portrait through a 90 degree rotation.
+            "rotated-90",
+            "mp4",
+            &[
+                format!("{} {X264} -c:a aac {{d}}/rotated-90-unrotated.mp4", av("1920x1080", 30, 2.0)),
+                "-i {d}/rotated-90-unrotated.mp4 -c copy -metadata:s:v:0 rotate=90 {o}".into(),
+            ],
+            Expect {
+                top: (1080, 1920),
+                renditions: 5,
+                duration: 2.0,
+                frames_of: Some("v:0"),
+                audio: true,
+                upright_from: Some("rotated-90-unrotated.mp4"),
+                ..Default::default()
+            },
+        ),
+        e(
+            "odd-853x479",
+            "mp4",
+            &[format!("{} {X264} -c:a aac {{o}}", av("853x479", 25, 3.0))],
+            Expect {
+                top: (642, 360),
+                renditions: 2,
+                duration: 3.0,
+                frames_of: Some("v:0"),
+                audio: true,
+                ..Default::default()
+            },
+        ),
+        e(
+            // Variable frame rate: 6 frames of every 10 kept, with their own timestamps.
+            "variable-frame-rate",
+            "mp4",
+            &[format!(
+                "-f lavfi -i testsrc2=size=320x240:rate=30,select='lt(mod(n\\,10)\\,6)' -f lavfi -i sine=frequency=440:sample_rate=48000 -t 9 -vsync vfr {X264} -c:a aac {{o}}"
+            )],
+            small(9.0 - 4.0 / 30.0, false),
+        ),
+        e(
+            "fps-60",
+            "mp4",
+            &[format!("{} {X264} -c:a aac {{o}}", av("320x240", 60, 9.0))],
+            small(9.0, true),
+        ),
+        e(
+            "fps-50",
+            "mp4",
+            &[format!("{} {X264} -c:a aac {{o}}", av("320x240", 50, 3.0))],
+            small(3.0, true),
+        ),
+        e(
+            // 50 fields/s woven into 25 interlaced frames/s, top field first.
+            "interlaced",
+            "mp4",
+            &[format!(
+                "-f lavfi -i testsrc2=size=384x288:rate=50,tinterlace=mode=interleave_top,setfield=tff -f lavfi -i sine=frequency=440:sample_rate=48000 -t 5 {X264} -flags +ilme+ildct -x264-params tff=1 -c:a aac {{o}}"
+            )],
+            Expect {
+                top: (320, 240),
+                renditions: 1,
+                duration: 5.0,
+                frames_of: Some("v:0"),
+                audio: true,
+                deinterlaced: true,
+                ..Default::default()
+            },
+        ),
+        e(
+            "audio-5.1",
+            "mp4",
+            &[format!("{} {X264} -c:a aac -ac 6 {{o}}", av("320x240", 25, 3.0))],
+            small(3.0, true),
+        ),
+        e(
+            "audio-mono",
+            "mp4",
+            &[format!("{} {X264} -c:a aac -ac 1 {{o}}", av("320x240", 25, 3.0))],
+            small(3.0, true),
+        ),
+        e(
+            // 5 s of video, 8 s of audio: the renditions are 5 s long.
+            "audio-longer",
+            "mp4",
+            &[format!(
+                "-t 5 -f lavfi -i testsrc2=size=320x240:rate=25 -t 8 -f lavfi -i sine=frequency=440:sample_rate=48000 {X264} -c:a aac {{o}}"
+            )],
+            small(5.0, true),
+        ),
+        e(
+            // 9 s of video, 4 s of audio: silence after it, audio in every segment.
+            "audio-shorter",
+            "mp4",
+            &[format!(
+                "-t 9 -f lavfi -i testsrc2=size=320x240:rate=25 -t 4 -f lavfi -i sine=frequency=440:sample_rate=48000 {X264} -c:a aac {{o}}"
+            )],
+            small(9.0, true),
+        ),
+        e(
+            // The first video frame at 0.5 s, the audio from 0 (an edit list): the audio is
+            // silent until 6.5 s of the file, so 6.0 s after the first video frame.
+            "video-starts-late",
+            "mp4",
+            &[
+                format!("-f lavfi -i testsrc2=size=320x240:rate=25 -t 9 {X264} {{d}}/late-v.mp4"),
+                "-f lavfi -i aevalsrc=if(gte(t\\,6.5)\\,sin(2*PI*440*t)\\,0):s=48000:d=9.5 -c:a aac {d}/late-a.m4a".into(),
+                "-itsoffset 0.5 -i {d}/late-v.mp4 -i {d}/late-a.m4a -map 0:v -map 1:a -c copy {o}".into(),
+            ],
+            Expect {
+                tone_at: Some(6.0),
+                ..small(9.0, true)
+            },
+        ),
+        e(
+            "uhd-4k-2s",
+            "mp4",
+            &[format!("{} {X264} -c:a aac {{o}}", av("3840x2160", 30, 2.0))],
+            Expect {
+                top: (1920, 1080),
+                renditions: 5,
+                duration: 2.0,
+                frames_of: Some("v:0"),
+                audio: true,
+                ..Default::default()
+            },
+        ),
+        e(
+            "tiny-64x64",
+            "mp4",
+            &[format!("-f lavfi -i testsrc2=size=64x64:rate=25 -t 2 {X264} {{o}}")],
+            Expect {
+                top: (64, 64),
+                renditions: 1,
+                duration: 2.0,
+                frames_of: Some("v:0"),
+                ..Default::default()
+            },
+        ),
+        e(
+            "half-second",
+            "mp4",
+            &[format!("{} {X264} -c:a aac {{o}}", av("320x240", 25, 0.5))],
+            small(0.5, true),
+        ),
+        e(
+            // Two video streams; the second is marked default and is the one to encode.
+            "two-video-streams",
+            "mkv",
+            &[format!(
+                "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine=frequency=440:sample_rate=48000 -t 3 -map 0:v -map 1:v -map 2:a {X264} -c:a aac -disposition:v:0 0 -disposition:v:1 default {{o}}"
+            )],
+            Expect {
+                top: (640, 360),
+                renditions: 2,
+                duration: 3.0,
+                frames_of: Some("1"),
+                audio: true,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+/// Make an entry's file (once per test process).
+async fn make(entry: &Entry, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{}.{}", entry.name, entry.ext));
+    for step in &entry.make {
+        let step = step
+            .replace("{o}", out.to_str().unwrap())
+            .replace("{d}", dir.to_str().unwrap());
+        let args: Vec<&str> = step.split_whitespace().collect();
+        let mut all = vec!["-v", "error"];
+        all.extend(args);
+        ffmpeg_out(&all).await;
+    }
+    out
+}
+
+/// Counts of ffmpeg's idet multi-frame detection: (interlaced frames, progressive frames).
+async fn idet(file: &Path) -> (u64, u64) {
+    let err = ffmpeg_out(&[
+        "-i",
+        file.to_str().unwrap(),
+        "-vf",
+        "idet",
+        "-f",
+        "null",
+        "-",
+    ])
+    .await;
+    let line = err
+        .lines()
+        .find(|l| l.contains("Multi frame detection"))
+        .unwrap_or_else(|| panic!("no idet line in {err}"));
+    let count = |what: &str| -> u64 {
+        let rest = &line[line.find(what).unwrap() + what.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (count("TFF:") + count("BFF:"), count("Progressive:"))
+}
+
+/// SSIM (0..1, 1 = same picture) of `a` against `b` turned by `filter` and scaled to `size`.
+async fn ssim(a: &Path, b: &Path, filter: &str, size: (u64, u64)) -> f64 {
+    let graph = format!(
+        "[1:v]{filter},scale={}:{}:flags=bicubic,setsar=1[ref];[0:v][ref]ssim",
+        size.0, size.1
+    );
+    let err = ffmpeg_out(&[
+        "-i",
+        a.to_str().unwrap(),
+        "-noautorotate",
+        "-i",
+        b.to_str().unwrap(),
+        "-filter_complex",
+        &graph,
+        "-f",
+        "null",
+        "-",
+    ])
+    .await;
+    let all = err.rsplit("All:").next().unwrap();
+    all.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// When the first tone is heard, seconds from the start of `file` (ffmpeg's silencedetect).
+async fn tone_start(file: &Path) -> f64 {
+    let err = ffmpeg_out(&[
+        "-i",
+        file.to_str().unwrap(),
+        "-vn",
+        "-af",
+        "silencedetect=n=-40dB:d=0.3",
+        "-f",
+        "null",
+        "-",
+    ])
+    .await;
+    let at = err
+        .split("silence_end: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no end of silence in {err}"));
+    at.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The frames a constant-frame-rate source holds: the count its container declares (an AVI
+/// declares a skipped frame that players show as a repeat, and so does reel), else the count
+/// decoded.
+async fn source_frames(source: &Path, stream: &str) -> u64 {
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", stream])
+        .args(["-show_entries", "stream=nb_frames", "-of", "csv=p=0"])
+        .arg(source)
+        .output()
+        .await
+        .unwrap();
+    match String::from_utf8_lossy(&out.stdout).trim().parse::<u64>() {
+        Ok(n) if n > 0 => n,
+        _ => count_frames(source, stream).await,
+    }
+}
+
+/// Every check of one entry; the first failing one panics with its reason.
+async fn check(entry: &Entry, source: &Path, base: &str, id: &str, dir: &Path) {
+    let x = &entry.expect;
+    let facts = check_all_renditions(base, id, dir).await;
+    assert_eq!(facts.len(), x.renditions, "renditions: {facts:#?}");
+    let top = &facts[0];
+    assert_eq!(
+        (top.width, top.height),
+        x.top,
+        "size of the highest rendition"
+    );
+    let portrait = x.top.1 > x.top.0;
+    let aspect = x.top.0 as f64 / x.top.1 as f64;
+    let source_frames = match x.frames_of {
+        Some(stream) => Some(source_frames(source, stream).await),
+        None => None,
+    };
+    for f in &facts {
+        assert!(
+            f.width % 2 == 0 && f.height % 2 == 0,
+            "{}: {}x{} is not even",
+            f.name,
+            f.width,
+            f.height
+        );
+        assert_eq!(f.height > f.width, portrait, "{}: orientation", f.name);
+        let a = f.width as f64 / f.height as f64;
+        assert!(
+            (a / aspect - 1.0).abs() < 0.015,
+            "{}: aspect {a:.3}, source {aspect:.3}",
+            f.name
+        );
+        // The ladder counts the short side: "720p" is 720 pixels on the short side.
+        let short: u64 = f.name.trim_end_matches('p').parse().unwrap();
+        assert_eq!(f.width.min(f.height), short, "{}: short side", f.name);
+        let segment = 2.0;
+        assert!(
+            (f.duration - x.duration).abs() <= segment,
+            "{}: {} s of segments for {} s of video",
+            f.name,
+            f.duration,
+            x.duration
+        );
+        assert_eq!(
+            f.segments,
+            (x.duration / segment).ceil() as usize,
+            "{}: segment count",
+            f.name
+        );
+        assert_eq!(
+            f.audio_channels,
+            x.audio.then_some(2),
+            "{}: stereo audio when the source has audio",
+            f.name
+        );
+        if let Some(n) = source_frames {
+            assert_eq!(f.frames, n, "{}: frames kept", f.name);
+        }
+    }
+    if x.deinterlaced {
+        let (interlaced, _) = idet(source).await;
+        assert!(interlaced > 0, "the source is interlaced");
+        let (interlaced, progressive) = idet(&top.file).await;
+        assert!(
+            progressive > 4 * interlaced,
+            "deinterlaced: idet counts {interlaced} interlaced, {progressive} progressive"
+        );
+    }
+    if let Some(name) = x.upright_from {
+        let unrotated = source.parent().unwrap().join(name);
+        let upright = ssim(&top.file, &unrotated, "transpose=cclock", x.top).await;
+        let stretched = ssim(&top.file, &unrotated, "null", x.top).await;
+        assert!(
+            upright > 0.9 && upright > stretched + 0.2,
+            "upright: SSIM {upright:.3} against the source turned, {stretched:.3} stretched"
+        );
+    }
+    if let Some(at) = x.tone_at {
+        for f in &facts {
+            let heard = tone_start(&f.file).await;
+            assert!(
+                (heard - at).abs() < 0.05,
+                "{}: the tone is heard at {heard:.3} s, the video shows it at {at} s",
+                f.name
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_format_in_the_corpus_ends_ready_and_plays_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus_dir = dir.path().join("corpus");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&corpus_dir).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut config = test_config(&dir.path().join("node"));
+    config.processing.ladder = reel::config::default_ladder();
+    config.processing.chunk_seconds = 4;
+    let node = start(config).await;
+    let base = node.url();
+    // Make and upload one entry after another, so processing overlaps making the next.
+    let mut uploaded = Vec::new();
+    for entry in corpus() {
+        let file = make(&entry, &corpus_dir).await;
+        let (status, v) = upload(&base, &file).await;
+        assert_eq!(status, 202, "{}: {v}", entry.name);
+        let id = v["video_id"].as_str().unwrap().to_string();
+        uploaded.push((entry, file, id));
+    }
+    let results = join_all(uploaded.iter().map(|(entry, file, id)| {
+        let (base, work) = (base.clone(), work.clone());
+        async move {
+            let v = wait_terminal(&base, id, Duration::from_secs(900)).await;
+            if v["state"] != "ready" {
+                return Err(format!("{}: {}", entry.name, v));
+            }
+            let (entry_name, file, id) = (entry.name, file.clone(), id.clone());
+            // A panicking check names its entry instead of ending the whole test.
+            let entry = corpus().into_iter().find(|e| e.name == entry_name).unwrap();
+            tokio::spawn(async move { check(&entry, &file, &base, &id, &work).await })
+                .await
+                .map_err(|e| {
+                    let msg = e
+                        .try_into_panic()
+                        .ok()
+                        .and_then(|p| {
+                            p.downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        })
+                        .unwrap_or_default();
+                    format!("{entry_name}: {msg}")
+                })
+        }
+    }))
+    .await;
+    let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} entries failed:\n{}",
+        failures.len(),
+        uploaded.len(),
+        failures.join("\n")
+    );
+}

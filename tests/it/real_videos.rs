@@ -1,0 +1,213 @@
+//! Real videos through the README's own commands (issue 8): `reel serve` started the way a user
+//! starts it (its defaults, so the relative `./reel-data`), and the repository's own
+//! `cluster.toml` copied unchanged into a fresh directory (only its ports rewritten), each given
+//! a one-minute camera-style clip, long enough to be encoded in chunks. Temporary absolute
+//! directories and clips shorter than a chunk hid that every such video failed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Processing a minute on a loaded 2-core machine, with room to spare.
+const MINUTE_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The default segment duration, seconds.
+const SEGMENT: f64 = 4.0;
+
+/// A one-minute clip like a camera's: H.264 High with B-frames, 30 fps, AAC stereo, the `moov`
+/// box at the end. 640x360 keeps the test quick (the 360p and 240p rungs).
+async fn minute_clip(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("camera-60s.mp4");
+    ffmpeg_out(&[
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "60",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-profile:v",
+        "high",
+        "-bf",
+        "2",
+        "-c:a",
+        "aac",
+        "-ac",
+        "2",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    out
+}
+
+/// Upload `clip` to `upload_base` (what `curl -T` does), wait for `ready` from `status_base`,
+/// play it to the end with ffmpeg, and check every rendition against the source: segments
+/// decode, audio in sync, frames kept, segment count and duration within one segment.
+async fn upload_and_check(
+    upload_base: &str,
+    status_base: &str,
+    clip: &Path,
+    work: &Path,
+) -> String {
+    let (status, v) = upload(upload_base, clip).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(status_base, &id, MINUTE_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    play(&format!("{status_base}/videos/{id}/master.m3u8"))
+        .await
+        .expect("the multivariant playlist plays to the end with ffmpeg -xerror");
+    let frames = count_frames(clip, "v:0").await;
+    let facts = check_all_renditions(status_base, &id, work).await;
+    let names: Vec<&str> = facts.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["360p", "240p"]);
+    for f in &facts {
+        assert_eq!(f.frames, frames, "{}: every frame of the source", f.name);
+        assert!(
+            (f.segments as f64 - 60.0 / SEGMENT).abs() <= 1.0,
+            "{}: {} segments",
+            f.name,
+            f.segments
+        );
+        assert!(
+            (f.duration - 60.0).abs() <= SEGMENT,
+            "{}: {} s",
+            f.name,
+            f.duration
+        );
+        assert_eq!(f.audio_channels, Some(2), "{}", f.name);
+    }
+    id
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reel_serve_with_its_defaults_makes_a_chunked_minute_ready_and_playable() {
+    let cwd = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let clip = minute_clip(work.path()).await;
+    // The README's command, with only the port changed: no --data-dir, so ./reel-data.
+    let addr = free_addr();
+    let log = work.path().join("node.log");
+    let _node = ReelProcess::start_in(
+        cwd.path(),
+        &["serve", "--listen", &addr.to_string()],
+        &[],
+        log.clone(),
+    );
+    let base = format!("http://{addr}");
+    wait_healthy(&base).await;
+    let id = upload_and_check(&base, &base, &clip, work.path()).await;
+    assert!(
+        cwd.path()
+            .join("reel-data/objects/videos")
+            .join(&id)
+            .is_dir(),
+        "the default data directory is ./reel-data in the working directory\n{}",
+        tail(&log)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_repository_cluster_toml_makes_a_chunked_minute_ready_on_three_nodes() {
+    let cwd = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let clip = minute_clip(work.path()).await;
+    // The repository's file, unchanged but for its six ports.
+    let original =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml"))
+            .unwrap();
+    let mut text = original.clone();
+    let mut urls = Vec::new();
+    for port in ["8080", "8081", "8082", "9080", "9081", "9082"] {
+        let from = format!("\"127.0.0.1:{port}\"");
+        assert_eq!(
+            text.matches(&from).count(),
+            1,
+            "cluster.toml names {from} once"
+        );
+        let addr = free_addr();
+        text = text.replace(&from, &format!("\"{addr}\""));
+        if port.starts_with("80") {
+            urls.push(format!("http://{addr}"));
+        }
+    }
+    std::fs::write(cwd.path().join("cluster.toml"), &text).unwrap();
+    let cookie = "real-videos-test-cookie";
+    let nodes: Vec<ReelProcess> = (1..=3)
+        .map(|i| {
+            let node = format!("node-{i}");
+            ReelProcess::start_in(
+                cwd.path(),
+                &["serve", "--config", "cluster.toml", "--node", &node],
+                &[("REEL_CLUSTER_COOKIE", cookie)],
+                work.path().join(format!("{node}.log")),
+            )
+        })
+        .collect();
+    for url in &urls {
+        wait_healthy(url).await;
+        wait_until(
+            &format!("{url} to see 3 live members"),
+            Duration::from_secs(60),
+            || {
+                let url = format!("{url}/cluster");
+                async move {
+                    match reqwest::get(&url).await {
+                        Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["live"] == 3),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let id = upload_and_check(&urls[1], &urls[2], &clip, work.path()).await;
+    // The file's relative paths: storage and node data beside the file.
+    assert!(cwd
+        .path()
+        .join("reel-data/objects/videos")
+        .join(&id)
+        .is_dir());
+    for i in 1..=3 {
+        assert!(cwd.path().join(format!("reel-data/node-{i}")).is_dir());
+    }
+    // Chunks of one rendition ran on at least two nodes.
+    let (_, v) = get_json(&format!("{}/videos/{id}/events", urls[0])).await;
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let chunk_nodes: BTreeSet<String> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "task_started"
+                && e["task"].as_str().is_some_and(|t| t.starts_with("360p/c"))
+        })
+        .filter_map(|e| e["detail"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        chunk_nodes.len() >= 2,
+        "360p chunks ran on {chunk_nodes:?}\n{}",
+        (1..=3)
+            .map(|i| tail(&work.path().join(format!("node-{i}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+    drop(nodes);
+}
