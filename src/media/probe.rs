@@ -80,7 +80,8 @@ impl SourceInfo {
     pub fn display_size(&self) -> (u32, u32) {
         let sar = self.sample_aspect_ratio;
         let width = if sar.is_finite() && sar > 0.0 && (sar - 1.0).abs() > 1e-3 {
-            ((self.width as f64 * sar).round() as u32).max(2)
+            // Even, as every output size must be.
+            (((self.width as f64 * sar) / 2.0).round() as u32 * 2).max(2)
         } else {
             self.width
         };
@@ -550,7 +551,7 @@ mod tests {
     #[test]
     fn anamorphic_pixels_widen_the_display_size() {
         let s = judge(&stream_json(r#","sample_aspect_ratio":"4:3""#)).unwrap();
-        assert_eq!(s.display_size(), (1707, 720));
+        assert_eq!(s.display_size(), (1706, 720));
         let s = judge(&stream_json(r#","sample_aspect_ratio":"0:1""#)).unwrap();
         assert_eq!(s.display_size(), (1280, 720), "0:1 means unknown: square");
     }

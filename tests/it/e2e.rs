@@ -78,7 +78,8 @@ async fn clip_without_audio_plays() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_clip_plays_at_its_own_size_with_the_default_ladder() {
-    // carphone is 176x144, smaller than every default rung: one rendition at its own size.
+    // carphone is 176x144 with 128:117 pixels (192x144 displayed), smaller than every default
+    // rung: one rendition at its own display size, square pixels.
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.processing = reel::config::ProcessingConfig::default();
@@ -96,7 +97,7 @@ async fn the_real_clip_plays_at_its_own_size_with_the_default_ladder() {
     let master = format!("{base}/videos/{id}/master.m3u8");
     play(&master).await.unwrap();
     let (w, h, frames, _) = probe(&format!("{base}/videos/{id}/144p/index.m3u8")).await;
-    assert_eq!((w, h), (176, 144));
+    assert_eq!((w, h), (192, 144));
     assert_eq!(frames, 120, "every source frame arrives");
     node.stop().await;
 }
