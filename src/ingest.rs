@@ -3,7 +3,10 @@
 //!
 //! 1. The `video_id` is the content address of the bytes ([`crate::model::video_id`]).
 //! 2. A video that already has a record is a duplicate: the staged bytes are dropped and the
-//!    existing id is the answer (no new processing; an interrupted video is re-ensured).
+//!    existing id is the answer (no new processing; an interrupted video is re-ensured). Bytes
+//!    staged at `sources/{video_id}` itself (a joined resumable upload) are never dropped:
+//!    that object is the existing video's source too (issue 9: deleting it failed the video
+//!    that an identical upload had created a moment before).
 //! 3. Otherwise the staged object moves to `sources/{video_id}` and the record is created with
 //!    create-if-absent: of two identical uploads racing, exactly one creates it and starts the
 //!    job; the other is answered as a duplicate.
@@ -83,11 +86,14 @@ pub async fn accept(
 ) -> Result<Accepted, IngestError> {
     let storage = &ctx.storage;
     let id = video_id(&staged.sha256, &ctx.processing.profile);
+    let at_source = staged.key == keys::source(&id);
     if let Some(existing) = storage.load_record(&id).await? {
-        let _ = storage.delete(&staged.key).await;
+        if !at_source {
+            let _ = storage.delete(&staged.key).await;
+        }
         return Ok(duplicate(ctx, videos, &id, existing.state.as_str(), "same bytes").await);
     }
-    if staged.key == keys::source(&id) {
+    if at_source {
         // Written straight to its content address (a joined resumable upload).
     } else if storage.exists(&keys::source(&id)).await? {
         let _ = storage.delete(&staged.key).await;
@@ -151,5 +157,57 @@ async fn duplicate(
         video_id: id.to_string(),
         state: state.to_string(),
         duplicate: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::testing::probe;
+    use crate::config::StorageLocation;
+    use crate::model::VideoState;
+    use crate::storage::Storage;
+
+    /// The tus/PUT race of issue 9, without the timing: a resumable upload joined the same
+    /// bytes straight into `sources/{id}` while an identical upload created the record. The
+    /// duplicate answer must leave that source in place.
+    #[tokio::test]
+    async fn a_duplicate_joined_at_the_source_keeps_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageLocation::Local(dir.path().join("objects"))).unwrap();
+        let ctx = NodeContext::for_tests("n1", storage.clone(), dir.path());
+        let (videos, _rx) = probe::<VideoSupervisorMsg>().await;
+        let sha = "ab".repeat(32);
+        let id = video_id(&sha, &ctx.processing.profile);
+        let mut record = VideoRecord::uploaded(id.clone(), sha.clone(), 5, "default".into(), None);
+        record.state = VideoState::Ready;
+        assert!(storage.create_record(&record).await.unwrap());
+        storage
+            .put(&keys::source(&id), bytes::Bytes::from_static(b"video"))
+            .await
+            .unwrap();
+        let staged = |key: String| Staged {
+            key,
+            sha256: sha.clone(),
+            bytes: 5,
+            filename: None,
+        };
+        let a = accept(&ctx, &videos, staged(keys::source(&id)))
+            .await
+            .unwrap();
+        assert!(a.duplicate && a.state == "ready", "{a:?}");
+        assert!(
+            storage.exists(&keys::source(&id)).await.unwrap(),
+            "the existing video's source is still there"
+        );
+        // A staging copy elsewhere is dropped as before.
+        let other = "uploads/direct/x".to_string();
+        storage
+            .put(&other, bytes::Bytes::from_static(b"video"))
+            .await
+            .unwrap();
+        accept(&ctx, &videos, staged(other.clone())).await.unwrap();
+        assert!(!storage.exists(&other).await.unwrap());
+        assert!(storage.exists(&keys::source(&id)).await.unwrap());
     }
 }

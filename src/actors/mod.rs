@@ -37,6 +37,8 @@ pub mod membership;
 pub mod node;
 pub mod session;
 pub mod session_supervisor;
+#[cfg(test)]
+pub mod testing;
 pub mod transcode_worker;
 pub mod upload;
 pub mod upload_supervisor;

@@ -270,11 +270,9 @@ impl UploadActor {
                 .await?
             }
         };
-        for part in &info.parts {
-            let _ = storage
-                .delete(&keys::upload_part(&info.id, part.offset))
-                .await;
-        }
+        // The outcome is stored before the parts go: a crash in between leaves parts to
+        // expire, never an upload whose bytes are gone and whose video nobody knows.
+        let parts = info.parts.clone();
         let mut info = info;
         info.video_id = Some(accepted.video_id);
         info.video_state = Some(accepted.state);
@@ -282,6 +280,11 @@ impl UploadActor {
         info.parts.clear();
         info.expires_ms = now_ms() + Self::expiry(&state.ctx);
         storage.save_upload(&info).await?;
+        for part in &parts {
+            let _ = storage
+                .delete(&keys::upload_part(&info.id, part.offset))
+                .await;
+        }
         state.info = info;
         Ok(())
     }
