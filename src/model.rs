@@ -118,6 +118,11 @@ pub struct VideoRecord {
     /// When it became ready.
     #[serde(default)]
     pub ready_at: Option<String>,
+    /// The lease epoch of the owner that wrote this version (0: written by ingest, before any
+    /// owner). The store refuses a write whose epoch is older than the stored one
+    /// ([`crate::storage::Storage::save_record_fenced`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl VideoRecord {
@@ -143,6 +148,7 @@ impl VideoRecord {
             created_at: now.clone(),
             updated_at: now,
             ready_at: None,
+            epoch: 0,
         }
     }
 

@@ -565,12 +565,23 @@ impl JobActor {
             myself.stop(None);
             return Ok(());
         }
-        // The commit point: nothing streams before this object exists.
-        state
+        // The commit point: nothing streams before this object exists. Created only if absent,
+        // so a committed multivariant playlist is never replaced; finding one already there
+        // means this video was committed (by this job before a crash, or by another owner),
+        // and the record's swap decides who writes `ready`.
+        let created = state
             .ctx
             .storage
-            .put(&keys::multivariant(&state.video_id), Bytes::from(master))
+            .put_if_absent(&keys::multivariant(&state.video_id), Bytes::from(master))
             .await?;
+        if !created {
+            state
+                .event(
+                    NewEvent::video(&state.video_id, "commit_exists")
+                        .detail("the multivariant playlist was already written; kept as it is"),
+                )
+                .await;
+        }
         state.finished = true;
         state
             .event(NewEvent::video(&state.video_id, "job_finalized").outcome("ok"))
@@ -954,7 +965,7 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);
         record.source = Some(SourceInfo::example());
-        ctx.storage.save_record(&record).await.unwrap();
+        assert!(ctx.storage.create_record(&record).await.unwrap());
         let (pool_ref, pool) = probe::<PoolMsg>().await;
         let (video_ref, video) = probe::<VideoMsg>().await;
         let (job, _) = Actor::spawn(

@@ -24,6 +24,7 @@ use crate::media::playlist::RenditionOutput;
 use crate::media::probe::SourceInfo;
 use crate::model::{now_rfc3339, RenditionSummary, VideoRecord, VideoState};
 use crate::storage::events::NewEvent;
+use crate::storage::RecordWrite;
 
 /// The video actor.
 pub struct VideoActor;
@@ -114,8 +115,10 @@ impl VideoActor {
         Ok(job)
     }
 
-    /// Write the record if this actor still owns the video; `Ok(false)` (and the actor stands
-    /// down) when a newer lease exists.
+    /// Write the record if the store still lets this owner write it; `Ok(false)` (and the actor
+    /// stands down) when it does not. The lease check first is only a cheap early exit: the
+    /// guarantee is the store's compare-and-swap ([`crate::storage::Storage::save_record_fenced`]),
+    /// which refuses a record of an older epoch and never replaces `ready` or `failed`.
     async fn save(
         myself: &ActorRef<VideoMsg>,
         state: &mut VideoActorState,
@@ -129,8 +132,22 @@ impl VideoActor {
             Self::stand_down(myself, state).await;
             return Ok(false);
         }
-        state.ctx.storage.save_record(&state.record).await?;
-        Ok(true)
+        state.record.epoch = state.lease_epoch;
+        match state.ctx.storage.save_record_fenced(&state.record).await? {
+            RecordWrite::Written => Ok(true),
+            refused => {
+                state
+                    .ctx
+                    .events
+                    .append(
+                        NewEvent::video(&state.record.video_id, "record_write_refused")
+                            .detail(format!("epoch {}: {refused:?}", state.lease_epoch)),
+                    )
+                    .await;
+                Self::stand_down(myself, state).await;
+                Ok(false)
+            }
+        }
     }
 
     async fn stand_down(myself: &ActorRef<VideoMsg>, state: &mut VideoActorState) {
@@ -153,12 +170,12 @@ impl VideoActor {
         state: &mut VideoActorState,
         to: VideoState,
         detail: Option<String>,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<bool, ActorProcessingErr> {
         let from = state.record.state;
         state.record.state = to;
         state.record.touch();
         if !Self::save(myself, state).await? {
-            return Ok(());
+            return Ok(false);
         }
         if to.is_terminal() {
             // Best effort: a marker left behind is removed by the next reconcile.
@@ -173,7 +190,7 @@ impl VideoActor {
             .outcome(to.as_str())
             .detail(detail);
         state.ctx.events.append(e).await;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -232,7 +249,9 @@ impl Actor for VideoActor {
                     .events
                     .append(NewEvent::video(&state.record.video_id, "job_started"))
                     .await;
-                Self::transition(&myself, &mut state, VideoState::Processing, None).await?;
+                if !Self::transition(&myself, &mut state, VideoState::Processing, None).await? {
+                    return Ok(state);
+                }
             }
             VideoState::Processing => {
                 state
@@ -243,6 +262,11 @@ impl Actor for VideoActor {
                             .detail("processing was interrupted; resuming from stored outputs"),
                     )
                     .await;
+                // The fencing write: from here on the store refuses the previous owner's
+                // record writes (its epoch is older).
+                if !Self::save(&myself, &mut state).await? {
+                    return Ok(state);
+                }
             }
         }
         Self::spawn_job(&myself, &state).await?;

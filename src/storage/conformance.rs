@@ -5,7 +5,8 @@
 //! What it pins down: a missing key reads as `None`; `put` replaces; create-if-absent refuses a
 //! second writer and keeps the first bytes; range reads; prefix listing (recursive and one
 //! level); delete is idempotent; a multipart write of several parts (bigger than one part, so
-//! S3 really uploads parts) reads back byte for byte; rename; records.
+//! S3 really uploads parts) reads back byte for byte; rename; records; fenced record writes (a
+//! stale epoch and a terminal state are refused by the store, also under concurrent writers).
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -128,4 +129,88 @@ pub async fn run(s: &Storage) {
         .unwrap();
     assert_eq!(s.delete_prefix(&keys::work_prefix(id)).await.unwrap(), 2);
     assert!(!s.exists(&keys::chunk(id, "240p", 0)).await.unwrap());
+
+    fenced_record_writes(s).await;
+}
+
+/// The record swap (issue 9): the store, not a prior check, refuses an owner whose epoch is
+/// older than the stored record's, and never replaces `ready` or `failed`.
+async fn fenced_record_writes(s: &Storage) {
+    use super::RecordWrite;
+    use crate::model::VideoState;
+    let id = "00000000000000000000000000000fe0";
+    let rec = VideoRecord::uploaded(id.into(), "ab".repeat(32), 9, "default".into(), None);
+    assert_eq!(
+        s.save_record_fenced(&rec).await.unwrap(),
+        RecordWrite::Missing,
+        "only ingest creates a record"
+    );
+    assert!(s.create_record(&rec).await.unwrap());
+    let at = |epoch: u64, state: VideoState| VideoRecord {
+        epoch,
+        state,
+        ..rec.clone()
+    };
+    assert_eq!(
+        s.save_record_fenced(&at(2, VideoState::Processing))
+            .await
+            .unwrap(),
+        RecordWrite::Written
+    );
+    // The owner of epoch 1, delayed past the takeover by epoch 2, is refused.
+    assert_eq!(
+        s.save_record_fenced(&at(1, VideoState::Processing))
+            .await
+            .unwrap(),
+        RecordWrite::Fenced { stored_epoch: 2 }
+    );
+    assert_eq!(s.load_record(id).await.unwrap().unwrap().epoch, 2);
+    let ready = at(2, VideoState::Ready);
+    assert_eq!(
+        s.save_record_fenced(&ready).await.unwrap(),
+        RecordWrite::Written
+    );
+    assert_eq!(
+        s.save_record_fenced(&ready).await.unwrap(),
+        RecordWrite::Written,
+        "the same terminal write again is idempotent"
+    );
+    for late in [at(2, VideoState::Processing), at(3, VideoState::Failed)] {
+        assert_eq!(
+            s.save_record_fenced(&late).await.unwrap(),
+            RecordWrite::Terminal {
+                stored: VideoState::Ready
+            },
+            "ready is never replaced, whatever the epoch"
+        );
+    }
+    assert_eq!(
+        s.load_record(id).await.unwrap().unwrap().state,
+        VideoState::Ready
+    );
+
+    // Eight owners of epochs 1..=8 write at once: the newest epoch is what stays, and no
+    // older write ever replaced a newer one (each swap re-checks what is stored).
+    let id = "00000000000000000000000000000fe1";
+    let base = VideoRecord::uploaded(id.into(), "cd".repeat(32), 9, "default".into(), None);
+    assert!(s.create_record(&base).await.unwrap());
+    let writers = (1..=8u64).map(|epoch| {
+        let (s, rec) = (
+            s.clone(),
+            VideoRecord {
+                epoch,
+                state: VideoState::Processing,
+                ..base.clone()
+            },
+        );
+        tokio::spawn(async move { s.save_record_fenced(&rec).await.unwrap() })
+    });
+    for w in writers {
+        let outcome = w.await.unwrap();
+        assert!(
+            matches!(outcome, RecordWrite::Written | RecordWrite::Fenced { .. }),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(s.load_record(id).await.unwrap().unwrap().epoch, 8);
 }

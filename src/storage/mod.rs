@@ -21,7 +21,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
 
 use crate::config::StorageLocation;
-use crate::model::VideoRecord;
+use crate::model::{VideoRecord, VideoState};
 
 /// Storage errors, by what a caller does about them.
 #[derive(Debug, thiserror::Error)]
@@ -367,10 +367,68 @@ impl Storage {
             .await
     }
 
-    /// Replace a record (only its owner, the `VideoActor`, calls this).
-    pub async fn save_record(&self, record: &VideoRecord) -> Result<(), StorageError> {
-        self.put(&keys::record(&record.video_id), json_bytes(record))
-            .await
+    /// Replace a record as its owner, if the store still lets this owner write: a
+    /// compare-and-swap that applies [`record_write_decision`] to the stored record and writes
+    /// only when it says [`RecordWrite::Written`]. The check and the write are one step the
+    /// store enforces, so a writer delayed past a takeover (a pause, object_store's own
+    /// retries) cannot land a stale state, and a terminal state is never overwritten
+    /// (issue 9). On S3 (and InMemory) the swap is a conditional PUT (`If-Match` on the entity
+    /// tag, object_store's `PutMode::Update`), retried while other writers win; on
+    /// LocalFileSystem, which has no conditional update, an exclusive lock on
+    /// `videos/{id}/record.lock` (released by the OS if the holder dies) around read, check and
+    /// an atomic rename: correct for nodes of one machine sharing the directory, which is what
+    /// local storage is for.
+    ///
+    /// Errors: the store fails, the stored record cannot be decoded, or other writers keep
+    /// winning the swap (after 16 tries).
+    pub async fn save_record_fenced(
+        &self,
+        record: &VideoRecord,
+    ) -> Result<RecordWrite, StorageError> {
+        let key = keys::record(&record.video_id);
+        if let Some(fs) = &self.local {
+            let file = fs.path_to_filesystem(&path(&key))?;
+            let (record, bytes) = (record.clone(), json_bytes(record));
+            return tokio::task::spawn_blocking(move || local_swap(&file, &record, &bytes))
+                .await
+                .map_err(|e| StorageError::Backend(format!("record write task: {e}")))?;
+        }
+        for _ in 0..16 {
+            let got = match self.store.get(&path(&key)).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(RecordWrite::Missing),
+                Err(e) => return Err(e.into()),
+            };
+            let version = object_store::UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            let bytes = got.bytes().await?;
+            let stored = decode_record(&key, &bytes)?;
+            let decision = record_write_decision(&stored, record);
+            if decision != RecordWrite::Written {
+                return Ok(decision);
+            }
+            match self
+                .store
+                .put_opts(
+                    &path(&key),
+                    PutPayload::from(json_bytes(record)),
+                    PutMode::Update(version).into(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(RecordWrite::Written),
+                // Another writer swapped first: read again and decide again.
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StorageError::Backend(format!(
+            "could not write the record of video {}: contention",
+            record.video_id
+        )))
     }
 
     /// The newest lease of a video: `(epoch, holder node)`, or `None` when never claimed.
@@ -453,6 +511,93 @@ impl Storage {
     ) -> Result<(), StorageError> {
         self.put(key, json_bytes(value)).await
     }
+}
+
+/// What became of an owner's record write ([`Storage::save_record_fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordWrite {
+    /// Written.
+    Written,
+    /// Refused: the stored record was written under a newer lease epoch, so this writer no
+    /// longer owns the video.
+    Fenced {
+        /// The stored record's epoch.
+        stored_epoch: u64,
+    },
+    /// Refused: the stored record is `ready` or `failed`, which never change again.
+    Terminal {
+        /// The stored state.
+        stored: VideoState,
+    },
+    /// Refused: no record exists (only ingest creates one).
+    Missing,
+}
+
+/// The rule of every record swap, as a plain function: a terminal record is never replaced
+/// (writing the same terminal state again under the same epoch is an idempotent success), and
+/// a record written under a newer epoch is never replaced by an older one.
+pub fn record_write_decision(stored: &VideoRecord, new: &VideoRecord) -> RecordWrite {
+    if stored.state.is_terminal() {
+        if stored.state == new.state && stored.epoch == new.epoch {
+            return RecordWrite::Written;
+        }
+        return RecordWrite::Terminal {
+            stored: stored.state,
+        };
+    }
+    if stored.epoch > new.epoch {
+        return RecordWrite::Fenced {
+            stored_epoch: stored.epoch,
+        };
+    }
+    RecordWrite::Written
+}
+
+fn decode_record(key: &str, bytes: &[u8]) -> Result<VideoRecord, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The LocalFileSystem swap (blocking): lock, read, decide, write a temporary file, rename it
+/// over the record (readers see the old or the new record, never a torn one), unlock.
+fn local_swap(
+    file: &Path,
+    record: &VideoRecord,
+    bytes: &[u8],
+) -> Result<RecordWrite, StorageError> {
+    let io = |what: &str, e: std::io::Error| StorageError::Backend(format!("{what} {file:?}: {e}"));
+    // Records are created by ingest and never deleted: one absent now has nothing to swap.
+    if !file.exists() {
+        return Ok(RecordWrite::Missing);
+    }
+    let lock_path = file.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io("opening the lock of", e))?;
+    lock.lock().map_err(|e| io("locking", e))?;
+    let stored = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RecordWrite::Missing),
+        Err(e) => return Err(io("reading", e)),
+    };
+    let stored = decode_record(&file.to_string_lossy(), &stored)?;
+    let decision = record_write_decision(&stored, record);
+    if decision != RecordWrite::Written {
+        return Ok(decision);
+    }
+    let tmp = file.with_extension(format!("json.{:016x}.tmp", rand::random::<u64>()));
+    std::fs::write(&tmp, bytes).map_err(|e| io("writing", e))?;
+    std::fs::rename(&tmp, file).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("renaming over", e)
+    })?;
+    // The lock is released when `lock` is dropped.
+    Ok(RecordWrite::Written)
 }
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
