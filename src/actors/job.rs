@@ -189,6 +189,13 @@ struct Task {
     attempt: u32,
     /// The node the current attempt was handed to.
     node: String,
+    /// That node's generation in the cluster view when it was handed the attempt: a change
+    /// means the node went away (and may have restarted), losing the attempt.
+    node_generation: u64,
+    /// Attempts handed out again because their node was lost: they get a new attempt number
+    /// (so the lost attempt's late reports and cancels match nothing) but do not count
+    /// towards `max_attempts`.
+    requeued: u32,
     /// Keys of the tasks whose outputs this one reads (a packaging task's chunks and audio).
     needs: Vec<String>,
     status: TaskStatus,
@@ -349,6 +356,7 @@ impl JobActor {
         t.status = TaskStatus::Queued;
         t.last_heard = Instant::now();
         t.node = node.clone();
+        t.node_generation = state.ctx.cluster.generation(&node);
         if node == self_id {
             let _ = state.pool.cast(PoolMsg::Submit(Assignment {
                 task: t.spec.clone(),
@@ -476,6 +484,8 @@ impl JobActor {
                     spec,
                     attempt: 1,
                     node: state.ctx.node_id.clone(),
+                    node_generation: 0,
+                    requeued: 0,
                     status: if done {
                         TaskStatus::Done
                     } else {
@@ -613,6 +623,7 @@ impl JobActor {
             return Ok(());
         };
         let attempt = t.attempt;
+        let counted = attempt.saturating_sub(t.requeued);
         t.status = TaskStatus::Failed;
         let outcome = if failure.permanent {
             "permanent"
@@ -630,9 +641,9 @@ impl JobActor {
         if failure.permanent {
             return self.fail(myself, state, failure.message).await;
         }
-        if attempt >= max {
+        if counted >= max {
             let reason = format!(
-                "processing rendition {task} failed {attempt} times; last error: {}",
+                "processing rendition {task} failed {counted} times; last error: {}",
                 failure.message
             );
             return self.fail(myself, state, reason).await;
@@ -825,34 +836,61 @@ impl Actor for JobActor {
             JobMsg::Tick => {
                 let deadline = state.ctx.processing.stuck_after();
                 let cluster = &state.ctx.cluster;
-                // A task is reclaimed when its node left the cluster, or when it runs and has
-                // reported nothing for `stuck_after` (a hung ffmpeg or worker).
-                let reclaim: Vec<(String, u32, String)> = state
-                    .tasks
-                    .iter()
-                    .filter_map(|(n, t)| {
-                        let active =
-                            matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. });
-                        if active && !cluster.is_live(&t.node) {
-                            return Some((
-                                n.clone(),
-                                t.attempt,
-                                format!("node {} left the cluster", t.node),
-                            ));
-                        }
-                        (matches!(t.status, TaskStatus::Running { .. })
-                            && t.last_heard.elapsed() > deadline)
-                            .then(|| {
-                                let why = format!(
-                                    "no progress for {} s on node {}",
-                                    deadline.as_secs_f64(),
-                                    t.node
-                                );
-                                (n.clone(), t.attempt, why)
-                            })
-                    })
-                    .collect();
-                for (task, attempt, why) in reclaim {
+                // A task whose node left the cluster, or went away and came back (a restart
+                // loses its queue), is handed out again without using up an attempt: the
+                // infrastructure failed, not the task (issue 9). One that runs and has
+                // reported nothing for `stuck_after` (a hung ffmpeg or worker) is reclaimed
+                // as a failed attempt.
+                let mut lost: Vec<(String, u32, String)> = Vec::new();
+                let mut stuck: Vec<(String, u32, String)> = Vec::new();
+                for (n, t) in &state.tasks {
+                    let active =
+                        matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. });
+                    if !active {
+                        continue;
+                    }
+                    if !cluster.is_live(&t.node) {
+                        lost.push((
+                            n.clone(),
+                            t.attempt,
+                            format!("node {} left the cluster", t.node),
+                        ));
+                    } else if cluster.generation(&t.node) != t.node_generation {
+                        lost.push((
+                            n.clone(),
+                            t.attempt,
+                            format!(
+                                "node {} went away and came back since it was handed the task",
+                                t.node
+                            ),
+                        ));
+                    } else if matches!(t.status, TaskStatus::Running { .. })
+                        && t.last_heard.elapsed() > deadline
+                    {
+                        let why = format!(
+                            "no progress for {} s on node {}",
+                            deadline.as_secs_f64(),
+                            t.node
+                        );
+                        stuck.push((n.clone(), t.attempt, why));
+                    }
+                }
+                for (task, attempt, why) in lost {
+                    Self::cancel(state, &task, attempt);
+                    if let Some(t) = state.tasks.get_mut(&task) {
+                        t.attempt += 1;
+                        t.requeued += 1;
+                    }
+                    state
+                        .event(
+                            NewEvent::video(&state.video_id, "task_requeued")
+                                .task(&task, attempt)
+                                .detail(why),
+                        )
+                        .await;
+                    Self::dispatch(&myself, state, &task);
+                }
+                for (task, attempt, why) in stuck {
                     Self::cancel(state, &task, attempt);
                     state
                         .event(

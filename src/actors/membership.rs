@@ -11,6 +11,13 @@
 //!   so the ring moves its keys and its unfinished work is re-dispatched. When the peer wakes,
 //!   it finds itself disconnected, re-dials, and stands down wherever a newer lease exists.
 //!
+//! - **settle**: at start, and again after it finds it was paused (a gap between its own
+//!   heartbeats longer than peers wait before fencing it), this node takes no ownership
+//!   decision until a round completes: every configured peer has answered a heartbeat, or
+//!   [`round_timeout`] has passed without an answer from it. Until then
+//!   [`Cluster::is_settled`](crate::cluster::Cluster::is_settled) is false and the reconcile
+//!   loop waits (issue 9).
+//!
 //! Supervised by the `NodeSupervisor`. Session events arrive from the NodeServer through a
 //! subscription that casts them here.
 
@@ -87,6 +94,8 @@ struct Peer {
     next_dial: Instant,
     backoff: Duration,
     ping_in_flight: bool,
+    /// Answered a heartbeat since the current round started.
+    heard: bool,
 }
 
 /// State.
@@ -96,6 +105,32 @@ pub struct MembershipState {
     heartbeat: Duration,
     fence_after: u32,
     peers: BTreeMap<String, Peer>,
+    /// When the current settling round started.
+    round_started: Instant,
+    /// When the last heartbeat tick ran (a long gap means this node was paused).
+    last_tick: Instant,
+}
+
+/// How long a settling round waits for a peer that does not answer before giving up on it:
+/// as long as peers wait before fencing a silent node, and at least 5 s, enough for a live
+/// peer to be dialed, authenticated and pinged.
+pub fn round_timeout(heartbeat: Duration, fence_after: u32) -> Duration {
+    (heartbeat * fence_after.max(1)).max(Duration::from_secs(5))
+}
+
+/// Whether a gap of `gap` between two heartbeat ticks means this node was paused for as long
+/// as its peers take to fence it (so its view, and any lease it holds, may be stale).
+pub fn was_paused(gap: Duration, heartbeat: Duration, fence_after: u32) -> bool {
+    gap > heartbeat * (fence_after.max(1) + 1)
+}
+
+/// Whether a round can end: every peer answered or the round has run `timeout`.
+pub fn round_complete<'a>(
+    heard: impl IntoIterator<Item = &'a bool>,
+    elapsed: Duration,
+    timeout: Duration,
+) -> bool {
+    elapsed >= timeout || heard.into_iter().all(|h| *h)
 }
 
 struct Subscription(ActorRef<MembershipMsg>);
@@ -130,6 +165,53 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Membership {
+    /// Start a settling round: no ownership decisions until every peer is heard again.
+    async fn start_round(state: &mut MembershipState, why: &str) {
+        state.round_started = Instant::now();
+        for p in state.peers.values_mut() {
+            p.heard = false;
+        }
+        if state.ctx.cluster.set_settled(false) {
+            tracing::warn!(why, "view unsettled: waiting for a heartbeat round");
+            state
+                .ctx
+                .events
+                .append(NewEvent::node("view_unsettled").detail(why.to_string()))
+                .await;
+        }
+    }
+
+    /// End the round if it is complete.
+    async fn maybe_settle(state: &MembershipState) {
+        if state.ctx.cluster.is_settled() {
+            return;
+        }
+        let timeout = round_timeout(state.heartbeat, state.fence_after);
+        let elapsed = state.round_started.elapsed();
+        if !round_complete(state.peers.values().map(|p| &p.heard), elapsed, timeout) {
+            return;
+        }
+        let silent: Vec<&str> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.heard)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if state.ctx.cluster.set_settled(true) {
+            let detail = if silent.is_empty() {
+                "every peer answered".to_string()
+            } else {
+                format!("no answer in {timeout:?} from {}", silent.join(", "))
+            };
+            tracing::info!(%detail, "view settled");
+            state
+                .ctx
+                .events
+                .append(NewEvent::node("view_settled").detail(detail))
+                .await;
+        }
+    }
+
     async fn mark(state: &MembershipState, peer: &str, live: bool, why: &str) {
         if state.ctx.cluster.set_live(peer, live) {
             let kind = if live { "member_up" } else { "member_down" };
@@ -176,6 +258,7 @@ impl Actor for Membership {
                         next_dial: now,
                         backoff: MIN_BACKOFF,
                         ping_in_flight: false,
+                        heard: false,
                     },
                 ))
             })
@@ -188,6 +271,8 @@ impl Actor for Membership {
             heartbeat: args.heartbeat,
             fence_after: args.fence_after,
             peers,
+            round_started: now,
+            last_tick: now,
         })
     }
 
@@ -200,6 +285,13 @@ impl Actor for Membership {
         match msg {
             MembershipMsg::Heartbeat => {
                 let now = Instant::now();
+                let gap = now - state.last_tick;
+                state.last_tick = now;
+                if was_paused(gap, state.heartbeat, state.fence_after) {
+                    let why = format!("this node was paused for {gap:?}");
+                    Self::start_round(state, &why).await;
+                }
+                Self::maybe_settle(state).await;
                 let timeout = state.heartbeat.max(Duration::from_millis(500));
                 for (id, p) in state.peers.iter_mut() {
                     match p.sessions.is_empty() {
@@ -276,7 +368,9 @@ impl Actor for Membership {
                 p.ping_in_flight = false;
                 if ok {
                     p.misses = 0;
+                    p.heard = true;
                     Self::mark(state, &peer, true, "answers heartbeats").await;
+                    Self::maybe_settle(state).await;
                     return Ok(());
                 }
                 p.misses += 1;
@@ -294,5 +388,44 @@ impl Actor for Membership {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_ends_when_every_peer_answered_or_on_timeout() {
+        let t = round_timeout(Duration::from_millis(300), 3);
+        assert_eq!(t, Duration::from_secs(5), "never shorter than 5 s");
+        assert_eq!(
+            round_timeout(Duration::from_secs(2), 3),
+            Duration::from_secs(6)
+        );
+        assert!(!round_complete(&[true, false], Duration::from_secs(1), t));
+        assert!(round_complete(&[true, true], Duration::from_secs(1), t));
+        assert!(
+            round_complete(&[false, false], t, t),
+            "silent peers are given up on"
+        );
+        assert!(
+            round_complete(&[], Duration::ZERO, t),
+            "no peers: nothing to wait for"
+        );
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_fencing_time_is_a_pause() {
+        let hb = Duration::from_secs(1);
+        assert!(
+            !was_paused(Duration::from_millis(1100), hb, 3),
+            "a late tick"
+        );
+        assert!(!was_paused(Duration::from_secs(4), hb, 3));
+        assert!(
+            was_paused(Duration::from_secs(5), hb, 3),
+            "peers fenced it by now"
+        );
     }
 }

@@ -10,6 +10,9 @@
 //!   moved to another live node is handed off (its actor stops; the new home claims a newer
 //!   lease). So a node restarted mid-job finishes the job without help, and a dead node's
 //!   videos are taken over by their new homes.
+//! - Neither `Ensure` nor `Recover` acts while the cluster view is not settled (the node has
+//!   not yet heard every peer since it started or woke): a node that sees only itself would
+//!   find itself home of every video.
 //! - A `VideoActor` that crashes is restarted (it re-reads its record); after
 //!   `max_job_restarts` crashes of the same video it is left stopped and logged.
 
@@ -101,6 +104,13 @@ impl VideoSupervisor {
         if state.running.contains_key(&id) {
             return;
         }
+        if !state.ctx.cluster.is_settled() {
+            // Starting a VideoActor claims a lease: an ownership decision, which waits until
+            // this node has heard its peers. The video is in the active index; the reconcile
+            // that runs when the view settles takes it up (here or on its real home).
+            tracing::debug!(video_id = %id, "view not settled; not claiming yet");
+            return;
+        }
         let spawned = Actor::spawn_linked(
             Some(state.ctx.name(&format!("video:{id}"))),
             VideoActor,
@@ -168,6 +178,11 @@ impl Actor for VideoSupervisor {
         match msg {
             VideoSupervisorMsg::Ensure { video_id } => Self::ensure(&myself, state, video_id).await,
             VideoSupervisorMsg::Recover => {
+                if !state.ctx.cluster.is_settled() {
+                    // Neither take up nor hand off on a view that has not heard its peers;
+                    // settling announces itself and brings this message back.
+                    return Ok(());
+                }
                 let ids = match state.ctx.storage.list_active_ids().await {
                     Ok(ids) => ids,
                     Err(e) => {

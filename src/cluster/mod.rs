@@ -6,13 +6,20 @@
 //! subscribe to [`Cluster::changes`].
 //!
 //! Correctness never rests on this view (two nodes may briefly disagree): ownership of a video
-//! is settled by lease epochs in the object store (`storage::Storage::claim_lease`).
+//! is settled by lease epochs in the object store (`storage::Storage::claim_lease`), and every
+//! record write is refused by the store once a newer epoch exists.
+//!
+//! The view also knows what it does not know: until [`Cluster::is_settled`], this node has not
+//! yet heard every configured peer (or given up on it), so its ring is a guess, and it takes no
+//! ownership decision (issue 9: a restarted node that saw only itself claimed every unfinished
+//! video of the cluster within a second).
 
 pub mod protocol;
 pub mod ring;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -37,6 +44,9 @@ pub struct Member {
     pub live: bool,
     /// When `live` last changed (RFC 3339).
     pub since: String,
+    /// How many times `live` has changed: a task handed to the node under an older
+    /// generation may have been lost with a process that restarted in between.
+    pub generation: u64,
 }
 
 struct State {
@@ -51,6 +61,9 @@ pub struct Cluster {
     self_id: String,
     state: Arc<RwLock<State>>,
     changes: watch::Sender<u64>,
+    /// Whether a whole heartbeat round has completed since start (or since waking from a
+    /// pause): every configured peer answered or was given up on.
+    settled: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -68,9 +81,10 @@ pub fn gateway_group(node: &str) -> String {
 
 impl Cluster {
     /// A view of `members` (including this node, `self_id`) in which only this node is live
-    /// until the Membership actor hears from the others.
+    /// until the Membership actor hears from the others; unsettled while there are others.
     pub fn new(self_id: &str, members: Vec<(String, SocketAddr, Option<SocketAddr>)>) -> Self {
         let now = crate::model::now_rfc3339();
+        let alone = members.iter().all(|(id, _, _)| id == self_id);
         let members: BTreeMap<String, Member> = members
             .into_iter()
             .map(|(id, http, cluster)| {
@@ -83,6 +97,7 @@ impl Cluster {
                         cluster,
                         live,
                         since: now.clone(),
+                        generation: 0,
                     },
                 )
             })
@@ -97,7 +112,33 @@ impl Cluster {
                 version: 0,
             })),
             changes,
+            settled: Arc::new(AtomicBool::new(alone)),
         }
+    }
+
+    /// Whether this view may be used to decide ownership: a heartbeat round with every
+    /// configured peer has completed since start or since the last pause. A node alone in its
+    /// configuration is always settled.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
+
+    /// Set by the Membership actor: `true` once a round completes, `false` when this node
+    /// finds it was paused. Becoming settled is announced like a ring change, so the reconcile
+    /// loop runs. Returns whether it changed.
+    pub fn set_settled(&self, settled: bool) -> bool {
+        if self.settled.swap(settled, Ordering::SeqCst) == settled {
+            return false;
+        }
+        if settled {
+            let version = {
+                let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+                s.version += 1;
+                s.version
+            };
+            let _ = self.changes.send(version);
+        }
+        true
     }
 
     /// A one-node cluster.
@@ -123,6 +164,13 @@ impl Cluster {
     /// Whether `node` is live in this view.
     pub fn is_live(&self, node: &str) -> bool {
         self.read(|s| s.members.get(node).is_some_and(|m| m.live))
+    }
+
+    /// How many times `node` went down or up in this view (0 for this node and unknown ids).
+    /// Work handed to a node is lost if its generation changed since: it was down, if only
+    /// for a moment, and may have restarted.
+    pub fn generation(&self, node: &str) -> u64 {
+        self.read(|s| s.members.get(node).map_or(0, |m| m.generation))
     }
 
     /// Live node ids, sorted.
@@ -162,6 +210,7 @@ impl Cluster {
             }
             m.live = live;
             m.since = crate::model::now_rfc3339();
+            m.generation += 1;
             let live_ids: Vec<String> = s
                 .members
                 .values()
@@ -202,6 +251,7 @@ impl Cluster {
                 .collect();
             serde_json::json!({
                 "node": self.self_id,
+                "settled": self.is_settled(),
                 "ring_version": s.version,
                 "live": s.ring.members().len(),
                 "members": members,
@@ -287,8 +337,10 @@ mod tests {
         let mut rx = c.changes();
         assert_eq!(c.live_nodes(), vec!["a".to_string()]);
         assert_eq!(c.home("video:x"), "a");
+        assert_eq!(c.generation("b"), 0);
         assert!(c.set_live("b", true));
         assert!(!c.set_live("b", true), "no change, no announcement");
+        assert_eq!(c.generation("b"), 1);
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 1);
         assert_eq!(c.live_nodes(), vec!["a".to_string(), "b".to_string()]);
@@ -301,5 +353,23 @@ mod tests {
         );
         assert!(c.set_live("b", false));
         assert_eq!(c.home("video:anything"), "a");
+    }
+
+    #[test]
+    fn a_view_with_peers_starts_unsettled_and_announces_settling() {
+        let alone = Cluster::single("a", addr(1));
+        assert!(alone.is_settled(), "nothing to hear from");
+        let c = Cluster::new(
+            "a",
+            vec![("a".into(), addr(1), None), ("b".into(), addr(2), None)],
+        );
+        let mut rx = c.changes();
+        assert!(!c.is_settled());
+        assert!(c.set_settled(true));
+        assert!(c.is_settled() && rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        assert!(!c.set_settled(true), "no change");
+        assert!(c.set_settled(false));
+        assert!(!rx.has_changed().unwrap(), "unsettling needs no reconcile");
     }
 }

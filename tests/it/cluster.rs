@@ -273,6 +273,53 @@ async fn kill_9_of_the_jobs_node_still_ends_ready_and_the_node_rejoins() {
         .unwrap();
 }
 
+/// Issue 9: a node restarting while other nodes hold running jobs takes no ownership
+/// decision before it has heard its peers. Seeing only itself, it used to find itself home of
+/// every unfinished video and claim them all within a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_claims_nothing_before_it_has_heard_its_peers() {
+    let mut c = TestCluster::start(3).await;
+    // A minute of video: still processing when the restarted node is back.
+    let (_, v) = upload(c.url(1), &clip("abr")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let (_, status) = get_json(&format!("{}/videos/{id}", c.url(1))).await;
+    let home = c.index_of(status["home_node"].as_str().unwrap());
+    let restarted = if home == 3 { 2 } else { 3 };
+    wait_until("a task started", PROCESSING_DEADLINE, || {
+        let (base, id) = (c.url(home).to_string(), id.clone());
+        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
+    })
+    .await;
+    c.nodes[restarted - 1].as_mut().unwrap().kill9();
+    let p = c.spawn(restarted);
+    c.nodes[restarted - 1] = Some(p);
+    wait_healthy(c.url(restarted)).await;
+    let (_, v) = get_json(&format!("{}/videos/{id}", c.url(home))).await;
+    assert_eq!(
+        v["state"], "processing",
+        "the job must still run when the node is back (a longer clip is needed)"
+    );
+    c.wait_live(&[1, 2, 3], 3).await;
+    // Tasks queued on the restarted node died with it: handed out again, not waited on.
+    let v = wait_terminal(c.url(home), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}\n{}", c.logs());
+    let events = event_kinds(c.url(restarted), &id).await;
+    let claims: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "lease_claimed")
+        .collect();
+    assert_eq!(
+        claims.len(),
+        1,
+        "one owner from start to ready: {claims:#?}\n{}",
+        c.logs()
+    );
+    assert_eq!(claims[0]["node"], format!("node-{home}"), "{claims:#?}");
+    // The restarted node said when its view settled.
+    let (_, node_events) = get_json(&format!("{}/cluster", c.url(restarted))).await;
+    assert_eq!(node_events["settled"], true, "{node_events}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_node_is_fenced_its_work_finishes_elsewhere_and_it_stands_down() {
     let c = TestCluster::start(3).await;
