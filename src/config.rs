@@ -187,6 +187,11 @@ pub struct Limits {
     /// seconds (default 86400, one day); its parts are then deleted. A finished one keeps its
     /// state this long too, so a client that lost the last reply can still ask (`HEAD`).
     pub upload_expiry_seconds: u64,
+    /// An upload body (`PUT`/`POST /upload`, tus `PATCH`) that delivers no byte for this long
+    /// is cut, seconds (default 30). A tus `PATCH` keeps what arrived and gives the upload
+    /// back, so the client's resume gets in instead of `423 Locked` for ever (a phone that
+    /// changed networks mid-`PATCH` leaves a connection nobody closes).
+    pub body_idle_seconds: u64,
 }
 
 impl Default for Limits {
@@ -194,7 +199,15 @@ impl Default for Limits {
         Self {
             max_upload_bytes: 20 * 1024 * 1024 * 1024,
             upload_expiry_seconds: 86_400,
+            body_idle_seconds: 30,
         }
+    }
+}
+
+impl Limits {
+    /// [`Limits::body_idle_seconds`] as a duration.
+    pub fn body_idle(&self) -> Duration {
+        Duration::from_secs(self.body_idle_seconds)
     }
 }
 
@@ -558,6 +571,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "limits.upload_expiry_seconds must be between 1 and 31622400 (366 days)".into(),
+            ));
+        }
+        if self.limits.body_idle_seconds == 0 || self.limits.body_idle_seconds > 3600 {
+            return Err(ConfigError::Invalid(
+                "limits.body_idle_seconds must be between 1 and 3600".into(),
             ));
         }
         if !crate::storage::keys::valid_node_id(&self.node_id) {

@@ -82,6 +82,9 @@ pub enum ApiError {
     /// Another request holds the resource (tus: a second concurrent `PATCH` of one upload).
     #[error("{0}")]
     Locked(String),
+    /// The client stopped sending its body (`limits.body_idle_seconds` without a byte).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A required precondition header is wrong (tus: `Tus-Resumable` is not `1.0.0`).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -115,6 +118,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Locked(_) => StatusCode::LOCKED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             // tus 1.0.0, Checksum extension: "460 Checksum Mismatch".
             ApiError::ChecksumMismatch(_) => {

@@ -665,9 +665,10 @@ async fn append(
     }
     let ctx = app.node.ctx.clone();
     let id = id.to_string();
+    let idle = app.config.limits.body_idle();
     let task = tokio::spawn(async move {
         let mut guard = guard;
-        let (outcome, error) = receive(&ctx.storage, &id, &lease, body, checksum).await;
+        let (outcome, error) = receive(&ctx.storage, &id, &lease, body, checksum, idle).await;
         guard.done = true;
         let token = lease.token;
         let ended = unwrap_call(
@@ -714,13 +715,15 @@ async fn stored_head(
 
 /// Stream `body` into the part at the lease's offset. Returns what to report to the actor and,
 /// separately, the error to answer with (a part may be kept and still the answer is an error,
-/// e.g. an interrupted body).
+/// e.g. an interrupted body). A body that delivers nothing for `idle` counts as cut: what
+/// arrived is kept and the lease ends with it.
 async fn receive(
     storage: &crate::storage::Storage,
     id: &str,
     lease: &Lease,
     mut body: Body,
     checksum: Option<Checksum>,
+    idle: std::time::Duration,
 ) -> (PatchOutcome, Option<ApiError>) {
     let info = &lease.info;
     let start = info.offset;
@@ -742,6 +745,7 @@ async fn receive(
     let mut received: u64 = 0;
     let mut failure: Option<ApiError> = None;
     let mut cut = false;
+    let mut stalled = false;
     macro_rules! write_out {
         ($chunk:expr) => {{
             if writer.is_none() {
@@ -762,13 +766,18 @@ async fn receive(
         }};
     }
     loop {
-        let chunk = match body.next().await {
-            None => break,
-            Some(Err(_)) => {
+        let chunk = match tokio::time::timeout(idle, body.next()).await {
+            Err(_) => {
+                cut = true;
+                stalled = true;
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
                 cut = true;
                 break;
             }
-            Some(Ok(c)) => c,
+            Ok(Some(Ok(c))) => c,
         };
         if chunk.is_empty() {
             continue;
@@ -883,10 +892,17 @@ async fn receive(
         hasher: whole,
     };
     let error = cut.then(|| {
-        ApiError::BadRequest(format!(
-            "the body was interrupted after {received} bytes; they were kept: resume at offset {}",
-            start + received
-        ))
+        let resume = start + received;
+        if stalled {
+            ApiError::RequestTimeout(format!(
+                "no bytes arrived for {} s; the {received} bytes received were kept: resume at offset {resume}",
+                idle.as_secs()
+            ))
+        } else {
+            ApiError::BadRequest(format!(
+                "the body was interrupted after {received} bytes; they were kept: resume at offset {resume}"
+            ))
+        }
     });
     (outcome, error)
 }

@@ -159,8 +159,16 @@ where
     let mut writer = storage.writer(&staging).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
+    let idle = app.config.limits.body_idle();
     let outcome: Result<(), ApiError> = async {
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "no bytes arrived for {} s after {total} bytes; nothing was stored: send the file again",
+                    idle.as_secs()
+                ))
+            })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 ApiError::BadRequest(format!(
                     "the upload was interrupted after {total} bytes ({e}); nothing was stored"

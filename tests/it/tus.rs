@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::{Client, Method, StatusCode};
 use sha1::Digest as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
@@ -446,6 +446,64 @@ async fn lost_final_response_cut_patch_and_concurrent_patch() {
     assert_eq!(
         sha256_hex(&stored_source(dir.path(), &id)),
         sha256_hex(&bytes)
+    );
+    node.stop().await;
+}
+
+/// Issue 9: a PATCH whose client went silent without closing (a phone that changed networks)
+/// used to hold the upload for ever: every resume got 423. Now the body idle timeout cuts it,
+/// keeps what arrived and gives the upload back; a PUT that stalls gets 408 and stores nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_client_is_cut_after_the_idle_timeout_and_the_resume_gets_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.body_idle_seconds = 1;
+    let node = start(config).await;
+    let base = node.url();
+    let bytes = std::fs::read(clip("video")).unwrap();
+    let len = bytes.len();
+    let url = create_url(&base, len as u64, &[]).await;
+
+    // 6,000 of the declared bytes, then silence with the connection open.
+    let silent = raw_patch(&url, 0, len, &bytes[..6_000]).await;
+    let r = wait_offset(&url, 6_000).await;
+    assert_eq!(r.status(), 200);
+    // The resume gets in (not 423) and completes the upload.
+    let r = patch(&url, 6_000, bytes[6_000..].to_vec()).await;
+    assert_eq!(r.status(), 204, "{:?}", r.headers());
+    let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
+    drop(silent);
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(
+        sha256_hex(&stored_source(dir.path(), &id)),
+        sha256_hex(&bytes)
+    );
+
+    // A PUT that declares 100,000 bytes, sends 5,000 and goes silent: 408, nothing stored.
+    let u = url::Url::parse(&base).unwrap();
+    let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", u.port().unwrap()))
+        .await
+        .unwrap();
+    s.write_all(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&bytes[..5_000]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut answer))
+        .await
+        .expect("the server answers a silent PUT")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("nothing was stored"), "{answer}");
+    let (_, list) = get_json(&format!("{base}/videos")).await;
+    assert_eq!(
+        list.as_array()
+            .map(|a| a.len())
+            .or(list["videos"].as_array().map(|a| a.len())),
+        Some(1),
+        "only the tus video: {list}"
     );
     node.stop().await;
 }
