@@ -408,6 +408,20 @@ async fn patch_chunk(
         .map_err(|e| Err(e.to_string()))
 }
 
+/// `POST /videos/{id}/reprocess`: process a failed video again. Returns the server's answer
+/// (`video_id`, `state`).
+///
+/// Errors: the server cannot be reached, or refuses (404 unknown id, 409 not failed).
+pub async fn reprocess(server: &str, id: &str) -> Result<Value, ClientError> {
+    let url = format!("{}/videos/{id}/reprocess", server.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .map_err(|e| connect_err(server, e))?;
+    json_or_refused(resp).await
+}
+
 /// `GET /videos/{id}`; with `wait`, poll until the state is `ready` or `failed` (or `wait`
 /// runs out), drawing progress.
 pub async fn status(server: &str, id: &str, wait: Option<Duration>) -> Result<Value, ClientError> {

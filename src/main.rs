@@ -76,6 +76,17 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Process a failed video again from its stored source (after fixing what made it fail).
+    Reprocess {
+        /// The video id.
+        video_id: String,
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Wait until the video is ready or failed again, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show a video's state.
     Status {
         /// The video id.
@@ -191,6 +202,24 @@ async fn main() -> ExitCode {
             data_dirs,
             svg,
         } => session_timeline(&session_id, &data_dirs, svg.as_deref()),
+        Command::Reprocess {
+            video_id,
+            server,
+            wait,
+        } => {
+            if let Err(e) = reel::client::reprocess(&server, &video_id).await {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            let wait = wait.then(|| Duration::from_secs(24 * 3600));
+            match reel::client::status(&server, &video_id, wait).await {
+                Ok(v) => print_status(&v, false),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status {
             video_id,
             server,

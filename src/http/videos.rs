@@ -1,6 +1,7 @@
 //! `GET /videos`, `GET /videos/{id}`, `GET /videos/{id}/events`: observable lifecycle (seed
 //! rule 4). The record in the object store is the truth; a running `VideoActor` adds live
-//! progress.
+//! progress. `POST /videos/{id}/reprocess` processes a `failed` video again from its stored
+//! source.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use crate::cluster::protocol::{Reply, Request};
 use crate::cluster::ring::video_key;
 use crate::http::{json_response, respond, ApiError, App};
 use crate::model::{VideoRecord, VideoState};
-use crate::storage::keys;
+use crate::storage::events::NewEvent;
+use crate::storage::{keys, RecordWrite};
 
 pub(super) fn routes(
     with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,
@@ -28,6 +30,10 @@ pub(super) fn routes(
         .and(warp::get())
         .and(with_app.clone())
         .and_then(|id: String, app: App| async move { respond(status(app, id).await) });
+    let reprocess = warp::path!("videos" / String / "reprocess")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and_then(|id: String, app: App| async move { respond(reprocess(app, id).await) });
     let events = warp::path!("videos" / String / "events")
         .and(warp::get())
         .and(with_app)
@@ -35,7 +41,50 @@ pub(super) fn routes(
         .and_then(|id: String, app: App, q: EventsQuery| async move {
             respond(events(app, id, q.scope.as_deref() == Some("local")).await)
         });
-    list.or(one).unify().or(events).unify()
+    list.or(one)
+        .unify()
+        .or(events)
+        .unify()
+        .or(reprocess)
+        .unify()
+}
+
+/// `POST /videos/{id}/reprocess`: a `failed` video goes back to `uploaded` and is processed
+/// again from its stored source (outputs already stored are kept). `202` with the new state;
+/// `409` for a video that has not failed; `404` for an unknown id.
+async fn reprocess(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
+    let id = checked_id(&id)?;
+    let ctx = &app.node.ctx;
+    // Index first, as ingest does: a crash after the swap must not leave an `uploaded` video
+    // the reconcile loop cannot find. A marker left on a video that is not failed is removed
+    // by the next reconcile.
+    ctx.storage.mark_active(id).await?;
+    match ctx.storage.reopen_failed_record(id).await? {
+        RecordWrite::Written => {}
+        RecordWrite::Missing => {
+            let _ = ctx.storage.clear_active(id).await;
+            return Err(ApiError::NotFound(format!("no video {id}")));
+        }
+        RecordWrite::WrongState { stored } | RecordWrite::Terminal { stored } => {
+            return Err(ApiError::Conflict(format!(
+                "video {id} is {}: only a failed video can be reprocessed",
+                stored.as_str()
+            )))
+        }
+        RecordWrite::Fenced { .. } => {
+            return Err(ApiError::Conflict(format!(
+                "video {id} changed while it was being reopened: ask again"
+            )))
+        }
+    }
+    ctx.events
+        .append(NewEvent::video(id, "reprocess_requested").detail("failed -> uploaded"))
+        .await;
+    app.node.ensure_video(id).await;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"video_id": id, "state": "uploaded"}),
+    ))
 }
 
 /// `?scope=local`: only this node's events (what nodes ask each other for).

@@ -385,11 +385,53 @@ impl Storage {
         &self,
         record: &VideoRecord,
     ) -> Result<RecordWrite, StorageError> {
-        let key = keys::record(&record.video_id);
+        let record = record.clone();
+        let id = record.video_id.clone();
+        self.swap_record(&id, move |stored| {
+            match record_write_decision(stored, &record) {
+                RecordWrite::Written => Ok(record.clone()),
+                refused => Err(refused),
+            }
+        })
+        .await
+    }
+
+    /// Put a `failed` video back to `uploaded` (error cleared) so that it is processed again
+    /// from its stored source: the one way out of a terminal state, and only out of `failed`
+    /// (`POST /videos/{id}/reprocess`). The same swap as [`Storage::save_record_fenced`];
+    /// the epoch is kept, so the next owner's claim supersedes every earlier one.
+    ///
+    /// Errors: as [`Storage::save_record_fenced`]. A video in another state is
+    /// [`RecordWrite::WrongState`], an unknown one [`RecordWrite::Missing`].
+    pub async fn reopen_failed_record(&self, video_id: &str) -> Result<RecordWrite, StorageError> {
+        self.swap_record(video_id, |stored| {
+            if stored.state != VideoState::Failed {
+                return Err(RecordWrite::WrongState {
+                    stored: stored.state,
+                });
+            }
+            let mut r = stored.clone();
+            r.state = VideoState::Uploaded;
+            r.error = None;
+            r.ready_at = None;
+            r.touch();
+            Ok(r)
+        })
+        .await
+    }
+
+    /// Compare-and-swap of a video's record: `decide` sees the stored record and returns the
+    /// one to write, or why not. The check and the write are one step the store enforces: a
+    /// conditional PUT (`If-Match`) on S3 and InMemory, retried while other writers win; an
+    /// exclusive file lock around read, decide and atomic rename on LocalFileSystem.
+    async fn swap_record<F>(&self, video_id: &str, decide: F) -> Result<RecordWrite, StorageError>
+    where
+        F: Fn(&VideoRecord) -> Result<VideoRecord, RecordWrite> + Send + 'static,
+    {
+        let key = keys::record(video_id);
         if let Some(fs) = &self.local {
             let file = fs.path_to_filesystem(&path(&key))?;
-            let (record, bytes) = (record.clone(), json_bytes(record));
-            return tokio::task::spawn_blocking(move || local_swap(&file, &record, &bytes))
+            return tokio::task::spawn_blocking(move || local_swap(&file, decide))
                 .await
                 .map_err(|e| StorageError::Backend(format!("record write task: {e}")))?;
         }
@@ -405,15 +447,15 @@ impl Storage {
             };
             let bytes = got.bytes().await?;
             let stored = decode_record(&key, &bytes)?;
-            let decision = record_write_decision(&stored, record);
-            if decision != RecordWrite::Written {
-                return Ok(decision);
-            }
+            let new = match decide(&stored) {
+                Ok(r) => r,
+                Err(refused) => return Ok(refused),
+            };
             match self
                 .store
                 .put_opts(
                     &path(&key),
-                    PutPayload::from(json_bytes(record)),
+                    PutPayload::from(json_bytes(&new)),
                     PutMode::Update(version).into(),
                 )
                 .await
@@ -426,8 +468,7 @@ impl Storage {
             }
         }
         Err(StorageError::Backend(format!(
-            "could not write the record of video {}: contention",
-            record.video_id
+            "could not write the record of video {video_id}: contention"
         )))
     }
 
@@ -531,6 +572,12 @@ pub enum RecordWrite {
     },
     /// Refused: no record exists (only ingest creates one).
     Missing,
+    /// Refused: the change does not apply to a video in this state (reprocessing a video that
+    /// has not failed).
+    WrongState {
+        /// The stored state.
+        stored: VideoState,
+    },
 }
 
 /// The rule of every record swap, as a plain function: a terminal record is never replaced
@@ -562,11 +609,10 @@ fn decode_record(key: &str, bytes: &[u8]) -> Result<VideoRecord, StorageError> {
 
 /// The LocalFileSystem swap (blocking): lock, read, decide, write a temporary file, rename it
 /// over the record (readers see the old or the new record, never a torn one), unlock.
-fn local_swap(
-    file: &Path,
-    record: &VideoRecord,
-    bytes: &[u8],
-) -> Result<RecordWrite, StorageError> {
+fn local_swap<F>(file: &Path, decide: F) -> Result<RecordWrite, StorageError>
+where
+    F: Fn(&VideoRecord) -> Result<VideoRecord, RecordWrite>,
+{
     let io = |what: &str, e: std::io::Error| StorageError::Backend(format!("{what} {file:?}: {e}"));
     // Records are created by ingest and never deleted: one absent now has nothing to swap.
     if !file.exists() {
@@ -586,12 +632,12 @@ fn local_swap(
         Err(e) => return Err(io("reading", e)),
     };
     let stored = decode_record(&file.to_string_lossy(), &stored)?;
-    let decision = record_write_decision(&stored, record);
-    if decision != RecordWrite::Written {
-        return Ok(decision);
-    }
+    let new = match decide(&stored) {
+        Ok(r) => r,
+        Err(refused) => return Ok(refused),
+    };
     let tmp = file.with_extension(format!("json.{:016x}.tmp", rand::random::<u64>()));
-    std::fs::write(&tmp, bytes).map_err(|e| io("writing", e))?;
+    std::fs::write(&tmp, json_bytes(&new)).map_err(|e| io("writing", e))?;
     std::fs::rename(&tmp, file).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io("renaming over", e)

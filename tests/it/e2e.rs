@@ -265,3 +265,53 @@ async fn multipart_and_post_uploads_work_and_the_playlist_waits_for_ready() {
     .await;
     node.stop().await;
 }
+
+/// Issue 9: a video that failed for a reason on the server's side (here every ffmpeg run
+/// fails: a preset that does not exist) is processed again from its stored source once the
+/// fault is fixed, instead of answering "duplicate, failed" for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_video_is_processed_again_after_the_fault_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broken = test_config(dir.path());
+    broken.processing.preset = "no-such-preset".into();
+    broken.processing.max_attempts = 2;
+    let node = start(broken).await;
+    let base = node.url();
+    let (status, v) = upload(&base, &clip("av")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    node.stop().await;
+
+    // The operator fixes the configuration, restarts, and asks for the video again.
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let client = reqwest::Client::new();
+    let post = |what: String| client.post(what).send();
+    let r = post(format!("{base}/videos/{id}/reprocess")).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    assert!(v["error"].is_null(), "{v}");
+    play(&format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    let events = event_kinds(&base, &id).await;
+    assert_eq!(count(&events, "reprocess_requested"), 1, "{events:#?}");
+
+    // Only a failed video can be reprocessed; an unknown one is 404.
+    let r = post(format!("{base}/videos/{id}/reprocess")).await.unwrap();
+    assert_eq!(r.status(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("is ready"),
+        "{body}"
+    );
+    let unknown = "0".repeat(32);
+    let r = post(format!("{base}/videos/{unknown}/reprocess"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    node.stop().await;
+}
