@@ -211,28 +211,25 @@ async fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-            let wait = wait.then(|| Duration::from_secs(24 * 3600));
-            match reel::client::status(&server, &video_id, wait).await {
-                Ok(v) => print_status(&v, false),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            show_status(&server, &video_id, wait).await
         }
         Command::Status {
             video_id,
             server,
             wait,
-        } => {
-            let wait = wait.then(|| Duration::from_secs(24 * 3600));
-            match reel::client::status(&server, &video_id, wait).await {
-                Ok(v) => print_status(&v, false),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => show_status(&server, &video_id, wait).await,
+    }
+}
+
+/// Print a video's state (waiting for `ready` or `failed` with `wait`); exit code 1 when
+/// failed or unreachable.
+async fn show_status(server: &str, video_id: &str, wait: bool) -> ExitCode {
+    let wait = wait.then(|| Duration::from_secs(24 * 3600));
+    match reel::client::status(server, video_id, wait).await {
+        Ok(v) => print_status(&v, false),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -648,21 +648,26 @@ mod tests {
         assert!((c.iter().map(|x| x.1).sum::<f64>() - 61.5).abs() < 1e-9);
     }
 
-    #[test]
-    fn chunk_and_package_arguments() {
+    /// The arguments of a chunk of the 360p rendition of `/s`, joined.
+    fn chunk(m: &InputMap, start: f64, len: f64, seg: u32, seek: ChunkSeek) -> String {
         let r = spec(true).rendition;
-        let a = chunk_args(
+        chunk_args(
             Path::new("/s"),
             Path::new("/c.mp4"),
             &r,
-            16.0,
-            16.0,
-            4,
+            start,
+            len,
+            seg,
             "veryfast",
-            &InputMap::default(),
-            ChunkSeek::Index,
+            m,
+            seek,
         )
-        .join(" ");
+        .join(" ")
+    }
+
+    #[test]
+    fn chunk_and_package_arguments() {
+        let a = chunk(&InputMap::default(), 16.0, 16.0, 4, ChunkSeek::Index);
         assert!(
             a.contains("-ss 16.000000 -t 17.000000 -i /s")
                 && a.contains("setpts=PTS-STARTPTS,trim=end=16.000000,scale=640:360"),
@@ -704,19 +709,7 @@ mod tests {
             ..SourceInfo::example()
         };
         let m = InputMap::for_source(&source);
-        let r = spec(true).rendition;
-        let c = chunk_args(
-            Path::new("/s"),
-            Path::new("/c.mp4"),
-            &r,
-            4.0,
-            4.0,
-            2,
-            "veryfast",
-            &m,
-            ChunkSeek::Index,
-        )
-        .join(" ");
+        let c = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Index);
         // 4 s after a video that starts at 0.5 s, less half a frame at 30 fps; one second read
         // past the span, the span cut after the constant-rate conversion.
         assert!(c.contains("-ss 4.483333 -t 5.000000 -i /s -map 0:2"), "{c}");
@@ -729,18 +722,7 @@ mod tests {
             a.contains("-map 0:4 -vn -af asetpts=PTS-STARTPTS,atrim=start=0.500000,asetpts=PTS-STARTPTS,apad=whole_dur=10.000000,atrim=end=10.000000"),
             "{a}"
         );
-        let d = chunk_args(
-            Path::new("/s"),
-            Path::new("/c.mp4"),
-            &r,
-            4.0,
-            4.0,
-            2,
-            "veryfast",
-            &m,
-            ChunkSeek::Decode,
-        )
-        .join(" ");
+        let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
             d.contains("-i /s -map 0:2 -vf yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,scale"),
             "{d}"
