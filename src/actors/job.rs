@@ -1055,7 +1055,7 @@ mod tests {
     ) {
         h.job
             .cast(JobMsg::TaskFinished {
-                task: a.key().into(),
+                task: a.key(),
                 attempt: a.attempt,
                 result,
             })
@@ -1155,7 +1155,7 @@ mod tests {
         // Queued tasks are never reclaimed: only once a worker says it started.
         h.job
             .cast(JobMsg::TaskStarted {
-                task: a.key().into(),
+                task: a.key(),
                 attempt: 1,
                 node: "n".into(),
             })

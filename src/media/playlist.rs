@@ -145,7 +145,7 @@ pub fn multivariant_playlist(outputs: &[RenditionOutput]) -> String {
             ..Default::default()
         })
         .collect();
-    variants.sort_by(|a, b| b.bandwidth.cmp(&a.bandwidth));
+    variants.sort_by_key(|v| std::cmp::Reverse(v.bandwidth));
     write(&m3u8_rs::Playlist::MasterPlaylist(
         m3u8_rs::MasterPlaylist {
             version: Some(7),

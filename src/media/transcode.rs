@@ -534,10 +534,8 @@ pub fn run_args(
                     on_progress(t.as_seconds().max(0.0));
                 }
             }
-            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) => {
-                if errors.len() < 20 {
-                    errors.push(line.trim().to_string());
-                }
+            FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) if errors.len() < 20 => {
+                errors.push(line.trim().to_string());
             }
             _ => {}
         }
