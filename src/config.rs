@@ -484,6 +484,10 @@ pub struct Config {
     pub limits: Limits,
     /// Cluster membership; `None` for a stand-alone node.
     pub cluster: Option<ClusterConfig>,
+    /// The secret that signs requests one node forwards to another (`Reel-Forwarded-By`,
+    /// see `http::proxy`): the cluster cookie on a cluster; `None` for a stand-alone node,
+    /// which then accepts no forwarded request.
+    pub forward_secret: Option<Secret>,
     /// How often the node re-checks which unfinished videos it owns.
     pub reconcile_every: Duration,
     /// Segment cache and read-ahead.
@@ -508,6 +512,7 @@ impl Config {
             cluster: None,
             reconcile_every: Duration::from_secs(10),
             streaming: StreamingConfig::default(),
+            forward_secret: None,
         }
     }
 
@@ -811,7 +816,9 @@ impl ClusterFile {
                 ));
             }
         }
+        let cookie = Secret::new(cookie.unwrap_or_else(|| "reel-single-node".into()));
         let config = Config {
+            forward_secret: (self.nodes.len() > 1).then(|| cookie.clone()),
             node_id: node.id.clone(),
             listen: node.http,
             data_dir,
@@ -821,7 +828,7 @@ impl ClusterFile {
             limits: self.limits,
             cluster: Some(ClusterConfig {
                 listen: node.cluster,
-                cookie: Secret::new(cookie.unwrap_or_else(|| "reel-single-node".into())),
+                cookie,
                 members: self
                     .nodes
                     .iter()

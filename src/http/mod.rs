@@ -203,7 +203,48 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .and(warp::get())
         .and(with_app.clone())
         .map(|app: App| json_response(StatusCode::OK, &app.node.ctx.cluster.describe()));
-    health
+    // Before any route: a Reel-Forwarded-By that no peer signed is answered 400 here, so
+    // every route may trust `proxy::was_forwarded`.
+    // Requests without the header (all of a player's) pass at the cost of one header lookup.
+    let forged = warp::header::optional::<String>(proxy::FORWARDED_BY)
+        .and_then(|v: Option<String>| async move {
+            match v {
+                Some(_) => Ok(()),
+                None => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+        .and(warp::header::headers_cloned())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with_app.clone())
+        .and_then(
+            |headers: warp::http::HeaderMap,
+             method: warp::http::Method,
+             full: warp::path::FullPath,
+             query: String,
+             app: App| async move {
+                let target = if query.is_empty() {
+                    full.as_str().to_string()
+                } else {
+                    format!("{}?{query}", full.as_str())
+                };
+                let secret = app.config.forward_secret.as_ref().map(|s| s.expose());
+                let me = app.node.ctx.cluster.self_id();
+                let now = crate::model::now_ms();
+                match proxy::check(secret, me, &method, &target, &headers, now) {
+                    Ok(()) => Err(warp::reject::not_found()),
+                    Err(e) => match respond(Err(e)) {
+                        Ok(r) => Ok::<Response<Bytes>, Rejection>(r),
+                        Err(never) => match never {},
+                    },
+                }
+            },
+        );
+    forged
+        .or(health)
+        .unify()
         .or(cluster)
         .unify()
         .or(upload::routes(with_app.clone()))

@@ -6,14 +6,20 @@
 //! plain load balancer, a redirect would pin it to one node's address, and when that node died
 //! the client would have nowhere to go). Bodies stream both ways without being buffered.
 //!
-//! A forwarded request carries `Reel-Forwarded-By: {node}`. A node that receives a forwarded
+//! A forwarded request carries `Reel-Forwarded-By: {node};t={unix ms};sig={hex}`, signed
+//! ([`sign`]) with a key derived from the cluster secret. A node that receives a forwarded
 //! request serves it itself even if its own ring view says otherwise: two nodes that briefly
-//! disagree about the ring never bounce a request between them.
+//! disagree about the ring never bounce a request between them. Because that header makes a
+//! node act on a request it does not own, it is checked before any route ([`check`]): a
+//! client that sends it gets `400` (issue 10: a forged header let a client's PATCH replace
+//! another node's bytes of the same upload, so a video id came to play someone else's clip).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use warp::http::{HeaderMap, HeaderName, Method, Response, StatusCode};
 
 use crate::http::{ApiError, App};
@@ -33,9 +39,105 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
-/// Whether this request was already forwarded by another node.
+/// Whether this request was already forwarded by another node. Only meaningful after
+/// [`check`] let the request through (the `routes` filter does that first).
 pub fn was_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED_BY)
+}
+
+/// How far a forwarded request's timestamp may be from this node's clock, milliseconds: nodes
+/// of a cluster are expected to keep their clocks within this of each other (NTP).
+pub const FORWARD_SKEW_MS: i64 = 30_000;
+
+/// The forwarding key: SHA-256 of a fixed label and the cluster secret, so the secret itself
+/// never signs anything.
+fn forward_key(cookie: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"reel forwarding v1\n");
+    h.update(cookie.as_bytes());
+    h.finalize().into()
+}
+
+/// What a signature covers: who forwards, the method, the path with its query, the tus
+/// `Upload-Offset` (so a signed PATCH cannot be replayed at another offset) and the time.
+fn signed_text(node: &str, method: &Method, path_and_query: &str, offset: &str, t: i64) -> String {
+    format!("{node}\n{method}\n{path_and_query}\n{offset}\n{t}")
+}
+
+fn mac(cookie: &str) -> Hmac<Sha256> {
+    // HMAC takes keys of any length: this cannot fail.
+    Hmac::<Sha256>::new_from_slice(&forward_key(cookie)).expect("HMAC accepts any key length")
+}
+
+/// The `Reel-Forwarded-By` value for a request `node` forwards now (HMAC-SHA256, RFC 2104).
+pub fn sign(
+    cookie: &str,
+    node: &str,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> String {
+    let offset = upload_offset(headers);
+    let mut m = mac(cookie);
+    m.update(signed_text(node, method, path_and_query, offset, now_ms).as_bytes());
+    let sig = hex::encode(m.finalize().into_bytes());
+    format!("{node};t={now_ms};sig={sig}")
+}
+
+fn upload_offset(headers: &HeaderMap) -> &str {
+    headers
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Let a request through unless it carries a `Reel-Forwarded-By` that no peer signed: the
+/// value must name another node than `me`, be signed with the cluster's key over this
+/// request, and be no older or newer than [`FORWARD_SKEW_MS`]. `cookie` (the forwarding
+/// secret) is `None` on a stand-alone node, where every such header is refused.
+///
+/// Errors: [`ApiError::BadRequest`] naming the header, never saying which check failed.
+pub fn check(
+    cookie: Option<&str>,
+    me: &str,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> Result<(), ApiError> {
+    let Some(value) = headers.get(FORWARDED_BY) else {
+        return Ok(());
+    };
+    let refused = || {
+        ApiError::BadRequest(
+            "Reel-Forwarded-By is set by reel nodes only; send the request without it".into(),
+        )
+    };
+    let value = value.to_str().map_err(|_| refused())?;
+    let mut parts = value.split(';');
+    let node = parts.next().unwrap_or("");
+    let t = parts
+        .next()
+        .and_then(|p| p.strip_prefix("t="))
+        .and_then(|t| t.parse::<i64>().ok());
+    let sig = parts
+        .next()
+        .and_then(|p| p.strip_prefix("sig="))
+        .and_then(|s| hex::decode(s).ok());
+    let (Some(cookie), Some(t), Some(sig)) = (cookie, t, sig) else {
+        return Err(refused());
+    };
+    if parts.next().is_some()
+        || node.is_empty()
+        || node == me
+        || (now_ms - t).abs() > FORWARD_SKEW_MS
+    {
+        return Err(refused());
+    }
+    let mut m = mac(cookie);
+    m.update(signed_text(node, method, path_and_query, upload_offset(headers), t).as_bytes());
+    m.verify_slice(&sig).map_err(|_| refused())
 }
 
 /// Where a request should be served: `None` here, `Some(node)` forwarded to `node`.
@@ -76,11 +178,20 @@ where
     let base =
         base.ok_or_else(|| ApiError::Unavailable(format!("node {node} has no known address")))?;
     let url = format!("{base}{path_and_query}");
+    let secret = app.config.forward_secret.as_ref().map(|s| s.expose());
+    let signed = sign(
+        secret.unwrap_or(""),
+        app.node.ctx.cluster.self_id(),
+        &method,
+        path_and_query,
+        headers,
+        crate::model::now_ms(),
+    );
     let mut req = proxy_client()
         .request(method, url)
-        .header(FORWARDED_BY, app.node.ctx.cluster.self_id());
+        .header(FORWARDED_BY, signed);
     for (name, value) in headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name.as_str() != FORWARDED_BY {
             req = req.header(name, value);
         }
     }
@@ -124,6 +235,72 @@ fn proxy_client() -> &'static reqwest::Client {
             .build()
             .unwrap_or_default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_a_peer_with_the_cluster_secret_can_forward() {
+        let me = "node-1";
+        let (get, patch) = (Method::GET, Method::PATCH);
+        let now = 1_000_000;
+        let at = |offset: &str| headers(&[("upload-offset", offset)]);
+        let signed = sign("s3cret", "node-2", &patch, "/files/x", &at("0"), now);
+        let with = |v: &str, offset: &str| {
+            let mut h = at(offset);
+            h.insert(FORWARDED_BY, v.parse().unwrap());
+            h
+        };
+        let ok = |h: &HeaderMap, m: &Method, p: &str, t: i64| {
+            check(Some("s3cret"), me, m, p, h, t).is_ok()
+        };
+        assert!(ok(&with(&signed, "0"), &patch, "/files/x", now));
+        assert!(
+            ok(&HeaderMap::new(), &get, "/anything", now),
+            "no header: not forwarded"
+        );
+        // What a client could send: a bare node id, a wrong secret, another request.
+        assert!(!ok(&with("node-2", "0"), &patch, "/files/x", now));
+        let forged = sign("guess", "node-2", &patch, "/files/x", &at("0"), now);
+        assert!(!ok(&with(&forged, "0"), &patch, "/files/x", now));
+        assert!(
+            !ok(&with(&signed, "6000"), &patch, "/files/x", now),
+            "another offset"
+        );
+        assert!(
+            !ok(&with(&signed, "0"), &patch, "/files/y", now),
+            "another path"
+        );
+        assert!(
+            !ok(&with(&signed, "0"), &get, "/files/x", now),
+            "another method"
+        );
+        assert!(
+            !ok(&with(&signed, "0"), &patch, "/files/x", now + 31_000),
+            "too old"
+        );
+        let from_self = sign("s3cret", "node-1", &patch, "/files/x", &at("0"), now);
+        assert!(
+            !ok(&with(&from_self, "0"), &patch, "/files/x", now),
+            "not a peer"
+        );
+        // A node without a cluster accepts no forwarded request at all.
+        assert!(check(None, me, &patch, "/files/x", &with(&signed, "0"), now).is_err());
+        let e = check(Some("s3cret"), me, &patch, "/files/x", &with("x", "0"), now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Reel-Forwarded-By"), "{e}");
+    }
 }
 
 /// An empty request body, for GET and HEAD.

@@ -826,13 +826,17 @@ impl ClusterView for PeerView {
 async fn when_the_home_node_dies_mid_playback_another_node_takes_the_session_over() {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let node_a = start(test_config(dir_a.path())).await;
+    // The two nodes share the secret that signs forwarded requests, as a cluster's do.
+    let mut config_a = test_config(dir_a.path());
+    config_a.forward_secret = Some(reel::config::Secret::new("test-forwarding-secret"));
+    let node_a = start(config_a).await;
     let (base_a, id_a) = (node_a.url(), node_a.node.ctx.node_id.clone());
     let (_, v) = upload(&base_a, &clip("av")).await;
     let id = v["video_id"].as_str().unwrap().to_string();
     wait_terminal(&base_a, &id, PROCESSING_DEADLINE).await;
     let mut config_b = test_config(dir_b.path());
     config_b.storage = reel::config::StorageLocation::Local(dir_a.path().join("objects"));
+    config_b.forward_secret = Some(reel::config::Secret::new("test-forwarding-secret"));
     let node_b = start(config_b).await;
     let (base_b, id_b) = (node_b.url(), node_b.node.ctx.node_id.clone());
     let a_live = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -855,8 +859,10 @@ async fn when_the_home_node_dies_mid_playback_another_node_takes_the_session_ove
         // B forwards it to A, the session's home; the client stays on B (the timeline below
         // proves who served what).
         let r = get(&via_b(k), &[]).await;
-        assert_eq!(r.status(), 200);
-        bodies.push(r.bytes().await.unwrap());
+        let status = r.status();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        bodies.push(body);
     }
     // A dies; the membership notices.
     node_a.node.ctx.streaming.log.flush().await;

@@ -508,6 +508,55 @@ async fn a_silent_client_is_cut_after_the_idle_timeout_and_the_resume_gets_in() 
     node.stop().await;
 }
 
+/// Issue 10: `Reel-Forwarded-By` makes a node act on a request it does not own, so a client
+/// that sends it is refused before any route, and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_sent_forwarding_header_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let bytes = std::fs::read(clip("video")).unwrap();
+    let url = create_url(&base, bytes.len() as u64, &[]).await;
+    let client = Client::new();
+    for value in ["node-2", "node-2;t=0;sig=00", "t1;t=1;sig=zz"] {
+        let r = client
+            .patch(&url)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", OCTET)
+            .header("Upload-Offset", "0")
+            .header("Reel-Forwarded-By", value)
+            .body(bytes[..4_000].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{value}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("Reel-Forwarded-By"),
+            "{body}"
+        );
+        let r = client
+            .get(format!("{base}/videos"))
+            .header("Reel-Forwarded-By", value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{value}");
+    }
+    assert_eq!(
+        num(&head(&url).await, "upload-offset"),
+        0,
+        "nothing was stored"
+    );
+    // Without the header the same PATCH is taken.
+    let r = patch(&url, 0, bytes[..4_000].to_vec()).await;
+    assert_eq!(r.status(), 204);
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn incomplete_uploads_expire_and_their_parts_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
