@@ -125,9 +125,9 @@ impl ApiError {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ApiError::Storage(StorageError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ApiError::Storage(StorageError::Backend(_) | StorageError::Corrupt { .. }) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            // The store failed or could not be reached: the client may retry.
+            ApiError::Storage(StorageError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Storage(StorageError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -143,10 +143,25 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
     r
 }
 
+/// What a client is told when the object store fails: never the store's own message, which
+/// names its internal URL (issue 10).
+pub const STORE_UNAVAILABLE: &str = "the object store is unreachable; retry shortly";
+
+/// Seconds a client is asked to wait (`Retry-After`) when the store is unreachable.
+pub const STORE_RETRY_AFTER_SECONDS: u32 = 5;
+
 fn error_response(e: &ApiError) -> Response<Bytes> {
     let status = e.status();
     if status.is_server_error() {
         tracing::error!("request failed: {e}");
+    }
+    if let ApiError::Storage(StorageError::Backend(_)) = e {
+        let mut r = json_response(status, &json!({ "error": STORE_UNAVAILABLE }));
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(STORE_RETRY_AFTER_SECONDS),
+        );
+        return r;
     }
     json_response(status, &json!({ "error": e.to_string() }))
 }
@@ -199,6 +214,30 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                 &json!({ "status": "ok", "node": app.config.node_id }),
             )
         });
+    // Readiness, for load balancers: 503 while the object store cannot be reached. `/health`
+    // stays liveness (the process answers).
+    let ready = warp::path!("ready")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and_then(|app: App| async move {
+            let up = app
+                .node
+                .ctx
+                .storage
+                .reachable(std::time::Duration::from_secs(2))
+                .await;
+            let r = if up {
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "status": "ready", "node": app.config.node_id }),
+                )
+            } else {
+                error_response(&ApiError::Storage(StorageError::Backend(
+                    "readiness probe".into(),
+                )))
+            };
+            Ok::<_, Rejection>(r)
+        });
     let cluster = warp::path!("cluster")
         .and(warp::get())
         .and(with_app.clone())
@@ -244,6 +283,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         );
     forged
         .or(health)
+        .unify()
+        .or(ready)
         .unify()
         .or(cluster)
         .unify()

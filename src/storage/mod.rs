@@ -99,6 +99,27 @@ impl Storage {
                 let mut b = AmazonS3Builder::new()
                     .with_bucket_name(&s3.bucket)
                     .with_region(&s3.region);
+                // First, because it replaces the client options that `with_allow_http` below
+                // sets. Chosen, not defaults (object_store retries for up to 3 minutes): a
+                // store that does not answer shows as a quick 503 to clients, who retry,
+                // rather than as a request hanging for minutes (issue 10). Connect within 2 s;
+                // a request (a whole part of a multipart upload included) within 60 s;
+                // retries of transient failures for at most 4 s in all, from 100 ms.
+                b = b
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_connect_timeout(std::time::Duration::from_secs(2))
+                            .with_timeout(std::time::Duration::from_secs(60)),
+                    )
+                    .with_retry(object_store::RetryConfig {
+                        backoff: object_store::BackoffConfig {
+                            init_backoff: std::time::Duration::from_millis(100),
+                            max_backoff: std::time::Duration::from_secs(1),
+                            base: 2.0,
+                        },
+                        max_retries: 3,
+                        retry_timeout: std::time::Duration::from_secs(4),
+                    });
                 if let Some(endpoint) = &s3.endpoint {
                     // S3-compatible servers (MinIO, SeaweedFS): path-style requests, plain HTTP
                     // allowed for a loopback test server.
@@ -127,6 +148,14 @@ impl Storage {
                 Ok(Self::from_store(Arc::new(store)))
             }
         }
+    }
+
+    /// Whether the store answers now: one listing of a single level under `videos/`, bounded
+    /// by `timeout`. What `GET /ready` asks (readiness for a load balancer).
+    pub async fn reachable(&self, timeout: std::time::Duration) -> bool {
+        let prefix = path("videos");
+        let probe = self.store.list_with_delimiter(Some(&prefix));
+        matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(_)))
     }
 
     /// Wrap any object store (tests wrap one to count or slow reads).

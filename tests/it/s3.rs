@@ -301,3 +301,64 @@ async fn tus_upload_on_s3_resumes_after_restart_and_keeps_the_bytes() {
         .unwrap();
     node.stop().await;
 }
+
+/// Issue 10: with the object store gone (SeaweedFS killed), every answer that needs it is a
+/// quick `503` with `Retry-After` and a sentence, never the store's internal URL; `/ready`
+/// says 503 while `/health` stays 200; a segment already in the node's cache still plays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_gets_quick_503s_without_internal_urls_and_cached_segments_play() {
+    let Some(weed) = SeaweedFs::start(&["reel-outage"]).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage = weed.location("reel-outage");
+    let node = start(config).await;
+    let base = node.url();
+    let (status, v) = upload(&base, &clip("av")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let (status, _) = get_json(&format!("{base}/ready")).await;
+    assert_eq!(status, 200);
+    // A player's session reads segment 0 into the cache.
+    let sid = start_session(&base, &id).await;
+    let segment = format!("{base}/videos/{id}/s/{sid}/240p/00000.m4s");
+    let before = reqwest::get(&segment).await.unwrap();
+    assert_eq!(before.status(), 200);
+    let cached = before.bytes().await.unwrap();
+
+    drop(weed);
+    let (status, v) = get_json(&format!("{base}/health")).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+    let started = std::time::Instant::now();
+    let (status, _) = get_json(&format!("{base}/ready")).await;
+    assert_eq!(status, 503);
+    for url in [
+        format!("{base}/videos/{id}"),
+        format!("{base}/videos/{id}/240p/00001.m4s"),
+    ] {
+        let started = std::time::Instant::now();
+        let r = reqwest::get(&url).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{url}");
+        assert_eq!(r.headers()["retry-after"], "5", "{url}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("the object store is unreachable; retry shortly")
+                && !body.contains("http"),
+            "{url}: {body}"
+        );
+        assert!(took < Duration::from_secs(15), "{url} took {took:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(40));
+    let again = reqwest::get(&segment).await.unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "a cached segment plays through the outage"
+    );
+    assert_eq!(again.bytes().await.unwrap(), cached);
+    node.stop().await;
+}
