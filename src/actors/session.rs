@@ -279,9 +279,10 @@ impl Actor for SessionActor {
                 state.last_request = Instant::now();
                 state.requests += 1;
                 if video_id != args.video.video_id {
+                    // Never name the other video: a session id is no key to it.
                     let _ = reply.send(Err(StorageError::NotFound(format!(
-                        "session {} plays video {}, not {video_id}",
-                        args.session, args.video.video_id
+                        "no such session {} for this video",
+                        args.session
                     ))));
                     return Ok(());
                 }

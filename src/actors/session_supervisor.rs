@@ -110,10 +110,8 @@ impl Actor for SessionSupervisor {
                         let res = if *vid == video.video_id {
                             Ok(actor.clone())
                         } else {
-                            Err(format!(
-                                "session {id} plays video {vid}, not {}",
-                                video.video_id
-                            ))
+                            // Never name the other video: a session id is no key to it.
+                            Err(format!("no such session {id} for this video"))
                         };
                         let _ = reply.send(res);
                         return Ok(());

@@ -198,14 +198,25 @@ fn object_response(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        match c
-            .range
-            .as_deref()
-            .map(http_range_header::parse_range_header)
-        {
+        match c.range.as_deref().map(|text| {
+            if zero_suffix_only(text) {
+                // `bytes=-0` asks for the last zero bytes: valid syntax, nothing to send
+                // (RFC 9110 section 14.1.2), so 416 rather than a parse error's whole object.
+                return Ok(None);
+            }
+            http_range_header::parse_range_header(text).map(Some)
+        }) {
+            Some(Ok(None)) => {
+                let mut r = base_response(Bytes::new(), content_type, cache);
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                r
+            }
             // A malformed Range header is ignored (RFC 9110 section 14.2): the whole object.
             None | Some(Err(_)) => base_response(obj.bytes, content_type, cache),
-            Some(Ok(parsed)) => match parsed.validate(len) {
+            Some(Ok(Some(parsed))) => match parsed.validate(len) {
                 Ok(ranges) if ranges.len() == 1 => {
                     let (start, end) = (*ranges[0].start(), *ranges[0].end());
                     let body = obj.bytes.slice(start as usize..=end as usize);
@@ -235,6 +246,18 @@ fn object_response(
         h.insert(header::ETAG, v);
     }
     r
+}
+
+/// Whether a `Range` header asks only for zero-length suffixes (`bytes=-0`, `bytes=-0, -00`).
+fn zero_suffix_only(text: &str) -> bool {
+    let Some(specs) = text.trim().strip_prefix("bytes=") else {
+        return false;
+    };
+    specs.split(',').all(|spec| {
+        spec.trim()
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
+    })
 }
 
 fn type_and_cache(kind: RenditionFile) -> (&'static str, &'static str) {

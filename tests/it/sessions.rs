@@ -528,6 +528,9 @@ async fn a_session_is_served_by_its_node_with_read_ahead_logs_and_http_semantics
         bad.headers()["content-range"],
         format!("bytes */{}", full.len()).as_str()
     );
+    // The last zero bytes: valid syntax, nothing to send (issue 10).
+    let zero = get(&format!("{sbase}/240p/00000.m4s"), &[("range", "bytes=-0")]).await;
+    assert_eq!(zero.status(), 416);
     let cached = get(
         &format!("{sbase}/240p/00000.m4s"),
         &[("if-none-match", &etag)],
@@ -969,6 +972,37 @@ async fn a_hundred_concurrent_requests_for_one_uncached_segment_read_the_store_o
         store.reads(&key) - before,
         1,
         "one object-store read for 100 requests"
+    );
+    node.stop().await;
+}
+
+/// Issue 10: a session id used on another video is answered without naming the session's
+/// own video (an id seen in one player's URLs is no key to anything else).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_id_on_another_video_says_only_that_there_is_no_such_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let mut ids = Vec::new();
+    for kind in ["av", "video"] {
+        let (_, v) = upload(&base, &clip(kind)).await;
+        let id = v["video_id"].as_str().unwrap().to_string();
+        let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+        assert_eq!(v["state"], "ready", "{v}");
+        ids.push(id);
+    }
+    let sid = start_session(&base, &ids[0]).await;
+    let r = get(
+        &format!("{base}/videos/{}/s/{sid}/240p/index.m3u8", ids[1]),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("no such session"), "{body}");
+    assert!(
+        !body.contains(&ids[0]),
+        "the session's own video is not named: {body}"
     );
     node.stop().await;
 }
