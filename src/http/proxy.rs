@@ -237,6 +237,11 @@ fn proxy_client() -> &'static reqwest::Client {
     })
 }
 
+/// An empty request body, for GET and HEAD.
+pub fn empty_body() -> impl Stream<Item = Result<Bytes, warp::Error>> + Send + Sync + 'static {
+    futures::stream::empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,9 +306,4 @@ mod tests {
             .to_string();
         assert!(e.contains("Reel-Forwarded-By"), "{e}");
     }
-}
-
-/// An empty request body, for GET and HEAD.
-pub fn empty_body() -> impl Stream<Item = Result<Bytes, warp::Error>> + Send + Sync + 'static {
-    futures::stream::empty()
 }
