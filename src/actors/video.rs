@@ -73,6 +73,8 @@ pub enum VideoMsg {
     },
     /// From the job: a newer lease epoch exists; another node owns the video now.
     LeaseLost,
+    /// Internal: start a new `JobActor` after a crashed one (sent after the backoff delay).
+    RestartJob,
     /// Periodic (every `reconcile_every`): stand down if a newer lease epoch exists, even with
     /// nothing to write (a node that was hung or cut off learns it lost the video).
     CheckLease,
@@ -312,6 +314,11 @@ impl Actor for VideoActor {
                 myself.stop(Some("failed".into()));
             }
             VideoMsg::LeaseLost => Self::stand_down(&myself, state).await,
+            VideoMsg::RestartJob => {
+                if !state.record.state.is_terminal() {
+                    Self::spawn_job(&myself, state).await?;
+                }
+            }
             VideoMsg::CheckLease => {
                 let id = &state.record.video_id;
                 if !state.ctx.storage.lease_holds(id, state.lease_epoch).await? {
@@ -348,13 +355,19 @@ impl Actor for VideoActor {
         }
         state.job_restarts += 1;
         let id = state.record.video_id.clone();
+        // Restarts back off like task retries (`backoff_initial_ms` doubling to
+        // `backoff_max_ms`), so a job that crashes at once does not spin (issue 9).
+        let delay = state.ctx.processing.backoff(state.job_restarts);
         state
             .ctx
             .events
             .append(
                 NewEvent::video(&id, "job_actor_restarted")
                     .attempt(state.job_restarts)
-                    .detail(format!("job crashed: {err}")),
+                    .detail(format!(
+                        "job crashed: {err}; restarting after {} ms",
+                        delay.as_millis()
+                    )),
             )
             .await;
         if state.job_restarts > state.ctx.processing.max_job_restarts {
@@ -369,7 +382,7 @@ impl Actor for VideoActor {
         }
         // The crashed job's tasks may still run; its successor dispatches afresh.
         let _ = state.pool.cast(PoolMsg::CancelVideo { video_id: id });
-        Self::spawn_job(&myself, state).await?;
+        myself.send_after(delay, || VideoMsg::RestartJob);
         Ok(())
     }
 }

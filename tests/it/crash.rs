@@ -93,6 +93,17 @@ async fn a_job_actor_that_crashes_is_restarted_and_resumes() {
     .await;
     let events = event_kinds(&base, &id).await;
     assert_eq!(count(&events, "job_actor_restarted"), 1, "{events:#?}");
+    let restart = events
+        .iter()
+        .find(|e| e["kind"] == "job_actor_restarted")
+        .unwrap();
+    assert!(
+        restart["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("restarting after 50 ms"),
+        "restarts back off (backoff_initial_ms): {restart}"
+    );
     assert!(
         count(&events, "task_skipped") >= 1,
         "finished work is not redone: {events:#?}"
