@@ -305,8 +305,22 @@ fn parse_u64_header(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiE
         .map_err(|_| ApiError::BadRequest(format!("{name} {text} is too large")))
 }
 
-/// tus 1.0.0 "Creation": `Upload-Metadata` is `key base64,key base64,key` with unique keys.
+/// The largest `Upload-Metadata` header accepted, bytes: a file name and a few keys fit many
+/// times over; 100 KB of metadata is an attack, not an upload (issue 10).
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// The most `Upload-Metadata` keys accepted.
+pub const MAX_METADATA_KEYS: usize = 32;
+
+/// tus 1.0.0 "Creation": `Upload-Metadata` is `key base64,key base64,key` with unique keys,
+/// at most [`MAX_METADATA_BYTES`] and [`MAX_METADATA_KEYS`].
 pub fn parse_metadata(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(format!(
+            "Upload-Metadata is {} bytes; at most {MAX_METADATA_BYTES} are accepted",
+            text.len()
+        ));
+    }
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut it = pair.split(' ').filter(|s| !s.is_empty());
@@ -328,6 +342,11 @@ pub fn parse_metadata(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         };
         if out.iter().any(|(k, _)| k == key) {
             return Err(format!("Upload-Metadata key {key} appears twice"));
+        }
+        if out.len() == MAX_METADATA_KEYS {
+            return Err(format!(
+                "Upload-Metadata has more than {MAX_METADATA_KEYS} keys"
+            ));
         }
         out.push((key.to_string(), value));
     }
@@ -921,6 +940,13 @@ mod tests {
         assert!(parse_metadata("a !!!").is_err());
         assert!(parse_metadata("a YQ==,a Yg==").is_err());
         assert!(parse_metadata("a YQ== extra").is_err());
+        let many: Vec<String> = (0..33).map(|i| format!("k{i} YQ==")).collect();
+        let e = parse_metadata(&many.join(",")).unwrap_err();
+        assert!(e.contains("32 keys"), "{e}");
+        let big = format!("filename {}", "QUFB".repeat(1100));
+        let e = parse_metadata(&big).unwrap_err();
+        assert!(e.contains("4096"), "{e}");
+        assert_eq!(parse_metadata(&many[..32].join(",")).unwrap().len(), 32);
     }
 
     #[test]

@@ -396,15 +396,31 @@ pub async fn probe(path: &Path, timeout: Duration) -> Result<SourceInfo, ProbeEr
         })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let first = stderr.lines().last().unwrap_or("").trim();
-        return Err(ProbeError::Invalid(if first.contains("Invalid data") {
-            "the file is not a video reel can read (invalid data)".to_string()
-        } else {
-            format!("the file is not a video reel can read ({first})")
-        }));
+        return Err(ProbeError::Invalid(unreadable(&String::from_utf8_lossy(
+            &out.stderr,
+        ))));
     }
     judge(&stdout)
+}
+
+/// The sentence for a file ffprobe cannot open, from its error output: an MP4 or MOV without
+/// its index (`moov atom not found`: a recording cut off before the camera or phone finished
+/// it, or an upload of half the file) is called truncated; anything else names ffprobe's own
+/// reason, without the server's path to the file.
+pub fn unreadable(stderr: &str) -> String {
+    if stderr.contains("moov atom not found") {
+        return "the file looks truncated: its MP4 index (the moov box) is missing, as in a \
+                recording that was cut off or half a file; upload the complete file"
+            .to_string();
+    }
+    let last = stderr.lines().last().unwrap_or("").trim();
+    // ffprobe writes `PATH: reason`; the path is the server's business.
+    let reason = last.rsplit(": ").next().unwrap_or(last);
+    if reason.contains("Invalid data") {
+        "the file is not a video reel can read (invalid data)".to_string()
+    } else {
+        format!("the file is not a video reel can read ({reason})")
+    }
 }
 
 /// Video packets (frames) in a local file, by `ffprobe -count_packets`: quick, it reads the
@@ -554,6 +570,19 @@ mod tests {
         assert_eq!(s.display_size(), (1706, 720));
         let s = judge(&stream_json(r#","sample_aspect_ratio":"0:1""#)).unwrap();
         assert_eq!(s.display_size(), (1280, 720), "0:1 means unknown: square");
+    }
+
+    #[test]
+    fn an_mp4_without_its_index_is_truncated_and_no_server_path_is_shown() {
+        let e = unreadable(
+            "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5] moov atom not found\n/srv/reel/objects/sources/ab: Invalid data found when processing input\n",
+        );
+        assert!(e.contains("truncated") && !e.contains("/srv"), "{e}");
+        let e =
+            unreadable("/srv/reel/objects/sources/ab: Invalid data found when processing input");
+        assert_eq!(e, "the file is not a video reel can read (invalid data)");
+        let e = unreadable("/srv/reel/objects/sources/ab: End of file");
+        assert_eq!(e, "the file is not a video reel can read (End of file)");
     }
 
     #[test]

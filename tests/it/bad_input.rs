@@ -55,6 +55,11 @@ async fn truncated_mp4_with_a_whole_header_fails_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn truncated_mp4_with_its_index_at_the_end_is_called_truncated() {
+    fails_with("truncated-moov-last", "the file looks truncated").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn empty_upload_unknown_and_hostile_ids_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(test_config(dir.path())).await;

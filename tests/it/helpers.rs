@@ -42,7 +42,7 @@ fn ffmpeg(args: &[&str]) {
 
 /// Make (once) and return a clip. `kind`: `av` 320x240 6 s with audio, `video` the same without
 /// audio, `long` 640x360 30 s with audio (slow enough to crash mid-task), `audio` audio only,
-/// `abr` 640x360 60 s of noisy testsrc2 without audio (player tests), `truncated` an MP4 with `moov` first cut in half, `text`, `random`.
+/// `abr` 640x360 60 s of noisy testsrc2 without audio (player tests), `truncated` an MP4 with `moov` first cut in half, `truncated-moov-last` one with `moov` last cut in half, `text`, `random`.
 pub fn clip(kind: &str) -> PathBuf {
     let path = fixtures().join(format!("{kind}.bin"));
     if path.exists() {
@@ -146,6 +146,25 @@ pub fn clip(kind: &str) -> PathBuf {
                 "800k",
                 "-movflags",
                 "+faststart",
+                t,
+            ]);
+            let bytes = std::fs::read(&tmp).unwrap();
+            std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
+        }
+        "truncated-moov-last" => {
+            // How cameras and phones write MP4: the index (moov) after the media, so a file
+            // cut short has none.
+            ffmpeg(&[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-t",
+                "5",
+                "-c:v",
+                "libx264",
+                "-b:v",
+                "800k",
                 t,
             ]);
             let bytes = std::fs::read(&tmp).unwrap();
