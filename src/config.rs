@@ -484,6 +484,12 @@ pub struct Config {
     pub limits: Limits,
     /// Cluster membership; `None` for a stand-alone node.
     pub cluster: Option<ClusterConfig>,
+    /// The URL clients reach the service at (`https://videos.example.com`, a load balancer),
+    /// without a trailing slash: tus `Location` answers are built from it. `None`: built from
+    /// the request's `Host` only when that is this node's own listen address, else relative
+    /// (`/files/{id}`, which tus clients resolve against the URL they posted to). A client's
+    /// `Host` is never echoed otherwise (issue 10).
+    pub public_url: Option<String>,
     /// The secret that signs requests one node forwards to another (`Reel-Forwarded-By`,
     /// see `http::proxy`): the cluster cookie on a cluster; `None` for a stand-alone node,
     /// which then accepts no forwarded request.
@@ -512,6 +518,7 @@ impl Config {
             cluster: None,
             reconcile_every: Duration::from_secs(10),
             streaming: StreamingConfig::default(),
+            public_url: None,
             forward_secret: None,
         }
     }
@@ -593,6 +600,27 @@ impl Config {
     }
 }
 
+/// A public URL as configured: `http://` or `https://`, a host, no query or fragment; the
+/// trailing slash dropped.
+///
+/// Errors: [`ConfigError::Invalid`] naming the value.
+pub fn public_url(text: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "public_url {text:?} must be an http:// or https:// URL such as https://videos.example.com"
+        ))
+    };
+    let u = url::Url::parse(text).map_err(|_| bad())?;
+    if !matches!(u.scheme(), "http" | "https")
+        || u.host_str().is_none()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
 /// What `reel serve` was given on its command line (`None`: not given), resolved into a
 /// [`Config`] by [`ServeFlags::resolve`].
 ///
@@ -613,6 +641,8 @@ pub struct ServeFlags {
     pub listen: Option<SocketAddr>,
     /// `--storage LOCATION` (`DIR`, `local:DIR`, `memory:`, `s3://bucket`).
     pub storage: Option<String>,
+    /// `--public-url URL`.
+    pub public_url: Option<String>,
 }
 
 /// The data directory `reel serve` uses when neither `--data-dir` nor a config file names one.
@@ -736,6 +766,9 @@ pub struct ClusterFile {
     /// Segment cache and read-ahead.
     #[serde(default)]
     pub streaming: StreamingConfig,
+    /// The URL clients reach the cluster at (a load balancer); see [`Config::public_url`].
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// The nodes.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeEntry>,
@@ -818,6 +851,7 @@ impl ClusterFile {
         }
         let cookie = Secret::new(cookie.unwrap_or_else(|| "reel-single-node".into()));
         let config = Config {
+            public_url: self.public_url.as_deref().map(public_url).transpose()?,
             forward_secret: (self.nodes.len() > 1).then(|| cookie.clone()),
             node_id: node.id.clone(),
             listen: node.http,
@@ -1057,6 +1091,26 @@ cluster = "127.0.0.1:9080"
         .unwrap_err()
         .to_string();
         assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn public_urls_are_http_urls_without_a_trailing_slash() {
+        assert_eq!(
+            public_url("https://videos.example.com/").unwrap(),
+            "https://videos.example.com"
+        );
+        assert_eq!(
+            public_url("http://127.0.0.1:8080/reel").unwrap(),
+            "http://127.0.0.1:8080/reel"
+        );
+        for bad in [
+            "videos.example.com",
+            "ftp://x",
+            "https://x/?a=1",
+            "https://x/#f",
+        ] {
+            assert!(public_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -173,6 +173,9 @@ pub async fn spawn_with_storage(
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Setup(format!("listener: {e}")))?;
+    // The address actually bound (a test binds port 0): what the node says it listens on.
+    let mut config = config;
+    config.listen = addr;
     let node = start_node_with(&config, storage).await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::App::new(node.clone(), Arc::new(config));

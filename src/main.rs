@@ -41,6 +41,10 @@ enum Command {
         /// AWS_SECRET_ACCESS_KEY variables). Default: DATA_DIR/objects.
         #[arg(long)]
         storage: Option<String>,
+        /// The URL clients reach this service at (a load balancer), for absolute tus
+        /// `Location` answers; wins over `public_url` in the config file.
+        #[arg(long)]
+        public_url: Option<String>,
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
@@ -144,6 +148,7 @@ async fn main() -> ExitCode {
             config,
             node,
             storage,
+            public_url,
             json_logs,
         } => {
             init_logs(json_logs);
@@ -153,6 +158,7 @@ async fn main() -> ExitCode {
                 data_dir,
                 listen,
                 storage,
+                public_url,
             };
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let config = match std::env::current_dir()

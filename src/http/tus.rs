@@ -305,6 +305,26 @@ fn parse_u64_header(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiE
         .map_err(|_| ApiError::BadRequest(format!("{name} {text} is too large")))
 }
 
+/// The tus `Location` of upload `id`: under the configured public URL; else absolute only when
+/// the request's `Host` is this node's own listen address (so a test or a client talking to
+/// the node directly gets a URL it can use as is); else relative, which tus clients resolve
+/// against the URL they posted to (RFC 9110 section 10.2.2). A client-chosen `Host` is never
+/// echoed: it would send the client's next PATCH wherever that header said (issue 10).
+pub fn upload_location(
+    public_url: Option<&str>,
+    listen: std::net::SocketAddr,
+    host: Option<&str>,
+    id: &str,
+) -> String {
+    if let Some(base) = public_url {
+        return format!("{base}/files/{id}");
+    }
+    match host {
+        Some(h) if h == listen.to_string() => format!("http://{h}/files/{id}"),
+        _ => format!("/files/{id}"),
+    }
+}
+
 /// The largest `Upload-Metadata` header accepted, bytes: a file name and a few keys fit many
 /// times over; 100 KB of metadata is an attack, not an upload (issue 10).
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -570,15 +590,12 @@ async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Byt
         )
         .await;
     let actor = unwrap_call(r)??;
-    // Absolute, as the client reached us (behind a TLS proxy: X-Forwarded-Proto).
-    let scheme = match header(&headers, "x-forwarded-proto")? {
-        Some("https") => "https",
-        _ => "http",
-    };
-    let location = match header(&headers, "host")? {
-        Some(host) => format!("{scheme}://{host}/files/{}", info.id),
-        None => format!("/files/{}", info.id),
-    };
+    let location = upload_location(
+        app.config.public_url.as_deref(),
+        app.config.listen,
+        header(&headers, "host")?,
+        &info.id,
+    );
     let info = if with_body && !info.is_complete() {
         append(&app, actor, &info.id, 0, &headers, body).await?
     } else {
@@ -947,6 +964,22 @@ mod tests {
         let e = parse_metadata(&big).unwrap_err();
         assert!(e.contains("4096"), "{e}");
         assert_eq!(parse_metadata(&many[..32].join(",")).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_location_never_echoes_a_foreign_host() {
+        let listen: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let at = |public, host| upload_location(public, listen, host, "n.1");
+        assert_eq!(
+            at(None, Some("127.0.0.1:8080")),
+            "http://127.0.0.1:8080/files/n.1"
+        );
+        assert_eq!(at(None, Some("evil.example")), "/files/n.1");
+        assert_eq!(at(None, None), "/files/n.1");
+        assert_eq!(
+            at(Some("https://videos.example.com"), Some("evil.example")),
+            "https://videos.example.com/files/n.1"
+        );
     }
 
     #[test]

@@ -557,6 +557,48 @@ async fn a_client_sent_forwarding_header_is_refused_and_changes_nothing() {
     node.stop().await;
 }
 
+/// Issue 10: the tus `Location` never echoes a Host the client chose; with `public_url`
+/// configured it is built from that.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upload_location_never_points_where_a_client_host_header_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let u = url::Url::parse(&base).unwrap();
+    let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", u.port().unwrap()))
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /files/ HTTP/1.1\r\nHost: evil.example\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 10\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let location = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no location: {answer}"));
+    assert!(location.starts_with("/files/"), "relative: {location}");
+    assert!(!answer.contains("evil.example"), "{answer}");
+    node.stop().await;
+
+    let mut config = test_config(dir.path());
+    config.public_url = Some("https://videos.example.com".into());
+    let node = start(config).await;
+    let r = create(&node.url(), 10, &[]).await;
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("https://videos.example.com/files/"),
+        "{location}"
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn incomplete_uploads_expire_and_their_parts_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
