@@ -94,6 +94,16 @@ pub enum JobMsg {
         /// Task key.
         task: String,
     },
+    /// Internal: the node an attempt was handed to did not take it (no connection, no
+    /// answer, refused). The task goes elsewhere without using up an attempt (issue 9).
+    HandOffFailed {
+        /// Task key.
+        task: String,
+        /// The attempt that was not taken.
+        attempt: u32,
+        /// Why.
+        why: String,
+    },
     /// Internal: periodic check for stuck tasks.
     Tick,
     /// Observe the job.
@@ -183,6 +193,10 @@ pub struct JobSnapshot {
     /// Renditions found already done at start (resumed, not redone).
     pub resumed: Vec<String>,
 }
+
+/// Attempts of one task handed out again (lost with their node, or not taken by it) before
+/// the next such loss counts as a failed attempt: bounds the loop when no node takes it.
+const HAND_OFF_LIMIT: u32 = 12;
 
 struct Task {
     spec: TaskSpec,
@@ -380,12 +394,10 @@ impl JobActor {
                         Err(e) => e,
                         Ok(r) => format!("{r:?}"),
                     };
-                    let _ = me.cast(JobMsg::TaskFinished {
+                    let _ = me.cast(JobMsg::HandOffFailed {
                         task,
                         attempt,
-                        result: Box::new(Err(TaskFailure::transient(format!(
-                            "could not hand the task to node {target}: {why}"
-                        )))),
+                        why: format!("could not hand the task to node {target}: {why}"),
                     });
                 }
             }
@@ -911,6 +923,30 @@ impl Actor for JobActor {
                     }
                 }
             }
+            JobMsg::HandOffFailed { task, attempt, why } => {
+                let Some(t) = state.tasks.get_mut(&task) else {
+                    return Ok(());
+                };
+                if state.finished || t.attempt != attempt || t.status != TaskStatus::Queued {
+                    return Ok(());
+                }
+                if t.requeued >= HAND_OFF_LIMIT {
+                    // No node takes it: that is the task failing after all.
+                    return self
+                        .task_failed(&myself, state, &task, TaskFailure::transient(why))
+                        .await;
+                }
+                t.attempt += 1;
+                t.requeued += 1;
+                state
+                    .event(
+                        NewEvent::video(&state.video_id, "task_requeued")
+                            .task(&task, attempt)
+                            .detail(why),
+                    )
+                    .await;
+                Self::dispatch(&myself, state, &task);
+            }
             JobMsg::Snapshot(reply) => {
                 let _ = reply.send(snapshot(state));
             }
@@ -969,6 +1005,17 @@ mod tests {
     /// A job for a video whose record already holds its probe (so no ffprobe runs) and a
     /// two-rendition plan.
     async fn harness(tune: impl FnOnce(&mut ProcessingConfig)) -> Harness {
+        let scratch = tempfile::tempdir().unwrap().keep();
+        let ctx = NodeContext::for_tests(
+            "n",
+            Storage::open(&StorageLocation::Memory).unwrap(),
+            &scratch,
+        );
+        harness_with(ctx, tune).await
+    }
+
+    /// [`harness`] on a given node context (a test's own cluster view).
+    async fn harness_with(ctx: NodeContext, tune: impl FnOnce(&mut ProcessingConfig)) -> Harness {
         let mut processing = ProcessingConfig {
             max_attempts: 3,
             backoff_initial_ms: 100,
@@ -991,15 +1038,7 @@ mod tests {
             ..Default::default()
         };
         tune(&mut processing);
-        let scratch = tempfile::tempdir().unwrap().keep();
-        let ctx = Arc::new(NodeContext {
-            processing,
-            ..NodeContext::for_tests(
-                "n",
-                Storage::open(&StorageLocation::Memory).unwrap(),
-                &scratch,
-            )
-        });
+        let ctx = Arc::new(NodeContext { processing, ..ctx });
         let id = "0123456789abcdef0123456789abcdef";
         let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);
         record.source = Some(SourceInfo::example());
@@ -1069,6 +1108,44 @@ mod tests {
                 _ => continue,
             }
         }
+    }
+
+    /// Issue 9: a node that does not take a task (here a live peer with no connection) does
+    /// not use up the task's attempts: with one attempt allowed, the job still finishes on the
+    /// node that takes the tasks.
+    #[tokio::test]
+    async fn a_task_a_node_does_not_take_is_handed_elsewhere_without_using_an_attempt() {
+        let scratch = tempfile::tempdir().unwrap().keep();
+        let mut ctx = NodeContext::for_tests(
+            "n",
+            Storage::open(&StorageLocation::Memory).unwrap(),
+            &scratch,
+        );
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        ctx.cluster = crate::cluster::Cluster::new(
+            "n",
+            vec![("n".into(), addr, None), ("m".into(), addr, None)],
+        );
+        assert!(ctx.cluster.set_live("m", true));
+        let mut h = harness_with(ctx, |p| p.max_attempts = 1).await;
+        let mut finished = 0;
+        while finished < 2 {
+            let a = submitted(&mut h).await;
+            finish(&h, &a, output(&a));
+            finished += 1;
+        }
+        assert!(matches!(outcome(&mut h).await, VideoMsg::JobReady { .. }));
+        let kinds = h
+            .ctx
+            .events
+            .for_video("0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap();
+        assert!(
+            kinds.iter().any(|e| e.kind == "task_requeued"),
+            "some task went to m first: {kinds:?}"
+        );
+        assert!(!kinds.iter().any(|e| e.kind == "task_failed"), "{kinds:?}");
     }
 
     #[tokio::test]
