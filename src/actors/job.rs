@@ -791,7 +791,10 @@ impl Actor for JobActor {
             } => {
                 if let Some(t) = state.tasks.get_mut(&task) {
                     if t.attempt == attempt && matches!(t.status, TaskStatus::Running { .. }) {
-                        t.status = TaskStatus::Running { seconds };
+                        // Negative: bytes moving (a download, an upload), no new output.
+                        if seconds >= 0.0 {
+                            t.status = TaskStatus::Running { seconds };
+                        }
                         t.last_heard = Instant::now();
                     }
                 }
@@ -1268,6 +1271,45 @@ mod tests {
             .await
             .unwrap();
         assert!(events.iter().any(|e| e.kind == "task_reclaimed"));
+    }
+
+    /// Issue 9: a task that is downloading a large source reports bytes, not output seconds;
+    /// that keeps it alive past `stuck_after` without moving its progress.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_moving_bytes_is_not_reclaimed_as_stuck() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        h.job
+            .cast(JobMsg::TaskStarted {
+                task: a.key(),
+                attempt: 1,
+                node: "n".into(),
+            })
+            .unwrap();
+        let progress = |seconds: f64| JobMsg::Progress {
+            task: a.key(),
+            attempt: 1,
+            seconds,
+        };
+        h.job.cast(progress(2.0)).unwrap();
+        // Three times `stuck_after` (1 s) of bytes moving, a report every 300 ms.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(300)).await;
+            h.job.cast(progress(-1.0)).unwrap();
+        }
+        let snap = ractor::call!(h.job, JobMsg::Snapshot).unwrap();
+        let t = snap.tasks.iter().find(|t| t.task == a.key()).unwrap();
+        assert_eq!(
+            (t.attempt, &t.status),
+            (1, &TaskStatus::Running { seconds: 2.0 }),
+            "alive, progress kept"
+        );
+        while let Ok(m) = h.pool.try_recv() {
+            assert!(
+                !matches!(m, PoolMsg::Cancel { .. }),
+                "nothing was reclaimed"
+            );
+        }
     }
 
     #[tokio::test]

@@ -165,6 +165,29 @@ async fn run_task(ctx: Ctx, a: Assignment, cancel: Cancel, worker: ActorRef<Work
     let _ = worker.cast(WorkerMsg::Finished(Box::new(result)));
 }
 
+/// How often a task that is moving bytes says it is alive, at most.
+const KEEP_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A callback for byte transfers (downloading inputs, storing outputs) that tells the job the
+/// attempt is alive (a progress report with negative seconds), at most every
+/// [`KEEP_ALIVE_EVERY`]: a 5 GB source downloading from S3 for minutes is not stuck (issue 9).
+fn keep_alive(a: &Assignment) -> impl FnMut(u64) + Send {
+    let (reply, video_id, task, attempt) =
+        (a.reply.clone(), a.task.video_id.clone(), a.key(), a.attempt);
+    let mut last = std::time::Instant::now();
+    move |_bytes| {
+        if last.elapsed() >= KEEP_ALIVE_EVERY {
+            last = std::time::Instant::now();
+            reply.send(TaskReport::Progress {
+                video_id: video_id.clone(),
+                task: task.clone(),
+                attempt,
+                seconds: -1.0,
+            });
+        }
+    }
+}
+
 /// Run ffmpeg with `args` in a blocking thread, reporting progress to the job.
 async fn run_ffmpeg(a: &Assignment, cancel: &Cancel, args: Vec<String>) -> Result<(), TaskFailure> {
     let reply = a.reply.clone();
@@ -209,8 +232,9 @@ async fn transcode_and_store(
         .await
         .map_err(|e| io("creating scratch space", &e))?;
     let source = || async {
+        let mut alive = keep_alive(a);
         ctx.storage
-            .source_path(&t.video_id, &ctx.scratch_dir)
+            .source_path_with(&t.video_id, &ctx.scratch_dir, &mut alive)
             .await
             .map_err(|e| TaskFailure::transient(format!("cannot read the source: {e}")))
     };
@@ -307,10 +331,15 @@ async fn transcode_and_store(
                 .await
                 .map_err(|e| io("creating scratch space", &e))?;
             let mut files = Vec::with_capacity(*chunks);
+            let mut alive = keep_alive(a);
             for i in 0..*chunks {
                 let f = inputs.join(format!("chunk-{i:04}.mp4"));
                 ctx.storage
-                    .download(&keys::chunk(&t.video_id, &t.rendition.name, i), &f)
+                    .download_with(
+                        &keys::chunk(&t.video_id, &t.rendition.name, i),
+                        &f,
+                        &mut alive,
+                    )
                     .await
                     .map_err(|e| io("fetching a chunk", &e))?;
                 files.push(f);
@@ -319,7 +348,7 @@ async fn transcode_and_store(
                 Some(k) => {
                     let f = inputs.join("audio.m4a");
                     ctx.storage
-                        .download(&keys::audio(&t.video_id, *k), &f)
+                        .download_with(&keys::audio(&t.video_id, *k), &f, &mut alive)
                         .await
                         .map_err(|e| io("fetching the audio", &e))?;
                     Some(f)
@@ -367,6 +396,7 @@ async fn store_outputs(
         )));
     }
     let name = &t.rendition.name;
+    let mut alive = keep_alive(a);
     let mut segments = Vec::with_capacity(files.len());
     for (i, (file, duration)) in files.iter().zip(&durations).enumerate() {
         let key = keys::rendition_file(&t.video_id, name, &playlist::segment_name(i));
@@ -375,6 +405,7 @@ async fn store_outputs(
             .put_file(&key, file)
             .await
             .map_err(|e| io("storing a segment", &e))?;
+        alive(bytes);
         segments.push(SegmentInfo {
             duration_seconds: *duration,
             bytes,

@@ -96,7 +96,9 @@ pub enum TaskReport {
         task: String,
         /// Attempt.
         attempt: u32,
-        /// Seconds.
+        /// Seconds of output written; negative: the task is moving bytes (downloading its
+        /// inputs, storing its outputs) and has no new output seconds, which keeps it from
+        /// being reclaimed as stuck without moving its progress (issue 9).
         seconds: f64,
     },
     /// The attempt ended.

@@ -228,13 +228,28 @@ impl Storage {
 
     /// Download an object into a local file (streamed; for intermediates that ffmpeg reads).
     pub async fn download(&self, key: &str, file: &Path) -> Result<(), StorageError> {
+        self.download_with(key, file, &mut |_| {}).await
+    }
+
+    /// [`Storage::download`], calling `on_bytes` with the bytes written so far after each
+    /// chunk (a worker turns that into "still alive" reports).
+    pub async fn download_with(
+        &self,
+        key: &str,
+        file: &Path,
+        on_bytes: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<(), StorageError> {
         let io = |e: std::io::Error| StorageError::Backend(format!("writing {file:?}: {e}"));
         let mut out = tokio::fs::File::create(file).await.map_err(io)?;
         let mut stream = self.store.get(&path(key)).await?.into_stream();
+        let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
-            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk?)
+            let chunk = chunk?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
                 .await
                 .map_err(io)?;
+            written += chunk.len() as u64;
+            on_bytes(written);
         }
         tokio::io::AsyncWriteExt::flush(&mut out)
             .await
@@ -310,6 +325,16 @@ impl Storage {
         video_id: &str,
         scratch: &Path,
     ) -> Result<PathBuf, StorageError> {
+        self.source_path_with(video_id, scratch, &mut |_| {}).await
+    }
+
+    /// [`Storage::source_path`], calling `on_bytes` as a download proceeds.
+    pub async fn source_path_with(
+        &self,
+        video_id: &str,
+        scratch: &Path,
+        on_bytes: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<PathBuf, StorageError> {
         let key = keys::source(video_id);
         if let Some(fs) = &self.local {
             let p = fs.path_to_filesystem(&path(&key))?;
@@ -327,7 +352,7 @@ impl Storage {
             .await
             .map_err(|e| StorageError::Backend(format!("cannot create {dir:?}: {e}")))?;
         let part = dir.join(format!("source.{}.part", rand::random::<u64>()));
-        self.download(&key, &part).await?;
+        self.download_with(&key, &part, on_bytes).await?;
         tokio::fs::rename(&part, &target)
             .await
             .map_err(|e| StorageError::Backend(format!("writing {target:?}: {e}")))?;

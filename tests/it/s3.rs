@@ -337,7 +337,8 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_cached_segment
     assert_eq!(status, 503);
     for url in [
         format!("{base}/videos/{id}"),
-        format!("{base}/videos/{id}/240p/00001.m4s"),
+        // Never asked for: the session read 240p segment 0 and prefetched 240p segment 1.
+        format!("{base}/videos/{id}/180p/00002.m4s"),
     ] {
         let started = std::time::Instant::now();
         let r = reqwest::get(&url).await.unwrap();
