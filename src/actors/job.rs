@@ -623,6 +623,30 @@ impl JobActor {
         Ok(())
     }
 
+    /// Hand `task` out again after its node lost or refused `attempt`: a new attempt number
+    /// (so the old attempt's late reports and cancels match nothing) that does not count
+    /// towards `max_attempts`.
+    async fn requeue(
+        myself: &ActorRef<JobMsg>,
+        state: &mut JobState,
+        task: &str,
+        attempt: u32,
+        why: String,
+    ) {
+        if let Some(t) = state.tasks.get_mut(task) {
+            t.attempt += 1;
+            t.requeued += 1;
+        }
+        state
+            .event(
+                NewEvent::video(&state.video_id, "task_requeued")
+                    .task(task, attempt)
+                    .detail(why),
+            )
+            .await;
+        Self::dispatch(myself, state, task);
+    }
+
     async fn task_failed(
         &self,
         myself: &ActorRef<JobMsg>,
@@ -892,18 +916,7 @@ impl Actor for JobActor {
                 }
                 for (task, attempt, why) in lost {
                     Self::cancel(state, &task, attempt);
-                    if let Some(t) = state.tasks.get_mut(&task) {
-                        t.attempt += 1;
-                        t.requeued += 1;
-                    }
-                    state
-                        .event(
-                            NewEvent::video(&state.video_id, "task_requeued")
-                                .task(&task, attempt)
-                                .detail(why),
-                        )
-                        .await;
-                    Self::dispatch(&myself, state, &task);
+                    Self::requeue(&myself, state, &task, attempt, why).await;
                 }
                 for (task, attempt, why) in stuck {
                     Self::cancel(state, &task, attempt);
@@ -939,16 +952,7 @@ impl Actor for JobActor {
                         .task_failed(&myself, state, &task, TaskFailure::transient(why))
                         .await;
                 }
-                t.attempt += 1;
-                t.requeued += 1;
-                state
-                    .event(
-                        NewEvent::video(&state.video_id, "task_requeued")
-                            .task(&task, attempt)
-                            .detail(why),
-                    )
-                    .await;
-                Self::dispatch(&myself, state, &task);
+                Self::requeue(&myself, state, &task, attempt, why).await;
             }
             JobMsg::Snapshot(reply) => {
                 let _ = reply.send(snapshot(state));

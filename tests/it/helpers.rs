@@ -132,8 +132,10 @@ pub fn clip(kind: &str) -> PathBuf {
             "aac",
             t,
         ]),
-        "truncated" => {
-            ffmpeg(&[
+        // An MP4 cut in half: with its index (moov) first, or last as cameras and phones
+        // write it (a file cut short then has none).
+        "truncated" | "truncated-moov-last" => {
+            let mut args = vec![
                 "-f",
                 "lavfi",
                 "-i",
@@ -144,29 +146,12 @@ pub fn clip(kind: &str) -> PathBuf {
                 "libx264",
                 "-b:v",
                 "800k",
-                "-movflags",
-                "+faststart",
-                t,
-            ]);
-            let bytes = std::fs::read(&tmp).unwrap();
-            std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
-        }
-        "truncated-moov-last" => {
-            // How cameras and phones write MP4: the index (moov) after the media, so a file
-            // cut short has none.
-            ffmpeg(&[
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=25",
-                "-t",
-                "5",
-                "-c:v",
-                "libx264",
-                "-b:v",
-                "800k",
-                t,
-            ]);
+            ];
+            if kind == "truncated" {
+                args.extend(["-movflags", "+faststart"]);
+            }
+            args.push(t);
+            ffmpeg(&args);
             let bytes = std::fs::read(&tmp).unwrap();
             std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
         }
