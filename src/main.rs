@@ -50,7 +50,8 @@ enum Command {
         json_logs: bool,
     },
     /// Start every node of a cluster.toml as child processes of this one (a local cluster for
-    /// trying reel out; in production start each node on its own machine with `serve`).
+    /// trying reel out; in production start each node on its own machine with `serve`). A node
+    /// that exits is started again after 2 s.
     ClusterUp {
         /// The cluster file.
         #[arg(long, default_value = "cluster.toml")]
@@ -240,8 +241,8 @@ async fn show_status(server: &str, video_id: &str, wait: bool) -> ExitCode {
     }
 }
 
-/// `reel cluster-up`: validate every node's config, start one `reel serve` child per node, and
-/// stop them all on Ctrl-C / SIGTERM or when any of them exits.
+/// `reel cluster-up`: validate every node's config, start one `reel serve` child per node,
+/// start again any that exits, and stop them all on Ctrl-C / SIGTERM.
 async fn cluster_up(config: &std::path::Path) -> ExitCode {
     let config = &match reel::config::absolute_path(config, std::path::Path::new(".")) {
         Ok(p) => p,
@@ -278,15 +279,17 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut children = Vec::new();
-    for id in &ids {
-        match tokio::process::Command::new(&exe)
+    let spawn = |id: &str| {
+        tokio::process::Command::new(&exe)
             .args(["serve", "--config"])
             .arg(config)
             .args(["--node", id])
             .kill_on_drop(true)
             .spawn()
-        {
+    };
+    let mut children = Vec::new();
+    for id in &ids {
+        match spawn(id) {
             Ok(child) => {
                 eprintln!("started {id} (pid {})", child.id().unwrap_or(0));
                 children.push((id.clone(), child));
@@ -297,16 +300,41 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             }
         }
     }
-    let any_exit = futures::future::select_all(
-        children
-            .iter_mut()
-            .map(|(id, c)| Box::pin(async move { (id.clone(), c.wait().await) })),
-    );
-    let code = tokio::select! {
-        _ = shutdown_signal() => ExitCode::SUCCESS,
-        ((id, status), _, _) = any_exit => {
-            eprintln!("{id} exited ({status:?}); stopping the others");
-            ExitCode::FAILURE
+    // A node that exits (a crash, a kill -9 to watch the others take over) is started again
+    // after RESTART_DELAY, as a service manager would: the others carry on meanwhile and it
+    // rejoins by itself. Ctrl-C or SIGTERM stops them all.
+    const RESTART_DELAY: Duration = Duration::from_secs(2);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let code = loop {
+        let any_exit = futures::future::select_all(
+            children
+                .iter_mut()
+                .enumerate()
+                .map(|(i, (_, c))| Box::pin(async move { (i, c.wait().await) })),
+        );
+        let (i, status) = tokio::select! {
+            _ = &mut shutdown => break ExitCode::SUCCESS,
+            ((i, status), _, _) = any_exit => (i, status),
+        };
+        let id = children[i].0.clone();
+        eprintln!(
+            "{id} exited ({status:?}); starting it again in {}s",
+            RESTART_DELAY.as_secs()
+        );
+        tokio::select! {
+            _ = &mut shutdown => break ExitCode::SUCCESS,
+            _ = tokio::time::sleep(RESTART_DELAY) => {}
+        }
+        match spawn(&id) {
+            Ok(child) => {
+                eprintln!("started {id} again (pid {})", child.id().unwrap_or(0));
+                children[i].1 = child;
+            }
+            Err(e) => {
+                eprintln!("error: cannot start {id} again: {e}; stopping the others");
+                break ExitCode::FAILURE;
+            }
         }
     };
     for (id, child) in children.iter_mut() {
