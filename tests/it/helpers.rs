@@ -406,6 +406,20 @@ impl ReelProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM and wait (bounded) for the process to end: what a `cluster-up` parent needs to
+    /// stop its own children.
+    pub fn terminate(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+
     /// SIGSTOP: the process hangs with its sockets open.
     pub fn stop(&self) {
         self.signal(nix::sys::signal::Signal::SIGSTOP);

@@ -93,6 +93,30 @@ async fn upload_and_check(
     id
 }
 
+/// Copy the repository's `cluster.toml` into `dir`, unchanged but for its six ports (free
+/// loopback ones). Returns the nodes' HTTP base URLs, node-1 first.
+fn repository_cluster_toml(dir: &Path) -> Vec<String> {
+    let mut text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml"))
+            .unwrap();
+    let mut urls = Vec::new();
+    for port in ["8080", "8081", "8082", "9080", "9081", "9082"] {
+        let from = format!("\"127.0.0.1:{port}\"");
+        assert_eq!(
+            text.matches(&from).count(),
+            1,
+            "cluster.toml names {from} once"
+        );
+        let addr = free_addr();
+        text = text.replace(&from, &format!("\"{addr}\""));
+        if port.starts_with("80") {
+            urls.push(format!("http://{addr}"));
+        }
+    }
+    std::fs::write(dir.join("cluster.toml"), &text).unwrap();
+    urls
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -131,26 +155,7 @@ async fn the_repository_cluster_toml_makes_a_chunked_minute_ready_on_three_nodes
     let cwd = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let clip = minute_clip(work.path()).await;
-    // The repository's file, unchanged but for its six ports.
-    let original =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml"))
-            .unwrap();
-    let mut text = original.clone();
-    let mut urls = Vec::new();
-    for port in ["8080", "8081", "8082", "9080", "9081", "9082"] {
-        let from = format!("\"127.0.0.1:{port}\"");
-        assert_eq!(
-            text.matches(&from).count(),
-            1,
-            "cluster.toml names {from} once"
-        );
-        let addr = free_addr();
-        text = text.replace(&from, &format!("\"{addr}\""));
-        if port.starts_with("80") {
-            urls.push(format!("http://{addr}"));
-        }
-    }
-    std::fs::write(cwd.path().join("cluster.toml"), &text).unwrap();
+    let urls = repository_cluster_toml(cwd.path());
     let cookie = "real-videos-test-cookie";
     let nodes: Vec<ReelProcess> = (1..=3)
         .map(|i| {
@@ -210,4 +215,70 @@ async fn the_repository_cluster_toml_makes_a_chunked_minute_ready_on_three_nodes
             .join("\n---\n")
     );
     drop(nodes);
+}
+
+/// `reel cluster-up` on the repository's `cluster.toml`: a node killed with SIGKILL is started
+/// again and answers, and the cluster is whole again (the README tells users to try this).
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_up_starts_a_killed_node_again() {
+    let cwd = tempfile::tempdir().unwrap();
+    let urls = repository_cluster_toml(cwd.path());
+    let log = cwd.path().join("cluster-up.log");
+    let mut up = ReelProcess::start_in(
+        cwd.path(),
+        &["cluster-up", "--config", "cluster.toml"],
+        &[("REEL_CLUSTER_COOKIE", "cluster-up-test-cookie")],
+        log.clone(),
+    );
+    for url in &urls {
+        wait_healthy(url).await;
+    }
+    // The child's PID, from cluster-up's own report.
+    let pid: i32 = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("started node-2 (pid ")?
+                .strip_suffix(')')?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pid of node-2 in {}", tail(&log)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("node-2 started again", Duration::from_secs(60), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("started node-2 again")
+        }
+    })
+    .await;
+    wait_healthy(&urls[1]).await;
+    wait_until(
+        "node-1 to see 3 live members",
+        Duration::from_secs(60),
+        || {
+            let url = format!("{}/cluster", urls[0]);
+            async move {
+                match reqwest::get(&url).await {
+                    Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["live"] == 3),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    up.terminate();
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("stopped node-3"),
+        "cluster-up stops its nodes on SIGTERM: {}",
+        tail(&log)
+    );
 }
