@@ -1094,6 +1094,17 @@ mod tests {
         })))
     }
 
+    /// A worker on node `n` says it started `a`.
+    fn started(h: &Harness, a: &Assignment) {
+        h.job
+            .cast(JobMsg::TaskStarted {
+                task: a.key(),
+                attempt: a.attempt,
+                node: "n".into(),
+            })
+            .unwrap();
+    }
+
     fn finish(
         h: &Harness,
         a: &Assignment,
@@ -1237,14 +1248,8 @@ mod tests {
         let mut h = harness(|_| {}).await;
         let a = submitted(&mut h).await;
         // Queued tasks are never reclaimed: only once a worker says it started.
-        h.job
-            .cast(JobMsg::TaskStarted {
-                task: a.key(),
-                attempt: 1,
-                node: "n".into(),
-            })
-            .unwrap();
-        let started = tokio::time::Instant::now();
+        started(&h, &a);
+        let since = tokio::time::Instant::now();
         let (mut cancelled, mut resubmitted) = (false, None);
         while resubmitted.is_none() {
             match next(&mut h.pool, "reclaim").await {
@@ -1258,7 +1263,7 @@ mod tests {
         assert!(cancelled, "the stuck attempt is cancelled on its worker");
         assert_eq!(resubmitted.unwrap().attempt, 2);
         assert!(
-            started.elapsed() >= Duration::from_secs(1),
+            since.elapsed() >= Duration::from_secs(1),
             "not before the deadline"
         );
         let snap = ractor::call!(h.job, JobMsg::Snapshot).unwrap();
@@ -1283,13 +1288,7 @@ mod tests {
     async fn a_task_moving_bytes_is_not_reclaimed_as_stuck() {
         let mut h = harness(|_| {}).await;
         let a = submitted(&mut h).await;
-        h.job
-            .cast(JobMsg::TaskStarted {
-                task: a.key(),
-                attempt: 1,
-                node: "n".into(),
-            })
-            .unwrap();
+        started(&h, &a);
         let progress = |seconds: f64| JobMsg::Progress {
             task: a.key(),
             attempt: 1,
