@@ -102,15 +102,36 @@ impl InputMap {
     /// ffmpeg applies the source's rotation before this chain (its default `-autorotate`), so
     /// a portrait phone clip arrives upright and is scaled, never stretched.
     pub fn video_filter(&self, r: &Rendition) -> String {
-        let mut f = String::new();
+        self.filter_chain(r, None, None)
+    }
+
+    /// The one video filter chain of every encode: deinterlace, `cut` (a chunk's `trim` when
+    /// it decodes from the source's start), timestamps restarted at the first frame, for a
+    /// chunk of `chunk_seconds` constant rate at the nominal frame rate and the span cut to
+    /// its length, then the rendition's size with square pixels.
+    fn filter_chain(
+        &self,
+        r: &Rendition,
+        cut: Option<String>,
+        chunk_seconds: Option<f64>,
+    ) -> String {
+        let mut f: Vec<String> = Vec::new();
         if self.deinterlace {
-            f.push_str("yadif=mode=send_frame:deint=all,");
+            f.push("yadif=mode=send_frame:deint=all".into());
         }
-        f.push_str(&format!(
-            "setpts=PTS-STARTPTS,scale={}:{}:flags=bicubic,setsar=1",
+        f.extend(cut);
+        f.push("setpts=PTS-STARTPTS".into());
+        if let Some(len) = chunk_seconds {
+            if self.frame_rate > 0.0 {
+                f.push(format!("fps={:.6}", self.frame_rate));
+            }
+            f.push(format!("trim=end={len:.6}"));
+        }
+        f.push(format!(
+            "scale={}:{}:flags=bicubic,setsar=1",
             r.width, r.height
         ));
-        f
+        f.join(",")
     }
 
     /// The audio filter chain: put the audio on the video's timeline (cut what comes before
@@ -264,19 +285,13 @@ fn x264_args(r: &Rendition, preset: &str, segment_seconds: u32) -> Vec<String> {
     ]
 }
 
-impl TranscodeSpec {
-    fn input_path(&self) -> String {
-        self.input.to_string_lossy().into_owned()
-    }
-}
-
 /// The ffmpeg arguments for `spec` (without the program name).
 pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
     let r = &spec.rendition;
     let seg = spec.segment_seconds;
     let mut a: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
     let m = &spec.map;
-    a.extend(["-i".into(), spec.input_path()]);
+    a.extend(["-i".into(), spec.input.to_string_lossy().into_owned()]);
     a.extend(["-map".into(), m.video()]);
     if spec.has_audio {
         a.extend(["-map".into(), m.audio()]);
@@ -351,29 +366,19 @@ pub fn chunk_args(
         .to_vec();
     let from = m.seek(start);
     let read = duration + CHUNK_LOOKAHEAD_SECONDS;
-    let mut filter = String::new();
-    if m.deinterlace {
-        filter.push_str("yadif=mode=send_frame:deint=all,");
-    }
-    match seek {
-        ChunkSeek::Index => a.extend([
-            "-ss".into(),
-            format!("{from:.6}"),
-            "-t".into(),
-            format!("{read:.6}"),
-        ]),
-        ChunkSeek::Decode => {
-            filter.push_str(&format!("trim=start={from:.6}:end={:.6},", from + read))
+    let cut = match seek {
+        ChunkSeek::Index => {
+            a.extend([
+                "-ss".into(),
+                format!("{from:.6}"),
+                "-t".into(),
+                format!("{read:.6}"),
+            ]);
+            None
         }
-    }
-    filter.push_str("setpts=PTS-STARTPTS,");
-    if m.frame_rate > 0.0 {
-        filter.push_str(&format!("fps={:.6},", m.frame_rate));
-    }
-    filter.push_str(&format!(
-        "trim=end={duration:.6},scale={}:{}:flags=bicubic,setsar=1",
-        r.width, r.height
-    ));
+        ChunkSeek::Decode => Some(format!("trim=start={from:.6}:end={:.6}", from + read)),
+    };
+    let filter = m.filter_chain(r, cut, Some(duration));
     a.extend(["-i".into(), input.to_string_lossy().into_owned()]);
     a.extend(["-map".to_string(), m.video(), "-vf".into(), filter]);
     a.extend(x264_args(r, preset, segment_seconds));
