@@ -255,20 +255,13 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .untuple_one()
         .and(warp::header::headers_cloned())
         .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(proxy::path_and_query())
         .and(with_app.clone())
         .and_then(
             |headers: warp::http::HeaderMap,
              method: warp::http::Method,
-             full: warp::path::FullPath,
-             query: String,
+             target: String,
              app: App| async move {
-                let target = if query.is_empty() {
-                    full.as_str().to_string()
-                } else {
-                    format!("{}?{query}", full.as_str())
-                };
                 let secret = app.config.forward_secret.as_ref().map(|s| s.expose());
                 let me = app.node.ctx.cluster.self_id();
                 let now = crate::model::now_ms();

@@ -149,6 +149,22 @@ pub fn target(app: &App, headers: &HeaderMap, home: &str) -> Option<String> {
         .then(|| home.to_string())
 }
 
+/// The request's path with its query string (`/files/x?a=b`): what a forwarded request is
+/// sent to and signed over.
+pub fn path_and_query(
+) -> impl warp::Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    use warp::Filter;
+    warp::path::full()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(|full: warp::path::FullPath, query: String| {
+            if query.is_empty() {
+                full.as_str().to_string()
+            } else {
+                format!("{}?{query}", full.as_str())
+            }
+        })
+}
+
 /// The HTTP base (`http://host:port`) of `node` in this node's cluster view.
 pub fn base_of(app: &App, node: &str) -> Option<String> {
     app.node

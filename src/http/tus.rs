@@ -123,22 +123,10 @@ pub(super) fn routes(
         })
         .untuple_one()
         .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(proxy::path_and_query())
         .and(warp::body::stream())
         .and_then(
-            |app: App,
-             node: String,
-             headers: HeaderMap,
-             method,
-             full: warp::path::FullPath,
-             query: String,
-             body| async move {
-                let target = if query.is_empty() {
-                    full.as_str().to_string()
-                } else {
-                    format!("{}?{query}", full.as_str())
-                };
+            |app: App, node: String, headers: HeaderMap, method, target: String, body| async move {
                 let base = proxy::base_of(&app, &node);
                 tus_respond(
                     proxy::forward(&app, &node, base, method, &target, &headers, boxed(body)).await,
