@@ -374,33 +374,44 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
 /// Errors: [`ProbeError::Tool`] when ffprobe cannot run or times out; [`ProbeError::Invalid`]
 /// when it cannot read the file or the file is not a usable video.
 pub async fn probe(path: &Path, timeout: Duration) -> Result<SourceInfo, ProbeError> {
-    let mut cmd = tokio::process::Command::new("ffprobe");
-    cmd.args([
-        "-v",
-        "error",
+    let args = [
         "-count_packets",
         "-show_format",
         "-show_streams",
-    ])
-    .args(["-of", "json"])
-    .arg(path)
-    .stdin(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let out = tokio::time::timeout(timeout, cmd.output())
+        "-of",
+        "json",
+    ];
+    let out = ffprobe(&args, path, timeout).await?;
+    if !out.status.success() {
+        return Err(ProbeError::Invalid(unreadable(&String::from_utf8_lossy(
+            &out.stderr,
+        ))));
+    }
+    judge(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Run `ffprobe -v error ARGS path` (killed if the future is dropped or after `timeout`).
+///
+/// Errors: [`ProbeError::Tool`] when ffprobe cannot run or times out.
+async fn ffprobe(
+    args: &[&str],
+    path: &Path,
+    timeout: Duration,
+) -> Result<std::process::Output, ProbeError> {
+    let mut cmd = tokio::process::Command::new("ffprobe");
+    cmd.args(["-v", "error"])
+        .args(args)
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(timeout, cmd.output())
         .await
         .map_err(|_| ProbeError::Tool(format!("ffprobe took longer than {timeout:?}")))?
         .map_err(|e| {
             ProbeError::Tool(format!(
                 "{e} (is ffmpeg installed? apt-get install -y ffmpeg)"
             ))
-        })?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(ProbeError::Invalid(unreadable(&String::from_utf8_lossy(
-            &out.stderr,
-        ))));
-    }
-    judge(&stdout)
+        })
 }
 
 /// The sentence for a file ffprobe cannot open, from its error output: an MP4 or MOV without
@@ -428,16 +439,16 @@ pub fn unreadable(stderr: &str) -> String {
 ///
 /// Errors: [`ProbeError::Tool`] when ffprobe cannot run, times out or cannot read the file.
 pub async fn count_video_packets(path: &Path, timeout: Duration) -> Result<u64, ProbeError> {
-    let mut cmd = tokio::process::Command::new("ffprobe");
-    cmd.args(["-v", "error", "-count_packets", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(timeout, cmd.output())
-        .await
-        .map_err(|_| ProbeError::Tool(format!("ffprobe took longer than {timeout:?}")))?
-        .map_err(|e| ProbeError::Tool(e.to_string()))?;
+    let args = [
+        "-count_packets",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=nb_read_packets",
+        "-of",
+        "csv=p=0",
+    ];
+    let out = ffprobe(&args, path, timeout).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(ProbeError::Tool(format!(
