@@ -192,6 +192,21 @@ pub struct Limits {
     /// back, so the client's resume gets in instead of `423 Locked` for ever (a phone that
     /// changed networks mid-`PATCH` leaves a connection nobody closes).
     pub body_idle_seconds: u64,
+    /// A connection must deliver a request's whole header within this, seconds (default 15);
+    /// the same timer closes a keep-alive connection idle this long between requests. Slow
+    /// header senders (slowloris) are closed (hyper's `header_read_timeout`).
+    pub header_read_seconds: u64,
+    /// Largest request header, bytes (default 16384): larger get `431` (hyper's
+    /// `max_header_size`; nginx's `large_client_header_buffers` is 8 KiB per line).
+    pub max_header_bytes: usize,
+    /// Open HTTP connections a node holds at once (default 30000, and never more than the
+    /// process's open-file limit less 512 for the store, SQLite and ffmpeg). A connection
+    /// beyond it gets `503` with `Retry-After` and is closed.
+    pub max_connections: usize,
+    /// Open HTTP connections from one IP address (default 512: an office behind one NAT
+    /// address still plays). Beyond it, `503` and closed, so one client cannot take the node's
+    /// connections from everybody else.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -200,6 +215,10 @@ impl Default for Limits {
             max_upload_bytes: 20 * 1024 * 1024 * 1024,
             upload_expiry_seconds: 86_400,
             body_idle_seconds: 30,
+            header_read_seconds: 15,
+            max_header_bytes: 16 * 1024,
+            max_connections: 30_000,
+            max_connections_per_address: 512,
         }
     }
 }
@@ -588,6 +607,22 @@ impl Config {
         if self.limits.body_idle_seconds == 0 || self.limits.body_idle_seconds > 3600 {
             return Err(ConfigError::Invalid(
                 "limits.body_idle_seconds must be between 1 and 3600".into(),
+            ));
+        }
+        if self.limits.header_read_seconds == 0 || self.limits.header_read_seconds > 3600 {
+            return Err(ConfigError::Invalid(
+                "limits.header_read_seconds must be between 1 and 3600".into(),
+            ));
+        }
+        if self.limits.max_header_bytes < 1024 || self.limits.max_header_bytes > 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_header_bytes must be between 1024 and 1048576".into(),
+            ));
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections and limits.max_connections_per_address must be at least 1"
+                    .into(),
             ));
         }
         if !crate::storage::keys::valid_node_id(&self.node_id) {

@@ -5,7 +5,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/health` | liveness and node id |
+//! | GET | `/health` | liveness, node id, connections held and refused |
 //! | GET | `/cluster` | members, liveness, each one's share of the ring |
 //! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source; `Reel-Content-Sha256` dedupes before transfer |
 //! | OPTIONS, POST | `/files/` | tus 1.0.0 discovery and creation ([`tus`]) |
@@ -17,6 +17,7 @@
 //! | GET | `/videos/{id}/{rendition}/index.m3u8`, `init.mp4`, `NNNNN.m4s` | media playlist, init segment, segments |
 //! | GET | `/videos/{id}/s/{session}/{rendition}/...` | the same files within a playback session (`docs/streaming.md`) |
 
+pub mod listener;
 pub mod proxy;
 mod stream;
 pub mod tus;
@@ -43,14 +44,34 @@ pub struct App {
     pub node: Node,
     /// The node's configuration.
     pub config: Arc<Config>,
+    /// The connections the node holds and the caps it applies ([`listener`]).
+    pub admission: Arc<listener::Admission>,
 }
 
 impl App {
     /// Build the handler state. (Ready videos are remembered by the node's
     /// [`Streaming`](crate::streaming::Streaming) catalog, so serving a segment does not read the
     /// record each time.)
+    ///
+    /// Raises the process's open-file limit to its hard limit, and caps connections at what
+    /// it allows ([`listener::effective_capacity`]).
     pub fn new(node: Node, config: Arc<Config>) -> Self {
-        Self { node, config }
+        let limits = &config.limits;
+        let fds = listener::raise_open_file_limit();
+        let capacity = listener::effective_capacity(limits.max_connections, fds);
+        if capacity < limits.max_connections {
+            tracing::warn!(
+                "at most {capacity} connections (the open-file limit is {}); limits.max_connections says {}",
+                fds.unwrap_or(0),
+                limits.max_connections
+            );
+        }
+        let admission = listener::Admission::new(capacity, limits.max_connections_per_address);
+        Self {
+            node,
+            config,
+            admission,
+        }
     }
 }
 
@@ -211,7 +232,11 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .map(|app: App| {
             json_response(
                 StatusCode::OK,
-                &json!({ "status": "ok", "node": app.config.node_id }),
+                &json!({
+                    "status": "ok",
+                    "node": app.config.node_id,
+                    "connections": app.admission.figures(),
+                }),
             )
         });
     // Readiness, for load balancers: 503 while the object store cannot be reached. `/health`
@@ -294,17 +319,25 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .with(warp::trace::request())
 }
 
-/// Serve `app` on an already bound listener until `shutdown` completes.
+/// Serve `app` on an already bound listener until `shutdown` completes, with the connection
+/// limits of `app.config.limits` ([`listener`]): a cap on open connections (no more than the
+/// open-file limit allows), one per address, a header read timeout and a header size cap.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(app))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let limits = app.config.limits.clone();
+    let admission = app.admission.clone();
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(app)));
+    listener::serve_connections(
+        listener,
+        admission,
+        listener::http1_builder(&limits),
+        service,
+        shutdown,
+    )
+    .await;
 }
 
 /// The address a listener is bound to, for logs.

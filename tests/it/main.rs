@@ -10,6 +10,7 @@ mod e2e;
 mod fencing;
 mod formats;
 mod helpers;
+mod hostile;
 mod players;
 mod real_videos;
 mod restart;
