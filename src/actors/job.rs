@@ -7,8 +7,9 @@
 //! section 5, "Recovery").
 //!
 //! Steps:
-//! 1. Validate (once per video): sniff the first bytes, then ffprobe (`media::probe`). An invalid
-//!    source fails the video at once, never retried.
+//! 1. Validate (once per video): sniff the first bytes, ffprobe (`media::probe`), then decode
+//!    the whole video stream (`probe::decode_check`: a damaged middle is named, not published
+//!    frozen). An invalid source fails the video at once, never retried.
 //! 2. Plan the ladder (`media::ladder::plan`); tell the `VideoActor` (it stores the plan).
 //! 3. One task per rendition whose media playlist does not exist yet; hand them to the pool.
 //! 4. Track attempts. Transient failures retry after exponential backoff up to `max_attempts`;
@@ -293,7 +294,9 @@ async fn validate(ctx: Ctx, video_id: String) -> Result<SourceInfo, ProbeError> 
     if let Sniff::NotVideo(reason) = sniff::sniff(&head[..n], n < head.len()) {
         return Err(ProbeError::Invalid(reason));
     }
-    probe::probe(&path, Duration::from_secs(300)).await
+    let info = probe::probe(&path, Duration::from_secs(300)).await?;
+    probe::decode_check(&path, info.video_stream, Duration::from_secs(1800)).await?;
+    Ok(info)
 }
 
 impl JobActor {

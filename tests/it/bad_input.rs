@@ -60,6 +60,12 @@ async fn truncated_mp4_with_its_index_at_the_end_is_called_truncated() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_mp4_with_a_zeroed_middle_fails_naming_the_damaged_span() {
+    // Published, it played 132 of 200 frames with a 2.7 s freeze.
+    fails_with("zeroed-middle", "the file is damaged between 2.").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn empty_upload_unknown_and_hostile_ids_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(test_config(dir.path())).await;

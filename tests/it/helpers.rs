@@ -155,6 +155,37 @@ pub fn clip(kind: &str) -> PathBuf {
             let bytes = std::fs::read(&tmp).unwrap();
             std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
         }
+        // 200 frames whose middle third of the file is zeroed (a damaged disk or transfer):
+        // the index is whole, the frames there cannot be decoded.
+        "zeroed-middle" => {
+            ffmpeg(&[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-frames:v",
+                "200",
+                "-t",
+                "6.67",
+                "-g",
+                "30",
+                "-c:v",
+                "libx264",
+                "-c:a",
+                "aac",
+                "-movflags",
+                "+faststart",
+                t,
+            ]);
+            let mut bytes = std::fs::read(&tmp).unwrap();
+            let n = bytes.len();
+            bytes[n / 3..2 * n / 3].fill(0);
+            std::fs::write(&tmp, bytes).unwrap();
+        }
         "text" => std::fs::write(&tmp, "my holiday video, honest\n".repeat(300)).unwrap(),
         "random" => {
             let bytes: Vec<u8> = (0..200_000u32)
