@@ -11,6 +11,7 @@ mod fencing;
 mod formats;
 mod helpers;
 mod hostile;
+mod hostile_inputs;
 mod players;
 mod real_videos;
 mod restart;

@@ -1,0 +1,310 @@
+//! The bad-input corpus (issue 10): 26 kinds of file that are not a usable video, each sent over
+//! both upload paths (`PUT /upload` and a tus creation + `PATCH`) to its own node. For every one:
+//! a clear answer (an immediate 4xx, or `failed` with a sentence) naming what is wrong, no
+//! server path in it, nothing published (`master.m3u8` is not served), no upload bytes left
+//! behind, and the node still healthy.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Client;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Run ffmpeg to make a corpus file; returns its bytes.
+fn made_with_ffmpeg(dir: &Path, name: &str, args: &[&str]) -> Vec<u8> {
+    let out = dir.join(name);
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg {args:?}");
+    std::fs::read(out).unwrap()
+}
+
+/// Bytes that look like `magic` then noise.
+fn magic_then_noise(magic: &[u8], len: usize) -> Vec<u8> {
+    let mut b = magic.to_vec();
+    b.extend((0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8));
+    b
+}
+
+/// `(kind, bytes, what the answer must say)`.
+fn corpus(dir: &Path) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let read = |kind: &str| std::fs::read(clip(kind)).unwrap();
+    let srt = dir.join("subs.srt");
+    std::fs::write(&srt, "1\n00:00:00,000 --> 00:00:02,000\nhello\n").unwrap();
+    let mut ftyp = vec![0, 0, 0, 0x18];
+    ftyp.extend_from_slice(b"ftypisom\0\0\x02\0isomiso2");
+    let mut utf16 = vec![0xFF, 0xFE];
+    for c in "a holiday video, honest\n".repeat(200).encode_utf16() {
+        utf16.extend_from_slice(&c.to_le_bytes());
+    }
+    let mut ts_noise = Vec::new();
+    for i in 0..400u32 {
+        ts_noise.push(0x47);
+        ts_noise.extend((0..187u32).map(|j| ((i * 187 + j).wrapping_mul(2654435761) >> 9) as u8));
+    }
+    vec![
+        ("text", read("text"), "text file, not a video"),
+        ("random bytes", read("random"), "not a video"),
+        ("AAC audio in MP4", read("audio"), "only audio (aac)"),
+        ("MP4 cut in half", read("truncated"), "truncated"),
+        ("MP4 cut in half, moov last", read("truncated-moov-last"), "truncated"),
+        ("MP4 with a zeroed middle", read("zeroed-middle"), "damaged between"),
+        ("empty file", Vec::new(), "empty"),
+        ("PNG image", magic_then_noise(b"\x89PNG\r\n\x1a\n", 5000), "PNG image"),
+        ("JPEG image", magic_then_noise(b"\xFF\xD8\xFF\xE0", 5000), "JPEG image"),
+        ("GIF image", magic_then_noise(b"GIF89a", 5000), "GIF image"),
+        ("PDF", magic_then_noise(b"%PDF-1.7\n", 5000), "PDF document"),
+        ("ZIP", magic_then_noise(b"PK\x03\x04", 5000), "ZIP archive"),
+        ("gzip", magic_then_noise(b"\x1F\x8B\x08", 5000), "gzip archive"),
+        ("ELF program", magic_then_noise(b"\x7FELF\x02\x01\x01", 5000), "program (ELF)"),
+        (
+            "HTML page",
+            "<!doctype html><html><body>watch my video</body></html>\n"
+                .repeat(100)
+                .into_bytes(),
+            "text file",
+        ),
+        (
+            "JSON",
+            r#"{"video": "not really", "frames": [1, 2, 3]}"#.repeat(120).into_bytes(),
+            "text file",
+        ),
+        ("UTF-16 text", utf16, "not a video"),
+        ("MP4 header then noise", magic_then_noise(&ftyp, 20_000), "truncated"),
+        (
+            "Matroska header then noise",
+            magic_then_noise(&[0x1A, 0x45, 0xDF, 0xA3], 20_000),
+            "not a video",
+        ),
+        ("MPEG-TS sync bytes, noise payload", ts_noise, "not a video"),
+        (
+            "MP3",
+            made_with_ffmpeg(dir, "a.mp3", &["-f", "lavfi", "-i", "sine", "-t", "2"]),
+            "MP3 audio file",
+        ),
+        (
+            "WAV",
+            made_with_ffmpeg(dir, "a.wav", &["-f", "lavfi", "-i", "sine", "-t", "1"]),
+            "WAV audio file",
+        ),
+        (
+            "FLAC",
+            made_with_ffmpeg(dir, "a.flac", &["-f", "lavfi", "-i", "sine", "-t", "1"]),
+            "FLAC audio file",
+        ),
+        (
+            "WebM with only Opus audio",
+            made_with_ffmpeg(
+                dir,
+                "a.webm",
+                &["-f", "lavfi", "-i", "sine", "-t", "2", "-c:a", "libopus"],
+            ),
+            "only audio (opus)",
+        ),
+        (
+            "Matroska with only subtitles",
+            made_with_ffmpeg(dir, "s.mkv", &["-i", srt.to_str().unwrap()]),
+            "no video stream",
+        ),
+        (
+            "MOV with PNG-coded video",
+            made_with_ffmpeg(
+                dir,
+                "p.mov",
+                &[
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc2=size=64x64:rate=5",
+                    "-t",
+                    "1",
+                    "-c:v",
+                    "png",
+                ],
+            ),
+            "video codec (png) is not one reel can decode",
+        ),
+    ]
+}
+
+/// What a node answered for one file.
+#[derive(Debug)]
+enum Answer {
+    /// Refused at once: status and error sentence.
+    Refused(u16, String),
+    /// Accepted as a video: its id.
+    Accepted(String),
+}
+
+async fn json_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)),
+    )
+}
+
+fn answer(status: u16, v: &Value) -> Answer {
+    match (status, v["video_id"].as_str()) {
+        (200 | 201 | 202 | 204, Some(id)) => Answer::Accepted(id.to_string()),
+        _ => Answer::Refused(status, v["error"].as_str().unwrap_or("").to_string()),
+    }
+}
+
+async fn by_put(base: &str, bytes: Vec<u8>) -> Answer {
+    let r = Client::new()
+        .put(format!("{base}/upload"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(r).await;
+    answer(status, &v)
+}
+
+async fn by_tus(base: &str, bytes: Vec<u8>) -> Answer {
+    let r = Client::new()
+        .post(format!("{base}/files/"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", bytes.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 201 {
+        let (status, v) = json_of(r).await;
+        return answer(status, &v);
+    }
+    let url = r.headers()["location"].to_str().unwrap().to_string();
+    let url = if url.starts_with('/') {
+        format!("{base}{url}")
+    } else {
+        url
+    };
+    let r = Client::new()
+        .patch(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 204 {
+        let (status, v) = json_of(r).await;
+        return answer(status, &v);
+    }
+    // Complete: the upload's state names the video.
+    let r = Client::new()
+        .head(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    let id = r
+        .headers()
+        .get("reel-video-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .expect("a complete upload names its video");
+    Answer::Accepted(id)
+}
+
+/// Files under `dir` (relative paths), recursively.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+async fn run_corpus(path: &'static str) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let base = node.url();
+    let data = dir.path().to_string_lossy().into_owned();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (kind, bytes, expect) in corpus(scratch.path()) {
+        let got = match path {
+            "put" => by_put(&base, bytes).await,
+            _ => by_tus(&base, bytes).await,
+        };
+        let sentence = match &got {
+            Answer::Refused(status, error) => {
+                if !(400..500).contains(status) {
+                    failures.push(format!("{path} {kind}: status {status}: {error}"));
+                }
+                error.clone()
+            }
+            Answer::Accepted(id) => {
+                let v = wait_terminal(&base, id, Duration::from_secs(60)).await;
+                if v["state"] != "failed" {
+                    failures.push(format!("{path} {kind}: {v}"));
+                }
+                let (status, _) = get_json(&format!("{base}/videos/{id}/master.m3u8")).await;
+                if status != 409 {
+                    failures.push(format!("{path} {kind}: master.m3u8 answered {status}"));
+                }
+                let outputs: Vec<String> =
+                    files_under(&dir.path().join(format!("objects/videos/{id}")))
+                        .into_iter()
+                        // The record, and LocalFileSystem's lock file for its swaps.
+                        .filter(|f| f != "record.json" && f != "record.lock")
+                        .collect();
+                if !outputs.is_empty() {
+                    failures.push(format!("{path} {kind}: outputs {outputs:?}"));
+                }
+                v["error"].as_str().unwrap_or("").to_string()
+            }
+        };
+        eprintln!("{path:>3} {kind:<36} {sentence}");
+        if !sentence.contains(expect) {
+            failures.push(format!("{path} {kind}: {got:?} does not say {expect:?}"));
+        }
+        if sentence.contains(&data) || sentence.contains("/tmp") {
+            failures.push(format!("{path} {kind}: a server path in {sentence:?}"));
+        }
+        let (status, _) = get_json(&format!("{base}/health")).await;
+        assert_eq!(status, 200, "healthy after {kind}");
+    }
+    // No upload bytes left behind: no body in flight, no part of a tus upload.
+    let leftovers: Vec<String> = files_under(&dir.path().join("objects/uploads"))
+        .into_iter()
+        .filter(|f| !f.ends_with("info.json"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let (_, list) = get_json(&format!("{base}/videos")).await;
+    for v in list["videos"].as_array().unwrap() {
+        assert_eq!(v["state"], "failed", "{v}");
+    }
+    node.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_six_kinds_of_bad_file_by_put_get_a_clear_answer_and_leave_nothing() {
+    run_corpus("put").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_six_kinds_of_bad_file_by_tus_get_a_clear_answer_and_leave_nothing() {
+    run_corpus("tus").await;
+}
