@@ -19,6 +19,7 @@
 
 pub mod listener;
 pub mod proxy;
+pub mod range;
 mod stream;
 pub mod tus;
 mod upload;

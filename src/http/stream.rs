@@ -24,6 +24,7 @@ use warp::{Filter, Rejection};
 
 use crate::actors::session::{Served, SessionMsg};
 use crate::actors::session_supervisor::{session_actor_name, OpenReason, SessionSupervisorMsg};
+use crate::http::range::{self, RangeAnswer};
 use crate::http::videos::{checked_id, record};
 use crate::http::{proxy, respond, ApiError, App};
 use crate::model::VideoState;
@@ -198,46 +199,26 @@ fn object_response(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        match c.range.as_deref().map(|text| {
-            if zero_suffix_only(text) {
-                // `bytes=-0` asks for the last zero bytes: valid syntax, nothing to send
-                // (RFC 9110 section 14.1.2), so 416 rather than a parse error's whole object.
-                return Ok(None);
+        let unsatisfiable = || {
+            let mut r = base_response(Bytes::new(), content_type, cache);
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            http_range_header::parse_range_header(text).map(Some)
-        }) {
-            Some(Ok(None)) => {
-                let mut r = base_response(Bytes::new(), content_type, cache);
-                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+            r
+        };
+        match range::answer(c.range.as_deref(), len) {
+            RangeAnswer::Whole => base_response(obj.bytes, content_type, cache),
+            RangeAnswer::Unsatisfiable => unsatisfiable(),
+            RangeAnswer::Part { start, end } => {
+                let body = obj.bytes.slice(start as usize..=end as usize);
+                let mut r = base_response(body, content_type, cache);
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                     r.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
                 r
             }
-            // A malformed Range header is ignored (RFC 9110 section 14.2): the whole object.
-            None | Some(Err(_)) => base_response(obj.bytes, content_type, cache),
-            Some(Ok(Some(parsed))) => match parsed.validate(len) {
-                Ok(ranges) if ranges.len() == 1 => {
-                    let (start, end) = (*ranges[0].start(), *ranges[0].end());
-                    let body = obj.bytes.slice(start as usize..=end as usize);
-                    let mut r = base_response(body, content_type, cache);
-                    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-                    if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
-                        r.headers_mut().insert(header::CONTENT_RANGE, v);
-                    }
-                    r
-                }
-                // Several ranges: the whole object is a valid answer (RFC 9110 section 14.2).
-                Ok(_) => base_response(obj.bytes, content_type, cache),
-                Err(_) => {
-                    let mut r = base_response(Bytes::new(), content_type, cache);
-                    *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                        r.headers_mut().insert(header::CONTENT_RANGE, v);
-                    }
-                    r
-                }
-            },
         }
     };
     let h = r.headers_mut();
@@ -246,18 +227,6 @@ fn object_response(
         h.insert(header::ETAG, v);
     }
     r
-}
-
-/// Whether a `Range` header asks only for zero-length suffixes (`bytes=-0`, `bytes=-0, -00`).
-fn zero_suffix_only(text: &str) -> bool {
-    let Some(specs) = text.trim().strip_prefix("bytes=") else {
-        return false;
-    };
-    specs.split(',').all(|spec| {
-        spec.trim()
-            .strip_prefix('-')
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
-    })
 }
 
 fn type_and_cache(kind: RenditionFile) -> (&'static str, &'static str) {
