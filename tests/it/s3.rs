@@ -22,6 +22,9 @@ use crate::helpers::*;
 /// A `weed mini` process with S3 on a free loopback port; killed (SIGKILL, by PID) on drop.
 pub struct SeaweedFs {
     child: Child,
+    /// `weed` and its arguments, to start it again on the same ports and data.
+    args: Vec<String>,
+    buckets: Vec<String>,
     /// The ports given to it: weed leaves `/tmp/seaweedfs-{kind}-grpc-{port}.sock` behind.
     ports: Vec<String>,
     /// `http://127.0.0.1:{port}`
@@ -109,6 +112,10 @@ impl SeaweedFs {
         ] {
             cmd.arg(format!("-{flag}={}", port(flag)));
         }
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
         let child = cmd
             .stdout(Stdio::null())
@@ -117,13 +124,42 @@ impl SeaweedFs {
             .expect("weed starts");
         let me = Self {
             child,
+            args,
+            buckets: buckets.iter().map(|b| b.to_string()).collect(),
             ports,
             endpoint: format!("http://127.0.0.1:{s3_port}"),
             _dir: dir,
         };
-        // Ready when a PUT to every bucket succeeds (about 1 to 5 s).
+        me.wait_ready().await;
+        Some(me)
+    }
+
+    /// SIGKILL the server (its data stays): the store is unreachable until [`Self::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the server again on the same ports and data, and wait until it takes PUTs.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join("weed.log"))
+            .unwrap();
+        self.child = Command::new("weed")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("weed starts again");
+        self.wait_ready().await;
+    }
+
+    /// Wait (bounded) until a PUT to every bucket succeeds (about 1 to 5 s).
+    async fn wait_ready(&self) {
         let until = tokio::time::Instant::now() + Duration::from_secs(60);
-        for bucket in buckets {
+        for bucket in &self.buckets {
+            let me = self;
             let s = me.storage(bucket);
             loop {
                 if s.put("ready-probe", Bytes::from_static(b"ok"))
@@ -142,7 +178,6 @@ impl SeaweedFs {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Some(me)
     }
 
     /// Where `bucket` lives, resolved the way a node resolves `storage = "s3://bucket"` with
@@ -305,9 +340,11 @@ async fn tus_upload_on_s3_resumes_after_restart_and_keeps_the_bytes() {
 /// Issue 10: with the object store gone (SeaweedFS killed), every answer that needs it is a
 /// quick `503` with `Retry-After` and a sentence, never the store's internal URL; `/ready`
 /// says 503 while `/health` stays 200; a segment already in the node's cache still plays.
+/// When the store comes back, everything recovers without a restart of the node: `/ready`
+/// says 200, and a tus upload cut by the outage resumes at its stored offset to a ready video.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_outage_gets_quick_503s_without_internal_urls_and_cached_segments_play() {
-    let Some(weed) = SeaweedFs::start(&["reel-outage"]).await else {
+async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_itself() {
+    let Some(mut weed) = SeaweedFs::start(&["reel-outage"]).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -328,8 +365,38 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_cached_segment
     let before = reqwest::get(&segment).await.unwrap();
     assert_eq!(before.status(), 200);
     let cached = before.bytes().await.unwrap();
+    // A resumable upload half sent when the store goes.
+    let source = std::fs::read(clip("video")).unwrap();
+    let half = source.len() / 2;
+    let tus = reqwest::Client::new();
+    let created = tus
+        .post(format!("{base}/files/"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", source.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let loc = created.headers()["location"].to_str().unwrap().to_string();
+    let upload_url = if loc.starts_with('/') {
+        format!("{base}{loc}")
+    } else {
+        loc
+    };
+    let patch = |offset: usize, bytes: Vec<u8>| {
+        tus.patch(&upload_url)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string())
+            .body(bytes)
+            .send()
+    };
+    assert_eq!(
+        patch(0, source[..half].to_vec()).await.unwrap().status(),
+        204
+    );
 
-    drop(weed);
+    weed.kill();
     let (status, v) = get_json(&format!("{base}/health")).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
     let started = std::time::Instant::now();
@@ -361,5 +428,68 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_cached_segment
         "a cached segment plays through the outage"
     );
     assert_eq!(again.bytes().await.unwrap(), cached);
+    // New uploads and the upload in flight get the same 503, and nothing is lost.
+    let r = reqwest::Client::new()
+        .put(format!("{base}/upload"))
+        .body(source.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+    let r = patch(half, source[half..].to_vec()).await.unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.text().await);
+
+    // The store comes back: the node recovers by itself.
+    weed.restart().await;
+    wait_until("/ready says 200 again", Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let (status, v) = get_json(&format!("{base}/videos/{id}")).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("ready")), "{v}");
+    let r = reqwest::get(format!("{base}/videos/{id}/180p/00002.m4s"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let head = tus
+        .head(&upload_url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let offset: usize = head.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(offset, half, "the parts stored before the outage are kept");
+    assert_eq!(
+        patch(offset, source[offset..].to_vec())
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let head = tus
+        .head(&upload_url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    let resumed = head.headers()["reel-video-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let v = wait_terminal(&base, &resumed, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let (status, v) = upload(&base, &clip("video")).await;
+    assert_eq!(
+        (status, v["video_id"].as_str(), v["duplicate"].as_bool()),
+        (200, Some(resumed.as_str()), Some(true)),
+        "the resumed upload holds exactly the file's bytes: {v}"
+    );
     node.stop().await;
 }
