@@ -99,6 +99,9 @@ pub struct UploadState {
 pub struct Lease {
     /// Identifies this `PATCH`.
     pub token: u64,
+    /// Names the part object this `PATCH` writes (16 random hex digits): two writers at one
+    /// offset, on two nodes, never write the same object ([`crate::storage::keys::upload_part_of`]).
+    pub writer: String,
     /// The state when the lease was taken.
     pub info: UploadInfo,
     /// The running SHA-256 of the stored bytes, when known: the PATCH feeds it every byte it
@@ -178,9 +181,7 @@ impl UploadActor {
     ) -> Result<u64, UploadError> {
         let mut total = 0u64;
         for part in &info.parts {
-            let mut stream = storage
-                .read_stream(&keys::upload_part(&info.id, part.offset))
-                .await?;
+            let mut stream = storage.read_stream(&part.key(&info.id)).await?;
             while let Some(chunk) = stream.next().await {
                 let chunk: Bytes = chunk?;
                 total += chunk.len() as u64;
@@ -226,15 +227,13 @@ impl UploadActor {
                 let source = keys::source(&id);
                 // One part is already the whole file: ingest renames it.
                 let staged = if info.parts.len() == 1 {
-                    keys::upload_part(&info.id, 0)
+                    info.parts[0].key(&info.id)
                 } else {
                     if !storage.exists(&source).await? {
                         let mut w = storage.writer(&source).await?;
                         let mut total = 0u64;
                         for part in &info.parts {
-                            let mut stream = storage
-                                .read_stream(&keys::upload_part(&info.id, part.offset))
-                                .await?;
+                            let mut stream = storage.read_stream(&part.key(&info.id)).await?;
                             while let Some(chunk) = stream.next().await {
                                 let chunk: Bytes = chunk?;
                                 total += chunk.len() as u64;
@@ -281,9 +280,7 @@ impl UploadActor {
         info.expires_ms = now_ms() + Self::expiry(&state.ctx);
         storage.save_upload(&info).await?;
         for part in &parts {
-            let _ = storage
-                .delete(&keys::upload_part(&info.id, part.offset))
-                .await;
+            let _ = storage.delete(&part.key(&info.id)).await;
         }
         state.info = info;
         Ok(())
@@ -306,22 +303,45 @@ impl UploadActor {
                 sniffed,
                 hasher,
             } => {
-                let mut info = state.info.clone();
+                let expires_ms = now_ms() + Self::expiry(&state.ctx);
                 if part.len > 0 {
-                    if part.offset != info.offset || info.offset + part.len > info.length {
-                        return Err(UploadError::Conflict(format!(
-                            "part {}+{} does not continue the upload at {}",
-                            part.offset, part.len, info.offset
-                        )));
+                    let storage = state.ctx.storage.clone();
+                    let id = state.info.id.clone();
+                    match storage
+                        .append_upload_part(&id, part.clone(), sniffed, expires_ms)
+                        .await?
+                    {
+                        Ok(info) => {
+                            // The running hash covers the new part only if it covered every
+                            // earlier one (this actor saw them all arrive).
+                            let continued = info.parts.len() == state.info.parts.len() + 1;
+                            state.hasher = if continued {
+                                state.hasher.as_ref().and(hasher)
+                            } else {
+                                None
+                            };
+                            state.info = info;
+                        }
+                        Err(stored) => {
+                            // The store let another writer's part in first: this one is not
+                            // the upload's, and goes.
+                            let _ = storage.delete(&part.key(&id)).await;
+                            state.hasher = None;
+                            let Some(stored) = stored else {
+                                myself.stop(Some("terminated".into()));
+                                return Err(UploadError::NotFound(
+                                    "the upload was terminated while this PATCH ran".into(),
+                                ));
+                            };
+                            let offset = stored.offset;
+                            state.info = stored;
+                            return Err(UploadError::Conflict(format!(
+                                "another PATCH stored bytes at offset {} first; the upload now holds {offset} bytes: ask HEAD for the offset and resume there",
+                                part.offset
+                            )));
+                        }
                     }
-                    info.parts.push(part);
-                    info.offset += part.len;
-                    state.hasher = state.hasher.as_ref().and(hasher);
                 }
-                info.sniffed |= sniffed;
-                info.expires_ms = now_ms() + Self::expiry(&state.ctx);
-                state.ctx.storage.save_upload(&info).await?;
-                state.info = info;
                 if state.info.offset == state.info.length {
                     match Self::complete(state).await {
                         Ok(()) => myself.stop(Some("complete".into())),
@@ -404,6 +424,25 @@ impl Actor for UploadActor {
                 let _ = reply.send(state.info.clone());
             }
             UploadMsg::Begin { offset, reply } => {
+                // Another node's actor may have appended (a ring change sends PATCHes of one
+                // upload to two nodes): start from what the store holds. If the store cannot
+                // be read, the swap at `End` still decides.
+                if state.busy.is_none() {
+                    match state.ctx.storage.load_upload(&state.info.id).await {
+                        Ok(Some(stored)) if stored != state.info => {
+                            state.info = stored;
+                            state.hasher = None;
+                        }
+                        Ok(None) => {
+                            let _ = reply.send(Err(UploadError::NotFound(
+                                "no such upload (terminated or expired)".into(),
+                            )));
+                            myself.stop(Some("gone".into()));
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
                 let info = &state.info;
                 // A complete upload has nothing left to append or to conflict with: any PATCH
                 // learns the full offset (and the video) at once, without sending its body.
@@ -426,6 +465,7 @@ impl Actor for UploadActor {
                     state.busy = Some(token);
                     Ok(Begun::Lease(Lease {
                         token,
+                        writer: format!("{:016x}", rand::random::<u64>()),
                         info: info.clone(),
                         hasher: state.hasher.clone(),
                     }))
@@ -595,11 +635,15 @@ mod tests {
             end(&a, t1, PatchOutcome::Nothing).await,
             Err(UploadError::Conflict(_))
         ));
+        let part = Part {
+            offset: 0,
+            len: 4,
+            writer: Some(l2.writer.clone()),
+        };
         storage
-            .put(&keys::upload_part(&id, 0), Bytes::from_static(b"0123"))
+            .put(&part.key(&id), Bytes::from_static(b"0123"))
             .await
             .unwrap();
-        let part = Part { offset: 0, len: 4 };
         let info = end(
             &a,
             t2,
@@ -622,11 +666,15 @@ mod tests {
         let l3 = lease(begin(&a, 4).await);
         assert!(l3.hasher.is_some(), "the running hash carries over");
         let t3 = l3.token;
+        let part = Part {
+            offset: 4,
+            len: 6,
+            writer: Some(l3.writer.clone()),
+        };
         storage
-            .put(&keys::upload_part(&id, 4), Bytes::from_static(b"456789"))
+            .put(&part.key(&id), Bytes::from_static(b"456789"))
             .await
             .unwrap();
-        let part = Part { offset: 4, len: 6 };
         let info = end(
             &a,
             t3,
@@ -663,6 +711,107 @@ mod tests {
         // `call` on the probe is a barrier: the Ensure cast before it has arrived.
         let ensured = ractor::call!(probe, VideoSupervisorMsg::Active).unwrap();
         assert_eq!(ensured, vec![video]);
+        probe.stop(None);
+    }
+
+    /// Two actors of one upload (two nodes during a ring change) both take a lease at offset 0
+    /// and both store a part: the store lets exactly one extend the upload; the other's part
+    /// is deleted and its PATCH gets 409, and the video is made of the winner's bytes only.
+    #[tokio::test]
+    async fn two_writers_at_one_offset_the_store_lets_one_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageLocation::Memory).unwrap();
+        let ctx = Arc::new(NodeContext {
+            events: EventLog::open(&dir.path().join("e.sqlite"), "u1").unwrap(),
+            ..NodeContext::for_tests("u1", storage.clone(), dir.path())
+        });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (probe, _) = Actor::spawn(None, Probe, seen).await.unwrap();
+        let id = keys::new_upload_id("u1");
+        let info = UploadInfo {
+            id: id.clone(),
+            length: 4,
+            offset: 0,
+            parts: vec![],
+            raw_metadata: None,
+            filename: None,
+            filetype: None,
+            sha256: None,
+            sniffed: false,
+            created_ms: now_ms(),
+            expires_ms: now_ms() + 60_000,
+            video_id: None,
+            video_state: None,
+            duplicate: false,
+        };
+        storage.save_upload(&info).await.unwrap();
+        let mut actors = Vec::new();
+        for _ in 0..2 {
+            let (a, _) = Actor::spawn(
+                None,
+                UploadActor,
+                UploadArgs {
+                    ctx: ctx.clone(),
+                    videos: probe.clone(),
+                    info: info.clone(),
+                },
+            )
+            .await
+            .unwrap();
+            actors.push(a);
+        }
+        let leases = [
+            lease(begin(&actors[0], 0).await),
+            lease(begin(&actors[1], 0).await),
+        ];
+        let mut parts = Vec::new();
+        for (l, bytes) in leases.iter().zip([b"XXXX", b"YYYY"]) {
+            let part = Part {
+                offset: 0,
+                len: 4,
+                writer: Some(l.writer.clone()),
+            };
+            assert_ne!(parts.last().map(|p: &Part| p.key(&id)), Some(part.key(&id)));
+            storage
+                .put(&part.key(&id), Bytes::from_static(bytes))
+                .await
+                .unwrap();
+            parts.push(part);
+        }
+        let second = end(
+            &actors[1],
+            leases[1].token,
+            PatchOutcome::Stored {
+                part: parts[1].clone(),
+                sniffed: true,
+                hasher: fed(&leases[1], b"YYYY"),
+            },
+        )
+        .await
+        .unwrap();
+        let first = end(
+            &actors[0],
+            leases[0].token,
+            PatchOutcome::Stored {
+                part: parts[0].clone(),
+                sniffed: true,
+                hasher: fed(&leases[0], b"XXXX"),
+            },
+        )
+        .await;
+        assert!(matches!(first, Err(UploadError::Conflict(_))), "{first:?}");
+        assert!(
+            storage.get(&parts[0].key(&id)).await.unwrap().is_none(),
+            "the loser's part is gone"
+        );
+        let video = second.video_id.expect("complete");
+        let source = storage.get(&keys::source(&video)).await.unwrap().unwrap();
+        assert_eq!(&source.bytes[..], b"YYYY");
+        let record = storage.load_record(&video).await.unwrap().unwrap();
+        assert_eq!(record.source_sha256, hex::encode(Sha256::digest(b"YYYY")));
+        // The loser's actor now tells the truth: the upload is complete.
+        let again = begin(&actors[0], 0).await.unwrap();
+        assert!(matches!(again, Begun::Complete(_)), "{again:?}");
         probe.stop(None);
     }
 }

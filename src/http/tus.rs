@@ -729,9 +729,7 @@ async fn stored_head(
             break;
         }
         let n = p.len.min((SNIFF_BYTES - head.len()) as u64);
-        let b = storage
-            .get_range(&keys::upload_part(&info.id, p.offset), 0, n)
-            .await?;
+        let b = storage.get_range(&p.key(&info.id), 0, n).await?;
         head.extend_from_slice(&b);
     }
     Ok(head)
@@ -752,7 +750,7 @@ async fn receive(
     let info = &lease.info;
     let start = info.offset;
     let remaining = info.length - start;
-    let key = keys::upload_part(id, start);
+    let key = keys::upload_part_of(id, start, Some(&lease.writer));
     let mut head = Vec::new();
     let mut sniffed = info.sniffed;
     if !sniffed && start > 0 {
@@ -911,6 +909,7 @@ async fn receive(
         part: Part {
             offset: start,
             len: received,
+            writer: Some(lease.writer.clone()),
         },
         sniffed,
         hasher: whole,

@@ -16,7 +16,8 @@
 //! active/{video_id}                          marker: the video is not terminal yet (an index the
 //!                                            reconcile loop lists instead of every record)
 //! uploads/{upload_id}/info.json              a resumable (tus) upload's durable state
-//! uploads/{upload_id}/{offset:020}           one received part of it, starting at `offset`
+//! uploads/{upload_id}/{offset:020}.{writer}  one received part of it, starting at `offset`,
+//!                                            written by one PATCH (`writer`, 16 hex)
 //! ```
 //!
 //! A resumable upload id is `{node_id}.{32 lowercase hex}`: it names its home node (the node
@@ -172,9 +173,19 @@ pub fn upload_info(upload_id: &str) -> String {
 }
 
 /// `uploads/{id}/{offset:020}`: the part that starts at byte `offset` (zero-padded so the parts
-/// list in order).
+/// list in order). Parts written before writers were named.
 pub fn upload_part(upload_id: &str, offset: u64) -> String {
     format!("uploads/{upload_id}/{offset:020}")
+}
+
+/// The object of one stored part: `uploads/{id}/{offset:020}.{writer}` when the `PATCH` that
+/// wrote it is named (every part since writers were: two writers at one offset never share an
+/// object, and the upload's state names the one the store let in), else [`upload_part`].
+pub fn upload_part_of(upload_id: &str, offset: u64, writer: Option<&str>) -> String {
+    match writer {
+        Some(w) => format!("uploads/{upload_id}/{offset:020}.{w}"),
+        None => upload_part(upload_id, offset),
+    }
 }
 
 #[cfg(test)]

@@ -475,24 +475,52 @@ impl Storage {
     }
 
     /// Compare-and-swap of a video's record: `decide` sees the stored record and returns the
-    /// one to write, or why not. The check and the write are one step the store enforces: a
-    /// conditional PUT (`If-Match`) on S3 and InMemory, retried while other writers win; an
-    /// exclusive file lock around read, decide and atomic rename on LocalFileSystem.
+    /// one to write, or why not ([`Storage::swap_json`]).
     async fn swap_record<F>(&self, video_id: &str, decide: F) -> Result<RecordWrite, StorageError>
     where
         F: Fn(&VideoRecord) -> Result<VideoRecord, RecordWrite> + Send + 'static,
     {
-        let key = keys::record(video_id);
+        Ok(
+            match self.swap_json(&keys::record(video_id), decide).await? {
+                Swapped::Written(_) => RecordWrite::Written,
+                Swapped::Refused(why) => why,
+                Swapped::Missing => RecordWrite::Missing,
+            },
+        )
+    }
+
+    /// Compare-and-swap of a JSON object: `decide` sees the stored value and returns the one to
+    /// write, or why not. The check and the write are one step the store enforces: a
+    /// conditional PUT (`If-Match` on the entity tag, object_store's `PutMode::Update`) on S3
+    /// and InMemory, retried while other writers win; an exclusive lock on a `.lock` file
+    /// beside the object (released by the OS if the holder dies) around read, decide and an
+    /// atomic rename on LocalFileSystem (correct for nodes of one machine sharing the
+    /// directory, which is what local storage is for). An absent object is
+    /// [`Swapped::Missing`]: swaps never create.
+    ///
+    /// Errors: the store fails, the stored value cannot be decoded, or other writers keep
+    /// winning (after 16 tries).
+    pub async fn swap_json<T, R, F>(
+        &self,
+        key: &str,
+        decide: F,
+    ) -> Result<Swapped<T, R>, StorageError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+        F: Fn(&T) -> Result<T, R> + Send + 'static,
+    {
         if let Some(fs) = &self.local {
-            let file = fs.path_to_filesystem(&path(&key))?;
-            return tokio::task::spawn_blocking(move || local_swap(&file, decide))
+            let file = fs.path_to_filesystem(&path(key))?;
+            let key = key.to_string();
+            return tokio::task::spawn_blocking(move || local_swap(&key, &file, decide))
                 .await
-                .map_err(|e| StorageError::Backend(format!("record write task: {e}")))?;
+                .map_err(|e| StorageError::Backend(format!("swap task: {e}")))?;
         }
         for _ in 0..16 {
-            let got = match self.store.get(&path(&key)).await {
+            let got = match self.store.get(&path(key)).await {
                 Ok(g) => g,
-                Err(object_store::Error::NotFound { .. }) => return Ok(RecordWrite::Missing),
+                Err(object_store::Error::NotFound { .. }) => return Ok(Swapped::Missing),
                 Err(e) => return Err(e.into()),
             };
             let version = object_store::UpdateVersion {
@@ -500,21 +528,21 @@ impl Storage {
                 version: got.meta.version.clone(),
             };
             let bytes = got.bytes().await?;
-            let stored = decode_record(&key, &bytes)?;
+            let stored: T = decode_json(key, &bytes)?;
             let new = match decide(&stored) {
-                Ok(r) => r,
-                Err(refused) => return Ok(refused),
+                Ok(v) => v,
+                Err(refused) => return Ok(Swapped::Refused(refused)),
             };
             match self
                 .store
                 .put_opts(
-                    &path(&key),
+                    &path(key),
                     PutPayload::from(json_bytes(&new)),
                     PutMode::Update(version).into(),
                 )
                 .await
             {
-                Ok(_) => return Ok(RecordWrite::Written),
+                Ok(_) => return Ok(Swapped::Written(new)),
                 // Another writer swapped first: read again and decide again.
                 Err(object_store::Error::Precondition { .. })
                 | Err(object_store::Error::AlreadyExists { .. }) => continue,
@@ -522,7 +550,7 @@ impl Storage {
             }
         }
         Err(StorageError::Backend(format!(
-            "could not write the record of video {video_id}: contention"
+            "could not write {key}: other writers kept winning"
         )))
     }
 
@@ -608,6 +636,17 @@ impl Storage {
     }
 }
 
+/// What [`Storage::swap_json`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Swapped<T, R> {
+    /// The new value was written.
+    Written(T),
+    /// `decide` refused, saying why; nothing was written.
+    Refused(R),
+    /// No object at the key.
+    Missing,
+}
+
 /// What became of an owner's record write ([`Storage::save_record_fenced`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordWrite {
@@ -654,7 +693,7 @@ pub fn record_write_decision(stored: &VideoRecord, new: &VideoRecord) -> RecordW
     RecordWrite::Written
 }
 
-fn decode_record(key: &str, bytes: &[u8]) -> Result<VideoRecord, StorageError> {
+fn decode_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),
@@ -662,15 +701,15 @@ fn decode_record(key: &str, bytes: &[u8]) -> Result<VideoRecord, StorageError> {
 }
 
 /// The LocalFileSystem swap (blocking): lock, read, decide, write a temporary file, rename it
-/// over the record (readers see the old or the new record, never a torn one), unlock.
-fn local_swap<F>(file: &Path, decide: F) -> Result<RecordWrite, StorageError>
+/// over the object (readers see the old or the new value, never a torn one), unlock.
+fn local_swap<T, R, F>(key: &str, file: &Path, decide: F) -> Result<Swapped<T, R>, StorageError>
 where
-    F: Fn(&VideoRecord) -> Result<VideoRecord, RecordWrite>,
+    T: serde::Serialize + serde::de::DeserializeOwned,
+    F: Fn(&T) -> Result<T, R>,
 {
-    let io = |what: &str, e: std::io::Error| StorageError::Backend(format!("{what} {file:?}: {e}"));
-    // Records are created by ingest and never deleted: one absent now has nothing to swap.
+    let io = |what: &str, e: std::io::Error| StorageError::Backend(format!("{what} {key}: {e}"));
     if !file.exists() {
-        return Ok(RecordWrite::Missing);
+        return Ok(Swapped::Missing);
     }
     let lock_path = file.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
@@ -682,13 +721,13 @@ where
     lock.lock().map_err(|e| io("locking", e))?;
     let stored = match std::fs::read(file) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RecordWrite::Missing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Swapped::Missing),
         Err(e) => return Err(io("reading", e)),
     };
-    let stored = decode_record(&file.to_string_lossy(), &stored)?;
+    let stored: T = decode_json(key, &stored)?;
     let new = match decide(&stored) {
-        Ok(r) => r,
-        Err(refused) => return Ok(refused),
+        Ok(v) => v,
+        Err(refused) => return Ok(Swapped::Refused(refused)),
     };
     let tmp = file.with_extension(format!("json.{:016x}.tmp", rand::random::<u64>()));
     std::fs::write(&tmp, json_bytes(&new)).map_err(|e| io("writing", e))?;
@@ -697,7 +736,7 @@ where
         io("renaming over", e)
     })?;
     // The lock is released when `lock` is dropped.
-    Ok(RecordWrite::Written)
+    Ok(Swapped::Written(new))
 }
 
 fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {

@@ -9,13 +9,24 @@ use serde::{Deserialize, Serialize};
 use super::{keys, Storage, StorageError};
 
 /// One stored part: bytes `offset .. offset + len` of the upload, at
-/// `uploads/{id}/{offset:020}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// [`Part::key`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
     /// First byte of the upload this part holds.
     pub offset: u64,
     /// Bytes in the part.
     pub len: u64,
+    /// The `PATCH` that wrote it (16 hex digits), naming its object; `None` in uploads
+    /// stored before writers were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+}
+
+impl Part {
+    /// The part's object ([`keys::upload_part_of`]).
+    pub fn key(&self, upload_id: &str) -> String {
+        keys::upload_part_of(upload_id, self.offset, self.writer.as_deref())
+    }
 }
 
 /// `uploads/{id}/info.json`.
@@ -77,6 +88,47 @@ impl Storage {
     /// Write an upload's state (only its `UploadActor` does).
     pub async fn save_upload(&self, info: &UploadInfo) -> Result<(), StorageError> {
         self.put_json(&keys::upload_info(&info.id), info).await
+    }
+
+    /// Record `part` (already stored at [`Part::key`]) as the upload's next bytes, if the store
+    /// still says they come next: a compare-and-swap of `info.json`
+    /// ([`Storage::swap_json`]). Two `PATCH`es at one offset (through two nodes during a ring
+    /// change, say) each write their own part object; the store lets exactly one of them
+    /// extend the upload, so the bytes the upload holds are always the bytes one writer sent
+    /// and hashed (issue 10: "one writer at a time, decided by the store").
+    ///
+    /// Returns the new state, or `Err(stored)` when the upload no longer continues at
+    /// `part.offset` (another writer's part got in first, or it is complete).
+    /// Errors: the store fails; [`StorageError::NotFound`]-like `Missing` is reported as
+    /// `Ok(Err(None))` (the upload was terminated meanwhile).
+    pub async fn append_upload_part(
+        &self,
+        upload_id: &str,
+        part: Part,
+        sniffed: bool,
+        expires_ms: i64,
+    ) -> Result<Result<UploadInfo, Option<UploadInfo>>, StorageError> {
+        let swapped = self
+            .swap_json(&keys::upload_info(upload_id), move |stored: &UploadInfo| {
+                if stored.is_complete()
+                    || stored.offset != part.offset
+                    || stored.offset + part.len > stored.length
+                {
+                    return Err(stored.clone());
+                }
+                let mut new = stored.clone();
+                new.offset += part.len;
+                new.parts.push(part.clone());
+                new.sniffed |= sniffed;
+                new.expires_ms = expires_ms;
+                Ok(new)
+            })
+            .await?;
+        Ok(match swapped {
+            super::Swapped::Written(info) => Ok(info),
+            super::Swapped::Refused(stored) => Err(Some(stored)),
+            super::Swapped::Missing => Err(None),
+        })
     }
 
     /// Delete every object of an upload, state last (so a crash half-way leaves a state that

@@ -24,7 +24,7 @@ height = 240
 video_kbps = 400
 audio_kbps = 64
 [limits]
-header_read_seconds = 3
+header_read_seconds = 5
 max_header_bytes = 8192
 max_connections_per_address = {per_address}
 [[node]]
@@ -172,8 +172,8 @@ async fn a_slowloris_client_with_20000_connections_cannot_stop_health_or_playbac
     assert!(refused >= 10_000, "{health}");
     assert!(probes >= 20, "{probes}");
     // One address at its cap: an ordinary request from it gets a clear 503 (others do not),
-    // and the header read timeout (3 s) closes the slow connections that took the places.
-    let attacker = slowloris("127.0.0.3", http.port(), per_address, 6, false);
+    // and the header read timeout (5 s) closes the slow connections that took the places.
+    let attacker = slowloris("127.0.0.3", http.port(), per_address, 10, false);
     let from_3 = reqwest::Client::builder()
         .local_address("127.0.0.3".parse::<std::net::IpAddr>().unwrap())
         .pool_max_idle_per_host(0)
@@ -181,7 +181,7 @@ async fn a_slowloris_client_with_20000_connections_cannot_stop_health_or_playbac
         .build()
         .unwrap();
     let refused = std::sync::Arc::new(std::sync::Mutex::new(None));
-    wait_until("127.0.0.3 at its cap", Duration::from_secs(10), || {
+    wait_until("127.0.0.3 at its cap", Duration::from_secs(20), || {
         let (from_3, url, refused) = (from_3.clone(), urls[0].clone(), refused.clone());
         async move {
             let Ok(r) = from_3.get(url).send().await else {

@@ -88,6 +88,10 @@ fn stored_upload_objects(dir: &Path) -> Vec<String> {
             continue;
         }
         for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+            // LocalFileSystem's lock for swapping info.json: not an object reel stores.
+            if f.file_name().to_string_lossy().ends_with(".lock") {
+                continue;
+            }
             out.push(format!(
                 "{}/{}",
                 e.file_name().to_string_lossy(),
