@@ -207,6 +207,10 @@ pub struct Limits {
     /// address still plays). Beyond it, `503` and closed, so one client cannot take the node's
     /// connections from everybody else.
     pub max_connections_per_address: usize,
+    /// How long a request waits for the object store to answer a small operation (a read, a
+    /// one-object write, a listing) before it fails as unreachable, seconds (default 10): a hung
+    /// store becomes a `503` with `Retry-After` in bounded time.
+    pub store_answer_seconds: u64,
 }
 
 impl Default for Limits {
@@ -219,6 +223,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_connections: 30_000,
             max_connections_per_address: 512,
+            store_answer_seconds: 10,
         }
     }
 }
@@ -227,6 +232,11 @@ impl Limits {
     /// [`Limits::body_idle_seconds`] as a duration.
     pub fn body_idle(&self) -> Duration {
         Duration::from_secs(self.body_idle_seconds)
+    }
+
+    /// [`Limits::store_answer_seconds`] as a duration.
+    pub fn store_answer(&self) -> Duration {
+        Duration::from_secs(self.store_answer_seconds)
     }
 }
 
@@ -607,6 +617,11 @@ impl Config {
         if self.limits.body_idle_seconds == 0 || self.limits.body_idle_seconds > 3600 {
             return Err(ConfigError::Invalid(
                 "limits.body_idle_seconds must be between 1 and 3600".into(),
+            ));
+        }
+        if self.limits.store_answer_seconds == 0 || self.limits.store_answer_seconds > 600 {
+            return Err(ConfigError::Invalid(
+                "limits.store_answer_seconds must be between 1 and 600".into(),
             ));
         }
         if self.limits.header_read_seconds == 0 || self.limits.header_read_seconds > 3600 {

@@ -65,10 +65,16 @@ pub struct Object {
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// How long a small request (a read, a write of one object, a listing) waits for the
+    /// store before it fails as unreachable ([`Storage::with_answer_timeout`]).
+    answer_timeout: std::time::Duration,
     /// For the local backend: the root directory, so a local file can be handed to ffmpeg
     /// without a copy.
     local: Option<Arc<LocalFileSystem>>,
 }
+
+/// [`Storage::with_answer_timeout`] unless configured: 10 s.
+pub const DEFAULT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn path(key: &str) -> ObjectPath {
     ObjectPath::from(key)
@@ -93,6 +99,7 @@ impl Storage {
                 Ok(Self {
                     store: fs.clone(),
                     local: Some(fs),
+                    answer_timeout: DEFAULT_ANSWER_TIMEOUT,
                 })
             }
             StorageLocation::S3(s3) => {
@@ -160,56 +167,99 @@ impl Storage {
 
     /// Wrap any object store (tests wrap one to count or slow reads).
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, local: None }
+        Self {
+            store,
+            local: None,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+        }
+    }
+
+    /// Fail small requests (`get`, `exists`, `put`, `put_if_absent`, `delete`, `get_range`,
+    /// `list`, `list_dirs`) that the store has not answered within `timeout`, as
+    /// [`StorageError::Backend`]: a hung store (one that accepts connections and never
+    /// answers) becomes a `503` in bounded time instead of holding the client for the S3
+    /// client's 60 s (`limits.store_answer_seconds`, issue 10). Streams, multipart writers and
+    /// renames (a server-side copy of a large source) are not bounded by it.
+    pub fn with_answer_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.answer_timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        match tokio::time::timeout(self.answer_timeout, op).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Backend(format!(
+                "the object store did not answer within {} s",
+                self.answer_timeout.as_secs_f64()
+            ))),
+        }
     }
 
     /// Read a whole object. `Ok(None)` when absent.
     pub async fn get(&self, key: &str) -> Result<Option<Object>, StorageError> {
-        match self.store.get(&path(key)).await {
-            Ok(r) => {
-                let e_tag = r.meta.e_tag.clone();
-                let bytes = r.bytes().await?;
-                Ok(Some(Object { bytes, e_tag }))
+        self.bounded(async {
+            match self.store.get(&path(key)).await {
+                Ok(r) => {
+                    let e_tag = r.meta.e_tag.clone();
+                    let bytes = r.bytes().await?;
+                    Ok(Some(Object { bytes, e_tag }))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        match self.store.head(&path(key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.bounded(async {
+            match self.store.head(&path(key)).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Write an object, replacing any previous one (atomic: readers see old or new bytes).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        self.store.put(&path(key), PutPayload::from(bytes)).await?;
-        Ok(())
+        self.bounded(async {
+            self.store.put(&path(key), PutPayload::from(bytes)).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Write an object only if absent. `Ok(false)` when it already existed.
     pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
-        match self
-            .store
-            .put_opts(&path(key), PutPayload::from(bytes), PutMode::Create.into())
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.bounded(async {
+            match self
+                .store
+                .put_opts(&path(key), PutPayload::from(bytes), PutMode::Create.into())
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Delete an object; a missing one is not an error (the backends disagree on this).
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        match self.store.delete(&path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.bounded(async {
+            match self.store.delete(&path(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Delete every object under `prefix` (best effort for cleanup; returns how many).
@@ -272,10 +322,13 @@ impl Storage {
 
     /// Read `len` bytes from `offset` of an object (HTTP range read on S3).
     pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StorageError> {
-        Ok(self
-            .store
-            .get_range(&path(key), offset..offset + len)
-            .await?)
+        self.bounded(async {
+            Ok(self
+                .store
+                .get_range(&path(key), offset..offset + len)
+                .await?)
+        })
+        .await
     }
 
     /// Stream a whole object in the store's chunks (bounded memory whatever its size).
@@ -290,22 +343,28 @@ impl Storage {
     /// Every object under `prefix` (a `/`-separated key prefix, e.g. `uploads/x`), with its
     /// size in bytes, in no particular order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
-        let listed: Vec<_> = self.store.list(Some(&path(prefix))).try_collect().await?;
-        Ok(listed
-            .into_iter()
-            .map(|m| (m.location.to_string(), m.size))
-            .collect())
+        self.bounded(async {
+            let listed: Vec<_> = self.store.list(Some(&path(prefix))).try_collect().await?;
+            Ok(listed
+                .into_iter()
+                .map(|m| (m.location.to_string(), m.size))
+                .collect())
+        })
+        .await
     }
 
     /// The names one level below `prefix` that have objects under them (`videos` lists the
     /// ids of `videos/{id}/...`).
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let listed = self.store.list_with_delimiter(Some(&path(prefix))).await?;
-        Ok(listed
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect())
+        self.bounded(async {
+            let listed = self.store.list_with_delimiter(Some(&path(prefix))).await?;
+            Ok(listed
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_string))
+                .collect())
+        })
+        .await
     }
 
     /// Upload a local file (segments: small).

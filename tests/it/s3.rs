@@ -134,6 +134,19 @@ impl SeaweedFs {
         Some(me)
     }
 
+    /// SIGSTOP the server: it accepts connections and answers nothing (a hung store).
+    pub fn pause(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        // Already gone (killed) is fine.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// SIGKILL the server (its data stays): the store is unreachable until [`Self::restart`].
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -203,6 +216,7 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
+        self.resume();
         // SIGKILL to the process we started (throw-away data; SIGTERM can take 30 s).
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -350,6 +364,7 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.storage = weed.location("reel-outage");
+    config.limits.store_answer_seconds = 2;
     let node = start(config).await;
     let base = node.url();
     let (status, v) = upload(&base, &clip("av")).await;
@@ -365,6 +380,34 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
     let before = reqwest::get(&segment).await.unwrap();
     assert_eq!(before.status(), 200);
     let cached = before.bytes().await.unwrap();
+
+    // A hung store (it takes connections, answers nothing): a 503 within
+    // limits.store_answer_seconds (2 s here), not the S3 client's 60 s.
+    weed.pause();
+    let started = std::time::Instant::now();
+    let r = reqwest::get(format!("{base}/videos/{id}/180p/00003.m4s"))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(
+        took < Duration::from_secs(8),
+        "a hung store answered in {took:?}"
+    );
+    let (status, _) = get_json(&format!("{base}/ready")).await;
+    assert_eq!(status, 503);
+    weed.resume();
+    wait_until(
+        "/ready after the pause",
+        Duration::from_secs(30),
+        || async {
+            reqwest::get(format!("{base}/ready"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+
     // A resumable upload half sent when the store goes.
     let source = std::fs::read(clip("video")).unwrap();
     let half = source.len() / 2;
