@@ -114,7 +114,7 @@ impl Storage {
                     || stored.offset != part.offset
                     || stored.offset + part.len > stored.length
                 {
-                    return Err(stored.clone());
+                    return Err(Box::new(stored.clone()));
                 }
                 let mut new = stored.clone();
                 new.offset += part.len;
@@ -126,7 +126,7 @@ impl Storage {
             .await?;
         Ok(match swapped {
             super::Swapped::Written(info) => Ok(info),
-            super::Swapped::Refused(stored) => Err(Some(stored)),
+            super::Swapped::Refused(stored) => Err(Some(*stored)),
             super::Swapped::Missing => Err(None),
         })
     }
