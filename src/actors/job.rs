@@ -428,8 +428,10 @@ impl JobActor {
         let chunks = transcode::plan_chunks(source.duration_seconds, seg, per_chunk);
         let storage = state.ctx.storage.clone();
         let id = state.video_id.clone();
+        let epoch = state.lease_epoch;
         let spec = |r: &Rendition, kind: TaskKind| TaskSpec {
             video_id: id.clone(),
+            epoch,
             rendition: r.clone(),
             kind,
             has_audio: source.has_audio,

@@ -150,6 +150,12 @@ pub enum TaskKind {
 pub struct TaskSpec {
     /// The video.
     pub video_id: String,
+    /// The lease epoch of the job that dispatched it. A worker writes the task's outputs only
+    /// while it is still the video's newest epoch, so a deposed job's tasks (its node killed,
+    /// hung or handed off) store nothing ([`crate::storage::Storage::lease_holds`]). 0 in tasks
+    /// from a node that predates it, or from a job without a lease (tests): not checked.
+    #[serde(default)]
+    pub epoch: u64,
     /// The rendition the task works towards.
     pub rendition: Rendition,
     /// What the task does.

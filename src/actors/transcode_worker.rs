@@ -17,7 +17,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::worker_pool::PoolMsg;
-use crate::actors::{Assignment, Ctx, TaskFailure, TaskKind};
+use crate::actors::{Assignment, Ctx, TaskFailure, TaskKind, TaskSpec};
 use crate::cluster::protocol::{failure_to_wire, TaskReport};
 use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
 use crate::media::probe;
@@ -301,10 +301,13 @@ async fn transcode_and_store(
                     });
                 }
             }
-            ctx.storage
-                .put_file(&keys::chunk(&t.video_id, &t.rendition.name, *index), &out)
-                .await
-                .map_err(|e| io("storing the chunk", &e))?;
+            store_intermediate(
+                ctx,
+                t,
+                &keys::chunk(&t.video_id, &t.rendition.name, *index),
+                &out,
+            )
+            .await?;
             Ok(None)
         }
         TaskKind::Audio { kbps } => {
@@ -315,10 +318,7 @@ async fn transcode_and_store(
                 transcode::audio_args(&source().await?, &out, *kbps, &t.input),
             )
             .await?;
-            ctx.storage
-                .put_file(&keys::audio(&t.video_id, *kbps), &out)
-                .await
-                .map_err(|e| io("storing the audio", &e))?;
+            store_intermediate(ctx, t, &keys::audio(&t.video_id, *kbps), &out).await?;
             Ok(None)
         }
         TaskKind::Package {
@@ -375,6 +375,45 @@ async fn transcode_and_store(
     }
 }
 
+/// Fail with a "superseded" failure unless the task's job still owns the video (its epoch is
+/// the newest lease). Asked of the store right before every write of the task's outputs.
+async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
+    if t.epoch == 0 {
+        return Ok(());
+    }
+    match ctx.storage.lease_holds(&t.video_id, t.epoch).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TaskFailure::transient(format!(
+            "superseded: video {} has a newer owner than epoch {}; nothing was stored",
+            t.video_id, t.epoch
+        ))),
+        Err(e) => Err(TaskFailure::transient(format!(
+            "cannot check the video's owner: {e}"
+        ))),
+    }
+}
+
+/// Store an intermediate (a chunk, the audio) if the task's job still owns the video, and take
+/// it back if ownership moved while it was written: a deposed job's late intermediate would
+/// otherwise outlive the new owner's cleanup (issue 9: leaked `work/` objects).
+async fn store_intermediate(
+    ctx: &Ctx,
+    t: &TaskSpec,
+    key: &str,
+    file: &Path,
+) -> Result<(), TaskFailure> {
+    check_owner(ctx, t).await?;
+    ctx.storage
+        .put_file(key, file)
+        .await
+        .map_err(|e| TaskFailure::transient(format!("storing {key}: {e}")))?;
+    if let Err(e) = check_owner(ctx, t).await {
+        let _ = ctx.storage.delete(key).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
 async fn store_outputs(
     ctx: &Ctx,
     a: &Assignment,
@@ -400,6 +439,7 @@ async fn store_outputs(
     let mut segments = Vec::with_capacity(files.len());
     for (i, (file, duration)) in files.iter().zip(&durations).enumerate() {
         let key = keys::rendition_file(&t.video_id, name, &playlist::segment_name(i));
+        check_owner(ctx, t).await?;
         let bytes = ctx
             .storage
             .put_file(&key, file)
@@ -423,6 +463,7 @@ async fn store_outputs(
     };
     let s = &ctx.storage;
     let put = |key: String, bytes: Bytes| async move { s.put(&key, bytes).await };
+    check_owner(ctx, t).await?;
     put(
         keys::rendition_file(&t.video_id, name, playlist::INIT_NAME),
         Bytes::from(init),
@@ -433,6 +474,7 @@ async fn store_outputs(
         .await
         .map_err(|e| io("storing rendition.json", &e))?;
     // Last: the media playlist marks the rendition done.
+    check_owner(ctx, t).await?;
     put(
         keys::rendition_file(&t.video_id, name, playlist::MEDIA_PLAYLIST_NAME),
         Bytes::from(playlist::media_playlist(&output)),

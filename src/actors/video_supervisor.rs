@@ -25,6 +25,7 @@ use crate::actors::worker_pool::PoolMsg;
 use crate::actors::Ctx;
 use crate::cluster::ring::video_key;
 use crate::storage::events::NewEvent;
+use crate::storage::keys;
 
 /// How long the ring must be quiet after a change before the reconcile runs: a peer that
 /// flaps (a woken node re-dialing) should not move work twice.
@@ -224,6 +225,34 @@ impl Actor for VideoSupervisor {
                                         .detail(format!("home is now {home}")),
                                 )
                                 .await;
+                        }
+                    }
+                }
+                // Intermediates a deposed job stored after the video was committed (its
+                // tasks outlived it): the home of each video with a `work/` prefix deletes it
+                // once the video is ready.
+                if let Ok(dirs) = state.ctx.storage.list_dirs("work").await {
+                    for id in dirs {
+                        if state.ctx.cluster.home(&video_key(&id)) != me {
+                            continue;
+                        }
+                        if let Ok(Some(r)) = state.ctx.storage.load_record(&id).await {
+                            if r.state == crate::model::VideoState::Ready {
+                                let swept = state
+                                    .ctx
+                                    .storage
+                                    .delete_prefix(&keys::work_prefix(&id))
+                                    .await;
+                                if let Ok(n @ 1..) = swept {
+                                    state
+                                        .ctx
+                                        .events
+                                        .append(NewEvent::video(&id, "work_swept").detail(format!(
+                                            "{n} intermediates stored after the commit"
+                                        )))
+                                        .await;
+                                }
+                            }
                         }
                     }
                 }

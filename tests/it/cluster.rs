@@ -12,15 +12,15 @@ use crate::helpers::*;
 
 const COOKIE: &str = "test-cookie-not-secret";
 
-struct TestCluster {
-    dir: tempfile::TempDir,
+pub(crate) struct TestCluster {
+    pub(crate) dir: tempfile::TempDir,
     config: std::path::PathBuf,
-    nodes: Vec<Option<ReelProcess>>,
+    pub(crate) nodes: Vec<Option<ReelProcess>>,
     urls: Vec<String>,
 }
 
 impl TestCluster {
-    async fn start(n: usize) -> Self {
+    pub(crate) async fn start(n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = String::from(
             r#"storage = "local:objects"
@@ -78,7 +78,7 @@ audio_kbps = 32
         c
     }
 
-    fn spawn(&self, i: usize) -> ReelProcess {
+    pub(crate) fn spawn(&self, i: usize) -> ReelProcess {
         let node = format!("node-{i}");
         ReelProcess::start(
             &[
@@ -93,16 +93,16 @@ audio_kbps = 32
         )
     }
 
-    fn url(&self, i: usize) -> &str {
+    pub(crate) fn url(&self, i: usize) -> &str {
         &self.urls[i - 1]
     }
 
-    fn index_of(&self, node: &str) -> usize {
+    pub(crate) fn index_of(&self, node: &str) -> usize {
         node.trim_start_matches("node-").parse().unwrap()
     }
 
     /// Wait until each node in `observers` sees exactly `live` live members.
-    async fn wait_live(&self, observers: &[usize], live: usize) {
+    pub(crate) async fn wait_live(&self, observers: &[usize], live: usize) {
         for &i in observers {
             let url = format!("{}/cluster", self.url(i));
             wait_until(
@@ -122,7 +122,7 @@ audio_kbps = 32
         }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             if entry.path().extension().is_some_and(|e| e == "log") {
@@ -154,7 +154,7 @@ fn task_nodes(events: &[Value]) -> BTreeSet<String> {
 }
 
 /// Same renditions, segment counts and durations as an undisturbed run of a clip of `duration`.
-async fn check_media(base: &str, id: &str, duration: f64) {
+pub(crate) async fn check_media(base: &str, id: &str, duration: f64) {
     let master = format!("{base}/videos/{id}/master.m3u8");
     play(&master).await.expect("plays with ffmpeg -xerror");
     // Variant URIs sit under the playback session's path (`s/{session}/240p/index.m3u8`).

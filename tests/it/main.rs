@@ -4,6 +4,7 @@
 //! (`scripts/setup` does it).
 
 mod bad_input;
+mod chaos;
 mod cluster;
 mod crash;
 mod e2e;

@@ -1,0 +1,491 @@
+//! The fault-injection suite (issue 9): a three-node cluster of real `reel serve` processes on
+//! loopback (local store), a matrix of faults injected while videos process, and figures
+//! checked from the store and the merged event logs.
+//!
+//! Trials, each with its own 30 s clip (chunked: two chunks per rendition):
+//! - `no fault`: the time to ready every other trial is compared with;
+//! - `kill -9`: a random node is killed at a random point of processing and started again
+//!   after 0 to 5 s;
+//! - `restart uninvolved`: a node that is not the video's home is killed and started again at
+//!   once while the job runs;
+//! - `SIGSTOP home`: the home node hangs for a while, then continues;
+//! - `PUT + tus race`: the same bytes uploaded at once by `PUT` to one node and by tus to
+//!   another.
+//!
+//! For every video: `ready` and plays; `ready` committed exactly once (`job_finalized` events
+//! less `commit_exists`); no object of the video written after its commit point (file times
+//! against `master.m3u8`'s); no lease claimed from a live owner (a claim while the previous
+//! holder was neither faulted nor had stood down); no task attempt used up (`task_failed`,
+//! `task_retry_scheduled`); and at the end no `active/` or `work/` object left.
+//!
+//! The bounded version runs in CI (`cargo test`); `scripts/chaos` runs the full matrix
+//! (`CHAOS_KILLS=20 CHAOS_STOP_SECONDS=30`) and prints the same table. `CHAOS_SEED` replays a
+//! run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::cluster::TestCluster;
+use crate::helpers::*;
+
+/// After a fault ends, how long a takeover still counts as caused by it: fencing (3 missed
+/// 300 ms heartbeats), the settle round (at least 5 s) and a reconcile period (2 s).
+const FAULT_GRACE_MS: i64 = 15_000;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A distinct 30 s 640x360 clip for trial `n` (its tone differs, so its bytes and id do).
+fn trial_clip(dir: &Path, n: u64) -> PathBuf {
+    let out = dir.join(format!("trial-{n}.mp4"));
+    let tone = format!("sine=frequency={}:sample_rate=48000", 300 + 7 * n);
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=30")
+        .args(["-f", "lavfi", "-i", &tone, "-t", "30"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success());
+    out
+}
+
+/// A node down or hung from `from` to `to` (wall clock, ms).
+#[derive(Debug, Clone)]
+struct Fault {
+    node: String,
+    from: i64,
+    to: i64,
+}
+
+#[derive(Debug)]
+struct Trial {
+    kind: &'static str,
+    video: String,
+    took: Duration,
+    faults: Vec<Fault>,
+}
+
+/// Figures of one trial kind.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    trials: usize,
+    ready: usize,
+    failed: usize,
+    double_commits: usize,
+    steals: usize,
+    post_commit_writes: usize,
+    attempts_lost: usize,
+    late_swept: usize,
+    times: Vec<f64>,
+}
+
+async fn home_of(c: &TestCluster, id: &str) -> usize {
+    let (_, v) = get_json(&format!("{}/videos/{id}", c.url(1))).await;
+    c.index_of(v["home_node"].as_str().unwrap_or("node-1"))
+}
+
+async fn wait_started(c: &TestCluster, base: usize, id: &str) {
+    wait_until("a task started", PROCESSING_DEADLINE, || {
+        let (base, id) = (c.url(base).to_string(), id.to_string());
+        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
+    })
+    .await;
+}
+
+/// Upload by tus (creation, then one PATCH); returns the video id.
+async fn tus_upload(base: &str, bytes: Vec<u8>) -> String {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/files/"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", bytes.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let url = if loc.starts_with('/') {
+        format!("{base}{loc}")
+    } else {
+        loc
+    };
+    let r = client
+        .patch(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    let r = client
+        .head(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    r.headers()["reel-video-id"].to_str().unwrap().to_string()
+}
+
+/// Files under `dir` with their modification times.
+fn files_with_times(dir: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                out.push((p, m));
+            }
+        }
+    }
+    out
+}
+
+/// Objects of the video written after its commit point (`master.m3u8`).
+fn post_commit_writes(objects: &Path, id: &str) -> Vec<String> {
+    let dir = objects.join("videos").join(id);
+    let files = files_with_times(&dir);
+    let Some(commit) = files
+        .iter()
+        .find(|(p, _)| p.file_name().is_some_and(|n| n == "master.m3u8"))
+        .map(|(_, t)| *t)
+    else {
+        return vec!["no master.m3u8".into()];
+    };
+    files
+        .into_iter()
+        .filter(|(p, t)| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            // The record is written after the commit (state `ready`); its lock beside it.
+            !matches!(name.as_ref(), "record.json" | "record.lock" | "master.m3u8") && *t > commit
+        })
+        .map(|(p, _)| p.strip_prefix(&dir).unwrap().display().to_string())
+        .collect()
+}
+
+/// Claims of the video's lease taken from a live owner: a claim of a new epoch by another
+/// node while the previous holder was neither faulted (within [`FAULT_GRACE_MS`]) nor had
+/// stood down or handed the video off before it.
+fn steals(events: &[Value], faults: &[Fault]) -> Vec<String> {
+    let mut claims: Vec<(u64, String, i64)> = events
+        .iter()
+        .filter(|e| e["kind"] == "lease_claimed")
+        .map(|e| {
+            (
+                e["attempt"].as_u64().unwrap_or(0),
+                e["node"].as_str().unwrap_or("").to_string(),
+                e["ts_ms"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    claims.sort();
+    let mut out = Vec::new();
+    for w in claims.windows(2) {
+        let ((_, holder, _), (epoch, claimer, at)) = (&w[0], &w[1]);
+        if holder == claimer {
+            continue;
+        }
+        let faulted = faults
+            .iter()
+            .any(|f| &f.node == holder && f.from <= *at && *at <= f.to + FAULT_GRACE_MS);
+        let let_go = events.iter().any(|e| {
+            e["node"].as_str() == Some(holder.as_str())
+                && matches!(e["kind"].as_str(), Some("stood_down" | "handed_off"))
+                && e["ts_ms"].as_i64().is_some_and(|t| t <= *at)
+        });
+        if !faulted && !let_go {
+            out.push(format!("epoch {epoch} by {claimer} from live {holder}"));
+        }
+    }
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Run the matrix; returns the figures by trial kind and the leftovers, after printing the
+/// table.
+async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
+    let seed = env_or("CHAOS_SEED", wall_ms() as u64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    eprintln!("chaos: seed {seed}, {kills} kill trials, SIGSTOP {stop_seconds} s, {races} races");
+    let mut c = TestCluster::start(3).await;
+    let clips = tempfile::tempdir().unwrap();
+    let mut n = 0u64;
+    let mut next_clip = || {
+        n += 1;
+        trial_clip(clips.path(), n)
+    };
+    let mut trials: Vec<Trial> = Vec::new();
+
+    // No fault: the yardstick.
+    let clip = next_clip();
+    let t = Instant::now();
+    let (_, v) = upload(c.url(1), &clip).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_terminal(c.url(1), &id, PROCESSING_DEADLINE).await;
+    let base = t.elapsed();
+    trials.push(Trial {
+        kind: "no fault",
+        video: id,
+        took: base,
+        faults: vec![],
+    });
+
+    for _ in 0..kills {
+        let clip = next_clip();
+        let entry = rng.random_range(1..=3);
+        let t = Instant::now();
+        let (_, v) = upload(c.url(entry), &clip).await;
+        let id = v["video_id"].as_str().unwrap().to_string();
+        // Fault injection point: somewhere in processing.
+        let delay = rng.random_range(0..=(base.as_millis() as u64 * 8 / 10).max(1));
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let victim = rng.random_range(1..=3);
+        let from = wall_ms();
+        c.nodes[victim - 1].as_mut().unwrap().kill9();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=5000))).await;
+        c.nodes[victim - 1] = Some(c.spawn(victim));
+        wait_healthy(c.url(victim)).await;
+        let to = wall_ms();
+        let survivor = if victim == 1 { 2 } else { 1 };
+        wait_terminal(c.url(survivor), &id, Duration::from_secs(240)).await;
+        trials.push(Trial {
+            kind: "kill -9",
+            video: id,
+            took: t.elapsed(),
+            faults: vec![Fault {
+                node: format!("node-{victim}"),
+                from,
+                to,
+            }],
+        });
+        c.wait_live(&[1, 2, 3], 3).await;
+    }
+
+    // Restart of a node that is not the video's home while its job runs.
+    let clip = next_clip();
+    let t = Instant::now();
+    let (_, v) = upload(c.url(1), &clip).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_started(&c, 1, &id).await;
+    let home = home_of(&c, &id).await;
+    let victim = if home == 3 { 2 } else { 3 };
+    let from = wall_ms();
+    c.nodes[victim - 1].as_mut().unwrap().kill9();
+    c.nodes[victim - 1] = Some(c.spawn(victim));
+    wait_healthy(c.url(victim)).await;
+    let to = wall_ms();
+    wait_terminal(c.url(home), &id, Duration::from_secs(240)).await;
+    trials.push(Trial {
+        kind: "restart uninvolved",
+        video: id,
+        took: t.elapsed(),
+        faults: vec![Fault {
+            node: format!("node-{victim}"),
+            from,
+            to,
+        }],
+    });
+    c.wait_live(&[1, 2, 3], 3).await;
+
+    // The home node hangs.
+    let clip = next_clip();
+    let t = Instant::now();
+    let (_, v) = upload(c.url(1), &clip).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_started(&c, 1, &id).await;
+    let home = home_of(&c, &id).await;
+    let from = wall_ms();
+    c.nodes[home - 1].as_ref().unwrap().stop();
+    tokio::time::sleep(Duration::from_secs(stop_seconds)).await;
+    c.nodes[home - 1].as_ref().unwrap().resume();
+    let to = wall_ms();
+    let other = if home == 1 { 2 } else { 1 };
+    wait_terminal(c.url(other), &id, Duration::from_secs(240)).await;
+    trials.push(Trial {
+        kind: "SIGSTOP home",
+        video: id,
+        took: t.elapsed(),
+        faults: vec![Fault {
+            node: format!("node-{home}"),
+            from,
+            to,
+        }],
+    });
+    c.wait_live(&[1, 2, 3], 3).await;
+
+    // The same bytes by PUT and by tus at once, to two nodes.
+    for _ in 0..races {
+        let clip = next_clip();
+        let bytes = std::fs::read(&clip).unwrap();
+        let t = Instant::now();
+        let (a, b) = (c.url(1).to_string(), c.url(2).to_string());
+        let (put, tus) = tokio::join!(upload(&a, &clip), tus_upload(&b, bytes));
+        let id = put.1["video_id"].as_str().unwrap().to_string();
+        assert_eq!(id, tus, "one video for one file");
+        wait_terminal(c.url(3), &id, Duration::from_secs(240)).await;
+        trials.push(Trial {
+            kind: "PUT + tus race",
+            video: id,
+            took: t.elapsed(),
+            faults: vec![],
+        });
+    }
+
+    // Figures, from the store and the merged logs (every node live now).
+    c.wait_live(&[1, 2, 3], 3).await;
+    let objects = c.dir.path().join("objects");
+    let mut by_kind: BTreeMap<&str, Figures> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for trial in &trials {
+        let f = by_kind.entry(trial.kind).or_default();
+        f.trials += 1;
+        f.times.push(trial.took.as_secs_f64());
+        let (_, v) = get_json(&format!("{}/videos/{}", c.url(1), trial.video)).await;
+        match v["state"].as_str() {
+            Some("ready") => f.ready += 1,
+            _ => {
+                f.failed += 1;
+                problems.push(format!("{}: {v}", trial.kind));
+            }
+        }
+        if let Err(e) = play(&format!("{}/videos/{}/master.m3u8", c.url(2), trial.video)).await {
+            problems.push(format!(
+                "{} {}: does not play: {e}",
+                trial.kind, trial.video
+            ));
+        }
+        let events = event_kinds(c.url(1), &trial.video).await;
+        let commits =
+            count(&events, "job_finalized") as i64 - count(&events, "commit_exists") as i64;
+        if commits != 1 {
+            f.double_commits += 1;
+            problems.push(format!("{} {}: {commits} commits", trial.kind, trial.video));
+        }
+        let stolen = steals(&events, &trial.faults);
+        f.steals += stolen.len();
+        if !stolen.is_empty() {
+            problems.push(format!("{} {}: {stolen:?}", trial.kind, trial.video));
+        }
+        let late = post_commit_writes(&objects, &trial.video);
+        f.post_commit_writes += late.len();
+        if !late.is_empty() {
+            problems.push(format!(
+                "{} {}: written after commit {late:?}",
+                trial.kind, trial.video
+            ));
+        }
+        f.late_swept += count(&events, "work_swept");
+        let lost = count(&events, "task_failed") + count(&events, "task_retry_scheduled");
+        f.attempts_lost += lost;
+        if lost > 0 {
+            problems.push(format!(
+                "{} {}: {lost} attempts used up",
+                trial.kind, trial.video
+            ));
+        }
+    }
+    // Leftovers: intermediates are deleted after the commit, in the background.
+    let leftovers_now = || -> Vec<String> {
+        ["active", "work"]
+            .iter()
+            .flat_map(|d| files_with_times(&objects.join(d)))
+            .map(|(p, _)| p.strip_prefix(&objects).unwrap().display().to_string())
+            .collect()
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut leftovers = leftovers_now();
+    while !leftovers.is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        leftovers = leftovers_now();
+    }
+    if !leftovers.is_empty() {
+        problems.push(format!("left over: {leftovers:?}"));
+    }
+    let base_s = base.as_secs_f64();
+    eprintln!(
+        "\n{:<20} {:>6} {:>6} {:>6} {:>7} {:>6} {:>11} {:>9} {:>7} {:>16}",
+        "trial",
+        "trials",
+        "ready",
+        "failed",
+        "double",
+        "steals",
+        "post-commit",
+        "attempts",
+        "late",
+        "time to ready"
+    );
+    eprintln!(
+        "{:<20} {:>6} {:>6} {:>6} {:>7} {:>6} {:>11} {:>9} {:>7} {:>16}",
+        "", "", "", "", "commits", "", "writes", "lost", "swept", "median (x base)"
+    );
+    for (kind, f) in &by_kind {
+        let m = median(&f.times);
+        eprintln!(
+            "{kind:<20} {:>6} {:>6} {:>6} {:>7} {:>6} {:>11} {:>9} {:>7} {:>8.1} s ({:.2}x)",
+            f.trials,
+            f.ready,
+            f.failed,
+            f.double_commits,
+            f.steals,
+            f.post_commit_writes,
+            f.attempts_lost,
+            f.late_swept,
+            m,
+            m / base_s
+        );
+    }
+    eprintln!("leftover active/ and work/ objects: {}\n", leftovers.len());
+    assert!(
+        problems.is_empty(),
+        "chaos found:\n{}\n{}",
+        problems.join("\n"),
+        c.logs()
+    );
+}
+
+/// The bounded matrix CI runs: 2 kill trials, one restart, an 8 s SIGSTOP, one race.
+/// `scripts/chaos` runs it larger through the same environment variables.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_matrix_every_video_ready_once_no_steals_no_late_writes() {
+    run_matrix(
+        env_or("CHAOS_KILLS", 2),
+        env_or("CHAOS_STOP_SECONDS", 8),
+        env_or("CHAOS_RACES", 1),
+    )
+    .await;
+}
