@@ -664,6 +664,20 @@ impl JobActor {
             return Ok(());
         };
         let attempt = t.attempt;
+        if failure.is_superseded() {
+            // A newer owner holds the video: this job was deposed. Nothing to retry; the
+            // VideoActor checks its lease now and stands down (stopping this job).
+            t.status = TaskStatus::Failed;
+            state
+                .event(
+                    NewEvent::video(&state.video_id, "task_superseded")
+                        .task(task, attempt)
+                        .detail(failure.message.clone()),
+                )
+                .await;
+            let _ = state.video.cast(VideoMsg::CheckLease);
+            return Ok(());
+        }
         let counted = attempt.saturating_sub(t.requeued);
         t.status = TaskStatus::Failed;
         let outcome = if failure.permanent {
@@ -1227,6 +1241,29 @@ mod tests {
             }
         }
         assert_eq!(cancels, 1, "the other rendition's task is cancelled");
+    }
+
+    /// Issue 9: a worker that finds a newer lease epoch stores nothing and says so; the job
+    /// neither retries nor counts it, and asks its VideoActor to check the lease (which then
+    /// stands down).
+    #[tokio::test]
+    async fn a_superseded_task_is_not_retried_and_the_video_checks_its_lease() {
+        let mut h = harness(|p| p.max_attempts = 1).await;
+        let a = submitted(&mut h).await;
+        let _b = submitted(&mut h).await;
+        finish(&h, &a, Box::new(Err(TaskFailure::superseded("v", 1))));
+        loop {
+            match next(&mut h.video, "a lease check").await {
+                VideoMsg::CheckLease => break,
+                VideoMsg::JobFailed { reason } => panic!("failed the video: {reason}"),
+                _ => continue,
+            }
+        }
+        while let Ok(m) = h.pool.try_recv() {
+            if let PoolMsg::Submit(s) = m {
+                panic!("a superseded task is never retried: {}", s.key());
+            }
+        }
     }
 
     #[tokio::test]

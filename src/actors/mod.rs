@@ -249,7 +249,24 @@ pub struct TaskFailure {
     pub message: String,
 }
 
+/// How a worker's failure message begins when the task's job no longer owns the video.
+pub const SUPERSEDED: &str = "superseded:";
+
 impl TaskFailure {
+    /// The task's job no longer owns the video (a newer lease epoch exists): the worker stored
+    /// nothing, and the job stands down instead of retrying (no attempt is used up). Told by
+    /// the message, so it crosses nodes in the existing report format.
+    pub fn superseded(video_id: &str, epoch: u64) -> Self {
+        Self::transient(format!(
+            "{SUPERSEDED} video {video_id} has a newer owner than epoch {epoch}; nothing was stored"
+        ))
+    }
+
+    /// Whether this is [`TaskFailure::superseded`].
+    pub fn is_superseded(&self) -> bool {
+        self.message.starts_with(SUPERSEDED)
+    }
+
     /// A failure worth retrying.
     pub fn transient(message: impl Into<String>) -> Self {
         Self {

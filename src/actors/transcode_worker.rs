@@ -383,10 +383,7 @@ async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
     }
     match ctx.storage.lease_holds(&t.video_id, t.epoch).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(TaskFailure::transient(format!(
-            "superseded: video {} has a newer owner than epoch {}; nothing was stored",
-            t.video_id, t.epoch
-        ))),
+        Ok(false) => Err(TaskFailure::superseded(&t.video_id, t.epoch)),
         Err(e) => Err(TaskFailure::transient(format!(
             "cannot check the video's owner: {e}"
         ))),

@@ -330,15 +330,28 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
     let home = home_of(&c, &id).await;
     let from = wall_ms();
     c.nodes[home - 1].as_ref().unwrap().stop();
-    tokio::time::sleep(Duration::from_secs(stop_seconds)).await;
+    // While it hangs, the others fence it and finish the video: the time to ready is taken
+    // then, not after the node wakes.
+    let other = if home == 1 { 2 } else { 1 };
+    let wake = Instant::now() + Duration::from_secs(stop_seconds);
+    let mut took = None;
+    while Instant::now() < wake {
+        if took.is_none() {
+            let (_, v) = get_json(&format!("{}/videos/{id}", c.url(other))).await;
+            if v["state"] == "ready" {
+                took = Some(t.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     c.nodes[home - 1].as_ref().unwrap().resume();
     let to = wall_ms();
-    let other = if home == 1 { 2 } else { 1 };
     wait_terminal(c.url(other), &id, Duration::from_secs(240)).await;
+    let took = took.unwrap_or_else(|| t.elapsed());
     trials.push(Trial {
         kind: "SIGSTOP home",
         video: id,
-        took: t.elapsed(),
+        took,
         faults: vec![Fault {
             node: format!("node-{home}"),
             from,
