@@ -933,6 +933,26 @@ impl Actor for JobActor {
                         stuck.push((n.clone(), t.attempt, why));
                     }
                 }
+                // Before blaming tasks for silence, make sure this job still owns the video: a
+                // node that was itself frozen (SIGSTOP, a VM pause) wakes to see every task
+                // silent, while a newer owner has finished the work. Then it stands down
+                // instead of using up attempts (found by the chaos suite).
+                if !(lost.is_empty() && stuck.is_empty()) && state.lease_epoch != 0 {
+                    match state
+                        .ctx
+                        .storage
+                        .lease_holds(&state.video_id, state.lease_epoch)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let _ = state.video.cast(VideoMsg::CheckLease);
+                            return Ok(());
+                        }
+                        // The store cannot say: decide at the next tick.
+                        Err(_) => return Ok(()),
+                    }
+                }
                 for (task, attempt, why) in lost {
                     Self::cancel(state, &task, attempt);
                     Self::requeue(&myself, state, &task, attempt, why).await;

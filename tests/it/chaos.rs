@@ -425,8 +425,18 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
         let lost = count(&events, "task_failed") + count(&events, "task_retry_scheduled");
         f.attempts_lost += lost;
         if lost > 0 {
+            let why: Vec<String> = events
+                .iter()
+                .filter(|e| e["kind"] == "task_failed")
+                .map(|e| {
+                    format!(
+                        "{} {} {}: {}",
+                        e["node"], e["task"], e["attempt"], e["detail"]
+                    )
+                })
+                .collect();
             problems.push(format!(
-                "{} {}: {lost} attempts used up",
+                "{} {}: {lost} attempts used up: {why:#?}",
                 trial.kind, trial.video
             ));
         }
