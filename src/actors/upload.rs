@@ -419,6 +419,13 @@ impl Actor for UploadActor {
         match msg {
             UploadMsg::Info(reply) => {
                 if state.busy.is_none() {
+                    // Another node's actor may have appended or completed it meanwhile.
+                    if let Ok(Some(stored)) = state.ctx.storage.load_upload(&state.info.id).await {
+                        if stored != state.info {
+                            state.info = stored;
+                            state.hasher = None;
+                        }
+                    }
                     Self::finish_if_all_stored(&myself, state).await;
                 }
                 let _ = reply.send(state.info.clone());
