@@ -65,6 +65,8 @@ pub enum JobMsg {
     Validated(Result<SourceInfo, ProbeError>),
     /// A worker began an attempt (starts the stuck-task clock).
     TaskStarted {
+        /// The dispatching job instance ([`TaskSpec::instance`]; 0: unknown).
+        instance: u64,
         /// Task key (rendition name).
         task: String,
         /// Attempt.
@@ -74,6 +76,8 @@ pub enum JobMsg {
     },
     /// Seconds of output an attempt has written so far.
     Progress {
+        /// The dispatching job instance (0: unknown).
+        instance: u64,
         /// Task key.
         task: String,
         /// Attempt.
@@ -83,6 +87,8 @@ pub enum JobMsg {
     },
     /// An attempt ended.
     TaskFinished {
+        /// The dispatching job instance (0: unknown).
+        instance: u64,
         /// Task key.
         task: String,
         /// Attempt.
@@ -118,31 +124,37 @@ impl From<TaskReport> for JobMsg {
     fn from(r: TaskReport) -> Self {
         match r {
             TaskReport::Started {
+                instance,
                 task,
                 attempt,
                 node,
                 ..
             } => JobMsg::TaskStarted {
+                instance,
                 task,
                 attempt,
                 node,
             },
             TaskReport::Progress {
+                instance,
                 task,
                 attempt,
                 seconds,
                 ..
             } => JobMsg::Progress {
+                instance,
                 task,
                 attempt,
                 seconds,
             },
             TaskReport::Finished {
+                instance,
                 task,
                 attempt,
                 result,
                 ..
             } => JobMsg::TaskFinished {
+                instance,
                 task,
                 attempt,
                 result: Box::new(
@@ -225,6 +237,8 @@ pub struct JobState {
     pool: ActorRef<PoolMsg>,
     video: ActorRef<VideoMsg>,
     lease_epoch: u64,
+    /// This JobActor's instance ([`TaskSpec::instance`]): drawn at start, nonzero.
+    instance: u64,
     source: Option<SourceInfo>,
     /// Rendition names in ladder order (the multivariant playlist's order).
     renditions: Vec<String>,
@@ -297,6 +311,14 @@ async fn validate(ctx: Ctx, video_id: String) -> Result<SourceInfo, ProbeError> 
     let info = probe::probe(&path, Duration::from_secs(300)).await?;
     probe::decode_check(&path, info.video_stream, Duration::from_secs(1800)).await?;
     Ok(info)
+}
+
+impl JobState {
+    /// Whether a report from job instance `instance` is this job's (0: a node that predates
+    /// instances, accepted). Reports of a dead instance are dropped.
+    fn owns(&self, instance: u64) -> bool {
+        instance == 0 || instance == self.instance
+    }
 }
 
 impl JobActor {
@@ -428,10 +450,11 @@ impl JobActor {
         let chunks = transcode::plan_chunks(source.duration_seconds, seg, per_chunk);
         let storage = state.ctx.storage.clone();
         let id = state.video_id.clone();
-        let epoch = state.lease_epoch;
+        let (epoch, instance) = (state.lease_epoch, state.instance);
         let spec = |r: &Rendition, kind: TaskKind| TaskSpec {
             video_id: id.clone(),
             epoch,
+            instance,
             rendition: r.clone(),
             kind,
             has_audio: source.has_audio,
@@ -742,6 +765,7 @@ impl Actor for JobActor {
             pool: args.pool,
             video: args.video,
             lease_epoch: args.lease_epoch,
+            instance: rand::random::<u64>().max(1),
             source: None,
             renditions: Vec::new(),
             order: Vec::new(),
@@ -809,10 +833,14 @@ impl Actor for JobActor {
                 return Err(tool.into());
             }
             JobMsg::TaskStarted {
+                instance,
                 task,
                 attempt,
                 node,
             } => {
+                if !state.owns(instance) {
+                    return Ok(());
+                }
                 if let Some(t) = state.tasks.get_mut(&task) {
                     if t.attempt == attempt && t.status == TaskStatus::Queued {
                         t.status = TaskStatus::Running { seconds: 0.0 };
@@ -828,10 +856,14 @@ impl Actor for JobActor {
                 }
             }
             JobMsg::Progress {
+                instance,
                 task,
                 attempt,
                 seconds,
             } => {
+                if !state.owns(instance) {
+                    return Ok(());
+                }
                 if let Some(t) = state.tasks.get_mut(&task) {
                     if t.attempt == attempt && matches!(t.status, TaskStatus::Running { .. }) {
                         // Negative: bytes moving (a download, an upload), no new output.
@@ -844,10 +876,14 @@ impl Actor for JobActor {
                 let _ = state.video.cast(VideoMsg::Progress(state.progress()));
             }
             JobMsg::TaskFinished {
+                instance,
                 task,
                 attempt,
                 result,
             } => {
+                if !state.owns(instance) {
+                    return Ok(());
+                }
                 let current = state.tasks.get(&task).is_some_and(|t| {
                     t.attempt == attempt
                         && matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. })
@@ -1137,6 +1173,7 @@ mod tests {
     fn started(h: &Harness, a: &Assignment) {
         h.job
             .cast(JobMsg::TaskStarted {
+                instance: a.task.instance,
                 task: a.key(),
                 attempt: a.attempt,
                 node: "n".into(),
@@ -1151,6 +1188,7 @@ mod tests {
     ) {
         h.job
             .cast(JobMsg::TaskFinished {
+                instance: a.task.instance,
                 task: a.key(),
                 attempt: a.attempt,
                 result,
@@ -1286,6 +1324,38 @@ mod tests {
         }
     }
 
+    /// Issue 9: a restarted job numbers attempts from 1 again, so a dead instance's report of
+    /// (task, attempt 1) used to count as current. Reports name their job instance; another
+    /// instance's are dropped.
+    #[tokio::test]
+    async fn a_report_from_another_job_instance_is_dropped() {
+        let mut h = harness(|p| p.max_attempts = 1).await;
+        let a = submitted(&mut h).await;
+        let _b = submitted(&mut h).await;
+        assert_ne!(a.task.instance, 0, "tasks name their job instance");
+        let mut stale = a.clone();
+        stale.task.instance = a.task.instance.wrapping_add(1).max(1);
+        // The dead instance's failure of "attempt 1" would fail the video (one attempt).
+        finish(
+            &h,
+            &stale,
+            Box::new(Err(TaskFailure::transient("from a dead job"))),
+        );
+        // This instance's own report is still current: a permanent failure fails the video
+        // with its own reason, not the stale one's.
+        let own = TaskFailure {
+            permanent: true,
+            message: "the current attempt failed".into(),
+        };
+        finish(&h, &a, Box::new(Err(own)));
+        match outcome(&mut h).await {
+            VideoMsg::JobFailed { reason } => {
+                assert!(reason.contains("the current attempt failed"), "{reason}")
+            }
+            _ => panic!("expected failed"),
+        }
+    }
+
     #[tokio::test]
     async fn attempts_run_out_after_max_attempts() {
         let mut h = harness(|p| p.max_attempts = 2).await;
@@ -1352,6 +1422,7 @@ mod tests {
         let a = submitted(&mut h).await;
         started(&h, &a);
         let progress = |seconds: f64| JobMsg::Progress {
+            instance: a.task.instance,
             task: a.key(),
             attempt: 1,
             seconds,

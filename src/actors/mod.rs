@@ -156,6 +156,12 @@ pub struct TaskSpec {
     /// from a node that predates it, or from a job without a lease (tests): not checked.
     #[serde(default)]
     pub epoch: u64,
+    /// The job instance that dispatched it (random, nonzero, drawn when a JobActor starts).
+    /// Reports carry it back, and a job drops reports of another instance: a restarted job
+    /// numbers attempts from 1 again, so (task, attempt) alone would let a dead instance's
+    /// report count as current (issue 9). 0 from a node that predates it: not checked.
+    #[serde(default)]
+    pub instance: u64,
     /// The rendition the task works towards.
     pub rendition: Rendition,
     /// What the task does.

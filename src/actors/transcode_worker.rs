@@ -106,6 +106,7 @@ impl Actor for TranscodeWorker {
             WorkerMsg::Run(a) => {
                 a.reply.send(TaskReport::Started {
                     video_id: a.task.video_id.clone(),
+                    instance: a.task.instance,
                     task: a.key().to_string(),
                     attempt: a.attempt,
                     node: state.ctx.node_id.clone(),
@@ -140,6 +141,7 @@ impl Actor for TranscodeWorker {
                     let a = &r.assignment;
                     a.reply.send(TaskReport::Finished {
                         video_id: a.task.video_id.clone(),
+                        instance: a.task.instance,
                         task: a.key().to_string(),
                         attempt: a.attempt,
                         result: (*result).map_err(failure_to_wire),
@@ -172,14 +174,20 @@ const KEEP_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// attempt is alive (a progress report with negative seconds), at most every
 /// [`KEEP_ALIVE_EVERY`]: a 5 GB source downloading from S3 for minutes is not stuck (issue 9).
 fn keep_alive(a: &Assignment) -> impl FnMut(u64) + Send {
-    let (reply, video_id, task, attempt) =
-        (a.reply.clone(), a.task.video_id.clone(), a.key(), a.attempt);
+    let (reply, video_id, task, attempt, instance) = (
+        a.reply.clone(),
+        a.task.video_id.clone(),
+        a.key(),
+        a.attempt,
+        a.task.instance,
+    );
     let mut last = std::time::Instant::now();
     move |_bytes| {
         if last.elapsed() >= KEEP_ALIVE_EVERY {
             last = std::time::Instant::now();
             reply.send(TaskReport::Progress {
                 video_id: video_id.clone(),
+                instance,
                 task: task.clone(),
                 attempt,
                 seconds: -1.0,
@@ -191,7 +199,8 @@ fn keep_alive(a: &Assignment) -> impl FnMut(u64) + Send {
 /// Run ffmpeg with `args` in a blocking thread, reporting progress to the job.
 async fn run_ffmpeg(a: &Assignment, cancel: &Cancel, args: Vec<String>) -> Result<(), TaskFailure> {
     let reply = a.reply.clone();
-    let (video_id, task, attempt) = (a.task.video_id.clone(), a.key(), a.attempt);
+    let (video_id, task, attempt, instance) =
+        (a.task.video_id.clone(), a.key(), a.attempt, a.task.instance);
     let run_cancel = cancel.clone();
     let ran = tokio::task::spawn_blocking(move || {
         let mut last_sent = -1.0f64;
@@ -200,6 +209,7 @@ async fn run_ffmpeg(a: &Assignment, cancel: &Cancel, args: Vec<String>) -> Resul
                 last_sent = seconds;
                 reply.send(TaskReport::Progress {
                     video_id: video_id.clone(),
+                    instance,
                     task: task.clone(),
                     attempt,
                     seconds,

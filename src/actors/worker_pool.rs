@@ -258,6 +258,7 @@ impl Actor for WorkerPool {
                 .detail(why.clone());
             a.reply.send(TaskReport::Finished {
                 video_id: a.task.video_id.clone(),
+                instance: a.task.instance,
                 task: a.key().to_string(),
                 attempt: a.attempt,
                 result: Err((false, why)),

@@ -81,6 +81,10 @@ pub enum TaskReport {
     Started {
         /// Video.
         video_id: String,
+        /// The job instance that dispatched the attempt ([`crate::actors::TaskSpec::instance`]);
+        /// 0 from a node that predates it.
+        #[serde(default)]
+        instance: u64,
         /// Task key.
         task: String,
         /// Attempt.
@@ -92,6 +96,10 @@ pub enum TaskReport {
     Progress {
         /// Video.
         video_id: String,
+        /// The job instance that dispatched the attempt ([`crate::actors::TaskSpec::instance`]);
+        /// 0 from a node that predates it.
+        #[serde(default)]
+        instance: u64,
         /// Task key.
         task: String,
         /// Attempt.
@@ -105,6 +113,10 @@ pub enum TaskReport {
     Finished {
         /// Video.
         video_id: String,
+        /// The job instance that dispatched the attempt ([`crate::actors::TaskSpec::instance`]);
+        /// 0 from a node that predates it.
+        #[serde(default)]
+        instance: u64,
         /// Task key.
         task: String,
         /// Attempt.
