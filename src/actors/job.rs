@@ -775,6 +775,30 @@ impl Actor for JobActor {
         })
     }
 
+    /// Stopped before it finished (its VideoActor stood down, handed the video off or is
+    /// shutting down): cancel every attempt still queued or running, on whichever node it
+    /// was handed to, so a deposed job's tasks stop instead of running to their next refused
+    /// write (issue 9).
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<JobMsg>,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.finished {
+            return Ok(());
+        }
+        let live: Vec<(String, u32)> = state
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }))
+            .map(|(n, t)| (n.clone(), t.attempt))
+            .collect();
+        for (task, attempt) in live {
+            Self::cancel(state, &task, attempt);
+        }
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<JobMsg>,
@@ -1354,6 +1378,25 @@ mod tests {
             }
             _ => panic!("expected failed"),
         }
+    }
+
+    /// Issue 9: a job stopped before it finished (stand-down, hand-off) cancels its attempts
+    /// wherever they were handed, instead of leaving them to run.
+    #[tokio::test]
+    async fn a_job_stopped_mid_way_cancels_its_attempts() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        let b = submitted(&mut h).await;
+        started(&h, &a);
+        h.job.stop(Some("stood down".into()));
+        let mut cancelled = std::collections::BTreeSet::new();
+        while cancelled.len() < 2 {
+            if let PoolMsg::Cancel { task, attempt, .. } = next(&mut h.pool, "a cancel").await {
+                assert_eq!(attempt, 1);
+                cancelled.insert(task);
+            }
+        }
+        assert_eq!(cancelled, [a.key(), b.key()].into_iter().collect());
     }
 
     #[tokio::test]
