@@ -18,6 +18,7 @@ use crate::http::{json_response, respond, ApiError, App};
 use crate::model::{VideoRecord, VideoState};
 use crate::storage::events::NewEvent;
 use crate::storage::{keys, RecordWrite};
+use futures::StreamExt;
 
 pub(super) fn routes(
     with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,
@@ -25,7 +26,12 @@ pub(super) fn routes(
     let list = warp::path!("videos")
         .and(warp::get())
         .and(with_app.clone())
-        .and_then(|app: App| async move { respond(list(app).await) });
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(
+            |app: App, q: std::collections::HashMap<String, String>| async move {
+                respond(list(app, q).await)
+            },
+        );
     let one = warp::path!("videos" / String)
         .and(warp::get())
         .and(with_app.clone())
@@ -151,21 +157,77 @@ async fn status(app: App, id: String) -> Result<Response<Bytes>, ApiError> {
     Ok(json_response(StatusCode::OK, &v))
 }
 
-async fn list(app: App) -> Result<Response<Bytes>, ApiError> {
+/// Videos per page of `GET /videos` unless `limit` says otherwise, and the most it may say.
+pub const PAGE_DEFAULT: usize = 100;
+/// See [`PAGE_DEFAULT`].
+pub const PAGE_MAX: usize = 1000;
+
+/// One page of `ids` (sorted ascending): the first `limit` after `after` (exclusive), and the
+/// cursor for the next page (the page's last id) when more follow.
+pub fn page<'a>(ids: &'a [String], after: Option<&str>, limit: usize) -> (&'a [String], Option<String>) {
+    let start = match after {
+        Some(a) => ids.partition_point(|id| id.as_str() <= a),
+        None => 0,
+    };
+    let end = (start + limit).min(ids.len());
+    let next = (end < ids.len() && end > start).then(|| ids[end - 1].clone());
+    (&ids[start..end], next)
+}
+
+/// `GET /videos?limit=N&after=ID`: a page of video records in video-id order (the object
+/// store's listing order), `{"videos": [...], "next": ID or null}`; pass `next` as `after` for
+/// the following page. `limit` 1 to 1000, default 100. Only the page's records are read; the
+/// ids come from one listing of `videos/` (names only), so the answer's time follows the page
+/// size, not the library's.
+///
+/// Errors: `400` for a `limit` out of range or an `after` that is not a video id.
+async fn list(
+    app: App,
+    q: std::collections::HashMap<String, String>,
+) -> Result<Response<Bytes>, ApiError> {
+    let limit = match q.get("limit") {
+        None => PAGE_DEFAULT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be a number from 1 to {PAGE_MAX}"))
+            })?,
+    };
+    let after = match q.get("after") {
+        None => None,
+        Some(a) if keys::valid_video_id(a) => Some(a.as_str()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "after must be a video id (32 lowercase hex digits), as given in next".into(),
+            ))
+        }
+    };
     let storage = &app.node.ctx.storage;
-    let mut videos = Vec::new();
-    for id in storage.list_video_ids().await? {
-        if let Some(r) = storage.load_record(&id).await? {
-            let progress = if r.state == VideoState::Ready {
-                1.0
-            } else {
-                0.0
-            };
+    let mut ids = storage.list_video_ids().await?;
+    ids.sort();
+    let (ids, next) = page(&ids, after, limit);
+    let reader = storage.clone();
+    let records: Vec<_> = futures::stream::iter(ids.to_vec())
+        .map(move |id| {
+            let s = reader.clone();
+            async move { s.load_record(&id).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut videos = Vec::with_capacity(ids.len());
+    for r in records {
+        if let Some(r) = r? {
+            let progress = if r.state == VideoState::Ready { 1.0 } else { 0.0 };
             videos.push(view(&r, progress));
         }
     }
-    videos.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
-    Ok(json_response(StatusCode::OK, &json!({ "videos": videos })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "videos": videos, "next": next }),
+    ))
 }
 
 /// The video's events: this node's, plus (unless `local_only`) every other live node's,
@@ -219,4 +281,26 @@ async fn events(app: App, id: String, local_only: bool) -> Result<Response<Bytes
         StatusCode::OK,
         &json!({ "video_id": record.video_id, "events": events, "unreachable_nodes": unreachable }),
     ))
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::page;
+
+    #[test]
+    fn pages_follow_the_cursor_to_the_end() {
+        let ids: Vec<String> = (0..7).map(|i| format!("{i:032x}")).collect();
+        let (p, next) = page(&ids, None, 3);
+        assert_eq!(p, &ids[0..3]);
+        assert_eq!(next.as_deref(), Some(ids[2].as_str()));
+        let (p, next) = page(&ids, next.as_deref(), 3);
+        assert_eq!(p, &ids[3..6]);
+        let (p, next) = page(&ids, next.as_deref(), 3);
+        assert_eq!((p, next), (&ids[6..7], None));
+        // A cursor of a video deleted meanwhile still finds its place.
+        let gone = format!("{:032x}", 3).replace('3', "2") + "";
+        let (p, _) = page(&ids, Some(&gone), 2);
+        assert_eq!(p[0], ids[3]);
+        assert_eq!(page(&ids, Some(&ids[6]), 3), (&ids[7..7], None));
+    }
 }
