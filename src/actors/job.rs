@@ -329,21 +329,26 @@ impl JobActor {
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
         state.finished = true;
-        let live: Vec<(String, u32)> = state
-            .tasks
-            .iter()
-            .filter(|(_, t)| matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }))
-            .map(|(n, t)| (n.clone(), t.attempt))
-            .collect();
-        for (name, attempt) in live {
-            Self::cancel(state, &name, attempt);
-        }
+        Self::cancel_live(state);
         state
             .event(NewEvent::video(&state.video_id, "job_failed").detail(reason.clone()))
             .await;
         let _ = state.video.cast(VideoMsg::JobFailed { reason });
         myself.stop(None);
         Ok(())
+    }
+
+    /// Cancel every attempt still queued or running, wherever it was handed.
+    fn cancel_live(state: &JobState) {
+        let live: Vec<(String, u32)> = state
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }))
+            .map(|(n, t)| (n.clone(), t.attempt))
+            .collect();
+        for (task, attempt) in live {
+            Self::cancel(state, &task, attempt);
+        }
     }
 
     /// Cancel an attempt wherever it was handed.
@@ -787,15 +792,7 @@ impl Actor for JobActor {
         if state.finished {
             return Ok(());
         }
-        let live: Vec<(String, u32)> = state
-            .tasks
-            .iter()
-            .filter(|(_, t)| matches!(t.status, TaskStatus::Queued | TaskStatus::Running { .. }))
-            .map(|(n, t)| (n.clone(), t.attempt))
-            .collect();
-        for (task, attempt) in live {
-            Self::cancel(state, &task, attempt);
-        }
+        Self::cancel_live(state);
         Ok(())
     }
 

@@ -584,6 +584,26 @@ mod tests {
         lease(b).token
     }
 
+    /// A new, empty upload of `length` bytes.
+    fn fresh(id: &str, length: u64) -> UploadInfo {
+        UploadInfo {
+            id: id.to_string(),
+            length,
+            offset: 0,
+            parts: vec![],
+            raw_metadata: None,
+            filename: Some("a.mp4".into()),
+            filetype: None,
+            sha256: None,
+            sniffed: false,
+            created_ms: now_ms(),
+            expires_ms: now_ms() + 60_000,
+            video_id: None,
+            video_state: None,
+            duplicate: false,
+        }
+    }
+
     fn fed(l: &Lease, bytes: &[u8]) -> Option<Sha256> {
         let mut h = l.hasher.clone()?;
         h.update(bytes);
@@ -601,22 +621,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (probe, _) = Actor::spawn(None, Probe, seen.clone()).await.unwrap();
         let id = keys::new_upload_id("u1");
-        let info = UploadInfo {
-            id: id.clone(),
-            length: 10,
-            offset: 0,
-            parts: vec![],
-            raw_metadata: None,
-            filename: Some("a.mp4".into()),
-            filetype: None,
-            sha256: None,
-            sniffed: false,
-            created_ms: now_ms(),
-            expires_ms: now_ms() + 60_000,
-            video_id: None,
-            video_state: None,
-            duplicate: false,
-        };
+        let info = fresh(&id, 10);
         storage.save_upload(&info).await.unwrap();
         let (a, _) = Actor::spawn(
             None,
@@ -735,22 +740,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (probe, _) = Actor::spawn(None, Probe, seen).await.unwrap();
         let id = keys::new_upload_id("u1");
-        let info = UploadInfo {
-            id: id.clone(),
-            length: 4,
-            offset: 0,
-            parts: vec![],
-            raw_metadata: None,
-            filename: None,
-            filetype: None,
-            sha256: None,
-            sniffed: false,
-            created_ms: now_ms(),
-            expires_ms: now_ms() + 60_000,
-            video_id: None,
-            video_state: None,
-            duplicate: false,
-        };
+        let info = fresh(&id, 4);
         storage.save_upload(&info).await.unwrap();
         let mut actors = Vec::new();
         for _ in 0..2 {

@@ -164,7 +164,11 @@ pub const PAGE_MAX: usize = 1000;
 
 /// One page of `ids` (sorted ascending): the first `limit` after `after` (exclusive), and the
 /// cursor for the next page (the page's last id) when more follow.
-pub fn page<'a>(ids: &'a [String], after: Option<&str>, limit: usize) -> (&'a [String], Option<String>) {
+pub fn page<'a>(
+    ids: &'a [String],
+    after: Option<&str>,
+    limit: usize,
+) -> (&'a [String], Option<String>) {
     let start = match after {
         Some(a) => ids.partition_point(|id| id.as_str() <= a),
         None => 0,
@@ -220,7 +224,11 @@ async fn list(
     let mut videos = Vec::with_capacity(ids.len());
     for r in records {
         if let Some(r) = r? {
-            let progress = if r.state == VideoState::Ready { 1.0 } else { 0.0 };
+            let progress = if r.state == VideoState::Ready {
+                1.0
+            } else {
+                0.0
+            };
             videos.push(view(&r, progress));
         }
     }

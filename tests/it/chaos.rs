@@ -109,42 +109,26 @@ async fn home_of(c: &TestCluster, id: &str) -> usize {
     c.index_of(v["home_node"].as_str().unwrap_or("node-1"))
 }
 
-async fn wait_started(c: &TestCluster, base: usize, id: &str) {
+/// Upload `clip` to node 1 and wait until a task of its job started: when it was uploaded,
+/// the video id and its home node.
+async fn job_running(c: &TestCluster, clip: &Path) -> (Instant, String, usize) {
+    let t = Instant::now();
+    let (_, v) = upload(c.url(1), clip).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
     wait_until("a task started", PROCESSING_DEADLINE, || {
-        let (base, id) = (c.url(base).to_string(), id.to_string());
+        let (base, id) = (c.url(1).to_string(), id.clone());
         async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
     })
     .await;
+    let home = home_of(c, &id).await;
+    (t, id, home)
 }
 
-/// Upload by tus (creation, then one PATCH); returns the video id.
+/// Upload by tus (creation, then one PATCH); returns the video id the completing PATCH names.
 async fn tus_upload(base: &str, bytes: Vec<u8>) -> String {
-    let client = reqwest::Client::new();
-    let r = client
-        .post(format!("{base}/files/"))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", bytes.len().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let loc = r.headers()["location"].to_str().unwrap().to_string();
-    let url = if loc.starts_with('/') {
-        format!("{base}{loc}")
-    } else {
-        loc
-    };
-    let r = client
-        .patch(&url)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("Upload-Offset", "0")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let url = tus_create(base, bytes.len()).await.unwrap();
+    let r = tus_patch(&url, 0, bytes).await;
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
-    // The last PATCH's answer names the video (tus: the upload is complete).
     match r.headers().get("reel-video-id") {
         Some(id) => id.to_str().unwrap().to_string(),
         None => panic!("the completing PATCH named no video: {:?}", r.headers()),
@@ -294,12 +278,7 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
     }
 
     // Restart of a node that is not the video's home while its job runs.
-    let clip = next_clip();
-    let t = Instant::now();
-    let (_, v) = upload(c.url(1), &clip).await;
-    let id = v["video_id"].as_str().unwrap().to_string();
-    wait_started(&c, 1, &id).await;
-    let home = home_of(&c, &id).await;
+    let (t, id, home) = job_running(&c, &next_clip()).await;
     let victim = if home == 3 { 2 } else { 3 };
     let from = wall_ms();
     c.nodes[victim - 1].as_mut().unwrap().kill9();
@@ -320,12 +299,7 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
     c.wait_live(&[1, 2, 3], 3).await;
 
     // The home node hangs.
-    let clip = next_clip();
-    let t = Instant::now();
-    let (_, v) = upload(c.url(1), &clip).await;
-    let id = v["video_id"].as_str().unwrap().to_string();
-    wait_started(&c, 1, &id).await;
-    let home = home_of(&c, &id).await;
+    let (t, id, home) = job_running(&c, &next_clip()).await;
     let from = wall_ms();
     c.nodes[home - 1].as_ref().unwrap().stop();
     // While it hangs, the others fence it and finish the video: the time to ready is taken

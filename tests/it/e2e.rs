@@ -368,8 +368,18 @@ async fn the_video_list_pages_with_a_cursor() {
     assert_eq!(pages, 3);
     assert_eq!(seen, ids, "every video once, in id order");
     let (_, first) = get_json(&format!("{base}/videos")).await;
-    assert_eq!(first["videos"].as_array().unwrap().len(), 100, "default page");
-    for bad in ["limit=0", "limit=1001", "limit=x", "after=../x", "after=ABC"] {
+    assert_eq!(
+        first["videos"].as_array().unwrap().len(),
+        100,
+        "default page"
+    );
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "after=../x",
+        "after=ABC",
+    ] {
         let (status, v) = get_json(&format!("{base}/videos?{bad}")).await;
         assert_eq!(status, 400, "{bad}: {v}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");

@@ -27,7 +27,8 @@ pub fn fixtures() -> &'static Path {
     })
 }
 
-fn ffmpeg(args: &[&str]) {
+/// Run `ffmpeg -v error -y ARGS`; panics with its error output if it fails.
+pub fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-y"])
         .args(args)
@@ -675,4 +676,38 @@ pub async fn ffmpeg_out(args: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "ffmpeg {args:?}: {err}");
     err
+}
+
+/// tus creation (`POST /files/`) of an upload of `len` bytes; returns its absolute URL.
+pub async fn tus_create(base: &str, len: usize) -> Result<String, (u16, Value)> {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/files/"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", len.to_string())
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 201 {
+        let status = r.status().as_u16();
+        return Err((status, r.json().await.unwrap_or_default()));
+    }
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    Ok(if loc.starts_with('/') {
+        format!("{base}{loc}")
+    } else {
+        loc
+    })
+}
+
+/// tus `PATCH` of `bytes` at `offset` (no checksum).
+pub async fn tus_patch(url: &str, offset: usize, bytes: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .patch(url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", offset.to_string())
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
 }

@@ -200,43 +200,16 @@ async fn by_put(base: &str, bytes: Vec<u8>) -> Answer {
 }
 
 async fn by_tus(base: &str, bytes: Vec<u8>) -> Answer {
-    let r = Client::new()
-        .post(format!("{base}/files/"))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", bytes.len().to_string())
-        .send()
-        .await
-        .unwrap();
-    if r.status() != 201 {
-        let (status, v) = json_of(r).await;
-        return answer(status, &v);
-    }
-    let url = r.headers()["location"].to_str().unwrap().to_string();
-    let url = if url.starts_with('/') {
-        format!("{base}{url}")
-    } else {
-        url
+    let url = match tus_create(base, bytes.len()).await {
+        Ok(url) => url,
+        Err((status, v)) => return answer(status, &v),
     };
-    let r = Client::new()
-        .patch(&url)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("Upload-Offset", "0")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let r = tus_patch(&url, 0, bytes).await;
     if r.status() != 204 {
         let (status, v) = json_of(r).await;
         return answer(status, &v);
     }
-    // Complete: the upload's state names the video.
-    let r = Client::new()
-        .head(&url)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
+    // Complete: the last PATCH names the video.
     let id = r
         .headers()
         .get("reel-video-id")

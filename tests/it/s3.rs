@@ -412,32 +412,9 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
     let source = std::fs::read(clip("video")).unwrap();
     let half = source.len() / 2;
     let tus = reqwest::Client::new();
-    let created = tus
-        .post(format!("{base}/files/"))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", source.len().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let loc = created.headers()["location"].to_str().unwrap().to_string();
-    let upload_url = if loc.starts_with('/') {
-        format!("{base}{loc}")
-    } else {
-        loc
-    };
-    let patch = |offset: usize, bytes: Vec<u8>| {
-        tus.patch(&upload_url)
-            .header("Tus-Resumable", "1.0.0")
-            .header("Content-Type", "application/offset+octet-stream")
-            .header("Upload-Offset", offset.to_string())
-            .body(bytes)
-            .send()
-    };
-    assert_eq!(
-        patch(0, source[..half].to_vec()).await.unwrap().status(),
-        204
-    );
+    let upload_url = tus_create(&base, source.len()).await.unwrap();
+    let patch = |offset: usize, bytes: Vec<u8>| tus_patch(&upload_url, offset, bytes);
+    assert_eq!(patch(0, source[..half].to_vec()).await.status(), 204);
 
     weed.kill();
     let (status, v) = get_json(&format!("{base}/health")).await;
@@ -479,7 +456,7 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
         .await
         .unwrap();
     assert_eq!(r.status(), 503, "{:?}", r.text().await);
-    let r = patch(half, source[half..].to_vec()).await.unwrap();
+    let r = patch(half, source[half..].to_vec()).await;
     assert_eq!(r.status(), 503, "{:?}", r.text().await);
 
     // The store comes back: the node recovers by itself.
@@ -509,23 +486,9 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
         .parse()
         .unwrap();
     assert_eq!(offset, half, "the parts stored before the outage are kept");
-    assert_eq!(
-        patch(offset, source[offset..].to_vec())
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    let head = tus
-        .head(&upload_url)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
-    let resumed = head.headers()["reel-video-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let r = patch(offset, source[offset..].to_vec()).await;
+    assert_eq!(r.status(), 204);
+    let resumed = r.headers()["reel-video-id"].to_str().unwrap().to_string();
     let v = wait_terminal(&base, &resumed, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");
     let (status, v) = upload(&base, &clip("video")).await;
