@@ -43,6 +43,7 @@ pub mod media;
 pub mod model;
 pub mod storage;
 pub mod streaming;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

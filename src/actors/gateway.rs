@@ -11,8 +11,7 @@
 //! actors). Payloads are JSON strings (see `cluster::protocol`): adding a request kind never
 //! breaks decoding of the others.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorClusterMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::actors::job::JobMsg;
 use crate::actors::video_supervisor::{live_status, VideoSupervisorMsg};
@@ -34,15 +33,8 @@ pub struct GatewayArgs {
     pub videos: ActorRef<VideoSupervisorMsg>,
 }
 
-/// Messages (serialisable: this type crosses the cluster link). Add variants, never rename.
-#[derive(RactorClusterMessage)]
-pub enum GatewayMsg {
-    /// A JSON [`Request`]; the reply port gets a JSON [`Reply`].
-    #[rpc]
-    Call(String, RpcReplyPort<String>),
-    /// A JSON [`TaskReport`] for a job on this node.
-    Report(String),
-}
+/// Messages: defined with the rest of the wire format in [`crate::cluster::protocol`].
+pub use crate::cluster::protocol::GatewayMsg;
 
 /// State: what requests are routed to.
 pub struct GatewayState {

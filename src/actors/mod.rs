@@ -50,12 +50,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ractor::ActorRef;
-use serde::{Deserialize, Serialize};
 
 use crate::cluster::protocol::TaskReport;
 use crate::cluster::Cluster;
 use crate::config::{Limits, ProcessingConfig};
-use crate::media::ladder::Rendition;
 use crate::storage::events::EventLog;
 use crate::storage::Storage;
 
@@ -112,94 +110,7 @@ impl NodeContext {
     }
 }
 
-/// What a task does (design brief section 8: chunks encoded in parallel, audio once, then a
-/// stream-copy packaging step per rendition).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum TaskKind {
-    /// Encode the whole rendition (video and audio) in one ffmpeg run: short sources.
-    Rendition,
-    /// Encode the video of one chunk of the rendition (whole segments) to an intermediate MP4.
-    Chunk {
-        /// Chunk number, from 0.
-        index: usize,
-        /// Where the chunk starts in the source, seconds (a multiple of the segment duration).
-        start_seconds: f64,
-        /// Its length, seconds.
-        duration_seconds: f64,
-    },
-    /// Encode the whole source's audio once, at this bitrate (kbit/s), to an intermediate M4A.
-    Audio {
-        /// AAC bitrate, kbit/s.
-        kbps: u32,
-    },
-    /// Stream-copy the rendition's chunks and the audio into its CMAF segments and playlist.
-    Package {
-        /// How many chunks.
-        chunks: usize,
-        /// Each chunk's span, seconds, in order: where the next one starts. Empty in tasks
-        /// from a node that predates it (each chunk's own length is used).
-        #[serde(default)]
-        chunk_seconds: Vec<f64>,
-        /// The audio intermediate's bitrate, when the source has audio.
-        audio_kbps: Option<u32>,
-    },
-}
-
-/// One unit of work of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpec {
-    /// The video.
-    pub video_id: String,
-    /// The lease epoch of the job that dispatched it. A worker writes the task's outputs only
-    /// while it is still the video's newest epoch, so a deposed job's tasks (its node killed,
-    /// hung or handed off) store nothing ([`crate::storage::Storage::lease_holds`]). 0 in tasks
-    /// from a node that predates it, or from a job without a lease (tests): not checked.
-    #[serde(default)]
-    pub epoch: u64,
-    /// The job instance that dispatched it (random, nonzero, drawn when a JobActor starts).
-    /// Reports carry it back, and a job drops reports of another instance: a restarted job
-    /// numbers attempts from 1 again, so (task, attempt) alone would let a dead instance's
-    /// report count as current (issue 9). 0 from a node that predates it: not checked.
-    #[serde(default)]
-    pub instance: u64,
-    /// The rendition the task works towards.
-    pub rendition: Rendition,
-    /// What the task does.
-    pub kind: TaskKind,
-    /// Whether the source has audio to map.
-    pub has_audio: bool,
-    /// Source duration, seconds (for progress).
-    pub duration_seconds: f64,
-    /// Source frame rate, frames per second (kept; written as `FRAME-RATE`).
-    pub frame_rate: f64,
-    /// Which source streams to read and how to line them up (decided once from the probe, so
-    /// every chunk, the audio and every rendition share one timeline). Absent in tasks from a
-    /// node that predates it: the first streams, no offsets.
-    #[serde(default)]
-    pub input: crate::media::transcode::InputMap,
-}
-
-impl TaskSpec {
-    /// The task's key within its job: `720p` (whole rendition or its packaging step),
-    /// `720p/c0003` (a chunk), `audio-128` (the audio).
-    pub fn key(&self) -> String {
-        match &self.kind {
-            TaskKind::Rendition | TaskKind::Package { .. } => self.rendition.name.clone(),
-            TaskKind::Chunk { index, .. } => format!("{}/c{index:04}", self.rendition.name),
-            TaskKind::Audio { kbps } => format!("audio-{kbps}"),
-        }
-    }
-
-    /// The length of source this task covers, seconds (for progress).
-    pub fn span_seconds(&self) -> f64 {
-        match &self.kind {
-            TaskKind::Chunk {
-                duration_seconds, ..
-            } => *duration_seconds,
-            _ => self.duration_seconds,
-        }
-    }
-}
+pub use crate::tasks::{TaskFailure, TaskKind, TaskSpec, SUPERSEDED};
 
 /// Where a task's reports go: the job's actor on this node, or the Gateway of the node that
 /// runs the job.
@@ -243,41 +154,5 @@ impl Assignment {
     /// The task's key within its job (see [`TaskSpec::key`]).
     pub fn key(&self) -> String {
         self.task.key()
-    }
-}
-
-/// Why a task attempt failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskFailure {
-    /// True when retrying cannot help (the source cannot be decoded).
-    pub permanent: bool,
-    /// What happened, for events and the video's error.
-    pub message: String,
-}
-
-/// How a worker's failure message begins when the task's job no longer owns the video.
-pub const SUPERSEDED: &str = "superseded:";
-
-impl TaskFailure {
-    /// The task's job no longer owns the video (a newer lease epoch exists): the worker stored
-    /// nothing, and the job stands down instead of retrying (no attempt is used up). Told by
-    /// the message, so it crosses nodes in the existing report format.
-    pub fn superseded(video_id: &str, epoch: u64) -> Self {
-        Self::transient(format!(
-            "{SUPERSEDED} video {video_id} has a newer owner than epoch {epoch}; nothing was stored"
-        ))
-    }
-
-    /// Whether this is [`TaskFailure::superseded`].
-    pub fn is_superseded(&self) -> bool {
-        self.message.starts_with(SUPERSEDED)
-    }
-
-    /// A failure worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            permanent: false,
-            message: message.into(),
-        }
     }
 }

@@ -27,7 +27,7 @@ use ractor::ActorRef;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::actors::gateway::GatewayMsg;
+use crate::cluster::protocol::GatewayMsg;
 use crate::cluster::protocol::{Reply, Request, TaskReport};
 use crate::cluster::ring::Ring;
 

@@ -6,8 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::{TaskFailure, TaskSpec};
+use ractor::RpcReplyPort;
+use ractor_cluster::RactorClusterMessage;
+
 use crate::media::playlist::RenditionOutput;
+use crate::tasks::{TaskFailure, TaskSpec};
 
 /// A request to a peer's Gateway; the answer is a [`Reply`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +84,7 @@ pub enum TaskReport {
     Started {
         /// Video.
         video_id: String,
-        /// The job instance that dispatched the attempt ([`crate::actors::TaskSpec::instance`]);
+        /// The job instance that dispatched the attempt ([`crate::tasks::TaskSpec::instance`]);
         /// 0 from a node that predates it.
         #[serde(default)]
         instance: u64,
@@ -96,7 +99,7 @@ pub enum TaskReport {
     Progress {
         /// Video.
         video_id: String,
-        /// The job instance that dispatched the attempt ([`crate::actors::TaskSpec::instance`]);
+        /// The job instance that dispatched the attempt ([`crate::tasks::TaskSpec::instance`]);
         /// 0 from a node that predates it.
         #[serde(default)]
         instance: u64,
@@ -113,7 +116,7 @@ pub enum TaskReport {
     Finished {
         /// Video.
         video_id: String,
-        /// The job instance that dispatched the attempt ([`crate::actors::TaskSpec::instance`]);
+        /// The job instance that dispatched the attempt ([`crate::tasks::TaskSpec::instance`]);
         /// 0 from a node that predates it.
         #[serde(default)]
         instance: u64,
@@ -141,4 +144,16 @@ impl TaskReport {
 /// Convert a failure for the wire.
 pub fn failure_to_wire(f: TaskFailure) -> (bool, String) {
     (f.permanent, f.message)
+}
+
+/// The messages of a node's Gateway actor (`actors::gateway`), the one remote-capable actor:
+/// this type crosses the cluster link. Payloads are JSON so that adding a [`Request`] kind
+/// never breaks decoding of the others. Add variants, never rename.
+#[derive(RactorClusterMessage)]
+pub enum GatewayMsg {
+    /// A JSON [`Request`]; the reply port gets a JSON [`Reply`].
+    #[rpc]
+    Call(String, RpcReplyPort<String>),
+    /// A JSON [`TaskReport`] for a job on this node.
+    Report(String),
 }
