@@ -238,6 +238,10 @@ async fn transcode_and_store(
 ) -> Result<Option<RenditionOutput>, TaskFailure> {
     let t = &a.task;
     let io = |what: &str, e: &dyn std::fmt::Display| TaskFailure::transient(format!("{what}: {e}"));
+    // A task queued by a job that has since lost the video (its node died, a newer owner
+    // re-dispatched everything) does no work at all: nobody could cancel it, and encoding it
+    // only to have its outputs refused kept the new owner's tasks waiting behind it.
+    check_owner(ctx, t).await?;
     tokio::fs::create_dir_all(out_dir)
         .await
         .map_err(|e| io("creating scratch space", &e))?;
