@@ -11,16 +11,28 @@
 //!    create-if-absent: of two identical uploads racing, exactly one creates it and starts the
 //!    job; the other is answered as a duplicate.
 //!
-//! [`existing`] answers step 2 from a declared SHA-256 alone: dedupe before any transfer.
+//! [`Ingest::existing`] answers step 2 from a declared SHA-256 alone: dedupe before any
+//! transfer.
+//!
+//! Storage and the event log only: starting the processing of an [`Accepted`] video that
+//! [`Accepted::needs_processing`] is the caller's (`actors::node::ensure_video`), so this
+//! module knows nothing of actors.
 
-use ractor::ActorRef;
-
-use crate::actors::node::ensure_video;
-use crate::actors::video_supervisor::VideoSupervisorMsg;
-use crate::actors::NodeContext;
 use crate::model::{video_id, VideoRecord};
-use crate::storage::events::NewEvent;
-use crate::storage::{keys, StorageError};
+use crate::storage::events::{EventLog, NewEvent};
+use crate::storage::{keys, Storage, StorageError};
+
+/// What ingesting needs: the store, the node's event log and the processing profile (part of
+/// the content address).
+#[derive(Clone, Copy)]
+pub struct Ingest<'a> {
+    /// The object store.
+    pub storage: &'a Storage,
+    /// The node's event log (`upload_received`, `duplicate_upload`).
+    pub events: &'a EventLog,
+    /// The processing profile name.
+    pub profile: &'a str,
+}
 
 /// Bytes stored under a staging key, with what was learnt while receiving them.
 #[derive(Debug, Clone)]
@@ -45,6 +57,9 @@ pub struct Accepted {
     pub state: String,
     /// The bytes were already a video: nothing new is processed.
     pub duplicate: bool,
+    /// The video is not terminal (`uploaded` or `processing`): the caller makes sure its home
+    /// processes it (idempotent; never a second job).
+    pub needs_processing: bool,
 }
 
 /// Why ingesting failed.
@@ -58,115 +73,102 @@ pub enum IngestError {
     Unavailable(String),
 }
 
-/// The video the bytes with SHA-256 `sha256` (lowercase hex) already are, if any: answered
-/// without a transfer.
-///
-/// Errors: the object store failed.
-pub async fn existing(
-    ctx: &NodeContext,
-    videos: &ActorRef<VideoSupervisorMsg>,
-    sha256: &str,
-) -> Result<Option<Accepted>, IngestError> {
-    let id = video_id(sha256, &ctx.processing.profile);
-    match ctx.storage.load_record(&id).await? {
-        Some(record) => Ok(Some(
-            duplicate(ctx, videos, &id, record.state.as_str(), "declared sha256").await,
-        )),
-        None => Ok(None),
-    }
-}
-
-/// Move `staged` to its content address and create the record once (module doc).
-///
-/// Errors: the object store failed; the node is shutting down.
-pub async fn accept(
-    ctx: &NodeContext,
-    videos: &ActorRef<VideoSupervisorMsg>,
-    staged: Staged,
-) -> Result<Accepted, IngestError> {
-    let storage = &ctx.storage;
-    let id = video_id(&staged.sha256, &ctx.processing.profile);
-    let at_source = staged.key == keys::source(&id);
-    if let Some(existing) = storage.load_record(&id).await? {
-        if !at_source {
-            let _ = storage.delete(&staged.key).await;
+impl Ingest<'_> {
+    /// The video the bytes with SHA-256 `sha256` (lowercase hex) already are, if any: answered
+    /// without a transfer.
+    ///
+    /// Errors: the object store failed.
+    pub async fn existing(&self, sha256: &str) -> Result<Option<Accepted>, IngestError> {
+        let id = video_id(sha256, self.profile);
+        match self.storage.load_record(&id).await? {
+            Some(record) => Ok(Some(
+                self.duplicate(&id, record.state.as_str(), "declared sha256")
+                    .await,
+            )),
+            None => Ok(None),
         }
-        return Ok(duplicate(ctx, videos, &id, existing.state.as_str(), "same bytes").await);
     }
-    if at_source {
-        // Written straight to its content address (a joined resumable upload).
-    } else if storage.exists(&keys::source(&id)).await? {
-        let _ = storage.delete(&staged.key).await;
-    } else {
-        storage.rename(&staged.key, &keys::source(&id)).await?;
-    }
-    // Index first: a crash between the two leaves a marker without a record (skipped by the
-    // reconcile loop), never an unfinished video the reconcile loop cannot find.
-    storage.mark_active(&id).await?;
-    let record = VideoRecord::uploaded(
-        id.clone(),
-        staged.sha256.clone(),
-        staged.bytes,
-        ctx.processing.profile.clone(),
-        staged.filename,
-    );
-    if !storage.create_record(&record).await? {
-        let state = storage
-            .load_record(&id)
-            .await?
-            .map(|r| r.state.as_str())
-            .unwrap_or("uploaded");
-        return Ok(duplicate(ctx, videos, &id, state, "same bytes").await);
-    }
-    ctx.events
-        .append(
-            NewEvent::video(&id, "upload_received")
-                .outcome("uploaded")
-                .detail(format!("{} bytes, sha256 {}", staged.bytes, staged.sha256)),
-        )
-        .await;
-    // The video's home node (on the ring) processes it; a failed hand-over is retried by the
-    // home's reconcile loop, which finds every unfinished video.
-    ensure_video(ctx, videos, &id).await;
-    Ok(Accepted {
-        video_id: id,
-        state: "uploaded".into(),
-        duplicate: false,
-    })
-}
 
-async fn duplicate(
-    ctx: &NodeContext,
-    videos: &ActorRef<VideoSupervisorMsg>,
-    id: &str,
-    state: &str,
-    how: &str,
-) -> Accepted {
-    ctx.events
-        .append(
-            NewEvent::video(id, "duplicate_upload")
-                .outcome(state)
-                .detail(format!("no new processing ({how})")),
-        )
-        .await;
-    if state == "uploaded" || state == "processing" {
-        // Idempotent: makes sure an interrupted video is being processed, never starts a second job.
-        ensure_video(ctx, videos, id).await;
+    /// Move `staged` to its content address and create the record once (module doc).
+    ///
+    /// Errors: the object store failed.
+    pub async fn accept(&self, staged: Staged) -> Result<Accepted, IngestError> {
+        let storage = self.storage;
+        let id = video_id(&staged.sha256, self.profile);
+        let at_source = staged.key == keys::source(&id);
+        if let Some(existing) = storage.load_record(&id).await? {
+            if !at_source {
+                let _ = storage.delete(&staged.key).await;
+            }
+            return Ok(self
+                .duplicate(&id, existing.state.as_str(), "same bytes")
+                .await);
+        }
+        if at_source {
+            // Written straight to its content address (a joined resumable upload).
+        } else if storage.exists(&keys::source(&id)).await? {
+            let _ = storage.delete(&staged.key).await;
+        } else {
+            storage.rename(&staged.key, &keys::source(&id)).await?;
+        }
+        // Index first: a crash between the two leaves a marker without a record (skipped by
+        // the reconcile loop), never an unfinished video the reconcile loop cannot find.
+        storage.mark_active(&id).await?;
+        let record = VideoRecord::uploaded(
+            id.clone(),
+            staged.sha256.clone(),
+            staged.bytes,
+            self.profile.to_string(),
+            staged.filename,
+        );
+        if !storage.create_record(&record).await? {
+            let state = storage
+                .load_record(&id)
+                .await?
+                .map(|r| r.state.as_str())
+                .unwrap_or("uploaded");
+            return Ok(self.duplicate(&id, state, "same bytes").await);
+        }
+        self.events
+            .append(
+                NewEvent::video(&id, "upload_received")
+                    .outcome("uploaded")
+                    .detail(format!("{} bytes, sha256 {}", staged.bytes, staged.sha256)),
+            )
+            .await;
+        // The caller hands it to the video's home node; a failed hand-over is retried by the
+        // home's reconcile loop, which finds every unfinished video.
+        Ok(Accepted {
+            video_id: id,
+            state: "uploaded".into(),
+            duplicate: false,
+            needs_processing: true,
+        })
     }
-    Accepted {
-        video_id: id.to_string(),
-        state: state.to_string(),
-        duplicate: true,
+
+    async fn duplicate(&self, id: &str, state: &str, how: &str) -> Accepted {
+        self.events
+            .append(
+                NewEvent::video(id, "duplicate_upload")
+                    .outcome(state)
+                    .detail(format!("no new processing ({how})")),
+            )
+            .await;
+        Accepted {
+            video_id: id.to_string(),
+            state: state.to_string(),
+            duplicate: true,
+            // An interrupted video is made sure of (idempotent, never a second job).
+            needs_processing: state == "uploaded" || state == "processing",
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::testing::probe;
     use crate::config::StorageLocation;
     use crate::model::VideoState;
-    use crate::storage::Storage;
 
     /// The tus/PUT race of issue 9, without the timing: a resumable upload joined the same
     /// bytes straight into `sources/{id}` while an identical upload created the record. The
@@ -175,10 +177,14 @@ mod tests {
     async fn a_duplicate_joined_at_the_source_keeps_the_source() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(&StorageLocation::Local(dir.path().join("objects"))).unwrap();
-        let ctx = NodeContext::for_tests("n1", storage.clone(), dir.path());
-        let (videos, _rx) = probe::<VideoSupervisorMsg>().await;
+        let events = EventLog::open(&dir.path().join("events.sqlite"), "n1").unwrap();
+        let ingest = Ingest {
+            storage: &storage,
+            events: &events,
+            profile: "default",
+        };
         let sha = "ab".repeat(32);
-        let id = video_id(&sha, &ctx.processing.profile);
+        let id = video_id(&sha, "default");
         let mut record = VideoRecord::uploaded(id.clone(), sha.clone(), 5, "default".into(), None);
         record.state = VideoState::Ready;
         assert!(storage.create_record(&record).await.unwrap());
@@ -192,10 +198,9 @@ mod tests {
             bytes: 5,
             filename: None,
         };
-        let a = accept(&ctx, &videos, staged(keys::source(&id)))
-            .await
-            .unwrap();
+        let a = ingest.accept(staged(keys::source(&id))).await.unwrap();
         assert!(a.duplicate && a.state == "ready", "{a:?}");
+        assert!(!a.needs_processing, "a ready video is not processed again");
         assert!(
             storage.exists(&keys::source(&id)).await.unwrap(),
             "the existing video's source is still there"
@@ -206,7 +211,7 @@ mod tests {
             .put(&other, bytes::Bytes::from_static(b"video"))
             .await
             .unwrap();
-        accept(&ctx, &videos, staged(other.clone())).await.unwrap();
+        ingest.accept(staged(other.clone())).await.unwrap();
         assert!(!storage.exists(&other).await.unwrap());
         assert!(storage.exists(&keys::source(&id)).await.unwrap());
     }

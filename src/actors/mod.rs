@@ -84,6 +84,15 @@ pub struct NodeContext {
 pub type Ctx = Arc<NodeContext>;
 
 impl NodeContext {
+    /// Ingest on this node's store, event log and profile ([`crate::ingest::Ingest`]).
+    pub fn ingest(&self) -> crate::ingest::Ingest<'_> {
+        crate::ingest::Ingest {
+            storage: &self.storage,
+            events: &self.events,
+            profile: &self.processing.profile,
+        }
+    }
+
     /// A context with defaults, for tests and examples that run actors without a whole node:
     /// in-memory event log, default processing and limits, a one-node cluster view, streaming
     /// with its playback log under `scratch_dir`. Override fields with struct-update syntax.

@@ -249,6 +249,14 @@ impl Node {
         ensure_video(&self.ctx, &self.refs.videos, video_id).await
     }
 
+    /// After [`crate::ingest::Ingest`] accepted bytes: hand a video that
+    /// [`needs_processing`](crate::ingest::Accepted::needs_processing) to its home node.
+    pub async fn after_ingest(&self, accepted: &crate::ingest::Accepted) {
+        if accepted.needs_processing {
+            self.ensure_video(&accepted.video_id).await;
+        }
+    }
+
     /// Completes when the node's supervision tree has stopped (a top-level actor failed).
     pub async fn stopped(&self) {
         self.stopped.notified().await

@@ -220,7 +220,7 @@ impl UploadActor {
             storage.delete_upload(&info.id).await?;
             return Err(UploadError::ChecksumMismatch(msg));
         }
-        let accepted = match ingest::existing(&state.ctx, &state.videos, &sha256).await? {
+        let accepted = match state.ctx.ingest().existing(&sha256).await? {
             Some(a) => a,
             None => {
                 let id = crate::model::video_id(&sha256, &state.ctx.processing.profile);
@@ -256,19 +256,21 @@ impl UploadActor {
                     }
                     source
                 };
-                ingest::accept(
-                    &state.ctx,
-                    &state.videos,
-                    Staged {
+                state
+                    .ctx
+                    .ingest()
+                    .accept(Staged {
                         key: staged,
                         sha256,
                         bytes: info.length,
                         filename: info.filename.clone(),
-                    },
-                )
-                .await?
+                    })
+                    .await?
             }
         };
+        if accepted.needs_processing {
+            crate::actors::node::ensure_video(&state.ctx, &state.videos, &accepted.video_id).await;
+        }
         // The outcome is stored before the parts go: a crash in between leaves parts to
         // expire, never an upload whose bytes are gone and whose video nobody knows.
         let parts = info.parts.clone();

@@ -54,7 +54,6 @@ use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, 
 use crate::actors::upload_supervisor::{route_upload, UploadRoute, UploadSupervisorMsg};
 use crate::http::upload::parse_sha256;
 use crate::http::{proxy, respond, ApiError, App};
-use crate::ingest;
 use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
 use crate::model::now_ms;
 use crate::storage::keys;
@@ -558,7 +557,8 @@ async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Byt
     };
     // Dedupe before transfer: the upload is born complete.
     if let Some(d) = &sha256 {
-        if let Some(a) = ingest::existing(&app.node.ctx, &app.node.refs.videos, d).await? {
+        if let Some(a) = app.node.ctx.ingest().existing(d).await? {
+            app.node.after_ingest(&a).await;
             info.offset = length;
             info.video_id = Some(a.video_id);
             info.video_state = Some(a.state);

@@ -67,8 +67,11 @@ async fn handle(
         }
     };
     if let Some(d) = &declared {
-        match ingest::existing(&app.node.ctx, &app.node.refs.videos, d).await {
-            Ok(Some(a)) => return respond(Ok(answer(&a))),
+        match app.node.ctx.ingest().existing(d).await {
+            Ok(Some(a)) => {
+                app.node.after_ingest(&a).await;
+                return respond(Ok(answer(&a)));
+            }
             Ok(None) => {}
             Err(e) => return respond(Err(e.into())),
         }
@@ -234,7 +237,8 @@ async fn accept(app: &App, r: Received) -> Result<Response<Bytes>, ApiError> {
         bytes: r.bytes,
         filename: r.filename,
     };
-    let accepted = ingest::accept(&app.node.ctx, &app.node.refs.videos, staged).await?;
+    let accepted = app.node.ctx.ingest().accept(staged).await?;
+    app.node.after_ingest(&accepted).await;
     Ok(answer(&accepted))
 }
 
