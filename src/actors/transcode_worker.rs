@@ -390,7 +390,8 @@ async fn transcode_and_store(
 }
 
 /// Fail with a "superseded" failure unless the task's job still owns the video (its epoch is
-/// the newest lease). Asked of the store right before every write of the task's outputs.
+/// the newest lease): one listing of the lease prefix. Asked of the store before the task
+/// starts and right before every write of its outputs.
 async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
     if t.epoch == 0 {
         return Ok(());

@@ -606,6 +606,22 @@ mod tests {
         }
     }
 
+    /// Node `u1` on an in-memory store, with what its probe video supervisor will see.
+    fn node_u1() -> (
+        tempfile::TempDir,
+        Storage,
+        Arc<NodeContext>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageLocation::Memory).unwrap();
+        let ctx = Arc::new(NodeContext {
+            events: EventLog::open(&dir.path().join("e.sqlite"), "u1").unwrap(),
+            ..NodeContext::for_tests("u1", storage.clone(), dir.path())
+        });
+        (dir, storage, ctx, Arc::new(Mutex::new(Vec::new())))
+    }
+
     fn fed(l: &Lease, bytes: &[u8]) -> Option<Sha256> {
         let mut h = l.hasher.clone()?;
         h.update(bytes);
@@ -614,13 +630,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_patch_at_a_time_and_the_last_part_makes_the_video_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageLocation::Memory).unwrap();
-        let ctx = Arc::new(NodeContext {
-            events: EventLog::open(&dir.path().join("e.sqlite"), "u1").unwrap(),
-            ..NodeContext::for_tests("u1", storage.clone(), dir.path())
-        });
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (_dir, storage, ctx, seen) = node_u1();
         let (probe, _) = Actor::spawn(None, Probe, seen.clone()).await.unwrap();
         let id = keys::new_upload_id("u1");
         let info = fresh(&id, 10);
@@ -733,13 +743,7 @@ mod tests {
     /// is deleted and its PATCH gets 409, and the video is made of the winner's bytes only.
     #[tokio::test]
     async fn two_writers_at_one_offset_the_store_lets_one_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(&StorageLocation::Memory).unwrap();
-        let ctx = Arc::new(NodeContext {
-            events: EventLog::open(&dir.path().join("e.sqlite"), "u1").unwrap(),
-            ..NodeContext::for_tests("u1", storage.clone(), dir.path())
-        });
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (_dir, storage, ctx, seen) = node_u1();
         let (probe, _) = Actor::spawn(None, Probe, seen).await.unwrap();
         let id = keys::new_upload_id("u1");
         let info = fresh(&id, 4);

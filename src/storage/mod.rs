@@ -613,21 +613,28 @@ impl Storage {
         )))
     }
 
+    /// The newest lease epoch of a video (one listing of its lease prefix), or `None` when
+    /// never claimed.
+    async fn newest_epoch(&self, video_id: &str) -> Result<Option<u64>, StorageError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&path(&keys::lease_prefix(video_id))))
+            .await?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename()?.parse::<u64>().ok())
+            .max())
+    }
+
     /// The newest lease of a video: `(epoch, holder node)`, or `None` when never claimed.
     pub async fn current_lease(
         &self,
         video_id: &str,
     ) -> Result<Option<(u64, String)>, StorageError> {
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&path(&keys::lease_prefix(video_id))))
-            .await?;
-        let newest = listed
-            .objects
-            .iter()
-            .filter_map(|o| o.location.filename()?.parse::<u64>().ok())
-            .max();
-        let Some(epoch) = newest else { return Ok(None) };
+        let Some(epoch) = self.newest_epoch(video_id).await? else {
+            return Ok(None);
+        };
         let holder = self
             .get(&keys::lease(video_id, epoch))
             .await?
@@ -643,10 +650,7 @@ impl Storage {
     /// Errors: the store fails, or other nodes keep winning the race (after 8 tries).
     pub async fn claim_lease(&self, video_id: &str, node: &str) -> Result<u64, StorageError> {
         for _ in 0..8 {
-            let next = self
-                .current_lease(video_id)
-                .await?
-                .map_or(1, |(e, _)| e + 1);
+            let next = self.newest_epoch(video_id).await?.map_or(1, |e| e + 1);
             let claimed = self
                 .put_if_absent(&keys::lease(video_id, next), Bytes::from(node.to_string()))
                 .await?;
@@ -662,9 +666,9 @@ impl Storage {
     /// Whether `epoch` is still the newest lease of the video.
     pub async fn lease_holds(&self, video_id: &str, epoch: u64) -> Result<bool, StorageError> {
         Ok(self
-            .current_lease(video_id)
+            .newest_epoch(video_id)
             .await?
-            .is_none_or(|(e, _)| e == epoch))
+            .is_none_or(|e| e == epoch))
     }
 
     /// Read and decode a JSON object. `Ok(None)` when absent.

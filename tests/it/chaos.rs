@@ -109,6 +109,22 @@ async fn home_of(c: &TestCluster, id: &str) -> usize {
     c.index_of(v["home_node"].as_str().unwrap_or("node-1"))
 }
 
+/// SIGKILL node `victim`, start it again after `down`, and wait until it answers: the fault's
+/// window.
+async fn kill_and_restart(c: &mut TestCluster, victim: usize, down: Duration) -> Fault {
+    let from = wall_ms();
+    c.nodes[victim - 1].as_mut().unwrap().kill9();
+    // The injected downtime, not a synchronisation.
+    tokio::time::sleep(down).await;
+    c.nodes[victim - 1] = Some(c.spawn(victim));
+    wait_healthy(c.url(victim)).await;
+    Fault {
+        node: format!("node-{victim}"),
+        from,
+        to: wall_ms(),
+    }
+}
+
 /// Upload `clip` to node 1 and wait until a task of its job started: when it was uploaded,
 /// the video id and its home node.
 async fn job_running(c: &TestCluster, clip: &Path) -> (Instant, String, usize) {
@@ -256,23 +272,19 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
         let delay = rng.random_range(0..=(base.as_millis() as u64 * 8 / 10).max(1));
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let victim = rng.random_range(1..=3);
-        let from = wall_ms();
-        c.nodes[victim - 1].as_mut().unwrap().kill9();
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=5000))).await;
-        c.nodes[victim - 1] = Some(c.spawn(victim));
-        wait_healthy(c.url(victim)).await;
-        let to = wall_ms();
+        let fault = kill_and_restart(
+            &mut c,
+            victim,
+            Duration::from_millis(rng.random_range(0..=5000)),
+        )
+        .await;
         let survivor = if victim == 1 { 2 } else { 1 };
         wait_terminal(c.url(survivor), &id, Duration::from_secs(240)).await;
         trials.push(Trial {
             kind: "kill -9",
             video: id,
             took: t.elapsed(),
-            faults: vec![Fault {
-                node: format!("node-{victim}"),
-                from,
-                to,
-            }],
+            faults: vec![fault],
         });
         c.wait_live(&[1, 2, 3], 3).await;
     }
@@ -280,21 +292,13 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
     // Restart of a node that is not the video's home while its job runs.
     let (t, id, home) = job_running(&c, &next_clip()).await;
     let victim = if home == 3 { 2 } else { 3 };
-    let from = wall_ms();
-    c.nodes[victim - 1].as_mut().unwrap().kill9();
-    c.nodes[victim - 1] = Some(c.spawn(victim));
-    wait_healthy(c.url(victim)).await;
-    let to = wall_ms();
+    let fault = kill_and_restart(&mut c, victim, Duration::ZERO).await;
     wait_terminal(c.url(home), &id, Duration::from_secs(240)).await;
     trials.push(Trial {
         kind: "restart uninvolved",
         video: id,
         took: t.elapsed(),
-        faults: vec![Fault {
-            node: format!("node-{victim}"),
-            from,
-            to,
-        }],
+        faults: vec![fault],
     });
     c.wait_live(&[1, 2, 3], 3).await;
 
