@@ -525,6 +525,10 @@ pub struct Config {
     pub forward_secret: Option<Secret>,
     /// How often the node re-checks which unfinished videos it owns.
     pub reconcile_every: Duration,
+    /// A video lease's time to live: its holder renews it every third of this and stops
+    /// writing once it could not for this long; another node claims it only after this (plus
+    /// a clock skew allowance) without a renewal, or once released (`storage::lease`).
+    pub lease_ttl: Duration,
     /// Segment cache and read-ahead.
     pub streaming: StreamingConfig,
 }
@@ -546,6 +550,7 @@ impl Config {
             limits: Limits::default(),
             cluster: None,
             reconcile_every: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(ClusterTiming::default().lease_seconds),
             streaming: StreamingConfig::default(),
             public_url: None,
             forward_secret: None,
@@ -780,6 +785,9 @@ pub struct ClusterTiming {
     pub fence_after: u32,
     /// How often each node re-checks which unfinished videos it owns, seconds.
     pub reconcile_seconds: u64,
+    /// A video lease's time to live, seconds: how long a dead or cut-off owner keeps its
+    /// videos before another node may take them over (issue 9).
+    pub lease_seconds: u64,
 }
 
 impl Default for ClusterTiming {
@@ -788,6 +796,7 @@ impl Default for ClusterTiming {
             heartbeat_ms: 1000,
             fence_after: 3,
             reconcile_seconds: 10,
+            lease_seconds: 6,
         }
     }
 }
@@ -922,6 +931,7 @@ impl ClusterFile {
                 fence_after: self.cluster.fence_after.max(1),
             }),
             reconcile_every: Duration::from_secs(self.cluster.reconcile_seconds.max(1)),
+            lease_ttl: Duration::from_secs(self.cluster.lease_seconds.max(1)),
             streaming: self.streaming,
         };
         config.validate()?;

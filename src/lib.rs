@@ -120,6 +120,7 @@ pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, 
         scratch_dir,
         cluster: view,
         reconcile_every: config.reconcile_every,
+        lease_ttl: config.lease_ttl,
         limits: config.limits.clone(),
         streaming: streaming::Streaming::new(&config.node_id, config.streaming.clone(), playback),
     };

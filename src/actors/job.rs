@@ -703,7 +703,7 @@ impl JobActor {
                         .detail(failure.message.clone()),
                 )
                 .await;
-            let _ = state.video.cast(VideoMsg::CheckLease);
+            let _ = state.video.cast(VideoMsg::RenewLease);
             return Ok(());
         }
         let counted = attempt.saturating_sub(t.requeued);
@@ -1003,7 +1003,7 @@ impl Actor for JobActor {
                     {
                         Ok(true) => {}
                         Ok(false) => {
-                            let _ = state.video.cast(VideoMsg::CheckLease);
+                            let _ = state.video.cast(VideoMsg::RenewLease);
                             return Ok(());
                         }
                         // The store cannot say: decide at the next tick.
@@ -1333,7 +1333,7 @@ mod tests {
         finish(&h, &a, Box::new(Err(TaskFailure::superseded("v", 1))));
         loop {
             match next(&mut h.video, "a lease check").await {
-                VideoMsg::CheckLease => break,
+                VideoMsg::RenewLease => break,
                 VideoMsg::JobFailed { reason } => panic!("failed the video: {reason}"),
                 _ => continue,
             }

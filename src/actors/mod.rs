@@ -74,6 +74,8 @@ pub struct NodeContext {
     pub cluster: Cluster,
     /// How often every node re-checks which unfinished videos it should own (reconcile loop).
     pub reconcile_every: std::time::Duration,
+    /// A video lease's time to live (see [`crate::storage::lease`]).
+    pub lease_ttl: std::time::Duration,
     /// Input limits (upload size, upload expiry).
     pub limits: Limits,
     /// Segment serving: cache, read-ahead permits, playback log, cluster view.
@@ -107,6 +109,7 @@ impl NodeContext {
             scratch_dir: scratch_dir.to_path_buf(),
             cluster: Cluster::single(node_id, std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             reconcile_every: std::time::Duration::from_secs(10),
+            lease_ttl: std::time::Duration::from_secs(6),
             limits: Limits::default(),
             streaming: crate::streaming::Streaming::new(node_id, Default::default(), log),
         }

@@ -6,8 +6,13 @@
 //!                         └──JobFailed / job crashed too often──> failed
 //! ```
 //!
-//! Ownership: at start it claims the next lease epoch; every record write, and a periodic check,
-//! verify the epoch is still the newest, else the actor stands down (cancels its tasks, stops).
+//! Ownership: it runs under a lease epoch its supervisor claimed (`storage::lease`). It renews
+//! the lease every third of its time to live; a renewal that finds a newer epoch, or a holder
+//! that could not renew for a whole time to live (it was paused, or the store was unreachable),
+//! stands down: it writes nothing more, cancels its tasks and stops. Every record write also
+//! checks the epoch first, and the store's compare-and-swap refuses an older one regardless.
+//! When it stops for any reason, it stops its job first (which cancels the job's tasks on every
+//! node) and then releases the lease, so another node can claim the video at once.
 //!
 //! Supervised by the `VideoSupervisor`. Supervises one `JobActor`: when the job crashes, the
 //! video actor starts a new one (up to `max_job_restarts`), which resumes from the outputs in the
@@ -24,7 +29,10 @@ use crate::media::playlist::RenditionOutput;
 use crate::media::probe::SourceInfo;
 use crate::model::{now_rfc3339, RenditionSummary, VideoRecord, VideoState};
 use crate::storage::events::NewEvent;
-use crate::storage::RecordWrite;
+use crate::storage::{lease, RecordWrite};
+
+/// How long a stopping video actor waits for its job to stop.
+const JOB_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The video actor.
 pub struct VideoActor;
@@ -37,6 +45,10 @@ pub struct VideoArgs {
     pub video_id: String,
     /// The pool its jobs dispatch to.
     pub pool: ActorRef<PoolMsg>,
+    /// The lease epoch the supervisor claimed for this node.
+    pub lease_epoch: u64,
+    /// When the claim was sent: the lease's first "renewal".
+    pub claimed_at: tokio::time::Instant,
 }
 
 /// A video's live status.
@@ -75,9 +87,11 @@ pub enum VideoMsg {
     LeaseLost,
     /// Internal: start a new `JobActor` after a crashed one (sent after the backoff delay).
     RestartJob,
-    /// Periodic (every `reconcile_every`): stand down if a newer lease epoch exists, even with
-    /// nothing to write (a node that was hung or cut off learns it lost the video).
-    CheckLease,
+    /// Periodic (every third of the lease's time to live), and from the job when a worker
+    /// found a newer epoch: renew the lease, or stand down if a newer epoch exists or the last
+    /// renewal is older than the time to live (a node that was hung or cut off learns it lost
+    /// the video, and stops writing even before anyone claims it).
+    RenewLease,
     /// Observe the video.
     Status(RpcReplyPort<VideoStatus>),
 }
@@ -90,9 +104,13 @@ pub struct VideoActorState {
     record: VideoRecord,
     progress: f64,
     job_restarts: u32,
-    /// The lease epoch this actor claimed at start; every record write checks it is still the
-    /// newest, so a fenced or superseded owner never writes over the new one.
+    /// The lease epoch this actor holds; every record write checks it is still the newest, so
+    /// a fenced or superseded owner never writes over the new one.
     lease_epoch: u64,
+    /// When the last successful renewal (or the claim) was sent.
+    renewed_at: tokio::time::Instant,
+    /// Set once the actor stood down: nothing more is written, the lease is not renewed.
+    standing_down: bool,
 }
 
 impl VideoActor {
@@ -125,13 +143,20 @@ impl VideoActor {
         myself: &ActorRef<VideoMsg>,
         state: &mut VideoActorState,
     ) -> Result<bool, ActorProcessingErr> {
+        if state.standing_down {
+            return Ok(false);
+        }
+        if !lease::holder_valid(state.renewed_at.elapsed(), state.ctx.lease_ttl) {
+            Self::stand_down(myself, state, "the lease could not be renewed in time").await;
+            return Ok(false);
+        }
         if !state
             .ctx
             .storage
             .lease_holds(&state.record.video_id, state.lease_epoch)
             .await?
         {
-            Self::stand_down(myself, state).await;
+            Self::stand_down(myself, state, "superseded").await;
             return Ok(false);
         }
         state.record.epoch = state.lease_epoch;
@@ -146,19 +171,22 @@ impl VideoActor {
                             .detail(format!("epoch {}: {refused:?}", state.lease_epoch)),
                     )
                     .await;
-                Self::stand_down(myself, state).await;
+                Self::stand_down(myself, state, "the store refused the record").await;
                 Ok(false)
             }
         }
     }
 
-    async fn stand_down(myself: &ActorRef<VideoMsg>, state: &mut VideoActorState) {
+    async fn stand_down(myself: &ActorRef<VideoMsg>, state: &mut VideoActorState, why: &str) {
+        if std::mem::replace(&mut state.standing_down, true) {
+            return;
+        }
         state
             .ctx
             .events
             .append(
                 NewEvent::video(&state.record.video_id, "stood_down")
-                    .detail(format!("lease epoch {} was superseded", state.lease_epoch)),
+                    .detail(format!("lease epoch {}: {why}", state.lease_epoch)),
             )
             .await;
         let _ = state.pool.cast(PoolMsg::CancelVideo {
@@ -212,34 +240,16 @@ impl Actor for VideoActor {
             .load_record(&args.video_id)
             .await?
             .ok_or_else(|| format!("video {} has no record", args.video_id))?;
-        let terminal = record.state.is_terminal();
-        let lease_epoch = if terminal {
-            0
-        } else {
-            args.ctx
-                .storage
-                .claim_lease(&args.video_id, &args.ctx.node_id)
-                .await?
-        };
         let mut state = VideoActorState {
             ctx: args.ctx,
             pool: args.pool,
             record,
             progress: 0.0,
             job_restarts: 0,
-            lease_epoch,
+            lease_epoch: args.lease_epoch,
+            renewed_at: args.claimed_at,
+            standing_down: false,
         };
-        if !terminal {
-            state
-                .ctx
-                .events
-                .append(
-                    NewEvent::video(&state.record.video_id, "lease_claimed")
-                        .attempt(lease_epoch as u32)
-                        .detail(format!("epoch {lease_epoch}")),
-                )
-                .await;
-        }
         match state.record.state {
             VideoState::Ready | VideoState::Failed => {
                 myself.stop(Some("terminal".into()));
@@ -272,7 +282,9 @@ impl Actor for VideoActor {
             }
         }
         Self::spawn_job(&myself, &state).await?;
-        myself.send_interval(state.ctx.reconcile_every, || VideoMsg::CheckLease);
+        myself.send_interval(lease::renew_every(state.ctx.lease_ttl), || {
+            VideoMsg::RenewLease
+        });
         Ok(state)
     }
 
@@ -313,16 +325,34 @@ impl Actor for VideoActor {
                 Self::transition(&myself, state, VideoState::Failed, Some(reason)).await?;
                 myself.stop(Some("failed".into()));
             }
-            VideoMsg::LeaseLost => Self::stand_down(&myself, state).await,
+            VideoMsg::LeaseLost => Self::stand_down(&myself, state, "superseded").await,
             VideoMsg::RestartJob => {
                 if !state.record.state.is_terminal() {
                     Self::spawn_job(&myself, state).await?;
                 }
             }
-            VideoMsg::CheckLease => {
+            VideoMsg::RenewLease => {
+                if state.standing_down || state.record.state.is_terminal() {
+                    return Ok(());
+                }
+                if !lease::holder_valid(state.renewed_at.elapsed(), state.ctx.lease_ttl) {
+                    Self::stand_down(&myself, state, "the lease could not be renewed in time")
+                        .await;
+                    return Ok(());
+                }
+                let sent = tokio::time::Instant::now();
                 let id = &state.record.video_id;
-                if !state.ctx.storage.lease_holds(id, state.lease_epoch).await? {
-                    Self::stand_down(&myself, state).await;
+                match state
+                    .ctx
+                    .storage
+                    .renew_lease(id, state.lease_epoch, &state.ctx.node_id)
+                    .await
+                {
+                    Ok(true) => state.renewed_at = sent,
+                    Ok(false) => Self::stand_down(&myself, state, "superseded").await,
+                    // The store is failing: try again at the next tick; once a whole time to
+                    // live has passed without a renewal, stand down (above).
+                    Err(e) => tracing::warn!(video_id = %id, "cannot renew the lease: {e}"),
                 }
             }
             VideoMsg::Status(reply) => {
@@ -336,6 +366,35 @@ impl Actor for VideoActor {
                     job_restarts: state.job_restarts,
                 });
             }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<VideoMsg>,
+        state: &mut VideoActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop the job gracefully (its post_stop cancels its live task attempts on every node;
+        // a child killed with its parent would not run it), then let the lease go.
+        myself
+            .stop_children_and_wait(Some("video actor stopping".into()), Some(JOB_STOP_WAIT))
+            .await;
+        let id = &state.record.video_id;
+        match state.ctx.storage.release_lease(id, state.lease_epoch).await {
+            Ok(()) => {
+                state
+                    .ctx
+                    .events
+                    .append(
+                        NewEvent::video(id, "lease_released")
+                            .attempt(state.lease_epoch as u32)
+                            .detail(format!("epoch {}", state.lease_epoch)),
+                    )
+                    .await
+            }
+            // Not fatal: the lease expires by itself after its time to live.
+            Err(e) => tracing::warn!(video_id = %id, "cannot release the lease: {e}"),
         }
         Ok(())
     }

@@ -16,20 +16,29 @@
 //! - A `VideoActor` that crashes is restarted (it re-reads its record); after
 //!   `max_job_restarts` crashes of the same video it is left stopped and logged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::actors::video::{VideoActor, VideoArgs, VideoMsg};
 use crate::actors::worker_pool::PoolMsg;
 use crate::actors::Ctx;
+use crate::cluster::protocol::Request;
 use crate::cluster::ring::video_key;
 use crate::storage::events::NewEvent;
 use crate::storage::keys;
+use crate::storage::lease::Claim;
 
 /// How long the ring must be quiet after a change before the reconcile runs: a peer that
 /// flaps (a woken node re-dialing) should not move work twice.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After a refused claim, how long past the lease's expiry to try again.
+const RETRY_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long a hand-off waits for the video actor to stop (its job cancels its tasks and the
+/// lease is released) before going on.
+const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The live status of a video processed on this node: asks `videos` for the video's actor,
 /// then the actor for its status (2 s each). `None` when no actor runs for it here or it does
@@ -94,6 +103,8 @@ pub struct VideoSupervisorState {
     running: HashMap<String, ActorRef<VideoMsg>>,
     by_actor: HashMap<ActorId, String>,
     crashes: HashMap<String, u32>,
+    /// Videos whose lease a live owner holds, with a retry scheduled for when it expires.
+    waiting: HashSet<String>,
 }
 
 impl VideoSupervisor {
@@ -112,6 +123,48 @@ impl VideoSupervisor {
             tracing::debug!(video_id = %id, "view not settled; not claiming yet");
             return;
         }
+        let me = state.ctx.node_id.clone();
+        let claimed_at = tokio::time::Instant::now();
+        let epoch = match state
+            .ctx
+            .storage
+            .claim_lease(&id, &me, state.ctx.lease_ttl)
+            .await
+        {
+            Ok(Claim::Claimed(epoch)) => epoch,
+            Ok(Claim::Held {
+                epoch,
+                holder,
+                expires_in,
+            }) => {
+                // A live owner (one that renews) keeps the video until it hands it off or
+                // stops renewing: try again when the lease would expire (issue 9).
+                if state.waiting.insert(id.clone()) {
+                    tracing::info!(
+                        video_id = %id, epoch, holder, ms = expires_in.as_millis() as u64,
+                        "lease held by a live owner; retrying when it expires"
+                    );
+                    let retry = id.clone();
+                    myself.send_after(expires_in + RETRY_MARGIN, move || {
+                        VideoSupervisorMsg::Ensure { video_id: retry }
+                    });
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(video_id = %id, "cannot claim the video's lease: {e}");
+                return;
+            }
+        };
+        state
+            .ctx
+            .events
+            .append(
+                NewEvent::video(&id, "lease_claimed")
+                    .attempt(epoch as u32)
+                    .detail(format!("epoch {epoch}")),
+            )
+            .await;
         let spawned = Actor::spawn_linked(
             Some(state.ctx.name(&format!("video:{id}"))),
             VideoActor,
@@ -119,6 +172,8 @@ impl VideoSupervisor {
                 ctx: state.ctx.clone(),
                 video_id: id.clone(),
                 pool: state.pool.clone(),
+                lease_epoch: epoch,
+                claimed_at,
             },
             myself.get_cell(),
         )
@@ -128,8 +183,37 @@ impl VideoSupervisor {
                 state.by_actor.insert(actor.get_id(), id.clone());
                 state.running.insert(id, actor);
             }
-            Err(e) => tracing::warn!(video_id = %id, "cannot start video actor: {e}"),
+            Err(e) => {
+                tracing::warn!(video_id = %id, "cannot start video actor: {e}");
+                let _ = state.ctx.storage.release_lease(&id, epoch).await;
+            }
         }
+    }
+
+    /// Hand a running video to its new home: stop its actor and wait (its job cancels its
+    /// tasks on every node and the lease is released, see `VideoActor::post_stop`), then ask
+    /// the new home to claim it now rather than when its reconcile next runs.
+    async fn hand_off(state: &VideoSupervisorState, id: &str, actor: &ActorRef<VideoMsg>, home: &str) {
+        state
+            .ctx
+            .events
+            .append(NewEvent::video(id, "handed_off").detail(format!("home is now {home}")))
+            .await;
+        let _ = actor
+            .stop_and_wait(Some(format!("handed off to {home}")), Some(HAND_OFF_WAIT))
+            .await;
+        let (cluster, home, req) = (
+            state.ctx.cluster.clone(),
+            home.to_string(),
+            Request::EnsureVideo {
+                video_id: id.to_string(),
+            },
+        );
+        tokio::spawn(async move {
+            let _ = cluster
+                .request(&home, &req, std::time::Duration::from_secs(5))
+                .await;
+        });
     }
 }
 
@@ -167,6 +251,7 @@ impl Actor for VideoSupervisor {
             running: HashMap::new(),
             by_actor: HashMap::new(),
             crashes: HashMap::new(),
+            waiting: HashSet::new(),
         })
     }
 
@@ -177,7 +262,10 @@ impl Actor for VideoSupervisor {
         state: &mut VideoSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            VideoSupervisorMsg::Ensure { video_id } => Self::ensure(&myself, state, video_id).await,
+            VideoSupervisorMsg::Ensure { video_id } => {
+                state.waiting.remove(&video_id);
+                Self::ensure(&myself, state, video_id).await
+            }
             VideoSupervisorMsg::Recover => {
                 if !state.ctx.cluster.is_settled() {
                     // Neither take up nor hand off on a view that has not heard its peers;
@@ -214,17 +302,9 @@ impl Actor for VideoSupervisor {
                             Self::ensure(&myself, state, id).await;
                         }
                     } else if state.ctx.cluster.is_live(&home) {
-                        if let Some(actor) = state.running.get(&id) {
+                        if let Some(actor) = state.running.get(&id).cloned() {
                             handed_off += 1;
-                            actor.stop(Some(format!("handed off to {home}")));
-                            state
-                                .ctx
-                                .events
-                                .append(
-                                    NewEvent::video(&id, "handed_off")
-                                        .detail(format!("home is now {home}")),
-                                )
-                                .await;
+                            Self::hand_off(state, &id, &actor, &home).await;
                         }
                     }
                 }

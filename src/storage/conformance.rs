@@ -104,16 +104,7 @@ pub async fn run(s: &Storage) {
     s.clear_active(id).await.unwrap();
     assert!(s.list_active_ids().await.unwrap().is_empty());
 
-    // Lease epochs: create-if-absent, the highest owns.
-    assert_eq!(s.current_lease(id).await.unwrap(), None);
-    let e1 = s.claim_lease(id, "node-a").await.unwrap();
-    let e2 = s.claim_lease(id, "node-b").await.unwrap();
-    assert_eq!((e1, e2), (1, 2));
-    assert_eq!(
-        s.current_lease(id).await.unwrap(),
-        Some((2, "node-b".to_string()))
-    );
-    assert!(!s.lease_holds(id, 1).await.unwrap() && s.lease_holds(id, 2).await.unwrap());
+    leases(s, id).await;
     assert_eq!(
         s.list_video_ids().await.unwrap(),
         vec![id.to_string()],
@@ -214,3 +205,72 @@ async fn fenced_record_writes(s: &Storage) {
     }
     assert_eq!(s.load_record(id).await.unwrap().unwrap().epoch, 8);
 }
+
+/// Lease epochs (see [`super::lease`]): create-if-absent, the highest owns; a live lease is
+/// refused to others, claimable again by its holder, and by anyone once released or expired.
+async fn leases(s: &Storage, id: &str) {
+    use super::lease::Claim;
+    use std::time::Duration;
+    let long = Duration::from_secs(600);
+    assert_eq!(s.current_lease(id).await.unwrap(), None);
+    assert_eq!(s.lease_view(id).await.unwrap(), None);
+    assert_eq!(
+        s.claim_lease(id, "node-a", long).await.unwrap(),
+        Claim::Claimed(1)
+    );
+    // Held by a live node-a: node-b is refused with the time left, and nothing is written.
+    match s.claim_lease(id, "node-b", long).await.unwrap() {
+        Claim::Held {
+            epoch,
+            holder,
+            expires_in,
+        } => {
+            assert_eq!((epoch, holder.as_str()), (1, "node-a"));
+            assert!(expires_in > Duration::from_secs(590) && expires_in <= long + super::lease::MAX_CLOCK_SKEW);
+        }
+        other => panic!("a live lease was taken: {other:?}"),
+    }
+    assert_eq!(s.current_lease(id).await.unwrap(), Some((1, "node-a".to_string())));
+    // The same node (restarted) claims again at once.
+    assert_eq!(
+        s.claim_lease(id, "node-a", long).await.unwrap(),
+        Claim::Claimed(2)
+    );
+    // Renewal: only the newest, unreleased epoch renews.
+    assert!(s.renew_lease(id, 2, "node-a").await.unwrap());
+    assert!(!s.renew_lease(id, 1, "node-a").await.unwrap());
+    // Released: node-b claims at once, and the released holder can no longer renew.
+    s.release_lease(id, 2).await.unwrap();
+    assert!(s.lease_view(id).await.unwrap().unwrap().released);
+    assert!(!s.renew_lease(id, 2, "node-a").await.unwrap());
+    assert_eq!(
+        s.claim_lease(id, "node-b", long).await.unwrap(),
+        Claim::Claimed(3)
+    );
+    assert_eq!(s.current_lease(id).await.unwrap(), Some((3, "node-b".to_string())));
+    assert!(!s.lease_holds(id, 2).await.unwrap() && s.lease_holds(id, 3).await.unwrap());
+    // Expired: a lease last renewed longer ago than its time to live plus the clock skew
+    // allowance is claimable (a zero time to live makes any renewal older than the skew).
+    let v = s.lease_view(id).await.unwrap().unwrap();
+    assert_eq!((v.epoch, v.released), (3, false));
+    assert!(matches!(
+        s.claim_lease(id, "node-c", Duration::ZERO).await.unwrap(),
+        Claim::Held { .. }
+    ), "a renewal younger than the clock skew allowance still holds");
+    // Once the skew allowance has passed (a bounded poll, about 1 s), node-c gets epoch 4.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.claim_lease(id, "node-c", Duration::ZERO).await.unwrap() {
+            Claim::Claimed(e) => {
+                assert_eq!(e, 4);
+                break;
+            }
+            Claim::Held { .. } => assert!(
+                tokio::time::Instant::now() < deadline,
+                "an expired lease was never claimable"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+

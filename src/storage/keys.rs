@@ -11,6 +11,7 @@
 //! videos/{video_id}/master.m3u8              multivariant playlist: the commit point of `ready`
 //! uploads/direct/{token}                     a body being received, before its id is known
 //! leases/video/{video_id}/{epoch:020}        ownership claims; the highest epoch owns the video
+//! leases/video/{video_id}/{epoch:020}.released  the holder let that epoch go
 //! work/{video_id}/{rendition}/chunk-NNNN.mp4  intermediate: one encoded chunk (deleted at ready)
 //! work/{video_id}/audio-{kbps}.m4a           intermediate: the audio, encoded once
 //! active/{video_id}                          marker: the video is not terminal yet (an index the
@@ -126,6 +127,15 @@ pub fn lease_prefix(id: &str) -> String {
 /// `leases/video/{id}/{epoch:020}`: zero-padded so names sort by epoch.
 pub fn lease(id: &str, epoch: u64) -> String {
     format!("leases/video/{id}/{epoch:020}")
+}
+
+/// What a released lease's marker adds to the lease's name.
+pub const LEASE_RELEASED_SUFFIX: &str = ".released";
+
+/// `leases/video/{id}/{epoch:020}.released`: the holder let the lease go (see
+/// [`super::lease`]).
+pub fn lease_released(id: &str, epoch: u64) -> String {
+    format!("{}{LEASE_RELEASED_SUFFIX}", lease(id, epoch))
 }
 
 /// `uploads/direct/{token}`

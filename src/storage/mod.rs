@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod events;
 pub mod keys;
+pub mod lease;
 pub mod playback;
 pub mod uploads;
 
@@ -635,32 +636,120 @@ impl Storage {
         let Some(epoch) = self.newest_epoch(video_id).await? else {
             return Ok(None);
         };
-        let holder = self
-            .get(&keys::lease(video_id, epoch))
-            .await?
-            .map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
-            .unwrap_or_default();
-        Ok(Some((epoch, holder)))
+        Ok(Some((epoch, self.lease_holder(video_id, epoch).await?)))
     }
 
-    /// Claim ownership of a video for `node`: create the next lease epoch with create-if-absent
-    /// (works on every backend; LocalFileSystem has no conditional update). The highest epoch
-    /// owns the video; an owner that sees a higher one stands down. Returns the epoch claimed.
+    /// The newest lease of a video as one listing shows it (epoch, last renewal, released), or
+    /// `None` when never claimed.
+    pub async fn lease_view(&self, video_id: &str) -> Result<Option<lease::LeaseView>, StorageError> {
+        let listed = self
+            .bounded(async {
+                Ok(self
+                    .store
+                    .list_with_delimiter(Some(&path(&keys::lease_prefix(video_id))))
+                    .await?)
+            })
+            .await?;
+        let mut newest: Option<(u64, chrono::DateTime<chrono::Utc>)> = None;
+        let mut released = std::collections::HashSet::new();
+        for o in &listed.objects {
+            let Some(name) = o.location.filename() else {
+                continue;
+            };
+            if let Some(epoch) = name.strip_suffix(keys::LEASE_RELEASED_SUFFIX) {
+                if let Ok(e) = epoch.parse::<u64>() {
+                    released.insert(e);
+                }
+            } else if let Ok(e) = name.parse::<u64>() {
+                if newest.is_none_or(|(n, _)| e > n) {
+                    newest = Some((e, o.last_modified));
+                }
+            }
+        }
+        Ok(newest.map(|(epoch, renewed)| lease::LeaseView {
+            epoch,
+            renewed,
+            released: released.contains(&epoch),
+        }))
+    }
+
+    /// Claim ownership of a video for `node` under the rule of [`lease`]: the next epoch is
+    /// created with create-if-absent (works on every backend), and only when there is no lease,
+    /// the newest is released or expired (`ttl` plus [`lease::MAX_CLOCK_SKEW`] without a
+    /// renewal), or `node` holds it already (a restarted node or video actor). The highest
+    /// epoch owns the video; an owner that sees a higher one stands down.
     ///
-    /// Errors: the store fails, or other nodes keep winning the race (after 8 tries).
-    pub async fn claim_lease(&self, video_id: &str, node: &str) -> Result<u64, StorageError> {
+    /// Returns [`lease::Claim::Claimed`] with the epoch, or [`lease::Claim::Held`] with the
+    /// live holder and the time left. Errors: the store fails, or other nodes keep winning the
+    /// race (after 8 tries).
+    pub async fn claim_lease(
+        &self,
+        video_id: &str,
+        node: &str,
+        ttl: std::time::Duration,
+    ) -> Result<lease::Claim, StorageError> {
         for _ in 0..8 {
-            let next = self.newest_epoch(video_id).await?.map_or(1, |e| e + 1);
+            let view = self.lease_view(video_id).await?;
+            if let Some(v) = &view {
+                if let Some(left) = lease::held_for(v, chrono::Utc::now(), ttl) {
+                    let holder = self.lease_holder(video_id, v.epoch).await?;
+                    if holder != node {
+                        return Ok(lease::Claim::Held {
+                            epoch: v.epoch,
+                            holder,
+                            expires_in: left,
+                        });
+                    }
+                }
+            }
+            let next = view.map_or(1, |v| v.epoch + 1);
             let claimed = self
                 .put_if_absent(&keys::lease(video_id, next), Bytes::from(node.to_string()))
                 .await?;
             if claimed {
-                return Ok(next);
+                return Ok(lease::Claim::Claimed(next));
             }
         }
         Err(StorageError::Backend(format!(
             "could not claim a lease on video {video_id}: contention"
         )))
+    }
+
+    /// The node that claimed `epoch` of a video's lease (empty when the object is gone).
+    async fn lease_holder(&self, video_id: &str, epoch: u64) -> Result<String, StorageError> {
+        Ok(self
+            .get(&keys::lease(video_id, epoch))
+            .await?
+            .map(|o| String::from_utf8_lossy(&o.bytes).into_owned())
+            .unwrap_or_default())
+    }
+
+    /// Renew `node`'s lease `epoch` (rewrite it, which moves its `last_modified`). `Ok(false)`,
+    /// and nothing written, when a newer epoch exists or the lease was released: the caller has
+    /// lost the video. A renewal racing a claim may still land on the superseded epoch; that
+    /// changes nothing, since only the newest epoch owns.
+    pub async fn renew_lease(
+        &self,
+        video_id: &str,
+        epoch: u64,
+        node: &str,
+    ) -> Result<bool, StorageError> {
+        match self.lease_view(video_id).await? {
+            Some(v) if v.epoch == epoch && !v.released => {
+                self.put(&keys::lease(video_id, epoch), Bytes::from(node.to_string()))
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Let a lease go (hand-off, stand-down, shutdown, terminal video): another node may claim
+    /// the next epoch at once instead of waiting for the lease to expire. Releasing an epoch
+    /// that is no longer the newest changes nothing.
+    pub async fn release_lease(&self, video_id: &str, epoch: u64) -> Result<(), StorageError> {
+        self.put(&keys::lease_released(video_id, epoch), Bytes::new())
+            .await
     }
 
     /// Whether `epoch` is still the newest lease of the video.

@@ -28,6 +28,7 @@ impl TestCluster {
 heartbeat_ms = 300
 fence_after = 3
 reconcile_seconds = 2
+lease_seconds = 2
 [processing]
 segment_seconds = 2
 preset = "ultrafast"
