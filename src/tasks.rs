@@ -109,6 +109,9 @@ pub struct TaskFailure {
 /// How a worker's failure message begins when the task's job no longer owns the video.
 pub const SUPERSEDED: &str = "superseded:";
 
+/// How a worker's failure message begins when the object store did not answer or failed.
+pub const STORE_UNAVAILABLE: &str = "object store unavailable:";
+
 impl TaskFailure {
     /// The task's job no longer owns the video (a newer lease epoch exists): the worker stored
     /// nothing, and the job stands down instead of retrying (no attempt is used up). Told by
@@ -122,6 +125,20 @@ impl TaskFailure {
     /// Whether this is [`TaskFailure::superseded`].
     pub fn is_superseded(&self) -> bool {
         self.message.starts_with(SUPERSEDED)
+    }
+
+    /// The object store failed or did not answer while the task read or wrote it: the
+    /// infrastructure failed, not the task. The job retries it after a backoff without using
+    /// up an attempt; an outage that outlasts the lease stops the job (its owner stands down)
+    /// and the video resumes when the store is back (issue 9). Told by the message, like
+    /// [`TaskFailure::superseded`].
+    pub fn store_unavailable(what: &str, e: &dyn std::fmt::Display) -> Self {
+        Self::transient(format!("{STORE_UNAVAILABLE} {what}: {e}"))
+    }
+
+    /// Whether this is [`TaskFailure::store_unavailable`].
+    pub fn is_store_unavailable(&self) -> bool {
+        self.message.starts_with(STORE_UNAVAILABLE)
     }
 
     /// A failure worth retrying.

@@ -706,6 +706,30 @@ impl JobActor {
             let _ = state.video.cast(VideoMsg::RenewLease);
             return Ok(());
         }
+        if failure.is_store_unavailable() {
+            // The store failed, not the task: retry after a backoff without using up an
+            // attempt. The loop is bounded by the lease: an outage longer than its time to
+            // live makes the VideoActor stand down, which stops this job (issue 9).
+            t.requeued += 1;
+            t.status = TaskStatus::WaitingRetry;
+            let delay = state.ctx.processing.backoff(t.requeued);
+            state
+                .event(
+                    NewEvent::video(&state.video_id, "task_store_unavailable")
+                        .task(task, attempt)
+                        .detail(format!(
+                            "{}; retrying after {} ms",
+                            failure.message,
+                            delay.as_millis()
+                        )),
+                )
+                .await;
+            myself.send_after(delay, {
+                let task = task.to_string();
+                move || JobMsg::RetryDue { task }
+            });
+            return Ok(());
+        }
         let counted = attempt.saturating_sub(t.requeued);
         t.status = TaskStatus::Failed;
         let outcome = if failure.permanent {
@@ -1094,7 +1118,7 @@ mod tests {
     use crate::config::{ProcessingConfig, RungConfig, StorageLocation};
     use crate::model::VideoRecord;
 
-    use crate::storage::Storage;
+    use crate::storage::{Storage, StorageError};
 
     use crate::actors::testing::{next, probe};
 
@@ -1295,6 +1319,57 @@ mod tests {
             master.unwrap().is_some(),
             "the multivariant playlist is the commit point"
         );
+    }
+
+    /// Issue 9: a store outage is the infrastructure failing, not the task. With one attempt
+    /// allowed, a task whose store writes failed five times in a row is still retried (after
+    /// a backoff, on tokio's paused clock), and the video ends ready, with no attempt used up.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_outage_uses_up_no_attempts_and_retries_after_a_backoff() {
+        let mut h = harness(|p| p.max_attempts = 1).await;
+        let a = submitted(&mut h).await;
+        let b = submitted(&mut h).await;
+        let mut current = a.clone();
+        for _ in 0..5 {
+            let failed_at = tokio::time::Instant::now();
+            let down = StorageError::Backend("the object store did not answer within 10 s".into());
+            finish(
+                &h,
+                &current,
+                Box::new(Err(TaskFailure::store_unavailable(
+                    "storing a segment",
+                    &down,
+                ))),
+            );
+            let retry = submitted(&mut h).await;
+            assert_eq!(retry.key(), a.key());
+            assert!(retry.attempt > current.attempt, "a new attempt number");
+            assert!(
+                failed_at.elapsed() >= Duration::from_millis(100),
+                "after a backoff"
+            );
+            current = retry;
+        }
+        finish(&h, &b, output(&b));
+        finish(&h, &current, output(&current));
+        assert!(matches!(outcome(&mut h).await, VideoMsg::JobReady { .. }));
+        let kinds: Vec<String> = h
+            .ctx
+            .events
+            .for_video("0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| *k == "task_store_unavailable")
+                .count(),
+            5
+        );
+        assert!(!kinds.iter().any(|k| k == "task_failed"), "{kinds:?}");
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use crate::cluster::protocol::{failure_to_wire, TaskReport};
 use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
 use crate::media::probe;
 use crate::media::transcode::{self, Cancel, ChunkSeek, TranscodeError, TranscodeSpec};
-use crate::storage::keys;
+use crate::storage::{keys, StorageError};
 
 /// The worker actor.
 pub struct TranscodeWorker;
@@ -250,7 +250,7 @@ async fn transcode_and_store(
         ctx.storage
             .source_path_with(&t.video_id, &ctx.scratch_dir, &mut alive)
             .await
-            .map_err(|e| TaskFailure::transient(format!("cannot read the source: {e}")))
+            .map_err(|e| store_failure("cannot read the source", &e))
     };
     let seg = ctx.processing.segment_seconds;
     match &t.kind {
@@ -355,7 +355,7 @@ async fn transcode_and_store(
                         &mut alive,
                     )
                     .await
-                    .map_err(|e| io("fetching a chunk", &e))?;
+                    .map_err(|e| store_failure("fetching a chunk", &e))?;
                 files.push(f);
             }
             let audio = match audio_kbps {
@@ -364,7 +364,7 @@ async fn transcode_and_store(
                     ctx.storage
                         .download_with(&keys::audio(&t.video_id, *k), &f, &mut alive)
                         .await
-                        .map_err(|e| io("fetching the audio", &e))?;
+                        .map_err(|e| store_failure("fetching the audio", &e))?;
                     Some(f)
                 }
                 None => None,
@@ -392,6 +392,16 @@ async fn transcode_and_store(
 /// Fail with a "superseded" failure unless the task's job still owns the video (its epoch is
 /// the newest lease): one listing of the lease prefix. Asked of the store before the task
 /// starts and right before every write of its outputs.
+/// A failed object store read or write: [`TaskFailure::store_unavailable`] when the store
+/// failed or did not answer (no attempt used up), a plain transient failure otherwise (an
+/// object that should exist is missing or unreadable).
+fn store_failure(what: &str, e: &StorageError) -> TaskFailure {
+    match e {
+        StorageError::Backend(_) => TaskFailure::store_unavailable(what, e),
+        other => TaskFailure::transient(format!("{what}: {other}")),
+    }
+}
+
 async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
     if t.epoch == 0 {
         return Ok(());
@@ -399,9 +409,7 @@ async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
     match ctx.storage.lease_holds(&t.video_id, t.epoch).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(TaskFailure::superseded(&t.video_id, t.epoch)),
-        Err(e) => Err(TaskFailure::transient(format!(
-            "cannot check the video's owner: {e}"
-        ))),
+        Err(e) => Err(store_failure("checking the video's owner", &e)),
     }
 }
 
@@ -418,7 +426,7 @@ async fn store_intermediate(
     ctx.storage
         .put_file(key, file)
         .await
-        .map_err(|e| TaskFailure::transient(format!("storing {key}: {e}")))?;
+        .map_err(|e| store_failure(&format!("storing {key}"), &e))?;
     if let Err(e) = check_owner(ctx, t).await {
         let _ = ctx.storage.delete(key).await;
         return Err(e);
@@ -456,7 +464,7 @@ async fn store_outputs(
             .storage
             .put_file(&key, file)
             .await
-            .map_err(|e| io("storing a segment", &e))?;
+            .map_err(|e| store_failure("storing a segment", &e))?;
         alive(bytes);
         segments.push(SegmentInfo {
             duration_seconds: *duration,
@@ -481,10 +489,10 @@ async fn store_outputs(
         Bytes::from(init),
     )
     .await
-    .map_err(|e| io("storing the init segment", &e))?;
+    .map_err(|e| store_failure("storing the init segment", &e))?;
     s.put_json(&keys::rendition_info(&t.video_id, name), &output)
         .await
-        .map_err(|e| io("storing rendition.json", &e))?;
+        .map_err(|e| store_failure("storing rendition.json", &e))?;
     // Last: the media playlist marks the rendition done.
     check_owner(ctx, t).await?;
     put(
@@ -492,6 +500,6 @@ async fn store_outputs(
         Bytes::from(playlist::media_playlist(&output)),
     )
     .await
-    .map_err(|e| io("storing the media playlist", &e))?;
+    .map_err(|e| store_failure("storing the media playlist", &e))?;
     Ok(output)
 }

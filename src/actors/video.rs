@@ -445,3 +445,130 @@ impl Actor for VideoActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::actors::testing::probe;
+    use crate::actors::NodeContext;
+    use crate::config::StorageLocation;
+    use crate::storage::lease::Claim;
+    use crate::storage::Storage;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    async fn setup() -> (Ctx, ActorRef<PoolMsg>, u64) {
+        let scratch = tempfile::tempdir().unwrap().keep();
+        let storage = Storage::open(&StorageLocation::Memory).unwrap();
+        let record = VideoRecord::uploaded(ID.into(), "00".into(), 1, "default".into(), None);
+        assert!(storage.create_record(&record).await.unwrap());
+        let ctx = Arc::new(NodeContext::for_tests("n", storage, &scratch));
+        let Claim::Claimed(epoch) = ctx
+            .storage
+            .claim_lease(ID, "n", ctx.lease_ttl)
+            .await
+            .unwrap()
+        else {
+            panic!("a fresh video's lease is free");
+        };
+        let (pool, _rx) = probe::<PoolMsg>().await;
+        (ctx, pool, epoch)
+    }
+
+    async fn kinds(ctx: &Ctx) -> Vec<String> {
+        ctx.events
+            .for_video(ID)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    /// Issue 9: a holder that could not renew its lease for a whole time to live (here: the
+    /// node was paused between the claim and the actor's first write, on tokio's paused clock)
+    /// writes nothing, stands down by itself and releases the lease, so another node may
+    /// claim the video at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_whose_lease_ran_out_writes_nothing_and_lets_the_video_go() {
+        let (ctx, pool, epoch) = setup().await;
+        let claimed_at = tokio::time::Instant::now();
+        tokio::time::advance(ctx.lease_ttl + Duration::from_millis(1)).await;
+        let (actor, handle) = Actor::spawn(
+            None,
+            VideoActor,
+            VideoArgs {
+                ctx: ctx.clone(),
+                video_id: ID.into(),
+                pool,
+                lease_epoch: epoch,
+                claimed_at,
+            },
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("the actor stops by itself")
+            .unwrap();
+        drop(actor);
+        let record = ctx.storage.load_record(ID).await.unwrap().unwrap();
+        assert_eq!(record.state, VideoState::Uploaded, "nothing was written");
+        let k = kinds(&ctx).await;
+        assert!(k.contains(&"stood_down".to_string()), "{k:?}");
+        assert!(!k.contains(&"state_changed".to_string()), "{k:?}");
+        assert!(ctx.storage.lease_view(ID).await.unwrap().unwrap().released);
+        assert!(matches!(
+            ctx.storage.claim_lease(ID, "other", ctx.lease_ttl).await.unwrap(),
+            Claim::Claimed(e) if e == epoch + 1
+        ));
+    }
+
+    /// Issue 9: a renewal that finds a newer epoch stands the holder down (it learns it lost
+    /// the video even with nothing to write), and it releases only its own, older epoch.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_finds_a_newer_owner_stands_down() {
+        let (ctx, pool, epoch) = setup().await;
+        let (actor, handle) = Actor::spawn(
+            None,
+            VideoActor,
+            VideoArgs {
+                ctx: ctx.clone(),
+                video_id: ID.into(),
+                pool,
+                lease_epoch: epoch,
+                claimed_at: tokio::time::Instant::now(),
+            },
+        )
+        .await
+        .unwrap();
+        // Another node takes over (as if this lease had expired) before the first renewal.
+        ctx.storage
+            .put(
+                &crate::storage::keys::lease(ID, epoch + 1),
+                bytes::Bytes::from_static(b"other"),
+            )
+            .await
+            .unwrap();
+        let _ = actor.cast(VideoMsg::RenewLease);
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("the actor stops by itself")
+            .unwrap();
+        let k = kinds(&ctx).await;
+        assert!(k.contains(&"stood_down".to_string()), "{k:?}");
+        let v = ctx.storage.lease_view(ID).await.unwrap().unwrap();
+        assert_eq!(
+            (v.epoch, v.released),
+            (epoch + 1, false),
+            "the new owner keeps its lease"
+        );
+        assert_eq!(
+            ctx.storage.current_lease(ID).await.unwrap(),
+            Some((epoch + 1, "other".to_string()))
+        );
+    }
+}

@@ -193,7 +193,12 @@ impl VideoSupervisor {
     /// Hand a running video to its new home: stop its actor and wait (its job cancels its
     /// tasks on every node and the lease is released, see `VideoActor::post_stop`), then ask
     /// the new home to claim it now rather than when its reconcile next runs.
-    async fn hand_off(state: &VideoSupervisorState, id: &str, actor: &ActorRef<VideoMsg>, home: &str) {
+    async fn hand_off(
+        state: &VideoSupervisorState,
+        id: &str,
+        actor: &ActorRef<VideoMsg>,
+        home: &str,
+    ) {
         state
             .ctx
             .events

@@ -226,11 +226,17 @@ async fn leases(s: &Storage, id: &str) {
             expires_in,
         } => {
             assert_eq!((epoch, holder.as_str()), (1, "node-a"));
-            assert!(expires_in > Duration::from_secs(590) && expires_in <= long + super::lease::MAX_CLOCK_SKEW);
+            assert!(
+                expires_in > Duration::from_secs(590)
+                    && expires_in <= long + super::lease::MAX_CLOCK_SKEW
+            );
         }
         other => panic!("a live lease was taken: {other:?}"),
     }
-    assert_eq!(s.current_lease(id).await.unwrap(), Some((1, "node-a".to_string())));
+    assert_eq!(
+        s.current_lease(id).await.unwrap(),
+        Some((1, "node-a".to_string()))
+    );
     // The same node (restarted) claims again at once.
     assert_eq!(
         s.claim_lease(id, "node-a", long).await.unwrap(),
@@ -247,16 +253,22 @@ async fn leases(s: &Storage, id: &str) {
         s.claim_lease(id, "node-b", long).await.unwrap(),
         Claim::Claimed(3)
     );
-    assert_eq!(s.current_lease(id).await.unwrap(), Some((3, "node-b".to_string())));
+    assert_eq!(
+        s.current_lease(id).await.unwrap(),
+        Some((3, "node-b".to_string()))
+    );
     assert!(!s.lease_holds(id, 2).await.unwrap() && s.lease_holds(id, 3).await.unwrap());
     // Expired: a lease last renewed longer ago than its time to live plus the clock skew
     // allowance is claimable (a zero time to live makes any renewal older than the skew).
     let v = s.lease_view(id).await.unwrap().unwrap();
     assert_eq!((v.epoch, v.released), (3, false));
-    assert!(matches!(
-        s.claim_lease(id, "node-c", Duration::ZERO).await.unwrap(),
-        Claim::Held { .. }
-    ), "a renewal younger than the clock skew allowance still holds");
+    assert!(
+        matches!(
+            s.claim_lease(id, "node-c", Duration::ZERO).await.unwrap(),
+            Claim::Held { .. }
+        ),
+        "a renewal younger than the clock skew allowance still holds"
+    );
     // Once the skew allowance has passed (a bounded poll, about 1 s), node-c gets epoch 4.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -273,4 +285,3 @@ async fn leases(s: &Storage, id: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-

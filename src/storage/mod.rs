@@ -641,7 +641,10 @@ impl Storage {
 
     /// The newest lease of a video as one listing shows it (epoch, last renewal, released), or
     /// `None` when never claimed.
-    pub async fn lease_view(&self, video_id: &str) -> Result<Option<lease::LeaseView>, StorageError> {
+    pub async fn lease_view(
+        &self,
+        video_id: &str,
+    ) -> Result<Option<lease::LeaseView>, StorageError> {
         let listed = self
             .bounded(async {
                 Ok(self
