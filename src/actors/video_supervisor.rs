@@ -13,6 +13,10 @@
 //! - Neither `Ensure` nor `Recover` acts while the cluster view is not settled (the node has
 //!   not yet heard every peer since it started or woke): a node that sees only itself would
 //!   find itself home of every video.
+//! - Starting a video claims its lease first (`storage::lease`): a claim a live holder refuses
+//!   is retried once that lease would expire (a holder that hands off releases it sooner and
+//!   asks the new home to claim at once). A hand-off waits for the video actor to stop, so
+//!   its job's tasks are cancelled and its lease released before the new home is asked.
 //! - A `VideoActor` that crashes is restarted (it re-reads its record); after
 //!   `max_job_restarts` crashes of the same video it is left stopped and logged.
 

@@ -354,6 +354,22 @@ impl Storage {
         .await
     }
 
+    /// Every object under `prefix` with its last-modified time (the store's clock; S3 gives
+    /// whole seconds), in no particular order. For checks over a video's objects.
+    pub async fn list_modified(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, StorageError> {
+        self.bounded(async {
+            let listed: Vec<_> = self.store.list(Some(&path(prefix))).try_collect().await?;
+            Ok(listed
+                .into_iter()
+                .map(|m| (m.location.to_string(), m.last_modified.into()))
+                .collect())
+        })
+        .await
+    }
+
     /// The names one level below `prefix` that have objects under them (`videos` lists the
     /// ids of `videos/{id}/...`).
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

@@ -24,6 +24,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use reel::config::StorageLocation;
+use reel::storage::Storage;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
@@ -31,6 +34,7 @@ use serde_json::Value;
 
 use crate::cluster::TestCluster;
 use crate::helpers::*;
+use crate::s3::SeaweedFs;
 
 /// After a fault ends, how long a takeover still counts as caused by it: fencing (3 missed
 /// 300 ms heartbeats), the settle round (at least 5 s) and a reconcile period (2 s).
@@ -151,42 +155,26 @@ async fn tus_upload(base: &str, bytes: Vec<u8>) -> String {
     }
 }
 
-/// Files under `dir` with their modification times.
-fn files_with_times(dir: &Path) -> Vec<(PathBuf, SystemTime)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-                out.push((p, m));
-            }
-        }
-    }
-    out
-}
-
-/// Objects of the video written after its commit point (`master.m3u8`).
-fn post_commit_writes(objects: &Path, id: &str) -> Vec<String> {
-    let dir = objects.join("videos").join(id);
-    let files = files_with_times(&dir);
-    let Some(commit) = files
+/// Objects of the video written after its commit point (`master.m3u8`), by the store's
+/// last-modified times (whole seconds on S3, so a write within the commit's second is missed).
+async fn post_commit_writes(storage: &Storage, id: &str) -> Vec<String> {
+    let prefix = format!("videos/{id}/");
+    let objects = storage.list_modified(&prefix).await.unwrap();
+    let Some(commit) = objects
         .iter()
-        .find(|(p, _)| p.file_name().is_some_and(|n| n == "master.m3u8"))
+        .find(|(k, _)| k.ends_with("/master.m3u8"))
         .map(|(_, t)| *t)
     else {
         return vec!["no master.m3u8".into()];
     };
-    files
+    objects
         .into_iter()
-        .filter(|(p, t)| {
-            let name = p.file_name().unwrap().to_string_lossy();
+        .filter(|(k, t)| {
+            let name = k.rsplit('/').next().unwrap_or_default();
             // The record is written after the commit (state `ready`); its lock beside it.
-            !matches!(name.as_ref(), "record.json" | "record.lock" | "master.m3u8") && *t > commit
+            !matches!(name, "record.json" | "record.lock" | "master.m3u8") && *t > commit
         })
-        .map(|(p, _)| p.strip_prefix(&dir).unwrap().display().to_string())
+        .map(|(k, _)| k.trim_start_matches(&prefix).to_string())
         .collect()
 }
 
@@ -233,13 +221,103 @@ fn median(v: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Run the matrix; returns the figures by trial kind and the leftovers, after printing the
-/// table.
-async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
+/// What one run of the matrix does; each count or duration 0 leaves that trial out.
+#[derive(Debug, Clone, Copy)]
+struct Matrix {
+    /// kill -9 trials (`CHAOS_KILLS`).
+    kills: u64,
+    /// Restarts of an uninvolved node (`CHAOS_RESTARTS`).
+    restarts: u64,
+    /// SIGSTOP of a home node, seconds (`CHAOS_STOP_SECONDS`).
+    stop_seconds: u64,
+    /// PUT + tus races (`CHAOS_RACES`).
+    races: u64,
+    /// The object store hung (SeaweedFS SIGSTOPped) mid-job and mid-playback, seconds
+    /// (`CHAOS_OUTAGE_SECONDS`); needs `s3`.
+    outage_seconds: u64,
+    /// Run on SeaweedFS S3 (`CHAOS_STORE=s3`) instead of the local store.
+    s3: bool,
+}
+
+impl Matrix {
+    /// The environment's figures over `defaults`.
+    fn from_env(defaults: Matrix) -> Matrix {
+        Matrix {
+            kills: env_or("CHAOS_KILLS", defaults.kills),
+            restarts: env_or("CHAOS_RESTARTS", defaults.restarts),
+            stop_seconds: env_or("CHAOS_STOP_SECONDS", defaults.stop_seconds),
+            races: env_or("CHAOS_RACES", defaults.races),
+            outage_seconds: env_or("CHAOS_OUTAGE_SECONDS", defaults.outage_seconds),
+            s3: match std::env::var("CHAOS_STORE").as_deref() {
+                Ok("s3") => true,
+                Ok("local") => false,
+                _ => defaults.s3,
+            },
+        }
+    }
+}
+
+/// How the cluster answered a player while the store was out.
+#[derive(Debug, Default)]
+struct OutagePlayback {
+    ok: usize,
+    unavailable: usize,
+    other: Vec<String>,
+    slowest: Duration,
+}
+
+/// The URIs of a playlist (its non-tag lines), resolved against the playlist's URL.
+async fn playlist_uris(url: &str) -> Vec<String> {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let base = &url[..url.rfind('/').unwrap() + 1];
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("{base}{l}"))
+        .collect()
+}
+
+/// Run the matrix and print the table of figures; panics naming every problem found.
+async fn run_matrix(m: Matrix) {
+    let Matrix {
+        kills,
+        restarts,
+        stop_seconds,
+        races,
+        outage_seconds,
+        s3,
+    } = m;
     let seed = env_or("CHAOS_SEED", wall_ms() as u64);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    eprintln!("chaos: seed {seed}, {kills} kill trials, SIGSTOP {stop_seconds} s, {races} races");
-    let mut c = TestCluster::start(3).await;
+    eprintln!(
+        "chaos: seed {seed}, store {}, {kills} kill trials, {restarts} restarts, SIGSTOP {stop_seconds} s, \
+         {races} races, store outage {outage_seconds} s",
+        if s3 { "SeaweedFS S3" } else { "local" }
+    );
+    let weed = if s3 {
+        match SeaweedFs::start(&["reel-chaos"]).await {
+            Some(w) => Some(w),
+            None => return,
+        }
+    } else {
+        None
+    };
+    let mut c = match &weed {
+        // A hung store becomes a 503 after 3 s rather than the default 10 s.
+        Some(w) => {
+            TestCluster::start_on(
+                3,
+                "s3://reel-chaos",
+                &w.env(),
+                "[limits]\nstore_answer_seconds = 3\n",
+            )
+            .await
+        }
+        None => TestCluster::start(3).await,
+    };
+    let storage = match &weed {
+        Some(w) => w.storage("reel-chaos"),
+        None => Storage::open(&StorageLocation::Local(c.dir.path().join("objects"))).unwrap(),
+    };
     let clips = tempfile::tempdir().unwrap();
     let mut n = 0u64;
     let mut next_clip = || {
@@ -290,51 +368,102 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
     }
 
     // Restart of a node that is not the video's home while its job runs.
-    let (t, id, home) = job_running(&c, &next_clip()).await;
-    let victim = if home == 3 { 2 } else { 3 };
-    let fault = kill_and_restart(&mut c, victim, Duration::ZERO).await;
-    wait_terminal(c.url(home), &id, Duration::from_secs(240)).await;
-    trials.push(Trial {
-        kind: "restart uninvolved",
-        video: id,
-        took: t.elapsed(),
-        faults: vec![fault],
-    });
-    c.wait_live(&[1, 2, 3], 3).await;
+    for _ in 0..restarts {
+        let (t, id, home) = job_running(&c, &next_clip()).await;
+        let victim = if home == 3 { 2 } else { 3 };
+        let fault = kill_and_restart(&mut c, victim, Duration::ZERO).await;
+        wait_terminal(c.url(home), &id, Duration::from_secs(240)).await;
+        trials.push(Trial {
+            kind: "restart uninvolved",
+            video: id,
+            took: t.elapsed(),
+            faults: vec![fault],
+        });
+        c.wait_live(&[1, 2, 3], 3).await;
+    }
+
+    // The object store hangs mid-job, while a player plays a ready video through node 2.
+    let mut outage_playback = None;
+    if let (Some(weed), true) = (&weed, outage_seconds > 0) {
+        let master = format!("{}/videos/{}/master.m3u8", c.url(2), trials[0].video);
+        let media = playlist_uris(&master).await;
+        let segments = playlist_uris(&media[0]).await;
+        let (t, id, _) = job_running(&c, &next_clip()).await;
+        weed.pause();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut seen = OutagePlayback::default();
+        let end = Instant::now() + Duration::from_secs(outage_seconds);
+        let mut k = 0;
+        while Instant::now() < end {
+            let url = [&master, &media[0]]
+                .into_iter()
+                .chain(segments.iter())
+                .nth(k % (segments.len() + 2))
+                .unwrap()
+                .clone();
+            k += 1;
+            let asked = Instant::now();
+            match client.get(&url).send().await {
+                Ok(r) if r.status() == 200 => seen.ok += 1,
+                Ok(r) if r.status() == 503 && r.headers().contains_key("retry-after") => {
+                    seen.unavailable += 1
+                }
+                Ok(r) => seen.other.push(format!("{url}: {}", r.status())),
+                Err(e) => seen.other.push(format!("{url}: {e}")),
+            }
+            seen.slowest = seen.slowest.max(asked.elapsed());
+            // The player's pace, not a synchronisation.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        weed.resume();
+        wait_terminal(c.url(1), &id, Duration::from_secs(240)).await;
+        trials.push(Trial {
+            kind: "store outage",
+            video: id,
+            took: t.elapsed(),
+            faults: vec![],
+        });
+        outage_playback = Some(seen);
+    }
 
     // The home node hangs.
-    let (t, id, home) = job_running(&c, &next_clip()).await;
-    let from = wall_ms();
-    c.nodes[home - 1].as_ref().unwrap().stop();
-    // While it hangs, the others fence it and finish the video: the time to ready is taken
-    // then, not after the node wakes.
-    let other = if home == 1 { 2 } else { 1 };
-    let wake = Instant::now() + Duration::from_secs(stop_seconds);
-    let mut took = None;
-    while Instant::now() < wake {
-        if took.is_none() {
-            let (_, v) = get_json(&format!("{}/videos/{id}", c.url(other))).await;
-            if v["state"] == "ready" {
-                took = Some(t.elapsed());
+    if stop_seconds > 0 {
+        let (t, id, home) = job_running(&c, &next_clip()).await;
+        let from = wall_ms();
+        c.nodes[home - 1].as_ref().unwrap().stop();
+        // While it hangs, the others fence it and finish the video: the time to ready is taken
+        // then, not after the node wakes.
+        let other = if home == 1 { 2 } else { 1 };
+        let wake = Instant::now() + Duration::from_secs(stop_seconds);
+        let mut took = None;
+        while Instant::now() < wake {
+            if took.is_none() {
+                let (_, v) = get_json(&format!("{}/videos/{id}", c.url(other))).await;
+                if v["state"] == "ready" {
+                    took = Some(t.elapsed());
+                }
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        c.nodes[home - 1].as_ref().unwrap().resume();
+        let to = wall_ms();
+        wait_terminal(c.url(other), &id, Duration::from_secs(240)).await;
+        let took = took.unwrap_or_else(|| t.elapsed());
+        trials.push(Trial {
+            kind: "SIGSTOP home",
+            video: id,
+            took,
+            faults: vec![Fault {
+                node: format!("node-{home}"),
+                from,
+                to,
+            }],
+        });
+        c.wait_live(&[1, 2, 3], 3).await;
     }
-    c.nodes[home - 1].as_ref().unwrap().resume();
-    let to = wall_ms();
-    wait_terminal(c.url(other), &id, Duration::from_secs(240)).await;
-    let took = took.unwrap_or_else(|| t.elapsed());
-    trials.push(Trial {
-        kind: "SIGSTOP home",
-        video: id,
-        took,
-        faults: vec![Fault {
-            node: format!("node-{home}"),
-            from,
-            to,
-        }],
-    });
-    c.wait_live(&[1, 2, 3], 3).await;
 
     // The same bytes by PUT and by tus at once, to two nodes.
     for _ in 0..races {
@@ -356,7 +485,6 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
 
     // Figures, from the store and the merged logs (every node live now).
     c.wait_live(&[1, 2, 3], 3).await;
-    let objects = c.dir.path().join("objects");
     let mut by_kind: BTreeMap<&str, Figures> = BTreeMap::new();
     let mut problems = Vec::new();
     for trial in &trials {
@@ -389,7 +517,7 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
         if !stolen.is_empty() {
             problems.push(format!("{} {}: {stolen:?}", trial.kind, trial.video));
         }
-        let late = post_commit_writes(&objects, &trial.video);
+        let late = post_commit_writes(&storage, &trial.video).await;
         f.post_commit_writes += late.len();
         if !late.is_empty() {
             problems.push(format!(
@@ -418,18 +546,25 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
         }
     }
     // Leftovers: intermediates are deleted after the commit, in the background.
-    let leftovers_now = || -> Vec<String> {
-        ["active", "work"]
-            .iter()
-            .flat_map(|d| files_with_times(&objects.join(d)))
-            .map(|(p, _)| p.strip_prefix(&objects).unwrap().display().to_string())
-            .collect()
+    let leftovers_now = || async {
+        let mut left = Vec::new();
+        for prefix in ["active", "work"] {
+            left.extend(
+                storage
+                    .list(prefix)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, _)| k),
+            );
+        }
+        left
     };
     let until = Instant::now() + Duration::from_secs(60);
-    let mut leftovers = leftovers_now();
+    let mut leftovers = leftovers_now().await;
     while !leftovers.is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        leftovers = leftovers_now();
+        leftovers = leftovers_now().await;
     }
     if !leftovers.is_empty() {
         problems.push(format!("left over: {leftovers:?}"));
@@ -468,7 +603,25 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
             m / base_s
         );
     }
-    eprintln!("leftover active/ and work/ objects: {}\n", leftovers.len());
+    eprintln!("leftover active/ and work/ objects: {}", leftovers.len());
+    if let Some(p) = &outage_playback {
+        eprintln!(
+            "playback through the store outage: {} answers 200, {} answers 503 with Retry-After, \
+             {} other; slowest {:.2} s",
+            p.ok,
+            p.unavailable,
+            p.other.len(),
+            p.slowest.as_secs_f64()
+        );
+        if !p.other.is_empty() {
+            problems.push(format!("during the store outage: {:?}", p.other));
+        }
+        // The store answer bound (3 s) plus a margin: never a client left hanging.
+        if p.slowest > Duration::from_secs(6) {
+            problems.push(format!("an answer during the outage took {:?}", p.slowest));
+        }
+    }
+    eprintln!();
     assert!(
         problems.is_empty(),
         "chaos found:\n{}\n{}",
@@ -477,14 +630,42 @@ async fn run_matrix(kills: u64, stop_seconds: u64, races: u64) {
     );
 }
 
-/// The bounded matrix CI runs: 2 kill trials, one restart, an 8 s SIGSTOP, one race.
-/// `scripts/chaos` runs it larger through the same environment variables.
+/// The bounded matrix CI runs on the local store: 2 kill trials, one restart, an 8 s SIGSTOP,
+/// one race. `scripts/chaos` runs it larger through the same environment variables.
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_matrix_every_video_ready_once_no_steals_no_late_writes() {
-    run_matrix(
-        env_or("CHAOS_KILLS", 2),
-        env_or("CHAOS_STOP_SECONDS", 8),
-        env_or("CHAOS_RACES", 1),
-    )
+    if std::env::var("CHAOS_STORE").as_deref() == Ok("s3") {
+        eprintln!("CHAOS_STORE=s3: the matrix runs in chaos_on_s3");
+        return;
+    }
+    run_matrix(Matrix::from_env(Matrix {
+        kills: 2,
+        restarts: 1,
+        stop_seconds: 8,
+        races: 1,
+        outage_seconds: 0,
+        s3: false,
+    }))
     .await;
+}
+
+/// The bounded matrix on SeaweedFS S3 that CI runs: one kill, an 8 s store outage mid-job and
+/// mid-playback. With `CHAOS_STORE=s3`, `scripts/chaos` runs the whole matrix here instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_on_s3_a_store_outage_fails_nothing_and_players_get_quick_answers() {
+    let defaults = Matrix {
+        kills: 1,
+        restarts: 0,
+        stop_seconds: 0,
+        races: 0,
+        outage_seconds: 8,
+        s3: true,
+    };
+    // The local matrix's sizes apply here only when the whole run is on S3.
+    let m = if std::env::var("CHAOS_STORE").as_deref() == Ok("s3") {
+        Matrix::from_env(defaults)
+    } else {
+        defaults
+    };
+    run_matrix(m).await;
 }

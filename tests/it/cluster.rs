@@ -15,16 +15,29 @@ const COOKIE: &str = "test-cookie-not-secret";
 pub(crate) struct TestCluster {
     pub(crate) dir: tempfile::TempDir,
     config: std::path::PathBuf,
+    /// Extra environment of every node (S3 credentials and endpoint).
+    env: Vec<(String, String)>,
     pub(crate) nodes: Vec<Option<ReelProcess>>,
     urls: Vec<String>,
 }
 
 impl TestCluster {
     pub(crate) async fn start(n: usize) -> Self {
+        Self::start_on(n, "local:objects", &[], "").await
+    }
+
+    /// Start `n` nodes on `storage` (a `cluster.toml` storage value), with `env` added to each
+    /// node's environment and `extra` appended to the file (more tables).
+    pub(crate) async fn start_on(
+        n: usize,
+        storage: &str,
+        env: &[(String, String)],
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut toml = String::from(
-            r#"storage = "local:objects"
-[cluster]
+        let mut toml = format!("storage = \"{storage}\"\n{extra}\n");
+        toml.push_str(
+            r#"[cluster]
 heartbeat_ms = 300
 fence_after = 3
 reconcile_seconds = 2
@@ -65,6 +78,7 @@ audio_kbps = 32
         let mut c = Self {
             dir,
             config,
+            env: env.to_vec(),
             nodes: Vec::new(),
             urls,
         };
@@ -81,6 +95,8 @@ audio_kbps = 32
 
     pub(crate) fn spawn(&self, i: usize) -> ReelProcess {
         let node = format!("node-{i}");
+        let mut env = vec![("REEL_CLUSTER_COOKIE", COOKIE)];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         ReelProcess::start(
             &[
                 "serve",
@@ -89,7 +105,7 @@ audio_kbps = 32
                 "--node",
                 &node,
             ],
-            &[("REEL_CLUSTER_COOKIE", COOKIE)],
+            &env,
             self.dir.path().join(format!("{node}.log")),
         )
     }

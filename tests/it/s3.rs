@@ -196,7 +196,14 @@ impl SeaweedFs {
     /// Where `bucket` lives, resolved the way a node resolves `storage = "s3://bucket"` with
     /// the standard AWS variables.
     pub fn location(&self, bucket: &str) -> StorageLocation {
-        let env: HashMap<String, String> = [
+        let env: HashMap<String, String> = self.env().into_iter().collect();
+        StorageLocation::S3(S3Location::resolve(bucket, &S3Settings::default(), &env).unwrap())
+    }
+
+    /// The environment a `reel serve` process needs to reach this server
+    /// (`storage = "s3://bucket"` in its `cluster.toml`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", KEY),
             ("AWS_SECRET_ACCESS_KEY", SECRET),
@@ -204,8 +211,7 @@ impl SeaweedFs {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        StorageLocation::S3(S3Location::resolve(bucket, &S3Settings::default(), &env).unwrap())
+        .collect()
     }
 
     /// A storage handle on `bucket`.
