@@ -1,11 +1,56 @@
 //! The fencing race: two nodes that disagree about who owns a video (here the extreme case:
 //! two stand-alone nodes sharing one storage directory, each believing it is the only node)
 //! never both finalize it. Lease epochs in the object store decide; `ready` happens once.
+//!
+//! - With honest clocks, the second node's claim is refused while the first renews its lease:
+//!   only one job ever runs.
+//! - With a second node whose lease timing is wrong (a much shorter `lease_ttl`: as if its
+//!   clock ran ahead), it claims from the live first owner and both jobs run; the store's
+//!   fencing still lets exactly one finalize, and the older owner stands down. Safety does not
+//!   rest on timing.
 
 use reel::actors::video_supervisor::VideoSupervisorMsg;
 use reel::config::StorageLocation;
 
 use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_owners_lease_is_not_claimed_and_one_job_runs() {
+    let shared = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = test_config(dir_a.path());
+    let mut cb = test_config(dir_b.path());
+    ca.storage = StorageLocation::Local(shared.path().into());
+    cb.storage = StorageLocation::Local(shared.path().into());
+    let a = start(ca).await;
+    let b = start(cb).await;
+    let (status, v) = upload(&a.url(), &clip("long")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    // A has claimed (its job started) before B is told it owns the video too.
+    wait_until("A's claim", std::time::Duration::from_secs(30), || {
+        let (a, id) = (a.url(), id.clone());
+        async move { count(&event_kinds(&a, &id).await, "lease_claimed") == 1 }
+    })
+    .await;
+    b.node
+        .refs
+        .videos
+        .cast(VideoSupervisorMsg::Ensure {
+            video_id: id.clone(),
+        })
+        .unwrap();
+    // `call` as a barrier: B has handled the Ensure (and its refused claim) before this answers.
+    let running = ractor::call!(b.node.refs.videos, VideoSupervisorMsg::Active).unwrap();
+    assert!(running.is_empty(), "B started an actor: {running:?}");
+    let v = wait_terminal(&a.url(), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let ev_b = event_kinds(&b.url(), &id).await;
+    assert_eq!(count(&ev_b, "lease_claimed"), 0, "B claimed from a live A: {ev_b:#?}");
+    assert_eq!(count(&ev_b, "job_started") + count(&ev_b, "job_resumed"), 0);
+    a.stop().await;
+    b.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_owners_race_and_exactly_one_finalizes() {
@@ -15,6 +60,11 @@ async fn two_owners_race_and_exactly_one_finalizes() {
     let mut cb = test_config(dir_b.path());
     ca.storage = StorageLocation::Local(shared.path().into());
     cb.storage = StorageLocation::Local(shared.path().into());
+    // B's lease timing disagrees with A's (as if its clock ran ahead, or its config were
+    // wrong): A renews every 20 s, while B takes a lease not renewed for 1.3 s (300 ms plus
+    // the clock skew allowance) for expired, and claims from the live A.
+    ca.lease_ttl = std::time::Duration::from_secs(60);
+    cb.lease_ttl = std::time::Duration::from_millis(300);
     let a = start(ca).await;
     let b = start(cb).await;
     let (status, v) = upload(&a.url(), &clip("long")).await;
