@@ -14,7 +14,8 @@ use crate::media::ladder::Rendition;
 pub enum TaskKind {
     /// Encode the whole rendition (video and audio) in one ffmpeg run: short sources.
     Rendition,
-    /// Encode the video of one chunk of the rendition (whole segments) to an intermediate MP4.
+    /// Encode the video of one chunk (whole segments) for every rendition in `renditions`,
+    /// decoding it once, each to its own intermediate MP4 (issue 11, P2).
     Chunk {
         /// Chunk number, from 0.
         index: usize,
@@ -22,6 +23,9 @@ pub enum TaskKind {
         start_seconds: f64,
         /// Its length, seconds.
         duration_seconds: f64,
+        /// The renditions whose chunk this task encodes, in ladder order (those not yet
+        /// stored). The task's own `rendition` is the first.
+        renditions: Vec<Rendition>,
     },
     /// Encode the whole source's audio once, at this bitrate (kbit/s), to an intermediate M4A.
     Audio {
@@ -77,11 +81,11 @@ pub struct TaskSpec {
 
 impl TaskSpec {
     /// The task's key within its job: `720p` (whole rendition or its packaging step),
-    /// `720p/c0003` (a chunk), `audio-128` (the audio).
+    /// `chunk-0003` (a chunk, for every rendition), `audio-128` (the audio).
     pub fn key(&self) -> String {
         match &self.kind {
             TaskKind::Rendition | TaskKind::Package { .. } => self.rendition.name.clone(),
-            TaskKind::Chunk { index, .. } => format!("{}/c{index:04}", self.rendition.name),
+            TaskKind::Chunk { index, .. } => format!("chunk-{index:04}"),
             TaskKind::Audio { kbps } => format!("audio-{kbps}"),
         }
     }

@@ -467,9 +467,12 @@ impl JobActor {
             frame_rate: source.frame_rate,
             input: transcode::InputMap::for_source(&source),
         };
-        // The graph: per rendition either one whole-rendition task, or its chunks and the
-        // (shared) audio feeding one packaging task. Anything already stored counts as done.
+        // The graph: per rendition either one whole-rendition task, or the shared chunk tasks
+        // (each decodes its span once and encodes every rendition that still needs it) and the
+        // shared audio feeding the rendition's packaging task. Anything already stored counts
+        // as done.
         let mut graph: Vec<(TaskSpec, Vec<String>, bool, Option<RenditionOutput>)> = Vec::new();
+        let mut pending: Vec<&Rendition> = Vec::new();
         for r in &renditions {
             let done_key = keys::rendition_file(&id, &r.name, playlist::MEDIA_PLAYLIST_NAME);
             let output = if storage.exists(&done_key).await? {
@@ -482,20 +485,36 @@ impl JobActor {
             if output.is_some() || !chunked {
                 let done = output.is_some();
                 graph.push((spec(r, TaskKind::Rendition), vec![], done, output));
-                continue;
+            } else {
+                pending.push(r);
             }
-            let mut needs = Vec::new();
+        }
+        let mut chunk_keys = Vec::new();
+        if let Some(top) = pending.first() {
             for (index, (start_seconds, duration_seconds)) in chunks.iter().copied().enumerate() {
-                let kind = TaskKind::Chunk {
-                    index,
-                    start_seconds,
-                    duration_seconds,
-                };
-                let done = storage.exists(&keys::chunk(&id, &r.name, index)).await?;
-                let t = spec(r, kind);
-                needs.push(t.key());
+                let mut missing = Vec::new();
+                for r in &pending {
+                    if !storage.exists(&keys::chunk(&id, &r.name, index)).await? {
+                        missing.push((*r).clone());
+                    }
+                }
+                let done = missing.is_empty();
+                let first = missing.first().cloned().unwrap_or_else(|| (*top).clone());
+                let t = spec(
+                    &first,
+                    TaskKind::Chunk {
+                        index,
+                        start_seconds,
+                        duration_seconds,
+                        renditions: missing,
+                    },
+                );
+                chunk_keys.push(t.key());
                 graph.push((t, vec![], done, None));
             }
+        }
+        for r in pending {
+            let mut needs = chunk_keys.clone();
             let audio_kbps = source.has_audio.then_some(r.audio_kbps);
             if let Some(kbps) = audio_kbps {
                 let t = spec(r, TaskKind::Audio { kbps });

@@ -271,14 +271,22 @@ async fn transcode_and_store(
             index,
             start_seconds,
             duration_seconds,
+            renditions,
         } => {
-            let out = out_dir.join("chunk.mp4");
+            let outs: Vec<(std::path::PathBuf, &crate::media::ladder::Rendition)> = renditions
+                .iter()
+                .map(|r| (out_dir.join(format!("chunk-{}.mp4", r.name)), r))
+                .collect();
+            let Some((first, _)) = outs.first() else {
+                return Ok(None);
+            };
             let input = source().await?;
             let args = |seek| {
+                let outs: Vec<(&Path, &crate::media::ladder::Rendition)> =
+                    outs.iter().map(|(p, r)| (p.as_path(), *r)).collect();
                 transcode::chunk_args(
                     &input,
-                    &out,
-                    &t.rendition,
+                    &outs,
                     *start_seconds,
                     *duration_seconds,
                     seg,
@@ -288,8 +296,9 @@ async fn transcode_and_store(
                 )
             };
             run_ffmpeg(a, cancel, args(ChunkSeek::Index)).await?;
+            // Every output got the same frames (one decode, split): counting one is enough.
             let frames = || async {
-                probe::count_video_packets(&out, std::time::Duration::from_secs(60))
+                probe::count_video_packets(first, std::time::Duration::from_secs(60))
                     .await
                     .map_err(|e| TaskFailure::transient(format!("checking the chunk: {e}")))
             };
@@ -315,13 +324,10 @@ async fn transcode_and_store(
                     });
                 }
             }
-            store_intermediate(
-                ctx,
-                t,
-                &keys::chunk(&t.video_id, &t.rendition.name, *index),
-                &out,
-            )
-            .await?;
+            for (file, r) in &outs {
+                store_intermediate(ctx, t, &keys::chunk(&t.video_id, &r.name, *index), file)
+                    .await?;
+            }
             Ok(None)
         }
         TaskKind::Audio { kbps } => {

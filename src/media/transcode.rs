@@ -115,6 +115,16 @@ impl InputMap {
         cut: Option<String>,
         chunk_seconds: Option<f64>,
     ) -> String {
+        format!(
+            "{},{}",
+            self.shared_chain(cut, chunk_seconds),
+            scale_filter(r)
+        )
+    }
+
+    /// The part of [`InputMap::filter_chain`] every rendition shares: everything before the
+    /// scaling. A chunk runs it once and splits its frames to every rendition's scaler.
+    fn shared_chain(&self, cut: Option<String>, chunk_seconds: Option<f64>) -> String {
         let mut f: Vec<String> = Vec::new();
         if self.deinterlace {
             f.push("yadif=mode=send_frame:deint=all".into());
@@ -127,10 +137,6 @@ impl InputMap {
             }
             f.push(format!("trim=end={len:.6}"));
         }
-        f.push(format!(
-            "scale={}:{}:flags=bicubic,setsar=1",
-            r.width, r.height
-        ));
         f.join(",")
     }
 
@@ -343,17 +349,20 @@ pub enum ChunkSeek {
     Decode,
 }
 
-/// Arguments to encode the video of one chunk of a rendition into `out` (MP4, no audio): the
-/// frames from `start` seconds after the first video frame for `duration` seconds (a frame on
-/// the boundary falls in exactly one chunk: see [`InputMap::seek_margin_seconds`]),
+/// Arguments to encode the video of one chunk for several renditions in one ffmpeg run, each
+/// into its own file (MP4, no audio): the source is read and decoded once, its frames split to
+/// one scaler and encoder per rendition (issue 11, P2: a chunk used to be decoded once per
+/// rendition). `outs` pairs each rendition with its output file, in ladder order.
+///
+/// The frames: from `start` seconds after the first video frame for `duration` seconds (a
+/// frame on the boundary falls in exactly one chunk: see [`InputMap::seek_margin_seconds`]),
 /// timestamps restarted at zero (`setpts=PTS-STARTPTS`, or the packager would shift the first
 /// chunk by a frame), keyframes forced every segment. ffmpeg counts `-ss` and `trim` from the
 /// file's first timestamp, so the video's own start is added.
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_args(
     input: &Path,
-    out: &Path,
-    r: &Rendition,
+    outs: &[(&Path, &Rendition)],
     start: f64,
     duration: f64,
     segment_seconds: u32,
@@ -378,16 +387,30 @@ pub fn chunk_args(
         }
         ChunkSeek::Decode => Some(format!("trim=start={from:.6}:end={:.6}", from + read)),
     };
-    let filter = m.filter_chain(r, cut, Some(duration));
     a.extend(["-i".into(), input.to_string_lossy().into_owned()]);
-    a.extend(["-map".to_string(), m.video(), "-vf".into(), filter]);
-    a.extend(x264_args(r, preset, segment_seconds));
-    a.extend([
-        "-an".into(),
-        "-f".into(),
-        "mp4".into(),
-        out.to_string_lossy().into_owned(),
-    ]);
+    let n = outs.len();
+    let mut graph = format!(
+        "[{}]{},split={n}",
+        m.video(),
+        m.shared_chain(cut, Some(duration))
+    );
+    for i in 0..n {
+        graph.push_str(&format!("[s{i}]"));
+    }
+    for (i, (_, r)) in outs.iter().enumerate() {
+        graph.push_str(&format!(";[s{i}]{}[v{i}]", scale_filter(r)));
+    }
+    a.extend(["-filter_complex".into(), graph]);
+    for (i, (out, r)) in outs.iter().enumerate() {
+        a.extend(["-map".into(), format!("[v{i}]")]);
+        a.extend(x264_args(r, preset, segment_seconds));
+        a.extend([
+            "-an".into(),
+            "-f".into(),
+            "mp4".into(),
+            out.to_string_lossy().into_owned(),
+        ]);
+    }
     a
 }
 
@@ -398,6 +421,11 @@ pub fn chunk_args(
 pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
     let expected = duration * frame_rate;
     expected.is_finite() && (frames as f64) < (0.9 * expected - 1.0).max(1.0)
+}
+
+/// A rendition's size with square pixels: the last filter of every encode.
+fn scale_filter(r: &Rendition) -> String {
+    format!("scale={}:{}:flags=bicubic,setsar=1", r.width, r.height)
 }
 
 /// The audio encoder settings of every rendition: AAC-LC, stereo (mono is doubled, 5.1 and
@@ -656,8 +684,7 @@ mod tests {
         let r = spec(true).rendition;
         chunk_args(
             Path::new("/s"),
-            Path::new("/c.mp4"),
-            &r,
+            &[(Path::new("/c.mp4"), &r)],
             start,
             len,
             seg,
@@ -673,7 +700,10 @@ mod tests {
         let a = chunk(&InputMap::default(), 16.0, 16.0, 4, ChunkSeek::Index);
         assert!(
             a.contains("-ss 16.000000 -t 17.000000 -i /s")
-                && a.contains("setpts=PTS-STARTPTS,trim=end=16.000000,scale=640:360"),
+                && a.contains(
+                    "-filter_complex [0:v:0]setpts=PTS-STARTPTS,trim=end=16.000000,split=1[s0];\
+                     [s0]scale=640:360:flags=bicubic,setsar=1[v0] -map [v0]"
+                ),
             "{a}"
         );
         assert!(
@@ -715,9 +745,12 @@ mod tests {
         let c = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Index);
         // 4 s after a video that starts at 0.5 s, less half a frame at 30 fps; one second read
         // past the span, the span cut after the constant-rate conversion.
-        assert!(c.contains("-ss 4.483333 -t 5.000000 -i /s -map 0:2"), "{c}");
         assert!(
-            c.contains("yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,scale=640:360"),
+            c.contains("-ss 4.483333 -t 5.000000 -i /s -filter_complex [0:2]"),
+            "{c}"
+        );
+        assert!(
+            c.contains("[0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,split=1[s0];[s0]scale=640:360"),
             "{c}"
         );
         let a = audio_args(Path::new("/s"), Path::new("/a.m4a"), 96, &m).join(" ");
@@ -727,7 +760,7 @@ mod tests {
         );
         let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
-            d.contains("-i /s -map 0:2 -vf yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,scale"),
+            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,split=1"),
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");

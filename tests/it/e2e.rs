@@ -215,11 +215,12 @@ async fn multipart_and_post_uploads_work_and_the_playlist_waits_for_ready() {
         .contains("immutable"));
     let (_, list) = get_json(&format!("{base}/videos")).await;
     assert_eq!(list["videos"].as_array().unwrap().len(), 1);
-    // 30 s is encoded in two chunks per rendition, audio once, then packaged: every source
+    // 30 s is encoded in two chunks (each decoded once for every rendition), audio once, then
+    // packaged: every source
     // frame arrives exactly once across the chunk boundary, and the segments stay aligned.
     let events = event_kinds(&base, &id).await;
     assert!(
-        events.iter().any(|e| e["task"] == "240p/c0001"),
+        events.iter().any(|e| e["task"] == "chunk-0001"),
         "chunked: {events:#?}"
     );
     for name in ["240p", "180p"] {

@@ -46,7 +46,11 @@ async fn a_live_owners_lease_is_not_claimed_and_one_job_runs() {
     let v = wait_terminal(&a.url(), &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");
     let ev_b = event_kinds(&b.url(), &id).await;
-    assert_eq!(count(&ev_b, "lease_claimed"), 0, "B claimed from a live A: {ev_b:#?}");
+    assert_eq!(
+        count(&ev_b, "lease_claimed"),
+        0,
+        "B claimed from a live A: {ev_b:#?}"
+    );
     assert_eq!(count(&ev_b, "job_started") + count(&ev_b, "job_resumed"), 0);
     a.stop().await;
     b.stop().await;
