@@ -695,6 +695,46 @@ mod tests {
         .join(" ")
     }
 
+    /// Issue 11, P2: one decode of the chunk feeds every rendition: one input, one split of
+    /// the shared chain into a scaler per rendition, and each output with its own encoder
+    /// settings and file, in ladder order.
+    #[test]
+    fn a_chunk_decodes_once_for_every_rendition() {
+        let top = spec(true).rendition;
+        let low = Rendition {
+            name: "180p".into(),
+            width: 320,
+            height: 180,
+            video_kbps: 250,
+            audio_kbps: 48,
+        };
+        let a = chunk_args(
+            Path::new("/s"),
+            &[(Path::new("/360.mp4"), &top), (Path::new("/180.mp4"), &low)],
+            0.0,
+            16.0,
+            4,
+            "veryfast",
+            &InputMap::default(),
+            ChunkSeek::Index,
+        )
+        .join(" ");
+        assert_eq!(a.matches("-i ").count(), 1, "{a}");
+        assert!(
+            a.contains(
+                "[0:v:0]setpts=PTS-STARTPTS,trim=end=16.000000,split=2[s0][s1];\
+                 [s0]scale=640:360:flags=bicubic,setsar=1[v0];\
+                 [s1]scale=320:180:flags=bicubic,setsar=1[v1]"
+            ),
+            "{a}"
+        );
+        let first = a.find("-map [v0]").unwrap();
+        let second = a.find("-map [v1]").unwrap();
+        assert!(first < a.find("/360.mp4").unwrap() && a.find("/360.mp4").unwrap() < second);
+        assert!(a[first..second].contains(&format!("-b:v {}k", top.video_kbps)), "{a}");
+        assert!(a[second..].contains("-b:v 250k") && a.ends_with("/180.mp4"), "{a}");
+    }
+
     #[test]
     fn chunk_and_package_arguments() {
         let a = chunk(&InputMap::default(), 16.0, 16.0, 4, ChunkSeek::Index);
