@@ -92,6 +92,11 @@ pub struct SessionState {
     rendition: Option<String>,
     /// The idle timer.
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The session's id and video, shared by every request's task without copying.
+    session: Arc<str>,
+    video_id: Arc<str>,
+    /// Segments whose read-ahead this session has logged.
+    read_ahead: ReadAheadLogged,
 }
 
 /// The file name of a rendition file.
@@ -103,15 +108,20 @@ pub fn file_name(file: RenditionFile) -> String {
     }
 }
 
+/// The segments whose read-ahead a session has logged, by rendition: `(rendition, segment)`.
+/// Bounded by the video's segment count times its renditions.
+type ReadAheadLogged = Arc<std::sync::Mutex<std::collections::HashSet<(String, usize)>>>;
+
 /// Everything a spawned serve or prefetch task needs.
 #[derive(Clone)]
 struct Job {
     ctx: Ctx,
     streaming: Streaming,
-    session: String,
-    video_id: String,
+    session: Arc<str>,
+    video_id: Arc<str>,
     tag: RenditionTag,
     segments: usize,
+    read_ahead: ReadAheadLogged,
 }
 
 impl Job {
@@ -164,7 +174,21 @@ impl Job {
             let last =
                 (k + self.streaming.config.prefetch_depth).min(self.segments.saturating_sub(1));
             for j in k + 1..=last {
-                self.clone().prefetch(j);
+                // A player asking for k again (a retry, a seek back) whose k+1 is still cached
+                // needs no new read-ahead, and the log already proves the first one: only a
+                // segment not cached, or never read ahead by this session, is triggered.
+                let cached = self
+                    .streaming
+                    .cache
+                    .is_cached_or_inflight(&self.key(RenditionFile::Segment(j)));
+                let first = self
+                    .read_ahead
+                    .lock()
+                    .map(|mut set| set.insert((self.tag.name.clone(), j)))
+                    .unwrap_or(true);
+                if first || !cached {
+                    self.clone().prefetch(j);
+                }
             }
         }
         let _ = reply.send(res);
@@ -233,6 +257,8 @@ impl Actor for SessionActor {
         let idle = Duration::from_secs(args.streaming.config.session_idle_seconds);
         let period = (idle / 4).max(Duration::from_millis(250));
         let ticker = myself.send_interval(period, || SessionMsg::Tick);
+        let session: Arc<str> = args.session.to_string().into();
+        let video_id: Arc<str> = args.video.video_id.as_str().into();
         Ok((
             args,
             SessionState {
@@ -240,6 +266,9 @@ impl Actor for SessionActor {
                 requests: 0,
                 rendition: None,
                 ticker: Some(ticker),
+                session,
+                video_id,
+                read_ahead: Default::default(),
             },
         ))
     }
@@ -306,10 +335,11 @@ impl Actor for SessionActor {
                 let job = Job {
                     ctx: args.ctx.clone(),
                     streaming: args.streaming.clone(),
-                    session: args.session.to_string(),
-                    video_id: args.video.video_id.clone(),
+                    session: state.session.clone(),
+                    video_id: state.video_id.clone(),
                     tag: info.tag.clone(),
                     segments: info.segments,
+                    read_ahead: state.read_ahead.clone(),
                 };
                 tokio::spawn(job.serve(file, reply));
             }

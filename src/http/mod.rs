@@ -237,6 +237,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                     "status": "ok",
                     "node": app.config.node_id,
                     "connections": app.admission.figures(),
+                    "playback_log_shed": app.node.ctx.streaming.log.shed_total(),
                 }),
             )
         });

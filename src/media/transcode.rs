@@ -731,8 +731,14 @@ mod tests {
         let first = a.find("-map [v0]").unwrap();
         let second = a.find("-map [v1]").unwrap();
         assert!(first < a.find("/360.mp4").unwrap() && a.find("/360.mp4").unwrap() < second);
-        assert!(a[first..second].contains(&format!("-b:v {}k", top.video_kbps)), "{a}");
-        assert!(a[second..].contains("-b:v 250k") && a.ends_with("/180.mp4"), "{a}");
+        assert!(
+            a[first..second].contains(&format!("-b:v {}k", top.video_kbps)),
+            "{a}"
+        );
+        assert!(
+            a[second..].contains("-b:v 250k") && a.ends_with("/180.mp4"),
+            "{a}"
+        );
     }
 
     #[test]

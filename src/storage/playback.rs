@@ -13,7 +13,8 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
@@ -158,12 +159,20 @@ enum Cmd {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Records queued for the writer at most: beyond this (the disk cannot keep up), a record is
+/// shed and counted rather than held in memory without bound (issue 11). About 30 MB.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
 /// Handle on a node's playback log. Cheap to clone; the writer thread ends when the last handle
 /// is dropped.
 #[derive(Clone)]
 pub struct PlaybackLog {
-    tx: mpsc::Sender<Cmd>,
+    tx: mpsc::SyncSender<Cmd>,
     jsonl: PathBuf,
+    /// Records shed because the queue was full, since the writer last logged the count.
+    shed: Arc<AtomicU64>,
+    /// Records shed since the node started.
+    shed_total: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PlaybackLog {
@@ -261,7 +270,12 @@ fn write_batch(
 /// Most records one batch writes before answering waiting flushes.
 const MAX_BATCH: usize = 4096;
 
-fn writer(rx: mpsc::Receiver<Cmd>, mut conn: Connection, file: std::fs::File) {
+fn writer(
+    rx: mpsc::Receiver<Cmd>,
+    mut conn: Connection,
+    file: std::fs::File,
+    shed: Arc<AtomicU64>,
+) {
     let mut file = std::io::BufWriter::new(file);
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
@@ -278,6 +292,14 @@ fn writer(rx: mpsc::Receiver<Cmd>, mut conn: Connection, file: std::fs::File) {
         }
         write_batch(&mut conn, &mut file, &batch);
         batch.clear();
+        let lost = shed.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(
+                records = lost,
+                "playback log shed records: its queue of {QUEUE_CAPACITY} was full (the disk \
+                 did not keep up)"
+            );
+        }
         for f in flushes.drain(..) {
             let _ = f.send(());
         }
@@ -290,6 +312,10 @@ impl PlaybackLog {
     ///
     /// Errors: the JSON-lines file or the SQLite table cannot be opened or created.
     pub fn open(data_dir: &Path) -> Result<Self, String> {
+        Self::open_bounded(data_dir, QUEUE_CAPACITY)
+    }
+
+    fn open_bounded(data_dir: &Path, capacity: usize) -> Result<Self, String> {
         let jsonl = data_dir.join(JSONL_NAME);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -298,15 +324,28 @@ impl PlaybackLog {
             .map_err(|e| format!("cannot open {jsonl:?}: {e}"))?;
         let db = data_dir.join(SQLITE_NAME);
         let conn = open_db(&db).map_err(|e| format!("cannot open {db:?}: {e}"))?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let shed = Arc::new(AtomicU64::new(0));
+        let writer_shed = shed.clone();
         std::thread::Builder::new()
             .name("playback-log".into())
-            .spawn(move || writer(rx, conn, file))
+            .spawn(move || writer(rx, conn, file, writer_shed))
             .map_err(|e| format!("cannot start the playback log writer: {e}"))?;
-        Ok(Self { tx, jsonl })
+        Ok(Self {
+            tx,
+            jsonl,
+            shed,
+            shed_total: Arc::new(AtomicU64::new(0)),
+        })
     }
 
-    /// Queue one record; never blocks. Also traced at debug level.
+    /// Records shed since the node started because the writer's queue was full.
+    pub fn shed_total(&self) -> u64 {
+        self.shed_total.load(Ordering::Relaxed)
+    }
+
+    /// Queue one record; never blocks. When the queue is full ([`QUEUE_CAPACITY`]), the record
+    /// is shed and counted; the writer logs the count. Also traced at debug level.
     pub fn record(&self, r: PlaybackRecord) {
         tracing::debug!(
             event = r.event.as_str(),
@@ -316,13 +355,21 @@ impl PlaybackLog {
             cache = r.cache.map(|c| c.as_str()).unwrap_or(""),
             "playback"
         );
-        let _ = self.tx.send(Cmd::Record(Box::new(r)));
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Cmd::Record(Box::new(r))) {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            self.shed_total.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Completes once every record queued before this call is written to both logs.
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Cmd::Flush(tx)).is_ok() {
+        // A full queue makes the send wait for the writer: off the async threads.
+        let sender = self.tx.clone();
+        let sent = tokio::task::spawn_blocking(move || sender.send(Cmd::Flush(tx)).is_ok())
+            .await
+            .unwrap_or(false);
+        if sent {
             let _ = rx.await;
         }
     }
@@ -416,6 +463,28 @@ pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackReco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11: when the disk cannot keep up (here: another connection holds SQLite's write
+    /// lock), records beyond the queue are shed and counted, never held without bound and
+    /// never lost silently: every record is either written or counted.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_queue_sheds_and_counts_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open_bounded(dir.path(), 4).unwrap();
+        let blocker = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        for k in 0..200 {
+            let mut r = PlaybackRecord::new(PlaybackEvent::Serve, "v", "n1-00bb", "n1");
+            r.segment = Some(k);
+            log.record(r);
+        }
+        let shed = log.shed_total();
+        assert!(shed > 0, "a queue of 4 behind a locked disk shed nothing");
+        blocker.execute_batch("COMMIT").unwrap();
+        log.flush().await;
+        let written = read_sqlite(dir.path(), "n1-00bb").unwrap().len() as u64;
+        assert_eq!(written + shed, 200, "{written} written, {shed} shed");
+    }
 
     #[tokio::test]
     async fn records_reach_both_logs_in_order_and_read_back_equal() {
