@@ -1,0 +1,312 @@
+//! `reel-load`: a load generator for issue 11's P3. It opens N playback sessions on one node,
+//! each a player on its own keep-alive connection: the multivariant playlist (which opens the
+//! session), the media playlist of one rendition, then one segment per segment duration, paced
+//! in real time as a player does, looping over the video. Prints sessions held, requests a
+//! second, latency percentiles, errors, and (given the node's PID) its RSS and RSS per session.
+//!
+//! Loopback only by intent: it refuses a server that is not on 127.0.0.0/8. Bounded: it stops
+//! after `--seconds`. Used by `scripts/bench-sessions`.
+//!
+//! ```text
+//! reel-load --server http://127.0.0.1:8080 --video ID --sessions 28000 --seconds 60 \
+//!           --rendition 240p --node-pid 1234
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(about = "Open N paced playback sessions against one reel node (loopback only)")]
+struct Args {
+    /// The node, `http://127.0.0.1:PORT`.
+    #[arg(long)]
+    server: String,
+    /// A ready video's id.
+    #[arg(long)]
+    video: String,
+    /// Sessions (players) to open, each on its own connection.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// How long to play, seconds (after the ramp).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seconds over which sessions start, evenly.
+    #[arg(long, default_value_t = 20)]
+    ramp: u64,
+    /// The rendition every player plays.
+    #[arg(long, default_value = "240p")]
+    rendition: String,
+    /// The node's process id, to read its RSS.
+    #[arg(long)]
+    node_pid: Option<u32>,
+    /// Source addresses to spread connections over (127.0.0.2, .3, ...), so ephemeral ports
+    /// of one address do not run out.
+    #[arg(long, default_value_t = 16)]
+    source_addresses: u8,
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+    held: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut f = self.first_errors.lock().unwrap();
+        if f.len() < 5 {
+            f.push(what);
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// One GET on the player's connection: status, headers we need, body bytes.
+async fn get(
+    conn: &mut SendRequest<Empty<Bytes>>,
+    authority: &str,
+    path: &str,
+) -> Result<(u16, Option<String>, Bytes), String> {
+    let req = hyper::Request::get(path)
+        .header("host", authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    conn.ready().await.map_err(|e| format!("connection: {e}"))?;
+    let resp = conn
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let status = resp.status().as_u16();
+    let session = resp
+        .headers()
+        .get("x-reel-session")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{path}: body: {e}"))?
+        .to_bytes();
+    Ok((status, session, body))
+}
+
+/// The media segments and their durations of a media playlist (URIs relative to it).
+fn segments(playlist: &[u8]) -> Vec<(String, f64)> {
+    let text = String::from_utf8_lossy(playlist);
+    let mut out = Vec::new();
+    let mut duration = 4.0;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("#EXTINF:") {
+            duration = d
+                .trim_end_matches(',')
+                .split(',')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(4.0);
+        } else if !line.is_empty() && !line.starts_with('#') {
+            out.push((line.to_string(), duration));
+        }
+    }
+    out
+}
+
+async fn player(
+    i: usize,
+    args: Arc<Args>,
+    server: SocketAddr,
+    start: Instant,
+    end: Instant,
+    stats: Arc<Stats>,
+) {
+    tokio::time::sleep_until(start.into()).await;
+    let source = IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        2 + (i % args.source_addresses.max(1) as usize) as u8,
+    ));
+    let socket = match tokio::net::TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(e) => return stats.error(format!("socket: {e}")),
+    };
+    if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
+        return stats.error(format!("bind {source}: {e}"));
+    }
+    let stream = match socket.connect(server).await {
+        Ok(s) => s,
+        Err(e) => return stats.error(format!("connect: {e}")),
+    };
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut conn, driver) = match hyper::client::conn::http1::handshake(io).await {
+        Ok(x) => x,
+        Err(e) => return stats.error(format!("handshake: {e}")),
+    };
+    tokio::spawn(driver);
+    let authority = server.to_string();
+    let timed = |stats: &Stats, t: Instant, bytes: usize| {
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        stats
+            .latencies_us
+            .lock()
+            .unwrap()
+            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+    };
+    let master = format!("/videos/{}/master.m3u8", args.video);
+    let t = Instant::now();
+    let session = match get(&mut conn, &authority, &master).await {
+        Ok((200, Some(s), body)) => {
+            timed(&stats, t, body.len());
+            s
+        }
+        Ok((status, _, _)) => return stats.error(format!("master: {status}")),
+        Err(e) => return stats.error(e),
+    };
+    let base = format!("/videos/{}/s/{session}/{}/", args.video, args.rendition);
+    let t = Instant::now();
+    let media = match get(&mut conn, &authority, &format!("{base}index.m3u8")).await {
+        Ok((200, _, body)) => {
+            timed(&stats, t, body.len());
+            segments(&body)
+        }
+        Ok((status, _, _)) => return stats.error(format!("media playlist: {status}")),
+        Err(e) => return stats.error(e),
+    };
+    if media.is_empty() {
+        return stats.error("an empty media playlist".into());
+    }
+    stats.held.fetch_add(1, Ordering::Relaxed);
+    let mut k = i % media.len();
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        tokio::time::sleep_until(next.into()).await;
+        let (uri, duration) = &media[k];
+        next += Duration::from_secs_f64(*duration);
+        let t = Instant::now();
+        match get(&mut conn, &authority, &format!("{base}{uri}")).await {
+            Ok((200, _, body)) => timed(&stats, t, body.len()),
+            Ok((status, _, _)) => stats.error(format!("segment {uri}: {status}")),
+            Err(e) => {
+                stats.error(e);
+                break;
+            }
+        }
+        k = (k + 1) % media.len();
+    }
+    stats.held.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    let url = url::Url::parse(&args.server)?;
+    let host: IpAddr = url.host_str().unwrap_or("").parse()?;
+    anyhow::ensure!(
+        host.is_loopback(),
+        "reel-load only sends to loopback addresses"
+    );
+    let server = SocketAddr::new(host, url.port().unwrap_or(80));
+    let stats = Arc::new(Stats::default());
+    let rss0 = args.node_pid.and_then(rss_kib);
+    let t0 = Instant::now();
+    let ramp = Duration::from_secs(args.ramp);
+    // The steady state starts 2 s after the last player started (its playlists fetched).
+    let steady = t0 + ramp + Duration::from_secs(2);
+    let end = steady + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::with_capacity(args.sessions);
+    for i in 0..args.sessions {
+        let start = t0 + ramp.mul_f64(i as f64 / args.sessions.max(1) as f64);
+        tasks.push(tokio::spawn(player(
+            i,
+            args.clone(),
+            server,
+            start,
+            end,
+            stats.clone(),
+        )));
+    }
+    // Measure the steady state only.
+    tokio::time::sleep_until(steady.into()).await;
+    let (req0, held_at_ramp) = (
+        stats.requests.load(Ordering::Relaxed),
+        stats.held.load(Ordering::Relaxed),
+    );
+    stats.latencies_us.lock().unwrap().clear();
+    let mut rss_peak = args.node_pid.and_then(rss_kib).unwrap_or(0);
+    let mut held_min = held_at_ramp;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Players leave when the time is up: the last second does not count.
+        if Instant::now() + Duration::from_secs(1) < end {
+            held_min = held_min.min(stats.held.load(Ordering::Relaxed));
+        }
+        rss_peak = rss_peak.max(args.node_pid.and_then(rss_kib).unwrap_or(0));
+    }
+    let requests = stats.requests.load(Ordering::Relaxed) - req0;
+    let rss_end = args.node_pid.and_then(rss_kib);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
+    lat.sort_unstable();
+    println!(
+        "sessions: {} asked, {} held when the steady state began, at least {} held throughout",
+        args.sessions, held_at_ramp, held_min
+    );
+    println!(
+        "steady state {} s: {} requests ({:.0} req/s, {:.1} MB/s), latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.seconds,
+        requests,
+        requests as f64 / args.seconds as f64,
+        stats.bytes.load(Ordering::Relaxed) as f64 / 1e6 / (t0.elapsed().as_secs_f64()),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
+    );
+    println!("errors: {}", stats.errors.load(Ordering::Relaxed));
+    for e in stats.first_errors.lock().unwrap().iter() {
+        println!("  e.g. {e}");
+    }
+    if let (Some(a), Some(b)) = (rss0, rss_end) {
+        println!(
+            "node RSS: {:.0} MiB before, {:.0} MiB at the end, peak {:.0} MiB; {:.1} KiB per held session",
+            a as f64 / 1024.0,
+            b as f64 / 1024.0,
+            rss_peak as f64 / 1024.0,
+            (b.saturating_sub(a)) as f64 / held_at_ramp.max(1) as f64
+        );
+    }
+    Ok(())
+}
