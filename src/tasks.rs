@@ -24,7 +24,9 @@ pub enum TaskKind {
         /// Its length, seconds.
         duration_seconds: f64,
         /// The renditions whose chunk this task encodes, in ladder order (those not yet
-        /// stored). The task's own `rendition` is the first.
+        /// stored). The task's own `rendition` is the first. Empty in a task from a node that
+        /// predates it: that task's own `rendition` alone.
+        #[serde(default)]
         renditions: Vec<Rendition>,
     },
     /// Encode the whole source's audio once, at this bitrate (kbit/s), to an intermediate M4A.

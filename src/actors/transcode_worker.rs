@@ -273,6 +273,12 @@ async fn transcode_and_store(
             duration_seconds,
             renditions,
         } => {
+            let own = std::slice::from_ref(&t.rendition);
+            let renditions = if renditions.is_empty() {
+                own
+            } else {
+                renditions.as_slice()
+            };
             let outs: Vec<(std::path::PathBuf, &crate::media::ladder::Rendition)> = renditions
                 .iter()
                 .map(|r| (out_dir.join(format!("chunk-{}.mp4", r.name)), r))
