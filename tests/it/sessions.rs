@@ -592,6 +592,14 @@ async fn a_session_is_served_by_its_node_with_read_ahead_logs_and_http_semantics
     assert!(start1
         .iter()
         .any(|r| r.rendition.as_ref().unwrap().name == "240p"));
+    // Segment 0 was asked for seven times (whole, ranges, 304, HEAD): its read-ahead of 1 ran
+    // and was logged once, since 1 stayed cached (issue 11: it used to be three records per
+    // request).
+    let read_ahead_240 = start1
+        .iter()
+        .filter(|r| r.rendition.as_ref().unwrap().name == "240p")
+        .count();
+    assert_eq!(read_ahead_240, 1, "{start1:#?}");
     let serve1 = find(&recs, PlaybackEvent::Serve, 1);
     assert_eq!(serve1[0].cache, Some(CacheOutcome::Hit), "{recs:#?}");
     assert!(recs
