@@ -376,6 +376,11 @@ pub struct StreamingConfig {
     pub max_prefetches: usize,
     /// A playback session without a request for this long is stopped, seconds.
     pub session_idle_seconds: u64,
+    /// Playback sessions one node runs at once; a request that would open one more gets `503`
+    /// with `Retry-After` (idle sessions stop after `session_idle_seconds`). Bounds the memory
+    /// a client can make the node spend by asking for the multivariant playlist again and
+    /// again (issue 11: sessions are bounded).
+    pub max_sessions: usize,
 }
 
 impl Default for StreamingConfig {
@@ -385,6 +390,7 @@ impl Default for StreamingConfig {
             prefetch_depth: 1,
             max_prefetches: 32,
             session_idle_seconds: 300,
+            max_sessions: 50_000,
         }
     }
 }

@@ -43,9 +43,22 @@ pub enum OpenReason {
     Resumed,
 }
 
+/// Why a session was not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenRefused {
+    /// It plays another video, or its actor could not start; the sentence is for the client.
+    NotHere(String),
+    /// The node runs `streaming.max_sessions` sessions already.
+    Full {
+        /// The cap.
+        max: usize,
+    },
+}
+
 /// Messages.
 pub enum SessionSupervisorMsg {
-    /// The session's actor, started if needed. Errors: it plays another video, or cannot start.
+    /// The session's actor, started if needed. Errors: it plays another video, cannot start,
+    /// or the node runs as many sessions as it may.
     Open {
         /// The session.
         session: SessionId,
@@ -54,7 +67,7 @@ pub enum SessionSupervisorMsg {
         /// Why it is opened (logged when it starts).
         reason: OpenReason,
         /// The actor.
-        reply: RpcReplyPort<Result<ActorRef<SessionMsg>, String>>,
+        reply: RpcReplyPort<Result<ActorRef<SessionMsg>, OpenRefused>>,
     },
     /// Number of running sessions.
     Count(RpcReplyPort<usize>),
@@ -111,12 +124,19 @@ impl Actor for SessionSupervisor {
                             Ok(actor.clone())
                         } else {
                             // Never name the other video: a session id is no key to it.
-                            Err(format!("no such session {id} for this video"))
+                            Err(OpenRefused::NotHere(format!(
+                                "no such session {id} for this video"
+                            )))
                         };
                         let _ = reply.send(res);
                         return Ok(());
                     }
                     state.sessions.remove(&id);
+                }
+                let max = state.args.streaming.config.max_sessions;
+                if state.sessions.len() >= max {
+                    let _ = reply.send(Err(OpenRefused::Full { max }));
+                    return Ok(());
                 }
                 let ctx = &state.args.ctx;
                 let spawned = Actor::spawn_linked(
@@ -162,7 +182,9 @@ impl Actor for SessionSupervisor {
                         let _ = reply.send(Ok(actor));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(format!("cannot start session {id}: {e}")));
+                        let _ = reply.send(Err(OpenRefused::NotHere(format!(
+                            "cannot start session {id}: {e}"
+                        ))));
                     }
                 }
             }

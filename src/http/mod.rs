@@ -185,7 +185,13 @@ fn error_response(e: &ApiError) -> Response<Bytes> {
         );
         return r;
     }
-    json_response(status, &json!({ "error": e.to_string() }))
+    let mut r = json_response(status, &json!({ "error": e.to_string() }));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Every 503 is a transient state (a full node, a busy peer): say when to come back.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+    }
+    r
 }
 
 /// Turn a handler's result into a response.

@@ -23,7 +23,9 @@ use warp::http::{header, HeaderValue, Response, StatusCode};
 use warp::{Filter, Rejection};
 
 use crate::actors::session::{Served, SessionMsg};
-use crate::actors::session_supervisor::{session_actor_name, OpenReason, SessionSupervisorMsg};
+use crate::actors::session_supervisor::{
+    session_actor_name, OpenReason, OpenRefused, SessionSupervisorMsg,
+};
 use crate::http::range::{self, RangeAnswer};
 use crate::http::videos::{checked_id, record};
 use crate::http::{proxy, respond, ApiError, App};
@@ -281,7 +283,12 @@ async fn open_session(
         SESSION_CALL_TIMEOUT.as_millis() as u64
     )
     .map_err(|e| ApiError::Unavailable(format!("session supervisor: {e}")))?
-    .map_err(ApiError::NotFound)
+    .map_err(|refused| match refused {
+        OpenRefused::NotHere(m) => ApiError::NotFound(m),
+        OpenRefused::Full { max } => ApiError::Unavailable(format!(
+            "this node plays {max} sessions already; retry shortly"
+        )),
+    })
 }
 
 /// `GET /videos/{id}/s/{session}/{rendition}/{file}`: a request of a session, served by the

@@ -1014,3 +1014,59 @@ async fn a_session_id_on_another_video_says_only_that_there_is_no_such_session()
     );
     node.stop().await;
 }
+
+/// Issue 11: sessions are bounded. A node that runs `max_sessions` sessions answers a request
+/// that would open one more with `503` and `Retry-After`, and the sessions it runs keep
+/// playing; once one ends, a new one gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_at_its_session_cap_refuses_new_sessions_with_a_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.streaming.max_sessions = 2;
+    config.streaming.session_idle_seconds = 1;
+    let node = start(config).await;
+    let base = node.url();
+    let (_, v) = upload(&base, &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    let master = format!("{base}/videos/{id}/master.m3u8");
+    let mut sids = Vec::new();
+    for _ in 0..2 {
+        let r = get(&master, &[]).await;
+        assert_eq!(r.status(), 200);
+        sids.push(r.headers()["x-reel-session"].to_str().unwrap().to_string());
+    }
+    let full = get(&master, &[]).await;
+    assert_eq!(full.status(), 503);
+    assert!(
+        full.headers().contains_key("retry-after"),
+        "{:?}",
+        full.headers()
+    );
+    assert!(full.text().await.unwrap().contains("2 sessions"));
+    for sid in &sids {
+        let seg = format!("{base}/videos/{id}/s/{sid}/240p/00000.m4s");
+        assert_eq!(
+            get(&seg, &[]).await.status(),
+            200,
+            "a running session still plays"
+        );
+    }
+    // Idle sessions stop (1 s here), and then a new player gets in.
+    let sessions = node.node.refs.sessions.clone();
+    wait_until("the idle sessions stop", Duration::from_secs(10), || {
+        let sessions = sessions.clone();
+        async move {
+            ractor::call_t!(
+                sessions,
+                reel::actors::session_supervisor::SessionSupervisorMsg::Count,
+                1000
+            )
+            .unwrap()
+                == 0
+        }
+    })
+    .await;
+    assert_eq!(get(&master, &[]).await.status(), 200);
+    node.stop().await;
+}
