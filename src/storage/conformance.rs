@@ -269,7 +269,7 @@ async fn leases(s: &Storage, id: &str) {
         ),
         "a renewal younger than the clock skew allowance still holds"
     );
-    // Once the skew allowance has passed (a bounded poll, about 1 s), node-c gets epoch 4.
+    // Once the skew allowance has passed (a bounded poll, about 2 s), node-c gets epoch 4.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match s.claim_lease(id, "node-c", Duration::ZERO).await.unwrap() {

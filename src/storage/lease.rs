@@ -8,7 +8,7 @@
 //!
 //! The claim rule (issue 9, "a new owner claims only an expired lease"):
 //! - no lease yet, the newest one released, or the newest one not renewed for
-//!   `ttl + MAX_CLOCK_SKEW`: anyone may claim the next epoch;
+//!   `ttl + MAX_CLOCK_SKEW` (2 s): anyone may claim the next epoch;
 //! - a lease held by the claimer itself (the same node restarted, or its video actor crashed
 //!   and was restarted) may be claimed again at once: the process that held it is gone;
 //! - otherwise the claim is refused with the time left ([`Claim::Held`]).
@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-/// How far a node's clock may run from the store's before the claim rule can let a claim in
-/// early. Claimants add it to the time to live.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
+/// How far a lease's stored renewal time may be behind the truth before the claim rule can let a
+/// claim in early. Claimants add it to the time to live. S3 keeps last-modified times in whole
+/// seconds, which takes up to 1 s of it; the rest covers a node's clock running ahead of the
+/// store's.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 /// The newest lease of a video, as one listing of its lease prefix shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,15 +94,15 @@ mod tests {
     fn a_renewed_lease_is_held_until_ttl_and_skew_have_passed() {
         let now = Utc::now();
         let ttl = Duration::from_secs(6);
-        // Renewed 2 s ago: 6 + 1 - 2 = 5 s left.
+        // Renewed 2 s ago: 6 + 2 - 2 = 6 s left.
         assert_eq!(
             held_for(&view(2_000, false, now), now, ttl),
-            Some(Duration::from_secs(5))
+            Some(Duration::from_secs(6))
         );
         // Within the skew allowance it is still held...
-        assert!(held_for(&view(6_500, false, now), now, ttl).is_some());
+        assert!(held_for(&view(7_500, false, now), now, ttl).is_some());
         // ...and past it, claimable.
-        assert_eq!(held_for(&view(7_000, false, now), now, ttl), None);
+        assert_eq!(held_for(&view(8_000, false, now), now, ttl), None);
         assert_eq!(held_for(&view(60_000, false, now), now, ttl), None);
     }
 
@@ -121,7 +123,7 @@ mod tests {
         let v = view(-3_000, false, now);
         assert_eq!(
             held_for(&v, now, Duration::from_secs(6)),
-            Some(Duration::from_secs(10))
+            Some(Duration::from_secs(11))
         );
     }
 
