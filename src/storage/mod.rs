@@ -630,29 +630,15 @@ impl Storage {
         )))
     }
 
-    /// The newest lease epoch of a video (one listing of its lease prefix), or `None` when
-    /// never claimed.
-    async fn newest_epoch(&self, video_id: &str) -> Result<Option<u64>, StorageError> {
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&path(&keys::lease_prefix(video_id))))
-            .await?;
-        Ok(listed
-            .objects
-            .iter()
-            .filter_map(|o| o.location.filename()?.parse::<u64>().ok())
-            .max())
-    }
-
     /// The newest lease of a video: `(epoch, holder node)`, or `None` when never claimed.
     pub async fn current_lease(
         &self,
         video_id: &str,
     ) -> Result<Option<(u64, String)>, StorageError> {
-        let Some(epoch) = self.newest_epoch(video_id).await? else {
+        let Some(v) = self.lease_view(video_id).await? else {
             return Ok(None);
         };
-        Ok(Some((epoch, self.lease_holder(video_id, epoch).await?)))
+        Ok(Some((v.epoch, self.lease_holder(video_id, v.epoch).await?)))
     }
 
     /// The newest lease of a video as one listing shows it (epoch, last renewal, released), or
@@ -774,9 +760,9 @@ impl Storage {
     /// Whether `epoch` is still the newest lease of the video.
     pub async fn lease_holds(&self, video_id: &str, epoch: u64) -> Result<bool, StorageError> {
         Ok(self
-            .newest_epoch(video_id)
+            .lease_view(video_id)
             .await?
-            .is_none_or(|e| e == epoch))
+            .is_none_or(|v| v.epoch == epoch))
     }
 
     /// Read and decode a JSON object. `Ok(None)` when absent.

@@ -169,10 +169,8 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 pub struct PlaybackLog {
     tx: mpsc::SyncSender<Cmd>,
     jsonl: PathBuf,
-    /// Records shed because the queue was full, since the writer last logged the count.
+    /// Records shed since the node started because the queue was full.
     shed: Arc<AtomicU64>,
-    /// Records shed since the node started.
-    shed_total: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PlaybackLog {
@@ -277,6 +275,8 @@ fn writer(
     shed: Arc<AtomicU64>,
 ) {
     let mut file = std::io::BufWriter::new(file);
+    // The shed count the writer has logged so far.
+    let mut logged = 0;
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -292,7 +292,9 @@ fn writer(
         }
         write_batch(&mut conn, &mut file, &batch);
         batch.clear();
-        let lost = shed.swap(0, Ordering::Relaxed);
+        let total = shed.load(Ordering::Relaxed);
+        let lost = total - logged;
+        logged = total;
         if lost > 0 {
             tracing::warn!(
                 records = lost,
@@ -331,17 +333,12 @@ impl PlaybackLog {
             .name("playback-log".into())
             .spawn(move || writer(rx, conn, file, writer_shed))
             .map_err(|e| format!("cannot start the playback log writer: {e}"))?;
-        Ok(Self {
-            tx,
-            jsonl,
-            shed,
-            shed_total: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Self { tx, jsonl, shed })
     }
 
     /// Records shed since the node started because the writer's queue was full.
     pub fn shed_total(&self) -> u64 {
-        self.shed_total.load(Ordering::Relaxed)
+        self.shed.load(Ordering::Relaxed)
     }
 
     /// Queue one record; never blocks. When the queue is full ([`QUEUE_CAPACITY`]), the record
@@ -357,7 +354,6 @@ impl PlaybackLog {
         );
         if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Cmd::Record(Box::new(r))) {
             self.shed.fetch_add(1, Ordering::Relaxed);
-            self.shed_total.fetch_add(1, Ordering::Relaxed);
         }
     }
 
