@@ -24,10 +24,10 @@ use std::collections::{HashMap, HashSet};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::actors::node::ensure_video;
 use crate::actors::video::{VideoActor, VideoArgs, VideoMsg};
 use crate::actors::worker_pool::PoolMsg;
 use crate::actors::Ctx;
-use crate::cluster::protocol::Request;
 use crate::cluster::ring::video_key;
 use crate::storage::events::NewEvent;
 use crate::storage::keys;
@@ -198,6 +198,7 @@ impl VideoSupervisor {
     /// tasks on every node and the lease is released, see `VideoActor::post_stop`), then ask
     /// the new home to claim it now rather than when its reconcile next runs.
     async fn hand_off(
+        myself: &ActorRef<VideoSupervisorMsg>,
         state: &VideoSupervisorState,
         id: &str,
         actor: &ActorRef<VideoMsg>,
@@ -211,18 +212,8 @@ impl VideoSupervisor {
         let _ = actor
             .stop_and_wait(Some(format!("handed off to {home}")), Some(HAND_OFF_WAIT))
             .await;
-        let (cluster, home, req) = (
-            state.ctx.cluster.clone(),
-            home.to_string(),
-            Request::EnsureVideo {
-                video_id: id.to_string(),
-            },
-        );
-        tokio::spawn(async move {
-            let _ = cluster
-                .request(&home, &req, std::time::Duration::from_secs(5))
-                .await;
-        });
+        let (ctx, videos, id) = (state.ctx.clone(), myself.clone(), id.to_string());
+        tokio::spawn(async move { ensure_video(&ctx, &videos, &id).await });
     }
 }
 
@@ -313,7 +304,7 @@ impl Actor for VideoSupervisor {
                     } else if state.ctx.cluster.is_live(&home) {
                         if let Some(actor) = state.running.get(&id).cloned() {
                             handed_off += 1;
-                            Self::hand_off(state, &id, &actor, &home).await;
+                            Self::hand_off(&myself, state, &id, &actor, &home).await;
                         }
                     }
                 }
