@@ -478,6 +478,28 @@ mod tests {
         (ctx, pool, epoch)
     }
 
+    /// A video actor holding `epoch` since `claimed_at`, and the handle that ends when it stops.
+    async fn spawn(
+        ctx: &Ctx,
+        pool: ActorRef<PoolMsg>,
+        epoch: u64,
+        claimed_at: tokio::time::Instant,
+    ) -> (ActorRef<VideoMsg>, ractor::concurrency::JoinHandle<()>) {
+        Actor::spawn(
+            None,
+            VideoActor,
+            VideoArgs {
+                ctx: ctx.clone(),
+                video_id: ID.into(),
+                pool,
+                lease_epoch: epoch,
+                claimed_at,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     async fn kinds(ctx: &Ctx) -> Vec<String> {
         ctx.events
             .for_video(ID)
@@ -497,19 +519,7 @@ mod tests {
         let (ctx, pool, epoch) = setup().await;
         let claimed_at = tokio::time::Instant::now();
         tokio::time::advance(ctx.lease_ttl + Duration::from_millis(1)).await;
-        let (actor, handle) = Actor::spawn(
-            None,
-            VideoActor,
-            VideoArgs {
-                ctx: ctx.clone(),
-                video_id: ID.into(),
-                pool,
-                lease_epoch: epoch,
-                claimed_at,
-            },
-        )
-        .await
-        .unwrap();
+        let (actor, handle) = spawn(&ctx, pool, epoch, claimed_at).await;
         tokio::time::timeout(Duration::from_secs(30), handle)
             .await
             .expect("the actor stops by itself")
@@ -532,19 +542,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_renewal_that_finds_a_newer_owner_stands_down() {
         let (ctx, pool, epoch) = setup().await;
-        let (actor, handle) = Actor::spawn(
-            None,
-            VideoActor,
-            VideoArgs {
-                ctx: ctx.clone(),
-                video_id: ID.into(),
-                pool,
-                lease_epoch: epoch,
-                claimed_at: tokio::time::Instant::now(),
-            },
-        )
-        .await
-        .unwrap();
+        let (actor, handle) = spawn(&ctx, pool, epoch, tokio::time::Instant::now()).await;
         // Another node takes over (as if this lease had expired) before the first renewal.
         ctx.storage
             .put(

@@ -58,23 +58,26 @@ fn wall_ms() -> i64 {
 fn trial_clip(dir: &Path, n: u64) -> PathBuf {
     let out = dir.join(format!("trial-{n}.mp4"));
     let tone = format!("sine=frequency={}:sample_rate=48000", 300 + 7 * n);
-    let status = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=640x360:rate=30")
-        .args(["-f", "lavfi", "-i", &tone, "-t", "30"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(&out)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(status.success());
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        &tone,
+        "-t",
+        "30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-shortest",
+        out.to_str().unwrap(),
+    ]);
     out
 }
 

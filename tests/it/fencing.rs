@@ -14,25 +14,44 @@ use reel::config::StorageLocation;
 
 use crate::helpers::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_live_owners_lease_is_not_claimed_and_one_job_runs() {
-    let shared = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut ca = test_config(dir_a.path());
-    let mut cb = test_config(dir_b.path());
-    ca.storage = StorageLocation::Local(shared.path().into());
-    cb.storage = StorageLocation::Local(shared.path().into());
+/// Two stand-alone nodes, A and B, sharing one storage directory (each lease time to live as
+/// given), with `clip` uploaded to A and A's claim of it made: (A, B, video id, the shared
+/// directory that must outlive them).
+async fn a_owns_a_video_b_shares_the_store(
+    clip: &std::path::Path,
+    lease_ttl_a: std::time::Duration,
+    lease_ttl_b: std::time::Duration,
+) -> (
+    reel::RunningNode,
+    reel::RunningNode,
+    String,
+    [tempfile::TempDir; 3],
+) {
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let mut ca = test_config(dirs[1].path());
+    let mut cb = test_config(dirs[2].path());
+    ca.storage = StorageLocation::Local(dirs[0].path().into());
+    cb.storage = StorageLocation::Local(dirs[0].path().into());
+    ca.lease_ttl = lease_ttl_a;
+    cb.lease_ttl = lease_ttl_b;
     let a = start(ca).await;
     let b = start(cb).await;
-    let (status, v) = upload(&a.url(), &clip("long")).await;
+    let (status, v) = upload(&a.url(), clip).await;
     assert_eq!(status, 202, "{v}");
     let id = v["video_id"].as_str().unwrap().to_string();
-    // A has claimed (its job started) before B is told it owns the video too.
     wait_until("A's claim", std::time::Duration::from_secs(30), || {
         let (a, id) = (a.url(), id.clone());
         async move { count(&event_kinds(&a, &id).await, "lease_claimed") == 1 }
     })
     .await;
+    (a, b, id, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_owners_lease_is_not_claimed_and_one_job_runs() {
+    let six = std::time::Duration::from_secs(6);
+    // A has claimed (its job started) before B is told it owns the video too.
+    let (a, b, id, _dirs) = a_owns_a_video_b_shares_the_store(&clip("long"), six, six).await;
     b.node
         .refs
         .videos
@@ -58,27 +77,15 @@ async fn a_live_owners_lease_is_not_claimed_and_one_job_runs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_owners_race_and_exactly_one_finalizes() {
-    let shared = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut ca = test_config(dir_a.path());
-    let mut cb = test_config(dir_b.path());
-    ca.storage = StorageLocation::Local(shared.path().into());
-    cb.storage = StorageLocation::Local(shared.path().into());
     // B's lease timing disagrees with A's (as if its clock ran ahead, or its config were
     // wrong): A renews every 3 s, while B takes a lease not renewed for 2.3 s (300 ms plus the
-    // 2 s allowance) for expired, and claims from the live A.
-    ca.lease_ttl = std::time::Duration::from_secs(9);
-    cb.lease_ttl = std::time::Duration::from_millis(300);
-    let a = start(ca).await;
-    let b = start(cb).await;
-    // A minute of noisy video: A is still encoding when B claims, about 2.4 s after A's claim.
-    let (status, v) = upload(&a.url(), &clip("abr")).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["video_id"].as_str().unwrap().to_string();
-    wait_until("A's claim", std::time::Duration::from_secs(30), || {
-        let (a, id) = (a.url(), id.clone());
-        async move { count(&event_kinds(&a, &id).await, "lease_claimed") == 1 }
-    })
+    // 2 s allowance) for expired, and claims from the live A. A minute of noisy video: A is
+    // still encoding when B claims, about 2.4 s after A's claim.
+    let (a, b, id, _dirs) = a_owns_a_video_b_shares_the_store(
+        &clip("abr"),
+        std::time::Duration::from_secs(9),
+        std::time::Duration::from_millis(300),
+    )
     .await;
     // B believes it owns the video too, while A processes it.
     b.node

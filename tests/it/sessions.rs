@@ -427,6 +427,24 @@ async fn ready_node(kind: &str) -> (tempfile::TempDir, reel::RunningNode, String
     (dir, node, base, id)
 }
 
+/// Wait (bounded, 10 s) until the node runs no session: idle ones have stopped.
+async fn wait_no_sessions(node: &reel::RunningNode) {
+    let sessions = node.node.refs.sessions.clone();
+    wait_until("the idle sessions stop", Duration::from_secs(10), || {
+        let sessions = sessions.clone();
+        async move {
+            ractor::call_t!(
+                sessions,
+                reel::actors::session_supervisor::SessionSupervisorMsg::Count,
+                1000
+            )
+            .unwrap()
+                == 0
+        }
+    })
+    .await;
+}
+
 /// Records of `session` from the node's JSON-lines log, after a flush.
 pub async fn session_records(
     node: &reel::RunningNode,
@@ -781,20 +799,7 @@ async fn an_expired_session_resumes_cold_on_its_home_node() {
         .to_string();
     let seg = format!("{base}/videos/{id}/s/{sid}/240p/00000.m4s");
     assert_eq!(get(&seg, &[]).await.status(), 200);
-    let sessions = node.node.refs.sessions.clone();
-    wait_until("the idle session stops", Duration::from_secs(10), || {
-        let sessions = sessions.clone();
-        async move {
-            ractor::call_t!(
-                sessions,
-                reel::actors::session_supervisor::SessionSupervisorMsg::Count,
-                1000
-            )
-            .unwrap()
-                == 0
-        }
-    })
-    .await;
+    wait_no_sessions(&node).await;
     // The player comes back after a pause: same id, same node, a cold start that is logged.
     assert_eq!(get(&seg, &[]).await.status(), 200);
     let recs = session_records(&node, dir.path(), &sid).await;
@@ -1053,20 +1058,7 @@ async fn a_node_at_its_session_cap_refuses_new_sessions_with_a_retry_after() {
         );
     }
     // Idle sessions stop (1 s here), and then a new player gets in.
-    let sessions = node.node.refs.sessions.clone();
-    wait_until("the idle sessions stop", Duration::from_secs(10), || {
-        let sessions = sessions.clone();
-        async move {
-            ractor::call_t!(
-                sessions,
-                reel::actors::session_supervisor::SessionSupervisorMsg::Count,
-                1000
-            )
-            .unwrap()
-                == 0
-        }
-    })
-    .await;
+    wait_no_sessions(&node).await;
     assert_eq!(get(&master, &[]).await.status(), 200);
     node.stop().await;
 }
