@@ -65,11 +65,14 @@ impl SeaweedFs {
         .unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        // Below 55000: weed derives some gRPC ports as port + 10000 whatever the flags say.
+        // Below the kernel's ephemeral range (32768 and up), and so is every port + 10000 that
+        // weed derives for gRPC whatever the flags say: a port another test got from
+        // `free_addr` (the ephemeral range) can then never be one weed takes meanwhile.
         let mut ports = Vec::new();
         let mut port = |_: &str| loop {
-            let p = free_addr().port();
-            if p < 55_000 {
+            let p = 12_000 + rand::random::<u16>() % 10_000;
+            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if free(p) && free(p + 10_000) && !ports.contains(&p.to_string()) {
                 ports.push(p.to_string());
                 break p.to_string();
             }
