@@ -9,7 +9,7 @@ and opens new ones in place of those the server closes (at most 3 x CONNECTIONS 
 none with `once`).
 Loopback only, bounded in count and time, stops by itself. Prints one JSON line of counts:
 opened, refused_503 (closed with a 503 answer), closed (closed without an answer, e.g. by the
-header read timeout), failed (connect failed), open_at_end.
+header read timeout), failed (connect failed 3 times), open_at_end.
 """
 import json
 import socket
@@ -24,21 +24,27 @@ socks = []
 
 
 def open_one():
+    """Open one connection. A connect the kernel drops (its accept queue full under load) is
+    retried: SYN retransmits land 1, 3 and 7 s in, so each try waits up to 10 s, and up to 3
+    tries are made before the connection counts as failed. Failures here are the kernel's, not
+    the server's, and the test's counts must not depend on how loaded the machine is."""
     global budget
     budget -= 1
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind((src, 0))
-        s.settimeout(2)
-        s.connect(("127.0.0.1", port))
-        s.sendall(HEAD)
-        s.setblocking(False)
-    except OSError:
-        counts["failed"] += 1
-        s.close()
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((src, 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            s.sendall(HEAD)
+            s.setblocking(False)
+        except OSError:
+            s.close()
+            continue
+        counts["opened"] += 1
+        socks.append(s)
         return
-    counts["opened"] += 1
-    socks.append(s)
+    counts["failed"] += 1
 
 
 def check(s):
