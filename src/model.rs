@@ -60,6 +60,11 @@ pub struct RenditionSummary {
     /// Number of segments once ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<usize>,
+    /// Once ready: the directory its files are served from, under `videos/{id}/`
+    /// (`{rendition}/{attempt token}`, see `storage::keys`). Absent in records written before
+    /// attempt directories: the rendition's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
 }
 
 impl RenditionSummary {
@@ -72,6 +77,7 @@ impl RenditionSummary {
             bandwidth: (r.video_kbps as u64 + r.audio_kbps as u64) * 1000,
             average_bandwidth: None,
             segments: None,
+            dir: None,
         }
     }
 
@@ -81,6 +87,7 @@ impl RenditionSummary {
             bandwidth: o.peak_bandwidth(),
             average_bandwidth: Some(o.average_bandwidth()),
             segments: Some(o.segments.len()),
+            dir: Some(o.stored_dir().to_string()),
             ..Self::planned(&o.rendition)
         }
     }

@@ -128,7 +128,15 @@ impl TaskFailure {
         ))
     }
 
-    /// Whether this is [`TaskFailure::superseded`].
+    /// The video's outputs were chosen (it is committed) while this attempt still ran: what it
+    /// stored was taken back. Told apart like [`TaskFailure::superseded`].
+    pub fn already_committed(video_id: &str) -> Self {
+        Self::transient(format!(
+            "{SUPERSEDED} video {video_id} was committed from other outputs; this attempt's were deleted"
+        ))
+    }
+
+    /// Whether this is [`TaskFailure::superseded`] or [`TaskFailure::already_committed`].
     pub fn is_superseded(&self) -> bool {
         self.message.starts_with(SUPERSEDED)
     }

@@ -133,6 +133,7 @@ proptest! {
             frame_rate: 30.0,
             init_bytes: 800,
             segments: durations.iter().map(|d| SegmentInfo { duration_seconds: *d, bytes: 1000 }).collect(),
+            dir: String::new(),
         };
         let text = media_playlist(&out);
         let read = reel::media::playlist::read_durations(text.as_bytes()).map_err(TestCaseError::fail)?;

@@ -473,14 +473,36 @@ impl JobActor {
         // as done.
         let mut graph: Vec<(TaskSpec, Vec<String>, bool, Option<RenditionOutput>)> = Vec::new();
         let mut pending: Vec<&Rendition> = Vec::new();
+        // A rendition is done when a complete attempt directory of it is stored: the one the
+        // video's outputs already chose if they were (a job that committed and crashed before
+        // `ready`), otherwise the first complete one.
+        let chosen = storage.chosen_outputs(&id).await?.unwrap_or_default();
+        let listed: Vec<String> = storage
+            .list(&keys::video_prefix(&id))
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         for r in &renditions {
-            let done_key = keys::rendition_file(&id, &r.name, playlist::MEDIA_PLAYLIST_NAME);
-            let output = if storage.exists(&done_key).await? {
-                storage
-                    .get_json::<RenditionOutput>(&keys::rendition_info(&id, &r.name))
-                    .await?
-            } else {
-                None
+            let output = match chosen.iter().find(|o| o.rendition.name == r.name) {
+                Some(o) => Some(o.clone()),
+                None => {
+                    let dirs = keys::complete_rendition_dirs(
+                        &id,
+                        &r.name,
+                        listed.iter().map(String::as_str),
+                    );
+                    match dirs.first() {
+                        Some(dir) => storage
+                            .get_json::<RenditionOutput>(&keys::rendition_info(&id, dir))
+                            .await?
+                            .map(|o| RenditionOutput {
+                                dir: dir.clone(),
+                                ..o
+                            }),
+                        None => None,
+                    }
+                }
             };
             if output.is_some() || !chunked {
                 let done = output.is_some();
@@ -618,7 +640,6 @@ impl JobActor {
             .iter()
             .filter_map(|r| state.tasks.get(r).and_then(|t| t.output.clone()))
             .collect();
-        let master = playlist::multivariant_playlist(&outputs);
         if !state
             .ctx
             .storage
@@ -639,6 +660,16 @@ impl JobActor {
             myself.stop(None);
             return Ok(());
         }
+        // Which attempt directory of each rendition the video is served from: created only if
+        // absent, so it is chosen once; a job finding a choice already made (its own before a
+        // crash, or another owner's) adopts it, and the multivariant playlist is written from
+        // it. Attempts still running elsewhere write only their own directories.
+        let outputs = state
+            .ctx
+            .storage
+            .choose_outputs(&state.video_id, &outputs)
+            .await?;
+        let master = playlist::multivariant_playlist(&outputs);
         // The commit point: nothing streams before this object exists. Created only if absent,
         // so a committed multivariant playlist is never replaced; finding one already there
         // means this video was committed (by this job before a crash, or by another owner),
@@ -660,15 +691,17 @@ impl JobActor {
         state
             .event(NewEvent::video(&state.video_id, "job_finalized").outcome("ok"))
             .await;
+        let chosen: Vec<String> = outputs.iter().map(|o| o.stored_dir().to_string()).collect();
         let _ = state.video.cast(VideoMsg::JobReady { outputs });
-        // Intermediates (chunks, audio) are no longer needed once the segments are stored.
-        let (storage, prefix) = (
-            state.ctx.storage.clone(),
-            keys::work_prefix(&state.video_id),
-        );
+        // Directories no choice named, then intermediates (chunks, audio, attempt markers): no
+        // longer needed once the segments are stored.
+        let (storage, id) = (state.ctx.storage.clone(), state.video_id.clone());
         tokio::spawn(async move {
-            if let Err(e) = storage.delete_prefix(&prefix).await {
-                tracing::warn!("cleaning {prefix}: {e}");
+            let chosen: Vec<&str> = chosen.iter().map(String::as_str).collect();
+            if let Err(e) = storage.delete_unchosen_dirs(&id, &chosen).await {
+                tracing::warn!("cleaning unchosen directories of {id}: {e}");
+            } else if let Err(e) = storage.delete_prefix(&keys::work_prefix(&id)).await {
+                tracing::warn!("cleaning work/{id}: {e}");
             }
         });
         myself.stop(None);
@@ -1230,7 +1263,39 @@ mod tests {
                 duration_seconds: 4.0,
                 bytes: 1000,
             }],
+            dir: attempt_dir(a),
         })))
+    }
+
+    /// The directory a worker stores attempt `a`'s rendition in.
+    fn attempt_dir(a: &Assignment) -> String {
+        keys::attempt_dir(
+            &a.key(),
+            &keys::attempt_token(a.task.epoch, a.task.instance, a.attempt),
+        )
+    }
+
+    /// Store `a`'s rendition as a worker would (its `rendition.json`, then the media playlist
+    /// that marks its directory complete), plus a segment.
+    async fn store_as_worker(h: &Harness, a: &Assignment) -> RenditionOutput {
+        let id = "0123456789abcdef0123456789abcdef";
+        let Ok(Some(out)) = *output(a) else {
+            unreachable!()
+        };
+        let s = &h.ctx.storage;
+        s.put(&keys::rendition_file(id, &out.dir, "00000.m4s"), "s".into())
+            .await
+            .unwrap();
+        s.put_json(&keys::rendition_info(id, &out.dir), &out)
+            .await
+            .unwrap();
+        s.put(
+            &keys::rendition_file(id, &out.dir, playlist::MEDIA_PLAYLIST_NAME),
+            "x".into(),
+        )
+        .await
+        .unwrap();
+        out
     }
 
     /// A worker on node `n` says it started `a`.
@@ -1589,22 +1654,7 @@ mod tests {
         let b = submitted(&mut h).await;
         // Store one rendition's outputs as a worker would, then crash the job.
         let id = "0123456789abcdef0123456789abcdef";
-        let Ok(Some(out)) = *output(&a) else {
-            unreachable!()
-        };
-        h.ctx
-            .storage
-            .put_json(&keys::rendition_info(id, &a.key()), &out)
-            .await
-            .unwrap();
-        h.ctx
-            .storage
-            .put(
-                &keys::rendition_file(id, &a.key(), playlist::MEDIA_PLAYLIST_NAME),
-                "x".into(),
-            )
-            .await
-            .unwrap();
+        let stored = store_as_worker(&h, &a).await;
         h.job.stop(None);
         let (pool_ref, mut pool) = probe::<PoolMsg>().await;
         let (video_ref, _video) = probe::<VideoMsg>().await;
@@ -1633,5 +1683,108 @@ mod tests {
         );
         let snap = ractor::call!(job, JobMsg::Snapshot).unwrap();
         assert_eq!(snap.resumed, vec![a.key().to_string()]);
+        // The new instance's attempt of the other rendition finishes: the choice names the
+        // first instance's directory for the resumed rendition, and the new one's for the rest.
+        job.cast(JobMsg::TaskFinished {
+            instance: resubmitted.task.instance,
+            task: resubmitted.key(),
+            attempt: resubmitted.attempt,
+            result: output(&resubmitted),
+        })
+        .unwrap();
+        let chosen = wait_for_choice(&h, id).await;
+        let dirs: Vec<&str> = chosen.iter().map(|o| o.stored_dir()).collect();
+        assert_eq!(
+            dirs,
+            vec![stored.dir.as_str(), attempt_dir(&resubmitted).as_str()]
+        );
+    }
+
+    async fn wait_for_choice(h: &Harness, id: &str) -> Vec<RenditionOutput> {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = h.ctx.storage.chosen_outputs(id).await.unwrap() {
+                return c;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "no outputs were chosen"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Issue 9: outputs are chosen once. A job that finds a choice already made (another
+    /// owner's job committed the video, or this one did before a crash) serves the chosen
+    /// directories, not its own, writes the multivariant playlist from them, and deletes its
+    /// own directories, which no commit names.
+    #[tokio::test]
+    async fn a_job_that_finds_outputs_already_chosen_adopts_them_and_deletes_its_own() {
+        let mut h = harness(|_| {}).await;
+        let a = submitted(&mut h).await;
+        let b = submitted(&mut h).await;
+        let id = "0123456789abcdef0123456789abcdef";
+        // Another owner's outputs, with different measurements, chosen first.
+        let mut theirs = Vec::new();
+        for x in [&a, &b] {
+            let Ok(Some(mut o)) = *output(x) else {
+                unreachable!()
+            };
+            o.dir = keys::attempt_dir(&x.key(), &keys::attempt_token(7, 0xfeed, 1));
+            o.segments[0].bytes = 5000;
+            h.ctx
+                .storage
+                .put(
+                    &keys::rendition_file(id, &o.dir, "00000.m4s"),
+                    "theirs".into(),
+                )
+                .await
+                .unwrap();
+            theirs.push(o);
+        }
+        assert_eq!(
+            h.ctx.storage.choose_outputs(id, &theirs).await.unwrap(),
+            theirs
+        );
+        for x in [&a, &b] {
+            store_as_worker(&h, x).await;
+            finish(&h, x, output(x));
+        }
+        match outcome(&mut h).await {
+            VideoMsg::JobReady { outputs } => assert_eq!(outputs, theirs),
+            _ => panic!("expected ready"),
+        }
+        let master = h
+            .ctx
+            .storage
+            .get(&keys::multivariant(id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&master.bytes),
+            playlist::multivariant_playlist(&theirs),
+            "the playlist describes the chosen outputs"
+        );
+        // Only the chosen directories are left (the cleanup runs in the background).
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: std::collections::BTreeSet<String> = h
+                .ctx
+                .storage
+                .list(&keys::video_prefix(id))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|(k, _)| keys::rendition_dir_of(id, &k).map(str::to_string))
+                .collect();
+            let want: std::collections::BTreeSet<String> =
+                theirs.iter().map(|o| o.dir.clone()).collect();
+            if left == want {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "left: {left:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -121,6 +121,8 @@ struct Job {
     video_id: Arc<str>,
     tag: RenditionTag,
     segments: usize,
+    /// The rendition's directory under `videos/{id}/` (the one its commit chose).
+    dir: Arc<str>,
     read_ahead: ReadAheadLogged,
 }
 
@@ -133,7 +135,7 @@ impl Job {
     }
 
     fn key(&self, file: RenditionFile) -> String {
-        keys::rendition_file(&self.video_id, &self.tag.name, &file_name(file))
+        keys::rendition_file(&self.video_id, &self.dir, &file_name(file))
     }
 
     async fn serve(self, file: RenditionFile, reply: RpcReplyPort<Result<Served, StorageError>>) {
@@ -339,6 +341,7 @@ impl Actor for SessionActor {
                     video_id: state.video_id.clone(),
                     tag: info.tag.clone(),
                     segments: info.segments,
+                    dir: info.dir.clone(),
                     read_ahead: state.read_ahead.clone(),
                 };
                 tokio::spawn(job.serve(file, reply));

@@ -401,9 +401,6 @@ async fn transcode_and_store(
     }
 }
 
-/// Fail with a "superseded" failure unless the task's job still owns the video (its epoch is
-/// the newest lease): one listing of the lease prefix. Asked of the store before the task
-/// starts and right before every write of its outputs.
 /// A failed object store read or write: [`TaskFailure::store_unavailable`] when the store
 /// failed or did not answer (no attempt used up), a plain transient failure otherwise (an
 /// object that should exist is missing or unreadable).
@@ -414,6 +411,9 @@ fn store_failure(what: &str, e: &StorageError) -> TaskFailure {
     }
 }
 
+/// Fail with a "superseded" failure unless the task's job still owns the video (its epoch is
+/// the newest lease): one listing of the lease prefix. Asked of the store before the task
+/// starts and right before every write of its outputs.
 async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
     if t.epoch == 0 {
         return Ok(());
@@ -422,6 +422,25 @@ async fn check_owner(ctx: &Ctx, t: &TaskSpec) -> Result<(), TaskFailure> {
         Ok(true) => Ok(()),
         Ok(false) => Err(TaskFailure::superseded(&t.video_id, t.epoch)),
         Err(e) => Err(store_failure("checking the video's owner", &e)),
+    }
+}
+
+/// Fail with a "superseded" failure, after deleting what this attempt stored in `dir`, when
+/// the video's outputs were already chosen (`outputs.json` exists): an attempt that outlived
+/// its job (reclaimed as stuck, or its job's node gone) stops instead of finishing a
+/// directory no commit will name.
+async fn check_not_committed(ctx: &Ctx, t: &TaskSpec, dir: &str) -> Result<(), TaskFailure> {
+    match ctx.storage.exists(&keys::outputs_choice(&t.video_id)).await {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            let prefix = keys::rendition_file(&t.video_id, dir, "");
+            let _ = ctx
+                .storage
+                .delete_prefix(prefix.trim_end_matches('/'))
+                .await;
+            Err(TaskFailure::already_committed(&t.video_id))
+        }
+        Err(e) => Err(store_failure("checking whether the video is committed", &e)),
     }
 }
 
@@ -466,7 +485,19 @@ async fn store_outputs(
             durations.len()
         )));
     }
-    let name = &t.rendition.name;
+    // This attempt's own directory: no other attempt writes it, so whatever this one stores,
+    // however late, cannot change the files a committed video names (issue 9). The marker in
+    // `work/` makes a directory left behind (this attempt outliving its job) findable by the
+    // sweep of ready videos.
+    let token = keys::attempt_token(t.epoch, t.instance, a.attempt);
+    let stored_in = keys::attempt_dir(&t.rendition.name, &token);
+    check_not_committed(ctx, t, &stored_in).await?;
+    check_owner(ctx, t).await?;
+    ctx.storage
+        .put(&keys::attempt_marker(&t.video_id, &token), Bytes::new())
+        .await
+        .map_err(|e| store_failure("marking the attempt's directory", &e))?;
+    let name = stored_in.as_str();
     let mut alive = keep_alive(a);
     let mut segments = Vec::with_capacity(files.len());
     for (i, (file, duration)) in files.iter().zip(&durations).enumerate() {
@@ -492,6 +523,7 @@ async fn store_outputs(
         frame_rate: t.frame_rate,
         init_bytes: init.len() as u64,
         segments,
+        dir: stored_in.clone(),
     };
     let s = &ctx.storage;
     let put = |key: String, bytes: Bytes| async move { s.put(&key, bytes).await };
@@ -505,7 +537,8 @@ async fn store_outputs(
     s.put_json(&keys::rendition_info(&t.video_id, name), &output)
         .await
         .map_err(|e| store_failure("storing rendition.json", &e))?;
-    // Last: the media playlist marks the rendition done.
+    // Last: the media playlist marks the directory complete.
+    check_not_committed(ctx, t, &stored_in).await?;
     check_owner(ctx, t).await?;
     put(
         keys::rendition_file(&t.video_id, name, playlist::MEDIA_PLAYLIST_NAME),
@@ -514,4 +547,108 @@ async fn store_outputs(
     .await
     .map_err(|e| store_failure("storing the media playlist", &e))?;
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::actors::testing::probe;
+    use crate::actors::NodeContext;
+    use crate::actors::TaskReply;
+    use crate::config::StorageLocation;
+    use crate::media::ladder::Rendition;
+    use crate::storage::Storage;
+    use crate::tasks::TaskKind;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    /// What ffmpeg leaves in a rendition's scratch directory: a media playlist of two
+    /// segments, the segments (`tag` in their bytes tells attempts apart) and an init segment.
+    fn ffmpeg_outputs(tag: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let playlist = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:4\n\
+                        #EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:4.0,\n00000.m4s\n#EXTINF:2.0,\n\
+                        00001.m4s\n#EXT-X-ENDLIST\n";
+        std::fs::write(dir.path().join(playlist::MEDIA_PLAYLIST_NAME), playlist).unwrap();
+        for k in 0..2 {
+            let name = playlist::segment_name(k);
+            std::fs::write(dir.path().join(&name), format!("{tag} {name}")).unwrap();
+        }
+        std::fs::write(dir.path().join(playlist::INIT_NAME), format!("{tag} init")).unwrap();
+        dir
+    }
+
+    async fn assignment(instance: u64, attempt: u32) -> Assignment {
+        let (job, _rx) = probe::<crate::actors::job::JobMsg>().await;
+        Assignment {
+            task: TaskSpec {
+                video_id: ID.into(),
+                epoch: 0,
+                instance,
+                rendition: Rendition {
+                    name: "240p".into(),
+                    width: 426,
+                    height: 240,
+                    video_kbps: 400,
+                    audio_kbps: 64,
+                },
+                kind: TaskKind::Rendition,
+                has_audio: false,
+                duration_seconds: 6.0,
+                frame_rate: 30.0,
+                input: Default::default(),
+            },
+            attempt,
+            reply: TaskReply::Local(job),
+        }
+    }
+
+    /// Issue 9: two attempts of one rendition (the first reclaimed as stuck but still running)
+    /// store into their own directories; once the video's outputs are chosen, the late attempt
+    /// stores nothing and takes back what it had stored, and the chosen files are unchanged.
+    /// Before attempt directories, both wrote `videos/{id}/240p/...`, so the late one replaced
+    /// segments a committed playlist named.
+    #[tokio::test]
+    async fn a_late_attempt_cannot_change_the_files_a_commit_chose() {
+        let scratch = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageLocation::Memory).unwrap();
+        let ctx = Arc::new(NodeContext::for_tests("n", storage, scratch.path()));
+        let (first, second) = (assignment(7, 1).await, assignment(7, 2).await);
+        let second_out = ffmpeg_outputs("second");
+        let stored = store_outputs(&ctx, &second, second_out.path())
+            .await
+            .unwrap();
+        assert_eq!(stored.dir, "240p/e0-0000000000000007-a2");
+        let chosen = ctx
+            .storage
+            .choose_outputs(ID, std::slice::from_ref(&stored))
+            .await
+            .unwrap();
+        assert_eq!(chosen, vec![stored.clone()]);
+        let before = ctx.storage.list(&keys::video_prefix(ID)).await.unwrap();
+
+        let first_out = ffmpeg_outputs("first");
+        let late = store_outputs(&ctx, &first, first_out.path()).await;
+        assert!(late.as_ref().is_err_and(|e| e.is_superseded()), "{late:?}");
+        let mut after = ctx.storage.list(&keys::video_prefix(ID)).await.unwrap();
+        let mut before = before;
+        before.sort();
+        after.sort();
+        assert_eq!(after, before, "nothing of the late attempt is left");
+        let segment = ctx
+            .storage
+            .get(&keys::rendition_file(ID, &stored.dir, "00000.m4s"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&segment.bytes[..], b"second 00000.m4s");
+        // And its marker is in `work/`, for the sweep of ready videos.
+        assert!(ctx
+            .storage
+            .exists(&keys::attempt_marker(ID, "e0-0000000000000007-a2"))
+            .await
+            .unwrap());
+    }
 }

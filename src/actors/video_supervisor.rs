@@ -30,7 +30,6 @@ use crate::actors::worker_pool::PoolMsg;
 use crate::actors::Ctx;
 use crate::cluster::ring::video_key;
 use crate::storage::events::NewEvent;
-use crate::storage::keys;
 use crate::storage::lease::Claim;
 
 /// How long the ring must be quiet after a change before the reconcile runs: a peer that
@@ -308,9 +307,10 @@ impl Actor for VideoSupervisor {
                         }
                     }
                 }
-                // Intermediates a deposed job stored after the video was committed (its
-                // tasks outlived it): the home of each video with a `work/` prefix deletes it
-                // once the video is ready.
+                // Intermediates and attempt directories that tasks outliving their job stored
+                // after the video was committed (each such attempt leaves a marker in
+                // `work/`): the home of each video with a `work/` prefix deletes them once the
+                // video is ready.
                 if let Ok(dirs) = state.ctx.storage.list_dirs("work").await {
                     for id in dirs {
                         if state.ctx.cluster.home(&video_key(&id)) != me {
@@ -318,17 +318,14 @@ impl Actor for VideoSupervisor {
                         }
                         if let Ok(Some(r)) = state.ctx.storage.load_record(&id).await {
                             if r.state == crate::model::VideoState::Ready {
-                                let swept = state
-                                    .ctx
-                                    .storage
-                                    .delete_prefix(&keys::work_prefix(&id))
-                                    .await;
+                                let swept = state.ctx.storage.sweep_ready(&r).await;
                                 if let Ok(n @ 1..) = swept {
                                     state
                                         .ctx
                                         .events
                                         .append(NewEvent::video(&id, "work_swept").detail(format!(
-                                            "{n} intermediates stored after the commit"
+                                            "{n} intermediates and unchosen rendition files \
+                                             stored after the commit"
                                         )))
                                         .await;
                                 }

@@ -383,12 +383,17 @@ async fn rendition_file(
     let kind = keys::parse_rendition_file(&file)
         .filter(|_| keys::valid_rendition_name(&rendition))
         .ok_or_else(|| ApiError::NotFound(format!("no file {rendition}/{file}")))?;
-    ready_video(&app, &id).await?;
+    let video = ready_video(&app, &id).await?;
+    let dir = video
+        .renditions
+        .get(&rendition)
+        .map(|r| r.dir.clone())
+        .ok_or_else(|| ApiError::NotFound(format!("video {id} has no rendition {rendition}")))?;
     let ctx = &app.node.ctx;
     let (obj, _) = ctx
         .streaming
         .cache
-        .get(&ctx.storage, &keys::rendition_file(&id, &rendition, &file))
+        .get(&ctx.storage, &keys::rendition_file(&id, &dir, &file))
         .await?;
     let obj =
         obj.ok_or_else(|| ApiError::NotFound(format!("video {id} has no {rendition}/{file}")))?;

@@ -27,7 +27,7 @@ pub struct SegmentInfo {
 }
 
 /// What one finished rendition holds: the facts the multivariant playlist is written from.
-/// Stored as `videos/{id}/{rendition}/rendition.json` beside the segments.
+/// Stored as `videos/{id}/{dir}/rendition.json` beside the segments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenditionOutput {
     /// The rendition as planned.
@@ -40,9 +40,23 @@ pub struct RenditionOutput {
     pub init_bytes: u64,
     /// The segments, in order; segment `k` is [`segment_name`]`(k)`.
     pub segments: Vec<SegmentInfo>,
+    /// Where the files are stored, relative to the video's prefix: `{rendition}/{token}`, the
+    /// directory of the one task attempt that wrote them. Empty in outputs stored before
+    /// attempt directories existed: the files are under the rendition's name.
+    #[serde(default)]
+    pub dir: String,
 }
 
 impl RenditionOutput {
+    /// The directory the files are stored in: [`Self::dir`], or the rendition's name when empty.
+    pub fn stored_dir(&self) -> &str {
+        if self.dir.is_empty() {
+            &self.rendition.name
+        } else {
+            &self.dir
+        }
+    }
+
     /// Peak segment bit rate, bit/s: `BANDWIDTH` (RFC 8216 section 4.3.4.2).
     pub fn peak_bandwidth(&self) -> u64 {
         self.segments
@@ -196,6 +210,7 @@ mod tests {
                     bytes,
                 })
                 .collect(),
+            dir: String::new(),
         }
     }
 

@@ -4,22 +4,30 @@
 //! ```text
 //! sources/{video_id}                         the uploaded bytes, immutable
 //! videos/{video_id}/record.json              the video record
-//! videos/{video_id}/{rendition}/init.mp4     init segment
-//! videos/{video_id}/{rendition}/00000.m4s    segments
-//! videos/{video_id}/{rendition}/rendition.json  what the rendition holds (sizes, durations)
-//! videos/{video_id}/{rendition}/index.m3u8   media playlist: written last, marks the rendition done
+//! videos/{video_id}/{dir}/init.mp4           init segment
+//! videos/{video_id}/{dir}/00000.m4s          segments
+//! videos/{video_id}/{dir}/rendition.json     what the rendition holds (sizes, durations)
+//! videos/{video_id}/{dir}/index.m3u8         media playlist: written last, marks the directory complete
+//! videos/{video_id}/outputs.json             the chosen directory of each rendition (create-if-absent)
 //! videos/{video_id}/master.m3u8              multivariant playlist: the commit point of `ready`
 //! uploads/direct/{token}                     a body being received, before its id is known
 //! leases/video/{video_id}/{epoch:020}        ownership claims; the highest epoch owns the video
 //! leases/video/{video_id}/{epoch:020}.released  the holder let that epoch go
 //! work/{video_id}/{rendition}/chunk-NNNN.mp4  intermediate: one encoded chunk (deleted at ready)
 //! work/{video_id}/audio-{kbps}.m4a           intermediate: the audio, encoded once
+//! work/{video_id}/attempts/{token}           marker: a task attempt stores a rendition directory
 //! active/{video_id}                          marker: the video is not terminal yet (an index the
 //!                                            reconcile loop lists instead of every record)
 //! uploads/{upload_id}/info.json              a resumable (tus) upload's durable state
 //! uploads/{upload_id}/{offset:020}.{writer}  one received part of it, starting at `offset`,
 //!                                            written by one PATCH (`writer`, 16 hex)
 //! ```
+//!
+//! A rendition's `{dir}` is `{rendition}/{attempt token}` (see [`attempt_token`]): each task
+//! attempt that stores a rendition writes its own directory, which no other attempt writes, so a
+//! deposed or reclaimed attempt still uploading can never change the files a committed video
+//! names (issue 9). `outputs.json` names the directory chosen for each rendition. Videos stored
+//! before that have `{dir}` = `{rendition}` (files straight under the rendition's name).
 //!
 //! A resumable upload id is `{node_id}.{32 lowercase hex}`: it names its home node (the node
 //! that created it) and contains no `/`, no `..` and nothing outside `[a-z0-9_.-]`, so it can
@@ -89,14 +97,92 @@ pub fn multivariant(id: &str) -> String {
     format!("videos/{id}/master.m3u8")
 }
 
-/// `videos/{id}/{rendition}/{file}`
-pub fn rendition_file(id: &str, rendition: &str, file: &str) -> String {
-    format!("videos/{id}/{rendition}/{file}")
+/// `videos/{id}/{dir}/{file}`: a file of a rendition stored in `dir` (`{rendition}/{token}`, or
+/// `{rendition}` for videos stored before attempt directories).
+pub fn rendition_file(id: &str, dir: &str, file: &str) -> String {
+    format!("videos/{id}/{dir}/{file}")
 }
 
-/// `videos/{id}/{rendition}/rendition.json`
-pub fn rendition_info(id: &str, rendition: &str) -> String {
-    rendition_file(id, rendition, "rendition.json")
+/// `videos/{id}/{dir}/rendition.json`
+pub fn rendition_info(id: &str, dir: &str) -> String {
+    rendition_file(id, dir, "rendition.json")
+}
+
+/// The token naming one task attempt's output directory: `e{epoch}-{instance:016x}-a{attempt}`
+/// (lease epoch of the dispatching job, its random instance, the attempt number). Unique per
+/// dispatch: a restarted job draws a new instance, and each re-dispatch a new attempt.
+pub fn attempt_token(epoch: u64, instance: u64, attempt: u32) -> String {
+    format!("e{epoch}-{instance:016x}-a{attempt}")
+}
+
+/// `{rendition}/{token}`: the directory (under `videos/{id}/`) one attempt stores a rendition in.
+pub fn attempt_dir(rendition: &str, token: &str) -> String {
+    format!("{rendition}/{token}")
+}
+
+/// Whether `dir` is a rendition directory reel writes: `{rendition}` or `{rendition}/{token}`
+/// with a valid rendition name and a token of `a-z 0-9 -` (1 to 64). Directories read back
+/// from stored records are checked with it before they become keys.
+pub fn valid_rendition_dir(dir: &str) -> bool {
+    match dir.split_once('/') {
+        None => valid_rendition_name(dir),
+        Some((r, token)) => {
+            valid_rendition_name(r)
+                && (1..=64).contains(&token.len())
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        }
+    }
+}
+
+/// `videos/{id}/outputs.json`: which directory each rendition of the video was committed from.
+pub fn outputs_choice(id: &str) -> String {
+    format!("videos/{id}/outputs.json")
+}
+
+/// `videos/{id}/`: everything stored for a video's playback.
+pub fn video_prefix(id: &str) -> String {
+    format!("videos/{id}")
+}
+
+/// The rendition directory (under `videos/{id}/`) that `key` lies in: `{rendition}` for
+/// `videos/{id}/{rendition}/{file}`, `{rendition}/{token}` for
+/// `videos/{id}/{rendition}/{token}/{file}`; `None` for the video's own objects
+/// (`record.json`, `master.m3u8`, `outputs.json`) and keys of other videos.
+pub fn rendition_dir_of<'a>(id: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key
+        .strip_prefix("videos/")?
+        .strip_prefix(id)?
+        .strip_prefix('/')?;
+    let (dir, _file) = rest.rsplit_once('/')?;
+    Some(dir)
+}
+
+/// The complete directories of `rendition` among `listed` (keys under `videos/{id}/`): those
+/// holding a media playlist, which an attempt writes last. Sorted, so every node that reads
+/// the same listing picks the same one first.
+pub fn complete_rendition_dirs<'a>(
+    id: &str,
+    rendition: &str,
+    listed: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut dirs: Vec<String> = listed
+        .into_iter()
+        .filter(|k| k.rsplit('/').next() == Some("index.m3u8"))
+        .filter_map(|k| rendition_dir_of(id, k))
+        .filter(|d| d.split('/').next() == Some(rendition) && valid_rendition_dir(d))
+        .map(str::to_string)
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// `work/{id}/attempts/{token}`: marker put by an attempt before it stores a rendition
+/// directory, so a directory left by an attempt that outlived its job is found by the
+/// `work/` sweep.
+pub fn attempt_marker(id: &str, token: &str) -> String {
+    format!("work/{id}/attempts/{token}")
 }
 
 /// `work/{id}/{rendition}/chunk-{index:04}.mp4`
@@ -201,6 +287,57 @@ pub fn upload_part_of(upload_id: &str, offset: u64, writer: Option<&str>) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendition_directories_are_found_and_checked() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let token = attempt_token(3, 0xab, 2);
+        assert_eq!(token, "e3-00000000000000ab-a2");
+        let dir = attempt_dir("720p", &token);
+        assert!(valid_rendition_dir(&dir));
+        assert!(
+            valid_rendition_dir("720p"),
+            "stored before attempt directories"
+        );
+        for bad in [
+            "720p/../x",
+            "720p/a/b",
+            "../720p",
+            "720p/",
+            "/x",
+            "720p/A",
+            "",
+        ] {
+            assert!(!valid_rendition_dir(bad), "{bad:?}");
+        }
+        let file = rendition_file(id, &dir, "00003.m4s");
+        assert_eq!(rendition_dir_of(id, &file), Some(dir.as_str()));
+        assert_eq!(
+            rendition_dir_of(id, &rendition_file(id, "720p", "init.mp4")),
+            Some("720p")
+        );
+        assert_eq!(rendition_dir_of(id, &multivariant(id)), None);
+        assert_eq!(rendition_dir_of(id, &outputs_choice(id)), None);
+        assert_eq!(
+            rendition_dir_of("ffffffffffffffffffffffffffffffff", &file),
+            None
+        );
+
+        // Only directories with a media playlist are complete; other renditions' do not count.
+        let done = attempt_dir("720p", &attempt_token(2, 1, 1));
+        let listed = [
+            rendition_file(id, &dir, "00000.m4s"),
+            rendition_file(id, &done, "00000.m4s"),
+            rendition_file(id, &done, "index.m3u8"),
+            rendition_file(id, "720p", "index.m3u8"),
+            rendition_file(id, &attempt_dir("1080p", &token), "index.m3u8"),
+            multivariant(id),
+        ];
+        assert_eq!(
+            complete_rendition_dirs(id, "720p", listed.iter().map(String::as_str)),
+            vec!["720p".to_string(), done]
+        );
+    }
 
     #[test]
     fn upload_ids_name_their_home_and_cannot_escape() {

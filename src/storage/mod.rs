@@ -22,6 +22,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
 
 use crate::config::StorageLocation;
+use crate::media::playlist::RenditionOutput;
 use crate::model::{VideoRecord, VideoState};
 
 /// Storage errors, by what a caller does about them.
@@ -790,6 +791,81 @@ impl Storage {
         value: &T,
     ) -> Result<(), StorageError> {
         self.put(key, json_bytes(value)).await
+    }
+
+    /// The outputs chosen for `video_id` (`videos/{id}/outputs.json`), if they were chosen.
+    pub async fn chosen_outputs(
+        &self,
+        video_id: &str,
+    ) -> Result<Option<Vec<RenditionOutput>>, StorageError> {
+        self.get_json(&keys::outputs_choice(video_id)).await
+    }
+
+    /// Choose `outputs` as the video's renditions, unless a choice exists: created only if
+    /// absent, so whichever job gets there first decides, once, which attempt directory of
+    /// each rendition the video is served from (issue 9). Returns the choice that stands,
+    /// `outputs` or the earlier one. Errors: the store failed, or the stored choice is
+    /// unreadable or names a directory reel would not write.
+    pub async fn choose_outputs(
+        &self,
+        video_id: &str,
+        outputs: &[RenditionOutput],
+    ) -> Result<Vec<RenditionOutput>, StorageError> {
+        let key = keys::outputs_choice(video_id);
+        if self.put_if_absent(&key, json_bytes(&outputs)).await? {
+            return Ok(outputs.to_vec());
+        }
+        let chosen: Vec<RenditionOutput> = self
+            .get_json(&key)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(key.clone()))?;
+        match chosen
+            .iter()
+            .find(|o| !keys::valid_rendition_dir(o.stored_dir()))
+        {
+            Some(o) => Err(StorageError::Corrupt {
+                key,
+                message: format!("names directory {:?}", o.stored_dir()),
+            }),
+            None => Ok(chosen),
+        }
+    }
+
+    /// After `ready`: delete the rendition directories `record` does not serve from, then the
+    /// video's intermediates (`work/{id}`, attempt markers included). Returns how many objects
+    /// went. Does nothing unless `record` is `ready`.
+    pub async fn sweep_ready(&self, record: &VideoRecord) -> Result<usize, StorageError> {
+        // A ready record always names its renditions; one that names none would make every
+        // directory unchosen, so it sweeps nothing.
+        if record.state != VideoState::Ready || record.renditions.is_empty() {
+            return Ok(0);
+        }
+        let dirs: Vec<&str> = record
+            .renditions
+            .iter()
+            .map(|r| r.dir.as_deref().unwrap_or(&r.name))
+            .collect();
+        let id = &record.video_id;
+        let n = self.delete_unchosen_dirs(id, &dirs).await?;
+        Ok(n + self.delete_prefix(&keys::work_prefix(id)).await?)
+    }
+
+    /// Delete every rendition directory of `video_id` other than `chosen` (attempts that
+    /// finished, or half-finished, after another attempt's directory was chosen). Returns how
+    /// many objects went.
+    pub async fn delete_unchosen_dirs(
+        &self,
+        video_id: &str,
+        chosen: &[&str],
+    ) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        for (key, _) in self.list(&keys::video_prefix(video_id)).await? {
+            if keys::rendition_dir_of(video_id, &key).is_some_and(|d| !chosen.contains(&d)) {
+                self.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 }
 

@@ -33,6 +33,9 @@ pub struct RenditionInfo {
     pub tag: RenditionTag,
     /// Number of segments (`00000.m4s` .. ): read-ahead stops at the last.
     pub segments: usize,
+    /// The directory under `videos/{id}/` its files are read from (the one the commit chose:
+    /// `{rendition}/{attempt token}`, or the rendition's name for videos stored before).
+    pub dir: Arc<str>,
 }
 
 /// The renditions of a ready video (immutable once ready).
@@ -64,6 +67,12 @@ impl VideoInfo {
                             bandwidth: s.bandwidth,
                         },
                         segments: s.segments.unwrap_or(0),
+                        dir: s
+                            .dir
+                            .clone()
+                            .filter(|d| crate::storage::keys::valid_rendition_dir(d))
+                            .unwrap_or_else(|| s.name.clone())
+                            .into(),
                     },
                 )
             })

@@ -16,7 +16,8 @@
 //! less `commit_exists`); no object of the video written after its commit point (file times
 //! against `master.m3u8`'s); no lease claimed from a live owner (a claim while the previous
 //! holder was neither faulted nor had stood down); no task attempt used up (`task_failed`,
-//! `task_retry_scheduled`); and at the end no `active/` or `work/` object left.
+//! `task_retry_scheduled`); and at the end no `active/` or `work/` object left, and no
+//! rendition directory other than those the video is served from.
 //!
 //! The bounded version runs in CI (`cargo test`); `scripts/chaos` runs the full matrix
 //! (`CHAOS_KILLS=20 CHAOS_STOP_SECONDS=30`) and prints the same table. `CHAOS_SEED` replays a
@@ -158,11 +159,33 @@ async fn tus_upload(base: &str, bytes: Vec<u8>) -> String {
     }
 }
 
+/// The rendition directories the video's ready record serves from.
+async fn served_dirs(storage: &Storage, id: &str) -> Vec<String> {
+    let record = storage.load_record(id).await.unwrap().unwrap();
+    record
+        .renditions
+        .iter()
+        .map(|r| r.dir.clone().unwrap_or_else(|| r.name.clone()))
+        .collect()
+}
+
 /// Objects of the video written after its commit point (`master.m3u8`), by the store's
-/// last-modified times (whole seconds on S3, so a write within the commit's second is missed).
+/// last-modified times (whole seconds on S3, so a write within the commit's second is missed):
+/// the video's own objects and those of the directories it is served from. (Directories of
+/// other attempts are no commit's; they must be gone at the end, see the leftovers.)
 async fn post_commit_writes(storage: &Storage, id: &str) -> Vec<String> {
     let prefix = format!("videos/{id}/");
-    let objects = storage.list_modified(&prefix).await.unwrap();
+    let served = served_dirs(storage, id).await;
+    let objects: Vec<_> = storage
+        .list_modified(&prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| {
+            reel::storage::keys::rendition_dir_of(id, k)
+                .is_none_or(|d| served.iter().any(|s| s == d))
+        })
+        .collect();
     let Some(commit) = objects
         .iter()
         .find(|(k, _)| k.ends_with("/master.m3u8"))
@@ -548,7 +571,8 @@ async fn run_matrix(m: Matrix) {
             ));
         }
     }
-    // Leftovers: intermediates are deleted after the commit, in the background.
+    // Leftovers: intermediates and the directories of attempts no commit chose are deleted
+    // after the commit, in the background.
     let leftovers_now = || async {
         let mut left = Vec::new();
         for prefix in ["active", "work"] {
@@ -559,6 +583,22 @@ async fn run_matrix(m: Matrix) {
                     .unwrap()
                     .into_iter()
                     .map(|(k, _)| k),
+            );
+        }
+        for trial in &trials {
+            let id = &trial.video;
+            let served = served_dirs(&storage, id).await;
+            left.extend(
+                storage
+                    .list(&format!("videos/{id}"))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| {
+                        reel::storage::keys::rendition_dir_of(id, k)
+                            .is_some_and(|d| !served.iter().any(|s| s == d))
+                    }),
             );
         }
         left

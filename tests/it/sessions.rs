@@ -204,6 +204,8 @@ async fn hundred_concurrent_misses_of_one_segment_make_one_store_read() {
 }
 
 const VID: &str = "0123456789abcdef0123456789abcdef";
+/// The directory the test rendition is stored in: an attempt directory, as the commit names it.
+const DIR: &str = "240p/e1-00000000000000ab-a1";
 
 fn tag() -> RenditionTag {
     RenditionTag {
@@ -228,7 +230,7 @@ async fn session_fixture(
         ..NodeContext::for_tests(&node, Storage::from_store(store.clone()), dir)
     });
     for k in 0..6 {
-        let key = format!("videos/{VID}/240p/{k:05}.m4s");
+        let key = format!("videos/{VID}/{DIR}/{k:05}.m4s");
         let bytes = vec![k as u8; 1000 + k];
         store
             .put(&ObjectPath::from(key), PutPayload::from(bytes))
@@ -242,6 +244,7 @@ async fn session_fixture(
             RenditionInfo {
                 tag: tag(),
                 segments: 6,
+                dir: DIR.into(),
             },
         )]
         .into(),
@@ -337,7 +340,7 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
         &vec![1u8; 1001][..],
         "the right segment, whole"
     );
-    assert_eq!(store.reads(&format!("videos/{VID}/240p/00001.m4s")), 1);
+    assert_eq!(store.reads(&format!("videos/{VID}/{DIR}/00001.m4s")), 1);
     streaming.log.flush().await;
     let recs = read_jsonl(dir.path(), &sid).unwrap();
     assert_eq!(
@@ -948,9 +951,20 @@ async fn a_hundred_concurrent_requests_for_one_uncached_segment_read_the_store_o
         "ready"
     );
     let sid = start_session(&base, &id).await;
-    let key = format!("videos/{id}/240p/00002.m4s");
+    // The directory the commit chose for 240p (an attempt directory), as the record says.
+    let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
+    let dir = record["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "240p")
+        .and_then(|r| r["dir"].as_str())
+        .unwrap_or_else(|| panic!("{record}"))
+        .to_string();
+    assert!(dir.starts_with("240p/e"), "{dir}");
+    let key = format!("videos/{id}/{dir}/00002.m4s");
     let before = store.reads(&key);
-    store.close_for("240p/00002.m4s");
+    store.close_for(&format!("{dir}/00002.m4s"));
     let url = format!("{base}/videos/{id}/s/{sid}/240p/00002.m4s");
     let client = reqwest::Client::new();
     let requests: Vec<_> = (0..100)
