@@ -18,10 +18,15 @@
 //!   [`Cluster::is_settled`](crate::cluster::Cluster::is_settled) is false and the reconcile
 //!   loop waits (issue 9).
 //!
+//! Every decision above (misses, fencing, backoff, rounds, pauses) is made by [`PeerTable`], a
+//! plain struct that takes the time as an argument and does no I/O; the actor feeds it events
+//! and carries out what it returns (dials, pings, stopping sessions, marking members), so the
+//! rules are tested on tokio's paused clock without a NodeServer.
+//!
 //! Supervised by the `NodeSupervisor`. Session events arrive from the NodeServer through a
 //! subscription that casts them here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -84,31 +89,14 @@ pub enum MembershipMsg {
 }
 impl ractor::Message for MembershipMsg {}
 
-struct Peer {
-    addr: SocketAddr,
-    /// Every open session to this peer (each side may have dialed), by session actor id.
-    sessions: std::collections::HashMap<ractor::ActorId, ActorRef<NodeSessionMessage>>,
-    session_since: Instant,
-    misses: u32,
-    dialing: bool,
-    next_dial: Instant,
-    backoff: Duration,
-    ping_in_flight: bool,
-    /// Answered a heartbeat since the current round started.
-    heard: bool,
-}
-
 /// State.
 pub struct MembershipState {
     ctx: Ctx,
     node_server: ActorRef<NodeServerMessage>,
-    heartbeat: Duration,
-    fence_after: u32,
-    peers: BTreeMap<String, Peer>,
-    /// When the current settling round started.
-    round_started: Instant,
-    /// When the last heartbeat tick ran (a long gap means this node was paused).
-    last_tick: Instant,
+    /// Each peer's cluster address (what a dial connects to).
+    addrs: BTreeMap<String, SocketAddr>,
+    /// Misses, fencing, backoff, rounds: every decision, with the sessions to stop.
+    table: PeerTable<ActorRef<NodeSessionMessage>>,
 }
 
 /// How long a settling round waits for a peer that does not answer before giving up on it:
@@ -131,6 +119,278 @@ pub fn round_complete<'a>(
     timeout: Duration,
 ) -> bool {
     elapsed >= timeout || heard.into_iter().all(|h| *h)
+}
+
+/// The first re-dial delay after a failed dial or a lost session.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest re-dial delay: the backoff doubles from [`MIN_BACKOFF`] up to this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the actor does for a peer at a heartbeat tick ([`PeerTable::due`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// Dial the peer's NodeServer (it has no session, no dial is running and its backoff has
+    /// run out); answer with [`PeerTable::on_dialed`].
+    Dial(String),
+    /// Ping the peer's Gateway with [`PeerTable::ping_timeout`]; answer with
+    /// [`PeerTable::on_pong`].
+    Ping(String),
+}
+
+/// What a heartbeat answer (or its absence) did to a peer ([`PeerTable::on_pong`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pong<S> {
+    /// It answered: misses reset, it counts as heard in the current round; mark it live.
+    Answered,
+    /// It missed this many heartbeats in a row, fewer than `fence_after`: nothing to do yet.
+    Missed(u32),
+    /// It missed `fence_after` in a row: it is fenced. These are its sessions, now forgotten,
+    /// which the caller stops; mark it dead. Its next dial waits for the backoff.
+    Fenced(Vec<S>),
+}
+
+/// Bookkeeping of one configured peer. `S` is the handle of an open session (the actor keeps
+/// the session's `ActorRef` to stop it when fencing; tests use anything).
+#[derive(Debug)]
+pub struct PeerState<S> {
+    /// Every open session to this peer (each side may have dialed), by session actor id.
+    sessions: HashMap<ractor::ActorId, S>,
+    /// When the newest session became ready.
+    session_since: Instant,
+    /// Heartbeats missed in a row.
+    misses: u32,
+    /// A dial is running.
+    dialing: bool,
+    /// No dial before this.
+    next_dial: Instant,
+    /// The delay the next failed dial waits.
+    backoff: Duration,
+    /// A ping is running.
+    ping_in_flight: bool,
+    /// Answered a heartbeat since the current round started.
+    heard: bool,
+}
+
+impl<S> PeerState<S> {
+    fn new(now: Instant) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            session_since: now,
+            misses: 0,
+            dialing: false,
+            next_dial: now,
+            backoff: MIN_BACKOFF,
+            ping_in_flight: false,
+            heard: false,
+        }
+    }
+
+    /// Whether at least one session to the peer is open.
+    pub fn connected(&self) -> bool {
+        !self.sessions.is_empty()
+    }
+
+    /// Heartbeats missed in a row (0 after an answer, a new session or a fence).
+    pub fn misses(&self) -> u32 {
+        self.misses
+    }
+
+    /// The earliest time of its next dial.
+    pub fn next_dial(&self) -> Instant {
+        self.next_dial
+    }
+
+    /// The delay a failed dial will wait before the next one, between [`MIN_BACKOFF`] and
+    /// [`MAX_BACKOFF`].
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// Whether it answered a heartbeat since the current round started.
+    pub fn heard(&self) -> bool {
+        self.heard
+    }
+}
+
+/// The membership actor's decisions, without the actor: per-peer heartbeat misses and
+/// fencing, re-dial backoff, settling rounds and pause detection. Every method takes the
+/// current time (`now`, tokio's clock, so tests run it on paused time) and returns what the
+/// caller must do; none does I/O.
+#[derive(Debug)]
+pub struct PeerTable<S> {
+    heartbeat: Duration,
+    fence_after: u32,
+    peers: BTreeMap<String, PeerState<S>>,
+    /// When the current settling round started.
+    round_started: Instant,
+    /// When the last heartbeat tick ran (a long gap means this node was paused).
+    last_tick: Instant,
+}
+
+impl<S> PeerTable<S> {
+    /// A table of `peers` (node ids) at `now`: none connected, every one due for a dial, and a
+    /// settling round started. `heartbeat` is the tick period; a peer is fenced after
+    /// `fence_after` missed heartbeats in a row.
+    pub fn new(
+        peers: impl IntoIterator<Item = String>,
+        heartbeat: Duration,
+        fence_after: u32,
+        now: Instant,
+    ) -> Self {
+        Self {
+            heartbeat,
+            fence_after,
+            peers: peers
+                .into_iter()
+                .map(|id| (id, PeerState::new(now)))
+                .collect(),
+            round_started: now,
+            last_tick: now,
+        }
+    }
+
+    /// A peer's bookkeeping; `None` for a node that is not a configured peer.
+    pub fn peer(&self, id: &str) -> Option<&PeerState<S>> {
+        self.peers.get(id)
+    }
+
+    /// Missed heartbeats in a row that fence a peer.
+    pub fn fence_after(&self) -> u32 {
+        self.fence_after
+    }
+
+    /// How long a ping waits for its answer: a heartbeat period, at least 0.5 s.
+    pub fn ping_timeout(&self) -> Duration {
+        self.heartbeat.max(Duration::from_millis(500))
+    }
+
+    /// How long a settling round waits for silent peers ([`round_timeout`]).
+    pub fn round_timeout(&self) -> Duration {
+        round_timeout(self.heartbeat, self.fence_after)
+    }
+
+    /// A heartbeat tick at `now`. Returns the gap since the previous tick when it shows this
+    /// node was paused ([`was_paused`]); the caller then starts a round
+    /// ([`PeerTable::start_round`]).
+    pub fn on_tick(&mut self, now: Instant) -> Option<Duration> {
+        let gap = now - self.last_tick;
+        self.last_tick = now;
+        was_paused(gap, self.heartbeat, self.fence_after).then_some(gap)
+    }
+
+    /// Start a settling round at `now`: no peer counts as heard.
+    pub fn start_round(&mut self, now: Instant) {
+        self.round_started = now;
+        for p in self.peers.values_mut() {
+            p.heard = false;
+        }
+    }
+
+    /// Whether the current round has ended at `now` ([`round_complete`]): `None` while it
+    /// runs; once every peer answered, or [`PeerTable::round_timeout`] has passed, the ids of
+    /// the peers that did not answer (empty when all did).
+    pub fn round_end(&self, now: Instant) -> Option<Vec<&str>> {
+        let elapsed = now - self.round_started;
+        if !round_complete(
+            self.peers.values().map(|p| &p.heard),
+            elapsed,
+            self.round_timeout(),
+        ) {
+            return None;
+        }
+        Some(
+            self.peers
+                .iter()
+                .filter(|(_, p)| !p.heard)
+                .map(|(id, _)| id.as_str())
+                .collect(),
+        )
+    }
+
+    /// What to do for each peer at a heartbeat tick at `now`, in peer id order, marking those
+    /// dials and pings as running. A peer without a session is dialed once its backoff has
+    /// run out; a connected peer is pinged unless a ping is running, or its session is newer
+    /// than ten ping timeouts and `gateway_known(peer)` is false (a new session needs a moment
+    /// before the peer's Gateway is announced).
+    pub fn due(&mut self, now: Instant, gateway_known: impl Fn(&str) -> bool) -> Vec<Due> {
+        let grace = 10 * self.ping_timeout();
+        let mut out = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            match p.sessions.is_empty() {
+                true if !p.dialing && now >= p.next_dial => {
+                    p.dialing = true;
+                    out.push(Due::Dial(id.clone()));
+                }
+                false if !p.ping_in_flight => {
+                    if !gateway_known(id) && now - p.session_since < grace {
+                        continue;
+                    }
+                    p.ping_in_flight = true;
+                    out.push(Due::Ping(id.clone()));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// A dial of `peer` ended at `now` (`ok`: the TCP connection opened). Unless a session is
+    /// ready by now, the next dial waits for the backoff, which then doubles up to
+    /// [`MAX_BACKOFF`].
+    pub fn on_dialed(&mut self, peer: &str, ok: bool, now: Instant) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.dialing = false;
+            if !ok || p.sessions.is_empty() {
+                p.next_dial = now + p.backoff;
+                p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// A session `id` to `peer` became ready at `now`: misses and backoff start afresh.
+    pub fn on_session_ready(&mut self, peer: &str, id: ractor::ActorId, session: S, now: Instant) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.sessions.insert(id, session);
+            p.session_since = now;
+            p.misses = 0;
+            p.backoff = MIN_BACKOFF;
+        }
+    }
+
+    /// Session `id` to `peer` ended at `now`. Returns true when the peer has no session left
+    /// (mark it dead): its next dial waits for the backoff.
+    pub fn on_session_down(&mut self, peer: &str, id: &ractor::ActorId, now: Instant) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        p.sessions.remove(id);
+        if !p.sessions.is_empty() {
+            return false;
+        }
+        p.ping_in_flight = false;
+        p.next_dial = now + p.backoff;
+        true
+    }
+
+    /// A ping of `peer` ended at `now`, answered in time (`ok`) or not. `None` for a node that
+    /// is not a configured peer. The `fence_after`-th miss in a row fences the peer
+    /// ([`Pong::Fenced`]).
+    pub fn on_pong(&mut self, peer: &str, ok: bool, now: Instant) -> Option<Pong<S>> {
+        let p = self.peers.get_mut(peer)?;
+        p.ping_in_flight = false;
+        if ok {
+            p.misses = 0;
+            p.heard = true;
+            return Some(Pong::Answered);
+        }
+        p.misses += 1;
+        if p.misses < self.fence_after {
+            return Some(Pong::Missed(p.misses));
+        }
+        p.misses = 0;
+        p.next_dial = now + p.backoff;
+        Some(Pong::Fenced(p.sessions.drain().map(|(_, s)| s).collect()))
+    }
 }
 
 struct Subscription(ActorRef<MembershipMsg>);
@@ -161,16 +421,10 @@ impl NodeEventSubscription for Subscription {
     }
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 impl Membership {
     /// Start a settling round: no ownership decisions until every peer is heard again.
     async fn start_round(state: &mut MembershipState, why: &str) {
-        state.round_started = Instant::now();
-        for p in state.peers.values_mut() {
-            p.heard = false;
-        }
+        state.table.start_round(Instant::now());
         if state.ctx.cluster.set_settled(false) {
             tracing::warn!(why, "view unsettled: waiting for a heartbeat round");
             state
@@ -186,22 +440,18 @@ impl Membership {
         if state.ctx.cluster.is_settled() {
             return;
         }
-        let timeout = round_timeout(state.heartbeat, state.fence_after);
-        let elapsed = state.round_started.elapsed();
-        if !round_complete(state.peers.values().map(|p| &p.heard), elapsed, timeout) {
+        let Some(silent) = state.table.round_end(Instant::now()) else {
             return;
-        }
-        let silent: Vec<&str> = state
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.heard)
-            .map(|(id, _)| id.as_str())
-            .collect();
+        };
         if state.ctx.cluster.set_settled(true) {
             let detail = if silent.is_empty() {
                 "every peer answered".to_string()
             } else {
-                format!("no answer in {timeout:?} from {}", silent.join(", "))
+                format!(
+                    "no answer in {:?} from {}",
+                    state.table.round_timeout(),
+                    silent.join(", ")
+                )
             };
             tracing::info!(%detail, "view settled");
             state
@@ -240,39 +490,26 @@ impl Actor for Membership {
                 id: "reel-membership".into(),
                 subscription: Box::new(Subscription(myself.clone())),
             })?;
-        let now = Instant::now();
-        let peers = args
+        let addrs: BTreeMap<String, SocketAddr> = args
             .ctx
             .cluster
             .peers()
             .into_iter()
-            .filter_map(|m| {
-                Some((
-                    m.id,
-                    Peer {
-                        addr: m.cluster?,
-                        sessions: std::collections::HashMap::new(),
-                        session_since: now,
-                        misses: 0,
-                        dialing: false,
-                        next_dial: now,
-                        backoff: MIN_BACKOFF,
-                        ping_in_flight: false,
-                        heard: false,
-                    },
-                ))
-            })
+            .filter_map(|m| Some((m.id, m.cluster?)))
             .collect();
+        let table = PeerTable::new(
+            addrs.keys().cloned(),
+            args.heartbeat,
+            args.fence_after,
+            Instant::now(),
+        );
         myself.send_interval(args.heartbeat, || MembershipMsg::Heartbeat);
         myself.send_message(MembershipMsg::Heartbeat)?;
         Ok(MembershipState {
             ctx: args.ctx,
             node_server: args.node_server,
-            heartbeat: args.heartbeat,
-            fence_after: args.fence_after,
-            peers,
-            round_started: now,
-            last_tick: now,
+            addrs,
+            table,
         })
     }
 
@@ -285,23 +522,20 @@ impl Actor for Membership {
         match msg {
             MembershipMsg::Heartbeat => {
                 let now = Instant::now();
-                let gap = now - state.last_tick;
-                state.last_tick = now;
-                if was_paused(gap, state.heartbeat, state.fence_after) {
+                if let Some(gap) = state.table.on_tick(now) {
                     let why = format!("this node was paused for {gap:?}");
                     Self::start_round(state, &why).await;
                 }
                 Self::maybe_settle(state).await;
-                let timeout = state.heartbeat.max(Duration::from_millis(500));
-                for (id, p) in state.peers.iter_mut() {
-                    match p.sessions.is_empty() {
-                        true if !p.dialing && now >= p.next_dial => {
-                            p.dialing = true;
-                            let (server, addr, me, peer) = (
+                let timeout = state.table.ping_timeout();
+                let cluster = &state.ctx.cluster;
+                for due in state.table.due(now, |id| cluster.gateway(id).is_some()) {
+                    match due {
+                        Due::Dial(peer) => {
+                            let (server, addr, me) = (
                                 state.node_server.clone(),
-                                p.addr,
+                                state.addrs[&peer],
                                 myself.clone(),
-                                id.clone(),
                             );
                             tokio::spawn(async move {
                                 let ok =
@@ -309,16 +543,8 @@ impl Actor for Membership {
                                 let _ = me.cast(MembershipMsg::Dialed { peer, ok });
                             });
                         }
-                        false if !p.ping_in_flight => {
-                            // A new session needs a moment before its Gateway is announced.
-                            if state.ctx.cluster.gateway(id).is_none()
-                                && p.session_since.elapsed() < 10 * timeout
-                            {
-                                continue;
-                            }
-                            p.ping_in_flight = true;
-                            let (cluster, me, peer) =
-                                (state.ctx.cluster.clone(), myself.clone(), id.clone());
+                        Due::Ping(peer) => {
+                            let (cluster, me) = (cluster.clone(), myself.clone());
                             tokio::spawn(async move {
                                 let ok = matches!(
                                     cluster.request(&peer, &Request::Ping, timeout).await,
@@ -327,63 +553,42 @@ impl Actor for Membership {
                                 let _ = me.cast(MembershipMsg::Pong { peer, ok });
                             });
                         }
-                        _ => {}
                     }
                 }
             }
             MembershipMsg::Dialed { peer, ok } => {
-                if let Some(p) = state.peers.get_mut(&peer) {
-                    p.dialing = false;
-                    if !ok || p.sessions.is_empty() {
-                        // Until a session is ready, keep re-dialing with backoff.
-                        p.next_dial = Instant::now() + p.backoff;
-                        p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
+                // Until a session is ready, keep re-dialing with backoff.
+                state.table.on_dialed(&peer, ok, Instant::now());
             }
             MembershipMsg::SessionReady { peer, session } => {
-                if let Some(p) = state.peers.get_mut(&peer) {
-                    p.sessions.insert(session.get_id(), session);
-                    p.session_since = Instant::now();
-                    p.misses = 0;
-                    p.backoff = MIN_BACKOFF;
-                }
+                state
+                    .table
+                    .on_session_ready(&peer, session.get_id(), session, Instant::now());
             }
             MembershipMsg::SessionDown { peer, session } => {
-                let Some(p) = state.peers.get_mut(&peer) else {
-                    return Ok(());
-                };
-                p.sessions.remove(&session);
-                if p.sessions.is_empty() {
-                    p.ping_in_flight = false;
-                    p.next_dial = Instant::now() + p.backoff;
+                if state.table.on_session_down(&peer, &session, Instant::now()) {
                     Self::mark(state, &peer, false, "connection lost").await;
                 }
             }
             MembershipMsg::Pong { peer, ok } => {
-                let fence_after = state.fence_after;
-                let Some(p) = state.peers.get_mut(&peer) else {
-                    return Ok(());
-                };
-                p.ping_in_flight = false;
-                if ok {
-                    p.misses = 0;
-                    p.heard = true;
-                    Self::mark(state, &peer, true, "answers heartbeats").await;
-                    Self::maybe_settle(state).await;
-                    return Ok(());
-                }
-                p.misses += 1;
-                if p.misses >= fence_after {
-                    // Fence: a hung peer keeps its TCP session open; cut it so the peer must
-                    // reconnect (and find newer leases) when it wakes.
-                    for (_, session) in p.sessions.drain() {
-                        session.stop(Some("fenced: missed heartbeats".into()));
+                match state.table.on_pong(&peer, ok, Instant::now()) {
+                    Some(Pong::Answered) => {
+                        Self::mark(state, &peer, true, "answers heartbeats").await;
+                        Self::maybe_settle(state).await;
                     }
-                    p.misses = 0;
-                    p.next_dial = Instant::now() + p.backoff;
-                    let why = format!("fenced after {fence_after} missed heartbeats");
-                    Self::mark(state, &peer, false, &why).await;
+                    Some(Pong::Fenced(sessions)) => {
+                        // Fence: a hung peer keeps its TCP session open; cut it so the peer must
+                        // reconnect (and find newer leases) when it wakes.
+                        for session in sessions {
+                            session.stop(Some("fenced: missed heartbeats".into()));
+                        }
+                        let why = format!(
+                            "fenced after {} missed heartbeats",
+                            state.table.fence_after()
+                        );
+                        Self::mark(state, &peer, false, &why).await;
+                    }
+                    Some(Pong::Missed(_)) | None => {}
                 }
             }
         }
