@@ -620,6 +620,238 @@ mod tests {
         );
     }
 
+    use ractor::ActorId;
+    use tokio::time::advance;
+
+    const HB: Duration = Duration::from_secs(1);
+
+    /// A table of `peers` with a 1 s heartbeat, fenced after 3 misses, started now.
+    fn table(peers: &[&str]) -> PeerTable<u32> {
+        PeerTable::new(peers.iter().map(|p| p.to_string()), HB, 3, Instant::now())
+    }
+
+    /// Dial `peers` (with nothing else due) and have session `n` of each come up, now.
+    fn connect(t: &mut PeerTable<u32>, peers: &[(&str, u32)]) {
+        let dials: Vec<Due> = peers
+            .iter()
+            .map(|(p, _)| Due::Dial(p.to_string()))
+            .collect();
+        assert_eq!(t.due(Instant::now(), |_| true), dials);
+        for (peer, n) in peers {
+            t.on_session_ready(peer, ActorId::Local((*n).into()), *n, Instant::now());
+            t.on_dialed(peer, true, Instant::now());
+            assert!(t.peer(peer).unwrap().connected());
+        }
+    }
+
+    /// One heartbeat of `peer`: a tick pings it, and after a ping timeout (paused clock) the
+    /// answer is `ok`.
+    async fn heartbeat(t: &mut PeerTable<u32>, peer: &str, ok: bool) -> Pong<u32> {
+        let due = t.due(Instant::now(), |_| true);
+        assert!(due.contains(&Due::Ping(peer.into())), "{due:?}");
+        assert!(
+            !t.due(Instant::now(), |_| true)
+                .contains(&Due::Ping(peer.into())),
+            "one ping at a time"
+        );
+        advance(t.ping_timeout()).await;
+        t.on_pong(peer, ok, Instant::now()).unwrap()
+    }
+
+    /// Issue 9: a hung peer is fenced at its `fence_after`-th missed heartbeat in a row (not
+    /// earlier), its sessions are handed back to be stopped, and it is re-dialed only after the
+    /// backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_is_fenced_at_its_third_missed_heartbeat_not_before() {
+        let mut t = table(&["b"]);
+        connect(&mut t, &[("b", 7)]);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(heartbeat(&mut t, "b", false).await);
+            if got.len() < 3 {
+                assert!(t.peer("b").unwrap().connected(), "not fenced yet: {got:?}");
+            }
+        }
+        assert_eq!(
+            got,
+            [Pong::Missed(1), Pong::Missed(2), Pong::Fenced(vec![7])]
+        );
+        let fenced_at = Instant::now();
+        let b = t.peer("b").unwrap();
+        assert!(!b.connected());
+        assert_eq!(b.misses(), 0, "a fresh count for the next session");
+        assert_eq!(b.next_dial(), fenced_at + MIN_BACKOFF);
+        assert_eq!(t.due(Instant::now(), |_| true), [], "backoff first");
+        advance(MIN_BACKOFF - Duration::from_millis(1)).await;
+        assert_eq!(t.due(Instant::now(), |_| true), []);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(t.due(Instant::now(), |_| true), [Due::Dial("b".into())]);
+    }
+
+    /// Only misses in a row count: an answer in between starts the count again.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_resets_the_missed_heartbeats() {
+        let mut t = table(&["b"]);
+        connect(&mut t, &[("b", 1)]);
+        let mut got = Vec::new();
+        for ok in [false, false, true, false, false] {
+            got.push(heartbeat(&mut t, "b", ok).await);
+        }
+        assert_eq!(
+            got,
+            [
+                Pong::Missed(1),
+                Pong::Missed(2),
+                Pong::Answered,
+                Pong::Missed(1),
+                Pong::Missed(2)
+            ]
+        );
+        assert!(t.peer("b").unwrap().connected());
+        assert_eq!(heartbeat(&mut t, "b", false).await, Pong::Fenced(vec![1]));
+    }
+
+    /// Re-dials of an unreachable peer back off 0.5 s doubling to 5 s; the first dial is at
+    /// once and no dial starts while one runs.
+    #[tokio::test(start_paused = true)]
+    async fn redials_back_off_from_half_a_second_doubling_to_five() {
+        let mut t = table(&["b"]);
+        let start = Instant::now();
+        let mut dials = Vec::new();
+        while dials.len() < 7 {
+            let due = t.due(Instant::now(), |_| true);
+            if due == [Due::Dial("b".into())] {
+                dials.push(Instant::now());
+                assert_eq!(t.due(Instant::now(), |_| true), [], "the dial runs");
+                t.on_dialed("b", false, Instant::now());
+            } else {
+                assert_eq!(due, []);
+            }
+            advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(dials[0], start, "the first dial is at once");
+        let gaps: Vec<Duration> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            gaps,
+            [ms(500), ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]
+        );
+        assert_eq!(t.peer("b").unwrap().backoff(), MAX_BACKOFF);
+    }
+
+    /// A dial whose TCP connection opened but brought no session counts as failed; a session
+    /// that comes up resets the backoff, so losing it re-dials after 0.5 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_session_resets_the_backoff() {
+        let mut t = table(&["b"]);
+        for _ in 0..3 {
+            advance(t.peer("b").unwrap().next_dial() - Instant::now()).await;
+            assert_eq!(t.due(Instant::now(), |_| true), [Due::Dial("b".into())]);
+            t.on_dialed("b", true, Instant::now());
+        }
+        assert_eq!(t.peer("b").unwrap().backoff(), Duration::from_secs(4));
+        advance(t.peer("b").unwrap().next_dial() - Instant::now()).await;
+        connect(&mut t, &[("b", 3)]);
+        advance(Duration::from_secs(30)).await;
+        assert!(t.on_session_down("b", &ActorId::Local(3), Instant::now()));
+        assert_eq!(
+            t.peer("b").unwrap().next_dial(),
+            Instant::now() + MIN_BACKOFF
+        );
+    }
+
+    /// A peer with two sessions (each side dialed) is lost only with the last one.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_is_lost_with_its_last_session() {
+        let mut t = table(&["b"]);
+        connect(&mut t, &[("b", 1)]);
+        t.on_session_ready("b", ActorId::Local(2), 2, Instant::now());
+        assert!(!t.on_session_down("b", &ActorId::Local(1), Instant::now()));
+        assert!(t.peer("b").unwrap().connected());
+        assert!(t.on_session_down("b", &ActorId::Local(2), Instant::now()));
+        assert!(
+            !t.on_session_down("x", &ActorId::Local(2), Instant::now()),
+            "not a peer"
+        );
+    }
+
+    /// A new session is pinged once the peer's Gateway is known, or after ten ping timeouts
+    /// without it (the ping then fails and counts as a miss).
+    #[tokio::test(start_paused = true)]
+    async fn a_new_session_waits_for_the_gateway_at_most_ten_ping_timeouts() {
+        let mut t = table(&["b", "c"]);
+        connect(&mut t, &[("b", 1), ("c", 2)]);
+        let known = |id: &str| id == "c";
+        assert_eq!(t.due(Instant::now(), known), [Due::Ping("c".into())]);
+        let grace = 10 * t.ping_timeout();
+        advance(grace - Duration::from_millis(1)).await;
+        assert_eq!(t.due(Instant::now(), known), []);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(t.due(Instant::now(), known), [Due::Ping("b".into())]);
+    }
+
+    /// A settling round ends as soon as every peer answered, before its timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_ends_early_once_every_peer_answered() {
+        let mut t = table(&["b", "c"]);
+        let start = Instant::now();
+        connect(&mut t, &[("b", 1), ("c", 2)]);
+        let pings = [Due::Ping("b".into()), Due::Ping("c".into())];
+        assert_eq!(t.due(Instant::now(), |_| true), pings);
+        advance(HB).await;
+        assert_eq!(t.on_pong("b", true, Instant::now()), Some(Pong::Answered));
+        assert_eq!(t.round_end(Instant::now()), None, "c has not answered");
+        advance(HB).await;
+        assert_eq!(t.on_pong("c", true, Instant::now()), Some(Pong::Answered));
+        assert_eq!(t.round_end(Instant::now()), Some(vec![]));
+        assert!(Instant::now() - start < t.round_timeout(), "early");
+    }
+
+    /// A round with a silent peer (here: hung, its ping never answered) ends exactly at its
+    /// timeout, naming the silent peer.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_with_a_silent_peer_ends_at_its_timeout() {
+        let mut t = table(&["b", "c"]);
+        let start = Instant::now();
+        connect(&mut t, &[("b", 1), ("c", 2)]);
+        assert_eq!(heartbeat(&mut t, "b", true).await, Pong::Answered);
+        let timeout = t.round_timeout();
+        assert_eq!(
+            timeout,
+            Duration::from_secs(5),
+            "3 heartbeats, at least 5 s"
+        );
+        advance(start + timeout - Duration::from_millis(1) - Instant::now()).await;
+        assert_eq!(t.round_end(Instant::now()), None);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(t.round_end(Instant::now()), Some(vec!["c"]));
+    }
+
+    /// A tick after a gap longer than peers wait before fencing this node is a pause, and the
+    /// round it starts forgets who answered before.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_gap_between_ticks_is_a_pause_and_starts_a_new_round() {
+        let mut t = table(&["b"]);
+        connect(&mut t, &[("b", 1)]);
+        assert_eq!(heartbeat(&mut t, "b", true).await, Pong::Answered);
+        assert_eq!(t.round_end(Instant::now()), Some(vec![]));
+        for _ in 0..3 {
+            assert_eq!(t.on_tick(Instant::now()), None);
+            advance(HB).await;
+        }
+        // Peers fence after 3 missed heartbeats: a gap of 4 is late, not yet a pause.
+        advance(3 * HB).await;
+        assert_eq!(t.on_tick(Instant::now()), None);
+        let gap = 4 * HB + Duration::from_millis(1);
+        advance(gap).await;
+        assert_eq!(t.on_tick(Instant::now()), Some(gap));
+        t.start_round(Instant::now());
+        assert!(!t.peer("b").unwrap().heard());
+        assert_eq!(t.round_end(Instant::now()), None, "b must answer again");
+        assert_eq!(heartbeat(&mut t, "b", true).await, Pong::Answered);
+        assert_eq!(t.round_end(Instant::now()), Some(vec![]));
+    }
+
     #[test]
     fn a_gap_longer_than_the_fencing_time_is_a_pause() {
         let hb = Duration::from_secs(1);
