@@ -852,6 +852,183 @@ mod tests {
         assert_eq!(t.round_end(Instant::now()), Some(vec![]));
     }
 
+    // The actor itself, on paused time: a NodeServer and a session that do nothing, and a
+    // stand-in for the peer's Gateway (found through its pg group, as the real one is) that
+    // answers pings or, hung, never does.
+
+    /// Takes every message and does nothing (the NodeServer; a session the test watches).
+    struct Sink<M>(std::marker::PhantomData<fn() -> M>);
+
+    impl<M: ractor::Message> Actor for Sink<M> {
+        type Msg = M;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<M>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    async fn sink<M: ractor::Message>() -> (ActorRef<M>, ractor::concurrency::JoinHandle<()>) {
+        Actor::spawn(None, Sink(std::marker::PhantomData), ())
+            .await
+            .unwrap()
+    }
+
+    /// A peer's Gateway: answers pings while `answering` is true; otherwise keeps the reply
+    /// port and never answers (a hung node), so the ping times out.
+    struct PeerGateway;
+
+    impl Actor for PeerGateway {
+        type Msg = crate::actors::gateway::GatewayMsg;
+        type State = (
+            String,
+            tokio::sync::watch::Receiver<bool>,
+            Vec<ractor::RpcReplyPort<String>>,
+        );
+        type Arguments = (String, tokio::sync::watch::Receiver<bool>);
+        async fn pre_start(
+            &self,
+            myself: ActorRef<Self::Msg>,
+            (node, answering): Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            let group = crate::cluster::gateway_group(&node);
+            ractor::pg::join(group, vec![myself.get_cell()]);
+            Ok((node, answering, Vec::new()))
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            (node, answering, held): &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let crate::actors::gateway::GatewayMsg::Call(_, reply) = msg {
+                if *answering.borrow() {
+                    let pong = Reply::Pong { node: node.clone() };
+                    let _ = reply.send(serde_json::to_string(&pong)?);
+                } else {
+                    held.push(reply);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Node `me` with one peer `peer` (its cluster address refuses connections), the peer's
+    /// Gateway (answering while the returned sender holds true), and a Membership actor with
+    /// a 1 s heartbeat fencing after 3 misses, told that a session to the peer is ready.
+    struct ActorRig {
+        ctx: Ctx,
+        answering: tokio::sync::watch::Sender<bool>,
+        membership: ActorRef<MembershipMsg>,
+        session: ractor::concurrency::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn actor_rig(me: &str, peer: &str) -> ActorRig {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            crate::storage::Storage::open(&crate::config::StorageLocation::Memory).unwrap();
+        let http = SocketAddr::from(([127, 0, 0, 1], 0));
+        let refused = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let cluster = crate::cluster::Cluster::new(
+            me,
+            vec![(me.into(), http, refused), (peer.into(), http, refused)],
+        );
+        let ctx = std::sync::Arc::new(crate::actors::NodeContext {
+            cluster,
+            ..crate::actors::NodeContext::for_tests(me, storage, dir.path())
+        });
+        let (answering, rx) = tokio::sync::watch::channel(true);
+        Actor::spawn(None, PeerGateway, (peer.to_string(), rx))
+            .await
+            .unwrap();
+        let (node_server, _) = sink::<NodeServerMessage>().await;
+        let (session, session_done) = sink::<NodeSessionMessage>().await;
+        let args = MembershipArgs {
+            ctx: ctx.clone(),
+            node_server,
+            heartbeat: HB,
+            fence_after: 3,
+        };
+        let (membership, _) = Actor::spawn(None, Membership, args).await.unwrap();
+        assert!(
+            !ctx.cluster.is_settled(),
+            "unsettled until the peer answers"
+        );
+        membership
+            .cast(MembershipMsg::SessionReady {
+                peer: peer.into(),
+                session,
+            })
+            .unwrap();
+        ActorRig {
+            ctx,
+            answering,
+            membership,
+            session: session_done,
+            _dir: dir,
+        }
+    }
+
+    /// Poll `cond` every 100 ms of (paused) time, for at most 60 s of it.
+    async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The actor wires the table up: a peer that answers is live and settles the view; once
+    /// it hangs it is fenced (its session stopped, marked dead), no sooner than three ping
+    /// timeouts later.
+    #[tokio::test(start_paused = true)]
+    async fn the_actor_settles_on_an_answering_peer_and_fences_it_once_it_hangs() {
+        let (me, peer) = ("ms-fence-a", "ms-fence-b");
+        let mut r = actor_rig(me, peer).await;
+        wait_until("peer live and view settled", || {
+            r.ctx.cluster.is_live(peer) && r.ctx.cluster.is_settled()
+        })
+        .await;
+        r.answering.send_replace(false);
+        let silent_since = Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), &mut r.session)
+            .await
+            .expect("the hung peer's session is stopped")
+            .unwrap();
+        let took = Instant::now() - silent_since;
+        assert!(
+            took >= 3 * HB,
+            "three missed heartbeats take 3 ping timeouts: {took:?}"
+        );
+        assert!(!r.ctx.cluster.is_live(peer));
+        r.membership.stop(None);
+    }
+
+    /// A node that finds a long gap between its own heartbeats (paused: the clock jumps with
+    /// no tick in between) unsettles its view, and settles again as soon as the peer answers,
+    /// before the round's timeout.
+    #[tokio::test(start_paused = true)]
+    async fn the_actor_unsettles_after_a_pause_until_the_peer_answers_again() {
+        let (me, peer) = ("ms-pause-a", "ms-pause-b");
+        let r = actor_rig(me, peer).await;
+        wait_until("view settled", || r.ctx.cluster.is_settled()).await;
+        r.answering.send_replace(false);
+        let paused_at = Instant::now();
+        advance(10 * HB).await;
+        wait_until("view unsettled", || !r.ctx.cluster.is_settled()).await;
+        r.answering.send_replace(true);
+        wait_until("view settled again", || r.ctx.cluster.is_settled()).await;
+        let woke_at = paused_at + 10 * HB;
+        let round = round_timeout(HB, 3);
+        assert!(
+            Instant::now() - woke_at < round,
+            "ended early, the peer answered"
+        );
+        assert!(r.ctx.cluster.is_live(peer));
+        r.membership.stop(None);
+    }
+
     #[test]
     fn a_gap_longer_than_the_fencing_time_is_a_pause() {
         let hb = Duration::from_secs(1);
