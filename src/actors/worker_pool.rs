@@ -270,3 +270,251 @@ impl Actor for WorkerPool {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::actors::job::JobMsg;
+    use crate::actors::testing::{next, probe, GatedStore};
+    use crate::actors::{NodeContext, TaskFailure, TaskKind, TaskReply, TaskSpec};
+    use crate::media::ladder::Rendition;
+    use crate::storage::{keys, Storage};
+
+    /// A pool of `workers` on its own node `node` (actor names are per process), over a
+    /// store whose reads the test gates, reporting to a probe standing in for the job.
+    struct Rig {
+        store: Arc<GatedStore>,
+        ctx: Ctx,
+        pool: ActorRef<PoolMsg>,
+        job: ActorRef<JobMsg>,
+        reports: tokio::sync::mpsc::UnboundedReceiver<JobMsg>,
+        _scratch: tempfile::TempDir,
+    }
+
+    async fn rig(node: &str, workers: usize) -> Rig {
+        let scratch = tempfile::tempdir().unwrap();
+        let store = GatedStore::new();
+        let storage = Storage::from_store(store.clone());
+        let ctx = Arc::new(NodeContext::for_tests(node, storage, scratch.path()));
+        let (pool, _) = Actor::spawn(
+            None,
+            WorkerPool,
+            PoolArgs {
+                ctx: ctx.clone(),
+                workers,
+            },
+        )
+        .await
+        .unwrap();
+        let (job, reports) = probe::<JobMsg>().await;
+        Rig {
+            store,
+            ctx,
+            pool,
+            job,
+            reports,
+            _scratch: scratch,
+        }
+    }
+
+    /// Video of task `n`: each task has its own video, so its own source key to gate.
+    fn video(n: u32) -> String {
+        format!("video-{n}")
+    }
+
+    impl Rig {
+        /// Submit task `n` (an audio task, key `audio-{n}`, of video `video(n)`), whose
+        /// worker waits at the read of the video's source until [`Rig::finish`]: the source
+        /// is absent, so the task then fails at once, with no ffmpeg run.
+        fn submit(&self, n: u32) {
+            self.store.hold(&keys::source(&video(n)));
+            let task = TaskSpec {
+                video_id: video(n),
+                epoch: 0,
+                instance: 1,
+                rendition: Rendition {
+                    name: "audio".into(),
+                    width: 2,
+                    height: 2,
+                    video_kbps: 1,
+                    audio_kbps: n,
+                },
+                kind: TaskKind::Audio { kbps: n },
+                has_audio: true,
+                duration_seconds: 1.0,
+                frame_rate: 25.0,
+                input: Default::default(),
+            };
+            self.pool
+                .cast(PoolMsg::Submit(Assignment {
+                    task,
+                    attempt: 1,
+                    reply: TaskReply::Local(self.job.clone()),
+                }))
+                .unwrap();
+        }
+
+        /// Let task `n` go on (and so end).
+        fn finish(&self, n: u32) {
+            self.store.release(&keys::source(&video(n)));
+        }
+
+        async fn snapshot(&self) -> PoolSnapshot {
+            ractor::call!(self.pool, PoolMsg::Snapshot).expect("the pool answers")
+        }
+
+        /// The next report to the job: `Ok(task)` for a start, `Err((task, failure))` for a
+        /// failed end (every task here fails: its source is absent).
+        async fn report(&mut self) -> Result<String, (String, TaskFailure)> {
+            match next(&mut self.reports, "task report").await {
+                JobMsg::TaskStarted { task, attempt, .. } => {
+                    assert_eq!(attempt, 1);
+                    Ok(task)
+                }
+                JobMsg::TaskFinished { task, result, .. } => match *result {
+                    Err(f) => Err((task, f)),
+                    Ok(_) => panic!("{task} cannot succeed without a source"),
+                },
+                _ => panic!("only starts and ends are reported"),
+            }
+        }
+
+        async fn started(&mut self) -> String {
+            self.report().await.expect("a start")
+        }
+
+        async fn failed(&mut self) -> (String, TaskFailure) {
+            self.report().await.expect_err("an end")
+        }
+    }
+
+    fn busy_tasks(s: &PoolSnapshot) -> Vec<String> {
+        let mut t: Vec<String> = s.busy.iter().map(|b| b.task.clone()).collect();
+        t.sort();
+        t
+    }
+
+    /// Back-pressure: with every worker busy, tasks wait in the pool's queue, and each worker
+    /// that frees up takes the oldest waiting task (FIFO), never a second one at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_pool_queues_tasks_and_hands_them_out_oldest_first() {
+        let mut r = rig("pool-fifo", 2).await;
+        for n in 1..=4 {
+            r.submit(n);
+        }
+        let mut first = vec![r.started().await, r.started().await];
+        first.sort();
+        assert_eq!(first, ["audio-1", "audio-2"]);
+        let s = r.snapshot().await;
+        assert_eq!((s.workers, s.queued), (2, 2), "{s:?}");
+        assert_eq!(busy_tasks(&s), ["audio-1", "audio-2"]);
+
+        // Task 4's source is readable, but it waits behind task 3 all the same.
+        r.finish(4);
+        r.finish(2);
+        let (task, failure) = r.failed().await;
+        assert_eq!(task, "audio-2");
+        assert!(!failure.permanent, "{failure:?}");
+        assert!(
+            failure.message.contains("cannot read the source"),
+            "{failure:?}"
+        );
+        assert_eq!(r.started().await, "audio-3", "the oldest waiting task");
+        let s = r.snapshot().await;
+        assert_eq!(s.queued, 1, "{s:?}");
+        assert_eq!(busy_tasks(&s), ["audio-1", "audio-3"]);
+
+        r.finish(1);
+        assert_eq!(r.failed().await.0, "audio-1");
+        assert_eq!(r.started().await, "audio-4");
+        assert_eq!(r.failed().await.0, "audio-4", "its source was released");
+        r.finish(3);
+        assert_eq!(r.failed().await.0, "audio-3");
+        let s = r.snapshot().await;
+        assert_eq!(
+            (s.workers, s.busy.len(), s.queued, s.restarts),
+            (2, 0, 0, 0)
+        );
+    }
+
+    /// Supervision: a worker that panics mid-task is replaced; its task is reported to the
+    /// job as a transient `worker crashed` failure (so the job retries it), the queued task
+    /// goes to the replacement, and the pool itself keeps running.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_panics_is_replaced_and_its_task_reported_as_crashed() {
+        let mut r = rig("pool-panic", 1).await;
+        r.submit(1);
+        r.submit(2);
+        assert_eq!(r.started().await, "audio-1");
+        let s = r.snapshot().await;
+        assert_eq!((s.busy.len(), s.queued), (1, 1), "{s:?}");
+        let crashed = s.busy[0].worker.clone();
+
+        crashed.cast(WorkerMsg::InjectPanic).unwrap();
+        let (task, failure) = r.failed().await;
+        assert_eq!(task, "audio-1");
+        assert!(!failure.permanent, "a crash is worth a retry: {failure:?}");
+        assert!(failure.message.starts_with("worker crashed"), "{failure:?}");
+        assert_eq!(
+            r.started().await,
+            "audio-2",
+            "the replacement takes the queue"
+        );
+
+        let s = r.snapshot().await;
+        assert_eq!((s.workers, s.queued, s.restarts), (1, 0, 1), "{s:?}");
+        assert_eq!(busy_tasks(&s), ["audio-2"]);
+        assert_ne!(s.busy[0].worker.get_id(), crashed.get_id(), "a new worker");
+        assert_eq!(r.pool.get_status(), ractor::ActorStatus::Running);
+        let events = r.ctx.events.for_video(&video(1)).await.unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "worker_restarted"),
+            "{:?}",
+            events.iter().map(|e| &e.kind).collect::<Vec<_>>()
+        );
+
+        // The replacement works: its task ends and the pool hands out the next one.
+        r.finish(2);
+        assert_eq!(r.failed().await.0, "audio-2");
+        r.submit(3);
+        assert_eq!(r.started().await, "audio-3");
+        r.finish(3);
+        assert_eq!(r.failed().await.0, "audio-3");
+    }
+
+    /// A worker that stops (not a panic) while idle is replaced too, with nothing to report,
+    /// and the pool goes on.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_that_stops_is_replaced_without_a_report() {
+        let mut r = rig("pool-stop", 1).await;
+        r.submit(1);
+        assert_eq!(r.started().await, "audio-1");
+        let worker = r.snapshot().await.busy[0].worker.clone();
+        r.finish(1);
+        assert_eq!(r.failed().await.0, "audio-1");
+
+        worker.stop(Some("test".into()));
+        // Bounded poll on the pool (paused clock: each sleep only advances it).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let s = r.snapshot().await;
+            if s.restarts > 0 {
+                break s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never replaced: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!((s.workers, s.restarts, s.busy.len()), (1, 1, 0), "{s:?}");
+        assert!(r.reports.try_recv().is_err(), "no task, nothing to report");
+        r.submit(2);
+        assert_eq!(r.started().await, "audio-2");
+        r.finish(2);
+        assert_eq!(r.failed().await.0, "audio-2");
+    }
+}
