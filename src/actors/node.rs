@@ -236,6 +236,15 @@ impl Node {
         });
         let refs = ractor::call!(root, NodeMsg::Refs)?;
         refs.videos.cast(VideoSupervisorMsg::Recover)?;
+        // Videos stored before the catalog existed get their entries, once per store.
+        let storage = ctx.storage.clone();
+        tokio::spawn(async move {
+            match storage.build_catalog().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("catalog: {n} stored videos listed"),
+                Err(e) => tracing::warn!("catalog: cannot list the stored videos yet: {e}"),
+            }
+        });
         Ok(Self {
             ctx,
             root,

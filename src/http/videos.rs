@@ -162,27 +162,11 @@ pub const PAGE_DEFAULT: usize = 100;
 /// See [`PAGE_DEFAULT`].
 pub const PAGE_MAX: usize = 1000;
 
-/// One page of `ids` (sorted ascending): the first `limit` after `after` (exclusive), and the
-/// cursor for the next page (the page's last id) when more follow.
-pub fn page<'a>(
-    ids: &'a [String],
-    after: Option<&str>,
-    limit: usize,
-) -> (&'a [String], Option<String>) {
-    let start = match after {
-        Some(a) => ids.partition_point(|id| id.as_str() <= a),
-        None => 0,
-    };
-    let end = (start + limit).min(ids.len());
-    let next = (end < ids.len() && end > start).then(|| ids[end - 1].clone());
-    (&ids[start..end], next)
-}
-
-/// `GET /videos?limit=N&after=ID`: a page of video records in video-id order (the object
-/// store's listing order), `{"videos": [...], "next": ID or null}`; pass `next` as `after` for
-/// the following page. `limit` 1 to 1000, default 100. Only the page's records are read; the
-/// ids come from one listing of `videos/` (names only), so the answer's time follows the page
-/// size, not the library's.
+/// `GET /videos?limit=N&after=ID`: a page of video records in video-id order,
+/// `{"videos": [...], "next": ID or null}`; pass `next` as `after` for the following page.
+/// `limit` 1 to 1000, default 100. The ids come from the catalog index
+/// ([`crate::storage::Storage::catalog_page`]: on S3 one listing from `after`, whatever the
+/// library's size) and only the page's records are read.
 ///
 /// Errors: `400` for a `limit` out of range or an `after` that is not a video id.
 async fn list(
@@ -209,9 +193,8 @@ async fn list(
         }
     };
     let storage = &app.node.ctx.storage;
-    let mut ids = storage.list_video_ids().await?;
-    ids.sort();
-    let (ids, next) = page(&ids, after, limit);
+    let (ids, more) = storage.catalog_page(after, limit).await?;
+    let next = more.then(|| ids.last().cloned()).flatten();
     let reader = storage.clone();
     let records: Vec<_> = futures::stream::iter(ids.to_vec())
         .map(move |id| {
@@ -289,27 +272,4 @@ async fn events(app: App, id: String, local_only: bool) -> Result<Response<Bytes
         StatusCode::OK,
         &json!({ "video_id": record.video_id, "events": events, "unreachable_nodes": unreachable }),
     ))
-}
-
-#[cfg(test)]
-mod page_tests {
-    use super::page;
-
-    #[test]
-    fn pages_follow_the_cursor_to_the_end() {
-        // Even numbers, so a cursor can fall between two ids.
-        let ids: Vec<String> = (0..7).map(|i| format!("{:032x}", 2 * i)).collect();
-        let (p, next) = page(&ids, None, 3);
-        assert_eq!(p, &ids[0..3]);
-        assert_eq!(next.as_deref(), Some(ids[2].as_str()));
-        let (p, next) = page(&ids, next.as_deref(), 3);
-        assert_eq!(p, &ids[3..6]);
-        let (p, next) = page(&ids, next.as_deref(), 3);
-        assert_eq!((p, next), (&ids[6..7], None));
-        // A cursor of a video deleted meanwhile still finds its place.
-        let gone = format!("{:032x}", 5);
-        let (p, _) = page(&ids, Some(&gone), 2);
-        assert_eq!(p[0], ids[3]);
-        assert_eq!(page(&ids, Some(&ids[6]), 3), (&ids[7..7], None));
-    }
 }

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! sources/{video_id}                         the uploaded bytes, immutable
+//! catalog/{id[0..2]}/{video_id}             empty: the index `GET /videos` pages through
+//! meta/catalog-built                         marker: every stored video has its catalog entry
 //! videos/{video_id}/record.json              the video record
 //! videos/{video_id}/{dir}/init.mp4           init segment
 //! videos/{video_id}/{dir}/00000.m4s          segments
@@ -85,6 +87,26 @@ pub enum RenditionFile {
 /// `sources/{id}`
 pub fn source(id: &str) -> String {
     format!("sources/{id}")
+}
+
+/// `catalog`: the prefix of the video catalog.
+pub const CATALOG: &str = "catalog";
+
+/// Present once every video stored before the catalog existed has its entry
+/// (`Storage::build_catalog`).
+pub const CATALOG_BUILT: &str = "meta/catalog-built";
+
+/// `catalog/{id[0..2]}/{id}`: the video's entry in the catalog (an empty object). Entries sort
+/// by id as keys, and the first two hex digits split them into 256 shards, so a store whose
+/// listings are not in key order (a local directory) reads a page from a shard or two, not the
+/// whole catalog.
+pub fn catalog(id: &str) -> String {
+    format!("{CATALOG}/{}/{id}", id.get(..2).unwrap_or("00"))
+}
+
+/// `catalog/{shard:02x}`: one of the 256 shards of the catalog.
+pub fn catalog_shard(shard: u8) -> String {
+    format!("{CATALOG}/{shard:02x}")
 }
 
 /// `videos/{id}/record.json`

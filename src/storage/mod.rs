@@ -73,6 +73,10 @@ pub struct Storage {
     /// For the local backend: the root directory, so a local file can be handed to ffmpeg
     /// without a copy.
     local: Option<Arc<LocalFileSystem>>,
+    /// Whether listings come in key order (S3's `ListObjectsV2` and `InMemory` do; a local
+    /// directory walk and a wrapped store may not): a page of the catalog then needs only its
+    /// own entries ([`Storage::catalog_page`]).
+    sorted_listing: bool,
 }
 
 /// [`Storage::with_answer_timeout`] unless configured: 10 s.
@@ -88,7 +92,10 @@ impl Storage {
     /// Errors: the directory cannot be created.
     pub fn open(location: &StorageLocation) -> Result<Self, StorageError> {
         match location {
-            StorageLocation::Memory => Ok(Self::from_store(Arc::new(InMemory::new()))),
+            StorageLocation::Memory => Ok(Self {
+                sorted_listing: true,
+                ..Self::from_store(Arc::new(InMemory::new()))
+            }),
             StorageLocation::Local(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StorageError::Backend(format!("cannot create storage directory {dir:?}: {e}"))
@@ -102,6 +109,7 @@ impl Storage {
                     store: fs.clone(),
                     local: Some(fs),
                     answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+                    sorted_listing: false,
                 })
             }
             StorageLocation::S3(s3) => {
@@ -154,17 +162,24 @@ impl Storage {
                 let store = b.build().map_err(|e| {
                     StorageError::Backend(format!("cannot configure s3://{}: {e}", s3.bucket))
                 })?;
-                Ok(Self::from_store(Arc::new(store)))
+                Ok(Self {
+                    sorted_listing: true,
+                    ..Self::from_store(Arc::new(store))
+                })
             }
         }
     }
 
-    /// Whether the store answers now: one listing of a single level under `videos/`, bounded
-    /// by `timeout`. What `GET /ready` asks (readiness for a load balancer).
+    /// Whether the store answers now: one `HEAD` of the catalog's built marker (present or
+    /// not, an answer is an answer), bounded by `timeout`. What `GET /ready` asks (readiness
+    /// for a load balancer); its cost does not grow with the library.
     pub async fn reachable(&self, timeout: std::time::Duration) -> bool {
-        let prefix = path("videos");
-        let probe = self.store.list_with_delimiter(Some(&prefix));
-        matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(_)))
+        let marker = path(keys::CATALOG_BUILT);
+        let probe = self.store.head(&marker);
+        matches!(
+            tokio::time::timeout(timeout, probe).await,
+            Ok(Ok(_) | Err(object_store::Error::NotFound { .. }))
+        )
     }
 
     /// Wrap any object store (tests wrap one to count or slow reads).
@@ -173,6 +188,7 @@ impl Storage {
             store,
             local: None,
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+            sorted_listing: false,
         }
     }
 
@@ -492,10 +508,125 @@ impl Storage {
     }
 
     /// Create a record if none exists (`PutMode::Create`: two identical uploads race safely).
-    /// `Ok(false)` when one already existed.
+    /// `Ok(false)` when one already existed. The video's catalog entry is written first, so
+    /// every record is listed by `GET /videos` (an entry whose record a crash kept from being
+    /// written is skipped by the listing).
     pub async fn create_record(&self, record: &VideoRecord) -> Result<bool, StorageError> {
+        self.put(&keys::catalog(&record.video_id), Bytes::new())
+            .await?;
         self.put_if_absent(&keys::record(&record.video_id), json_bytes(record))
             .await
+    }
+
+    /// One page of the catalog: up to `limit` video ids after `after` (exclusive), in id
+    /// order, and whether more follow. Only the page's part of the catalog is read, so its time
+    /// follows `limit`, not the library's size: on a store that lists in key order (S3, in
+    /// memory) one listing from `after` (S3's `start-after`), taken lazily; on the local store
+    /// the shards from `after`'s on, each a small directory read and sorted, until the page is
+    /// full (see [`keys::catalog`]). No record is read.
+    ///
+    /// Errors: the store fails or does not answer.
+    pub async fn catalog_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), StorageError> {
+        let is_id = |m: object_store::ObjectMeta| {
+            m.location
+                .filename()
+                .filter(|id| keys::valid_video_id(id))
+                .map(str::to_string)
+        };
+        let after_ok = |id: &String| after.is_none_or(|a| id.as_str() > a);
+        let mut ids: Vec<String> = Vec::new();
+        if self.sorted_listing {
+            let prefix = path(keys::CATALOG);
+            let listing = match after {
+                Some(a) => self
+                    .store
+                    .list_with_offset(Some(&prefix), &path(&keys::catalog(a))),
+                None => self.store.list(Some(&prefix)),
+            };
+            ids = self
+                .bounded(
+                    listing
+                        .map_err(StorageError::from)
+                        .try_filter_map(|m| async move { Ok(is_id(m)) })
+                        .try_filter(|id| std::future::ready(after_ok(id)))
+                        .take(limit + 1)
+                        .try_collect(),
+                )
+                .await?;
+        } else {
+            let first = after
+                .and_then(|a| a.get(..2))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+            // The shards that exist (one directory read), from `after`'s on.
+            let shards = self
+                .bounded(async {
+                    Ok(self
+                        .store
+                        .list_with_delimiter(Some(&path(keys::CATALOG)))
+                        .await?)
+                })
+                .await?;
+            let mut shards: Vec<u8> = shards
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename())
+                .filter(|h| h.len() == 2)
+                .filter_map(|h| u8::from_str_radix(h, 16).ok())
+                .filter(|s| *s >= first)
+                .collect();
+            shards.sort_unstable();
+            for shard in shards {
+                let listed = self
+                    .bounded(async {
+                        self.store
+                            .list(Some(&path(&keys::catalog_shard(shard))))
+                            .map_err(StorageError::from)
+                            .try_collect::<Vec<_>>()
+                            .await
+                    })
+                    .await?;
+                let mut part: Vec<String> = listed
+                    .into_iter()
+                    .filter_map(is_id)
+                    .filter(after_ok)
+                    .collect();
+                part.sort_unstable();
+                ids.extend(part);
+                if ids.len() > limit {
+                    break;
+                }
+            }
+        }
+        ids.truncate(limit + 1);
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        Ok((ids, more))
+    }
+
+    /// Give every stored video a catalog entry, once per store: videos stored before the
+    /// catalog existed have none. Skipped when [`keys::CATALOG_BUILT`] exists; written after
+    /// the entries, so a node that dies midway leaves the next start to finish. Returns how
+    /// many entries were added. Idempotent: nodes starting together may each run it.
+    pub async fn build_catalog(&self) -> Result<usize, StorageError> {
+        if self.exists(keys::CATALOG_BUILT).await? {
+            return Ok(0);
+        }
+        let mut added = 0;
+        for id in self.list_video_ids().await? {
+            if self
+                .put_if_absent(&keys::catalog(&id), Bytes::new())
+                .await?
+            {
+                added += 1;
+            }
+        }
+        self.put(keys::CATALOG_BUILT, Bytes::new()).await?;
+        Ok(added)
     }
 
     /// Replace a record as its owner, if the store still lets this owner write: a
