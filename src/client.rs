@@ -60,7 +60,10 @@ async fn json_or_refused(resp: reqwest::Response) -> Result<Value, ClientError> 
 /// How `reel upload` sends a file.
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
-    /// Bytes per `PATCH` (default 8 MiB): what a dropped connection can cost at most.
+    /// Bytes per `PATCH`. Default: the whole file in one `PATCH`, as tus-js-client sends by
+    /// default. A cut `PATCH` costs nothing already sent (the server keeps the bytes that
+    /// arrived, and the client resumes from the offset `HEAD` gives), and a file sent in one
+    /// part is renamed into place by the server, where parts would be joined by copying them.
     pub chunk_bytes: u64,
     /// Retries after a failure (dropped connection, 5xx, 423) before giving up; each retry
     /// first asks the server for the offset (`HEAD`). Default 8.
@@ -79,7 +82,7 @@ pub struct UploadOptions {
 impl Default for UploadOptions {
     fn default() -> Self {
         Self {
-            chunk_bytes: 8 * 1024 * 1024,
+            chunk_bytes: u64::MAX,
             retries: 8,
             backoff: Duration::from_millis(500),
             progress: true,
@@ -176,7 +179,8 @@ async fn refused(resp: reqwest::Response) -> ClientError {
 /// 1. compute the file's SHA-256 and create the upload with `Upload-Metadata` `filename` and
 ///    `sha256`: when the server already holds those bytes it answers with the full offset and
 ///    the existing video, and nothing is sent (dedupe before transfer);
-/// 2. `PATCH` chunks of `chunk_bytes`, drawing a progress bar;
+/// 2. `PATCH` the rest of the file (in chunks of `chunk_bytes`, by default one), drawing a
+///    progress bar;
 /// 3. on a dropped connection or a 5xx, ask `HEAD` for the offset and resume there, with
 ///    exponential backoff, at most `retries` times in a row;
 /// 4. if the client itself was stopped, the next `reel upload` of the same file to the same
