@@ -1122,4 +1122,67 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         conformance::run(&Storage::open(&StorageLocation::Local(dir.path().into())).unwrap()).await;
     }
+
+    /// Issue 9: after `ready`, the sweep deletes the directories of attempts the record does
+    /// not serve from (one finished after the commit) and the attempt markers, and keeps every
+    /// file the record names. A record that names no rendition sweeps no directory.
+    #[tokio::test]
+    async fn the_sweep_of_a_ready_video_keeps_what_it_serves_and_nothing_else() {
+        use crate::model::{RenditionSummary, VideoState};
+        let s = Storage::open(&StorageLocation::Memory).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let served = keys::attempt_dir("240p", &keys::attempt_token(2, 1, 1));
+        let late = keys::attempt_dir("240p", &keys::attempt_token(1, 9, 3));
+        for dir in [&served, &late] {
+            for f in ["00000.m4s", "init.mp4", "index.m3u8"] {
+                s.put(&keys::rendition_file(id, dir, f), Bytes::from_static(b"x"))
+                    .await
+                    .unwrap();
+            }
+        }
+        s.put(
+            &keys::attempt_marker(id, "e1-0000000000000009-a3"),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        s.put(&keys::multivariant(id), Bytes::from_static(b"#EXTM3U"))
+            .await
+            .unwrap();
+        let mut record = VideoRecord::uploaded(id.into(), "00".into(), 1, "default".into(), None);
+        record.state = VideoState::Ready;
+        let none = s.sweep_ready(&record).await.unwrap();
+        assert_eq!(none, 0, "no rendition named: nothing swept");
+        record.renditions = vec![RenditionSummary {
+            dir: Some(served.clone()),
+            ..RenditionSummary::planned(&crate::media::ladder::Rendition {
+                name: "240p".into(),
+                width: 426,
+                height: 240,
+                video_kbps: 400,
+                audio_kbps: 64,
+            })
+        }];
+        assert_eq!(
+            s.sweep_ready(&record).await.unwrap(),
+            4,
+            "3 files and the marker"
+        );
+        let mut left: Vec<String> = s
+            .list(&keys::video_prefix(id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = ["00000.m4s", "index.m3u8", "init.mp4"]
+            .iter()
+            .map(|f| keys::rendition_file(id, &served, f))
+            .chain([keys::multivariant(id)])
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        assert!(s.list(&keys::work_prefix(id)).await.unwrap().is_empty());
+    }
 }
