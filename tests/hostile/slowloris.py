@@ -7,7 +7,8 @@ Opens CONNECTIONS connections from SOURCE_IP to 127.0.0.1:PORT, each sending an 
 request header, then for SECONDS keeps them open by sending one more header byte per second
 and opens new ones in place of those the server closes (at most 3 x CONNECTIONS in all;
 none with `once`).
-Loopback only, bounded in count and time, stops by itself. Prints one JSON line of counts:
+Loopback only, bounded in count and time, stops by itself. Once the first CONNECTIONS are
+opened it prints {"opened", "failed"} on stderr; at the end, one JSON line of counts on stdout:
 opened, refused_503 (closed with a 503 answer), closed (closed without an answer, e.g. by the
 header read timeout), failed (connect failed 3 times), open_at_end.
 """
@@ -74,6 +75,9 @@ def check(s):
 end = time.monotonic() + seconds
 for _ in range(n):
     open_one()
+# Say on stderr that the first connections are open, so a test can wait for this instead of
+# guessing (its own requests from the same address would otherwise race for the last places).
+print(json.dumps({"opened": counts["opened"], "failed": counts["failed"]}), file=sys.stderr, flush=True)
 while time.monotonic() < end:
     time.sleep(1)
     socks = [s for s in socks if check(s)]

@@ -57,8 +57,26 @@ fn slowloris(
             if refill { "refill" } else { "once" },
         ])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python3 runs (scripts/setup installs it)")
+}
+
+/// Wait (bounded) until a hostile child has opened its first connections, and read what it
+/// says of them: `{"opened", "failed"}`.
+fn opened(child: &mut std::process::Child) -> serde_json::Value {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the attacker opens its connections within 60 s");
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
 /// Wait for a hostile child (bounded) and read its counts.
@@ -173,7 +191,16 @@ async fn a_slowloris_client_with_20000_connections_cannot_stop_health_or_playbac
     assert!(probes >= 20, "{probes}");
     // One address at its cap: an ordinary request from it gets a clear 503 (others do not),
     // and the header read timeout (8 s) closes the slow connections that took the places.
-    let attacker = slowloris("127.0.0.3", http.port(), per_address, 14, false);
+    // Its own requests wait until the attacker holds its places: one sent while the attacker
+    // was still opening could take the last place, and an attacker that opens once would
+    // then hold one fewer than the cap for good (what made this test flaky).
+    let mut attacker = slowloris("127.0.0.3", http.port(), per_address, 14, false);
+    let first = opened(&mut attacker);
+    assert_eq!(
+        first["opened"].as_u64(),
+        Some(per_address as u64),
+        "{first}"
+    );
     let from_3 = reqwest::Client::builder()
         .local_address("127.0.0.3".parse::<std::net::IpAddr>().unwrap())
         .pool_max_idle_per_host(0)
