@@ -108,9 +108,11 @@ pub fn file_name(file: RenditionFile) -> String {
     }
 }
 
-/// The segments whose read-ahead a session has logged, by rendition: `(rendition, segment)`.
-/// Bounded by the video's segment count times its renditions.
-type ReadAheadLogged = Arc<std::sync::Mutex<std::collections::HashSet<(String, usize)>>>;
+/// The segments whose read-ahead a session has logged, by rendition name. Bounded by the
+/// video's segment count times its renditions; a rendition's name is allocated once, not per
+/// request.
+type ReadAheadLogged =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<usize>>>>;
 
 /// Everything a spawned serve or prefetch task needs.
 #[derive(Clone)]
@@ -186,7 +188,10 @@ impl Job {
                 let first = self
                     .read_ahead
                     .lock()
-                    .map(|mut set| set.insert((self.tag.name.clone(), j)))
+                    .map(|mut by| match by.get_mut(self.tag.name.as_str()) {
+                        Some(set) => set.insert(j),
+                        None => by.entry(self.tag.name.clone()).or_default().insert(j),
+                    })
                     .unwrap_or(true);
                 if first || !cached {
                     self.clone().prefetch(j);
