@@ -38,9 +38,21 @@ use crate::actors::node::Node;
 use crate::config::Config;
 use crate::storage::StorageError;
 
-/// What handlers share.
+/// What handlers share: one reference-counted [`AppState`], so the clone every request's
+/// filters make is one atomic increment, not one per actor reference inside it (the
+/// per-request clones and drops were about 3 % of a cache-hit segment request's CPU).
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<AppState>);
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+/// The node, its configuration and its connection admission, behind [`App`].
+pub struct AppState {
     /// The node's actors and context.
     pub node: Node,
     /// The node's configuration.
@@ -68,11 +80,11 @@ impl App {
             );
         }
         let admission = listener::Admission::new(capacity, limits.max_connections_per_address);
-        Self {
+        Self(Arc::new(AppState {
             node,
             config,
             admission,
-        }
+        }))
     }
 }
 
