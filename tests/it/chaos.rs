@@ -58,27 +58,7 @@ fn wall_ms() -> i64 {
 /// A distinct 30 s 640x360 clip for trial `n` (its tone differs, so its bytes and id do).
 fn trial_clip(dir: &Path, n: u64) -> PathBuf {
     let out = dir.join(format!("trial-{n}.mp4"));
-    let tone = format!("sine=frequency={}:sample_rate=48000", 300 + 7 * n);
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        &tone,
-        "-t",
-        "30",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        "-shortest",
-        out.to_str().unwrap(),
-    ]);
+    tone_clip(&out, 30, 300 + 7 * n as u32);
     out
 }
 

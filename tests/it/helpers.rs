@@ -41,6 +41,35 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// Write a 640x360 clip of `seconds` with a `tone_hz` sine (the tone tells clips apart, so
+/// each has its own bytes and video id), x264 `ultrafast` + AAC.
+pub fn tone_clip(out: &Path, seconds: u32, tone_hz: u32) {
+    let (tone, seconds) = (
+        format!("sine=frequency={tone_hz}:sample_rate=48000"),
+        seconds.to_string(),
+    );
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        &tone,
+        "-t",
+        &seconds,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-shortest",
+        out.to_str().unwrap(),
+    ]);
+}
+
 /// Make (once) and return a clip. `kind`: `av` 320x240 6 s with audio, `video` the same without
 /// audio, `long` 640x360 30 s with audio (slow enough to crash mid-task), `audio` audio only,
 /// `abr` 640x360 60 s of noisy testsrc2 without audio (player tests), `truncated` an MP4 with `moov` first cut in half, `truncated-moov-last` one with `moov` last cut in half, `text`, `random`.
@@ -85,26 +114,7 @@ pub fn clip(kind: &str) -> PathBuf {
             "veryfast",
             t,
         ]),
-        "long" => ffmpeg(&[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=220:sample_rate=48000",
-            "-t",
-            "30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-            t,
-        ]),
+        "long" => tone_clip(&tmp, 30, 220),
         "abr" => ffmpeg(&[
             "-f",
             "lavfi",
