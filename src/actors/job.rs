@@ -698,10 +698,8 @@ impl JobActor {
         let (storage, id) = (state.ctx.storage.clone(), state.video_id.clone());
         tokio::spawn(async move {
             let chosen: Vec<&str> = chosen.iter().map(String::as_str).collect();
-            if let Err(e) = storage.delete_unchosen_dirs(&id, &chosen).await {
-                tracing::warn!("cleaning unchosen directories of {id}: {e}");
-            } else if let Err(e) = storage.delete_prefix(&keys::work_prefix(&id)).await {
-                tracing::warn!("cleaning work/{id}: {e}");
+            if let Err(e) = storage.sweep_after_commit(&id, &chosen).await {
+                tracing::warn!("cleaning after the commit of {id}: {e}");
             }
         });
         myself.stop(None);

@@ -976,9 +976,20 @@ impl Storage {
             .iter()
             .map(|r| r.dir.as_deref().unwrap_or(&r.name))
             .collect();
-        let id = &record.video_id;
-        let n = self.delete_unchosen_dirs(id, &dirs).await?;
-        Ok(n + self.delete_prefix(&keys::work_prefix(id)).await?)
+        self.sweep_after_commit(&record.video_id, &dirs).await
+    }
+
+    /// Once a video's outputs are chosen: delete its rendition directories other than
+    /// `served`, then its intermediates (`work/{id}`, attempt markers included), in that order
+    /// (a marker goes only after the directory it points to). Returns how many objects went.
+    /// What the job does right after its commit and the sweep of ready videos does later.
+    pub async fn sweep_after_commit(
+        &self,
+        video_id: &str,
+        served: &[&str],
+    ) -> Result<usize, StorageError> {
+        let n = self.delete_unchosen_dirs(video_id, served).await?;
+        Ok(n + self.delete_prefix(&keys::work_prefix(video_id)).await?)
     }
 
     /// Delete every rendition directory of `video_id` other than `chosen` (attempts that
