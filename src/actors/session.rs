@@ -181,10 +181,8 @@ impl Job {
                 // A player asking for k again (a retry, a seek back) whose k+1 is still cached
                 // needs no new read-ahead, and the log already proves the first one: only a
                 // segment not cached, or never read ahead by this session, is triggered.
-                let cached = self
-                    .streaming
-                    .cache
-                    .is_cached_or_inflight(&self.key(RenditionFile::Segment(j)));
+                // The bookkeeping first: for a segment never read ahead the cache need not be
+                // asked here (prefetch asks it once).
                 let first = self
                     .read_ahead
                     .lock()
@@ -193,7 +191,12 @@ impl Job {
                         None => by.entry(self.tag.name.clone()).or_default().insert(j),
                     })
                     .unwrap_or(true);
-                if first || !cached {
+                if first
+                    || !self
+                        .streaming
+                        .cache
+                        .is_cached_or_inflight(&self.key(RenditionFile::Segment(j)))
+                {
                     self.clone().prefetch(j);
                 }
             }
