@@ -141,6 +141,25 @@ impl SeaweedFs {
     pub fn pause(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // kill() returns before the signal has stopped every thread: a request sent at once can
+        // still be answered by a thread that was running. Wait (bounded) until the kernel shows
+        // every thread stopped (state `T`).
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|d| {
+                d.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                })
+            })
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped() {
+            assert!(std::time::Instant::now() < until, "weed did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// SIGCONT after [`Self::pause`].
@@ -398,7 +417,9 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
         .await
         .unwrap();
     let took = started.elapsed();
-    assert_eq!(r.status(), 503);
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 503, "after {took:?}: {body}");
     assert!(
         took < Duration::from_secs(8),
         "a hung store answered in {took:?}"
