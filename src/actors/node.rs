@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use crate::actors::gateway::{Gateway, GatewayArgs, GatewayMsg};
 use crate::actors::membership::{Membership, MembershipArgs};
+use crate::actors::session::SessionTable;
 use crate::actors::session_supervisor::{
     SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg,
 };
@@ -55,6 +56,9 @@ pub struct NodeRefs {
     pub uploads: ActorRef<UploadSupervisorMsg>,
     /// The session supervisor.
     pub sessions: ActorRef<SessionSupervisorMsg>,
+    /// The node's open playback sessions (the session supervisor writes it; session requests
+    /// read it).
+    pub session_table: SessionTable,
 }
 
 /// Messages.
@@ -105,12 +109,14 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
+        let session_table = SessionTable::default();
         let (sessions, _) = Actor::spawn_linked(
             Some(args.ctx.name("sessions")),
             SessionSupervisor,
             SessionSupervisorArgs {
                 ctx: args.ctx.clone(),
                 streaming: args.ctx.streaming.clone(),
+                table: session_table.clone(),
             },
             myself.get_cell(),
         )
@@ -156,6 +162,7 @@ impl Actor for NodeSupervisor {
             gateway,
             uploads,
             sessions,
+            session_table,
         })
     }
 

@@ -1,18 +1,28 @@
 //! `SessionActor`: one playback session on its serving node (seed rules 7 to 9).
 //!
-//! Every request of the session (media playlists, init segments, segments) is a
-//! [`SessionMsg::Serve`]. The handler only records the request and spawns the work, so a slow
-//! object-store read never holds the session's mailbox: the spawned task reads through the
-//! node's [`SegmentCache`](crate::streaming::cache::SegmentCache), writes the `SERVE` record,
-//! triggers read-ahead of segments k+1 ..= k+depth of the same rendition (each spawned in its
-//! own task, bounded by the node's prefetch permits, so triggering never waits) and answers.
-//! Read-ahead goes through the same cache, so a prefetched segment is whole before anyone can
-//! read it.
+//! The session's state lives in a [`SessionHandle`] that the actor owns and the node's
+//! [`SessionTable`] lists. A request of the session (media playlist, init segment, segment) is
+//! served by [`SessionHandle::serve`] in the request's own task, with no message to the actor:
+//! it reads through the node's [`SegmentCache`](crate::streaming::cache::SegmentCache), writes
+//! the `SERVE` record, triggers read-ahead of segments k+1 ..= k+depth of the same rendition
+//! (each spawned in its own task, bounded by the node's prefetch permits, so triggering never
+//! waits) and answers. A cache hit therefore costs a table lookup and two short locks, not a
+//! mailbox round trip and a spawned task (issue 11, P1). Read-ahead goes through the same cache,
+//! so a prefetched segment is whole before anyone can read it.
 //!
-//! The actor stops itself after `session_idle_seconds` without a request (memory stays bounded);
-//! a later request with the same id starts it again, cold (see `SessionSupervisor`).
+//! The actor keeps the session's lifecycle: it stops itself after `session_idle_seconds`
+//! without a request (memory stays bounded), logs `SESSION_END`, and its supervisor then drops
+//! it from the table; a later request with the same id starts it again, cold (see
+//! `SessionSupervisor`). A request that found the handle just before it stopped is still
+//! answered; one that finds it stopped opens the session again.
+//!
+//! Messages: [`SessionMsg::Tick`] (the idle check) and [`SessionMsg::Snapshot`]. State: the
+//! handle and the idle timer. Supervision: linked to the `SessionSupervisor`, never restarted in
+//! place (a session holds nothing durable).
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -23,21 +33,22 @@ use crate::storage::playback::{CacheOutcome, PlaybackEvent, PlaybackRecord, Rend
 use crate::storage::{Object, StorageError};
 use crate::streaming::cache::Lookup;
 use crate::streaming::session::SessionId;
-use crate::streaming::{Streaming, VideoInfo};
+use crate::streaming::{RenditionInfo, Streaming, VideoInfo};
 
 /// The actor.
 pub struct SessionActor;
 
-/// Startup arguments.
+/// Startup arguments: the session's handle, made by [`SessionHandle::new`].
 pub struct SessionArgs {
-    /// Node context (storage, node id).
-    pub ctx: Ctx,
-    /// Node-wide cache, prefetch permits and playback log.
-    pub streaming: Streaming,
-    /// The session's id.
-    pub session: SessionId,
-    /// The video it plays (renditions and segment counts).
-    pub video: Arc<VideoInfo>,
+    /// The state the actor owns and the session's requests use.
+    pub handle: Arc<SessionHandle>,
+}
+
+/// The actor's state.
+pub struct SessionState {
+    handle: Arc<SessionHandle>,
+    /// The idle timer.
+    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A served object.
@@ -64,40 +75,12 @@ pub struct SessionSnapshot {
 
 /// Messages.
 pub enum SessionMsg {
-    /// Serve `file` of `rendition`; the answer is the whole object, or `NotFound`.
-    Serve {
-        /// The video the request's path names: must be the session's video.
-        video_id: String,
-        /// Rendition name (validated by the caller, known to the video).
-        rendition: String,
-        /// Which file.
-        file: RenditionFile,
-        /// The answer.
-        reply: RpcReplyPort<Result<Served, StorageError>>,
-    },
     /// Timer: stop when idle for longer than the configured time.
     Tick,
     /// The session's counters.
     Snapshot(RpcReplyPort<SessionSnapshot>),
 }
 impl ractor::Message for SessionMsg {}
-
-/// Mutable state.
-pub struct SessionState {
-    /// When the last request arrived.
-    last_request: Instant,
-    /// Requests received.
-    requests: u64,
-    /// Rendition of the latest request.
-    rendition: Option<String>,
-    /// The idle timer.
-    ticker: Option<tokio::task::JoinHandle<()>>,
-    /// The session's id and video, shared by every request's task without copying.
-    session: Arc<str>,
-    video_id: Arc<str>,
-    /// Segments whose read-ahead this session has logged.
-    read_ahead: ReadAheadLogged,
-}
 
 /// The file name of a rendition file.
 pub fn file_name(file: RenditionFile) -> String {
@@ -108,51 +91,156 @@ pub fn file_name(file: RenditionFile) -> String {
     }
 }
 
-/// The segments whose read-ahead a session has logged, by rendition name. Bounded by the
-/// video's segment count times its renditions; a rendition's name is allocated once, not per
-/// request.
-type ReadAheadLogged =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<usize>>>>;
-
-/// Everything a spawned serve or prefetch task needs.
-#[derive(Clone)]
-struct Job {
-    ctx: Ctx,
-    streaming: Streaming,
-    session: Arc<str>,
-    video_id: Arc<str>,
-    tag: RenditionTag,
-    segments: usize,
-    /// The rendition's directory under `videos/{id}/` (the one its commit chose).
-    dir: Arc<str>,
-    read_ahead: ReadAheadLogged,
+/// What a session remembers between requests, under one lock.
+#[derive(Default)]
+struct Tracking {
+    /// Rendition of the latest request (allocated on a switch only).
+    rendition: Option<String>,
+    /// The segments whose read-ahead this session has logged, by rendition name. Bounded by
+    /// the video's segment count times its renditions; a rendition's name is allocated once.
+    read_ahead: HashMap<String, HashSet<usize>>,
 }
 
-impl Job {
-    fn record(&self, event: PlaybackEvent, segment: usize) -> PlaybackRecord {
-        let mut r = PlaybackRecord::new(event, &self.video_id, &self.session, &self.ctx.node_id);
-        r.rendition = Some(self.tag.clone());
-        r.segment = Some(segment);
-        r
+/// One playback session's state, shared by its actor (lifecycle) and its requests (serving).
+/// Holds the ids, two counters and the read-ahead bookkeeping: a few hundred bytes, plus one
+/// set entry per segment read ahead.
+pub struct SessionHandle {
+    ctx: Ctx,
+    streaming: Streaming,
+    video: Arc<VideoInfo>,
+    session: SessionId,
+    /// The session's id and video, shared by every request's records without copying.
+    session_str: Arc<str>,
+    video_id: Arc<str>,
+    /// When the handle was made; `last_request_ms` counts milliseconds from it.
+    born: Instant,
+    last_request_ms: AtomicU64,
+    requests: AtomicU64,
+    /// Set when the actor stops: a request that finds a stopped handle opens the session again.
+    stopped: AtomicBool,
+    tracking: Mutex<Tracking>,
+}
+
+impl SessionHandle {
+    /// The state of session `session` playing `video` on the node of `ctx`.
+    pub fn new(
+        ctx: Ctx,
+        streaming: Streaming,
+        session: SessionId,
+        video: Arc<VideoInfo>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            session_str: session.to_string().into(),
+            video_id: video.video_id.as_str().into(),
+            ctx,
+            streaming,
+            video,
+            session,
+            born: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            tracking: Mutex::new(Tracking::default()),
+        })
     }
 
-    fn key(&self, file: RenditionFile) -> String {
-        keys::rendition_file(&self.video_id, &self.dir, &file_name(file))
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.session
     }
 
-    async fn serve(self, file: RenditionFile, reply: RpcReplyPort<Result<Served, StorageError>>) {
+    /// The video the session plays.
+    pub fn video(&self) -> &Arc<VideoInfo> {
+        &self.video
+    }
+
+    /// Whether its actor still runs (false once it has stopped).
+    pub fn is_open(&self) -> bool {
+        !self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Mark the session stopped: requests no longer use this handle (its actor stopped or
+    /// failed).
+    pub(crate) fn close(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// Time since the latest request (or since the session started, before any).
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+
+    fn tracking(&self) -> std::sync::MutexGuard<'_, Tracking> {
+        self.tracking.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session's counters.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        SessionSnapshot {
+            session_id: self.session_str.to_string(),
+            video_id: self.video.video_id.clone(),
+            requests: self.requests.load(Ordering::Relaxed),
+            rendition: self.tracking().rendition.clone(),
+        }
+    }
+
+    /// Serve `file` of `rendition` of `video_id` for this session, in the caller's task.
+    ///
+    /// Answers the whole object (HTTP cuts ranges from it). A segment is logged (`SERVE`, with
+    /// the cache outcome and bytes) and triggers read-ahead of the next `prefetch_depth`
+    /// segments; playlists and init segments are not logged. Never waits for read-ahead.
+    ///
+    /// Errors: `NotFound` when `video_id` is not the session's video (without naming it), the
+    /// rendition is unknown or the segment is past the last; the store's error when the object
+    /// cannot be read.
+    pub async fn serve(
+        self: &Arc<Self>,
+        video_id: &str,
+        rendition: &str,
+        file: RenditionFile,
+    ) -> Result<Served, StorageError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_request_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if video_id != self.video.video_id {
+            // Never name the other video: a session id is no key to it.
+            return Err(StorageError::NotFound(format!(
+                "no such session {} for this video",
+                self.session_str
+            )));
+        }
+        let Some(info) = self.video.renditions.get(rendition) else {
+            return Err(StorageError::NotFound(format!(
+                "rendition {rendition} of video {}",
+                self.video.video_id
+            )));
+        };
+        if let RenditionFile::Segment(k) = file {
+            if k >= info.segments {
+                return Err(StorageError::NotFound(format!(
+                    "segment {k} of {rendition}: it has {} segments",
+                    info.segments
+                )));
+            }
+        }
+        {
+            let mut t = self.tracking();
+            if t.rendition.as_deref() != Some(rendition) {
+                t.rendition = Some(rendition.to_string());
+            }
+        }
         let started = Instant::now();
-        let key = self.key(file);
+        let key = self.key(info, file);
         let res = match self.streaming.cache.get(&self.ctx.storage, &key).await {
             Ok((Some(object), lookup)) => Ok(Served { object, lookup }),
             Ok((None, _)) => Err(StorageError::NotFound(key)),
             Err(e) => Err(e),
         };
         let RenditionFile::Segment(k) = file else {
-            let _ = reply.send(res);
-            return;
+            return res;
         };
-        let mut r = self.record(PlaybackEvent::Serve, k);
+        let mut r = self.record(PlaybackEvent::Serve, &info.tag, k);
         r.duration_ms = Some(started.elapsed().as_millis() as u64);
         match &res {
             Ok(s) => {
@@ -176,62 +264,80 @@ impl Job {
         // player has segment k.
         if res.is_ok() {
             let last =
-                (k + self.streaming.config.prefetch_depth).min(self.segments.saturating_sub(1));
+                (k + self.streaming.config.prefetch_depth).min(info.segments.saturating_sub(1));
             for j in k + 1..=last {
                 // A player asking for k again (a retry, a seek back) whose k+1 is still cached
                 // needs no new read-ahead, and the log already proves the first one: only a
                 // segment not cached, or never read ahead by this session, is triggered.
                 // The bookkeeping first: for a segment never read ahead the cache need not be
                 // asked here (prefetch asks it once).
-                let first = self
-                    .read_ahead
-                    .lock()
-                    .map(|mut by| match by.get_mut(self.tag.name.as_str()) {
+                let first = {
+                    let mut t = self.tracking();
+                    match t.read_ahead.get_mut(rendition) {
                         Some(set) => set.insert(j),
-                        None => by.entry(self.tag.name.clone()).or_default().insert(j),
-                    })
-                    .unwrap_or(true);
+                        None => t
+                            .read_ahead
+                            .entry(rendition.to_string())
+                            .or_default()
+                            .insert(j),
+                    }
+                };
                 if first
                     || !self
                         .streaming
                         .cache
-                        .is_cached_or_inflight(&self.key(RenditionFile::Segment(j)))
+                        .is_cached_or_inflight(&self.key(info, RenditionFile::Segment(j)))
                 {
-                    self.clone().prefetch(j);
+                    self.prefetch(info, j);
                 }
             }
         }
-        let _ = reply.send(res);
+        res
+    }
+
+    fn record(&self, event: PlaybackEvent, tag: &RenditionTag, segment: usize) -> PlaybackRecord {
+        let mut r =
+            PlaybackRecord::new(event, &self.video_id, &self.session_str, &self.ctx.node_id);
+        r.rendition = Some(tag.clone());
+        r.segment = Some(segment);
+        r
+    }
+
+    fn key(&self, info: &RenditionInfo, file: RenditionFile) -> String {
+        keys::rendition_file(&self.video_id, &info.dir, &file_name(file))
     }
 
     /// Start read-ahead of segment `j` unless it is cached or being read (then log that), or
     /// the node runs too many prefetches (then log the skip). Never waits.
-    fn prefetch(self, j: usize) {
-        let key = self.key(RenditionFile::Segment(j));
+    fn prefetch(self: &Arc<Self>, info: &RenditionInfo, j: usize) {
+        let key = self.key(info, RenditionFile::Segment(j));
+        let tag = &info.tag;
         if self.streaming.cache.is_cached_or_inflight(&key) {
-            let mut s = self.record(PlaybackEvent::PrefetchStart, j);
+            let mut s = self.record(PlaybackEvent::PrefetchStart, tag, j);
             s.cache = Some(CacheOutcome::Hit);
             self.streaming.log.record(s);
-            let mut r = self.record(PlaybackEvent::PrefetchResult, j);
+            let mut r = self.record(PlaybackEvent::PrefetchResult, tag, j);
             r.cache = Some(CacheOutcome::Hit);
             r.result = Some("cached".into());
             self.streaming.log.record(r);
             return;
         }
         let Ok(permit) = self.streaming.prefetch_slots.clone().try_acquire_owned() else {
-            let mut r = self.record(PlaybackEvent::PrefetchResult, j);
+            let mut r = self.record(PlaybackEvent::PrefetchResult, tag, j);
             r.result = Some("skipped_busy".into());
             self.streaming.log.record(r);
             return;
         };
-        let mut s = self.record(PlaybackEvent::PrefetchStart, j);
+        let mut s = self.record(PlaybackEvent::PrefetchStart, tag, j);
         s.cache = Some(CacheOutcome::Miss);
         self.streaming.log.record(s);
+        let this = self.clone();
+        let tag = tag.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let res = self.streaming.cache.get(&self.ctx.storage, &key).await;
+            let res = this.streaming.cache.get(&this.ctx.storage, &key).await;
             drop(permit);
-            let mut r = self.record(PlaybackEvent::PrefetchResult, j);
+            let mut r = this.record(PlaybackEvent::PrefetchResult, &tag, j);
             r.duration_ms = Some(started.elapsed().as_millis() as u64);
             match res {
                 Ok((Some(o), lookup)) => {
@@ -249,14 +355,53 @@ impl Job {
                     r.detail = Some(e.to_string());
                 }
             }
-            self.streaming.log.record(r);
+            this.streaming.log.record(r);
         });
+    }
+}
+
+/// The node's open sessions by id, so that a request finds its [`SessionHandle`] without a
+/// message. Written by the `SessionSupervisor` only (a listed session's actor runs, or is
+/// stopping); read by every session request. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct SessionTable(Arc<RwLock<HashMap<String, Arc<SessionHandle>>>>);
+
+impl SessionTable {
+    /// The open session `id`, if this node runs it.
+    pub fn get(&self, id: &str) -> Option<Arc<SessionHandle>> {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        g.get(id).filter(|h| h.is_open()).cloned()
+    }
+
+    /// List `handle` under its id (replacing a stopped one).
+    pub fn insert(&self, handle: Arc<SessionHandle>) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        g.insert(handle.session_str.to_string(), handle);
+    }
+
+    /// Drop session `id` if the listed handle is `handle` (a session opened again under the
+    /// same id is kept).
+    pub fn remove(&self, id: &str, handle: &Arc<SessionHandle>) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if g.get(id).is_some_and(|h| Arc::ptr_eq(h, handle)) {
+            g.remove(id);
+        }
+    }
+
+    /// Sessions listed.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
-    type State = (SessionArgs, SessionState);
+    type State = SessionState;
     type Arguments = SessionArgs;
 
     async fn pre_start(
@@ -264,41 +409,33 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let idle = Duration::from_secs(args.streaming.config.session_idle_seconds);
+        let idle = Duration::from_secs(args.handle.streaming.config.session_idle_seconds);
         let period = (idle / 4).max(Duration::from_millis(250));
         let ticker = myself.send_interval(period, || SessionMsg::Tick);
-        let session: Arc<str> = args.session.to_string().into();
-        let video_id: Arc<str> = args.video.video_id.as_str().into();
-        Ok((
-            args,
-            SessionState {
-                last_request: Instant::now(),
-                requests: 0,
-                rendition: None,
-                ticker: Some(ticker),
-                session,
-                video_id,
-                read_ahead: Default::default(),
-            },
-        ))
+        Ok(SessionState {
+            handle: args.handle,
+            ticker: Some(ticker),
+        })
     }
 
     async fn post_stop(
         &self,
         _myself: ActorRef<SessionMsg>,
-        (args, state): &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        let h = &state.handle;
+        h.close();
         let mut r = PlaybackRecord::new(
             PlaybackEvent::SessionEnd,
-            &args.video.video_id,
-            &args.session.to_string(),
-            &args.ctx.node_id,
+            &h.video_id,
+            &h.session_str,
+            &h.ctx.node_id,
         );
-        r.detail = Some(format!("{} requests", state.requests));
-        args.streaming.log.record(r);
+        r.detail = Some(format!("{} requests", h.requests.load(Ordering::Relaxed)));
+        h.streaming.log.record(r);
         Ok(())
     }
 
@@ -306,67 +443,17 @@ impl Actor for SessionActor {
         &self,
         myself: ActorRef<SessionMsg>,
         msg: SessionMsg,
-        (args, state): &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Serve {
-                video_id,
-                rendition,
-                file,
-                reply,
-            } => {
-                state.last_request = Instant::now();
-                state.requests += 1;
-                if video_id != args.video.video_id {
-                    // Never name the other video: a session id is no key to it.
-                    let _ = reply.send(Err(StorageError::NotFound(format!(
-                        "no such session {} for this video",
-                        args.session
-                    ))));
-                    return Ok(());
-                }
-                let Some(info) = args.video.renditions.get(&rendition) else {
-                    let _ = reply.send(Err(StorageError::NotFound(format!(
-                        "rendition {rendition} of video {}",
-                        args.video.video_id
-                    ))));
-                    return Ok(());
-                };
-                if let RenditionFile::Segment(k) = file {
-                    if k >= info.segments {
-                        let _ = reply.send(Err(StorageError::NotFound(format!(
-                            "segment {k} of {rendition}: it has {} segments",
-                            info.segments
-                        ))));
-                        return Ok(());
-                    }
-                }
-                state.rendition = Some(rendition);
-                let job = Job {
-                    ctx: args.ctx.clone(),
-                    streaming: args.streaming.clone(),
-                    session: state.session.clone(),
-                    video_id: state.video_id.clone(),
-                    tag: info.tag.clone(),
-                    segments: info.segments,
-                    dir: info.dir.clone(),
-                    read_ahead: state.read_ahead.clone(),
-                };
-                tokio::spawn(job.serve(file, reply));
-            }
             SessionMsg::Tick => {
-                let idle = Duration::from_secs(args.streaming.config.session_idle_seconds);
-                if state.last_request.elapsed() >= idle {
+                let idle = Duration::from_secs(state.handle.streaming.config.session_idle_seconds);
+                if state.handle.idle_for() >= idle {
                     myself.stop(Some("idle".into()));
                 }
             }
             SessionMsg::Snapshot(reply) => {
-                let _ = reply.send(SessionSnapshot {
-                    session_id: args.session.to_string(),
-                    video_id: args.video.video_id.clone(),
-                    requests: state.requests,
-                    rendition: state.rendition.clone(),
-                });
+                let _ = reply.send(state.handle.snapshot());
             }
         }
         Ok(())

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 
-use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
+use crate::actors::session::{SessionActor, SessionArgs, SessionHandle, SessionMsg, SessionTable};
 use crate::actors::Ctx;
 use crate::storage::playback::{PlaybackEvent, PlaybackRecord};
 use crate::streaming::session::SessionId;
@@ -26,6 +26,8 @@ pub struct SessionSupervisorArgs {
     pub ctx: Ctx,
     /// Node-wide streaming services handed to every session.
     pub streaming: Streaming,
+    /// The node's open sessions, which this supervisor alone writes.
+    pub table: SessionTable,
 }
 
 /// Why a session is being opened on this node.
@@ -57,8 +59,8 @@ pub enum OpenRefused {
 
 /// Messages.
 pub enum SessionSupervisorMsg {
-    /// The session's actor, started if needed. Errors: it plays another video, cannot start,
-    /// or the node runs as many sessions as it may.
+    /// The session's handle, its actor started if needed. Errors: it plays another video,
+    /// cannot start, or the node runs as many sessions as it may.
     Open {
         /// The session.
         session: SessionId,
@@ -66,18 +68,18 @@ pub enum SessionSupervisorMsg {
         video: Arc<VideoInfo>,
         /// Why it is opened (logged when it starts).
         reason: OpenReason,
-        /// The actor.
-        reply: RpcReplyPort<Result<ActorRef<SessionMsg>, OpenRefused>>,
+        /// The session's handle (listed in the [`SessionTable`] too).
+        reply: RpcReplyPort<Result<Arc<SessionHandle>, OpenRefused>>,
     },
     /// Number of running sessions.
     Count(RpcReplyPort<usize>),
 }
 impl ractor::Message for SessionSupervisorMsg {}
 
-/// Running sessions by id, with the video each plays.
+/// Running sessions by id, with the handle of each.
 pub struct SessionSupervisorState {
     args: SessionSupervisorArgs,
-    sessions: HashMap<String, (ActorRef<SessionMsg>, String)>,
+    sessions: HashMap<String, (ActorRef<SessionMsg>, Arc<SessionHandle>)>,
 }
 
 /// The registry name of a session's actor on node `ctx`.
@@ -118,10 +120,10 @@ impl Actor for SessionSupervisor {
                 reply,
             } => {
                 let id = session.to_string();
-                if let Some((actor, vid)) = state.sessions.get(&id) {
-                    if actor.get_status() == ActorStatus::Running {
-                        let res = if *vid == video.video_id {
-                            Ok(actor.clone())
+                if let Some((actor, handle)) = state.sessions.get(&id) {
+                    if actor.get_status() == ActorStatus::Running && handle.is_open() {
+                        let res = if handle.video().video_id == video.video_id {
+                            Ok(handle.clone())
                         } else {
                             // Never name the other video: a session id is no key to it.
                             Err(OpenRefused::NotHere(format!(
@@ -131,7 +133,9 @@ impl Actor for SessionSupervisor {
                         let _ = reply.send(res);
                         return Ok(());
                     }
-                    state.sessions.remove(&id);
+                    if let Some((_, handle)) = state.sessions.remove(&id) {
+                        state.args.table.remove(&id, &handle);
+                    }
                 }
                 let max = state.args.streaming.config.max_sessions;
                 if state.sessions.len() >= max {
@@ -139,14 +143,17 @@ impl Actor for SessionSupervisor {
                     return Ok(());
                 }
                 let ctx = &state.args.ctx;
+                let handle = SessionHandle::new(
+                    ctx.clone(),
+                    state.args.streaming.clone(),
+                    session.clone(),
+                    video.clone(),
+                );
                 let spawned = Actor::spawn_linked(
                     Some(session_actor_name(ctx, &id)),
                     SessionActor,
                     SessionArgs {
-                        ctx: ctx.clone(),
-                        streaming: state.args.streaming.clone(),
-                        session: session.clone(),
-                        video: video.clone(),
+                        handle: handle.clone(),
                     },
                     myself.get_cell(),
                 )
@@ -176,10 +183,9 @@ impl Actor for SessionSupervisor {
                             tracing::warn!(session = %id, "{}", r.detail.as_deref().unwrap_or(""));
                         }
                         state.args.streaming.log.record(r);
-                        state
-                            .sessions
-                            .insert(id, (actor.clone(), video.video_id.clone()));
-                        let _ = reply.send(Ok(actor));
+                        state.args.table.insert(handle.clone());
+                        state.sessions.insert(id, (actor, handle.clone()));
+                        let _ = reply.send(Ok(handle));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(OpenRefused::NotHere(format!(
@@ -206,8 +212,16 @@ impl Actor for SessionSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
             _ => None,
         };
-        if let Some(id) = gone {
-            state.sessions.retain(|_, (a, _)| a.get_id() != id);
+        if let Some(gone) = gone {
+            let table = &state.args.table;
+            state.sessions.retain(|id, (a, handle)| {
+                let keep = a.get_id() != gone;
+                if !keep {
+                    handle.close();
+                    table.remove(id, handle);
+                }
+                keep
+            });
         }
         Ok(())
     }

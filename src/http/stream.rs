@@ -5,7 +5,7 @@
 //! | path | what |
 //! |---|---|
 //! | `/videos/{id}/master.m3u8` | starts a session; variant URIs rewritten to `s/{session}/...` |
-//! | `/videos/{id}/s/{session}/{rendition}/{file}` | the session's requests: its `SessionActor` serves them (cache, read-ahead, log) |
+//! | `/videos/{id}/s/{session}/{rendition}/{file}` | the session's requests, served through its `SessionHandle` (cache, read-ahead, log) |
 //! | `/videos/{id}/{rendition}/{file}` | session-less access (tools, tests): through the cache, no log, no read-ahead |
 //!
 //! Content types follow RFC 8216 section 4 (`application/vnd.apple.mpegurl`) and CMAF
@@ -18,14 +18,11 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ractor::ActorRef;
 use warp::http::{header, HeaderValue, Response, StatusCode};
 use warp::{Filter, Rejection};
 
-use crate::actors::session::{Served, SessionMsg};
-use crate::actors::session_supervisor::{
-    session_actor_name, OpenReason, OpenRefused, SessionSupervisorMsg,
-};
+use crate::actors::session::SessionHandle;
+use crate::actors::session_supervisor::{OpenReason, OpenRefused, SessionSupervisorMsg};
 use crate::http::range::{self, RangeAnswer};
 use crate::http::videos::{checked_id, record};
 use crate::http::{proxy, respond, ApiError, App};
@@ -42,7 +39,7 @@ const PLAYLIST_CACHE: &str = "public, max-age=10";
 /// playlist to another player.
 const MULTIVARIANT_CACHE: &str = "private, no-store";
 const SEGMENT_CACHE: &str = "public, max-age=31536000, immutable";
-/// How long a request waits for its session actor.
+/// How long a request waits for the session supervisor to open its session.
 const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Request headers that change the answer.
@@ -270,7 +267,7 @@ async fn open_session(
     session: &SessionId,
     video: std::sync::Arc<VideoInfo>,
     reason: OpenReason,
-) -> Result<ActorRef<SessionMsg>, ApiError> {
+) -> Result<std::sync::Arc<SessionHandle>, ApiError> {
     let sessions = &app.node.refs.sessions;
     ractor::call_t!(
         sessions,
@@ -291,8 +288,9 @@ async fn open_session(
     })
 }
 
-/// `GET /videos/{id}/s/{session}/{rendition}/{file}`: a request of a session, served by the
-/// session's actor on the node [`route_session`] names.
+/// `GET /videos/{id}/s/{session}/{rendition}/{file}`: a request of a session, served in this
+/// task through the session's handle on the node [`route_session`] names (opened there first
+/// if it does not run).
 async fn session_file(
     app: App,
     id: String,
@@ -352,21 +350,11 @@ async fn session_file(
             .await;
         }
     };
-    let actor = match ractor::registry::where_is(session_actor_name(ctx, &sid.to_string())) {
-        Some(cell) => ActorRef::<SessionMsg>::from(cell),
+    let handle = match app.node.refs.session_table.get(&session) {
+        Some(h) => h,
         None => open_session(&app, &sid, video, reason).await?,
     };
-    let served: Served = ractor::call_t!(
-        actor,
-        |reply| SessionMsg::Serve {
-            video_id: id.clone(),
-            rendition,
-            file: kind,
-            reply,
-        },
-        SESSION_CALL_TIMEOUT.as_millis() as u64
-    )
-    .map_err(|e| ApiError::Unavailable(format!("session {sid}: {e}")))??;
+    let served = handle.serve(&id, &rendition, kind).await?;
     let (ctype, cache) = type_and_cache(kind);
     Ok(object_response(served.object, ctype, cache, &c))
 }

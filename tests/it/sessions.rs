@@ -20,7 +20,7 @@ use object_store::{
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
 };
 use ractor::Actor;
-use reel::actors::session::{SessionActor, SessionArgs, SessionMsg};
+use reel::actors::session::{SessionActor, SessionArgs, SessionHandle};
 use reel::actors::NodeContext;
 use reel::config::StreamingConfig;
 
@@ -252,17 +252,12 @@ async fn session_fixture(
     (ctx, s, video)
 }
 
-async fn serve(actor: &ractor::ActorRef<SessionMsg>, k: usize) -> reel::actors::session::Served {
-    ractor::call_t!(
-        actor,
-        |reply| SessionMsg::Serve {
-            video_id: VID.into(),
-            rendition: "240p".into(),
-            file: RenditionFile::Segment(k),
-            reply,
-        },
-        5_000
+async fn serve(handle: &Arc<SessionHandle>, k: usize) -> reel::actors::session::Served {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        handle.serve(VID, "240p", RenditionFile::Segment(k)),
     )
+    .await
     .expect("answered within 5 s: never held by read-ahead")
     .expect("served")
 }
@@ -284,14 +279,12 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
     let (ctx, streaming, video) = session_fixture(store.clone(), dir.path(), cfg).await;
     let session = SessionId::new(&ctx.node_id);
     let sid = session.to_string();
+    let handle = SessionHandle::new(ctx.clone(), streaming.clone(), session, video);
     let (actor, _) = Actor::spawn(
         None,
         SessionActor,
         SessionArgs {
-            ctx: ctx.clone(),
-            streaming: streaming.clone(),
-            session,
-            video,
+            handle: handle.clone(),
         },
     )
     .await
@@ -299,12 +292,12 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
 
     // Reads of segment 1 hang until the gate opens.
     store.close_for("/00001.m4s");
-    let s0 = serve(&actor, 0).await;
+    let s0 = serve(&handle, 0).await;
     assert_eq!(&s0.object.bytes[..], &vec![0u8; 1000][..]);
     assert_eq!(s0.lookup, Lookup::Miss);
     // Segment 2 while the prefetch of 1 holds the only permit: served at once; its read-ahead
     // of 3 is skipped, not queued.
-    let s2 = serve(&actor, 2).await;
+    let s2 = serve(&handle, 2).await;
     assert_eq!(s2.object.bytes.len(), 1002);
     streaming.log.flush().await;
     let recs = read_jsonl(dir.path(), &sid).unwrap();
@@ -333,7 +326,7 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
         }
     })
     .await;
-    let s1 = serve(&actor, 1).await;
+    let s1 = serve(&handle, 1).await;
     assert_eq!(s1.lookup, Lookup::Hit);
     assert_eq!(
         &s1.object.bytes[..],
@@ -354,30 +347,16 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
         Some(CacheOutcome::Hit)
     );
     // The last segment has nothing to read ahead; a segment past the end is refused.
-    serve(&actor, 5).await;
-    let past = ractor::call_t!(
-        actor,
-        |reply| SessionMsg::Serve {
-            video_id: VID.into(),
-            rendition: "240p".into(),
-            file: RenditionFile::Segment(6),
-            reply,
-        },
-        5_000
-    )
-    .unwrap();
+    serve(&handle, 5).await;
+    let past = handle.serve(VID, "240p", RenditionFile::Segment(6)).await;
     assert!(past.is_err());
-    let foreign = ractor::call_t!(
-        actor,
-        |reply| SessionMsg::Serve {
-            video_id: "ffffffffffffffffffffffffffffffff".into(),
-            rendition: "240p".into(),
-            file: RenditionFile::Segment(0),
-            reply,
-        },
-        5_000
-    )
-    .unwrap();
+    let foreign = handle
+        .serve(
+            "ffffffffffffffffffffffffffffffff",
+            "240p",
+            RenditionFile::Segment(0),
+        )
+        .await;
     assert!(foreign.is_err(), "a session serves only its own video");
     streaming.log.flush().await;
     let recs = read_jsonl(dir.path(), &sid).unwrap();
@@ -398,19 +377,18 @@ async fn an_idle_session_stops_by_itself() {
         ..Default::default()
     };
     let (ctx, streaming, video) = session_fixture(GatedStore::new(), dir.path(), cfg).await;
-    let (actor, handle) = Actor::spawn(
+    let session = SessionHandle::new(ctx, streaming, SessionId::new("n"), video);
+    let (_actor, handle) = Actor::spawn(
         None,
         SessionActor,
         SessionArgs {
-            ctx,
-            streaming,
-            session: SessionId::new("n"),
-            video,
+            handle: session.clone(),
         },
     )
     .await
     .unwrap();
-    serve(&actor, 0).await;
+    serve(&session, 0).await;
+    assert!(session.is_open());
     tokio::time::timeout(Duration::from_secs(10), handle)
         .await
         .expect("stopped within 10 s of idleness")
