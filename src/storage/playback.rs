@@ -7,8 +7,9 @@
 //!   session id.
 //!
 //! Writes never block an async task: [`PlaybackLog::record`] sends the record over a channel to
-//! one dedicated writer thread, which drains whatever is queued and writes it as one batch (one
-//! SQLite transaction, one file flush). [`PlaybackLog::flush`] is a barrier: it completes once
+//! one dedicated writer thread, which lets records gather for [`LINGER`] after the first, then
+//! drains whatever is queued and writes it as one batch (one SQLite transaction, one file
+//! write). [`PlaybackLog::flush`] is a barrier: it completes once
 //! every record sent before it is on disk (tests use it instead of sleeping).
 
 use std::io::{BufRead, Write};
@@ -268,6 +269,14 @@ fn write_batch(
 /// Most records one batch writes before answering waiting flushes.
 const MAX_BATCH: usize = 4096;
 
+/// How long the writer lets records gather after the first of a batch arrives, before it
+/// writes them in one transaction. A record reaches the disk within about this long (plus the
+/// write); a [`PlaybackLog::flush`] waits at most this long more. Under load this makes one
+/// batch of hundreds of records instead of one small transaction (and one wake-up of this
+/// thread) for every few: at 15,000 records a second, the writer's share of the node's CPU
+/// fell from about a sixth (issue 11, P1).
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(25);
+
 fn writer(
     rx: mpsc::Receiver<Cmd>,
     mut conn: Connection,
@@ -280,6 +289,10 @@ fn writer(
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
+        if matches!(first, Cmd::Record(_)) {
+            // Let the batch gather: the senders queue without waking this thread.
+            std::thread::sleep(LINGER);
+        }
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {

@@ -511,6 +511,16 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
         c.dir.path().join("reel-data/node-1"),
         c.dir.path().join("reel-data/node-2"),
     ];
+    // Node 2's writer batches too: wait until its last SERVE is on disk.
+    let last = playlist.len() - 1;
+    wait_until("node 2 logged its serves", Duration::from_secs(10), || {
+        let (dirs, sid) = (dirs.clone(), sid.clone());
+        async move {
+            Timeline::load(&dirs, &sid)
+                .is_ok_and(|t| t.serves().any(|r| r.segment == Some(last)))
+        }
+    })
+    .await;
     let t = Timeline::load(&dirs, &sid).unwrap();
     let serves: Vec<(usize, String)> = t
         .serves()
