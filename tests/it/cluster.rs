@@ -516,8 +516,7 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
     wait_until("node 2 logged its serves", Duration::from_secs(10), || {
         let (dirs, sid) = (dirs.clone(), sid.clone());
         async move {
-            Timeline::load(&dirs, &sid)
-                .is_ok_and(|t| t.serves().any(|r| r.segment == Some(last)))
+            Timeline::load(&dirs, &sid).is_ok_and(|t| t.serves().any(|r| r.segment == Some(last)))
         }
     })
     .await;
