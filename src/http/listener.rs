@@ -295,7 +295,11 @@ pub async fn serve_connections<S, B>(
                 continue;
             }
         };
-        let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+        // File-backed segment bodies leave with sendfile(2) ([`super::zerocopy`]).
+        let conn = builder.serve_connection(
+            TokioIo::new(super::zerocopy::ZeroCopyStream::new(stream)),
+            service.clone(),
+        );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ticket = ticket;

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod events;
+pub mod file_bytes;
 pub mod keys;
 pub mod lease;
 pub mod playback;
@@ -228,6 +229,40 @@ impl Storage {
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e.into()),
             }
+        })
+        .await
+    }
+
+    /// Read a whole object to serve it: as [`Storage::get`], except that on the local store the
+    /// bytes are listed with the file they were read from ([`file_bytes`]), so a connection can
+    /// send them with `sendfile(2)`. For segments of ready videos (immutable); other stores
+    /// answer as [`Storage::get`].
+    pub async fn get_servable(&self, key: &str) -> Result<Option<Object>, StorageError> {
+        if self.local.is_none() {
+            return self.get(key).await;
+        }
+        self.bounded(async {
+            let r = match self.store.get(&path(key)).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let e_tag = r.meta.e_tag.clone();
+            let size = r.meta.size;
+            let bytes = match r.payload {
+                object_store::GetResultPayload::File(file, _) => {
+                    tokio::task::spawn_blocking(move || read_listed(file, size))
+                        .await
+                        .map_err(|e| StorageError::Backend(format!("read task failed: {e}")))?
+                        .map_err(|e| StorageError::Backend(format!("cannot read {key}: {e}")))?
+                }
+                object_store::GetResultPayload::Stream(s) => {
+                    use futures::TryStreamExt;
+                    let parts: Vec<Bytes> = s.try_collect().await?;
+                    Bytes::from(parts.concat())
+                }
+            };
+            Ok(Some(Object { bytes, e_tag }))
         })
         .await
     }
@@ -1072,6 +1107,19 @@ fn decode_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Resul
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),
+    })
+}
+
+/// Read all of `file` (`size` bytes by the store's metadata) and list it with the file; a
+/// read of another length (the file is not what the listing said) is returned unlisted.
+fn read_listed(file: std::fs::File, size: u64) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(size as usize);
+    (&file).read_to_end(&mut buf)?;
+    Ok(if buf.len() as u64 == size {
+        file_bytes::from_file(buf, file)
+    } else {
+        Bytes::from(buf)
     })
 }
 

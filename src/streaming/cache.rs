@@ -159,7 +159,7 @@ impl SegmentCache {
         let storage = storage.clone();
         let key = key.to_string();
         let task = tokio::spawn(async move {
-            let res = storage.get(&key).await;
+            let res = storage.get_servable(&key).await;
             cache.complete(&key, &res);
             res.map_err(Arc::new)
         });

@@ -1,0 +1,305 @@
+//! The connection writer that sends file-backed response bodies with `sendfile(2)` (issue 11,
+//! P1): what nginx's `sendfile on` does, under hyper.
+//!
+//! hyper writes a response as a list of buffers: its header buffer, then the body's
+//! [`Bytes`](bytes::Bytes) as they are, uncopied. [`ZeroCopyStream`] wraps the connection's
+//! socket and looks at each buffer it is given. One that lies inside a buffer read from a local
+//! file ([`crate::storage::file_bytes`]: segments the node's cache read from the local store)
+//! is sent as that range of the file, so the kernel hands its page-cache pages to the socket
+//! instead of copying the bytes from the process's memory. Everything else (headers, small
+//! bodies, bodies read from S3, uploads' answers) is written as before.
+//!
+//! Correct either way: the file range holds the same bytes as the buffer (the invariant of
+//! `file_bytes`), and when `sendfile` fails or sends nothing the same bytes are written from
+//! memory. hyper sees an ordinary socket that wrote `n` bytes of what it was given.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::storage::file_bytes::{self, FileRange};
+
+/// Buffers smaller than this (bytes) are written from memory without a lookup: headers and
+/// small bodies. The rest of a partly sent segment is looked up like its start.
+const LOOKUP_MIN_BYTES: usize = 16 * 1024;
+
+/// Bytes sent from files since the process started (`/health` reports them).
+static SENT_FROM_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes the node has sent with `sendfile(2)` since it started.
+pub fn sent_from_files() -> u64 {
+    SENT_FROM_FILES.load(Ordering::Relaxed)
+}
+
+/// A TCP connection whose writes of file-backed buffers go out with `sendfile(2)`.
+#[derive(Debug)]
+pub struct ZeroCopyStream {
+    inner: TcpStream,
+}
+
+impl ZeroCopyStream {
+    /// Wrap an accepted connection, with Nagle's algorithm off (`TCP_NODELAY`, as nginx sets
+    /// on keep-alive connections): the last partial packet of a body sent from a file goes out
+    /// at once instead of waiting for the peer's (possibly delayed) acknowledgement, which
+    /// stalled requests by 40 ms. A header is still sent together with its body (`MSG_MORE`).
+    pub fn new(inner: TcpStream) -> Self {
+        let _ = inner.set_nodelay(true);
+        Self { inner }
+    }
+
+    /// Send `src` (the same bytes as `mem`) from its file; `mem` from memory when the file
+    /// cannot be sent.
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: FileRange,
+        mem: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let sent = self
+                .inner
+                .try_io(Interest::WRITABLE, || send_file(&self.inner, &src));
+            match sent {
+                Ok(n) if n > 0 => {
+                    SENT_FROM_FILES.fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // Nothing sent (the file is shorter than listed, or sendfile cannot serve this
+                // file): the bytes are in memory too. A broken connection fails here as well.
+                _ => return Pin::new(&mut self.inner).poll_write(cx, mem),
+            }
+        }
+    }
+}
+
+impl ZeroCopyStream {
+    /// Write `bufs` with more to follow at once (`MSG_MORE`); a plain `writev` where that
+    /// cannot be done.
+    fn poll_write_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            match self
+                .inner
+                .try_io(Interest::WRITABLE, || send_more(&self.inner, bufs))
+            {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn send_more(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    sendmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        bufs,
+        &[],
+        MsgFlags::from_bits_retain(nix::libc::MSG_MORE),
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_more(_socket: &TcpStream, _bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+#[cfg(target_os = "linux")]
+fn send_file(socket: &TcpStream, src: &FileRange) -> io::Result<usize> {
+    let mut offset = src.offset as nix::libc::off_t;
+    nix::sys::sendfile::sendfile(socket, src.file.as_ref(), Some(&mut offset), src.len)
+        .map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_file(_socket: &TcpStream, _src: &FileRange) -> io::Result<usize> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// The file range of `buf`, if it is large enough to look up and file-backed.
+fn file_range(buf: &[u8]) -> Option<FileRange> {
+    if buf.len() < LOOKUP_MIN_BYTES {
+        return None;
+    }
+    file_bytes::source_of(buf)
+}
+
+impl AsyncRead for ZeroCopyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ZeroCopyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match file_range(buf) {
+            Some(src) => self.poll_send_file(cx, src, buf),
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
+    }
+
+    /// Buffers up to the first file-backed one are written together (one `writev`); a
+    /// file-backed first buffer is sent from its file. Either way the count is of the bytes of
+    /// `bufs` written, in order, as `AsyncWrite` requires.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // Empty buffers before a file-backed one count for nothing.
+        let skip = bufs.iter().take_while(|b| b.is_empty()).count();
+        let bufs = &bufs[skip..];
+        for (i, b) in bufs.iter().enumerate() {
+            if let Some(src) = file_range(b) {
+                if i == 0 {
+                    return self.poll_send_file(cx, src, b);
+                }
+                // The header before a file-backed body: held back until the body follows
+                // (MSG_MORE, as nginx's `tcp_nopush`), so they share packets.
+                return self.poll_write_more(cx, &bufs[..i]);
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair on loopback: (the wrapped server side, the client side).
+    async fn pair() -> (ZeroCopyStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (ZeroCopyStream::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    /// A file holding `data`, and `data` read from it as listed bytes.
+    fn listed(data: &[u8]) -> (tempfile::NamedTempFile, bytes::Bytes) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data).unwrap();
+        let h = std::fs::File::open(f.path()).unwrap();
+        (f, file_bytes::from_file(data.to_vec(), h))
+    }
+
+    // Each test has its own runtime thread; the lock only orders tests that list buffers.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_file_backed_body_arrives_whole_and_in_order_after_its_header() {
+        let _serial = file_bytes::TEST_LISTING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // 3 MB: far more than the socket buffer, so sendfile sends it in parts, with waits.
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let (_keep, body) = listed(&data);
+        let (mut server, mut client) = pair().await;
+        let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        let before = sent_from_files();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // As hyper writes: header and body together, advancing by what each call wrote.
+        let (mut h, mut b) = (&head[..], &body[..]);
+        while !h.is_empty() || !b.is_empty() {
+            let bufs = [IoSlice::new(h), IoSlice::new(b)];
+            let n = std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_vectored(cx, &bufs))
+                .await
+                .unwrap();
+            let from_h = n.min(h.len());
+            h = &h[from_h..];
+            b = &b[n - from_h..];
+        }
+        server.shutdown().await.unwrap();
+        drop(server);
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..head.len()], &head[..]);
+        assert!(got[head.len()..] == data[..], "the body, byte for byte");
+        assert!(sent_from_files() - before >= data.len() as u64 - LOOKUP_MIN_BYTES as u64);
+    }
+
+    // Each test has its own runtime thread; the lock only orders tests that list buffers.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn the_bytes_go_out_from_the_file_not_from_memory() {
+        let _serial = file_bytes::TEST_LISTING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Break the invariant on purpose: change the file after it was read. What arrives is
+        // the file's new content, so the socket was handed the file.
+        let data = vec![b'm'; 200_000];
+        let (file, body) = listed(&data);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file.path())
+            .unwrap()
+            .write_all(&vec![b'f'; 200_000])
+            .unwrap();
+        let (mut server, mut client) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        server.write_all(&body).await.unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), 200_000);
+        assert!(got.iter().all(|&c| c == b'f'));
+    }
+
+    #[tokio::test]
+    async fn unlisted_bytes_are_written_from_memory() {
+        let data = vec![b'x'; 100_000];
+        let (mut server, mut client) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        server.write_all(&data).await.unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap(), data);
+    }
+}
