@@ -105,9 +105,15 @@ enum Command {
     },
 }
 
+/// The log filter when `RUST_LOG` is unset: progress at `info`; the actor runtime's chatter
+/// and warp's two lines per request (`warp::filters::trace` logs every success at `info`)
+/// only at `warn`, so failed requests are still logged. A player's requests are in the
+/// playback log; `RUST_LOG=info,warp::filters::trace=info` brings those lines back.
+const DEFAULT_LOG_FILTER: &str = "info,ractor=warn,warp::filters::trace=warn";
+
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -24,6 +24,7 @@ mod stream;
 pub mod tus;
 mod upload;
 mod videos;
+pub mod zerocopy;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -256,6 +257,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                     "node": app.config.node_id,
                     "connections": app.admission.figures(),
                     "playback_log_shed": app.node.ctx.streaming.log.shed_total(),
+                    "bytes_sent_from_files": zerocopy::sent_from_files(),
                 }),
             )
         });
@@ -319,7 +321,11 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                 }
             },
         );
+    // Streaming first: segment requests are most of a node's requests, and warp tries routes
+    // in order.
     forged
+        .or(stream::routes(with_app.clone()))
+        .unify()
         .or(health)
         .unify()
         .or(ready)
@@ -330,9 +336,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .unify()
         .or(tus::routes(with_app.clone()))
         .unify()
-        .or(videos::routes(with_app.clone()))
-        .unify()
-        .or(stream::routes(with_app))
+        .or(videos::routes(with_app))
         .unify()
         .recover(recover)
         .unify()
