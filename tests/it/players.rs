@@ -15,7 +15,7 @@ use reel::streaming::timeline::Timeline;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::sessions::{session_records, started_sessions};
+use crate::sessions::{get, session_records, started_sessions};
 
 fn players_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/players")
@@ -133,6 +133,47 @@ async fn hlsjs_switches_down_and_up_and_the_server_logs_prove_it() {
     assert_eq!(t.serving_nodes(), vec![node.node.ctx.node_id.clone()]);
     let (hits, misses) = t.hits_and_misses();
     assert!(hits > 0, "read-ahead produced cache hits: {text}");
+    // A 360p segment (about 375 kB) leaves the node from its stored file (sendfile), and what
+    // arrives is that file: whole, and a range of it.
+    let record: Value = reqwest::get(format!("{base}/videos/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rdir = record["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "360p")
+        .and_then(|r| r["dir"].as_str())
+        .expect("the 360p directory in the record")
+        .to_string();
+    let stored = std::fs::read(
+        dir.path()
+            .join(format!("objects/videos/{id}/{rdir}/00001.m4s")),
+    )
+    .unwrap();
+    assert!(stored.len() >= 64 * 1024, "{} bytes", stored.len());
+    let from_files = || async {
+        let h: Value = reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        h["bytes_sent_from_files"].as_u64().unwrap()
+    };
+    let before = from_files().await;
+    let seg = format!("{base}/videos/{id}/s/{session}/360p/00001.m4s");
+    let whole = get(&seg, &[]).await.bytes().await.unwrap();
+    assert!(whole[..] == stored[..], "the stored segment, byte for byte");
+    // Other tests' nodes in this process only add to the count.
+    assert!(from_files().await - before >= stored.len() as u64);
+    let part = get(&seg, &[("range", "bytes=1000-70999")]).await;
+    assert_eq!(part.status(), 206);
+    assert!(part.bytes().await.unwrap()[..] == stored[1000..71000]);
+
     // Print the proof (visible with --nocapture) and keep a chart beside the test output.
     println!("{text}\n(hits {hits}, misses {misses})");
     let _ = std::fs::write(

@@ -447,7 +447,7 @@ pub async fn started_sessions(node: &reel::RunningNode, data_dir: &Path) -> Vec<
         .collect()
 }
 
-async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut rq = reqwest::Client::new().get(url);
     for (k, v) in headers {
         rq = rq.header(*k, *v);
