@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 use crate::config::Limits;
 
 /// File descriptors kept back from the connection cap for the object store, SQLite, ffmpeg's
-/// pipes and the cluster links.
+/// pipes, the cluster links and the segment files kept open for `sendfile` (at most
+/// [`crate::storage::file_bytes::MAX_LISTED_FILES`]).
 pub const FD_RESERVE: usize = 512;
 
 /// Refusals (503 being written) in flight at once; beyond it a refused connection is closed

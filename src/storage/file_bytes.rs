@@ -33,6 +33,12 @@ use bytes::Bytes;
 /// costs less than the lookup and the extra system call.
 pub const MIN_LISTED_BYTES: usize = 64 * 1024;
 
+/// Files listed at most at once. Each listed buffer keeps its file open, and descriptors are
+/// what bounds a node's connections: this stays within the 512 the node keeps for its own files
+/// (`http::listener`), beside the store's reads, the logs and the cluster's links. Past it, a
+/// buffer is returned unlisted and goes out from memory: correct, one copy slower.
+pub const MAX_LISTED_FILES: usize = 256;
+
 /// Listed buffers by start address: (length in bytes, the file).
 type Listing = BTreeMap<usize, (usize, Arc<File>)>;
 
@@ -75,17 +81,21 @@ impl Drop for Listed {
 }
 
 /// `buf`, the whole content of `file` as read through that handle, as [`Bytes`] listed with
-/// the file while they live. A buffer under [`MIN_LISTED_BYTES`] is returned unlisted.
+/// the file while they live. A buffer under [`MIN_LISTED_BYTES`], or one past
+/// [`MAX_LISTED_FILES`], is returned unlisted (and the file closed).
 pub fn from_file(buf: Vec<u8>, file: File) -> Bytes {
     if buf.len() < MIN_LISTED_BYTES {
         return Bytes::from(buf);
     }
     let start = buf.as_ptr() as usize;
     let len = buf.len();
-    LISTED
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(start, (len, Arc::new(file)));
+    {
+        let mut g = LISTED.write().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= MAX_LISTED_FILES {
+            return Bytes::from(buf);
+        }
+        g.insert(start, (len, Arc::new(file)));
+    }
     // The Vec's heap buffer does not move when the Vec does: `start` stays its address.
     Bytes::from_owner(Listed { buf })
 }
@@ -176,6 +186,29 @@ mod tests {
         assert!(
             !g.contains_key(&addr),
             "unlisted before the memory is freed"
+        );
+    }
+
+    #[test]
+    fn no_more_files_than_the_cap_are_kept_open() {
+        let _serial = serial();
+        let data = vec![5u8; MIN_LISTED_BYTES];
+        let (_keep, _) = file_with(&data);
+        let open = |n| -> Vec<Bytes> {
+            (0..n)
+                .map(|_| from_file(data.clone(), File::open(_keep.path()).unwrap()))
+                .collect()
+        };
+        let first = open(MAX_LISTED_FILES - listed());
+        assert_eq!(listed(), MAX_LISTED_FILES);
+        let past = open(1);
+        assert!(source_of(&past[0]).is_none(), "past the cap: unlisted");
+        assert_eq!(&past[0][..], &data[..], "and the same bytes");
+        drop(first);
+        let again = open(1);
+        assert!(
+            source_of(&again[0]).is_some(),
+            "listed again once files closed"
         );
     }
 
