@@ -5,7 +5,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/health` | liveness, node id, connections held and refused |
+//! | GET | `/health` | liveness, node id, connections held and refused, playback sessions open, bytes sent with `sendfile`, playback records shed |
 //! | GET | `/cluster` | members, liveness, each one's share of the ring |
 //! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source; `Reel-Content-Sha256` dedupes before transfer |
 //! | OPTIONS, POST | `/files/` | tus 1.0.0 discovery and creation ([`tus`]) |
@@ -258,6 +258,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                     "connections": app.admission.figures(),
                     "playback_log_shed": app.node.ctx.streaming.log.shed_total(),
                     "bytes_sent_from_files": zerocopy::sent_from_files(),
+                    "sessions": app.node.refs.session_table.len(),
                 }),
             )
         });
