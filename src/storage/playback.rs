@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{now_ms, now_rfc3339};
+use crate::model::now_ms;
 
 /// The file name of the JSON-lines playback log inside a node's data directory.
 pub const JSONL_NAME: &str = "playback.jsonl";
@@ -99,7 +99,8 @@ pub struct RenditionTag {
 pub struct PlaybackRecord {
     /// Milliseconds since the Unix epoch.
     pub ts_ms: i64,
-    /// The same instant, RFC 3339, UTC.
+    /// The same instant, RFC 3339, UTC. Written by the log's writer from `ts_ms` (formatting
+    /// it is kept off the request path); empty in a record not yet written.
     pub ts: String,
     /// Event type.
     pub event: PlaybackEvent,
@@ -139,7 +140,7 @@ impl PlaybackRecord {
     pub fn new(event: PlaybackEvent, video_id: &str, session_id: &str, node_id: &str) -> Self {
         Self {
             ts_ms: now_ms(),
-            ts: now_rfc3339(),
+            ts: String::new(),
             event,
             video_id: video_id.to_string(),
             session_id: session_id.to_string(),
@@ -245,9 +246,14 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &PlaybackRecord) -> Result<(), rusq
 fn write_batch(
     conn: &mut Connection,
     file: &mut std::io::BufWriter<std::fs::File>,
-    batch: &[Box<PlaybackRecord>],
+    batch: &mut [Box<PlaybackRecord>],
 ) {
-    for r in batch {
+    for r in batch.iter_mut() {
+        if r.ts.is_empty() {
+            r.ts = rfc3339_ms(r.ts_ms);
+        }
+    }
+    for r in batch.iter() {
         if let Ok(line) = serde_json::to_string(r) {
             let _ = writeln!(file, "{line}");
         }
@@ -256,7 +262,7 @@ fn write_batch(
         tracing::error!("playback log file write failed: {e}");
     }
     let res = conn.transaction().and_then(|tx| {
-        for r in batch {
+        for r in batch.iter() {
             insert(&tx, r)?;
         }
         tx.commit()
@@ -264,6 +270,12 @@ fn write_batch(
     if let Err(e) = res {
         tracing::error!("playback log SQLite write failed: {e}");
     }
+}
+
+/// `ms` (milliseconds since the Unix epoch) as RFC 3339 with milliseconds, UTC.
+fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Most records one batch writes before answering waiting flushes.
@@ -303,7 +315,7 @@ fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        write_batch(&mut conn, &mut file, &batch);
+        write_batch(&mut conn, &mut file, &mut batch);
         batch.clear();
         let total = shed.load(Ordering::Relaxed);
         let lost = total - logged;
