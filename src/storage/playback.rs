@@ -535,6 +535,10 @@ mod tests {
         assert_eq!(a.len(), 50);
         assert_eq!(a, b);
         assert_eq!(a[7].segment, Some(7));
+        // The writer stamps the RFC 3339 time from ts_ms: the same millisecond.
+        let t = humantime::parse_rfc3339(&a[7].ts).unwrap();
+        let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert_eq!(ms, a[7].ts_ms, "{}", a[7].ts);
         let line = std::fs::read_to_string(dir.path().join(JSONL_NAME)).unwrap();
         assert!(line.starts_with("{\"ts_ms\":"), "{line}");
         assert!(line.contains("\"event\":\"SERVE\""));
