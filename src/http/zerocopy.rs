@@ -204,12 +204,29 @@ mod tests {
     use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A connected pair on loopback: (the wrapped server side, the client side).
-    async fn pair() -> (ZeroCopyStream, TcpStream) {
+    /// A connection on loopback: the wrapped server side, and a task reading everything the
+    /// client side receives until the server closes.
+    async fn pair() -> (ZeroCopyStream, tokio::task::JoinHandle<Vec<u8>>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (ZeroCopyStream::new(accepted.unwrap().0), client.unwrap())
+        let mut client = client.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        (ZeroCopyStream::new(accepted.unwrap().0), reader)
+    }
+
+    /// Close the server side; what the client received.
+    async fn close(
+        mut server: ZeroCopyStream,
+        reader: tokio::task::JoinHandle<Vec<u8>>,
+    ) -> Vec<u8> {
+        server.shutdown().await.unwrap();
+        drop(server);
+        reader.await.unwrap()
     }
 
     /// A file holding `data`, and `data` read from it as listed bytes.
@@ -230,14 +247,9 @@ mod tests {
         // 3 MB: far more than the socket buffer, so sendfile sends it in parts, with waits.
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         let (_keep, body) = listed(&data);
-        let (mut server, mut client) = pair().await;
+        let (mut server, reader) = pair().await;
         let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         let before = sent_from_files();
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
         // As hyper writes: header and body together, advancing by what each call wrote.
         let (mut h, mut b) = (&head[..], &body[..]);
         while !h.is_empty() || !b.is_empty() {
@@ -249,9 +261,7 @@ mod tests {
             h = &h[from_h..];
             b = &b[n - from_h..];
         }
-        server.shutdown().await.unwrap();
-        drop(server);
-        let got = reader.await.unwrap();
+        let got = close(server, reader).await;
         assert_eq!(&got[..head.len()], &head[..]);
         assert!(got[head.len()..] == data[..], "the body, byte for byte");
         assert!(sent_from_files() - before >= data.len() as u64 - LOOKUP_MIN_BYTES as u64);
@@ -274,16 +284,9 @@ mod tests {
             .unwrap()
             .write_all(&vec![b'f'; 200_000])
             .unwrap();
-        let (mut server, mut client) = pair().await;
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
+        let (mut server, reader) = pair().await;
         server.write_all(&body).await.unwrap();
-        server.shutdown().await.unwrap();
-        drop(server);
-        let got = reader.await.unwrap();
+        let got = close(server, reader).await;
         assert_eq!(got.len(), 200_000);
         assert!(got.iter().all(|&c| c == b'f'));
     }
@@ -291,15 +294,8 @@ mod tests {
     #[tokio::test]
     async fn unlisted_bytes_are_written_from_memory() {
         let data = vec![b'x'; 100_000];
-        let (mut server, mut client) = pair().await;
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
+        let (mut server, reader) = pair().await;
         server.write_all(&data).await.unwrap();
-        server.shutdown().await.unwrap();
-        drop(server);
-        assert_eq!(reader.await.unwrap(), data);
+        assert_eq!(close(server, reader).await, data);
     }
 }
