@@ -252,8 +252,6 @@ fn write_batch(
         if r.ts.is_empty() {
             r.ts = rfc3339_ms(r.ts_ms);
         }
-    }
-    for r in batch.iter() {
         if let Ok(line) = serde_json::to_string(r) {
             let _ = writeln!(file, "{line}");
         }
