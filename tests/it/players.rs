@@ -135,12 +135,7 @@ async fn hlsjs_switches_down_and_up_and_the_server_logs_prove_it() {
     assert!(hits > 0, "read-ahead produced cache hits: {text}");
     // A 360p segment (about 375 kB) leaves the node from its stored file (sendfile), and what
     // arrives is that file: whole, and a range of it.
-    let record: Value = reqwest::get(format!("{base}/videos/{id}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
     let rdir = record["renditions"]
         .as_array()
         .unwrap()
@@ -156,12 +151,7 @@ async fn hlsjs_switches_down_and_up_and_the_server_logs_prove_it() {
     .unwrap();
     assert!(stored.len() >= 64 * 1024, "{} bytes", stored.len());
     let from_files = || async {
-        let h: Value = reqwest::get(format!("{base}/health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, h) = get_json(&format!("{base}/health")).await;
         h["bytes_sent_from_files"].as_u64().unwrap()
     };
     let before = from_files().await;
