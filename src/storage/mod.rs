@@ -219,18 +219,7 @@ impl Storage {
 
     /// Read a whole object. `Ok(None)` when absent.
     pub async fn get(&self, key: &str) -> Result<Option<Object>, StorageError> {
-        self.bounded(async {
-            match self.store.get(&path(key)).await {
-                Ok(r) => {
-                    let e_tag = r.meta.e_tag.clone();
-                    let bytes = r.bytes().await?;
-                    Ok(Some(Object { bytes, e_tag }))
-                }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await
+        self.read(key, false).await
     }
 
     /// Read a whole object to serve it: as [`Storage::get`], except that on the local store the
@@ -238,9 +227,12 @@ impl Storage {
     /// send them with `sendfile(2)`. For segments of ready videos (immutable); other stores
     /// answer as [`Storage::get`].
     pub async fn get_servable(&self, key: &str) -> Result<Option<Object>, StorageError> {
-        if self.local.is_none() {
-            return self.get(key).await;
-        }
+        self.read(key, self.local.is_some()).await
+    }
+
+    /// Read a whole object; with `list_files`, one the store hands over as a local file is
+    /// read through that file and listed with it ([`file_bytes`]).
+    async fn read(&self, key: &str, list_files: bool) -> Result<Option<Object>, StorageError> {
         self.bounded(async {
             let r = match self.store.get(&path(key)).await {
                 Ok(r) => r,
@@ -250,17 +242,13 @@ impl Storage {
             let e_tag = r.meta.e_tag.clone();
             let size = r.meta.size;
             let bytes = match r.payload {
-                object_store::GetResultPayload::File(file, _) => {
+                object_store::GetResultPayload::File(file, _) if list_files => {
                     tokio::task::spawn_blocking(move || read_listed(file, size))
                         .await
                         .map_err(|e| StorageError::Backend(format!("read task failed: {e}")))?
                         .map_err(|e| StorageError::Backend(format!("cannot read {key}: {e}")))?
                 }
-                object_store::GetResultPayload::Stream(s) => {
-                    use futures::TryStreamExt;
-                    let parts: Vec<Bytes> = s.try_collect().await?;
-                    Bytes::from(parts.concat())
-                }
+                payload => object_store::GetResult { payload, ..r }.bytes().await?,
             };
             Ok(Some(Object { bytes, e_tag }))
         })
