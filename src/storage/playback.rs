@@ -185,7 +185,7 @@ impl std::fmt::Debug for PlaybackLog {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS playback_events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY, -- the rowid: rows are never deleted, so it only grows
     ts_ms       INTEGER NOT NULL,
     ts          TEXT NOT NULL,
     event       TEXT NOT NULL,
@@ -252,8 +252,9 @@ fn write_batch(
         if r.ts.is_empty() {
             r.ts = rfc3339_ms(r.ts_ms);
         }
-        if let Ok(line) = serde_json::to_string(r) {
-            let _ = writeln!(file, "{line}");
+        // Serialised straight into the buffered file: no string per record.
+        if serde_json::to_writer(&mut *file, &**r).is_ok() {
+            let _ = file.write_all(b"\n");
         }
     }
     if let Err(e) = file.flush() {
