@@ -354,7 +354,10 @@ pub async fn serve(
 ) {
     let limits = app.config.limits.clone();
     let admission = app.admission.clone();
-    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes(app)));
+    let service = Service {
+        warp: hyper_util::service::TowerToHyperService::new(warp::service(routes(app.clone()))),
+        app,
+    };
     listener::serve_connections(
         listener,
         admission,
@@ -363,6 +366,51 @@ pub async fn serve(
         shutdown,
     )
     .await;
+}
+
+/// The node's HTTP service: a request [`stream::fast_route`] takes goes straight to its
+/// handler; every other request goes through warp's [`routes`].
+#[derive(Clone)]
+struct Service<W> {
+    app: App,
+    warp: W,
+}
+
+impl<W> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service<W>
+where
+    W: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = warp::reply::Response,
+        Error = Infallible,
+    >,
+{
+    type Response = warp::reply::Response;
+    type Error = Infallible;
+    type Future = futures::future::Either<
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+        >,
+        W::Future,
+    >;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let Some(route) =
+            stream::fast_route(req.method(), req.uri().path(), req.headers()).map(|r| r.owned())
+        else {
+            return futures::future::Either::Right(self.warp.call(req));
+        };
+        let app = self.app.clone();
+        let (parts, _body) = req.into_parts();
+        futures::future::Either::Left(Box::pin(async move {
+            let r = stream::serve_fast(app, route, parts.headers).await;
+            let status = r.status();
+            if status.is_client_error() {
+                // What warp's trace says of a failed request under the default filter.
+                tracing::warn!(method = %parts.method, path = parts.uri.path(), status = status.as_u16(), "request failed");
+            }
+            Ok(r.into_response())
+        }))
+    }
 }
 
 /// The address a listener is bound to, for logs.

@@ -110,6 +110,134 @@ pub(super) fn routes(
         .unify()
 }
 
+/// A segment-path request the node answers without warp's filter chain: the two routes that
+/// carry almost all of a node's requests (a player fetches a segment every few seconds), where
+/// warp's chain of filters (trying routes in turn, cloning the header map, the trace span) cost
+/// about as much as the handler (issue 11, P1). Everything else, and every request this does not
+/// take, goes through warp's routes ([`routes`]), which answer these paths identically.
+/// `S` is `&str` while the request is looked at, `String` once it is taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum FastRoute<S> {
+    /// `/videos/{id}/s/{session}/{rendition}/{file}`
+    Session {
+        id: S,
+        session: S,
+        rendition: S,
+        file: S,
+    },
+    /// `/videos/{id}/{rendition}/{file}`
+    File { id: S, rendition: S, file: S },
+}
+
+impl FastRoute<&str> {
+    /// The same route, owning its segments (the request's handler outlives the borrow).
+    pub(super) fn owned(self) -> FastRoute<String> {
+        match self {
+            FastRoute::Session {
+                id,
+                session,
+                rendition,
+                file,
+            } => FastRoute::Session {
+                id: id.to_string(),
+                session: session.to_string(),
+                rendition: rendition.to_string(),
+                file: file.to_string(),
+            },
+            FastRoute::File {
+                id,
+                rendition,
+                file,
+            } => FastRoute::File {
+                id: id.to_string(),
+                rendition: rendition.to_string(),
+                file: file.to_string(),
+            },
+        }
+    }
+}
+
+/// The [`FastRoute`] of a request, or `None` for warp to route it. Taken only where warp's
+/// routes would give the same answer: `GET` or `HEAD`; the path exactly `/videos/` and the
+/// route's segments, none empty, no trailing slash (segments are used as warp's `path!`
+/// uses them, undecoded); no `Reel-Forwarded-By` (warp's routes check its signature first);
+/// `Range` and `If-None-Match`, when sent, readable as text (warp answers `400` otherwise).
+pub(super) fn fast_route<'a>(
+    method: &warp::http::Method,
+    path: &'a str,
+    headers: &warp::http::HeaderMap,
+) -> Option<FastRoute<&'a str>> {
+    if method != warp::http::Method::GET && method != warp::http::Method::HEAD {
+        return None;
+    }
+    let rest = path.strip_prefix("/videos/")?;
+    if headers.contains_key(proxy::FORWARDED_BY)
+        || [header::RANGE, header::IF_NONE_MATCH]
+            .iter()
+            .any(|h| headers.get(h).is_some_and(|v| v.to_str().is_err()))
+    {
+        return None;
+    }
+    let mut seg = [""; 5];
+    let mut n = 0;
+    for s in rest.split('/') {
+        if s.is_empty() || n == seg.len() {
+            return None;
+        }
+        seg[n] = s;
+        n += 1;
+    }
+    match (n, seg) {
+        (5, [id, "s", session, rendition, file]) => Some(FastRoute::Session {
+            id,
+            session,
+            rendition,
+            file,
+        }),
+        (3, [id, rendition, file, _, _]) => Some(FastRoute::File {
+            id,
+            rendition,
+            file,
+        }),
+        _ => None,
+    }
+}
+
+/// Answer a [`FastRoute`] with the handler warp's route calls.
+pub(super) async fn serve_fast(
+    app: App,
+    route: FastRoute<String>,
+    headers: warp::http::HeaderMap,
+) -> Response<Bytes> {
+    let text = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let c = Conditions {
+        range: text(header::RANGE),
+        if_none_match: text(header::IF_NONE_MATCH),
+    };
+    let r = match route {
+        FastRoute::Session {
+            id,
+            session,
+            rendition,
+            file,
+        } => session_file(app, id, session, rendition, file, c, headers).await,
+        FastRoute::File {
+            id,
+            rendition,
+            file,
+        } => rendition_file(app, id, rendition, file, c).await,
+    };
+    match respond(r) {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
 /// `OPTIONS /videos/...`: the CORS preflight a cross-origin player sends before a request with
 /// headers outside the safelist (a multi-range `Range`, `If-None-Match`).
 fn preflight_response() -> Response<Bytes> {
@@ -387,4 +515,86 @@ async fn rendition_file(
         obj.ok_or_else(|| ApiError::NotFound(format!("video {id} has no {rendition}/{file}")))?;
     let (ctype, cache) = type_and_cache(kind);
     Ok(object_response(obj, ctype, cache, &c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::{HeaderMap, Method};
+
+    fn route<'a>(
+        method: Method,
+        path: &'a str,
+        headers: &[(&str, &[u8])],
+    ) -> Option<FastRoute<&'a str>> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                warp::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        fast_route(&method, path, &h)
+    }
+
+    #[test]
+    fn segment_paths_take_the_fast_route() {
+        assert_eq!(
+            route(Method::GET, "/videos/ab12/s/n1-00ff/720p/00003.m4s", &[]),
+            Some(FastRoute::Session {
+                id: "ab12",
+                session: "n1-00ff",
+                rendition: "720p",
+                file: "00003.m4s",
+            })
+        );
+        assert_eq!(
+            route(
+                Method::HEAD,
+                "/videos/ab12/360p/index.m3u8",
+                &[("range", b"bytes=0-9")]
+            ),
+            Some(FastRoute::File {
+                id: "ab12",
+                rendition: "360p",
+                file: "index.m3u8",
+            })
+        );
+        assert!(route(Method::GET, "/videos/ab12/360p/init.mp4", &[]).is_some());
+    }
+
+    #[test]
+    fn everything_else_goes_through_warp() {
+        let p = "/videos/ab12/s/n1-00ff/720p/00003.m4s";
+        // Other methods: warp answers 405 or routes them (tus, uploads).
+        assert_eq!(route(Method::POST, p, &[]), None);
+        assert_eq!(route(Method::OPTIONS, p, &[]), None);
+        // A forwarded request: warp's routes check its signature first.
+        assert_eq!(
+            route(Method::GET, p, &[(proxy::FORWARDED_BY, b"n2 1 sig")]),
+            None
+        );
+        // A header warp would refuse with 400.
+        assert_eq!(route(Method::GET, p, &[("range", b"bytes=\xff")]), None);
+        assert_eq!(
+            route(Method::GET, p, &[("if-none-match", b"\"\xfe\"")]),
+            None
+        );
+        // Other shapes: warp's other routes, or its 404.
+        for other in [
+            "/videos/ab12/master.m3u8",
+            "/videos/ab12/events",
+            "/videos/ab12",
+            "/videos/ab12/s/n1-00ff/720p",
+            "/videos/ab12/x/n1-00ff/720p/00003.m4s",
+            "/videos/ab12/s/n1-00ff/720p/00003.m4s/more",
+            "/videos/ab12/s/n1-00ff/720p/00003.m4s/",
+            "/videos/ab12//720p/00003.m4s",
+            "/videos//360p/init.mp4",
+            "/videosx/ab12/360p/init.mp4",
+            "/health",
+        ] {
+            assert_eq!(route(Method::GET, other, &[]), None, "{other}");
+        }
+    }
 }
