@@ -82,15 +82,6 @@ pub enum SessionMsg {
 }
 impl ractor::Message for SessionMsg {}
 
-/// The file name of a rendition file.
-pub fn file_name(file: RenditionFile) -> String {
-    match file {
-        RenditionFile::Init => crate::media::playlist::INIT_NAME.to_string(),
-        RenditionFile::MediaPlaylist => crate::media::playlist::MEDIA_PLAYLIST_NAME.to_string(),
-        RenditionFile::Segment(k) => crate::media::playlist::segment_name(k),
-    }
-}
-
 /// What a session remembers between requests, under one lock.
 #[derive(Default)]
 struct Tracking {
@@ -304,7 +295,7 @@ impl SessionHandle {
     }
 
     fn key(&self, info: &RenditionInfo, file: RenditionFile) -> String {
-        keys::rendition_file(&self.video_id, &info.dir, &file_name(file))
+        keys::rendition_file_of(&self.video_id, &info.dir, file)
     }
 
     /// Start read-ahead of segment `j` unless it is cached or being read (then log that), or

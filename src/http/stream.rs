@@ -294,6 +294,8 @@ fn quoted(tag: &str) -> String {
 
 fn base_response(body: Bytes, content_type: &'static str, cache: &'static str) -> Response<Bytes> {
     let mut r = Response::new(body);
+    // Room for every header a segment's answer carries, so the map is allocated once.
+    *r.headers_mut() = warp::http::HeaderMap::with_capacity(8);
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));

@@ -125,6 +125,26 @@ pub fn rendition_file(id: &str, dir: &str, file: &str) -> String {
     format!("videos/{id}/{dir}/{file}")
 }
 
+/// [`rendition_file`] of a [`RenditionFile`] (`init.mp4`, `index.m3u8`, `NNNNN.m4s`), built in
+/// one allocation: a session forms it on every request.
+pub fn rendition_file_of(id: &str, dir: &str, file: RenditionFile) -> String {
+    use std::fmt::Write;
+    let mut k = String::with_capacity("videos///".len() + id.len() + dir.len() + "00000.m4s".len());
+    k.push_str("videos/");
+    k.push_str(id);
+    k.push('/');
+    k.push_str(dir);
+    k.push('/');
+    match file {
+        RenditionFile::Init => k.push_str(crate::media::playlist::INIT_NAME),
+        RenditionFile::MediaPlaylist => k.push_str(crate::media::playlist::MEDIA_PLAYLIST_NAME),
+        RenditionFile::Segment(i) => {
+            let _ = write!(k, "{i:05}.m4s");
+        }
+    }
+    k
+}
+
 /// `videos/{id}/{dir}/rendition.json`
 pub fn rendition_info(id: &str, dir: &str) -> String {
     rendition_file(id, dir, "rendition.json")
@@ -414,5 +434,28 @@ mod tests {
         assert_eq!(parse_rendition_file("rendition.json"), None);
         assert_eq!(parse_rendition_file("7.m4s"), None);
         assert_eq!(parse_rendition_file("../00001.m4s"), None);
+    }
+
+    #[test]
+    fn a_rendition_files_key_names_the_file_its_name_parses_to() {
+        use crate::media::playlist::{segment_name, INIT_NAME, MEDIA_PLAYLIST_NAME};
+        let dir = "720p/e2-00000000000000ff-a1";
+        for (file, name) in [
+            (RenditionFile::Init, INIT_NAME.to_string()),
+            (
+                RenditionFile::MediaPlaylist,
+                MEDIA_PLAYLIST_NAME.to_string(),
+            ),
+            (RenditionFile::Segment(0), segment_name(0)),
+            (RenditionFile::Segment(42), segment_name(42)),
+            (RenditionFile::Segment(99_999), segment_name(99_999)),
+        ] {
+            let key = rendition_file_of("ab12", dir, file);
+            assert_eq!(key, rendition_file("ab12", dir, &name));
+            assert_eq!(
+                parse_rendition_file(key.rsplit('/').next().unwrap()),
+                Some(file)
+            );
+        }
     }
 }
