@@ -16,6 +16,11 @@
 //! | GET | `/videos/{id}/master.m3u8` | multivariant playlist (`409` until ready) |
 //! | GET | `/videos/{id}/{rendition}/index.m3u8`, `init.mp4`, `NNNNN.m4s` | media playlist, init segment, segments |
 //! | GET | `/videos/{id}/s/{session}/{rendition}/...` | the same files within a playback session (`docs/streaming.md`) |
+//!
+//! The node's service ([`serve`]) hands `GET` and `HEAD` of the two segment paths straight to
+//! their handlers (`stream::fast_route`: most of a node's requests, where warp's chain of
+//! filters cost as much as the handler), and every other request to warp's [`routes`], which
+//! answer those paths the same way.
 
 pub mod listener;
 pub mod proxy;
