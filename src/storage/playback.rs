@@ -215,12 +215,14 @@ fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, r: &PlaybackRecord) -> Result<(), rusqlite::Error> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO playback_events (ts_ms, ts, event, video_id, session_id, node_id, rendition,
-            width, height, bandwidth, segment, cache, result, bytes, duration_ms, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-    )?;
+const INSERT: &str = "INSERT INTO playback_events (ts_ms, ts, event, video_id, session_id,
+    node_id, rendition, width, height, bandwidth, segment, cache, result, bytes, duration_ms, detail)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+fn insert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    r: &PlaybackRecord,
+) -> Result<(), rusqlite::Error> {
     let rend = r.rendition.as_ref();
     stmt.execute(params![
         r.ts_ms,
@@ -229,7 +231,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &PlaybackRecord) -> Result<(), rusq
         r.video_id,
         r.session_id,
         r.node_id,
-        rend.map(|x| x.name.clone()),
+        rend.map(|x| x.name.as_str()),
         rend.map(|x| x.width),
         rend.map(|x| x.height),
         rend.map(|x| x.bandwidth as i64),
@@ -261,8 +263,12 @@ fn write_batch(
         tracing::error!("playback log file write failed: {e}");
     }
     let res = conn.transaction().and_then(|tx| {
-        for r in batch.iter() {
-            insert(&tx, r)?;
+        {
+            // Looked up once per batch: the statement cache hashes the whole SQL text.
+            let mut stmt = tx.prepare_cached(INSERT)?;
+            for r in batch.iter() {
+                insert(&mut stmt, r)?;
+            }
         }
         tx.commit()
     });
