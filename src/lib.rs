@@ -200,8 +200,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = http::listener::bind(config.listen)
         .map_err(|e| RunError::Setup(format!("cannot listen on {}: {e}", config.listen)))?;
     let running = spawn(config, listener).await?;
     tracing::info!(

@@ -169,6 +169,29 @@ impl Admission {
     }
 }
 
+/// Connections the kernel queues for the accept loop (`listen(2)`'s backlog; the kernel caps it
+/// at `net.core.somaxconn`, 4096 on current Linux). The standard library's and tokio's `bind`
+/// ask for 128: when many players connect at once (a benchmark's 1,024 connections, a page of
+/// players starting together), the queue overflowed and the kernel answered the rest with SYN
+/// cookies, whose connections carry a 1,448-byte MSS instead of loopback's 65,483. They sent a
+/// segment in 45 times as many packets for as long as they lived (issue 11, P1). nginx asks for
+/// 511.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind the node's HTTP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// tokio's `bind` sets, so a restarted node can bind at once). Errors: the address cannot be
+/// bound (in use, not local, not permitted).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The connection cap actually applied: the configured one, or the open-file limit less
 /// [`FD_RESERVE`] when that is lower (each connection is a descriptor), and at least 1.
 pub fn effective_capacity(configured: usize, open_file_limit: Option<u64>) -> usize {
@@ -344,6 +367,39 @@ mod tests {
         drop(t1);
         assert!(a.admit(ip("10.0.0.3")).is_ok());
         assert!(a.by_address.lock().unwrap().get(&ip("10.0.0.1")).is_none());
+    }
+
+    /// 300 clients connect at once to a listener nobody accepts from yet; then the accept loop
+    /// starts. With the backlog of 128 that `TcpListener::bind` asks for, only 129 handshakes
+    /// complete into the queue and the rest wait for a retransmission a second later (or never
+    /// reach the queue: their final ACK was dropped); with [`LISTEN_BACKLOG`] every one is
+    /// there at once. (The kernel's `somaxconn`, 4096 here, must allow 300.)
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_listen_queue() {
+        const N: usize = 300;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..N {
+            // A connect completes when the server's SYN-ACK arrives, queued or not.
+            clients.push(
+                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                    .await
+                    .expect("the kernel queues the connection (the listen backlog holds the burst)")
+                    .unwrap(),
+            );
+        }
+        let mut accepted = 0;
+        // Bounded: stop at N, or when no connection arrives for 300 ms (well under the 1 s
+        // retransmission that would bring a dropped one back).
+        while accepted < N {
+            match tokio::time::timeout(Duration::from_millis(300), listener.accept()).await {
+                Ok(Ok(_)) => accepted += 1,
+                _ => break,
+            }
+        }
+        assert_eq!(accepted, N, "connections queued by the kernel");
+        drop(clients);
     }
 
     #[test]
