@@ -114,7 +114,9 @@ pub(super) fn routes(
 /// carry almost all of a node's requests (a player fetches a segment every few seconds), where
 /// warp's chain of filters (trying routes in turn, cloning the header map, the trace span) cost
 /// about as much as the handler (issue 11, P1). Everything else, and every request this does not
-/// take, goes through warp's routes ([`routes`]), which answer these paths identically.
+/// take, goes through warp's routes ([`routes`]), which answer these paths identically
+/// (tested in `tests/it/sessions.rs`).
+///
 /// `S` is `&str` while the request is looked at, `String` once it is taken.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum FastRoute<S> {
