@@ -297,9 +297,7 @@ mod tests {
     #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn a_file_backed_body_arrives_whole_and_in_order_after_its_header() {
-        let _serial = file_bytes::TEST_LISTING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _serial = file_bytes::test_serial();
         // 3 MB: far more than the socket buffer, so sendfile sends it in parts, with waits.
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         let (_keep, body) = listed(&data);
@@ -337,9 +335,7 @@ mod tests {
     #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn the_bytes_go_out_from_the_file_not_from_memory() {
-        let _serial = file_bytes::TEST_LISTING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _serial = file_bytes::test_serial();
         // Break the invariant on purpose: change the file after it was read. What arrives is
         // the file's new content, so the socket was handed the file.
         let data = vec![b'm'; 200_000];

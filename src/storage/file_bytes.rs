@@ -125,16 +125,18 @@ pub fn listed() -> usize {
 /// Held by tests that list buffers, so that no other test lists one at an address a test has
 /// just freed and checks.
 #[cfg(test)]
-pub(crate) static TEST_LISTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static TEST_LISTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Take [`TEST_LISTING`] for the length of a test that lists buffers.
+#[cfg(test)]
+pub(crate) fn test_serial() -> std::sync::MutexGuard<'static, ()> {
+    TEST_LISTING.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Seek, SeekFrom, Write};
-
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        TEST_LISTING.lock().unwrap_or_else(|p| p.into_inner())
-    }
 
     fn file_with(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -153,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_slice_of_a_listed_buffer_maps_to_the_same_bytes_of_its_file() {
-        let _serial = serial();
+        let _serial = test_serial();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let (_keep, h) = file_with(&data);
         let b = from_file(data.clone(), h);
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_entry_goes_when_the_last_clone_of_the_buffer_is_dropped() {
-        let _serial = serial();
+        let _serial = test_serial();
         let data = vec![1u8; MIN_LISTED_BYTES + 10];
         let (_keep, h) = file_with(&data);
         let b = from_file(data, h);
@@ -191,7 +193,7 @@ mod tests {
 
     #[test]
     fn no_more_files_than_the_cap_are_kept_open() {
-        let _serial = serial();
+        let _serial = test_serial();
         let data = vec![5u8; MIN_LISTED_BYTES];
         let (_keep, _) = file_with(&data);
         let open = |n| -> Vec<Bytes> {
@@ -214,7 +216,7 @@ mod tests {
 
     #[test]
     fn small_buffers_are_not_listed() {
-        let _serial = serial();
+        let _serial = test_serial();
         let data = vec![3u8; MIN_LISTED_BYTES - 1];
         let (_keep, h) = file_with(&data);
         let b = from_file(data, h);
