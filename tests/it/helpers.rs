@@ -274,6 +274,18 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The directory (`{rendition}/{attempt}`) a ready video's record serves `rendition` from,
+/// read through `GET /videos/{id}`; panics when the record names none.
+pub async fn rendition_dir(base: &str, id: &str, rendition: &str) -> String {
+    let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
+    record["renditions"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == rendition))
+        .and_then(|r| r["dir"].as_str())
+        .unwrap_or_else(|| panic!("no directory for {rendition} in {record}"))
+        .to_string()
+}
+
 /// Poll `GET /videos/{id}` until its state is terminal; panics after `deadline`.
 pub async fn wait_terminal(base: &str, id: &str, deadline: Duration) -> Value {
     let until = tokio::time::Instant::now() + deadline;

@@ -135,15 +135,7 @@ async fn hlsjs_switches_down_and_up_and_the_server_logs_prove_it() {
     assert!(hits > 0, "read-ahead produced cache hits: {text}");
     // A 360p segment (about 375 kB) leaves the node from its stored file (sendfile), and what
     // arrives is that file: whole, and a range of it.
-    let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
-    let rdir = record["renditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "360p")
-        .and_then(|r| r["dir"].as_str())
-        .expect("the 360p directory in the record")
-        .to_string();
+    let rdir = rendition_dir(&base, &id, "360p").await;
     let stored = std::fs::read(
         dir.path()
             .join(format!("objects/videos/{id}/{rdir}/00001.m4s")),

@@ -931,15 +931,7 @@ async fn a_hundred_concurrent_requests_for_one_uncached_segment_read_the_store_o
     );
     let sid = start_session(&base, &id).await;
     // The directory the commit chose for 240p (an attempt directory), as the record says.
-    let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
-    let dir = record["renditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "240p")
-        .and_then(|r| r["dir"].as_str())
-        .unwrap_or_else(|| panic!("{record}"))
-        .to_string();
+    let dir = rendition_dir(&base, &id, "240p").await;
     assert!(dir.starts_with("240p/e"), "{dir}");
     let key = format!("videos/{id}/{dir}/00002.m4s");
     let before = store.reads(&key);
