@@ -180,6 +180,13 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// `ms` (milliseconds since the Unix epoch; before it counts as the epoch) as RFC 3339 with
+/// milliseconds, UTC: the [`now_rfc3339`] form of a time taken earlier with [`now_ms`].
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// Now, milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
-use crate::model::now_ms;
+use crate::model::{now_ms, rfc3339_ms};
 
 /// The file name of the JSON-lines playback log inside a node's data directory.
 pub const JSONL_NAME: &str = "playback.jsonl";
@@ -275,12 +275,6 @@ fn write_batch(
     if let Err(e) = res {
         tracing::error!("playback log SQLite write failed: {e}");
     }
-}
-
-/// `ms` (milliseconds since the Unix epoch) as RFC 3339 with milliseconds, UTC.
-fn rfc3339_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Most records one batch writes before answering waiting flushes.
