@@ -2,7 +2,8 @@
 //! each a player on its own keep-alive connection: the multivariant playlist (which opens the
 //! session), the media playlist of one rendition, then one segment per segment duration, paced
 //! in real time as a player does, looping over the video. Prints sessions held, requests a
-//! second, latency percentiles, errors, and (given the node's PID) its RSS and RSS per session.
+//! second, latency percentiles, errors, and (given the node's PID) its RSS, RSS per session and
+//! CPU time per request (the whole process, and its playback-log writer thread).
 //!
 //! Loopback only by intent: it refuses a server that is not on 127.0.0.0/8. Bounded: it stops
 //! after `--seconds`. Used by `scripts/bench-sessions`.
@@ -82,6 +83,35 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU time (user + system) of `/proc/{pid}/stat` or `/proc/{pid}/task/{tid}/stat`, in clock
+/// ticks (`getconf CLK_TCK`, 100 on Linux).
+fn cpu_ticks(stat_path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The node's CPU ticks so far: the whole process, and its threads named `playback-log`
+/// (the playback log's writer, `storage::playback`).
+fn node_cpu(pid: u32) -> Option<(u64, u64)> {
+    let all = cpu_ticks(&format!("/proc/{pid}/stat"))?;
+    let mut writer = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let dir = t.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() == "playback-log" {
+            writer += cpu_ticks(&dir.join("stat").to_string_lossy()).unwrap_or(0);
+        }
+    }
+    Some((all, writer))
 }
 
 /// One GET on the player's connection: status, headers we need, body bytes.
@@ -265,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
     );
     stats.latencies_us.lock().unwrap().clear();
     let mut rss_peak = args.node_pid.and_then(rss_kib).unwrap_or(0);
+    let cpu0 = args.node_pid.and_then(node_cpu);
     let mut held_min = held_at_ramp;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -276,6 +307,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let requests = stats.requests.load(Ordering::Relaxed) - req0;
     let rss_end = args.node_pid.and_then(rss_kib);
+    let cpu_end = args.node_pid.and_then(node_cpu);
     for t in tasks {
         let _ = t.await;
     }
@@ -306,6 +338,19 @@ async fn main() -> anyhow::Result<()> {
             b as f64 / 1024.0,
             rss_peak as f64 / 1024.0,
             (b.saturating_sub(a)) as f64 / held_at_ramp.max(1) as f64
+        );
+    }
+    if let (Some((a, wa)), Some((b, wb))) = (cpu0, cpu_end) {
+        // Clock ticks of 10 ms (CLK_TCK is 100 on Linux).
+        let us = |ticks: u64| ticks as f64 * 10_000.0;
+        let per = |ticks: u64| us(ticks) / requests.max(1) as f64;
+        println!(
+            "node CPU over the steady state: {:.0} % of one core, {:.0} us per request; its \
+             playback-log writer {:.0} % of one core, {:.1} us per request",
+            us(b - a) / 1e4 / args.seconds as f64,
+            per(b - a),
+            us(wb - wa) / 1e4 / args.seconds as f64,
+            per(wb - wa),
         );
     }
     Ok(())

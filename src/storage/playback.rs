@@ -3,8 +3,9 @@
 //! written twice on the node that served it:
 //!
 //! - as JSON lines, one object per line, in `{data_dir}/playback.jsonl` (easy to `grep`/`jq`);
-//! - as rows of the `playback_events` table of the node's SQLite file (`reel.sqlite`), indexed by
-//!   session id.
+//! - as rows of the `playback_events` table of the node's SQLite file (`reel.sqlite`), in append
+//!   order; `playback_sessions` holds where each session's rows lie (its spans of row numbers),
+//!   so that one session is read without reading the table and a record costs no index insert.
 //!
 //! Writes never block an async task: [`PlaybackLog::record`] sends the record over a channel to
 //! one dedicated writer thread, which lets records gather for [`LINGER`] after the first, then
@@ -203,7 +204,25 @@ CREATE TABLE IF NOT EXISTS playback_events (
     duration_ms INTEGER,
     detail      TEXT
 );
-CREATE INDEX IF NOT EXISTS playback_session ON playback_events(session_id, seq);
+-- Where each session's records lie in playback_events: rows first_seq..=last_seq hold every
+-- record of the session written in that span (last_seq NULL: to the end of the table). One
+-- row per span; a session has several when it ended and came back, or the node restarted.
+CREATE TABLE IF NOT EXISTS playback_sessions (
+    session_id  TEXT NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER,
+    PRIMARY KEY (session_id, first_seq)
+);
+";
+
+/// Databases written before the spans table had an index on `(session_id, seq)` instead: turn
+/// it into one closed span per session and drop it.
+const MIGRATE_SESSION_INDEX: &str = "
+BEGIN IMMEDIATE;
+INSERT OR IGNORE INTO playback_sessions (session_id, first_seq, last_seq)
+    SELECT session_id, min(seq), max(seq) FROM playback_events GROUP BY session_id;
+DROP INDEX IF EXISTS playback_session;
+COMMIT;
 ";
 
 fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
@@ -212,6 +231,14 @@ fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    let old_index: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'playback_session'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old_index {
+        conn.execute_batch(MIGRATE_SESSION_INDEX)?;
+    }
     Ok(conn)
 }
 
@@ -245,9 +272,57 @@ fn insert(
     Ok(())
 }
 
+/// The sessions whose span in `playback_sessions` this writer has opened and not yet closed,
+/// with the span's `first_seq`. Bounded by the sessions that log without ending: past
+/// [`MAX_OPEN_SPANS`] it is emptied, which only opens new spans (a span without an end reads to
+/// the end of the table, so none is lost).
+#[derive(Default)]
+struct Spans {
+    open: std::collections::HashMap<String, i64>,
+}
+
+/// Open spans a writer remembers at most (a node's sessions are bounded by
+/// `streaming.max_sessions`, 50,000 by default).
+const MAX_OPEN_SPANS: usize = 200_000;
+
+impl Spans {
+    /// Note that record `r` was written as row `seq`: open the session's span on its first
+    /// record, close it on `SESSION_END`. Runs inside the batch's transaction.
+    fn note(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        r: &PlaybackRecord,
+        seq: i64,
+    ) -> Result<(), rusqlite::Error> {
+        let first = match self.open.get(r.session_id.as_str()) {
+            Some(&first) => first,
+            None => {
+                if self.open.len() >= MAX_OPEN_SPANS {
+                    self.open.clear();
+                }
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO playback_sessions (session_id, first_seq) VALUES (?1, ?2)",
+                )?
+                .execute(params![r.session_id, seq])?;
+                self.open.insert(r.session_id.clone(), seq);
+                seq
+            }
+        };
+        if r.event == PlaybackEvent::SessionEnd {
+            tx.prepare_cached(
+                "UPDATE playback_sessions SET last_seq = ?3 WHERE session_id = ?1 AND first_seq = ?2",
+            )?
+            .execute(params![r.session_id, first, seq])?;
+            self.open.remove(r.session_id.as_str());
+        }
+        Ok(())
+    }
+}
+
 fn write_batch(
     conn: &mut Connection,
     file: &mut std::io::BufWriter<std::fs::File>,
+    spans: &mut Spans,
     batch: &mut [Box<PlaybackRecord>],
 ) {
     for r in batch.iter_mut() {
@@ -262,17 +337,25 @@ fn write_batch(
     if let Err(e) = file.flush() {
         tracing::error!("playback log file write failed: {e}");
     }
+    // Rows are appended in rowid order and nothing indexes them by session: an index keyed by
+    // session id took a random page for every record once thousands of sessions interleave
+    // (about 50 us of the writer's CPU per request at 12,000 sessions, issue 11 P3). Each
+    // session's span is written once when it opens and once when it ends instead.
     let res = conn.transaction().and_then(|tx| {
         {
             // Looked up once per batch: the statement cache hashes the whole SQL text.
             let mut stmt = tx.prepare_cached(INSERT)?;
             for r in batch.iter() {
                 insert(&mut stmt, r)?;
+                spans.note(&tx, r, tx.last_insert_rowid())?;
             }
         }
         tx.commit()
     });
     if let Err(e) = res {
+        // The spans opened in the lost transaction are gone with it: start again from none
+        // (spans already written and never closed still read to the end of the table).
+        spans.open.clear();
         tracing::error!("playback log SQLite write failed: {e}");
     }
 }
@@ -299,6 +382,7 @@ fn writer(
     let mut logged = 0;
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
+    let mut spans = Spans::default();
     while let Ok(first) = rx.recv() {
         if matches!(first, Cmd::Record(_)) {
             // Let the batch gather: the senders queue without waking this thread.
@@ -314,7 +398,7 @@ fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        write_batch(&mut conn, &mut file, &mut batch);
+        write_batch(&mut conn, &mut file, &mut spans, &mut batch);
         batch.clear();
         let total = shed.load(Ordering::Relaxed);
         let lost = total - logged;
@@ -427,8 +511,24 @@ pub fn read_jsonl(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecor
     Ok(out)
 }
 
+/// The row spans that hold the records of one session: its `playback_sessions` spans, an open
+/// end as `i64::MAX`, sorted and with overlapping spans merged. Pure, for the tests.
+fn merge_spans(mut spans: Vec<(i64, Option<i64>)>) -> Vec<(i64, i64)> {
+    spans.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(spans.len());
+    for (first, last) in spans {
+        let last = last.unwrap_or(i64::MAX);
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
+}
+
 /// Read the records of `session_id` from the `playback_events` table of the node whose data
-/// directory is `data_dir`, in append order.
+/// directory is `data_dir`, in append order. Reads only the rows of the session's spans
+/// (`playback_sessions`), never the whole table.
 ///
 /// Errors: the database cannot be opened or read.
 pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecord>, String> {
@@ -438,46 +538,60 @@ pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackReco
     }
     let err = |e: rusqlite::Error| format!("cannot read {db:?}: {e}");
     let conn = open_db(&db).map_err(err)?;
+    let spans = conn
+        .prepare("SELECT first_seq, last_seq FROM playback_sessions WHERE session_id = ?1")
+        .and_then(|mut st| {
+            st.query_map([session_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(err)?;
     let mut stmt = conn
         .prepare(
             "SELECT ts_ms, ts, event, video_id, session_id, node_id, rendition, width, height,
                 bandwidth, segment, cache, result, bytes, duration_ms, detail
-             FROM playback_events WHERE session_id = ?1 ORDER BY seq",
+             FROM playback_events WHERE seq BETWEEN ?2 AND ?3 AND session_id = ?1 ORDER BY seq",
         )
         .map_err(err)?;
-    let rows = stmt
-        .query_map([session_id], |r| {
-            let event: String = r.get(2)?;
-            let rendition: Option<String> = r.get(6)?;
-            let cache: Option<String> = r.get(11)?;
-            Ok(PlaybackRecord {
-                ts_ms: r.get(0)?,
-                ts: r.get(1)?,
-                event: serde_json::from_value(serde_json::Value::String(event))
-                    .unwrap_or(PlaybackEvent::Serve),
-                video_id: r.get(3)?,
-                session_id: r.get(4)?,
-                node_id: r.get(5)?,
-                rendition: match rendition {
-                    Some(name) => Some(RenditionTag {
-                        name,
-                        width: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
-                        height: r.get::<_, Option<u32>>(8)?.unwrap_or(0),
-                        bandwidth: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
-                    }),
-                    None => None,
-                },
-                segment: r.get::<_, Option<i64>>(10)?.map(|s| s as usize),
-                cache: cache
-                    .and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok()),
-                result: r.get(12)?,
-                bytes: r.get::<_, Option<i64>>(13)?.map(|b| b as u64),
-                duration_ms: r.get::<_, Option<i64>>(14)?.map(|b| b as u64),
-                detail: r.get(15)?,
-            })
-        })
-        .map_err(err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    let mut out = Vec::new();
+    for (first, last) in merge_spans(spans) {
+        let rows = stmt
+            .query_map(params![session_id, first, last], row_to_record)
+            .map_err(err)?;
+        for r in rows {
+            out.push(r.map_err(err)?);
+        }
+    }
+    Ok(out)
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> Result<PlaybackRecord, rusqlite::Error> {
+    let event: String = r.get(2)?;
+    let rendition: Option<String> = r.get(6)?;
+    let cache: Option<String> = r.get(11)?;
+    Ok(PlaybackRecord {
+        ts_ms: r.get(0)?,
+        ts: r.get(1)?,
+        event: serde_json::from_value(serde_json::Value::String(event))
+            .unwrap_or(PlaybackEvent::Serve),
+        video_id: r.get(3)?,
+        session_id: r.get(4)?,
+        node_id: r.get(5)?,
+        rendition: match rendition {
+            Some(name) => Some(RenditionTag {
+                name,
+                width: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
+                height: r.get::<_, Option<u32>>(8)?.unwrap_or(0),
+                bandwidth: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
+            }),
+            None => None,
+        },
+        segment: r.get::<_, Option<i64>>(10)?.map(|s| s as usize),
+        cache: cache.and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok()),
+        result: r.get(12)?,
+        bytes: r.get::<_, Option<i64>>(13)?.map(|b| b as u64),
+        duration_ms: r.get::<_, Option<i64>>(14)?.map(|b| b as u64),
+        detail: r.get(15)?,
+    })
 }
 
 #[cfg(test)]
@@ -542,5 +656,115 @@ mod tests {
         assert!(line.starts_with("{\"ts_ms\":"), "{line}");
         assert!(line.contains("\"event\":\"SERVE\""));
         assert!(line.contains("\"cache\":\"miss\""));
+    }
+
+    fn tagged(event: PlaybackEvent, session: &str, k: usize) -> PlaybackRecord {
+        let mut r = PlaybackRecord::new(event, "v", session, "n1");
+        r.segment = Some(k);
+        r
+    }
+
+    #[test]
+    fn spans_merge_when_they_touch_or_overlap_and_an_open_end_reads_to_the_last_row() {
+        assert_eq!(merge_spans(vec![]), vec![]);
+        assert_eq!(
+            merge_spans(vec![
+                (10, Some(20)),
+                (1, Some(4)),
+                (5, Some(7)),
+                (30, None),
+                (35, Some(40))
+            ]),
+            vec![(1, 7), (10, 20), (30, i64::MAX)]
+        );
+    }
+
+    /// Issue 11 (P3): with thousands of sessions interleaving, a per-record index by session id
+    /// cost a random page for every record. Records now go in append order with no index, and a
+    /// session is still read back whole and alone from its spans: across its end, a record
+    /// after its end, and a restart of the writer.
+    #[tokio::test]
+    async fn a_session_reads_back_whole_from_its_spans_across_an_end_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ("n1-00aa", "n1-00bb");
+        {
+            let log = PlaybackLog::open(dir.path()).unwrap();
+            for k in 0..20 {
+                log.record(tagged(PlaybackEvent::Serve, a, k));
+                log.record(tagged(PlaybackEvent::Serve, b, k));
+            }
+            log.record(tagged(PlaybackEvent::SessionEnd, a, 0));
+            log.flush().await;
+            for k in 20..25 {
+                log.record(tagged(PlaybackEvent::Serve, b, k));
+            }
+            // A read-ahead that finishes after its session ended.
+            log.record(tagged(PlaybackEvent::PrefetchResult, a, 20));
+            log.flush().await;
+        }
+        let log = PlaybackLog::open(dir.path()).unwrap();
+        for k in 25..30 {
+            log.record(tagged(PlaybackEvent::Serve, b, k));
+            log.record(tagged(PlaybackEvent::Serve, a, k));
+        }
+        log.flush().await;
+        for (session, want) in [(a, 27), (b, 30)] {
+            let rows = read_sqlite(dir.path(), session).unwrap();
+            assert_eq!(rows.len(), want, "{session}");
+            assert_eq!(rows, read_jsonl(dir.path(), session).unwrap(), "{session}");
+        }
+        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list('playback_events')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0, "an index on the records costs every insert");
+    }
+
+    /// A node's database from before the spans (an index by session id instead) still reads
+    /// back every session once opened, and loses its index.
+    #[tokio::test]
+    async fn a_database_with_the_old_session_index_is_migrated_to_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(SQLITE_NAME);
+        {
+            let conn = Connection::open(&db).unwrap();
+            let table = &SCHEMA[..SCHEMA.find("-- Where each").unwrap()];
+            conn.execute_batch(table).unwrap();
+            conn.execute_batch(
+                "CREATE INDEX playback_session ON playback_events(session_id, seq);",
+            )
+            .unwrap();
+            for (i, s) in ["old-a", "old-b", "old-a"].iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO playback_events (ts_ms, ts, event, video_id, session_id, node_id)
+                     VALUES (?1, '', 'SERVE', 'v', ?2, 'n1')",
+                    params![i as i64, s],
+                )
+                .unwrap();
+            }
+        }
+        let log = PlaybackLog::open(dir.path()).unwrap();
+        log.record(tagged(PlaybackEvent::Serve, "old-a", 9));
+        log.flush().await;
+        let rows = read_sqlite(dir.path(), "old-a").unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.ts_ms).take(2).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert_eq!(rows.len(), 3);
+        assert_eq!(read_sqlite(dir.path(), "old-b").unwrap().len(), 1);
+        let conn = Connection::open(&db).unwrap();
+        let left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'playback_session'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }
