@@ -381,6 +381,16 @@ pub struct StreamingConfig {
     /// a client can make the node spend by asking for the multivariant playlist again and
     /// again (issue 11: sessions are bounded).
     pub max_sessions: usize,
+    /// Rows of the playback log's SQLite table (`playback_events`) a node keeps; past it the
+    /// oldest are deleted. About 250 bytes a row: the default, 4,000,000, is about 1 GB. The
+    /// log is not replicated (seed: local event logs), so this bounds its disk use.
+    pub log_max_rows: u64,
+    /// The playback log's JSON-lines file (`playback.jsonl`) is rotated at this size, MiB:
+    /// renamed `playback.jsonl.1` (the older ones shift to `.2`, ...).
+    pub log_file_mib: u64,
+    /// Rotated JSON-lines files kept; the oldest beyond them is deleted. The files take at most
+    /// `log_file_mib` times this plus one.
+    pub log_files: u32,
 }
 
 impl Default for StreamingConfig {
@@ -391,6 +401,9 @@ impl Default for StreamingConfig {
             max_prefetches: 32,
             session_idle_seconds: 300,
             max_sessions: 50_000,
+            log_max_rows: 4_000_000,
+            log_file_mib: 256,
+            log_files: 4,
         }
     }
 }
@@ -410,6 +423,11 @@ impl StreamingConfig {
         if self.session_idle_seconds == 0 {
             return Err(ConfigError::Invalid(
                 "streaming.session_idle_seconds must be at least 1".into(),
+            ));
+        }
+        if self.log_max_rows == 0 || self.log_file_mib == 0 {
+            return Err(ConfigError::Invalid(
+                "streaming.log_max_rows and streaming.log_file_mib must be at least 1".into(),
             ));
         }
         Ok(())
@@ -988,6 +1006,18 @@ cluster = "127.0.0.1:9080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("node-9") && e.contains("node-1"), "{e}");
+    }
+
+    #[test]
+    fn playback_log_bounds_are_read_and_a_zero_bound_is_refused() {
+        let text =
+            format!("{ONE}\n[streaming]\nlog_max_rows = 1000\nlog_file_mib = 8\nlog_files = 0\n");
+        let (_d, path) = write(&text);
+        let s = Config::from_file(&path, None).unwrap().streaming;
+        assert_eq!((s.log_max_rows, s.log_file_mib, s.log_files), (1000, 8, 0));
+        let (_d, path) = write(&format!("{ONE}\n[streaming]\nlog_max_rows = 0\n"));
+        let e = Config::from_file(&path, None).unwrap_err().to_string();
+        assert!(e.contains("log_max_rows"), "{e}");
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl NodeContext {
     /// in-memory event log, default processing and limits, a one-node cluster view, streaming
     /// with its playback log under `scratch_dir`. Override fields with struct-update syntax.
     pub fn for_tests(node_id: &str, storage: Storage, scratch_dir: &std::path::Path) -> Self {
-        let log = crate::storage::playback::PlaybackLog::open(scratch_dir)
+        let log = crate::storage::playback::PlaybackLog::open(scratch_dir, Default::default())
             .expect("playback log in scratch dir");
         Self {
             node_id: node_id.to_string(),

@@ -166,6 +166,30 @@ enum Cmd {
 /// shed and counted rather than held in memory without bound (issue 11). About 30 MB.
 pub const QUEUE_CAPACITY: usize = 65_536;
 
+/// How much of the playback log a node keeps on disk (`[streaming]` `log_*` settings). The log
+/// is local and not replicated (seed: "Local Event Logs"); without a bound it grows for as long
+/// as the node serves, by about 750 bytes per segment request (three records, in two files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Rows of `playback_events` kept at most; the oldest are deleted first.
+    pub max_rows: u64,
+    /// `playback.jsonl` is rotated once it reaches this size, bytes.
+    pub file_bytes: u64,
+    /// Rotated files kept (`playback.jsonl.1` is the newest); 0 keeps none.
+    pub files: u32,
+}
+
+impl Default for Retention {
+    /// The defaults of `[streaming]`: 4,000,000 rows, 256 MiB files, 4 rotated files.
+    fn default() -> Self {
+        Self {
+            max_rows: 4_000_000,
+            file_bytes: 256 << 20,
+            files: 4,
+        }
+    }
+}
+
 /// Handle on a node's playback log. Cheap to clone; the writer thread ends when the last handle
 /// is dropped.
 #[derive(Clone)]
@@ -321,7 +345,7 @@ impl Spans {
 
 fn write_batch(
     conn: &mut Connection,
-    file: &mut std::io::BufWriter<std::fs::File>,
+    file: &mut JsonLines,
     spans: &mut Spans,
     batch: &mut [Box<PlaybackRecord>],
 ) {
@@ -329,12 +353,8 @@ fn write_batch(
         if r.ts.is_empty() {
             r.ts = rfc3339_ms(r.ts_ms);
         }
-        // Serialised straight into the buffered file: no string per record.
-        if serde_json::to_writer(&mut *file, &**r).is_ok() {
-            let _ = file.write_all(b"\n");
-        }
     }
-    if let Err(e) = file.flush() {
+    if let Err(e) = file.append(batch) {
         tracing::error!("playback log file write failed: {e}");
     }
     // Rows are appended in rowid order and nothing indexes them by session: an index keyed by
@@ -360,6 +380,138 @@ fn write_batch(
     }
 }
 
+/// The JSON-lines file, rotated by size: `playback.jsonl` is the current file,
+/// `playback.jsonl.1` the newest rotated one, up to `.{files}`.
+struct JsonLines {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    /// Bytes in the current file.
+    len: u64,
+    retention: Retention,
+}
+
+impl JsonLines {
+    fn open(path: PathBuf, retention: Retention) -> Result<Self, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {path:?}: {e}"))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("cannot open {path:?}: {e}"))?
+            .len();
+        Ok(Self {
+            path,
+            out: std::io::BufWriter::new(file),
+            len,
+            retention,
+        })
+    }
+
+    /// Append one line per record, then rotate if the file has reached its size: a batch is
+    /// never split between two files.
+    fn append(&mut self, batch: &[Box<PlaybackRecord>]) -> std::io::Result<()> {
+        let mut counted = CountingWriter {
+            inner: &mut self.out,
+            bytes: 0,
+        };
+        for r in batch {
+            // Serialised straight into the buffered file: no string per record.
+            serde_json::to_writer(&mut counted, &**r)?;
+            counted.write_all(b"\n")?;
+        }
+        self.len += counted.bytes;
+        self.out.flush()?;
+        if self.len >= self.retention.file_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// `playback.jsonl.{k}` becomes `.{k+1}` (the one past `files` is deleted), the current
+    /// file becomes `.1`, and a new current file is started.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let files = self.retention.files;
+        let rotated = |k: u32| rotated_path(&self.path, k);
+        if files == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            match std::fs::remove_file(rotated(files)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            for k in (1..files).rev() {
+                match std::fs::rename(rotated(k), rotated(k + 1)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.path, rotated(1))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.out = std::io::BufWriter::new(file);
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// `playback.jsonl.{k}` beside `current`.
+fn rotated_path(current: &Path, k: u32) -> PathBuf {
+    let mut name = current.as_os_str().to_owned();
+    name.push(format!(".{k}"));
+    PathBuf::from(name)
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Rows one trim deletes at most, so that a log far over its bound (a lowered setting) is cut
+/// down over several batches instead of holding the writer for one long transaction.
+const TRIM_CHUNK: i64 = 50_000;
+
+/// Delete the oldest rows of `playback_events` beyond `max_rows`, and the session spans that
+/// end before what is left. Rows are numbered in append order without gaps, so the count is
+/// `newest - oldest + 1` and the cut is a range of row numbers. Waits until the table is a
+/// sixteenth over its bound, so that deleting goes by whole pages, not a few rows a batch.
+fn trim(conn: &Connection, max_rows: u64) -> Result<(), rusqlite::Error> {
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(seq), max(seq) FROM playback_events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(oldest), Some(newest)) = (oldest, newest) else {
+        return Ok(());
+    };
+    let max_rows = max_rows.min(i64::MAX as u64) as i64;
+    let rows = newest - oldest + 1;
+    if rows <= max_rows.saturating_add(max_rows / 16) {
+        return Ok(());
+    }
+    // Keep rows cut..=newest.
+    let cut = (newest - max_rows + 1).min(oldest + TRIM_CHUNK);
+    let tx = conn.unchecked_transaction()?;
+    tx.execute("DELETE FROM playback_events WHERE seq < ?1", [cut])?;
+    tx.execute("DELETE FROM playback_sessions WHERE last_seq < ?1", [cut])?;
+    tx.commit()
+}
+
 /// Most records one batch writes before answering waiting flushes.
 const MAX_BATCH: usize = 4096;
 
@@ -374,10 +526,10 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_millis(25);
 fn writer(
     rx: mpsc::Receiver<Cmd>,
     mut conn: Connection,
-    file: std::fs::File,
+    mut file: JsonLines,
+    retention: Retention,
     shed: Arc<AtomicU64>,
 ) {
-    let mut file = std::io::BufWriter::new(file);
     // The shed count the writer has logged so far.
     let mut logged = 0;
     let mut batch = Vec::new();
@@ -400,6 +552,9 @@ fn writer(
         }
         write_batch(&mut conn, &mut file, &mut spans, &mut batch);
         batch.clear();
+        if let Err(e) = trim(&conn, retention.max_rows) {
+            tracing::error!("playback log SQLite trim failed: {e}");
+        }
         let total = shed.load(Ordering::Relaxed);
         let lost = total - logged;
         logged = total;
@@ -417,29 +572,37 @@ fn writer(
 }
 
 impl PlaybackLog {
-    /// Open (or create) the log of the node whose data directory is `data_dir` and start its
-    /// writer thread.
+    /// Open (or create) the log of the node whose data directory is `data_dir`, keeping what
+    /// `retention` allows, and start its writer thread. Spans of sessions left open by the
+    /// node's previous run are closed (that run's writer is gone).
     ///
     /// Errors: the JSON-lines file or the SQLite table cannot be opened or created.
-    pub fn open(data_dir: &Path) -> Result<Self, String> {
-        Self::open_bounded(data_dir, QUEUE_CAPACITY)
+    pub fn open(data_dir: &Path, retention: Retention) -> Result<Self, String> {
+        Self::open_bounded(data_dir, retention, QUEUE_CAPACITY)
     }
 
-    fn open_bounded(data_dir: &Path, capacity: usize) -> Result<Self, String> {
+    fn open_bounded(
+        data_dir: &Path,
+        retention: Retention,
+        capacity: usize,
+    ) -> Result<Self, String> {
         let jsonl = data_dir.join(JSONL_NAME);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&jsonl)
-            .map_err(|e| format!("cannot open {jsonl:?}: {e}"))?;
+        let file = JsonLines::open(jsonl.clone(), retention)?;
         let db = data_dir.join(SQLITE_NAME);
-        let conn = open_db(&db).map_err(|e| format!("cannot open {db:?}: {e}"))?;
+        let err = |e: rusqlite::Error| format!("cannot open {db:?}: {e}");
+        let conn = open_db(&db).map_err(err)?;
+        conn.execute(
+            "UPDATE playback_sessions SET last_seq = (SELECT max(seq) FROM playback_events)
+             WHERE last_seq IS NULL",
+            [],
+        )
+        .map_err(err)?;
         let (tx, rx) = mpsc::sync_channel(capacity);
         let shed = Arc::new(AtomicU64::new(0));
         let writer_shed = shed.clone();
         std::thread::Builder::new()
             .name("playback-log".into())
-            .spawn(move || writer(rx, conn, file, writer_shed))
+            .spawn(move || writer(rx, conn, file, retention, writer_shed))
             .map_err(|e| format!("cannot start the playback log writer: {e}"))?;
         Ok(Self { tx, jsonl, shed })
     }
@@ -485,17 +648,40 @@ impl PlaybackLog {
 }
 
 /// Read the records of `session_id` from the JSON-lines log of the node whose data directory is
-/// `data_dir`, in file order. A missing file gives no records; a malformed line is skipped.
+/// `data_dir`: the rotated files oldest first (`playback.jsonl.N` ... `.1`), then the current
+/// one, each in file order. A missing file gives no records; a malformed line is skipped. A
+/// rotation while this reads can make it miss the records of the rotated file.
 ///
-/// Errors: the file exists but cannot be read.
+/// Errors: a file exists but cannot be read.
 pub fn read_jsonl(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecord>, String> {
-    let path = data_dir.join(JSONL_NAME);
-    let file = match std::fs::File::open(&path) {
+    let current = data_dir.join(JSONL_NAME);
+    let mut paths = Vec::new();
+    for k in 1.. {
+        let p = rotated_path(&current, k);
+        if !p.exists() {
+            break;
+        }
+        paths.push(p);
+    }
+    paths.reverse();
+    paths.push(current);
+    let mut out = Vec::new();
+    for path in paths {
+        read_jsonl_file(&path, session_id, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn read_jsonl_file(
+    path: &Path,
+    session_id: &str,
+    out: &mut Vec<PlaybackRecord>,
+) -> Result<(), String> {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("cannot read {path:?}: {e}")),
     };
-    let mut out = Vec::new();
     for line in std::io::BufReader::new(file).lines() {
         let line = line.map_err(|e| format!("cannot read {path:?}: {e}"))?;
         // Cheap pre-filter before parsing.
@@ -508,7 +694,7 @@ pub fn read_jsonl(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecor
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The row spans that hold the records of one session: its `playback_sessions` spans, an open
@@ -604,7 +790,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_full_queue_sheds_and_counts_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap();
-        let log = PlaybackLog::open_bounded(dir.path(), 4).unwrap();
+        let log = PlaybackLog::open_bounded(dir.path(), Retention::default(), 4).unwrap();
         let blocker = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
         blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
         for k in 0..200 {
@@ -623,7 +809,7 @@ mod tests {
     #[tokio::test]
     async fn records_reach_both_logs_in_order_and_read_back_equal() {
         let dir = tempfile::tempdir().unwrap();
-        let log = PlaybackLog::open(dir.path()).unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
         for k in 0..50 {
             let mut r = PlaybackRecord::new(PlaybackEvent::Serve, "v", "n1-00aa", "n1");
             r.segment = Some(k);
@@ -688,7 +874,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = ("n1-00aa", "n1-00bb");
         {
-            let log = PlaybackLog::open(dir.path()).unwrap();
+            let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
             for k in 0..20 {
                 log.record(tagged(PlaybackEvent::Serve, a, k));
                 log.record(tagged(PlaybackEvent::Serve, b, k));
@@ -702,7 +888,16 @@ mod tests {
             log.record(tagged(PlaybackEvent::PrefetchResult, a, 20));
             log.flush().await;
         }
-        let log = PlaybackLog::open(dir.path()).unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        let open_spans: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM playback_sessions WHERE last_seq IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(open_spans, 0, "the last run's spans end where its rows do");
         for k in 25..30 {
             log.record(tagged(PlaybackEvent::Serve, b, k));
             log.record(tagged(PlaybackEvent::Serve, a, k));
@@ -713,7 +908,6 @@ mod tests {
             assert_eq!(rows.len(), want, "{session}");
             assert_eq!(rows, read_jsonl(dir.path(), session).unwrap(), "{session}");
         }
-        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
         let indexes: i64 = conn
             .query_row(
                 "SELECT count(*) FROM pragma_index_list('playback_events')",
@@ -747,7 +941,7 @@ mod tests {
                 .unwrap();
             }
         }
-        let log = PlaybackLog::open(dir.path()).unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
         log.record(tagged(PlaybackEvent::Serve, "old-a", 9));
         log.flush().await;
         let rows = read_sqlite(dir.path(), "old-a").unwrap();
@@ -766,5 +960,101 @@ mod tests {
             )
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// The JSON-lines file is rotated by size and only `files` rotated files are kept: the
+    /// disk the log takes is bounded, and what is left reads back as the newest records, in
+    /// order.
+    #[tokio::test]
+    async fn the_json_lines_file_rotates_by_size_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            max_rows: 1_000_000,
+            file_bytes: 4_000,
+            files: 2,
+        };
+        let log = PlaybackLog::open(dir.path(), retention).unwrap();
+        let mut written = 0;
+        for _ in 0..40 {
+            for _ in 0..10 {
+                log.record(tagged(PlaybackEvent::Serve, "n1-00aa", written));
+                written += 1;
+            }
+            log.flush().await;
+        }
+        let current = dir.path().join(JSONL_NAME);
+        assert!(rotated_path(&current, 1).exists());
+        assert!(rotated_path(&current, 2).exists());
+        assert!(
+            !rotated_path(&current, 3).exists(),
+            "more files kept than asked"
+        );
+        let segments: Vec<usize> = read_jsonl(dir.path(), "n1-00aa")
+            .unwrap()
+            .iter()
+            .map(|r| r.segment.unwrap())
+            .collect();
+        assert!(
+            segments.len() < written / 2,
+            "{} of {written} kept",
+            segments.len()
+        );
+        let first = segments[0];
+        assert_eq!(
+            segments,
+            (first..written).collect::<Vec<_>>(),
+            "the newest, in order"
+        );
+        for k in [1, 2] {
+            let len = std::fs::metadata(rotated_path(&current, k)).unwrap().len();
+            // A batch is never split: a file ends at the first batch that reaches the size.
+            assert!(
+                (4_000..4_000 + 10 * 300).contains(&len),
+                "file .{k}: {len} bytes"
+            );
+        }
+    }
+
+    /// The SQLite table keeps about `max_rows`: the oldest rows go, with the spans of sessions
+    /// that ended before what is left; the newest rows stay and read back.
+    #[tokio::test]
+    async fn the_table_keeps_the_newest_rows_and_drops_old_sessions_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            max_rows: 160,
+            ..Retention::default()
+        };
+        let log = PlaybackLog::open(dir.path(), retention).unwrap();
+        log.record(tagged(PlaybackEvent::Serve, "n1-00aa", 0));
+        log.record(tagged(PlaybackEvent::SessionEnd, "n1-00aa", 0));
+        for k in 0..1_000 {
+            log.record(tagged(PlaybackEvent::Serve, "n1-00bb", k));
+            if k % 50 == 49 {
+                log.flush().await;
+            }
+        }
+        log.flush().await;
+        let kept: Vec<usize> = read_sqlite(dir.path(), "n1-00bb")
+            .unwrap()
+            .iter()
+            .map(|r| r.segment.unwrap())
+            .collect();
+        // Trimmed to 160 once over 170 (a sixteenth more), after batches of 50.
+        assert!(
+            (160..=170 + 50).contains(&kept.len()),
+            "{} rows kept",
+            kept.len()
+        );
+        assert_eq!(kept, (1_000 - kept.len()..1_000).collect::<Vec<_>>());
+        assert!(read_sqlite(dir.path(), "n1-00aa").unwrap().is_empty());
+        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        let spans: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM playback_sessions WHERE session_id = 'n1-00aa'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(spans, 0, "the ended session's span outlived its rows");
     }
 }

@@ -223,7 +223,7 @@ async fn session_fixture(
     streaming: StreamingConfig,
 ) -> (Arc<NodeContext>, Streaming, Arc<VideoInfo>) {
     let node = node_id();
-    let log = PlaybackLog::open(dir).unwrap();
+    let log = PlaybackLog::open(dir, Default::default()).unwrap();
     let s = Streaming::new(&node, streaming, log);
     let ctx = Arc::new(NodeContext {
         streaming: s.clone(),
