@@ -210,7 +210,8 @@ impl std::fmt::Debug for PlaybackLog {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS playback_events (
-    seq         INTEGER PRIMARY KEY, -- the rowid: rows are never deleted, so it only grows
+    seq         INTEGER PRIMARY KEY, -- the rowid; only the oldest rows are deleted (trim keeps
+                                     -- the newest), so it only grows and has no gaps
     ts_ms       INTEGER NOT NULL,
     ts          TEXT NOT NULL,
     event       TEXT NOT NULL,
