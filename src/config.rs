@@ -393,6 +393,10 @@ pub struct StreamingConfig {
     pub log_files: u32,
 }
 
+/// The playback log's bounds by default: the storage layer's own.
+const LOG_DEFAULTS: crate::storage::playback::Retention =
+    crate::storage::playback::Retention::DEFAULT;
+
 impl Default for StreamingConfig {
     fn default() -> Self {
         Self {
@@ -401,9 +405,9 @@ impl Default for StreamingConfig {
             max_prefetches: 32,
             session_idle_seconds: 300,
             max_sessions: 50_000,
-            log_max_rows: 4_000_000,
-            log_file_mib: 256,
-            log_files: 4,
+            log_max_rows: LOG_DEFAULTS.max_rows,
+            log_file_mib: LOG_DEFAULTS.file_bytes >> 20,
+            log_files: LOG_DEFAULTS.files,
         }
     }
 }
@@ -412,6 +416,15 @@ impl StreamingConfig {
     /// The cache budget in bytes.
     pub fn cache_bytes(&self) -> usize {
         (self.cache_mib.saturating_mul(1024 * 1024)).min(usize::MAX as u64) as usize
+    }
+
+    /// The playback log's bounds these settings give.
+    pub fn log_retention(&self) -> crate::storage::playback::Retention {
+        crate::storage::playback::Retention {
+            max_rows: self.log_max_rows,
+            file_bytes: self.log_file_mib.saturating_mul(1 << 20),
+            files: self.log_files,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -110,13 +110,9 @@ pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, 
         ),
         None => cluster::Cluster::single(&config.node_id, config.listen),
     };
-    let retention = storage::playback::Retention {
-        max_rows: config.streaming.log_max_rows,
-        file_bytes: config.streaming.log_file_mib.saturating_mul(1 << 20),
-        files: config.streaming.log_files,
-    };
-    let playback = storage::playback::PlaybackLog::open(&config.data_dir, retention)
-        .map_err(|e| setup("playback log", &e))?;
+    let playback =
+        storage::playback::PlaybackLog::open(&config.data_dir, config.streaming.log_retention())
+            .map_err(|e| setup("playback log", &e))?;
     let ctx = NodeContext {
         node_id: config.node_id.clone(),
         storage,

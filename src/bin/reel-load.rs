@@ -90,7 +90,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 fn cpu_ticks(stat_path: &str) -> Option<u64> {
     let stat = std::fs::read_to_string(stat_path).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)

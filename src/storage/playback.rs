@@ -179,14 +179,18 @@ pub struct Retention {
     pub files: u32,
 }
 
+impl Retention {
+    /// The defaults (also `[streaming]`'s): 4,000,000 rows, 256 MiB files, 4 rotated files.
+    pub const DEFAULT: Self = Self {
+        max_rows: 4_000_000,
+        file_bytes: 256 << 20,
+        files: 4,
+    };
+}
+
 impl Default for Retention {
-    /// The defaults of `[streaming]`: 4,000,000 rows, 256 MiB files, 4 rotated files.
     fn default() -> Self {
-        Self {
-            max_rows: 4_000_000,
-            file_bytes: 256 << 20,
-            files: 4,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -851,6 +855,11 @@ mod tests {
         assert!(line.contains("\"cache\":\"miss\""));
     }
 
+    /// The one number a `SELECT count(*) ...` answers.
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     fn tagged(event: PlaybackEvent, session: &str, k: usize) -> PlaybackRecord {
         let mut r = PlaybackRecord::new(event, "v", session, "n1");
         r.segment = Some(k);
@@ -897,13 +906,10 @@ mod tests {
         }
         let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
         let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        let open_spans: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM playback_sessions WHERE last_seq IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let open_spans: i64 = count(
+            &conn,
+            "SELECT count(*) FROM playback_sessions WHERE last_seq IS NULL",
+        );
         assert_eq!(open_spans, 0, "the last run's spans end where its rows do");
         for k in 25..30 {
             log.record(tagged(PlaybackEvent::Serve, b, k));
@@ -915,13 +921,10 @@ mod tests {
             assert_eq!(rows.len(), want, "{session}");
             assert_eq!(rows, read_jsonl(dir.path(), session).unwrap(), "{session}");
         }
-        let indexes: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM pragma_index_list('playback_events')",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let indexes: i64 = count(
+            &conn,
+            "SELECT count(*) FROM pragma_index_list('playback_events')",
+        );
         assert_eq!(indexes, 0, "an index on the records costs every insert");
     }
 
@@ -959,13 +962,10 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(read_sqlite(dir.path(), "old-b").unwrap().len(), 1);
         let conn = Connection::open(&db).unwrap();
-        let left: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'playback_session'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let left: i64 = count(
+            &conn,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'playback_session'",
+        );
         assert_eq!(left, 0);
     }
 
@@ -1055,13 +1055,10 @@ mod tests {
         assert_eq!(kept, (1_000 - kept.len()..1_000).collect::<Vec<_>>());
         assert!(read_sqlite(dir.path(), "n1-00aa").unwrap().is_empty());
         let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        let spans: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM playback_sessions WHERE session_id = 'n1-00aa'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let spans: i64 = count(
+            &conn,
+            "SELECT count(*) FROM playback_sessions WHERE session_id = 'n1-00aa'",
+        );
         assert_eq!(spans, 0, "the ended session's span outlived its rows");
     }
 
