@@ -186,7 +186,7 @@ async fn post_commit_writes(storage: &Storage, id: &str) -> Vec<String> {
 
 /// Claims of the video's lease taken from a live owner: a claim of a new epoch by another
 /// node while the previous holder was neither faulted (within [`FAULT_GRACE_MS`]) nor had
-/// stood down or handed the video off before it.
+/// stood down, handed the video off or released its epoch before it.
 fn steals(events: &[Value], faults: &[Fault]) -> Vec<String> {
     let mut claims: Vec<(u64, String, i64)> = events
         .iter()
@@ -202,17 +202,24 @@ fn steals(events: &[Value], faults: &[Fault]) -> Vec<String> {
     claims.sort();
     let mut out = Vec::new();
     for w in claims.windows(2) {
-        let ((_, holder, _), (epoch, claimer, at)) = (&w[0], &w[1]);
+        let ((held, holder, _), (epoch, claimer, at)) = (&w[0], &w[1]);
         if holder == claimer {
             continue;
         }
         let faulted = faults
             .iter()
             .any(|f| &f.node == holder && f.from <= *at && *at <= f.to + FAULT_GRACE_MS);
+        // Stood down, handed off, or released its epoch (a commit releases the lease; a node
+        // whose actor still waited may then claim the next epoch, find the video ready and
+        // release it: no owner was live).
         let let_go = events.iter().any(|e| {
             e["node"].as_str() == Some(holder.as_str())
-                && matches!(e["kind"].as_str(), Some("stood_down" | "handed_off"))
                 && e["ts_ms"].as_i64().is_some_and(|t| t <= *at)
+                && match e["kind"].as_str() {
+                    Some("stood_down" | "handed_off") => true,
+                    Some("lease_released") => e["attempt"].as_u64() == Some(*held),
+                    _ => false,
+                }
         });
         if !faulted && !let_go {
             out.push(format!("epoch {epoch} by {claimer} from live {holder}"));
