@@ -123,6 +123,27 @@ async fn raw_patch(url: &str, offset: u64, declared: usize, body: &[u8]) -> toki
     s
 }
 
+/// The status code of the answer on a connection [`raw_patch`] opened (waits for it).
+async fn raw_status(s: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        if s.read(&mut byte).await.unwrap() == 0 {
+            panic!(
+                "closed before a status line: {:?}",
+                String::from_utf8_lossy(&head)
+            );
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
 /// Poll HEAD until `Upload-Offset` is `want` (bounded).
 async fn wait_offset(url: &str, want: u64) -> reqwest::Response {
     let until = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -415,23 +436,26 @@ async fn lost_final_response_cut_patch_and_concurrent_patch() {
     drop(s);
     wait_offset(&url, 6_000).await;
 
-    // A second PATCH while one is running is refused with 423 and changes nothing.
-    let held = raw_patch(&url, 6_000, 4_000, &bytes[6_000..7_000]).await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = patch(&url, 6_000, bytes[6_000..8_000].to_vec()).await;
-        if r.status() == StatusCode::LOCKED {
-            break;
+    // A second PATCH while one is running is refused with 423 and changes nothing. Two PATCHes
+    // at the same offset each send part of their body and hold: whichever the node takes first
+    // holds the upload (it never answers while its body is awaited), the other is refused at
+    // once, in either order.
+    let mut a = raw_patch(&url, 6_000, 4_000, &bytes[6_000..7_000]).await;
+    let mut b = raw_patch(&url, 6_000, 4_000, &bytes[6_000..7_000]).await;
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            s = raw_status(&mut a) => s,
+            s = raw_status(&mut b) => s,
         }
-        // The held PATCH may not have taken the lease yet.
-        assert!(
-            tokio::time::Instant::now() < until,
-            "never locked: {}",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    drop(held);
+    })
+    .await
+    .expect("neither concurrent PATCH was answered");
+    assert_eq!(
+        refused, 423,
+        "the PATCH that did not get the upload is refused"
+    );
+    drop(a);
+    drop(b);
     wait_offset(&url, 7_000).await;
 
     // The last PATCH completes, but the client never reads the answer.
