@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Client, Method};
 use sha1::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
