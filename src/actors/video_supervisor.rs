@@ -126,6 +126,17 @@ impl VideoSupervisor {
             tracing::debug!(video_id = %id, "view not settled; not claiming yet");
             return;
         }
+        // A video that is already ready or failed needs no owner. This happens to a node that
+        // waited for a live owner's lease (the retry above): by the time it expires, the owner
+        // has usually finished and released it. Claiming it anyway only logged a claim and a
+        // release around an actor that stopped at once. Not a safety check (the claim is the
+        // store's to grant), only a read saved from turning into two writes.
+        if let Ok(Some(r)) = state.ctx.storage.load_record(&id).await {
+            if r.state.is_terminal() {
+                tracing::debug!(video_id = %id, state = r.state.as_str(), "terminal; not claiming");
+                return;
+            }
+        }
         let me = state.ctx.node_id.clone();
         let claimed_at = tokio::time::Instant::now();
         let epoch = match state

@@ -155,3 +155,32 @@ async fn two_owners_race_and_exactly_one_finalizes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A node told to take up a video that is already ready (as one that waited for a live owner's
+/// lease is, once the lease expires) leaves it alone: no claim, no new lease epoch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ready_video_is_not_claimed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(test_config(dir.path())).await;
+    let (status, v) = upload(&node.url(), &clip("video")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&node.url(), &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let claims = count(&event_kinds(&node.url(), &id).await, "lease_claimed");
+    assert_eq!(claims, 1);
+    node.node
+        .refs
+        .videos
+        .cast(VideoSupervisorMsg::Ensure {
+            video_id: id.clone(),
+        })
+        .unwrap();
+    // `call` as a barrier: the supervisor has handled the Ensure before this answers.
+    let running = ractor::call!(node.node.refs.videos, VideoSupervisorMsg::Active).unwrap();
+    assert!(running.is_empty(), "an actor started: {running:?}");
+    let ev = event_kinds(&node.url(), &id).await;
+    assert_eq!(count(&ev, "lease_claimed"), 1, "{ev:#?}");
+    assert_eq!(count(&ev, "lease_released"), 1, "{ev:#?}");
+    node.stop().await;
+}
