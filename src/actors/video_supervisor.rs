@@ -127,10 +127,10 @@ impl VideoSupervisor {
             return;
         }
         // A video that is already ready or failed needs no owner. This happens to a node that
-        // waited for a live owner's lease (the retry above): by the time it expires, the owner
-        // has usually finished and released it. Claiming it anyway only logged a claim and a
-        // release around an actor that stopped at once. Not a safety check (the claim is the
-        // store's to grant), only a read saved from turning into two writes.
+        // waited for a live owner's lease (the `Claim::Held` retry below): by the time the
+        // lease would expire, the owner has usually finished and released it. Claiming it
+        // anyway logged a claim and a release around an actor that stopped at once. Not a
+        // safety check (the claim is the store's to grant): one read instead of those writes.
         if let Ok(Some(r)) = state.ctx.storage.load_record(&id).await {
             if r.state.is_terminal() {
                 tracing::debug!(video_id = %id, state = r.state.as_str(), "terminal; not claiming");
