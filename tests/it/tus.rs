@@ -125,23 +125,14 @@ async fn raw_patch(url: &str, offset: u64, declared: usize, body: &[u8]) -> toki
 
 /// The status code of the answer on a connection [`raw_patch`] opened (waits for it).
 async fn raw_status(s: &mut tokio::net::TcpStream) -> u16 {
-    use tokio::io::AsyncReadExt;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n") {
-        if s.read(&mut byte).await.unwrap() == 0 {
-            panic!(
-                "closed before a status line: {:?}",
-                String::from_utf8_lossy(&head)
-            );
-        }
-        head.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    line.split(' ')
+    let mut answer = vec![0u8; 1024];
+    let n = s.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    answer
+        .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"))
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
 }
 
 /// Poll HEAD until `Upload-Offset` is `want` (bounded).
