@@ -47,20 +47,27 @@ async fn a_owns_a_video_b_shares_the_store(
     (a, b, id, dirs)
 }
 
+/// Tell `node`'s video supervisor to take up video `id` (what a node does when the ring makes
+/// it the video's home) and wait until it has handled that, with a `call` behind the cast as a
+/// barrier: the videos it runs actors for afterwards.
+async fn ensure_handled(node: &reel::RunningNode, id: &str) -> Vec<String> {
+    node.node
+        .refs
+        .videos
+        .cast(VideoSupervisorMsg::Ensure {
+            video_id: id.to_string(),
+        })
+        .unwrap();
+    ractor::call!(node.node.refs.videos, VideoSupervisorMsg::Active).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_owners_lease_is_not_claimed_and_one_job_runs() {
     let six = std::time::Duration::from_secs(6);
     // A has claimed (its job started) before B is told it owns the video too.
     let (a, b, id, _dirs) = a_owns_a_video_b_shares_the_store(&clip("long"), six, six).await;
-    b.node
-        .refs
-        .videos
-        .cast(VideoSupervisorMsg::Ensure {
-            video_id: id.clone(),
-        })
-        .unwrap();
-    // `call` as a barrier: B has handled the Ensure (and its refused claim) before this answers.
-    let running = ractor::call!(b.node.refs.videos, VideoSupervisorMsg::Active).unwrap();
+    // B has handled the Ensure (and its refused claim) once this returns.
+    let running = ensure_handled(&b, &id).await;
     assert!(running.is_empty(), "B started an actor: {running:?}");
     let v = wait_terminal(&a.url(), &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");
@@ -169,15 +176,7 @@ async fn a_ready_video_is_not_claimed_again() {
     assert_eq!(v["state"], "ready", "{v}");
     let claims = count(&event_kinds(&node.url(), &id).await, "lease_claimed");
     assert_eq!(claims, 1);
-    node.node
-        .refs
-        .videos
-        .cast(VideoSupervisorMsg::Ensure {
-            video_id: id.clone(),
-        })
-        .unwrap();
-    // `call` as a barrier: the supervisor has handled the Ensure before this answers.
-    let running = ractor::call!(node.node.refs.videos, VideoSupervisorMsg::Active).unwrap();
+    let running = ensure_handled(&node, &id).await;
     assert!(running.is_empty(), "an actor started: {running:?}");
     let ev = event_kinds(&node.url(), &id).await;
     assert_eq!(count(&ev, "lease_claimed"), 1, "{ev:#?}");
