@@ -12,6 +12,7 @@ fn cpu() -> f64 {
     let t = |v: nix::sys::time::TimeVal| v.tv_sec() as f64 + v.tv_usec() as f64 * 1e-6;
     t(u.user_time()) + t(u.system_time())
 }
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let n: usize = std::env::args()
