@@ -29,7 +29,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::actors::Ctx;
 use crate::storage::keys::{self, RenditionFile};
-use crate::storage::playback::{CacheOutcome, PlaybackEvent, PlaybackRecord, RenditionTag};
+use crate::storage::playback::{
+    CacheOutcome, PlaybackEvent, PlaybackRecord, RenditionTag, SegmentRecord, SessionIds,
+};
 use crate::storage::{Object, StorageError};
 use crate::streaming::cache::Lookup;
 use crate::streaming::session::SessionId;
@@ -100,9 +102,8 @@ pub struct SessionHandle {
     streaming: Streaming,
     video: Arc<VideoInfo>,
     session: SessionId,
-    /// The session's id and video, shared by every request's records without copying.
-    session_str: Arc<str>,
-    video_id: Arc<str>,
+    /// The session's id, its video and this node, shared by every record of the session.
+    ids: Arc<SessionIds>,
     /// When the handle was made; `last_request_ms` counts milliseconds from it.
     born: Instant,
     last_request_ms: AtomicU64,
@@ -121,8 +122,11 @@ impl SessionHandle {
         video: Arc<VideoInfo>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            session_str: session.to_string().into(),
-            video_id: video.video_id.as_str().into(),
+            ids: Arc::new(SessionIds {
+                video_id: video.video_id.clone(),
+                session_id: session.to_string(),
+                node_id: ctx.node_id.clone(),
+            }),
             ctx,
             streaming,
             video,
@@ -169,7 +173,7 @@ impl SessionHandle {
     /// The session's counters.
     pub fn snapshot(&self) -> SessionSnapshot {
         SessionSnapshot {
-            session_id: self.session_str.to_string(),
+            session_id: self.ids.session_id.clone(),
             video_id: self.video.video_id.clone(),
             requests: self.requests.load(Ordering::Relaxed),
             rendition: self.tracking().rendition.clone(),
@@ -191,14 +195,61 @@ impl SessionHandle {
         rendition: &str,
         file: RenditionFile,
     ) -> Result<Served, StorageError> {
+        self.note_request();
+        let info = self.rendition_info(video_id, rendition, file)?;
+        let started = Instant::now();
+        let key = self.key(info, file);
+        let res = match self.streaming.cache.get(&self.ctx.storage, &key).await {
+            Ok((Some(object), lookup)) => Ok(Served { object, lookup }),
+            Ok((None, _)) => Err(StorageError::NotFound(key)),
+            Err(e) => Err(e),
+        };
+        self.served(info, rendition, file, started, res)
+    }
+
+    /// [`SessionHandle::serve`] for an object the node's cache holds now, without waiting:
+    /// the same counters, `SERVE` record (a hit) and read-ahead. `None` when the object is not
+    /// cached or the request is not valid for this session; then nothing was counted or logged,
+    /// and the caller goes on to `serve`, which answers it (issue 11, P1: a cache hit needs no
+    /// `await`, so the request needs no future of its own).
+    pub fn serve_cached(
+        self: &Arc<Self>,
+        video_id: &str,
+        rendition: &str,
+        file: RenditionFile,
+    ) -> Option<Served> {
+        let info = self.rendition_info(video_id, rendition, file).ok()?;
+        let started = Instant::now();
+        let object = self.streaming.cache.get_cached(&self.key(info, file))?;
+        self.note_request();
+        let served = Served {
+            object,
+            lookup: Lookup::Hit,
+        };
+        self.served(info, rendition, file, started, Ok(served)).ok()
+    }
+
+    /// Count a request and note its time.
+    fn note_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.last_request_ms
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The rendition `file` belongs to, if the request names this session's video, one of its
+    /// renditions and (for a segment) one of its segments; else `NotFound`, never naming
+    /// another video.
+    fn rendition_info(
+        &self,
+        video_id: &str,
+        rendition: &str,
+        file: RenditionFile,
+    ) -> Result<&RenditionInfo, StorageError> {
         if video_id != self.video.video_id {
             // Never name the other video: a session id is no key to it.
             return Err(StorageError::NotFound(format!(
                 "no such session {} for this video",
-                self.session_str
+                self.ids.session_id
             )));
         }
         let Some(info) = self.video.renditions.get(rendition) else {
@@ -215,23 +266,29 @@ impl SessionHandle {
                 )));
             }
         }
+        Ok(info)
+    }
+
+    /// After the object was looked up (`res`, `started` when the lookup began): note the
+    /// rendition, and for a segment write its `SERVE` record and trigger read-ahead.
+    fn served(
+        self: &Arc<Self>,
+        info: &RenditionInfo,
+        rendition: &str,
+        file: RenditionFile,
+        started: Instant,
+        res: Result<Served, StorageError>,
+    ) -> Result<Served, StorageError> {
         {
             let mut t = self.tracking();
             if t.rendition.as_deref() != Some(rendition) {
                 t.rendition = Some(rendition.to_string());
             }
         }
-        let started = Instant::now();
-        let key = self.key(info, file);
-        let res = match self.streaming.cache.get(&self.ctx.storage, &key).await {
-            Ok((Some(object), lookup)) => Ok(Served { object, lookup }),
-            Ok((None, _)) => Err(StorageError::NotFound(key)),
-            Err(e) => Err(e),
-        };
         let RenditionFile::Segment(k) = file else {
             return res;
         };
-        let mut r = self.record(PlaybackEvent::Serve, &info.tag, k);
+        let mut r = SegmentRecord::new(PlaybackEvent::Serve, &self.ids, &info.tag, k);
         r.duration_ms = Some(started.elapsed().as_millis() as u64);
         match &res {
             Ok(s) => {
@@ -241,15 +298,17 @@ impl SessionHandle {
                     CacheOutcome::Miss
                 });
                 r.bytes = Some(s.object.bytes.len() as u64);
-                r.result = Some("ok".into());
+                r.result = Some("ok");
+                self.streaming.log.record_segment(r);
             }
             Err(e) => {
                 r.cache = Some(CacheOutcome::Miss);
-                r.result = Some("error".into());
+                r.result = Some("error");
+                let mut r = r.into_record();
                 r.detail = Some(e.to_string());
+                self.streaming.log.record(r);
             }
         }
-        self.streaming.log.record(r);
         // Triggering read-ahead only spawns (or skips) it: microseconds, no I/O. Doing it before
         // the answer makes "serving k logged PREFETCH_START for k+1" true by the time the
         // player has segment k.
@@ -286,16 +345,17 @@ impl SessionHandle {
         res
     }
 
-    fn record(&self, event: PlaybackEvent, tag: &RenditionTag, segment: usize) -> PlaybackRecord {
-        let mut r =
-            PlaybackRecord::new(event, &self.video_id, &self.session_str, &self.ctx.node_id);
-        r.rendition = Some(tag.clone());
-        r.segment = Some(segment);
-        r
+    fn record(
+        &self,
+        event: PlaybackEvent,
+        tag: &Arc<RenditionTag>,
+        segment: usize,
+    ) -> SegmentRecord {
+        SegmentRecord::new(event, &self.ids, tag, segment)
     }
 
     fn key(&self, info: &RenditionInfo, file: RenditionFile) -> String {
-        keys::rendition_file_of(&self.video_id, &info.dir, file)
+        keys::rendition_file_of(&self.ids.video_id, &info.dir, file)
     }
 
     /// Start read-ahead of segment `j` unless it is cached or being read (then log that), or
@@ -306,22 +366,22 @@ impl SessionHandle {
         if self.streaming.cache.is_cached_or_inflight(&key) {
             let mut s = self.record(PlaybackEvent::PrefetchStart, tag, j);
             s.cache = Some(CacheOutcome::Hit);
-            self.streaming.log.record(s);
+            self.streaming.log.record_segment(s);
             let mut r = self.record(PlaybackEvent::PrefetchResult, tag, j);
             r.cache = Some(CacheOutcome::Hit);
-            r.result = Some("cached".into());
-            self.streaming.log.record(r);
+            r.result = Some("cached");
+            self.streaming.log.record_segment(r);
             return;
         }
         let Ok(permit) = self.streaming.prefetch_slots.clone().try_acquire_owned() else {
             let mut r = self.record(PlaybackEvent::PrefetchResult, tag, j);
-            r.result = Some("skipped_busy".into());
-            self.streaming.log.record(r);
+            r.result = Some("skipped_busy");
+            self.streaming.log.record_segment(r);
             return;
         };
         let mut s = self.record(PlaybackEvent::PrefetchStart, tag, j);
         s.cache = Some(CacheOutcome::Miss);
-        self.streaming.log.record(s);
+        self.streaming.log.record_segment(s);
         let this = self.clone();
         let tag = tag.clone();
         tokio::spawn(async move {
@@ -338,15 +398,18 @@ impl SessionHandle {
                     } else {
                         CacheOutcome::Miss
                     });
-                    r.result = Some(if lookup.is_hit() { "cached" } else { "fetched" }.into());
+                    r.result = Some(if lookup.is_hit() { "cached" } else { "fetched" });
                 }
-                Ok((None, _)) => r.result = Some("not_found".into()),
+                Ok((None, _)) => r.result = Some("not_found"),
                 Err(e) => {
-                    r.result = Some("error".into());
+                    r.result = Some("error");
+                    let mut r = r.into_record();
                     r.detail = Some(e.to_string());
+                    this.streaming.log.record(r);
+                    return;
                 }
             }
-            this.streaming.log.record(r);
+            this.streaming.log.record_segment(r);
         });
     }
 }
@@ -367,7 +430,7 @@ impl SessionTable {
     /// List `handle` under its id (replacing a stopped one).
     pub fn insert(&self, handle: Arc<SessionHandle>) {
         let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
-        g.insert(handle.session_str.to_string(), handle);
+        g.insert(handle.ids.session_id.clone(), handle);
     }
 
     /// Drop session `id` if the listed handle is `handle` (a session opened again under the
@@ -421,9 +484,9 @@ impl Actor for SessionActor {
         h.close();
         let mut r = PlaybackRecord::new(
             PlaybackEvent::SessionEnd,
-            &h.video_id,
-            &h.session_str,
-            &h.ctx.node_id,
+            &h.ids.video_id,
+            &h.ids.session_id,
+            &h.ids.node_id,
         );
         r.detail = Some(format!("{} requests", h.requests.load(Ordering::Relaxed)));
         h.streaming.log.record(r);

@@ -401,6 +401,9 @@ where
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         match stream::FastRequest::take(req, &self.app.node.ctx.node_id) {
             Ok(fast) => {
+                if let Some(r) = stream::serve_hit(&self.app, &fast) {
+                    return Box::pin(std::future::ready(Ok(r.into_response())));
+                }
                 let app = self.app.clone();
                 Box::pin(async move { Ok(stream::serve_fast(app, fast).await.into_response()) })
             }

@@ -157,13 +157,98 @@ impl PlaybackRecord {
     }
 }
 
+/// The ids every record of one playback session carries, made once per session and shared by
+/// its [`SegmentRecord`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionIds {
+    /// The video.
+    pub video_id: String,
+    /// The playback session (`{home_node}-{16 hex}`).
+    pub session_id: String,
+    /// The node that serves it: the node that writes its records.
+    pub node_id: String,
+}
+
+/// A segment record as a request's task hands it to the log: the session's ids and the
+/// rendition are shared, not copied, and the fixed texts are `'static`, so making one
+/// allocates nothing. The writer makes the [`PlaybackRecord`] ([`SegmentRecord::into_record`]),
+/// so its strings are allocated and freed on the writer's own thread. Records made on the
+/// request threads and freed on the writer's (six allocations for a `SERVE`) kept glibc's
+/// per-thread caches empty on one side and full on the other: each allocation went to the
+/// shared arena, about 5 % of a node's user CPU serving cached segments (issue 11, P1).
+#[derive(Debug, Clone)]
+pub struct SegmentRecord {
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// Event type.
+    pub event: PlaybackEvent,
+    /// The session's ids.
+    pub ids: Arc<SessionIds>,
+    /// The rendition.
+    pub rendition: Arc<RenditionTag>,
+    /// Segment index.
+    pub segment: usize,
+    /// As [`PlaybackRecord::cache`].
+    pub cache: Option<CacheOutcome>,
+    /// As [`PlaybackRecord::result`].
+    pub result: Option<&'static str>,
+    /// Bytes served or fetched.
+    pub bytes: Option<u64>,
+    /// Time the request or fetch took, milliseconds.
+    pub duration_ms: Option<u64>,
+}
+
+impl SegmentRecord {
+    /// A record of `event` for segment `segment` of `rendition`, stamped now.
+    pub fn new(
+        event: PlaybackEvent,
+        ids: &Arc<SessionIds>,
+        rendition: &Arc<RenditionTag>,
+        segment: usize,
+    ) -> Self {
+        Self {
+            ts_ms: now_ms(),
+            event,
+            ids: ids.clone(),
+            rendition: rendition.clone(),
+            segment,
+            cache: None,
+            result: None,
+            bytes: None,
+            duration_ms: None,
+        }
+    }
+
+    /// The full record, as written to both logs.
+    pub fn into_record(self) -> PlaybackRecord {
+        PlaybackRecord {
+            ts_ms: self.ts_ms,
+            ts: String::new(),
+            event: self.event,
+            video_id: self.ids.video_id.clone(),
+            session_id: self.ids.session_id.clone(),
+            node_id: self.ids.node_id.clone(),
+            rendition: Some((*self.rendition).clone()),
+            segment: Some(self.segment),
+            cache: self.cache,
+            result: self.result.map(str::to_string),
+            bytes: self.bytes,
+            duration_ms: self.duration_ms,
+            detail: None,
+        }
+    }
+}
+
 enum Cmd {
     Record(Box<PlaybackRecord>),
+    Segment(SegmentRecord),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Records queued for the writer at most: beyond this (the disk cannot keep up), a record is
-/// shed and counted rather than held in memory without bound (issue 11). About 30 MB.
+/// shed and counted rather than held in memory without bound (issue 11). The queue's slots
+/// take about 6 MB (a [`SegmentRecord`] is held in its slot), what the full records hold about
+/// 30 MB more.
 pub const QUEUE_CAPACITY: usize = 65_536;
 
 /// How much of the playback log a node keeps on disk (`[streaming]` `log_*` settings). The log
@@ -541,7 +626,7 @@ fn writer(
     let mut flushes = Vec::new();
     let mut spans = Spans::default();
     while let Ok(first) = rx.recv() {
-        if matches!(first, Cmd::Record(_)) {
+        if !matches!(first, Cmd::Flush(_)) {
             // Let the batch gather: the senders queue without waking this thread.
             std::thread::sleep(LINGER);
         }
@@ -549,6 +634,7 @@ fn writer(
         while let Some(cmd) = next.take() {
             match cmd {
                 Cmd::Record(r) => batch.push(r),
+                Cmd::Segment(r) => batch.push(Box::new(r.into_record())),
                 Cmd::Flush(done) => flushes.push(done),
             }
             if batch.len() < MAX_BATCH {
@@ -620,15 +706,30 @@ impl PlaybackLog {
     /// Queue one record; never blocks. When the queue is full ([`QUEUE_CAPACITY`]), the record
     /// is shed and counted; the writer logs the count. Also traced at debug level.
     pub fn record(&self, r: PlaybackRecord) {
-        tracing::debug!(
-            event = r.event.as_str(),
-            session = %r.session_id,
-            rendition = r.rendition.as_ref().map(|x| x.name.as_str()).unwrap_or(""),
-            segment = r.segment.unwrap_or(usize::MAX),
-            cache = r.cache.map(|c| c.as_str()).unwrap_or(""),
-            "playback"
+        trace(
+            r.event,
+            &r.session_id,
+            r.rendition.as_ref().map(|x| x.name.as_str()),
+            r.segment,
+            r.cache,
         );
-        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Cmd::Record(Box::new(r))) {
+        self.queue(Cmd::Record(Box::new(r)));
+    }
+
+    /// [`PlaybackLog::record`] for a [`SegmentRecord`]: queued without allocating.
+    pub fn record_segment(&self, r: SegmentRecord) {
+        trace(
+            r.event,
+            &r.ids.session_id,
+            Some(&r.rendition.name),
+            Some(r.segment),
+            r.cache,
+        );
+        self.queue(Cmd::Segment(r));
+    }
+
+    fn queue(&self, cmd: Cmd) {
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(cmd) {
             self.shed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -650,6 +751,24 @@ impl PlaybackLog {
     pub fn jsonl_path(&self) -> &Path {
         &self.jsonl
     }
+}
+
+/// A record traced at debug level as it is queued.
+fn trace(
+    event: PlaybackEvent,
+    session: &str,
+    rendition: Option<&str>,
+    segment: Option<usize>,
+    cache: Option<CacheOutcome>,
+) {
+    tracing::debug!(
+        event = event.as_str(),
+        session,
+        rendition = rendition.unwrap_or(""),
+        segment = segment.unwrap_or(usize::MAX),
+        cache = cache.map(|c| c.as_str()).unwrap_or(""),
+        "playback"
+    );
 }
 
 /// Read the records of `session_id` from the JSON-lines log of the node whose data directory is
@@ -847,6 +966,50 @@ mod tests {
         assert!(line.starts_with("{\"ts_ms\":"), "{line}");
         assert!(line.contains("\"event\":\"SERVE\""));
         assert!(line.contains("\"cache\":\"miss\""));
+    }
+
+    /// A [`SegmentRecord`] (what a request queues without allocating) reaches both logs as
+    /// the full record the writer makes of it, in queue order with full records.
+    #[tokio::test]
+    async fn a_segment_record_is_written_as_the_full_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        let ids = Arc::new(SessionIds {
+            video_id: "v".into(),
+            session_id: "n1-00aa".into(),
+            node_id: "n1".into(),
+        });
+        let tag = Arc::new(RenditionTag {
+            name: "240p".into(),
+            width: 320,
+            height: 240,
+            bandwidth: 400_000,
+        });
+        let mut seg = SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 3);
+        seg.cache = Some(CacheOutcome::Hit);
+        seg.result = Some("ok");
+        seg.bytes = Some(200_000);
+        seg.duration_ms = Some(1);
+        let mut full = PlaybackRecord::new(PlaybackEvent::PrefetchStart, "v", "n1-00aa", "n1");
+        full.segment = Some(4);
+        log.record_segment(seg.clone());
+        log.record(full.clone());
+        log.flush().await;
+        let a = read_jsonl(dir.path(), "n1-00aa").unwrap();
+        assert_eq!(a, read_sqlite(dir.path(), "n1-00aa").unwrap());
+        assert_eq!(a.len(), 2, "{a:#?}");
+        let mut want = PlaybackRecord::new(PlaybackEvent::Serve, "v", "n1-00aa", "n1");
+        want.ts_ms = seg.ts_ms;
+        want.ts = a[0].ts.clone();
+        want.rendition = Some((*tag).clone());
+        want.segment = Some(3);
+        want.cache = Some(CacheOutcome::Hit);
+        want.result = Some("ok".into());
+        want.bytes = Some(200_000);
+        want.duration_ms = Some(1);
+        assert_eq!(a[0], want);
+        assert!(!a[0].ts.is_empty());
+        assert_eq!((a[1].event, a[1].segment), (full.event, full.segment));
     }
 
     /// The one number a `SELECT count(*) ...` answers.

@@ -117,6 +117,15 @@ impl SegmentCache {
         self.lock().lru.contains(key)
     }
 
+    /// The object at `key` if it is cached now (counted as a hit and made the most recent),
+    /// without waiting; `None` otherwise, and then nothing is counted or read: the caller
+    /// goes on to [`SegmentCache::get`]. A cache hit needs no `await` (issue 11, P1).
+    pub fn get_cached(&self, key: &str) -> Option<Object> {
+        let obj = self.lock().lru.get(key).cloned()?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(obj)
+    }
+
     /// The object at `key`, from the cache or (once, however many callers miss together) from
     /// `storage`. `Ok((None, _))` when the object does not exist.
     ///
@@ -238,6 +247,26 @@ mod tests {
         let (o, l) = c.get(&s, "nope").await.unwrap();
         assert!(o.is_none() && l == Lookup::Miss);
         assert!(!c.is_cached_or_inflight("nope"));
+    }
+
+    /// A cached object is had without waiting, counted as a hit and made the most recent; a
+    /// miss counts nothing and starts no read (the caller goes on to `get`).
+    #[tokio::test]
+    async fn get_cached_answers_hits_only_and_touches_recency() {
+        let s = store();
+        for k in ["a", "b", "c"] {
+            s.put(k, Bytes::from(vec![7u8; 40])).await.unwrap();
+        }
+        let c = SegmentCache::new(100);
+        assert!(c.get_cached("a").is_none());
+        assert!(!c.is_cached_or_inflight("a"), "no read was started");
+        assert_eq!((c.stats().hits, c.stats().misses), (0, 0));
+        c.get(&s, "a").await.unwrap();
+        c.get(&s, "b").await.unwrap();
+        assert_eq!(c.get_cached("a").unwrap().bytes, vec![7u8; 40]);
+        assert_eq!((c.stats().hits, c.stats().misses), (1, 2));
+        c.get(&s, "c").await.unwrap(); // 120 > 100: the least recent goes, b (a was touched)
+        assert!(c.contains("a") && !c.contains("b"));
     }
 
     #[tokio::test]

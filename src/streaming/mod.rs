@@ -29,8 +29,8 @@ use self::session::{ClusterView, SingleNode};
 /// What a session needs to know about one rendition of a ready video.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenditionInfo {
-    /// Name, resolution and `BANDWIDTH` (bit/s) for log records.
-    pub tag: RenditionTag,
+    /// Name, resolution and `BANDWIDTH` (bit/s) for log records (shared by them).
+    pub tag: Arc<RenditionTag>,
     /// Number of segments (`00000.m4s` .. ): read-ahead stops at the last.
     pub segments: usize,
     /// The directory under `videos/{id}/` its files are read from (the one the commit chose:
@@ -60,12 +60,12 @@ impl VideoInfo {
                 (
                     s.name.clone(),
                     RenditionInfo {
-                        tag: RenditionTag {
+                        tag: Arc::new(RenditionTag {
                             name: s.name.clone(),
                             width: s.width,
                             height: s.height,
                             bandwidth: s.bandwidth,
-                        },
+                        }),
                         segments: s.segments.unwrap_or(0),
                         dir: s
                             .dir

@@ -242,7 +242,7 @@ async fn session_fixture(
         renditions: [(
             "240p".to_string(),
             RenditionInfo {
-                tag: tag(),
+                tag: Arc::new(tag()),
                 segments: 6,
                 dir: DIR.into(),
             },
