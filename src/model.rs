@@ -183,8 +183,16 @@ pub fn now_rfc3339() -> String {
 /// `ms` (milliseconds since the Unix epoch; before it counts as the epoch) as RFC 3339 with
 /// milliseconds, UTC: the [`now_rfc3339`] form of a time taken earlier with [`now_ms`].
 pub fn rfc3339_ms(ms: i64) -> String {
+    let mut s = String::with_capacity(24);
+    write_rfc3339_ms(&mut s, ms);
+    s
+}
+
+/// [`rfc3339_ms`] appended to `out`.
+pub fn write_rfc3339_ms(out: &mut String, ms: i64) {
+    use std::fmt::Write;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
 }
 
 /// Now, milliseconds since the Unix epoch.
