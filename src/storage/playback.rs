@@ -171,11 +171,11 @@ pub struct SessionIds {
 
 /// A segment record as a request's task hands it to the log: the session's ids and the
 /// rendition are shared, not copied, and the fixed texts are `'static`, so making one
-/// allocates nothing. The writer makes the [`PlaybackRecord`] ([`SegmentRecord::into_record`]),
-/// so its strings are allocated and freed on the writer's own thread. Records made on the
-/// request threads and freed on the writer's (six allocations for a `SERVE`) kept glibc's
-/// per-thread caches empty on one side and full on the other: each allocation went to the
-/// shared arena, about 5 % of a node's user CPU serving cached segments (issue 11, P1).
+/// allocates nothing. The writer writes it as it is, through a borrowed row, as the
+/// [`PlaybackRecord`] [`SegmentRecord::into_record`] makes of it. Records made on the request
+/// threads and freed on the writer's (six allocations for a `SERVE`) kept glibc's per-thread
+/// caches empty on one side and full on the other: each allocation went to the shared arena,
+/// about 5 % of a node's user CPU serving cached segments (issue 11, P1).
 #[derive(Debug, Clone)]
 pub struct SegmentRecord {
     /// Milliseconds since the Unix epoch.
