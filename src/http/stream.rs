@@ -309,7 +309,7 @@ pub(super) async fn serve_fast(app: App, req: FastRequest) -> Response<Bytes> {
 /// The answer is the one `serve_fast` gives (the same handle's counters, `SERVE` record and
 /// read-ahead, the same [`object_response`]), but a request answered here needs no future of
 /// its own: `serve_fast`'s is over 1 KiB, which glibc's allocator serves from its large bins,
-/// consolidating its free lists first (about 5 % of a node's CPU serving cached 200 kB
+/// consolidating its free lists first (about 5 % of a node's user CPU serving cached 200 kB
 /// segments at 1,024 connections; issue 11, P1).
 pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>> {
     let (id, rendition, file) = match &req.route {
@@ -330,7 +330,7 @@ pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>>
         keys::parse_rendition_file(file).filter(|_| keys::valid_rendition_name(rendition))?;
     let ctx = &app.node.ctx;
     let video = ctx.streaming.video(id)?;
-    let dir = &video.renditions.get(rendition.as_str())?.dir;
+    let info = video.renditions.get(rendition.as_str())?;
     let object = match &req.route {
         FastRoute::Session { session, .. } => {
             // Homed here: served here whatever the ring says (`route_session`), and the table
@@ -345,7 +345,7 @@ pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>>
         FastRoute::File { .. } => ctx
             .streaming
             .cache
-            .get_cached(&keys::rendition_file(id, dir, file))?,
+            .get_cached(&keys::rendition_file(id, &info.dir, file))?,
     };
     let (ctype, cache) = type_and_cache(kind);
     let r = object_response(object, ctype, cache, &req.c);
@@ -445,8 +445,8 @@ fn base_response(body: Bytes, content_type: &'static str, cache: &'static str) -
     let mut r = Response::new(body);
     // Room for the six headers of a whole segment's answer, allocated once: the map's smallest
     // table (six entries, about 600 bytes). Its next size, twelve entries, is over 1 KiB, which
-    // glibc serves from its large bins after consolidating its free lists, about 2 % of a
-    // node's CPU per request (issue 11, P1); only a partial answer (`Content-Range`) grows to it.
+    // glibc serves from its large bins after consolidating its free lists, about 2.5 % of a
+    // node's user CPU (issue 11, P1); only a partial answer (`Content-Range`) grows to it.
     *r.headers_mut() = warp::http::HeaderMap::with_capacity(6);
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
