@@ -452,7 +452,12 @@ impl JobActor {
         let seg = p.segment_seconds;
         let per_chunk = (p.chunk_seconds / seg.max(1)).max(1);
         let chunked = p.chunk_seconds > 0 && source.duration_seconds > (per_chunk * seg) as f64;
-        let chunks = transcode::plan_chunks(source.duration_seconds, seg, per_chunk);
+        let chunks = transcode::plan_chunks(
+            source.duration_seconds,
+            seg,
+            per_chunk,
+            source.nominal_frame_rate,
+        );
         let storage = state.ctx.storage.clone();
         let id = state.video_id.clone();
         let (epoch, instance) = (state.lease_epoch, state.instance);

@@ -132,10 +132,15 @@ impl InputMap {
         f.extend(cut);
         f.push("setpts=PTS-STARTPTS".into());
         if let Some(len) = chunk_seconds {
+            // A chunk of whole frames (`plan_chunks`) ends half a frame before its length, so
+            // the frame that starts the next chunk is never also the last of this one, however
+            // its time rounds.
+            let mut end = len;
             if self.frame_rate > 0.0 {
                 f.push(format!("fps={:.6}", self.frame_rate));
+                end -= 0.5 / self.frame_rate;
             }
-            f.push(format!("trim=end={len:.6}"));
+            f.push(format!("trim=end={end:.6}"));
         }
         f.join(",")
     }
@@ -314,12 +319,23 @@ pub fn ffmpeg_args(spec: &TranscodeSpec) -> Vec<String> {
 /// The chunks of a chunked encode: `(start, duration)` in seconds, each a whole number of
 /// segments (`segments_per_chunk` x `segment_seconds`) except the last, so every chunk starts on
 /// a segment boundary and keyframes stay aligned across chunks and renditions.
+///
+/// With the source's nominal `frame_rate` (frames per second; 0 when unknown) a chunk's length
+/// is also a whole number of frames: 480 frames (16.016 s) at 30000/1001 fps rather than 16 s.
+/// Each chunk is encoded at that constant rate from its first frame, so a length between two
+/// frames made every chunk half a frame longer than its span and some chunks repeat the frame
+/// that starts the next (two extra frames in 76 s of a 29.97 fps clip, and the video ahead of
+/// the audio by up to a frame).
 pub fn plan_chunks(
     duration_seconds: f64,
     segment_seconds: u32,
     segments_per_chunk: u32,
+    frame_rate: f64,
 ) -> Vec<(f64, f64)> {
-    let len = (segment_seconds.max(1) * segments_per_chunk.max(1)) as f64;
+    let mut len = (segment_seconds.max(1) * segments_per_chunk.max(1)) as f64;
+    if frame_rate > 0.0 && frame_rate.is_finite() {
+        len = (len * frame_rate).round().max(1.0) / frame_rate;
+    }
     let mut out = Vec::new();
     let mut start = 0.0;
     while start < duration_seconds - 1e-6 {
@@ -671,12 +687,34 @@ mod tests {
 
     #[test]
     fn chunks_are_whole_segments_and_cover_the_source() {
-        assert_eq!(plan_chunks(30.0, 2, 8), vec![(0.0, 16.0), (16.0, 14.0)]);
-        assert_eq!(plan_chunks(16.0, 4, 4), vec![(0.0, 16.0)]);
-        let c = plan_chunks(61.5, 4, 4);
+        assert_eq!(
+            plan_chunks(30.0, 2, 8, 0.0),
+            vec![(0.0, 16.0), (16.0, 14.0)]
+        );
+        assert_eq!(plan_chunks(16.0, 4, 4, 25.0), vec![(0.0, 16.0)]);
+        let c = plan_chunks(61.5, 4, 4, 30.0);
         assert_eq!(c.len(), 4);
         assert!(c.iter().all(|(s, _)| s % 4.0 == 0.0));
         assert!((c.iter().map(|x| x.1).sum::<f64>() - 61.5).abs() < 1e-9);
+        // 30000/1001 fps: every chunk but the last is 480 frames, and starts on a frame.
+        let ntsc = 30000.0 / 1001.0;
+        let c = plan_chunks(76.076, 4, 4, ntsc);
+        assert_eq!(c.len(), 5);
+        for (i, (start, len)) in c.iter().enumerate() {
+            let first = start * ntsc;
+            assert!(
+                (first - (480 * i) as f64).abs() < 1e-6,
+                "chunk {i} starts at frame {first}"
+            );
+            if i < 4 {
+                assert!(
+                    (len * ntsc - 480.0).abs() < 1e-6,
+                    "chunk {i}: {} frames",
+                    len * ntsc
+                );
+            }
+        }
+        assert!((c.iter().map(|x| x.1).sum::<f64>() - 76.076).abs() < 1e-9);
     }
 
     /// The arguments of a chunk of the 360p rendition of `/s`, joined.
@@ -796,7 +834,7 @@ mod tests {
             "{c}"
         );
         assert!(
-            c.contains("[0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,split=1[s0];[s0]scale=640:360"),
+            c.contains("[0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.983333,split=1[s0];[s0]scale=640:360"),
             "{c}"
         );
         let a = audio_args(Path::new("/s"), Path::new("/a.m4a"), 96, &m).join(" ");
@@ -806,7 +844,7 @@ mod tests {
         );
         let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
-            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=4.000000,split=1"),
+            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.983333,split=1"),
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");

@@ -18,7 +18,8 @@ const MINUTE_DEADLINE: Duration = Duration::from_secs(600);
 /// The default segment duration, seconds.
 const SEGMENT: f64 = 4.0;
 
-/// A one-minute clip like a camera's: H.264 High with B-frames, 30 fps, AAC stereo, the `moov`
+/// A one-minute clip like a camera's: H.264 High with B-frames, 29.97 fps (30000/1001, the
+/// rate that is not a whole number of frames per chunk), AAC stereo, the `moov`
 /// box at the end. 640x360 keeps the test quick (the 360p and 240p rungs).
 async fn minute_clip(dir: &Path) -> std::path::PathBuf {
     let out = dir.join("camera-60s.mp4");
@@ -28,7 +29,7 @@ async fn minute_clip(dir: &Path) -> std::path::PathBuf {
         "-f",
         "lavfi",
         "-i",
-        "testsrc2=size=640x360:rate=30",
+        "testsrc2=size=640x360:rate=30000/1001",
         "-f",
         "lavfi",
         "-i",
