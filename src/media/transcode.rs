@@ -132,13 +132,15 @@ impl InputMap {
         f.extend(cut);
         f.push("setpts=PTS-STARTPTS".into());
         if let Some(len) = chunk_seconds {
-            // A chunk of whole frames (`plan_chunks`) ends half a frame before its length, so
-            // the frame that starts the next chunk is never also the last of this one, however
-            // its time rounds.
+            // A chunk of whole frames (`plan_chunks`) ends a quarter of a frame before its
+            // length, so the frame that starts the next chunk is never also the last of this
+            // one, however its time rounds. Not half a frame: `trim` rounds its end to the
+            // nearest tick of the frame rate, and half a frame rounds down onto the chunk's
+            // own last frame (479 frames of 480 at 30 fps).
             let mut end = len;
             if self.frame_rate > 0.0 {
                 f.push(format!("fps={:.6}", self.frame_rate));
-                end -= 0.5 / self.frame_rate;
+                end -= 0.25 / self.frame_rate;
             }
             f.push(format!("trim=end={end:.6}"));
         }
@@ -834,7 +836,7 @@ mod tests {
             "{c}"
         );
         assert!(
-            c.contains("[0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.983333,split=1[s0];[s0]scale=640:360"),
+            c.contains("[0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1[s0];[s0]scale=640:360"),
             "{c}"
         );
         let a = audio_args(Path::new("/s"), Path::new("/a.m4a"), 96, &m).join(" ");
@@ -844,7 +846,7 @@ mod tests {
         );
         let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
-            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.983333,split=1"),
+            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1"),
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");
