@@ -384,9 +384,12 @@ impl SessionHandle {
         self.streaming.log.record_segment(s);
         let this = self.clone();
         let tag = tag.clone();
+        // The read starts here, before the task runs: the next request of this session already
+        // finds segment j in flight and starts no second read-ahead of it.
+        let started = Instant::now();
+        let read = self.streaming.cache.get(&self.ctx.storage, &key);
         tokio::spawn(async move {
-            let started = Instant::now();
-            let res = this.streaming.cache.get(&this.ctx.storage, &key).await;
+            let res = read.await;
             drop(permit);
             let mut r = this.record(PlaybackEvent::PrefetchResult, &tag, j);
             r.duration_ms = Some(started.elapsed().as_millis() as u64);

@@ -129,35 +129,46 @@ impl SegmentCache {
     /// The object at `key`, from the cache or (once, however many callers miss together) from
     /// `storage`. `Ok((None, _))` when the object does not exist.
     ///
+    /// The lookup happens when this is called, not when the future is first polled: a read it
+    /// starts is in flight from then on, so a caller that spawns the wait (read-ahead) leaves
+    /// no moment in which the object is neither cached nor being read (and a second request
+    /// would start its read-ahead again).
+    ///
     /// Errors: the object-store read failed (every waiter of that read gets the error; the next
     /// lookup tries again).
-    pub async fn get(
+    pub fn get(
         self: &Arc<Self>,
         storage: &Storage,
         key: &str,
-    ) -> Result<(Option<Object>, Lookup), StorageError> {
-        let (fetch, lookup) = {
+    ) -> impl std::future::Future<Output = Result<(Option<Object>, Lookup), StorageError>> + Send + 'static
+    {
+        let started = {
             let mut g = self.lock();
             if let Some(obj) = g.lru.get(key) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok((Some(obj.clone()), Lookup::Hit));
-            }
-            if let Some(f) = g.inflight.get(key) {
+                Err(obj.clone())
+            } else if let Some(f) = g.inflight.get(key) {
                 self.joined.fetch_add(1, Ordering::Relaxed);
-                (f.clone(), Lookup::Joined)
+                Ok((f.clone(), Lookup::Joined))
             } else {
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 let f = self.start_read(storage, key);
                 g.inflight.insert(key.to_string(), f.clone());
-                (f, Lookup::Miss)
+                Ok((f, Lookup::Miss))
             }
         };
-        match fetch.await {
-            Ok(obj) => Ok((obj, lookup)),
-            Err(e) => Err(match &*e {
-                StorageError::NotFound(k) => StorageError::NotFound(k.clone()),
-                other => StorageError::Backend(other.to_string()),
-            }),
+        async move {
+            let (fetch, lookup) = match started {
+                Err(hit) => return Ok((Some(hit), Lookup::Hit)),
+                Ok(f) => f,
+            };
+            match fetch.await {
+                Ok(obj) => Ok((obj, lookup)),
+                Err(e) => Err(match &*e {
+                    StorageError::NotFound(k) => StorageError::NotFound(k.clone()),
+                    other => StorageError::Backend(other.to_string()),
+                }),
+            }
         }
     }
 
