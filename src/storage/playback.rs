@@ -1069,23 +1069,35 @@ mod tests {
         assert!(line.contains("\"cache\":\"miss\""));
     }
 
-    /// A [`SegmentRecord`] (what a request queues without allocating) reaches both logs as
-    /// the full record the writer makes of it, in queue order with full records.
-    #[tokio::test]
-    async fn a_segment_record_is_written_as_the_full_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+    /// Session `n1-00aa` of `video` on node `n1`, and a 16:9 rendition `name` of `height`
+    /// pixels at `bandwidth` bit/s.
+    fn ids_and_tag(
+        video: &str,
+        name: &str,
+        height: u32,
+        bandwidth: u64,
+    ) -> (Arc<SessionIds>, Arc<RenditionTag>) {
         let ids = Arc::new(SessionIds {
-            video_id: "v".into(),
+            video_id: video.into(),
             session_id: "n1-00aa".into(),
             node_id: "n1".into(),
         });
         let tag = Arc::new(RenditionTag {
-            name: "240p".into(),
-            width: 320,
-            height: 240,
-            bandwidth: 400_000,
+            name: name.into(),
+            width: height * 16 / 9,
+            height,
+            bandwidth,
         });
+        (ids, tag)
+    }
+
+    /// A [`SegmentRecord`] (what a request queues without allocating) reaches both logs as
+    /// the record [`SegmentRecord::into_record`] makes of it, in queue order with full records.
+    #[tokio::test]
+    async fn a_segment_record_is_written_as_the_full_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        let (ids, tag) = ids_and_tag("v", "240p", 240, 400_000);
         let mut seg = SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 3);
         seg.cache = Some(CacheOutcome::Hit);
         seg.result = Some("ok");
@@ -1117,17 +1129,7 @@ mod tests {
     /// it was queued and whichever optional fields it has.
     #[test]
     fn a_row_serialises_exactly_as_its_record() {
-        let ids = Arc::new(SessionIds {
-            video_id: "v\"1".into(),
-            session_id: "n1-00aa".into(),
-            node_id: "n1".into(),
-        });
-        let tag = Arc::new(RenditionTag {
-            name: "720p".into(),
-            width: 1280,
-            height: 720,
-            bandwidth: 2_000_000,
-        });
+        let (ids, tag) = ids_and_tag("v\"1", "720p", 720, 2_000_000);
         let mut seg = SegmentRecord::new(PlaybackEvent::PrefetchResult, &ids, &tag, 9);
         seg.cache = Some(CacheOutcome::Miss);
         seg.result = Some("fetched");
