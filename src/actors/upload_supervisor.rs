@@ -12,7 +12,9 @@
 //!   a node restart, the first `HEAD` or `PATCH` does this: the upload resumes where its stored
 //!   parts end).
 //! - A crashed `UploadActor` is only forgotten: its state is all in the object store, and the
-//!   next request starts a fresh one.
+//!   next request starts a fresh one. [`call_upload`] is how requests reach an upload: a call
+//!   that finds its actor stopped (terminated, expired, completed, crashed) asks again, so the
+//!   store answers (`NotFound`, or a fresh actor) and a client never sees the gap.
 //! - `Sweep` (every `sweep_every`, and on demand) deletes uploads past their `expires_ms`:
 //!   unfinished ones lose their parts, finished ones their remembered answer. It also completes
 //!   uploads whose bytes all arrived but whose node stopped before making the video.
@@ -23,6 +25,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use ractor::rpc::CallResult;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
 };
@@ -60,6 +63,80 @@ pub fn route_upload(cluster: &crate::cluster::Cluster, upload_id: &str) -> Uploa
     } else {
         UploadRoute::Node(target)
     }
+}
+
+/// How long asking the supervisor for an upload's actor may take.
+const GET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The running actor of `upload_id`, from the supervisor (which starts one from the object
+/// store's `info.json` if none runs).
+///
+/// Errors: `NotFound` for an upload that is not in the store (never created, terminated,
+/// expired), `Unavailable` when the supervisor does not answer in 30 s or has stopped.
+pub async fn upload_actor(
+    uploads: &ActorRef<UploadSupervisorMsg>,
+    upload_id: &str,
+) -> Result<ActorRef<UploadMsg>, UploadError> {
+    let r = uploads
+        .call(
+            |reply| UploadSupervisorMsg::Get {
+                upload_id: upload_id.to_string(),
+                reply,
+            },
+            Some(GET_TIMEOUT),
+        )
+        .await;
+    match r {
+        Ok(CallResult::Success(r)) => r,
+        Ok(CallResult::Timeout) => Err(UploadError::Unavailable(
+            "the upload supervisor did not answer in time".into(),
+        )),
+        Ok(CallResult::SenderError) | Err(_) => {
+            Err(UploadError::Unavailable("the node is shutting down".into()))
+        }
+    }
+}
+
+/// Sends `msg` to the actor of `upload_id` (`actor` when the caller already holds it, else
+/// looked up) and waits up to `timeout` for its answer.
+///
+/// An actor can stop between the lookup and the call: a `DELETE` terminated the upload, it
+/// expired, completed or crashed. The call then finds no one to answer; instead of a `503`,
+/// the upload is looked up again, so the object store decides: `NotFound` for an upload that
+/// is gone, a fresh actor started from `info.json` for one that is not. A message an actor
+/// dropped while stopping was never handled, so sending it again is safe. Returns the actor
+/// that answered, with its answer.
+///
+/// Errors: those of [`upload_actor`]; `Unavailable` when the actor does not answer within
+/// `timeout`, or when three actors in a row stopped before answering.
+pub async fn call_upload<T: Send + 'static>(
+    uploads: &ActorRef<UploadSupervisorMsg>,
+    upload_id: &str,
+    actor: Option<ActorRef<UploadMsg>>,
+    msg: impl Fn(RpcReplyPort<T>) -> UploadMsg,
+    timeout: Duration,
+) -> Result<(ActorRef<UploadMsg>, T), UploadError> {
+    let mut actor = actor;
+    for _ in 0..3 {
+        let a = match actor.take() {
+            Some(a) => a,
+            None => upload_actor(uploads, upload_id).await?,
+        };
+        match a.call(&msg, Some(timeout)).await {
+            Ok(CallResult::Success(v)) => return Ok((a, v)),
+            Ok(CallResult::Timeout) => {
+                return Err(UploadError::Unavailable(
+                    "the upload did not answer in time".into(),
+                ))
+            }
+            // Stopped before answering: its status is already `Stopping`, so the supervisor
+            // answers from the store on the next lookup.
+            Ok(CallResult::SenderError) | Err(_) => {}
+        }
+    }
+    Err(UploadError::Unavailable(
+        "the upload's actor kept stopping; retry".into(),
+    ))
 }
 
 /// The supervisor actor.
@@ -308,4 +385,119 @@ impl Actor for UploadSupervisor {
 /// How often to sweep for an expiry of `expiry_seconds`: half of it, between 100 ms and 60 s.
 pub fn sweep_interval(expiry_seconds: u64) -> Duration {
     Duration::from_millis((expiry_seconds.saturating_mul(500)).clamp(100, 60_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::actors::NodeContext;
+    use crate::config::StorageLocation;
+    use crate::storage::Storage;
+
+    /// Stands in for the VideoSupervisor; these uploads never complete.
+    struct NoVideos;
+    impl Actor for NoVideos {
+        type Msg = VideoSupervisorMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// A supervisor of node `u1` on an in-memory store, with one stored upload of 10 bytes.
+    async fn supervisor_with_one_upload() -> (
+        tempfile::TempDir,
+        Storage,
+        ActorRef<UploadSupervisorMsg>,
+        String,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&StorageLocation::Memory).unwrap();
+        let ctx = Arc::new(NodeContext::for_tests("u1", storage.clone(), dir.path()));
+        let (videos, _) = Actor::spawn(None, NoVideos, ()).await.unwrap();
+        let (sup, _) = Actor::spawn(
+            None,
+            UploadSupervisor,
+            UploadSupervisorArgs {
+                ctx,
+                videos,
+                sweep_every: Duration::from_secs(3600),
+            },
+        )
+        .await
+        .unwrap();
+        let id = keys::new_upload_id("u1");
+        let info = UploadInfo {
+            id: id.clone(),
+            length: 10,
+            offset: 0,
+            parts: vec![],
+            raw_metadata: None,
+            filename: Some("a.mp4".into()),
+            filetype: None,
+            sha256: None,
+            sniffed: false,
+            created_ms: now_ms(),
+            expires_ms: now_ms() + 60_000,
+            video_id: None,
+            video_state: None,
+            duplicate: false,
+        };
+        let created = ractor::call!(sup, |reply| UploadSupervisorMsg::Create {
+            info: Box::new(info),
+            reply
+        })
+        .unwrap();
+        assert!(created.is_ok());
+        (dir, storage, sup, id)
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_call_to_a_terminated_uploads_actor_is_answered_from_the_store() {
+        let (_dir, storage, sup, id) = supervisor_with_one_upload().await;
+        let actor = upload_actor(&sup, &id).await.unwrap();
+        // The DELETE: the actor deletes the upload, answers, then stops.
+        let (_, deleted) = call_upload(&sup, &id, Some(actor.clone()), UploadMsg::Terminate, T)
+            .await
+            .unwrap();
+        deleted.unwrap();
+        assert!(storage.load_upload(&id).await.unwrap().is_none());
+        // A HEAD that looked the actor up before the DELETE finished holds that stale actor:
+        // its call finds it stopped, and the store says the upload is gone (404, not 503).
+        let head = call_upload(&sup, &id, Some(actor), UploadMsg::Info, T).await;
+        assert!(
+            matches!(head, Err(UploadError::NotFound(_))),
+            "{:?}",
+            head.map(|(_, i)| i)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_stopped_actor_of_a_stored_upload_reaches_a_fresh_one() {
+        let (_dir, _storage, sup, id) = supervisor_with_one_upload().await;
+        let first = upload_actor(&sup, &id).await.unwrap();
+        // Stopped (a crash, say) with the upload still in the store.
+        first.stop_and_wait(None, Some(T)).await.unwrap();
+        let (answered, info) = call_upload(&sup, &id, Some(first.clone()), UploadMsg::Info, T)
+            .await
+            .unwrap();
+        assert_ne!(answered.get_id(), first.get_id());
+        assert_eq!(
+            (info.id.as_str(), info.length, info.offset),
+            (id.as_str(), 10, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_upload_is_not_found() {
+        let (_dir, _storage, sup, _id) = supervisor_with_one_upload().await;
+        let other = keys::new_upload_id("u1");
+        let r = call_upload(&sup, &other, None, UploadMsg::Info, T).await;
+        assert!(matches!(r, Err(UploadError::NotFound(_))));
+    }
 }

@@ -51,7 +51,9 @@ use warp::http::{Response, StatusCode};
 use warp::{Filter, Rejection};
 
 use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, CALL_TIMEOUT};
-use crate::actors::upload_supervisor::{route_upload, UploadRoute, UploadSupervisorMsg};
+use crate::actors::upload_supervisor::{
+    call_upload, route_upload, UploadRoute, UploadSupervisorMsg,
+};
 use crate::http::upload::parse_sha256;
 use crate::http::{proxy, respond, ApiError, App};
 use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
@@ -462,22 +464,19 @@ fn unwrap_call<T, M>(r: Result<CallResult<T>, ractor::MessagingErr<M>>) -> Resul
     }
 }
 
-/// The running actor of `id`, after the routing check.
-async fn upload_actor(app: &App, id: &str) -> Result<ActorRef<UploadMsg>, ApiError> {
+/// Calls the actor of upload `id` (after the routing check) with `msg`, looking the upload up
+/// again if its actor stopped in between ([`call_upload`]): a `HEAD` or `PATCH` right after a
+/// `DELETE` answers `404`, never a `503`. Returns the actor that answered and its answer.
+async fn upload_call<T: Send + 'static>(
+    app: &App,
+    id: &str,
+    actor: Option<ActorRef<UploadMsg>>,
+    msg: impl Fn(ractor::RpcReplyPort<T>) -> UploadMsg,
+) -> Result<(ActorRef<UploadMsg>, T), ApiError> {
     if !keys::valid_upload_id(id) {
         return Err(ApiError::NotFound(format!("no upload {id:?}")));
     }
-    let uploads = &app.node.refs.uploads;
-    let r = uploads
-        .call(
-            |reply| UploadSupervisorMsg::Get {
-                upload_id: id.to_string(),
-                reply,
-            },
-            Some(Duration::from_secs(30)),
-        )
-        .await;
-    Ok(unwrap_call(r)??)
+    Ok(call_upload(&app.node.refs.uploads, id, actor, msg, CALL_TIMEOUT).await?)
 }
 
 async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Bytes>, ApiError> {
@@ -585,7 +584,7 @@ async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Byt
         &info.id,
     );
     let info = if with_body && !info.is_complete() {
-        append(&app, actor, &info.id, 0, &headers, body).await?
+        append(&app, Some(actor), &info.id, 0, &headers, body).await?
     } else {
         info
     };
@@ -596,8 +595,7 @@ async fn create(app: App, headers: HeaderMap, body: Body) -> Result<Response<Byt
 
 async fn head(app: App, id: String, headers: HeaderMap) -> Result<Response<Bytes>, ApiError> {
     check_version(&headers)?;
-    let actor = upload_actor(&app, &id).await?;
-    let info = unwrap_call(actor.call(UploadMsg::Info, Some(CALL_TIMEOUT)).await)?;
+    let (_, info) = upload_call(&app, &id, None, UploadMsg::Info).await?;
     let mut r = with_state(empty(StatusCode::OK), &info);
     set(&mut r, "upload-length", info.length);
     set(&mut r, "cache-control", "no-store");
@@ -622,15 +620,15 @@ async fn patch(
     let offset = parse_u64_header(&headers, "upload-offset")?
         .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
     parse_checksum(&headers)?;
-    let actor = upload_actor(&app, &id).await?;
-    let info = append(&app, actor, &id, offset, &headers, body).await?;
+    let info = append(&app, None, &id, offset, &headers, body).await?;
     Ok(with_state(empty(StatusCode::NO_CONTENT), &info))
 }
 
 async fn terminate(app: App, id: String, headers: HeaderMap) -> Result<Response<Bytes>, ApiError> {
     check_version(&headers)?;
-    let actor = upload_actor(&app, &id).await?;
-    unwrap_call(actor.call(UploadMsg::Terminate, Some(CALL_TIMEOUT)).await)??;
+    upload_call(&app, &id, None, UploadMsg::Terminate)
+        .await?
+        .1?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -655,21 +653,16 @@ impl Drop for LeaseGuard {
 /// and this request's future is dropped: that is what makes the lost-final-response case work.
 async fn append(
     app: &App,
-    actor: ActorRef<UploadMsg>,
+    actor: Option<ActorRef<UploadMsg>>,
     id: &str,
     offset: u64,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<UploadInfo, ApiError> {
     let checksum = parse_checksum(headers)?;
-    let begun = unwrap_call(
-        actor
-            .call(
-                |reply| UploadMsg::Begin { offset, reply },
-                Some(CALL_TIMEOUT),
-            )
-            .await,
-    )??;
+    let (actor, begun) =
+        upload_call(app, id, actor, |reply| UploadMsg::Begin { offset, reply }).await?;
+    let begun = begun?;
     let lease = match begun {
         Begun::Complete(info) => return Ok(info),
         Begun::Lease(l) => l,
