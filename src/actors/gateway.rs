@@ -2,8 +2,8 @@
 //!
 //! Every other actor's messages are local-only, so ractor_cluster announces only this one to
 //! peers. It joins the process group `reel.gateway.{node_id}`, which is how peers find it. It
-//! translates [`protocol::Request`]s into messages to local actors and answers with a
-//! [`protocol::Reply`]; it routes [`protocol::TaskReport`]s from remote workers to the local
+//! translates [`Request`]s into messages to local actors and answers with a
+//! [`Reply`]; it routes [`TaskReport`]s from remote workers to the local
 //! `JobActor` they belong to. It never does slow work inline: anything that waits on another
 //! actor runs in a spawned task that answers the caller.
 //!

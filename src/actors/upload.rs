@@ -10,8 +10,9 @@
 //! offset); the HTTP layer streams the body into a part object outside the actor (the actor is
 //! never blocked by a slow client); [`UploadMsg::End`] records the part and, when the last byte
 //! arrived, completes the upload: the parts are joined and hashed, the declared SHA-256 (if any)
-//! checked, and the bytes go through [`crate::ingest::accept`] exactly as `POST /upload`. A lease
-//! whose request vanished is given back by [`UploadMsg::Release`] (sent from a drop guard).
+//! checked, and the bytes go through [`crate::ingest::Ingest::accept`] exactly as
+//! `POST /upload`. A lease whose request vanished is given back by [`UploadMsg::Release`] (sent
+//! from a drop guard).
 //!
 //! Policy for a `PATCH` cut mid-way: the bytes that fully arrived are kept as a part (tus 1.0.0
 //! allows it), so `HEAD` tells the truth and the client resends only the rest. A chunk with an
