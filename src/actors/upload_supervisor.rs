@@ -103,9 +103,10 @@ pub async fn upload_actor(
 /// An actor can stop between the lookup and the call: a `DELETE` terminated the upload, it
 /// expired, completed or crashed. The call then finds no one to answer; instead of a `503`,
 /// the upload is looked up again, so the object store decides: `NotFound` for an upload that
-/// is gone, a fresh actor started from `info.json` for one that is not. A message an actor
-/// dropped while stopping was never handled, so sending it again is safe. Returns the actor
-/// that answered, with its answer.
+/// is gone, a fresh actor started from `info.json` for one that is not. Only messages that are
+/// safe to send twice go this way (`Info`, `Begin`, `Terminate`): an actor that stopped
+/// mid-message took its lease with it, and deleting an upload again finds nothing. Returns the
+/// actor that answered, with its answer.
 ///
 /// Errors: those of [`upload_actor`]; `Unavailable` when the actor does not answer within
 /// `timeout`, or when three actors in a row stopped before answering.
