@@ -54,6 +54,32 @@ use crate::config::Config;
 use crate::storage::events::EventLog;
 use crate::storage::Storage;
 
+/// Most I/O events a runtime worker takes from the kernel in one poll. Each event wakes a
+/// connection's task into the worker's local run queue, which holds 256 tasks; tokio's
+/// default of 1,024 events overflows it when many connections are ready at once (1,024 players
+/// each waiting for a segment), and the overflow goes to the shared queue, which workers check
+/// only now and then: those requests wait behind later ones, and the latency's tail grows
+/// (tokio's `Builder::max_io_events_per_busy_tick` documentation). Events beyond the batch
+/// stay in the kernel until the next poll. Measured in `docs/performance.md`, P1.
+pub const IO_EVENTS_PER_TICK: usize = 128;
+
+/// Most I/O events a worker takes when it polls between tasks it still has to run: a small
+/// batch, so that newly ready connections queue behind the ones already waiting.
+pub const IO_EVENTS_PER_BUSY_TICK: usize = 16;
+
+/// The tokio runtime every reel process runs on (`reel` and the `reel-load` benchmark client):
+/// multi-threaded, a worker per core, I/O and timers on, with the small I/O batches above so
+/// that connections are served in the order they became ready.
+///
+/// Errors: the operating system refused the runtime's threads or its epoll instance.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_io_events_per_tick(IO_EVENTS_PER_TICK)
+        .max_io_events_per_busy_tick(IO_EVENTS_PER_BUSY_TICK)
+        .build()
+}
+
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -145,26 +145,8 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Most I/O events a runtime worker takes from the kernel in one poll. Each event wakes a
-/// connection's task into the worker's local run queue, which holds 256 tasks; tokio's
-/// default of 1,024 events overflows it when many connections are ready at once (1,024 players
-/// each waiting for a segment), and the overflow goes to the shared queue, which workers check
-/// only now and then: those requests wait behind later ones, and the latency's tail grows
-/// (tokio's `Builder::max_io_events_per_busy_tick` documentation). Events beyond the batch
-/// stay in the kernel until the next poll. Measured in `docs/performance.md`, P1.
-const IO_EVENTS_PER_TICK: usize = 128;
-
-/// Most I/O events a worker takes when it polls between tasks it still has to run: a small
-/// batch, so that newly ready connections queue behind the ones already waiting.
-const IO_EVENTS_PER_BUSY_TICK: usize = 16;
-
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_io_events_per_tick(IO_EVENTS_PER_TICK)
-        .max_io_events_per_busy_tick(IO_EVENTS_PER_BUSY_TICK)
-        .build();
-    match runtime {
+    match reel::runtime() {
         Ok(rt) => rt.block_on(run()),
         Err(e) => {
             eprintln!("reel: cannot start the async runtime: {e}");

@@ -258,8 +258,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The same runtime as the node's: with tokio's default I/O batches, 19,000 connections
+    // ready at once queue unfairly in the load generator itself, and its measured latency
+    // grows with its own backlog rather than the node's (docs/performance.md, P3).
+    reel::runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     let url = url::Url::parse(&args.server)?;
     let host: IpAddr = url.host_str().unwrap_or("").parse()?;
