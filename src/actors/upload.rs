@@ -587,26 +587,6 @@ mod tests {
         lease(b).token
     }
 
-    /// A new, empty upload of `length` bytes.
-    fn fresh(id: &str, length: u64) -> UploadInfo {
-        UploadInfo {
-            id: id.to_string(),
-            length,
-            offset: 0,
-            parts: vec![],
-            raw_metadata: None,
-            filename: Some("a.mp4".into()),
-            filetype: None,
-            sha256: None,
-            sniffed: false,
-            created_ms: now_ms(),
-            expires_ms: now_ms() + 60_000,
-            video_id: None,
-            video_state: None,
-            duplicate: false,
-        }
-    }
-
     /// Node `u1` on an in-memory store, with what its probe video supervisor will see.
     fn node_u1() -> (
         tempfile::TempDir,
@@ -634,7 +614,7 @@ mod tests {
         let (_dir, storage, ctx, seen) = node_u1();
         let (probe, _) = Actor::spawn(None, Probe, seen.clone()).await.unwrap();
         let id = keys::new_upload_id("u1");
-        let info = fresh(&id, 10);
+        let info = UploadInfo::for_tests(&id, 10);
         storage.save_upload(&info).await.unwrap();
         let (a, _) = Actor::spawn(
             None,
@@ -747,7 +727,7 @@ mod tests {
         let (_dir, storage, ctx, seen) = node_u1();
         let (probe, _) = Actor::spawn(None, Probe, seen).await.unwrap();
         let id = keys::new_upload_id("u1");
-        let info = fresh(&id, 4);
+        let info = UploadInfo::for_tests(&id, 4);
         storage.save_upload(&info).await.unwrap();
         let mut actors = Vec::new();
         for _ in 0..2 {

@@ -431,22 +431,7 @@ mod tests {
         .await
         .unwrap();
         let id = keys::new_upload_id("u1");
-        let info = UploadInfo {
-            id: id.clone(),
-            length: 10,
-            offset: 0,
-            parts: vec![],
-            raw_metadata: None,
-            filename: Some("a.mp4".into()),
-            filetype: None,
-            sha256: None,
-            sniffed: false,
-            created_ms: now_ms(),
-            expires_ms: now_ms() + 60_000,
-            video_id: None,
-            video_state: None,
-            duplicate: false,
-        };
+        let info = UploadInfo::for_tests(&id, 10);
         let created = ractor::call!(sup, |reply| UploadSupervisorMsg::Create {
             info: Box::new(info),
             reply

@@ -77,6 +77,28 @@ impl UploadInfo {
     pub fn is_complete(&self) -> bool {
         self.video_id.is_some()
     }
+
+    /// For tests: a new, empty upload `id` of `length` bytes named `a.mp4`, expiring in 60 s.
+    #[cfg(test)]
+    pub fn for_tests(id: &str, length: u64) -> Self {
+        let now = crate::model::now_ms();
+        Self {
+            id: id.to_string(),
+            length,
+            offset: 0,
+            parts: vec![],
+            raw_metadata: None,
+            filename: Some("a.mp4".into()),
+            filetype: None,
+            sha256: None,
+            sniffed: false,
+            created_ms: now,
+            expires_ms: now + 60_000,
+            video_id: None,
+            video_state: None,
+            duplicate: false,
+        }
+    }
 }
 
 impl Storage {
