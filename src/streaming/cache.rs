@@ -142,26 +142,27 @@ impl SegmentCache {
         key: &str,
     ) -> impl std::future::Future<Output = Result<(Option<Object>, Lookup), StorageError>> + Send + 'static
     {
-        let started = {
+        // Either the cached object, or the read to wait for and how it was found.
+        let (fetch, lookup) = {
             let mut g = self.lock();
             if let Some(obj) = g.lru.get(key) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Err(obj.clone())
+                let obj = obj.clone();
+                return futures::future::Either::Left(std::future::ready(Ok((
+                    Some(obj),
+                    Lookup::Hit,
+                ))));
             } else if let Some(f) = g.inflight.get(key) {
                 self.joined.fetch_add(1, Ordering::Relaxed);
-                Ok((f.clone(), Lookup::Joined))
+                (f.clone(), Lookup::Joined)
             } else {
                 self.misses.fetch_add(1, Ordering::Relaxed);
                 let f = self.start_read(storage, key);
                 g.inflight.insert(key.to_string(), f.clone());
-                Ok((f, Lookup::Miss))
+                (f, Lookup::Miss)
             }
         };
-        async move {
-            let (fetch, lookup) = match started {
-                Err(hit) => return Ok((Some(hit), Lookup::Hit)),
-                Ok(f) => f,
-            };
+        futures::future::Either::Right(async move {
             match fetch.await {
                 Ok(obj) => Ok((obj, lookup)),
                 Err(e) => Err(match &*e {
@@ -169,7 +170,7 @@ impl SegmentCache {
                     other => StorageError::Backend(other.to_string()),
                 }),
             }
-        }
+        })
     }
 
     /// Spawn the one read of `key`; it stores the result and clears the in-flight entry in one
