@@ -23,6 +23,10 @@ use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 
+/// A player's read buffer, bytes: enough for a few reads per 240p segment, small enough
+/// that 28,000 players' buffers fit in memory (1.75 GiB).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The command line.
 #[derive(Parser, Debug)]
 #[command(about = "Open N paced playback sessions against one reel node (loopback only)")]
@@ -114,12 +118,28 @@ fn node_cpu(pid: u32) -> Option<(u64, u64)> {
     Some((all, writer))
 }
 
-/// One GET on the player's connection: status, headers we need, body bytes.
+/// What a player keeps of a response body: all of it (a playlist), or only its length (a
+/// segment).
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    Body,
+    Length,
+}
+
+/// One GET on the player's connection: status, the session header, and the body (empty when
+/// only its length is kept) with its length in bytes.
+///
+/// A segment's body is counted frame by frame and dropped, as a player hands it to its
+/// decoder: gathering 200 kB into a fresh buffer for every request made the load generator,
+/// not the node, the bottleneck (a new buffer that size is a fresh mapping from the
+/// allocator, and the kernel zeroes each page of it as the socket's bytes land;
+/// docs/performance.md, P3).
 async fn get(
     conn: &mut SendRequest<Empty<Bytes>>,
     authority: &str,
     path: &str,
-) -> Result<(u16, Option<String>, Bytes), String> {
+    keep: Keep,
+) -> Result<(u16, Option<String>, Bytes, usize), String> {
     let req = hyper::Request::get(path)
         .header("host", authority)
         .body(Empty::<Bytes>::new())
@@ -135,13 +155,19 @@ async fn get(
         .get("x-reel-session")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{path}: body: {e}"))?
-        .to_bytes();
-    Ok((status, session, body))
+    let mut body = resp.into_body();
+    let mut kept = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("{path}: body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len();
+            if keep == Keep::Body {
+                kept.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok((status, session, Bytes::from(kept), len))
 }
 
 /// The media segments and their durations of a media playlist (URIs relative to it).
@@ -191,7 +217,13 @@ async fn player(
         Err(e) => return stats.error(format!("connect: {e}")),
     };
     let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut conn, driver) = match hyper::client::conn::http1::handshake(io).await {
+    // One read buffer of a fixed size a player, reused for every read: hyper's adaptive
+    // buffer grows to 400 kB and is allocated afresh as segment bodies are split off it,
+    // and the kernel then zeroes every page of each new buffer (docs/performance.md, P3).
+    let handshake = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUFFER_BYTES))
+        .handshake(io);
+    let (mut conn, driver) = match handshake.await {
         Ok(x) => x,
         Err(e) => return stats.error(format!("handshake: {e}")),
     };
@@ -208,22 +240,29 @@ async fn player(
     };
     let master = format!("/videos/{}/master.m3u8", args.video);
     let t = Instant::now();
-    let session = match get(&mut conn, &authority, &master).await {
-        Ok((200, Some(s), body)) => {
-            timed(&stats, t, body.len());
+    let session = match get(&mut conn, &authority, &master, Keep::Body).await {
+        Ok((200, Some(s), _, len)) => {
+            timed(&stats, t, len);
             s
         }
-        Ok((status, _, _)) => return stats.error(format!("master: {status}")),
+        Ok((status, ..)) => return stats.error(format!("master: {status}")),
         Err(e) => return stats.error(e),
     };
     let base = format!("/videos/{}/s/{session}/{}/", args.video, args.rendition);
     let t = Instant::now();
-    let media = match get(&mut conn, &authority, &format!("{base}index.m3u8")).await {
-        Ok((200, _, body)) => {
-            timed(&stats, t, body.len());
+    let media = match get(
+        &mut conn,
+        &authority,
+        &format!("{base}index.m3u8"),
+        Keep::Body,
+    )
+    .await
+    {
+        Ok((200, _, body, len)) => {
+            timed(&stats, t, len);
             segments(&body)
         }
-        Ok((status, _, _)) => return stats.error(format!("media playlist: {status}")),
+        Ok((status, ..)) => return stats.error(format!("media playlist: {status}")),
         Err(e) => return stats.error(e),
     };
     if media.is_empty() {
@@ -237,9 +276,9 @@ async fn player(
         let (uri, duration) = &media[k];
         next += Duration::from_secs_f64(*duration);
         let t = Instant::now();
-        match get(&mut conn, &authority, &format!("{base}{uri}")).await {
-            Ok((200, _, body)) => timed(&stats, t, body.len()),
-            Ok((status, _, _)) => stats.error(format!("segment {uri}: {status}")),
+        match get(&mut conn, &authority, &format!("{base}{uri}"), Keep::Length).await {
+            Ok((200, _, _, len)) => timed(&stats, t, len),
+            Ok((status, ..)) => stats.error(format!("segment {uri}: {status}")),
             Err(e) => {
                 stats.error(e);
                 break;
@@ -302,6 +341,7 @@ async fn run() -> anyhow::Result<()> {
     stats.latencies_us.lock().unwrap().clear();
     let mut rss_peak = args.node_pid.and_then(rss_kib).unwrap_or(0);
     let cpu0 = args.node_pid.and_then(node_cpu);
+    let own0 = cpu_ticks("/proc/self/stat");
     let mut held_min = held_at_ramp;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -314,6 +354,7 @@ async fn run() -> anyhow::Result<()> {
     let requests = stats.requests.load(Ordering::Relaxed) - req0;
     let rss_end = args.node_pid.and_then(rss_kib);
     let cpu_end = args.node_pid.and_then(node_cpu);
+    let own_end = cpu_ticks("/proc/self/stat");
     for t in tasks {
         let _ = t.await;
     }
@@ -357,6 +398,14 @@ async fn run() -> anyhow::Result<()> {
             per(b - a),
             us(wb - wa) / 1e4 / args.seconds as f64,
             per(wb - wa),
+        );
+    }
+    if let (Some(a), Some(b)) = (own0, own_end) {
+        // The players' own cost, to tell a node that falls behind from a load generator that
+        // does (they share the machine's cores here).
+        println!(
+            "players (this load generator) over the steady state: {:.0} % of one core",
+            (b - a) as f64 / args.seconds as f64
         );
     }
     Ok(())
