@@ -3,7 +3,8 @@
 //! session), the media playlist of one rendition, then one segment per segment duration, paced
 //! in real time as a player does, looping over the video. Prints sessions held, requests a
 //! second, latency percentiles, errors, and (given the node's PID) its RSS, RSS per session and
-//! CPU time per request (the whole process, and its playback-log writer thread).
+//! CPU time per request (the whole process, and its playback-log writer thread), and its own
+//! CPU (the players share the node's cores on one machine).
 //!
 //! Loopback only by intent: it refuses a server that is not on 127.0.0.0/8. Bounded: it stops
 //! after `--seconds`. Used by `scripts/bench-sessions`.
@@ -126,8 +127,19 @@ enum Keep {
     Length,
 }
 
-/// One GET on the player's connection: status, the session header, and the body (empty when
-/// only its length is kept) with its length in bytes.
+/// A response as a player saw it.
+struct Response {
+    /// The HTTP status code.
+    status: u16,
+    /// The `X-Reel-Session` header: the session the multivariant playlist opened.
+    session: Option<String>,
+    /// The body, when [`Keep::Body`]; empty otherwise.
+    body: Bytes,
+    /// The body's length, bytes.
+    len: usize,
+}
+
+/// One GET on the player's connection.
 ///
 /// A segment's body is counted frame by frame and dropped, as a player hands it to its
 /// decoder: gathering 200 kB into a fresh buffer for every request made the load generator,
@@ -139,7 +151,7 @@ async fn get(
     authority: &str,
     path: &str,
     keep: Keep,
-) -> Result<(u16, Option<String>, Bytes, usize), String> {
+) -> Result<Response, String> {
     let req = hyper::Request::get(path)
         .header("host", authority)
         .body(Empty::<Bytes>::new())
@@ -167,7 +179,12 @@ async fn get(
             }
         }
     }
-    Ok((status, session, Bytes::from(kept), len))
+    Ok(Response {
+        status,
+        session,
+        body: Bytes::from(kept),
+        len,
+    })
 }
 
 /// The media segments and their durations of a media playlist (URIs relative to it).
@@ -241,11 +258,16 @@ async fn player(
     let master = format!("/videos/{}/master.m3u8", args.video);
     let t = Instant::now();
     let session = match get(&mut conn, &authority, &master, Keep::Body).await {
-        Ok((200, Some(s), _, len)) => {
+        Ok(Response {
+            status: 200,
+            session: Some(s),
+            len,
+            ..
+        }) => {
             timed(&stats, t, len);
             s
         }
-        Ok((status, ..)) => return stats.error(format!("master: {status}")),
+        Ok(r) => return stats.error(format!("master: {}", r.status)),
         Err(e) => return stats.error(e),
     };
     let base = format!("/videos/{}/s/{session}/{}/", args.video, args.rendition);
@@ -258,11 +280,11 @@ async fn player(
     )
     .await
     {
-        Ok((200, _, body, len)) => {
-            timed(&stats, t, len);
-            segments(&body)
+        Ok(r) if r.status == 200 => {
+            timed(&stats, t, r.len);
+            segments(&r.body)
         }
-        Ok((status, ..)) => return stats.error(format!("media playlist: {status}")),
+        Ok(r) => return stats.error(format!("media playlist: {}", r.status)),
         Err(e) => return stats.error(e),
     };
     if media.is_empty() {
@@ -277,8 +299,8 @@ async fn player(
         next += Duration::from_secs_f64(*duration);
         let t = Instant::now();
         match get(&mut conn, &authority, &format!("{base}{uri}"), Keep::Length).await {
-            Ok((200, _, _, len)) => timed(&stats, t, len),
-            Ok((status, ..)) => stats.error(format!("segment {uri}: {status}")),
+            Ok(r) if r.status == 200 => timed(&stats, t, r.len),
+            Ok(r) => stats.error(format!("segment {uri}: {}", r.status)),
             Err(e) => {
                 stats.error(e);
                 break;
