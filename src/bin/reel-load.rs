@@ -134,7 +134,7 @@ struct Response {
     /// The `X-Reel-Session` header: the session the multivariant playlist opened.
     session: Option<String>,
     /// The body, when [`Keep::Body`]; empty otherwise.
-    body: Bytes,
+    body: Vec<u8>,
     /// The body's length, bytes.
     len: usize,
 }
@@ -182,7 +182,7 @@ async fn get(
     Ok(Response {
         status,
         session,
-        body: Bytes::from(kept),
+        body: kept,
         len,
     })
 }
