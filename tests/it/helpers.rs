@@ -406,8 +406,34 @@ pub fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["kind"] == kind).count()
 }
 
-/// A free loopback port (bind to 0, read, release).
+/// A loopback address whose port is free now, for a node this test starts to bind.
+///
+/// Drawn above the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 to 60999 by
+/// default), never from it: a port the kernel hands out itself (port 0, as this did before)
+/// can be handed out again, to another test's outgoing connection, between this call and the
+/// node's bind, and the node then cannot start (a cluster test timed out waiting for a node
+/// that way). Above the range only explicit binds compete, and no port is handed out twice
+/// in one test run. Falls back to port 0 where that range is too small.
 pub fn free_addr() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().nth(1)?.parse::<u16>().ok())
+        .unwrap_or(60_999);
+    let room = u16::MAX - high;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if room >= 1_000 && given.len() < usize::from(room / 2) {
+        loop {
+            let port = high + 1 + rand::random::<u16>() % room;
+            if given.contains(&port) {
+                continue;
+            }
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                given.push(port);
+                return l.local_addr().unwrap();
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }

@@ -67,7 +67,7 @@ impl SeaweedFs {
         std::fs::create_dir_all(&data).unwrap();
         // Below the kernel's ephemeral range (32768 and up), and so is every port + 10000 that
         // weed derives for gRPC whatever the flags say: a port another test got from
-        // `free_addr` (the ephemeral range) can then never be one weed takes meanwhile.
+        // `free_addr` (above the ephemeral range) can then never be one weed takes meanwhile.
         let mut ports = Vec::new();
         let mut port = |_: &str| loop {
             let p = 12_000 + rand::random::<u16>() % 10_000;
