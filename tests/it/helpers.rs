@@ -412,30 +412,41 @@ pub fn count(events: &[Value], kind: &str) -> usize {
 /// default), never from it: a port the kernel hands out itself (port 0, as this did before)
 /// can be handed out again, to another test's outgoing connection, between this call and the
 /// node's bind, and the node then cannot start (a cluster test timed out waiting for a node
-/// that way). Above the range only explicit binds compete, and no port is handed out twice
-/// in one test run. Falls back to port 0 where that range is too small.
+/// that way). Above the range only explicit binds compete. Falls back to port 0 where that
+/// range is too small.
 pub fn free_addr() -> SocketAddr {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().nth(1)?.parse::<u16>().ok())
         .unwrap_or(60_999);
-    let room = u16::MAX - high;
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    if room >= 1_000 && given.len() < usize::from(room / 2) {
-        loop {
-            let port = high + 1 + rand::random::<u16>() % room;
-            if given.contains(&port) {
-                continue;
-            }
-            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                given.push(port);
-                return l.local_addr().unwrap();
-            }
-        }
+    if u16::MAX - high >= 1_000 {
+        let port = free_port_between(high + 1, u16::MAX, |_| true);
+        return SocketAddr::from(([127, 0, 0, 1], port));
     }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// A port from `lo` to `hi` (inclusive) that binds on 127.0.0.1 now, that `also_free`
+/// accepts, and that no earlier call in this test run gave: drawn at random, checked, and
+/// recorded for the whole run. Panics when 1,000 draws find none.
+pub fn free_port_between(lo: u16, hi: u16, also_free: impl Fn(u16) -> bool) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let span = u32::from(hi) - u32::from(lo) + 1;
+    for _ in 0..1_000 {
+        let port = (u32::from(lo) + rand::random::<u32>() % span) as u16;
+        if !given.contains(&port) && bindable(port) && also_free(port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port from {lo} to {hi}");
+}
+
+/// Whether a listener can bind 127.0.0.1:`port` now (it is released at once).
+pub fn bindable(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// A `reel` child process that this test started; killed (by its own PID) when dropped.

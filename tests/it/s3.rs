@@ -69,13 +69,10 @@ impl SeaweedFs {
         // weed derives for gRPC whatever the flags say: a port another test got from
         // `free_addr` (above the ephemeral range) can then never be one weed takes meanwhile.
         let mut ports = Vec::new();
-        let mut port = |_: &str| loop {
-            let p = 12_000 + rand::random::<u16>() % 10_000;
-            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if free(p) && free(p + 10_000) && !ports.contains(&p.to_string()) {
-                ports.push(p.to_string());
-                break p.to_string();
-            }
+        let mut port = |_: &str| {
+            let p = free_port_between(12_000, 21_999, |p| bindable(p + 10_000)).to_string();
+            ports.push(p.clone());
+            p
         };
         let s3_port = port("s3");
         let mut cmd = Command::new("weed");
