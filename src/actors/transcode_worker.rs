@@ -287,12 +287,14 @@ async fn transcode_and_store(
                 return Ok(None);
             };
             let input = source().await?;
+            let frame_log = out_dir.join("frames.crc");
             let args = |seek| {
                 let outs: Vec<(&Path, &crate::media::ladder::Rendition)> =
                     outs.iter().map(|(p, r)| (p.as_path(), *r)).collect();
                 transcode::chunk_args(
                     &input,
                     &outs,
+                    &frame_log,
                     *start_seconds,
                     *duration_seconds,
                     seg,
@@ -301,7 +303,8 @@ async fn transcode_and_store(
                     seek,
                 )
             };
-            run_ffmpeg(a, cancel, args(ChunkSeek::Index)).await?;
+            let mut seek = ChunkSeek::Index;
+            run_ffmpeg(a, cancel, args(seek)).await?;
             // Every output got the same frames (one decode, split): counting one is enough.
             let frames = || async {
                 probe::count_video_packets(first, std::time::Duration::from_secs(60))
@@ -318,7 +321,8 @@ async fn transcode_and_store(
                     frames = got,
                     "seeking the source lost frames; decoding this chunk from the start"
                 );
-                run_ffmpeg(a, cancel, args(ChunkSeek::Decode)).await?;
+                seek = ChunkSeek::Decode;
+                run_ffmpeg(a, cancel, args(seek)).await?;
                 if frames().await? == 0 {
                     return Err(TaskFailure {
                         permanent: true,
@@ -330,6 +334,25 @@ async fn transcode_and_store(
                     });
                 }
             }
+            // The frames this decode produced, for the job's damage check: stored before the
+            // chunks, so a chunk found stored always has its frame times beside it.
+            let log = tokio::fs::read_to_string(&frame_log)
+                .await
+                .map_err(|e| io("ffmpeg wrote no frame log", &e))?;
+            let offset = transcode::frame_log_offset(&t.input, *start_seconds, seek);
+            let times = transcode::read_frame_log(&log, offset);
+            let times_file = out_dir.join("frames.json");
+            let json = serde_json::to_vec(&times).map_err(|e| io("the frame times", &e))?;
+            tokio::fs::write(&times_file, json)
+                .await
+                .map_err(|e| io("writing the frame times", &e))?;
+            store_intermediate(
+                ctx,
+                t,
+                &keys::chunk_frames(&t.video_id, *index),
+                &times_file,
+            )
+            .await?;
             for (file, r) in &outs {
                 store_intermediate(ctx, t, &keys::chunk(&t.video_id, &r.name, *index), file)
                     .await?;

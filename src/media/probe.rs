@@ -493,6 +493,40 @@ pub fn damaged_spans(packets: &[f64], frames: &[f64]) -> Vec<DamagedSpan> {
     spans
 }
 
+/// One chunk's decoded frame times (`frames`, seconds, as its frame log counted them) put on
+/// the clock of `packets` (seconds, sorted ascending; [`packet_times`]): shifted, if that
+/// matches more packets, so that the first frame sits on its nearest packet. The two clocks
+/// differ by a constant where ffmpeg counts from another zero than the file's first
+/// timestamp: reading MPEG-TS without a seek, it counts from the first timestamp of the
+/// streams it reads (the video alone), not of the file. A shift can only move frames onto
+/// packets, so damage is never hidden by it: a stretch without frames stays without frames.
+pub fn align_frames(frames: &[f64], packets: &[f64]) -> Vec<f64> {
+    let matched = |shift: f64| {
+        frames
+            .iter()
+            .filter(|&&f| {
+                let t = f + shift;
+                let i = packets.partition_point(|&p| p < t - 0.001);
+                i < packets.len() && (packets[i] - t).abs() <= 0.001
+            })
+            .count()
+    };
+    let Some(&first) = frames.first() else {
+        return Vec::new();
+    };
+    let i = packets.partition_point(|&p| p < first);
+    let nearest = [i.checked_sub(1), Some(i)]
+        .into_iter()
+        .flatten()
+        .filter_map(|j| packets.get(j))
+        .min_by(|a, b| (*a - first).abs().total_cmp(&(*b - first).abs()));
+    let shift = match nearest {
+        Some(&p) if matched(p - first) > matched(0.0) => p - first,
+        _ => 0.0,
+    };
+    frames.iter().map(|f| f + shift).collect()
+}
+
 /// The sentence for a damaged source, naming its first damaged span.
 pub fn damage_message(spans: &[DamagedSpan], frames: usize) -> Option<String> {
     let first = spans.first()?;
@@ -541,14 +575,10 @@ pub async fn decode_check(
     for line in text.lines() {
         let mut f = line.split(',');
         match f.next() {
-            Some("packet") => {
-                let pts = f.next().and_then(|t| t.parse::<f64>().ok());
-                let dts = f.next().and_then(|t| t.parse::<f64>().ok());
-                match pts.or(dts) {
-                    Some(t) => packets.push(t),
-                    None => return Ok(()),
-                }
-            }
+            Some("packet") => match packet_time(f) {
+                Some(t) => packets.push(t),
+                None => return Ok(()),
+            },
             Some("frame") => {
                 if let Some(t) = f.next().and_then(|t| t.parse::<f64>().ok()) {
                     frames.push(t);
@@ -561,6 +591,64 @@ pub async fn decode_check(
         Some(m) => Err(ProbeError::Invalid(m)),
         None => Ok(()),
     }
+}
+
+/// A packet's time from the fields after `packet` in ffprobe's csv (`pts_time,dts_time`):
+/// its presentation time, else its decoding time; `None` when it has neither.
+fn packet_time<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<f64> {
+    let pts = fields.next().and_then(|t| t.parse::<f64>().ok());
+    let dts = fields.next().and_then(|t| t.parse::<f64>().ok());
+    pts.or(dts)
+}
+
+/// The times of every packet of video stream `stream` (ffprobe index; `None`: the first) of a
+/// local file, seconds after the file's first timestamp (ffprobe's format `start_time`; 0
+/// when it has none), in file order: what ffmpeg's timestamps count from (`-ss` counts from
+/// there), so they compare with a chunk's frame log (`media::transcode::read_frame_log`).
+/// Reads the container only, decodes nothing: a fraction of a second for a minute of 1080p.
+/// `None` when a packet has no timestamp at all (such a source is not judged, as in
+/// [`decode_check`]).
+///
+/// Errors: [`ProbeError::Tool`] when ffprobe cannot run, times out or fails.
+pub async fn packet_times(
+    path: &Path,
+    stream: Option<u32>,
+    timeout: Duration,
+) -> Result<Option<Vec<f64>>, ProbeError> {
+    let select = stream.map_or_else(|| "v:0".to_string(), |i| i.to_string());
+    let args = [
+        "-select_streams",
+        &select,
+        "-show_entries",
+        "packet=pts_time,dts_time:format=start_time",
+        "-of",
+        "csv",
+    ];
+    let out = ffprobe(&args, path, timeout).await?;
+    if !out.status.success() {
+        return Err(ProbeError::Tool(format!(
+            "ffprobe cannot list the packets: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(parse_packet_times(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`packet_times`]'s reading of ffprobe's csv: `packet,{pts},{dts}` lines and one
+/// `format,{start_time}` line (`N/A`: 0).
+fn parse_packet_times(text: &str) -> Option<Vec<f64>> {
+    let (mut packets, mut start) = (Vec::new(), 0.0);
+    for line in text.lines() {
+        let mut f = line.split(',');
+        match f.next() {
+            Some("packet") => packets.push(packet_time(f)?),
+            Some("format") => {
+                start = f.next().and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+            }
+            _ => {}
+        }
+    }
+    Some(packets.into_iter().map(|t| t - start).collect())
 }
 
 /// Video packets (frames) in a local file, by `ffprobe -count_packets`: quick, it reads the
@@ -596,6 +684,46 @@ mod tests {
 
     fn at(n: std::ops::Range<u32>) -> Vec<f64> {
         n.map(|i| 10.0 + i as f64 / 30.0).collect()
+    }
+
+    /// A chunk counted 10 ms off the packets' clock (MPEG-TS read without a seek) is put back
+    /// on it; one already on it is left; a gap in it stays a gap.
+    #[test]
+    fn a_chunk_off_the_packets_clock_is_aligned_without_hiding_a_gap() {
+        let packets: Vec<f64> = (0..250).map(|i| 0.010022 + i as f64 * 0.04).collect();
+        let chunk: Vec<f64> = (100..225).map(|i| i as f64 * 0.04).collect();
+        assert!(
+            damaged_spans(&packets[100..225], &chunk).len() == 1,
+            "off the clock"
+        );
+        let aligned = align_frames(&chunk, &packets);
+        assert!(
+            damaged_spans(&packets[100..225], &aligned).is_empty(),
+            "{aligned:?}"
+        );
+        let on_clock = packets[100..225].to_vec();
+        assert_eq!(align_frames(&on_clock, &packets), on_clock);
+        let mut gap = chunk.clone();
+        gap.drain(40..60);
+        let spans = damaged_spans(&packets[100..225], &align_frames(&gap, &packets));
+        assert_eq!((spans.len(), spans[0].lost), (1, 20), "{spans:?}");
+        assert!(align_frames(&[], &packets).is_empty());
+    }
+
+    /// ffprobe's csv for `packet_times`: packets (pts, dts; one with neither), then the format.
+    #[test]
+    fn packet_times_count_from_the_file_start() {
+        let csv = "packet,1.400000,1.400000\npacket,1.500000,1.433333\npacket,N/A,1.466667\n\
+                   format,1.400000\n";
+        let t = parse_packet_times(csv).unwrap();
+        let want = [0.0, 0.1, 0.066667];
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6) && t.len() == 3,
+            "{t:?}"
+        );
+        let unknown_start = parse_packet_times("packet,2.0,2.0\nformat,N/A\n").unwrap();
+        assert_eq!(unknown_start, vec![2.0]);
+        assert_eq!(parse_packet_times("packet,N/A,N/A\nformat,0.0\n"), None);
     }
 
     #[test]

@@ -125,12 +125,28 @@ impl InputMap {
     /// The part of [`InputMap::filter_chain`] every rendition shares: everything before the
     /// scaling. A chunk runs it once and splits its frames to every rendition's scaler.
     fn shared_chain(&self, cut: Option<String>, chunk_seconds: Option<f64>) -> String {
+        [self.decoded_chain(cut), self.timed_chain(chunk_seconds)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The first part of [`InputMap::shared_chain`]: deinterlace and `cut`, each frame keeping
+    /// its decoded timestamp (a chunk's frame log is taken here). `None` when empty.
+    fn decoded_chain(&self, cut: Option<String>) -> Option<String> {
         let mut f: Vec<String> = Vec::new();
         if self.deinterlace {
             f.push("yadif=mode=send_frame:deint=all".into());
         }
         f.extend(cut);
-        f.push("setpts=PTS-STARTPTS".into());
+        (!f.is_empty()).then(|| f.join(","))
+    }
+
+    /// The rest of [`InputMap::shared_chain`]: timestamps restarted at zero, and a chunk made
+    /// constant-rate and cut to its length.
+    fn timed_chain(&self, chunk_seconds: Option<f64>) -> Option<String> {
+        let mut f: Vec<String> = vec!["setpts=PTS-STARTPTS".into()];
         if let Some(len) = chunk_seconds {
             // A chunk of whole frames (`plan_chunks`) ends a quarter of a frame before its
             // length, so the frame that starts the next chunk is never also the last of this
@@ -144,7 +160,7 @@ impl InputMap {
             }
             f.push(format!("trim=end={end:.6}"));
         }
-        f.join(",")
+        Some(f.join(","))
     }
 
     /// The audio filter chain: put the audio on the video's timeline (cut what comes before
@@ -377,10 +393,19 @@ pub enum ChunkSeek {
 /// timestamps restarted at zero (`setpts=PTS-STARTPTS`, or the packager would shift the first
 /// chunk by a frame), keyframes forced every segment. ffmpeg counts `-ss` and `trim` from the
 /// file's first timestamp, so the video's own start is added.
+///
+/// The decoded frames are also logged to `frame_log` (ffmpeg's `framecrc` format, one line per
+/// frame, times in microseconds; [`read_frame_log`] reads it): the job checks that every
+/// packet of the source decoded from these logs, instead of decoding the whole source once
+/// more before the chunks (issue 10's damage check, folded into the chunks for issue 11, P2).
+/// The log is taken after deinterlacing and the cut, before timestamps restart, with each
+/// frame's own time (`-fps_mode passthrough`); frames are wrapped, not copied
+/// (`wrapped_avframe`).
 #[allow(clippy::too_many_arguments)]
 pub fn chunk_args(
     input: &Path,
     outs: &[(&Path, &Rendition)],
+    frame_log: &Path,
     start: f64,
     duration: f64,
     segment_seconds: u32,
@@ -407,10 +432,11 @@ pub fn chunk_args(
     };
     a.extend(["-i".into(), input.to_string_lossy().into_owned()]);
     let n = outs.len();
+    let decoded = m.decoded_chain(cut).map_or_else(String::new, |c| c + ",");
+    let timed = m.timed_chain(Some(duration)).unwrap_or_default();
     let mut graph = format!(
-        "[{}]{},split={n}",
+        "[{}]{decoded}split=2[log][dec];[dec]{timed},split={n}",
         m.video(),
-        m.shared_chain(cut, Some(duration))
     );
     for i in 0..n {
         graph.push_str(&format!("[s{i}]"));
@@ -429,7 +455,46 @@ pub fn chunk_args(
             out.to_string_lossy().into_owned(),
         ]);
     }
+    a.extend(
+        [
+            "-map",
+            "[log]",
+            "-c:v",
+            "wrapped_avframe",
+            "-enc_time_base",
+            "1/1000000",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "framecrc",
+        ]
+        .map(String::from),
+    );
+    a.push(frame_log.to_string_lossy().into_owned());
     a
+}
+
+/// What to add to the times in a chunk's frame log ([`chunk_args`]) to count them from the
+/// file's first timestamp, seconds: the chunk's seek (`-ss`, which ffmpeg subtracts from
+/// every timestamp) for [`ChunkSeek::Index`], nothing for [`ChunkSeek::Decode`] (no `-ss`).
+pub fn frame_log_offset(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
+    match seek {
+        // As written on the command line.
+        ChunkSeek::Index => (m.seek(start) * 1e6).round() / 1e6,
+        ChunkSeek::Decode => 0.0,
+    }
+}
+
+/// The frame times of a chunk's frame log (ffmpeg `framecrc` text: `#` header lines, then
+/// `stream, pts, dts, duration, size, hash` with times in microseconds, as [`chunk_args`]
+/// asks), plus `offset` seconds ([`frame_log_offset`]): seconds after the file's first
+/// timestamp, in the log's order. Lines that do not parse are skipped.
+pub fn read_frame_log(text: &str, offset: f64) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(',').nth(1)?.trim().parse::<i64>().ok())
+        .map(|us| offset + us as f64 / 1e6)
+        .collect()
 }
 
 /// Whether a chunk encoded with [`ChunkSeek::Index`] holds too few frames for its span:
@@ -725,6 +790,7 @@ mod tests {
         chunk_args(
             Path::new("/s"),
             &[(Path::new("/c.mp4"), &r)],
+            Path::new("/f.crc"),
             start,
             len,
             seg,
@@ -751,6 +817,7 @@ mod tests {
         let a = chunk_args(
             Path::new("/s"),
             &[(Path::new("/360.mp4"), &top), (Path::new("/180.mp4"), &low)],
+            Path::new("/f.crc"),
             0.0,
             16.0,
             4,
@@ -762,9 +829,19 @@ mod tests {
         assert_eq!(a.matches("-i ").count(), 1, "{a}");
         assert!(
             a.contains(
-                "[0:v:0]setpts=PTS-STARTPTS,trim=end=16.000000,split=2[s0][s1];\
+                "[0:v:0]split=2[log][dec];\
+                 [dec]setpts=PTS-STARTPTS,trim=end=16.000000,split=2[s0][s1];\
                  [s0]scale=640:360:flags=bicubic,setsar=1[v0];\
                  [s1]scale=320:180:flags=bicubic,setsar=1[v1]"
+            ),
+            "{a}"
+        );
+        // The same decode logs its frames, each at its own time, wrapped rather than copied:
+        // the job's damage check reads this instead of decoding the source again.
+        assert!(
+            a.ends_with(
+                "-map [log] -c:v wrapped_avframe -enc_time_base 1/1000000 \
+                 -fps_mode passthrough -f framecrc /f.crc"
             ),
             "{a}"
         );
@@ -776,9 +853,27 @@ mod tests {
             "{a}"
         );
         assert!(
-            a[second..].contains("-b:v 250k") && a.ends_with("/180.mp4"),
+            a[second..].contains("-b:v 250k") && a.contains("/180.mp4 -map [log]"),
             "{a}"
         );
+    }
+
+    /// The frame log as ffmpeg 5.1 writes it for [`chunk_args`] (`framecrc`, microseconds).
+    #[test]
+    fn a_frame_log_reads_as_seconds_from_the_file_start() {
+        let log = "#software: Lavf59.27.100\n#tb 0: 1/1000000\n#media_type 0: video\n\
+                   #codec_id 0: wrapped_avframe\n#dimensions 0: 1920x1080\n#sar 0: 1/1\n\
+                   0,          0,          0,    33333,      472, 0x588a16c3\n\
+                   0,      33333,      33333,    33333,      472, 0x409d1646\n\
+                   0,      66667,      66667,    33333,      472, 0x7bdd13c3\n\
+                   garbage\n";
+        let t = read_frame_log(log, 16.0);
+        assert_eq!(t.len(), 3, "{t:?}");
+        assert!(
+            (t[0] - 16.0).abs() < 1e-9 && (t[2] - 16.066667).abs() < 1e-9,
+            "{t:?}"
+        );
+        assert!(read_frame_log("", 1.0).is_empty());
     }
 
     #[test]
@@ -787,7 +882,8 @@ mod tests {
         assert!(
             a.contains("-ss 16.000000 -t 17.000000 -i /s")
                 && a.contains(
-                    "-filter_complex [0:v:0]setpts=PTS-STARTPTS,trim=end=16.000000,split=1[s0];\
+                    "-filter_complex [0:v:0]split=2[log][dec];\
+                     [dec]setpts=PTS-STARTPTS,trim=end=16.000000,split=1[s0];\
                      [s0]scale=640:360:flags=bicubic,setsar=1[v0] -map [v0]"
                 ),
             "{a}"
@@ -836,7 +932,7 @@ mod tests {
             "{c}"
         );
         assert!(
-            c.contains("[0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1[s0];[s0]scale=640:360"),
+            c.contains("[0:2]yadif=mode=send_frame:deint=all,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1[s0];[s0]scale=640:360"),
             "{c}"
         );
         let a = audio_args(Path::new("/s"), Path::new("/a.m4a"), 96, &m).join(" ");
@@ -846,10 +942,14 @@ mod tests {
         );
         let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
-            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1"),
+            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1"),
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");
+        // The frame log's times count from the seek with `-ss`, from the file's start without.
+        assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Index), 4.483333);
+        assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Decode), 0.0);
+        assert_eq!(frame_log_offset(&m, 0.0, ChunkSeek::Index), 0.5);
         assert!(chunk_is_short(0, 4.0, 25.0));
         assert!(chunk_is_short(60, 4.0, 25.0));
         assert!(!chunk_is_short(100, 4.0, 25.0));

@@ -17,6 +17,7 @@
 //! leases/video/{video_id}/{epoch:020}.released  the holder let that epoch go
 //! work/{video_id}/{rendition}/chunk-NNNN.mp4  intermediate: one encoded chunk (deleted at ready)
 //! work/{video_id}/audio-{kbps}.m4a           intermediate: the audio, encoded once
+//! work/{video_id}/frames/chunk-NNNN.json     intermediate: the frame times a chunk decoded
 //! work/{video_id}/attempts/{token}           marker: a task attempt stores a rendition directory
 //! active/{video_id}                          marker: the video is not terminal yet (an index the
 //!                                            reconcile loop lists instead of every record)
@@ -230,6 +231,13 @@ pub fn attempt_marker(id: &str, token: &str) -> String {
 /// `work/{id}/{rendition}/chunk-{index:04}.mp4`
 pub fn chunk(id: &str, rendition: &str, index: usize) -> String {
     format!("work/{id}/{rendition}/chunk-{index:04}.mp4")
+}
+
+/// `work/{id}/frames/chunk-{index:04}.json`: the times of the frames chunk `index` decoded
+/// (a JSON array of seconds after the source file's first timestamp), stored before its
+/// encoded chunks; the job checks the source for damage from these.
+pub fn chunk_frames(id: &str, index: usize) -> String {
+    format!("work/{id}/frames/chunk-{index:04}.json")
 }
 
 /// `work/{id}/audio-{kbps}.m4a`
