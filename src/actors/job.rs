@@ -7,15 +7,25 @@
 //! section 5, "Recovery").
 //!
 //! Steps:
-//! 1. Validate (once per video): sniff the first bytes, ffprobe (`media::probe`), then decode
-//!    the whole video stream (`probe::decode_check`: a damaged middle is named, not published
-//!    frozen). An invalid source fails the video at once, never retried.
+//! 1. Validate (once per video): sniff the first bytes, ffprobe (`media::probe`). A source
+//!    too short to be split into chunks is also decoded whole here (`probe::decode_check`: a
+//!    damaged middle is named, not published frozen). An invalid source fails the video at
+//!    once, never retried.
 //! 2. Plan the ladder (`media::ladder::plan`); tell the `VideoActor` (it stores the plan).
-//! 3. One task per rendition whose media playlist does not exist yet; hand them to the pool.
-//! 4. Track attempts. Transient failures retry after exponential backoff up to `max_attempts`;
+//! 3. The tasks of every rendition whose media playlist does not exist yet: one whole-rendition
+//!    task each for a short source; otherwise chunk tasks (each decodes its span once for all
+//!    renditions), the audio, and one packaging task per rendition. Hand out those whose
+//!    inputs are done.
+//! 4. The damage check of a chunked source, decoded once (issue 11, P2): when every chunk is
+//!    stored and before any packaging task is handed out, the job compares the source's
+//!    packets (`probe::packet_times`, no decoding) with the frame times the chunk tasks
+//!    stored (`keys::chunk_frames`). Only when frames are missing does it decode the whole
+//!    source (`probe::decode_check`), whose verdict fails the video naming the damaged span,
+//!    or clears a false alarm. So a damaged middle still never reaches `ready`.
+//! 5. Track attempts. Transient failures retry after exponential backoff up to `max_attempts`;
 //!    permanent ones fail the video at once. A running task that reports no progress for
 //!    `stuck_after_seconds` is reclaimed: cancelled on its worker and retried.
-//! 5. Finalize: write the multivariant playlist (the commit point of `ready`), then report
+//! 6. Finalize: write the multivariant playlist (the commit point of `ready`), then report
 //!    ready. Reports about attempts other than the current one are stale and ignored, so a late
 //!    answer from a reclaimed attempt changes nothing.
 
@@ -63,6 +73,9 @@ pub enum JobMsg {
     Start,
     /// Internal: validation finished.
     Validated(Result<SourceInfo, ProbeError>),
+    /// Internal: the damage check of a chunked source finished (step 4); `Ok` carries what
+    /// it found, for the event log.
+    DamageChecked(Result<String, ProbeError>),
     /// A worker began an attempt (starts the stuck-task clock).
     TaskStarted {
         /// The dispatching job instance ([`TaskSpec::instance`]; 0: unknown).
@@ -230,6 +243,18 @@ struct Task {
     output: Option<RenditionOutput>,
 }
 
+/// Where the damage check of a chunked source stands (module docs, step 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DamageCheck {
+    /// Nothing to check here: no chunk tasks (a short source, checked at validation, or every
+    /// rendition already stored), or the check passed. Packaging may start.
+    Clear,
+    /// Waiting for the last chunk.
+    Waiting,
+    /// Running; packaging waits for it.
+    Running,
+}
+
 /// State.
 pub struct JobState {
     ctx: Ctx,
@@ -246,6 +271,7 @@ pub struct JobState {
     tasks: BTreeMap<String, Task>,
     resumed: Vec<String>,
     finished: bool,
+    damage_check: DamageCheck,
 }
 
 impl JobState {
@@ -309,8 +335,75 @@ async fn validate(ctx: Ctx, video_id: String) -> Result<SourceInfo, ProbeError> 
         return Err(ProbeError::Invalid(reason));
     }
     let info = probe::probe(&path, Duration::from_secs(300)).await?;
-    probe::decode_check(&path, info.video_stream, Duration::from_secs(1800)).await?;
+    if !is_chunked(&ctx.processing, info.duration_seconds) {
+        probe::decode_check(&path, info.video_stream, Duration::from_secs(1800)).await?;
+    }
     Ok(info)
+}
+
+/// Whether a source of `duration_seconds` is encoded in chunks (longer than one chunk of
+/// whole segments) rather than one whole-rendition task per rendition.
+fn is_chunked(p: &crate::config::ProcessingConfig, duration_seconds: f64) -> bool {
+    let per_chunk = (p.chunk_seconds / p.segment_seconds.max(1)).max(1);
+    p.chunk_seconds > 0 && duration_seconds > (per_chunk * p.segment_seconds.max(1)) as f64
+}
+
+/// The damage check of a chunked source (module docs, step 4): the frame times stored by
+/// chunks `chunks` against the source's packets. Returns what it found, for the event log.
+///
+/// Errors: [`ProbeError::Invalid`] naming the damaged span (from the full decode that
+/// confirms it); [`ProbeError::Tool`] when the store or ffprobe fails.
+async fn check_damage(
+    ctx: Ctx,
+    video_id: String,
+    stream: Option<u32>,
+    chunks: Vec<usize>,
+) -> Result<String, ProbeError> {
+    let path = ctx
+        .storage
+        .source_path(&video_id, &ctx.scratch_dir)
+        .await
+        .map_err(|e| ProbeError::Tool(format!("cannot read the source: {e}")))?;
+    let full = || probe::decode_check(&path, stream, Duration::from_secs(1800));
+    let mut logs = Vec::new();
+    for i in chunks {
+        let times = ctx
+            .storage
+            .get_json::<Vec<f64>>(&keys::chunk_frames(&video_id, i))
+            .await
+            .map_err(|e| ProbeError::Tool(format!("reading the frame times of a chunk: {e}")))?;
+        match times {
+            Some(t) => logs.push(t),
+            None => {
+                // Encoded by a node that predates frame logs.
+                full().await?;
+                return Ok(format!(
+                    "chunk {i} stored no frame times: the whole source was decoded; undamaged"
+                ));
+            }
+        }
+    }
+    let Some(mut packets) = probe::packet_times(&path, stream, Duration::from_secs(300)).await?
+    else {
+        return Ok("the source's packets carry no timestamps: not judged".into());
+    };
+    packets.sort_by(f64::total_cmp);
+    let frames: Vec<f64> = logs
+        .iter()
+        .flat_map(|log| probe::align_frames(log, &packets))
+        .collect();
+    let missed = probe::damaged_spans(&packets, &frames);
+    if missed.is_empty() {
+        return Ok(format!(
+            "all {} video packets were decoded by the chunks",
+            packets.len()
+        ));
+    }
+    full().await?;
+    Ok(format!(
+        "the chunks decoded no frame at {:.2} s, but a whole decode of the source did: undamaged",
+        missed[0].from
+    ))
 }
 
 impl JobState {
@@ -333,6 +426,14 @@ impl JobActor {
         state
             .event(NewEvent::video(&state.video_id, "job_failed").detail(reason.clone()))
             .await;
+        // A failed video is never processed again: its intermediates (chunks and frame times
+        // stored before, say, the damage check failed it) would only take space.
+        let (storage, id) = (state.ctx.storage.clone(), state.video_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = storage.delete_prefix(&keys::work_prefix(&id)).await {
+                tracing::warn!("removing the intermediates of failed video {id}: {e}");
+            }
+        });
         let _ = state.video.cast(VideoMsg::JobFailed { reason });
         myself.stop(None);
         Ok(())
@@ -451,7 +552,7 @@ impl JobActor {
         let p = &state.ctx.processing;
         let seg = p.segment_seconds;
         let per_chunk = (p.chunk_seconds / seg.max(1)).max(1);
-        let chunked = p.chunk_seconds > 0 && source.duration_seconds > (per_chunk * seg) as f64;
+        let chunked = is_chunked(p, source.duration_seconds);
         let chunks = transcode::plan_chunks(
             source.duration_seconds,
             seg,
@@ -518,6 +619,7 @@ impl JobActor {
         }
         let mut chunk_keys = Vec::new();
         if let Some(top) = pending.first() {
+            state.damage_check = DamageCheck::Waiting;
             for (index, (start_seconds, duration_seconds)) in chunks.iter().copied().enumerate() {
                 let mut missing = Vec::new();
                 for r in &pending {
@@ -602,14 +704,37 @@ impl JobActor {
         self.maybe_finalize(myself, state).await
     }
 
-    /// Dispatch every waiting task whose inputs are all done.
+    /// Dispatch every waiting task whose inputs are all done; packaging also waits for the
+    /// damage check, which starts once every chunk is done.
     async fn dispatch_ready(&self, myself: &ActorRef<JobMsg>, state: &mut JobState) {
+        let chunks: Vec<usize> = state
+            .tasks
+            .values()
+            .filter_map(|t| match t.spec.kind {
+                TaskKind::Chunk { index, .. } => Some(index),
+                _ => None,
+            })
+            .collect();
+        let chunks_done = state.tasks.values().all(|t| {
+            !matches!(t.spec.kind, TaskKind::Chunk { .. }) || t.status == TaskStatus::Done
+        });
+        if state.damage_check == DamageCheck::Waiting && chunks_done {
+            state.damage_check = DamageCheck::Running;
+            let (ctx, id, me) = (state.ctx.clone(), state.video_id.clone(), myself.clone());
+            let stream = state.source.as_ref().and_then(|s| s.video_stream);
+            tokio::spawn(async move {
+                let r = check_damage(ctx, id, stream, chunks).await;
+                let _ = me.cast(JobMsg::DamageChecked(r));
+            });
+        }
+        let checked = state.damage_check == DamageCheck::Clear;
         let ready: Vec<String> = state
             .order
             .iter()
             .filter(|k| {
                 let t = &state.tasks[*k];
                 t.status == TaskStatus::Waiting
+                    && (checked || !matches!(t.spec.kind, TaskKind::Package { .. }))
                     && t.needs.iter().all(|n| {
                         state
                             .tasks
@@ -856,6 +981,7 @@ impl Actor for JobActor {
             tasks: BTreeMap::new(),
             resumed: Vec::new(),
             finished: false,
+            damage_check: DamageCheck::Clear,
         })
     }
 
@@ -930,6 +1056,31 @@ impl Actor for JobActor {
             }
             JobMsg::Validated(Err(tool @ ProbeError::Tool(_))) => {
                 // Not the source's fault: crash so the supervisor restarts the job (bounded).
+                return Err(tool.into());
+            }
+            JobMsg::DamageChecked(Ok(found)) => {
+                state.damage_check = DamageCheck::Clear;
+                state
+                    .event(
+                        NewEvent::video(&state.video_id, "damage_checked")
+                            .outcome("ok")
+                            .detail(found),
+                    )
+                    .await;
+                self.dispatch_ready(&myself, state).await;
+            }
+            JobMsg::DamageChecked(Err(ProbeError::Invalid(reason))) => {
+                state
+                    .event(
+                        NewEvent::video(&state.video_id, "damage_checked")
+                            .outcome("invalid")
+                            .detail(reason.clone()),
+                    )
+                    .await;
+                self.fail(&myself, state, reason).await?;
+            }
+            JobMsg::DamageChecked(Err(tool @ ProbeError::Tool(_))) => {
+                // As in validation: a restarted job checks again.
                 return Err(tool.into());
             }
             JobMsg::TaskStarted {

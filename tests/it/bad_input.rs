@@ -65,6 +65,75 @@ async fn an_mp4_with_a_zeroed_middle_fails_naming_the_damaged_span() {
     fails_with("zeroed-middle", "the file is damaged between 2.").await;
 }
 
+/// The same damaged file in 2 s chunks: decoded only by its chunk tasks (issue 11, P2), the
+/// frames they lost are found before any rendition is packaged, a whole decode names the span,
+/// and the chunks already stored are removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_source_with_a_zeroed_middle_fails_before_packaging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.processing.chunk_seconds = 2;
+    let node = start(config).await;
+    let base = node.url();
+    let (status, v) = upload(&base, &clip("zeroed-middle")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("the file is damaged between 2."), "{error}");
+    let events = event_kinds(&base, &id).await;
+    let dispatched: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "task_dispatched")
+        .filter_map(|e| e["task"].as_str())
+        .collect();
+    assert!(
+        dispatched
+            .iter()
+            .filter(|t| t.starts_with("chunk-"))
+            .count()
+            >= 3,
+        "validation left the decoding to the chunks: {dispatched:?}"
+    );
+    assert!(
+        dispatched
+            .iter()
+            .all(|t| t.starts_with("chunk-") || t.starts_with("audio-")),
+        "nothing was packaged: {dispatched:?}"
+    );
+    let check = events
+        .iter()
+        .find(|e| e["kind"] == "damage_checked")
+        .expect("the damage check ran");
+    assert_eq!(check["outcome"], "invalid", "{check}");
+    let resp = reqwest::get(format!("{base}/videos/{id}/master.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    // Chunks and frame times (an audio task that was finishing when the video failed may
+    // still store its file after the sweep).
+    let work = dir.path().join("objects").join("work").join(&id);
+    let left = || {
+        ["frames", "240p", "180p"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(work.join(d)).ok())
+            .flatten()
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while left() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} intermediates left behind in {}",
+            left(),
+            work.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_upload_unknown_and_hostile_ids_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -391,6 +391,23 @@ async fn source_frames(source: &Path, stream: &str) -> u64 {
 /// Every check of one entry; the first failing one panics with its reason.
 async fn check(entry: &Entry, source: &Path, base: &str, id: &str, dir: &Path) {
     let x = &entry.expect;
+    // Decoded once (issue 11, P2): a chunked source's damage check is answered by the frames
+    // its chunks decoded, with no second decode of the whole source, in every format.
+    let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
+    if record["source"]["duration_seconds"].as_f64().unwrap() > 4.0 {
+        let events = event_kinds(base, id).await;
+        let checks: Vec<&str> = events
+            .iter()
+            .filter(|e| e["kind"] == "damage_checked")
+            .filter_map(|e| e["detail"].as_str())
+            .collect();
+        assert!(
+            checks.len() == 1
+                && checks[0].starts_with("all ")
+                && checks[0].ends_with("decoded by the chunks"),
+            "the damage check: {checks:?}"
+        );
+    }
     let facts = check_all_renditions(base, id, dir).await;
     assert_eq!(facts.len(), x.renditions, "renditions: {facts:#?}");
     let top = &facts[0];
