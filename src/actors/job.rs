@@ -707,19 +707,21 @@ impl JobActor {
     /// Dispatch every waiting task whose inputs are all done; packaging also waits for the
     /// damage check, which starts once every chunk is done.
     async fn dispatch_ready(&self, myself: &ActorRef<JobMsg>, state: &mut JobState) {
-        let chunks: Vec<usize> = state
-            .tasks
-            .values()
-            .filter_map(|t| match t.spec.kind {
-                TaskKind::Chunk { index, .. } => Some(index),
-                _ => None,
+        let chunks_done = || {
+            state.tasks.values().all(|t| {
+                !matches!(t.spec.kind, TaskKind::Chunk { .. }) || t.status == TaskStatus::Done
             })
-            .collect();
-        let chunks_done = state.tasks.values().all(|t| {
-            !matches!(t.spec.kind, TaskKind::Chunk { .. }) || t.status == TaskStatus::Done
-        });
-        if state.damage_check == DamageCheck::Waiting && chunks_done {
+        };
+        if state.damage_check == DamageCheck::Waiting && chunks_done() {
             state.damage_check = DamageCheck::Running;
+            let chunks: Vec<usize> = state
+                .tasks
+                .values()
+                .filter_map(|t| match t.spec.kind {
+                    TaskKind::Chunk { index, .. } => Some(index),
+                    _ => None,
+                })
+                .collect();
             let (ctx, id, me) = (state.ctx.clone(), state.video_id.clone(), myself.clone());
             let stream = state.source.as_ref().and_then(|s| s.video_stream);
             tokio::spawn(async move {

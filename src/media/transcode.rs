@@ -125,11 +125,11 @@ impl InputMap {
     /// The part of [`InputMap::filter_chain`] every rendition shares: everything before the
     /// scaling. A chunk runs it once and splits its frames to every rendition's scaler.
     fn shared_chain(&self, cut: Option<String>, chunk_seconds: Option<f64>) -> String {
-        [self.decoded_chain(cut), self.timed_chain(chunk_seconds)]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(",")
+        let timed = self.timed_chain(chunk_seconds);
+        match self.decoded_chain(cut) {
+            Some(decoded) => format!("{decoded},{timed}"),
+            None => timed,
+        }
     }
 
     /// The first part of [`InputMap::shared_chain`]: deinterlace and `cut`, each frame keeping
@@ -145,7 +145,7 @@ impl InputMap {
 
     /// The rest of [`InputMap::shared_chain`]: timestamps restarted at zero, and a chunk made
     /// constant-rate and cut to its length.
-    fn timed_chain(&self, chunk_seconds: Option<f64>) -> Option<String> {
+    fn timed_chain(&self, chunk_seconds: Option<f64>) -> String {
         let mut f: Vec<String> = vec!["setpts=PTS-STARTPTS".into()];
         if let Some(len) = chunk_seconds {
             // A chunk of whole frames (`plan_chunks`) ends a quarter of a frame before its
@@ -160,7 +160,7 @@ impl InputMap {
             }
             f.push(format!("trim=end={end:.6}"));
         }
-        Some(f.join(","))
+        f.join(",")
     }
 
     /// The audio filter chain: put the audio on the video's timeline (cut what comes before
@@ -433,7 +433,7 @@ pub fn chunk_args(
     a.extend(["-i".into(), input.to_string_lossy().into_owned()]);
     let n = outs.len();
     let decoded = m.decoded_chain(cut).map_or_else(String::new, |c| c + ",");
-    let timed = m.timed_chain(Some(duration)).unwrap_or_default();
+    let timed = m.timed_chain(Some(duration));
     let mut graph = format!(
         "[{}]{decoded}split=2[log][dec];[dec]{timed},split={n}",
         m.video(),
