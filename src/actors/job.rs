@@ -272,6 +272,8 @@ pub struct JobState {
     resumed: Vec<String>,
     finished: bool,
     damage_check: DamageCheck,
+    /// The running damage check's task, aborted (with its ffprobe) if the job stops first.
+    damage_task: Option<tokio::task::AbortHandle>,
 }
 
 impl JobState {
@@ -724,10 +726,11 @@ impl JobActor {
                 .collect();
             let (ctx, id, me) = (state.ctx.clone(), state.video_id.clone(), myself.clone());
             let stream = state.source.as_ref().and_then(|s| s.video_stream);
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let r = check_damage(ctx, id, stream, chunks).await;
                 let _ = me.cast(JobMsg::DamageChecked(r));
             });
+            state.damage_task = Some(task.abort_handle());
         }
         let checked = state.damage_check == DamageCheck::Clear;
         let ready: Vec<String> = state
@@ -984,18 +987,22 @@ impl Actor for JobActor {
             resumed: Vec::new(),
             finished: false,
             damage_check: DamageCheck::Clear,
+            damage_task: None,
         })
     }
 
     /// Stopped before it finished (its VideoActor stood down, handed the video off or is
     /// shutting down): cancel every attempt still queued or running, on whichever node it
     /// was handed to, so a deposed job's tasks stop instead of running to their next refused
-    /// write (issue 9).
+    /// write (issue 9). A damage check still running is aborted, whatever the reason.
     async fn post_stop(
         &self,
         _myself: ActorRef<JobMsg>,
         state: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(check) = state.damage_task.take() {
+            check.abort();
+        }
         if state.finished {
             return Ok(());
         }
