@@ -556,7 +556,7 @@ pub async fn decode_check(
     stream: Option<u32>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    let select = stream.map_or_else(|| "v:0".to_string(), |i| i.to_string());
+    let select = stream_selector(stream);
     let args = [
         "-threads",
         "2",
@@ -570,35 +570,50 @@ pub async fn decode_check(
         "csv",
     ];
     let out = ffprobe(&args, path, timeout).await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (mut packets, mut frames) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let mut f = line.split(',');
-        match f.next() {
-            Some("packet") => match packet_time(f) {
-                Some(t) => packets.push(t),
-                None => return Ok(()),
-            },
-            Some("frame") => {
-                if let Some(t) = f.next().and_then(|t| t.parse::<f64>().ok()) {
-                    frames.push(t);
-                }
-            }
-            _ => {}
-        }
-    }
-    match damage_message(&damaged_spans(&packets, &frames), packets.len()) {
+    let Some(csv) = read_times(&String::from_utf8_lossy(&out.stdout)) else {
+        return Ok(());
+    };
+    match damage_message(&damaged_spans(&csv.packets, &csv.frames), csv.packets.len()) {
         Some(m) => Err(ProbeError::Invalid(m)),
         None => Ok(()),
     }
 }
 
-/// A packet's time from the fields after `packet` in ffprobe's csv (`pts_time,dts_time`):
-/// its presentation time, else its decoding time; `None` when it has neither.
-fn packet_time<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<f64> {
-    let pts = fields.next().and_then(|t| t.parse::<f64>().ok());
-    let dts = fields.next().and_then(|t| t.parse::<f64>().ok());
-    pts.or(dts)
+/// ffprobe's `-select_streams` for video stream `stream` (ffprobe index; `None`: the first).
+fn stream_selector(stream: Option<u32>) -> String {
+    stream.map_or_else(|| "v:0".to_string(), |i| i.to_string())
+}
+
+/// The times in ffprobe's csv of [`decode_check`] and [`packet_times`], seconds as ffprobe
+/// prints them.
+#[derive(Debug, Default, PartialEq)]
+struct Times {
+    /// Each `packet,{pts},{dts}` line: its presentation time, else its decoding time.
+    packets: Vec<f64>,
+    /// Each `frame,{best_effort_timestamp}` line that has one.
+    frames: Vec<f64>,
+    /// The `format,{start_time}` line's time; 0 when absent or `N/A`.
+    start: f64,
+}
+
+/// Read [`Times`] from ffprobe's csv; `None` when a packet has neither timestamp (such a
+/// source is not judged).
+fn read_times(text: &str) -> Option<Times> {
+    let mut t = Times::default();
+    let num = |f: Option<&str>| f.and_then(|x| x.parse::<f64>().ok());
+    for line in text.lines() {
+        let mut f = line.split(',');
+        match f.next() {
+            Some("packet") => {
+                let pts = num(f.next());
+                t.packets.push(pts.or(num(f.next()))?);
+            }
+            Some("frame") => t.frames.extend(num(f.next())),
+            Some("format") => t.start = num(f.next()).unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    Some(t)
 }
 
 /// The times of every packet of video stream `stream` (ffprobe index; `None`: the first) of a
@@ -615,7 +630,7 @@ pub async fn packet_times(
     stream: Option<u32>,
     timeout: Duration,
 ) -> Result<Option<Vec<f64>>, ProbeError> {
-    let select = stream.map_or_else(|| "v:0".to_string(), |i| i.to_string());
+    let select = stream_selector(stream);
     let args = [
         "-select_streams",
         &select,
@@ -631,24 +646,12 @@ pub async fn packet_times(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(parse_packet_times(&String::from_utf8_lossy(&out.stdout)))
+    Ok(read_times(&String::from_utf8_lossy(&out.stdout)).map(from_start))
 }
 
-/// [`packet_times`]'s reading of ffprobe's csv: `packet,{pts},{dts}` lines and one
-/// `format,{start_time}` line (`N/A`: 0).
-fn parse_packet_times(text: &str) -> Option<Vec<f64>> {
-    let (mut packets, mut start) = (Vec::new(), 0.0);
-    for line in text.lines() {
-        let mut f = line.split(',');
-        match f.next() {
-            Some("packet") => packets.push(packet_time(f)?),
-            Some("format") => {
-                start = f.next().and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
-            }
-            _ => {}
-        }
-    }
-    Some(packets.into_iter().map(|t| t - start).collect())
+/// [`packet_times`]'s answer: the packets' times less the file's start.
+fn from_start(t: Times) -> Vec<f64> {
+    t.packets.into_iter().map(|p| p - t.start).collect()
 }
 
 /// Video packets (frames) in a local file, by `ffprobe -count_packets`: quick, it reads the
@@ -715,15 +718,15 @@ mod tests {
     fn packet_times_count_from_the_file_start() {
         let csv = "packet,1.400000,1.400000\npacket,1.500000,1.433333\npacket,N/A,1.466667\n\
                    format,1.400000\n";
-        let t = parse_packet_times(csv).unwrap();
+        let t = read_times(csv).map(from_start).unwrap();
         let want = [0.0, 0.1, 0.066667];
         assert!(
             t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6) && t.len() == 3,
             "{t:?}"
         );
-        let unknown_start = parse_packet_times("packet,2.0,2.0\nformat,N/A\n").unwrap();
-        assert_eq!(unknown_start, vec![2.0]);
-        assert_eq!(parse_packet_times("packet,N/A,N/A\nformat,0.0\n"), None);
+        let unknown_start = read_times("packet,2.0,2.0\nformat,N/A\n").map(from_start);
+        assert_eq!(unknown_start, Some(vec![2.0]));
+        assert_eq!(read_times("packet,N/A,N/A\nformat,0.0\n"), None);
     }
 
     #[test]
