@@ -441,6 +441,25 @@ impl JobActor {
         Ok(())
     }
 
+    /// The source is not a usable video (found by the check that logs `step`): log the step
+    /// as `invalid` with the reason, then fail the video with it, never retried.
+    async fn refuse(
+        &self,
+        myself: &ActorRef<JobMsg>,
+        state: &mut JobState,
+        step: &str,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        state
+            .event(
+                NewEvent::video(&state.video_id, step)
+                    .outcome("invalid")
+                    .detail(reason.clone()),
+            )
+            .await;
+        self.fail(myself, state, reason).await
+    }
+
     /// Cancel every attempt still queued or running, wherever it was handed.
     fn cancel_live(state: &JobState) {
         let live: Vec<(String, u32)> = state
@@ -1054,14 +1073,7 @@ impl Actor for JobActor {
                 self.plan(&myself, state, source).await?;
             }
             JobMsg::Validated(Err(ProbeError::Invalid(reason))) => {
-                state
-                    .event(
-                        NewEvent::video(&state.video_id, "validated")
-                            .outcome("invalid")
-                            .detail(reason.clone()),
-                    )
-                    .await;
-                self.fail(&myself, state, reason).await?;
+                self.refuse(&myself, state, "validated", reason).await?;
             }
             JobMsg::Validated(Err(tool @ ProbeError::Tool(_))) => {
                 // Not the source's fault: crash so the supervisor restarts the job (bounded).
@@ -1079,14 +1091,8 @@ impl Actor for JobActor {
                 self.dispatch_ready(&myself, state).await;
             }
             JobMsg::DamageChecked(Err(ProbeError::Invalid(reason))) => {
-                state
-                    .event(
-                        NewEvent::video(&state.video_id, "damage_checked")
-                            .outcome("invalid")
-                            .detail(reason.clone()),
-                    )
-                    .await;
-                self.fail(&myself, state, reason).await?;
+                self.refuse(&myself, state, "damage_checked", reason)
+                    .await?;
             }
             JobMsg::DamageChecked(Err(tool @ ProbeError::Tool(_))) => {
                 // As in validation: a restarted job checks again.
