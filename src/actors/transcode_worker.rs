@@ -341,21 +341,12 @@ async fn transcode_and_store(
                 .map_err(|e| io("ffmpeg wrote no frame log", &e))?;
             let offset = transcode::frame_log_offset(&t.input, *start_seconds, seek);
             let times = transcode::read_frame_log(&log, offset);
-            let times_file = out_dir.join("frames.json");
             let json = serde_json::to_vec(&times).map_err(|e| io("the frame times", &e))?;
-            tokio::fs::write(&times_file, json)
-                .await
-                .map_err(|e| io("writing the frame times", &e))?;
-            store_intermediate(
-                ctx,
-                t,
-                &keys::chunk_frames(&t.video_id, *index),
-                &times_file,
-            )
-            .await?;
+            let key = keys::chunk_frames(&t.video_id, *index);
+            store_intermediate(ctx, t, &key, Body::Bytes(Bytes::from(json))).await?;
             for (file, r) in &outs {
-                store_intermediate(ctx, t, &keys::chunk(&t.video_id, &r.name, *index), file)
-                    .await?;
+                let key = keys::chunk(&t.video_id, &r.name, *index);
+                store_intermediate(ctx, t, &key, Body::File(file)).await?;
             }
             Ok(None)
         }
@@ -367,7 +358,7 @@ async fn transcode_and_store(
                 transcode::audio_args(&source().await?, &out, *kbps, &t.input),
             )
             .await?;
-            store_intermediate(ctx, t, &keys::audio(&t.video_id, *kbps), &out).await?;
+            store_intermediate(ctx, t, &keys::audio(&t.video_id, *kbps), Body::File(&out)).await?;
             Ok(None)
         }
         TaskKind::Package {
@@ -467,20 +458,30 @@ async fn check_not_committed(ctx: &Ctx, t: &TaskSpec, dir: &str) -> Result<(), T
     }
 }
 
-/// Store an intermediate (a chunk, the audio) if the task's job still owns the video, and take
-/// it back if ownership moved while it was written: a deposed job's late intermediate would
-/// otherwise outlive the new owner's cleanup (issue 9: leaked `work/` objects).
+/// What an intermediate is stored from.
+enum Body<'a> {
+    /// A file ffmpeg wrote (a chunk, the audio).
+    File(&'a Path),
+    /// Bytes in memory (a chunk's frame times).
+    Bytes(Bytes),
+}
+
+/// Store an intermediate (a chunk, the audio, a chunk's frame times) if the task's job still
+/// owns the video, and take it back if ownership moved while it was written: a deposed job's
+/// late intermediate would otherwise outlive the new owner's cleanup (issue 9: leaked `work/`
+/// objects).
 async fn store_intermediate(
     ctx: &Ctx,
     t: &TaskSpec,
     key: &str,
-    file: &Path,
+    body: Body<'_>,
 ) -> Result<(), TaskFailure> {
     check_owner(ctx, t).await?;
-    ctx.storage
-        .put_file(key, file)
-        .await
-        .map_err(|e| store_failure(&format!("storing {key}"), &e))?;
+    let stored = match body {
+        Body::File(file) => ctx.storage.put_file(key, file).await.map(|_| ()),
+        Body::Bytes(bytes) => ctx.storage.put(key, bytes).await,
+    };
+    stored.map_err(|e| store_failure(&format!("storing {key}"), &e))?;
     if let Err(e) = check_owner(ctx, t).await {
         let _ = ctx.storage.delete(key).await;
         return Err(e);
