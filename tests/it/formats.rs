@@ -396,11 +396,7 @@ async fn check(entry: &Entry, source: &Path, base: &str, id: &str, dir: &Path) {
     let (_, record) = get_json(&format!("{base}/videos/{id}")).await;
     if record["source"]["duration_seconds"].as_f64().unwrap() > 4.0 {
         let events = event_kinds(base, id).await;
-        let checks: Vec<&str> = events
-            .iter()
-            .filter(|e| e["kind"] == "damage_checked")
-            .filter_map(|e| e["detail"].as_str())
-            .collect();
+        let checks = event_fields(&events, "damage_checked", "detail");
         assert!(
             checks.len() == 1
                 && checks[0].starts_with("all ")

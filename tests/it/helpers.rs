@@ -401,6 +401,15 @@ pub async fn event_kinds(base: &str, id: &str) -> Vec<Value> {
     v["events"].as_array().cloned().unwrap_or_default()
 }
 
+/// The string `field` of each event of `kind` that has one, in order.
+pub fn event_fields<'a>(events: &'a [Value], kind: &str, field: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter_map(|e| e[field].as_str())
+        .collect()
+}
+
 /// Count events of `kind`.
 pub fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["kind"] == kind).count()
