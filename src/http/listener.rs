@@ -12,14 +12,28 @@
 //!   idle between requests, is closed after it;
 //! - a header size cap ([`Limits::max_header_bytes`], hyper's `max_header_size`): `431`.
 //!
+//! - reuse of idle keep-alive connections: when the node nears its cap, it closes idle
+//!   keep-alive connections (no request in flight, none begun or ended for [`REUSE_IDLE_MS`])
+//!   to make room, as nginx does when its connections run out (it marks idle keep-alive
+//!   connections reusable and closes some of them; `ngx_drain_connections`).
+//!   A player whose idle connection was closed opens a new one for its next request, as
+//!   browsers and HLS players do (RFC 9112 section 9.3: either side may close an idle
+//!   connection), and its playback session lives on: a session is named in the URL, not tied
+//!   to a connection. So a node holds more playing sessions than it has descriptors (issue 11,
+//!   P3), and new players are admitted rather than refused while others sit idle.
+//!
 //! Body timeouts are the handlers' ([`Limits::body_idle_seconds`]). The decision of whether to
-//! admit a connection is [`Admission`], a plain structure tested without sockets.
+//! admit a connection is [`Admission`], and which idle connections to close is [`pick_idle`],
+//! both plain and tested without sockets.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,8 +43,25 @@ use crate::config::Limits;
 
 /// File descriptors kept back from the connection cap for the object store, SQLite, ffmpeg's
 /// pipes, the cluster links and the segment files kept open for `sendfile` (at most
-/// [`crate::storage::file_bytes::MAX_LISTED_FILES`]).
-pub const FD_RESERVE: usize = 512;
+/// [`crate::storage::file_bytes::MAX_LISTED_FILES`]), and for the connections admitted in the
+/// place of idle ones still closing (at most [`REUSE_HEADROOM`]).
+pub const FD_RESERVE: usize = 512 + REUSE_HEADROOM;
+
+/// How close to its cap (connections) the node starts closing idle keep-alive connections,
+/// and how many it has closing at most at once: a batch of this many, oldest first, when a
+/// new connection finds the node within it of its cap. An eighth of the cap on small nodes
+/// ([`Admission::headroom`]). nginx drains 32 at a time; a player fleet reconnecting every
+/// segment duration needs more (issue 11, P3).
+pub const REUSE_HEADROOM: usize = 256;
+
+/// Least time between two searches for idle connections (milliseconds): a search reads every
+/// connection's [`Activity`], so a flood of connections at the cap, with none idle, must not
+/// set one off for each.
+const REUSE_SEARCH_MS: u64 = 10;
+
+/// A keep-alive connection is idle, and may be closed to make room, when no request is in
+/// flight on it and none has begun or ended for this long (milliseconds).
+pub const REUSE_IDLE_MS: u64 = 1_000;
 
 /// Refusals (503 being written) in flight at once; beyond it a refused connection is closed
 /// without an answer, so a flood cannot hold descriptors through its own refusals.
@@ -75,11 +106,58 @@ pub struct Admission {
     per_address: usize,
     open: AtomicUsize,
     refused: AtomicUsize,
-    by_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Idle connections closed to make room, since start.
+    reused: AtomicUsize,
+    /// Connections told to close that have not closed yet.
+    closing: AtomicUsize,
+    /// The clock [`Activity`] times count from.
+    epoch: Instant,
+    /// When the last search for idle connections ran ([`ms_since`] the epoch; 0: never).
+    last_search: AtomicU64,
+    inner: Mutex<Places>,
 }
 
-/// What `/health` says of connections: `{"open", "capacity", "per_address", "refused"}`
-/// (`refused`: connections turned away since the node started).
+/// The open connections, by address and by place.
+#[derive(Debug, Default)]
+struct Places {
+    by_address: HashMap<IpAddr, usize>,
+    /// Each admitted connection's activity, by its ticket's number.
+    activity: HashMap<u64, Arc<Activity>>,
+    next: u64,
+}
+
+/// What the node knows of one connection's use, to pick idle ones to close: updated by
+/// [`Tracked`] on every request, read by [`Admission`] when it needs room.
+#[derive(Debug)]
+pub struct Activity {
+    /// The [`Admission`]'s epoch, which `last` counts from.
+    epoch: Instant,
+    /// Requests in flight (handler futures not yet finished).
+    in_flight: AtomicU64,
+    /// When a request last began or ended: milliseconds since [`Admission`]'s epoch, plus 1;
+    /// 0 until the first request (a connection that never sent one is never reused: the
+    /// header read timeout closes it).
+    last: AtomicU64,
+    /// Chosen to close.
+    closing: AtomicBool,
+    close: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// A request began or ended now.
+    fn touch(&self) {
+        self.last.store(ms_since(self.epoch), Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since `epoch`, plus 1 (0 means "never" in [`Activity`]).
+fn ms_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64 + 1
+}
+
+/// What `/health` says of connections: `{"open", "capacity", "per_address", "refused",
+/// "reused"}` (`refused`: connections turned away since the node started; `reused`: idle
+/// keep-alive connections closed to make room for new ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectionFigures {
     /// Connections open now.
@@ -90,6 +168,8 @@ pub struct ConnectionFigures {
     pub per_address: usize,
     /// Connections refused since start, by either cap.
     pub refused: usize,
+    /// Idle keep-alive connections closed to make room since start.
+    pub reused: usize,
 }
 
 /// An admitted connection's place; dropping it (when the connection ends) frees the place.
@@ -97,12 +177,60 @@ pub struct ConnectionFigures {
 pub struct Ticket {
     admission: Arc<Admission>,
     ip: IpAddr,
+    number: u64,
+    activity: Arc<Activity>,
+}
+
+impl Ticket {
+    /// The connection's activity, for [`Tracked`].
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+
+    /// Completes when the node chose this connection to close to make room (at once if it
+    /// already has).
+    pub async fn closing(&self) {
+        self.activity.close.notified().await
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admission.release(self.ip);
+        self.admission.release(self);
     }
+}
+
+/// The numbers of the `want` connections to close to make room: among `places` (a
+/// connection's number, its requests in flight, and its [`Activity`] time: 0 before its first
+/// request), those with no request in flight and a first request behind them, idle for at
+/// least `idle_ms` at `now_ms`; of those, the most recently active first. A player paced by
+/// its segment duration is then the furthest from its next request, and sees the close long
+/// before it. Closing the longest idle first (nginx's order) picks exactly the players about
+/// to ask for their next segment, whose requests then cross the close on the wire: with
+/// 28,000 paced players on 19,232 places, one request in three had to be sent again
+/// (issue 11, P3).
+pub fn pick_idle(
+    places: impl Iterator<Item = (u64, u64, u64)>,
+    now_ms: u64,
+    idle_ms: u64,
+    want: usize,
+) -> Vec<u64> {
+    let mut idle: Vec<(u64, u64)> = places
+        .filter(|&(_, in_flight, last)| {
+            in_flight == 0 && last != 0 && now_ms.saturating_sub(last) >= idle_ms
+        })
+        .map(|(number, _, last)| (last, number))
+        .collect();
+    if want == 0 {
+        return Vec::new();
+    }
+    let by_recent = |a: &(u64, u64), b: &(u64, u64)| b.cmp(a);
+    if idle.len() > want {
+        idle.select_nth_unstable_by(want - 1, by_recent);
+        idle.truncate(want);
+    }
+    idle.sort_unstable_by(by_recent);
+    idle.into_iter().map(|(_, number)| number).collect()
 }
 
 impl Admission {
@@ -113,7 +241,11 @@ impl Admission {
             per_address: per_address.max(1),
             open: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
-            by_address: Mutex::new(HashMap::new()),
+            reused: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            last_search: AtomicU64::new(0),
+            inner: Mutex::new(Places::default()),
         })
     }
 
@@ -134,38 +266,163 @@ impl Admission {
             capacity: self.capacity,
             per_address: self.per_address,
             refused: self.refused.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
         }
     }
 
-    /// Admit a connection from `ip`, or say why not. Errors: [`Refusal`].
+    /// Admit a connection from `ip`, or say why not. Within [`Admission::headroom`] of the
+    /// cap, first tell idle keep-alive connections to close ([`pick_idle`]), so
+    /// that room is made before the cap is reached; at the cap, a connection is admitted in
+    /// the place of one told to close that has not closed yet (so open connections may exceed
+    /// the cap by the headroom, which [`FD_RESERVE`] keeps descriptors for). Errors:
+    /// [`Refusal`] (the node is full of connections that are busy or idle for less than
+    /// [`REUSE_IDLE_MS`]; the address's cap).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
-        let mut by = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
-        if self.open.load(Ordering::Relaxed) >= self.capacity {
+        let mut places = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.load(Ordering::Relaxed);
+        if open + self.headroom() >= self.capacity {
+            self.make_room(&places);
+        }
+        if open >= self.capacity + self.closing.load(Ordering::Relaxed) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::NodeFull);
         }
-        let n = by.entry(ip).or_insert(0);
+        let n = places.by_address.entry(ip).or_insert(0);
         if *n >= self.per_address {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::AddressFull);
         }
         *n += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
+        let number = places.next;
+        places.next += 1;
+        let activity = Arc::new(Activity {
+            epoch: self.epoch,
+            in_flight: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            close: tokio::sync::Notify::new(),
+        });
+        places.activity.insert(number, activity.clone());
         Ok(Ticket {
             admission: self.clone(),
             ip,
+            number,
+            activity,
         })
     }
 
-    fn release(&self, ip: IpAddr) {
-        let mut by = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = by.get_mut(&ip) {
+    /// How near the cap reuse begins, and how many connections may be closing at once:
+    /// [`REUSE_HEADROOM`], or an eighth of the cap when that is less, and at least 1.
+    pub fn headroom(&self) -> usize {
+        REUSE_HEADROOM.min(self.capacity / 8).max(1)
+    }
+
+    /// Tell idle connections to close until [`Admission::headroom`] are closing. After a
+    /// search that found fewer than it wanted, the next waits [`REUSE_SEARCH_MS`].
+    fn make_room(&self, places: &Places) {
+        let want = self
+            .headroom()
+            .saturating_sub(self.closing.load(Ordering::Relaxed));
+        let now = ms_since(self.epoch);
+        let last = self.last_search.load(Ordering::Relaxed);
+        if want == 0 || (last != 0 && now < last + REUSE_SEARCH_MS) {
+            return;
+        }
+        let candidates = places
+            .activity
+            .iter()
+            .filter(|(_, a)| !a.closing.load(Ordering::Relaxed))
+            .map(|(&n, a)| {
+                (
+                    n,
+                    a.in_flight.load(Ordering::Relaxed),
+                    a.last.load(Ordering::Relaxed),
+                )
+            });
+        let picked = pick_idle(candidates, now, REUSE_IDLE_MS, want);
+        if picked.len() < want {
+            self.last_search.store(now, Ordering::Relaxed);
+        }
+        for n in picked {
+            let a = &places.activity[&n];
+            a.closing.store(true, Ordering::Relaxed);
+            a.close.notify_one();
+            self.closing.fetch_add(1, Ordering::Relaxed);
+            self.reused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn release(&self, ticket: &Ticket) {
+        let mut places = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = places.by_address.get_mut(&ticket.ip) {
             *n -= 1;
             if *n == 0 {
-                by.remove(&ip);
+                places.by_address.remove(&ticket.ip);
             }
         }
+        places.activity.remove(&ticket.number);
+        if ticket.activity.closing.load(Ordering::Relaxed) {
+            self.closing.fetch_sub(1, Ordering::Relaxed);
+        }
         self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's service, wrapped to keep its [`Activity`]: a request in flight from the
+/// call until its future finishes (the answer's head is ready; a body still being sent does
+/// not count, and a connection closed then finishes sending it first).
+#[derive(Clone, Debug)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    /// `inner`, keeping `ticket`'s activity.
+    pub fn new(inner: S, ticket: &Ticket) -> Self {
+        Self {
+            inner,
+            activity: ticket.activity(),
+        }
+    }
+}
+
+/// [`Tracked`]'s future: counts its request in flight until it finishes or is dropped.
+pub struct TrackedFuture<F> {
+    fut: F,
+    activity: Arc<Activity>,
+}
+
+impl<F> Drop for TrackedFuture<F> {
+    fn drop(&mut self) {
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<F: Future + Unpin> Future for TrackedFuture<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        Pin::new(&mut self.fut).poll(cx)
+    }
+}
+
+impl<S, R> hyper::service::Service<R> for Tracked<S>
+where
+    S: hyper::service::Service<R>,
+    S::Future: Unpin,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        TrackedFuture {
+            fut: self.inner.call(req),
+            activity: self.activity.clone(),
+        }
     }
 }
 
@@ -266,8 +523,10 @@ impl Refuser {
 }
 
 /// Serve `service` on `listener` until `shutdown` completes, admitting connections through
-/// `admission` and serving each with [`http1_builder`]. On shutdown the listener closes and
-/// open connections finish their current request (hyper's graceful shutdown).
+/// `admission` and serving each with [`http1_builder`]. A connection the admission chooses to
+/// close to make room ([`Ticket::closing`]) gets hyper's graceful close: at once when idle,
+/// after the answer it is sending otherwise. On shutdown the listener closes and open
+/// connections finish their current request the same way.
 pub async fn serve_connections<S, B>(
     listener: tokio::net::TcpListener,
     admission: Arc<Admission>,
@@ -280,14 +539,16 @@ pub async fn serve_connections<S, B>(
             Response = hyper::Response<B>,
         > + Clone
         + Send
+        + Sync
         + 'static,
-    S::Future: Send + 'static,
+    S::Future: Send + Unpin + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
     let refuser = Refuser {
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
@@ -322,18 +583,33 @@ pub async fn serve_connections<S, B>(
         // File-backed segment bodies leave with sendfile(2) ([`super::zerocopy`]).
         let conn = builder.serve_connection(
             TokioIo::new(super::zerocopy::ZeroCopyStream::new(stream)),
-            service.clone(),
+            Tracked::new(service.clone(), &ticket),
         );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ticket = ticket;
-            if let Err(e) = conn.await {
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = ticket.closing() => None,
+                _ = stopping.cancelled() => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("connection from {peer} ended: {e}");
             }
+            drop(ticket);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 #[cfg(test)]
@@ -366,7 +642,12 @@ mod tests {
         assert_eq!(a.admit(ip("10.0.0.3")).unwrap_err(), Refusal::NodeFull);
         drop(t1);
         assert!(a.admit(ip("10.0.0.3")).is_ok());
-        assert!(a.by_address.lock().unwrap().get(&ip("10.0.0.1")).is_none());
+        assert!(!a
+            .inner
+            .lock()
+            .unwrap()
+            .by_address
+            .contains_key(&ip("10.0.0.1")));
     }
 
     /// 300 clients connect at once to a listener nobody accepts from yet; then the accept loop
@@ -400,6 +681,81 @@ mod tests {
         }
         assert_eq!(accepted, N, "connections queued by the kernel");
         drop(clients);
+    }
+
+    #[test]
+    fn idle_connections_are_picked_most_recent_first_and_busy_or_fresh_ones_kept() {
+        // (number, requests in flight, last activity ms)
+        let places = [
+            (1, 0, 100),   // idle since 100: the oldest
+            (2, 1, 50),    // a request in flight (an upload): kept, however old
+            (3, 0, 0),     // never sent a request: kept (the header timeout's to close)
+            (4, 0, 2_500), // idle since 2,500
+            (5, 0, 9_500), // active 500 ms ago: kept
+            (6, 0, 1_000), // idle since 1,000
+        ];
+        assert_eq!(
+            pick_idle(places.into_iter(), 10_000, 1_000, 2),
+            vec![4, 6],
+            "the two idle connections active most recently, most recent first"
+        );
+        assert_eq!(
+            pick_idle(places.into_iter(), 10_000, 1_000, 10),
+            vec![4, 6, 1]
+        );
+        assert!(pick_idle(places.into_iter(), 10_000, 1_000, 0).is_empty());
+        assert_eq!(pick_idle(places.into_iter(), 1_150, 1_000, 5), vec![1]);
+    }
+
+    /// A node at its cap, its connections idle for half a minute: a new connection is
+    /// admitted in the place of an idle one, which is told to close; a busy one is not.
+    #[tokio::test]
+    async fn at_the_cap_an_idle_connection_makes_room() {
+        let mut a = Admission::new(16, 16);
+        // Opened a minute ago.
+        Arc::get_mut(&mut a).unwrap().epoch = Instant::now() - Duration::from_secs(60);
+        assert_eq!(a.headroom(), 2);
+        let tickets: Vec<Ticket> = (0..16).map(|_| a.admit(ip("10.0.0.1")).unwrap()).collect();
+        let now = ms_since(a.epoch);
+        for (i, t) in tickets.iter().enumerate() {
+            // Idle since 30 s ago less i ms, except #3 (a request in flight) and #5 (just
+            // active).
+            t.activity.last.store(30_000 - i as u64, Ordering::Relaxed);
+            if i == 3 {
+                t.activity.in_flight.store(1, Ordering::Relaxed);
+            }
+            if i == 5 {
+                t.activity.last.store(now, Ordering::Relaxed);
+            }
+        }
+        tickets[3].activity.last.store(30_000, Ordering::Relaxed);
+        // The admissions above searched (near the cap) and found none idle: as if that were
+        // longer than REUSE_SEARCH_MS ago.
+        a.last_search.store(0, Ordering::Relaxed);
+        let closing = |t: &Ticket| t.activity.closing.load(Ordering::Relaxed);
+        // The 17th: the two idle ones active most recently (#0 and #1; not #3, as recent but
+        // busy, nor #5, active just now) are told to close, and it is admitted in one's place.
+        let t17 = a
+            .admit(ip("10.0.0.2"))
+            .expect("admitted in an idle one's place");
+        let told: Vec<usize> = (0..16).filter(|&i| closing(&tickets[i])).collect();
+        assert_eq!(told, vec![0, 1]);
+        tokio::time::timeout(Duration::from_secs(5), tickets[0].closing())
+            .await
+            .expect("the connection is told at once");
+        assert_eq!(a.figures().reused, 2);
+        assert_eq!(a.open(), 17);
+        // The 18th takes the other place still closing; the 19th finds none (as many are
+        // closing as the headroom allows, and none has closed yet).
+        let t18 = a.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.2")).unwrap_err(), Refusal::NodeFull);
+        // Once they close, the count of places closing is back to none.
+        let mut tickets = tickets.into_iter();
+        drop(tickets.next());
+        drop(tickets.next());
+        assert_eq!(a.closing.load(Ordering::Relaxed), 0);
+        assert_eq!(a.open(), 16);
+        drop((t17, t18));
     }
 
     #[test]

@@ -263,3 +263,116 @@ async fn a_slowloris_client_with_20000_connections_cannot_stop_health_or_playbac
     let (status, _) = get_json(&format!("{base}/health")).await;
     assert_eq!(status, 200);
 }
+
+/// Send `GET /health` on `s` and read the answer: its status and body, or `None` when the
+/// connection was closed before any byte of one came (bounded: 5 s).
+async fn health_on(s: &mut tokio::net::TcpStream) -> Option<(u16, String)> {
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => 0,
+            Err(_) => panic!("no answer in 5 s: {:?}", String::from_utf8_lossy(&got)),
+        };
+        if n == 0 {
+            assert!(got.is_empty(), "closed mid-answer: {got:?}");
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                let status = head.split(' ').nth(1)?.parse().ok()?;
+                return Some((status, body[..len].to_string()));
+            }
+        }
+    }
+}
+
+/// A node at its connection cap, its keep-alive connections idle: a new client is let in in
+/// the place of an idle connection, which the node closes cleanly (no partial answer), and
+/// the other idle connections keep working (issue 11, P3: a node holds more players than it
+/// has descriptors). Before any connection has been idle for `REUSE_IDLE_MS`, a new client
+/// gets the 503 it always got.
+#[tokio::test]
+async fn at_its_connection_cap_a_node_closes_an_idle_keep_alive_connection_to_admit_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_addr();
+    let base = format!("http://{http}");
+    let config = limits_config(dir.path(), http, 64);
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[limits]\n", "[limits]\nmax_connections = 8\n");
+    std::fs::write(&config, toml).unwrap();
+    let _node = ReelProcess::start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--node",
+            "node-1",
+        ],
+        &[],
+        dir.path().join("node.log"),
+    );
+    wait_healthy(&base).await;
+    // Eight keep-alive connections, each after one request: the node's cap.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        assert_eq!(health_on(&mut s).await.map(|a| a.0), Some(200));
+        held.push(s);
+    }
+    // A ninth is refused while they are fresh, then let in once one has been idle long enough
+    // (bounded poll).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refusals = 0;
+    let mut ninth = loop {
+        assert!(
+            Instant::now() < deadline,
+            "never let in ({refusals} refusals)"
+        );
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        match health_on(&mut s).await.map(|a| a.0) {
+            Some(200) => break s,
+            Some(503) => refusals += 1,
+            other => panic!("the ninth got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // One of the eight was closed for it, without a byte of an answer; the others still serve.
+    let mut closed = 0;
+    for s in &mut held {
+        match health_on(s).await.map(|a| a.0) {
+            Some(200) => {}
+            None => closed += 1,
+            other => panic!("an idle connection got {other:?}"),
+        }
+    }
+    assert_eq!(closed, 1, "exactly one idle connection made room");
+    // The ninth keeps its place (asked on it: a tenth connection would find the node full).
+    let (status, body) = health_on(&mut ninth)
+        .await
+        .expect("the ninth keeps its place");
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        health["connections"]["reused"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+    eprintln!("let in after {refusals} refusals; {health}");
+}
