@@ -1,7 +1,11 @@
 //! `reel-load`: a load generator for issue 11's P3. It opens N playback sessions on one node,
 //! each a player on its own keep-alive connection: the multivariant playlist (which opens the
 //! session), the media playlist of one rendition, then one segment per segment duration, paced
-//! in real time as a player does, looping over the video. Prints sessions held, requests a
+//! in real time as a player does, looping over the video. As a browser does, a player whose
+//! idle connection the node closed (a node near its connection cap closes idle ones,
+//! `reel::http::listener`) lets it go at once and opens a new one for its next request,
+//! and retries a request once on a new connection when its reused one was closed before any
+//! answer came (RFC 9112 section 9.3.1). Its latency then counts the new connection. Prints sessions held, requests a
 //! second, latency percentiles, errors, and (given the node's PID) its RSS, RSS per session and
 //! CPU time per request (the whole process, and its playback-log writer thread), and its own
 //! CPU (the players share the node's cores on one machine).
@@ -57,12 +61,62 @@ struct Args {
     /// of one address do not run out.
     #[arg(long, default_value_t = 16)]
     source_addresses: u8,
+    /// Processes to spread the players over: each process's open connections count against
+    /// its own open-file limit (20,000 on the bench machine, which root cannot raise), so
+    /// 28,000 players need two. The first process starts the others and merges their figures.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Run only the players `i` with `i % processes == shard` and write the figures as JSON
+    /// to `--report` (set by the first process for the others).
+    #[arg(long, hide = true)]
+    shard: Option<usize>,
+    /// Where a shard writes its figures.
+    #[arg(long, hide = true)]
+    report: Option<std::path::PathBuf>,
+}
+
+/// One process's figures over the steady state, merged by the first process.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Report {
+    held_at_ramp: u64,
+    held_min: u64,
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    closed_by_node: u64,
+    reconnects: u64,
+    retries: u64,
+    first_errors: Vec<String>,
+    latencies_us: Vec<u32>,
+}
+
+impl Report {
+    fn merge(mut self, other: Report) -> Report {
+        self.held_at_ramp += other.held_at_ramp;
+        self.held_min += other.held_min;
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.closed_by_node += other.closed_by_node;
+        self.reconnects += other.reconnects;
+        self.retries += other.retries;
+        self.first_errors.extend(other.first_errors);
+        self.first_errors.truncate(5);
+        self.latencies_us.extend(other.latencies_us);
+        self
+    }
 }
 
 #[derive(Default)]
 struct Stats {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Idle connections the node closed.
+    closed_by_node: AtomicU64,
+    /// New connections opened for a request after the first.
+    reconnects: AtomicU64,
+    /// Requests sent again on a new connection.
+    retries: AtomicU64,
     bytes: AtomicU64,
     held: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
@@ -119,6 +173,13 @@ fn node_cpu(pid: u32) -> Option<(u64, u64)> {
     Some((all, writer))
 }
 
+/// Why a GET failed: before any of its answer came (the connection was closed or refused
+/// the request; a reused connection may be retried), or during its answer's body.
+enum GetError {
+    BeforeAnswer(String),
+    Answer(String),
+}
+
 /// What a player keeps of a response body: all of it (a playlist), or only its length (a
 /// segment).
 #[derive(Clone, Copy, PartialEq)]
@@ -151,16 +212,18 @@ async fn get(
     authority: &str,
     path: &str,
     keep: Keep,
-) -> Result<Response, String> {
+) -> Result<Response, GetError> {
     let req = hyper::Request::get(path)
         .header("host", authority)
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    conn.ready().await.map_err(|e| format!("connection: {e}"))?;
+        .map_err(|e| GetError::BeforeAnswer(e.to_string()))?;
+    conn.ready()
+        .await
+        .map_err(|e| GetError::BeforeAnswer(format!("connection: {e}")))?;
     let resp = conn
         .send_request(req)
         .await
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|e| GetError::BeforeAnswer(format!("{path}: {e}")))?;
     let status = resp.status().as_u16();
     let session = resp
         .headers()
@@ -171,7 +234,7 @@ async fn get(
     let mut kept = Vec::new();
     let mut len = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("{path}: body: {e}"))?;
+        let frame = frame.map_err(|e| GetError::Answer(format!("{path}: body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             len += data.len();
             if keep == Keep::Body {
@@ -207,6 +270,73 @@ fn segments(playlist: &[u8]) -> Vec<(String, f64)> {
     out
 }
 
+/// A player's connection: the request handle, and the task driving it (it ends when the
+/// node closes the connection).
+struct Conn {
+    send: SendRequest<Empty<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// Open a connection from `source` to `server`.
+async fn connect(source: IpAddr, server: SocketAddr) -> Result<Conn, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    // One read buffer of a fixed size a player, reused for every read: hyper's adaptive
+    // buffer grows to 400 kB and is allocated afresh as segment bodies are split off it,
+    // and the kernel then zeroes every page of each new buffer (docs/performance.md, P3).
+    let (send, driver) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(READ_BUFFER_BYTES))
+        .handshake(io)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    Ok(Conn { send, driver })
+}
+
+/// One GET as a player makes it: on its connection, or on a new one when the node closed it
+/// (counted as a reconnect), and once more on a new one when a reused connection fails before
+/// any answer (counted as a retry). `t` is when the player began the request.
+async fn request(
+    conn: &mut Option<Conn>,
+    source: IpAddr,
+    server: SocketAddr,
+    path: &str,
+    keep: Keep,
+    stats: &Stats,
+) -> Result<Response, String> {
+    let authority = server.to_string();
+    let mut retried = false;
+    loop {
+        let reused = conn.is_some();
+        if !reused {
+            *conn = Some(connect(source, server).await?);
+            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        let c = conn.as_mut().expect("connected above");
+        match get(&mut c.send, &authority, path, keep).await {
+            Ok(r) => return Ok(r),
+            Err(GetError::BeforeAnswer(_)) if reused && !retried => {
+                retried = true;
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                *conn = None;
+            }
+            Err(GetError::BeforeAnswer(e) | GetError::Answer(e)) => {
+                *conn = None;
+                return Err(e);
+            }
+        }
+    }
+}
+
 async fn player(
     i: usize,
     args: Arc<Args>,
@@ -222,30 +352,10 @@ async fn player(
         0,
         2 + (i % args.source_addresses.max(1) as usize) as u8,
     ));
-    let socket = match tokio::net::TcpSocket::new_v4() {
-        Ok(s) => s,
-        Err(e) => return stats.error(format!("socket: {e}")),
+    let mut conn = match connect(source, server).await {
+        Ok(c) => Some(c),
+        Err(e) => return stats.error(e),
     };
-    if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
-        return stats.error(format!("bind {source}: {e}"));
-    }
-    let stream = match socket.connect(server).await {
-        Ok(s) => s,
-        Err(e) => return stats.error(format!("connect: {e}")),
-    };
-    let io = hyper_util::rt::TokioIo::new(stream);
-    // One read buffer of a fixed size a player, reused for every read: hyper's adaptive
-    // buffer grows to 400 kB and is allocated afresh as segment bodies are split off it,
-    // and the kernel then zeroes every page of each new buffer (docs/performance.md, P3).
-    let handshake = hyper::client::conn::http1::Builder::new()
-        .read_buf_exact_size(Some(READ_BUFFER_BYTES))
-        .handshake(io);
-    let (mut conn, driver) = match handshake.await {
-        Ok(x) => x,
-        Err(e) => return stats.error(format!("handshake: {e}")),
-    };
-    tokio::spawn(driver);
-    let authority = server.to_string();
     let timed = |stats: &Stats, t: Instant, bytes: usize| {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -257,7 +367,7 @@ async fn player(
     };
     let master = format!("/videos/{}/master.m3u8", args.video);
     let t = Instant::now();
-    let session = match get(&mut conn, &authority, &master, Keep::Body).await {
+    let session = match request(&mut conn, source, server, &master, Keep::Body, &stats).await {
         Ok(Response {
             status: 200,
             session: Some(s),
@@ -272,14 +382,8 @@ async fn player(
     };
     let base = format!("/videos/{}/s/{session}/{}/", args.video, args.rendition);
     let t = Instant::now();
-    let media = match get(
-        &mut conn,
-        &authority,
-        &format!("{base}index.m3u8"),
-        Keep::Body,
-    )
-    .await
-    {
+    let index = format!("{base}index.m3u8");
+    let media = match request(&mut conn, source, server, &index, Keep::Body, &stats).await {
         Ok(r) if r.status == 200 => {
             timed(&stats, t, r.len);
             segments(&r.body)
@@ -294,11 +398,26 @@ async fn player(
     let mut k = i % media.len();
     let mut next = Instant::now();
     while Instant::now() < end {
-        tokio::time::sleep_until(next.into()).await;
+        // Wait for the next segment's time; let the connection go as soon as the node
+        // closes it, as a browser does, so that its descriptor is free meanwhile.
+        loop {
+            let Some(c) = conn.as_mut() else {
+                tokio::time::sleep_until(next.into()).await;
+                break;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => break,
+                _ = &mut c.driver => {
+                    stats.closed_by_node.fetch_add(1, Ordering::Relaxed);
+                    conn = None;
+                }
+            }
+        }
         let (uri, duration) = &media[k];
         next += Duration::from_secs_f64(*duration);
         let t = Instant::now();
-        match get(&mut conn, &authority, &format!("{base}{uri}"), Keep::Length).await {
+        let path = format!("{base}{uri}");
+        match request(&mut conn, source, server, &path, Keep::Length, &stats).await {
             Ok(r) if r.status == 200 => timed(&stats, t, r.len),
             Ok(r) => stats.error(format!("segment {uri}: {}", r.status)),
             Err(e) => {
@@ -335,6 +454,26 @@ async fn run() -> anyhow::Result<()> {
         "reel-load only sends to loopback addresses"
     );
     let server = SocketAddr::new(host, url.port().unwrap_or(80));
+    let processes = args.processes.max(1);
+    // The first process starts the others, each with its share of the players.
+    let mut children = Vec::new();
+    let reports = std::env::temp_dir().join(format!("reel-load-{}", std::process::id()));
+    if args.shard.is_none() && processes > 1 {
+        std::fs::create_dir_all(&reports)?;
+        for shard in 1..processes {
+            let report = reports.join(format!("shard-{shard}.json"));
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args(std::env::args_os().skip(1))
+                .arg("--shard")
+                .arg(shard.to_string())
+                .arg("--report")
+                .arg(&report)
+                .stdout(std::process::Stdio::null())
+                .spawn()?;
+            children.push((child, report));
+        }
+    }
+    let shard = args.shard.unwrap_or(0);
     let stats = Arc::new(Stats::default());
     let rss0 = args.node_pid.and_then(rss_kib);
     let t0 = Instant::now();
@@ -342,8 +481,8 @@ async fn run() -> anyhow::Result<()> {
     // The steady state starts 2 s after the last player started (its playlists fetched).
     let steady = t0 + ramp + Duration::from_secs(2);
     let end = steady + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::with_capacity(args.sessions);
-    for i in 0..args.sessions {
+    let mut tasks = Vec::with_capacity(args.sessions / processes + 1);
+    for i in (shard..args.sessions).step_by(processes) {
         let start = t0 + ramp.mul_f64(i as f64 / args.sessions.max(1) as f64);
         tasks.push(tokio::spawn(player(
             i,
@@ -380,26 +519,63 @@ async fn run() -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    let mut lat = std::mem::take(&mut *stats.latencies_us.lock().unwrap());
+    let mut report = Report {
+        held_at_ramp,
+        held_min,
+        requests,
+        bytes: stats.bytes.load(Ordering::Relaxed),
+        errors: stats.errors.load(Ordering::Relaxed),
+        closed_by_node: stats.closed_by_node.load(Ordering::Relaxed),
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
+        retries: stats.retries.load(Ordering::Relaxed),
+        first_errors: std::mem::take(&mut *stats.first_errors.lock().unwrap()),
+        latencies_us: std::mem::take(&mut *stats.latencies_us.lock().unwrap()),
+    };
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec(&report)?)?;
+        return Ok(());
+    }
+    let mut own_children = 0;
+    for (mut child, path) in children {
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "a player process ended with {status}");
+        report = report.merge(serde_json::from_slice(&std::fs::read(&path)?)?);
+        own_children += 1;
+    }
+    let _ = std::fs::remove_dir_all(&reports);
+    let mut lat = std::mem::take(&mut report.latencies_us);
     lat.sort_unstable();
     println!(
-        "sessions: {} asked, {} held when the steady state began, at least {} held throughout",
-        args.sessions, held_at_ramp, held_min
+        "sessions: {} asked, {} held when the steady state began, at least {} held throughout{}",
+        args.sessions,
+        report.held_at_ramp,
+        report.held_min,
+        if own_children > 0 {
+            format!(" (players in {} processes)", own_children + 1)
+        } else {
+            String::new()
+        }
     );
     println!(
         "steady state {} s: {} requests ({:.0} req/s, {:.1} MB/s), latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.seconds,
-        requests,
-        requests as f64 / args.seconds as f64,
-        stats.bytes.load(Ordering::Relaxed) as f64 / 1e6 / (t0.elapsed().as_secs_f64()),
+        report.requests,
+        report.requests as f64 / args.seconds as f64,
+        report.bytes as f64 / 1e6 / (t0.elapsed().as_secs_f64()),
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat, 1.0),
     );
-    println!("errors: {}", stats.errors.load(Ordering::Relaxed));
-    for e in stats.first_errors.lock().unwrap().iter() {
+    println!("errors: {}", report.errors);
+    for e in &report.first_errors {
         println!("  e.g. {e}");
     }
+    println!(
+        "connections: {} idle ones closed by the node, {} opened again for a request, {} requests retried on a new one (whole run)",
+        report.closed_by_node, report.reconnects, report.retries,
+    );
+    let requests = report.requests;
+    let held_at_ramp = report.held_at_ramp;
     if let (Some(a), Some(b)) = (rss0, rss_end) {
         println!(
             "node RSS: {:.0} MiB before, {:.0} MiB at the end, peak {:.0} MiB; {:.1} KiB per held session",
@@ -426,7 +602,7 @@ async fn run() -> anyhow::Result<()> {
         // The players' own cost, to tell a node that falls behind from a load generator that
         // does (they share the machine's cores here).
         println!(
-            "players (this load generator) over the steady state: {:.0} % of one core",
+            "players (this load generator's first process) over the steady state: {:.0} % of one core",
             (b - a) as f64 / args.seconds as f64
         );
     }
