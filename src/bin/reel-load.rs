@@ -88,6 +88,7 @@ struct Report {
     retries: u64,
     first_errors: Vec<String>,
     latencies_us: Vec<u32>,
+    latencies_new_us: Vec<u32>,
 }
 
 impl Report {
@@ -103,6 +104,7 @@ impl Report {
         self.first_errors.extend(other.first_errors);
         self.first_errors.truncate(5);
         self.latencies_us.extend(other.latencies_us);
+        self.latencies_new_us.extend(other.latencies_new_us);
         self
     }
 }
@@ -120,6 +122,8 @@ struct Stats {
     bytes: AtomicU64,
     held: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// The latencies of requests that opened a new connection.
+    latencies_new_us: Mutex<Vec<u32>>,
     first_errors: Mutex<Vec<String>>,
 }
 
@@ -198,6 +202,8 @@ struct Response {
     body: Vec<u8>,
     /// The body's length, bytes.
     len: usize,
+    /// It came on a connection opened for it (the node had closed the player's idle one).
+    new_connection: bool,
 }
 
 /// One GET on the player's connection.
@@ -247,6 +253,7 @@ async fn get(
         session,
         body: kept,
         len,
+        new_connection: false,
     })
 }
 
@@ -304,7 +311,7 @@ async fn connect(source: IpAddr, server: SocketAddr) -> Result<Conn, String> {
 
 /// One GET as a player makes it: on its connection, or on a new one when the node closed it
 /// (counted as a reconnect), and once more on a new one when a reused connection fails before
-/// any answer (counted as a retry). `t` is when the player began the request.
+/// any answer (counted as a retry); [`Response::new_connection`] says which.
 async fn request(
     conn: &mut Option<Conn>,
     source: IpAddr,
@@ -323,7 +330,12 @@ async fn request(
         }
         let c = conn.as_mut().expect("connected above");
         match get(&mut c.send, &authority, path, keep).await {
-            Ok(r) => return Ok(r),
+            Ok(r) => {
+                return Ok(Response {
+                    new_connection: !reused,
+                    ..r
+                })
+            }
             Err(GetError::BeforeAnswer(_)) if reused && !retried => {
                 retried = true;
                 stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -356,26 +368,27 @@ async fn player(
         Ok(c) => Some(c),
         Err(e) => return stats.error(e),
     };
-    let timed = |stats: &Stats, t: Instant, bytes: usize| {
+    let timed = |stats: &Stats, t: Instant, r: &Response| {
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        stats
-            .latencies_us
-            .lock()
-            .unwrap()
-            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        stats.bytes.fetch_add(r.len as u64, Ordering::Relaxed);
+        let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        stats.latencies_us.lock().unwrap().push(us);
+        if r.new_connection {
+            stats.latencies_new_us.lock().unwrap().push(us);
+        }
     };
     let master = format!("/videos/{}/master.m3u8", args.video);
     let t = Instant::now();
     let session = match request(&mut conn, source, server, &master, Keep::Body, &stats).await {
-        Ok(Response {
-            status: 200,
-            session: Some(s),
-            len,
-            ..
-        }) => {
-            timed(&stats, t, len);
-            s
+        Ok(
+            r @ Response {
+                status: 200,
+                session: Some(_),
+                ..
+            },
+        ) => {
+            timed(&stats, t, &r);
+            r.session.expect("matched above")
         }
         Ok(r) => return stats.error(format!("master: {}", r.status)),
         Err(e) => return stats.error(e),
@@ -385,7 +398,7 @@ async fn player(
     let index = format!("{base}index.m3u8");
     let media = match request(&mut conn, source, server, &index, Keep::Body, &stats).await {
         Ok(r) if r.status == 200 => {
-            timed(&stats, t, r.len);
+            timed(&stats, t, &r);
             segments(&r.body)
         }
         Ok(r) => return stats.error(format!("media playlist: {}", r.status)),
@@ -418,7 +431,7 @@ async fn player(
         let t = Instant::now();
         let path = format!("{base}{uri}");
         match request(&mut conn, source, server, &path, Keep::Length, &stats).await {
-            Ok(r) if r.status == 200 => timed(&stats, t, r.len),
+            Ok(r) if r.status == 200 => timed(&stats, t, &r),
             Ok(r) => stats.error(format!("segment {uri}: {}", r.status)),
             Err(e) => {
                 stats.error(e);
@@ -500,6 +513,7 @@ async fn run() -> anyhow::Result<()> {
         stats.held.load(Ordering::Relaxed),
     );
     stats.latencies_us.lock().unwrap().clear();
+    stats.latencies_new_us.lock().unwrap().clear();
     let mut rss_peak = args.node_pid.and_then(rss_kib).unwrap_or(0);
     let cpu0 = args.node_pid.and_then(node_cpu);
     let own0 = cpu_ticks("/proc/self/stat");
@@ -530,6 +544,7 @@ async fn run() -> anyhow::Result<()> {
         retries: stats.retries.load(Ordering::Relaxed),
         first_errors: std::mem::take(&mut *stats.first_errors.lock().unwrap()),
         latencies_us: std::mem::take(&mut *stats.latencies_us.lock().unwrap()),
+        latencies_new_us: std::mem::take(&mut *stats.latencies_new_us.lock().unwrap()),
     };
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec(&report)?)?;
@@ -565,6 +580,15 @@ async fn run() -> anyhow::Result<()> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat, 1.0),
+    );
+    let mut fresh = std::mem::take(&mut report.latencies_new_us);
+    fresh.sort_unstable();
+    println!(
+        "  of which on a connection opened for the request: {} ({:.0} %), p50 {:.2} ms, p99 {:.2} ms",
+        fresh.len(),
+        100.0 * fresh.len() as f64 / lat.len().max(1) as f64,
+        percentile(&fresh, 0.5),
+        percentile(&fresh, 0.99),
     );
     println!("errors: {}", report.errors);
     for e in &report.first_errors {
