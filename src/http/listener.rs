@@ -47,11 +47,11 @@ use crate::config::Limits;
 /// place of idle ones still closing (at most [`REUSE_HEADROOM`]).
 pub const FD_RESERVE: usize = 512 + REUSE_HEADROOM;
 
-/// How close to its cap (connections) the node starts closing idle keep-alive connections,
-/// and how many it has closing at most at once: a batch of this many, oldest first, when a
-/// new connection finds the node within it of its cap. An eighth of the cap on small nodes
-/// ([`Admission::headroom`]). nginx drains 32 at a time; a player fleet reconnecting every
-/// segment duration needs more (issue 11, P3).
+/// How many idle keep-alive connections the node has closing at most at once (connections),
+/// told in batches ([`pick_idle`] picks them) once a new connection finds the node within
+/// twice this of its cap and at most half of it still closing. An eighth of the cap on
+/// small nodes ([`Admission::headroom`]). nginx drains 32 at a time; a player fleet
+/// reconnecting every segment duration needs more (issue 11, P3).
 pub const REUSE_HEADROOM: usize = 256;
 
 /// Least time between two searches for idle connections (milliseconds): a search reads every
@@ -305,9 +305,9 @@ impl Admission {
         }
     }
 
-    /// Admit a connection from `ip`, or say why not. Within [`Admission::headroom`] of the
-    /// cap, first tell idle keep-alive connections to close ([`pick_idle`]), so
-    /// that room is made before the cap is reached; at the cap, a connection is admitted in
+    /// Admit a connection from `ip`, or say why not. Within twice [`Admission::headroom`] of
+    /// the cap, first tell idle keep-alive connections to close ([`pick_idle`]), so that room
+    /// is made before the cap is reached; at the cap, a connection is admitted in
     /// the place of one told to close that has not closed yet (so open connections may exceed
     /// the cap by the headroom, which [`FD_RESERVE`] keeps descriptors for). Errors:
     /// [`Refusal`] (the node is full of connections that are busy or idle for less than
@@ -350,8 +350,8 @@ impl Admission {
         })
     }
 
-    /// How near the cap reuse begins, and how many connections may be closing at once:
-    /// [`REUSE_HEADROOM`], or an eighth of the cap when that is less, and at least 1.
+    /// How many connections may be closing at once (reuse begins at twice this below the
+    /// cap): [`REUSE_HEADROOM`], or an eighth of the cap when that is less, and at least 1.
     pub fn headroom(&self) -> usize {
         Self::headroom_for(self.capacity)
     }
@@ -360,8 +360,9 @@ impl Admission {
         REUSE_HEADROOM.min(capacity / 8).max(1)
     }
 
-    /// Tell idle connections to close until [`Admission::headroom`] are closing. After a
-    /// search that found fewer than it wanted, the next waits [`REUSE_SEARCH_MS`].
+    /// Tell idle connections to close until [`Admission::headroom`] are closing, once at most
+    /// half of it is. After a search that found fewer than it wanted, the next waits
+    /// [`REUSE_SEARCH_MS`].
     fn make_room(&self) {
         let headroom = self.headroom();
         let closing = self.closing.load(Ordering::Relaxed);
