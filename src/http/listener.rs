@@ -267,7 +267,8 @@ impl Admission {
         (0..SLOT_CHUNK).map(|_| Activity::default()).collect()
     }
 
-    /// The places in use, in order, with their activities.
+    /// Every place allocated so far, in order, with its activity (free ones too: their
+    /// state says so).
     fn places_in_use(&self) -> impl Iterator<Item = (u32, &Activity)> {
         self.slots
             .iter()
