@@ -269,7 +269,7 @@ impl Admission {
 
     /// Every place allocated so far, in order, with its activity (free ones too: their
     /// state says so).
-    fn places_in_use(&self) -> impl Iterator<Item = (u32, &Activity)> {
+    fn allocated_places(&self) -> impl Iterator<Item = (u32, &Activity)> {
         self.slots
             .iter()
             .filter_map(|c| c.get())
@@ -376,7 +376,7 @@ impl Admission {
         }
         let want = headroom - closing;
         let candidates = self
-            .places_in_use()
+            .allocated_places()
             .filter(|(_, a)| a.state.load(Ordering::Acquire) == OPEN)
             .map(|(i, a)| {
                 (
@@ -599,7 +599,6 @@ pub async fn serve_connections<S, B>(
             Response = hyper::Response<B>,
         > + Clone
         + Send
-        + Sync
         + 'static,
     S::Future: Send + Unpin + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
