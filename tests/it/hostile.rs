@@ -10,8 +10,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
-/// A one-node `cluster.toml` with small limits, so the test sees them bite quickly.
-fn limits_config(dir: &Path, http: std::net::SocketAddr, per_address: usize) -> std::path::PathBuf {
+/// Start one node on `http` from a one-node `cluster.toml` in `dir` with small limits, so the
+/// test sees them bite quickly; `extra_limits` is added to its `[limits]` table as written.
+fn start_limited_node(
+    dir: &Path,
+    http: std::net::SocketAddr,
+    per_address: usize,
+    extra_limits: &str,
+) -> ReelProcess {
     let cluster = free_addr();
     let toml = format!(
         r#"storage = "local:objects"
@@ -27,15 +33,26 @@ audio_kbps = 64
 header_read_seconds = 8
 max_header_bytes = 8192
 max_connections_per_address = {per_address}
+{extra_limits}
 [[node]]
 id = "node-1"
 http = "{http}"
 cluster = "{cluster}"
 "#
     );
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, toml).unwrap();
+    ReelProcess::start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--node",
+            "node-1",
+        ],
+        &[],
+        dir.join("node.log"),
+    )
 }
 
 /// Start one hostile child: `connections` slow connections from `source` for `seconds`.
@@ -137,18 +154,7 @@ async fn a_slowloris_client_with_20000_connections_cannot_stop_health_or_playbac
     let http = free_addr();
     let base = format!("http://{http}");
     let per_address = 256;
-    let config = limits_config(dir.path(), http, per_address);
-    let _node = ReelProcess::start(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--node",
-            "node-1",
-        ],
-        &[],
-        dir.path().join("node.log"),
-    );
+    let _node = start_limited_node(dir.path(), http, per_address, "");
     wait_healthy(&base).await;
     let (status, v) = upload(&base, &clip("av")).await;
     assert_eq!(status, 202, "{v}");
@@ -313,22 +319,7 @@ async fn at_its_connection_cap_a_node_closes_an_idle_keep_alive_connection_to_ad
     let dir = tempfile::tempdir().unwrap();
     let http = free_addr();
     let base = format!("http://{http}");
-    let config = limits_config(dir.path(), http, 64);
-    let toml = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[limits]\n", "[limits]\nmax_connections = 8\n");
-    std::fs::write(&config, toml).unwrap();
-    let _node = ReelProcess::start(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--node",
-            "node-1",
-        ],
-        &[],
-        dir.path().join("node.log"),
-    );
+    let _node = start_limited_node(dir.path(), http, 64, "max_connections = 8");
     wait_healthy(&base).await;
     // Eight keep-alive connections, each after one request: the node's cap.
     let mut held = Vec::new();
