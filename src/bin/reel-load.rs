@@ -3,12 +3,13 @@
 //! session), the media playlist of one rendition, then one segment per segment duration, paced
 //! in real time as a player does, looping over the video. As a browser does, a player whose
 //! idle connection the node closed (a node near its connection cap closes idle ones,
-//! `reel::http::listener`) lets it go at once and opens a new one for its next request,
-//! and retries a request once on a new connection when its reused one was closed before any
-//! answer came (RFC 9112 section 9.3.1). Its latency then counts the new connection. Prints sessions held, requests a
-//! second, latency percentiles, errors, and (given the node's PID) its RSS, RSS per session and
-//! CPU time per request (the whole process, and its playback-log writer thread), and its own
-//! CPU (the players share the node's cores on one machine).
+//! `reel::http::listener`) lets it go at once and opens a new one for its next request, and
+//! retries a request once on a new connection when its reused one was closed before any
+//! answer came (RFC 9112 section 9.3.1); that request's latency then counts the new
+//! connection. Prints sessions held, requests a second, latency percentiles, errors, and
+//! (given the node's PID) its RSS, RSS per session and CPU time per request (the whole
+//! process, and its playback-log writer thread), and its own CPU (the players share the
+//! node's cores on one machine).
 //!
 //! Loopback only by intent: it refuses a server that is not on 127.0.0.0/8. Bounded: it stops
 //! after `--seconds`. Used by `scripts/bench-sessions`.
@@ -316,11 +317,11 @@ async fn request(
     conn: &mut Option<Conn>,
     source: IpAddr,
     server: SocketAddr,
+    authority: &str,
     path: &str,
     keep: Keep,
     stats: &Stats,
 ) -> Result<Response, String> {
-    let authority = server.to_string();
     let mut retried = false;
     loop {
         let reused = conn.is_some();
@@ -329,7 +330,7 @@ async fn request(
             stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         let c = conn.as_mut().expect("connected above");
-        match get(&mut c.send, &authority, path, keep).await {
+        match get(&mut c.send, authority, path, keep).await {
             Ok(r) => {
                 return Ok(Response {
                     new_connection: !reused,
@@ -368,6 +369,7 @@ async fn player(
         Ok(c) => Some(c),
         Err(e) => return stats.error(e),
     };
+    let authority = server.to_string();
     let timed = |stats: &Stats, t: Instant, r: &Response| {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(r.len as u64, Ordering::Relaxed);
@@ -379,7 +381,17 @@ async fn player(
     };
     let master = format!("/videos/{}/master.m3u8", args.video);
     let t = Instant::now();
-    let session = match request(&mut conn, source, server, &master, Keep::Body, &stats).await {
+    let session = match request(
+        &mut conn,
+        source,
+        server,
+        &authority,
+        &master,
+        Keep::Body,
+        &stats,
+    )
+    .await
+    {
         Ok(
             r @ Response {
                 status: 200,
@@ -396,7 +408,17 @@ async fn player(
     let base = format!("/videos/{}/s/{session}/{}/", args.video, args.rendition);
     let t = Instant::now();
     let index = format!("{base}index.m3u8");
-    let media = match request(&mut conn, source, server, &index, Keep::Body, &stats).await {
+    let media = match request(
+        &mut conn,
+        source,
+        server,
+        &authority,
+        &index,
+        Keep::Body,
+        &stats,
+    )
+    .await
+    {
         Ok(r) if r.status == 200 => {
             timed(&stats, t, &r);
             segments(&r.body)
@@ -430,7 +452,17 @@ async fn player(
         next += Duration::from_secs_f64(*duration);
         let t = Instant::now();
         let path = format!("{base}{uri}");
-        match request(&mut conn, source, server, &path, Keep::Length, &stats).await {
+        match request(
+            &mut conn,
+            source,
+            server,
+            &authority,
+            &path,
+            Keep::Length,
+            &stats,
+        )
+        .await
+        {
             Ok(r) if r.status == 200 => timed(&stats, t, &r),
             Ok(r) => stats.error(format!("segment {uri}: {}", r.status)),
             Err(e) => {
