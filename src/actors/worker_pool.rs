@@ -7,6 +7,10 @@
 //!
 //! Back-pressure: tasks wait in a FIFO queue until a worker is idle; a job's stuck-task clock
 //! starts only when a worker reports `TaskStarted`, so queueing is never mistaken for a hang.
+//!
+//! Scratch: the pool knows which videos have tasks on this node, so it sweeps the node's
+//! scratch directory of the source copies its tasks no longer use (`SweepScratch`, every
+//! minute; `crate::storage::scratch`).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -16,6 +20,7 @@ use crate::actors::transcode_worker::{TranscodeWorker, WorkerArgs, WorkerMsg};
 use crate::actors::{Assignment, Ctx};
 use crate::cluster::protocol::TaskReport;
 use crate::storage::events::NewEvent;
+use crate::storage::scratch;
 
 /// The pool actor.
 pub struct WorkerPool;
@@ -80,6 +85,10 @@ pub enum PoolMsg {
     WorkerIdle(ActorId),
     /// Observe the pool.
     Snapshot(RpcReplyPort<PoolSnapshot>),
+    /// Remove from the node's scratch directory the source copies no task has used for
+    /// [`scratch::SOURCE_KEEP`], except those of videos with tasks here ([`scratch::sweep`],
+    /// on a blocking thread). Sent to itself every [`scratch::SWEEP_EVERY`].
+    SweepScratch,
 }
 impl ractor::Message for PoolMsg {}
 
@@ -158,6 +167,7 @@ impl Actor for WorkerPool {
         for _ in 0..args.workers.max(1) {
             self.spawn_worker(&myself, &mut state).await?;
         }
+        myself.send_interval(scratch::SWEEP_EVERY, || PoolMsg::SweepScratch);
         Ok(state)
     }
 
@@ -227,6 +237,29 @@ impl Actor for WorkerPool {
                     busy,
                     queued: state.queue.len(),
                     restarts: state.restarts,
+                });
+            }
+            PoolMsg::SweepScratch => {
+                let busy: std::collections::HashSet<String> = state
+                    .queue
+                    .iter()
+                    .chain(state.slots.values().filter_map(|s| s.task.as_ref()))
+                    .map(|a| a.task.video_id.clone())
+                    .collect();
+                let dir = state.ctx.scratch_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let now = std::time::SystemTime::now();
+                    match scratch::sweep(&dir, &busy, now, scratch::SOURCE_KEEP) {
+                        Ok(s) if s != scratch::Swept::default() => tracing::info!(
+                            files = s.files,
+                            bytes = s.bytes,
+                            dirs = s.dirs,
+                            "scratch: removed source copies no task has used for {} s",
+                            scratch::SOURCE_KEEP.as_secs()
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("scratch sweep failed: {e}"),
+                    }
                 });
             }
         }
@@ -513,6 +546,43 @@ mod tests {
         assert_eq!((s.workers, s.restarts, s.busy.len()), (1, 1, 0), "{s:?}");
         assert!(r.reports.try_recv().is_err(), "no task, nothing to report");
         r.submit(2);
+        assert_eq!(r.started().await, "audio-2");
+        r.finish(2);
+        assert_eq!(r.failed().await.0, "audio-2");
+    }
+
+    /// The pool's scratch sweep removes a source copy no task has used for `SOURCE_KEEP`, and
+    /// keeps the copy of a video it has a task of, however old (here a queued one, which has
+    /// not touched its copy).
+    #[tokio::test]
+    async fn the_scratch_sweep_removes_unused_sources_and_keeps_those_of_its_tasks() {
+        let mut r = rig("pool-scratch", 1).await;
+        r.submit(1);
+        assert_eq!(r.started().await, "audio-1");
+        r.submit(2);
+        assert_eq!(r.snapshot().await.queued, 1);
+        let old = std::time::SystemTime::now() - scratch::SOURCE_KEEP - Duration::from_secs(60);
+        let source = |v: &str| r.ctx.scratch_dir.join(v).join("source");
+        for v in [video(2), video(9)] {
+            std::fs::create_dir_all(source(&v).parent().unwrap()).unwrap();
+            let f = std::fs::File::create(source(&v)).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        r.pool.cast(PoolMsg::SweepScratch).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while source(&video(9)).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the unused source is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!r.ctx.scratch_dir.join(video(9)).exists());
+        assert!(source(&video(2)).exists(), "a queued task's source stays");
+        // The copy was a stand-in: the queued task reads its (absent) source from the store.
+        std::fs::remove_file(source(&video(2))).unwrap();
+        r.finish(1);
+        assert_eq!(r.failed().await.0, "audio-1");
         assert_eq!(r.started().await, "audio-2");
         r.finish(2);
         assert_eq!(r.failed().await.0, "audio-2");

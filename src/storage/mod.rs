@@ -8,6 +8,7 @@ pub mod file_bytes;
 pub mod keys;
 pub mod lease;
 pub mod playback;
+pub mod scratch;
 pub mod uploads;
 
 use std::path::{Path, PathBuf};
@@ -435,7 +436,8 @@ impl Storage {
     }
 
     /// A local path to the source of `video_id` that ffmpeg can read: the stored file itself on
-    /// the local backend, else a copy downloaded once into `scratch`.
+    /// the local backend, else a copy downloaded once into `scratch/{video_id}/source`, kept
+    /// while tasks use it ([`scratch::sweep`]).
     pub async fn source_path(
         &self,
         video_id: &str,
@@ -462,6 +464,11 @@ impl Storage {
         let dir = scratch.join(video_id);
         let target = dir.join("source");
         if tokio::fs::metadata(&target).await.is_ok() {
+            // In use again: the scratch sweep keeps it for another `SOURCE_KEEP`.
+            let t = target.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || scratch::touch(&t)).await {
+                tracing::debug!("cannot mark {target:?} as used: {e}");
+            }
             return Ok(target);
         }
         tokio::fs::create_dir_all(&dir)
