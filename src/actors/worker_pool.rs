@@ -565,8 +565,8 @@ mod tests {
         let source = |v: &str| r.ctx.scratch_dir.join(v).join("source");
         for v in [video(2), video(9)] {
             std::fs::create_dir_all(source(&v).parent().unwrap()).unwrap();
-            let f = std::fs::File::create(source(&v)).unwrap();
-            f.set_modified(old).unwrap();
+            std::fs::File::create(source(&v)).unwrap();
+            scratch::set_last_use(&source(&v), old).unwrap();
         }
         r.pool.cast(PoolMsg::SweepScratch).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

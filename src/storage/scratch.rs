@@ -79,8 +79,11 @@ pub fn sweep(
                 let is_source = name.to_str().is_some_and(|n| {
                     n == "source" || (n.starts_with("source.") && n.ends_with(".part"))
                 });
+                if !is_source {
+                    continue;
+                }
                 let Ok(meta) = file.metadata() else { continue };
-                if !is_source || !meta.is_file() {
+                if !meta.is_file() {
                     continue;
                 }
                 if meta.modified().is_ok_and(|m| stale(m, now, keep))
@@ -110,10 +113,18 @@ pub fn sweep(
 ///
 /// Errors: the file cannot be opened for writing or its time cannot be set.
 pub fn touch(path: &Path) -> io::Result<()> {
+    set_last_use(path, SystemTime::now())
+}
+
+/// Record `at` as the last use of the file at `path` (its modification time, which [`sweep`]
+/// reads). [`touch`] is this at the present; tests age a file with it.
+///
+/// Errors: the file cannot be opened for writing or its time cannot be set.
+pub fn set_last_use(path: &Path, at: SystemTime) -> io::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)?
-        .set_modified(SystemTime::now())
+        .set_modified(at)
 }
 
 #[cfg(test)]
@@ -189,24 +200,14 @@ mod tests {
         let src = scratch.path().join("v/source");
         file(&src, 10);
         let old = SystemTime::now() - KEEP - Duration::from_secs(60);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&src)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_last_use(&src, old).unwrap();
         let none = HashSet::new();
         touch(&src).unwrap();
         let swept = sweep(scratch.path(), &none, SystemTime::now(), KEEP).unwrap();
         assert_eq!(swept, Swept::default());
         assert!(src.exists());
         // Without the touch it would have gone.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&src)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_last_use(&src, old).unwrap();
         let swept = sweep(scratch.path(), &none, SystemTime::now(), KEEP).unwrap();
         assert_eq!(swept.files, 1);
         assert!(!src.exists());
