@@ -285,14 +285,23 @@ struct Conn {
     driver: tokio::task::JoinHandle<()>,
 }
 
-/// Open a connection from `source` to `server`.
-async fn connect(source: IpAddr, server: SocketAddr) -> Result<Conn, String> {
+/// Where a player's connections go: from its loopback source address to the node, with the
+/// `Host` the node is asked as.
+struct Target {
+    source: IpAddr,
+    server: SocketAddr,
+    /// `server` as a `Host` header value, formed once.
+    authority: String,
+}
+
+/// Open a connection to `target`.
+async fn connect(target: &Target) -> Result<Conn, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("bind {source}: {e}"))?;
+        .bind(SocketAddr::new(target.source, 0))
+        .map_err(|e| format!("bind {}: {e}", target.source))?;
     let stream = socket
-        .connect(server)
+        .connect(target.server)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let io = hyper_util::rt::TokioIo::new(stream);
@@ -315,9 +324,7 @@ async fn connect(source: IpAddr, server: SocketAddr) -> Result<Conn, String> {
 /// any answer (counted as a retry); [`Response::new_connection`] says which.
 async fn request(
     conn: &mut Option<Conn>,
-    source: IpAddr,
-    server: SocketAddr,
-    authority: &str,
+    target: &Target,
     path: &str,
     keep: Keep,
     stats: &Stats,
@@ -326,11 +333,11 @@ async fn request(
     loop {
         let reused = conn.is_some();
         if !reused {
-            *conn = Some(connect(source, server).await?);
+            *conn = Some(connect(target).await?);
             stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         let c = conn.as_mut().expect("connected above");
-        match get(&mut c.send, authority, path, keep).await {
+        match get(&mut c.send, &target.authority, path, keep).await {
             Ok(r) => {
                 return Ok(Response {
                     new_connection: !reused,
@@ -359,17 +366,20 @@ async fn player(
     stats: Arc<Stats>,
 ) {
     tokio::time::sleep_until(start.into()).await;
-    let source = IpAddr::V4(Ipv4Addr::new(
-        127,
-        0,
-        0,
-        2 + (i % args.source_addresses.max(1) as usize) as u8,
-    ));
-    let mut conn = match connect(source, server).await {
+    let target = Target {
+        source: IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (i % args.source_addresses.max(1) as usize) as u8,
+        )),
+        server,
+        authority: server.to_string(),
+    };
+    let mut conn = match connect(&target).await {
         Ok(c) => Some(c),
         Err(e) => return stats.error(e),
     };
-    let authority = server.to_string();
     let timed = |stats: &Stats, t: Instant, r: &Response| {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(r.len as u64, Ordering::Relaxed);
@@ -381,17 +391,7 @@ async fn player(
     };
     let master = format!("/videos/{}/master.m3u8", args.video);
     let t = Instant::now();
-    let session = match request(
-        &mut conn,
-        source,
-        server,
-        &authority,
-        &master,
-        Keep::Body,
-        &stats,
-    )
-    .await
-    {
+    let session = match request(&mut conn, &target, &master, Keep::Body, &stats).await {
         Ok(
             r @ Response {
                 status: 200,
@@ -408,17 +408,7 @@ async fn player(
     let base = format!("/videos/{}/s/{session}/{}/", args.video, args.rendition);
     let t = Instant::now();
     let index = format!("{base}index.m3u8");
-    let media = match request(
-        &mut conn,
-        source,
-        server,
-        &authority,
-        &index,
-        Keep::Body,
-        &stats,
-    )
-    .await
-    {
+    let media = match request(&mut conn, &target, &index, Keep::Body, &stats).await {
         Ok(r) if r.status == 200 => {
             timed(&stats, t, &r);
             segments(&r.body)
@@ -452,17 +442,7 @@ async fn player(
         next += Duration::from_secs_f64(*duration);
         let t = Instant::now();
         let path = format!("{base}{uri}");
-        match request(
-            &mut conn,
-            source,
-            server,
-            &authority,
-            &path,
-            Keep::Length,
-            &stats,
-        )
-        .await
-        {
+        match request(&mut conn, &target, &path, Keep::Length, &stats).await {
             Ok(r) if r.status == 200 => timed(&stats, t, &r),
             Ok(r) => stats.error(format!("segment {uri}: {}", r.status)),
             Err(e) => {
