@@ -318,9 +318,14 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
     }
     // Truncation: the header promises frames the file does not hold.
     if let Some(packets) = packets {
+        // Without a frame count in the header, the frames its duration promises at the lower
+        // of the average and nominal rates: an interlaced H.264 stream in MPEG-TS can declare
+        // an average of 25 frames a second while it holds 12.5 (`r_frame_rate` 25/2), and at
+        // the average a whole, playable file looked half missing.
+        let promised_rate = ratio(&video.r_frame_rate).map_or(frame_rate, |r| r.min(frame_rate));
         let (expected, slack) = match num::<u64>(&video.nb_frames).filter(|n| *n > 0) {
             Some(n) => (n as f64, 0.98),
-            None => (duration * frame_rate, 0.80),
+            None => (duration * promised_rate, 0.80),
         };
         if (packets as f64) < expected * slack {
             return Err(ProbeError::Invalid(format!(
@@ -823,6 +828,38 @@ mod tests {
         let j = stream_json("").replace(r#""nb_read_packets":"300""#, r#""nb_read_packets":"120""#);
         let e = judge(&j).unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("120 of 300"), "{e}");
+    }
+
+    /// What ffprobe says of an interlaced H.264 stream in MPEG-TS at 12.5 frames a second (65 s,
+    /// 813 frames) whose average rate reads 25: a whole file, which ffmpeg decodes without an
+    /// error, was refused as truncated ("813 of 1626 frames").
+    #[test]
+    fn a_stream_holding_fewer_frames_than_its_average_rate_says_is_not_truncated() {
+        let ts = |packets: &str, duration: &str| {
+            format!(
+                r#"{{"streams":[{{"codec_type":"video","codec_name":"h264","width":720,"height":576,
+                "field_order":"tt","r_frame_rate":"25/2","avg_frame_rate":"25/1",
+                "nb_read_packets":"{packets}"}}],
+                "format":{{"format_name":"mpegts","duration":"{duration}"}}}}"#
+            )
+        };
+        let s = judge(&ts("813", "65.04")).unwrap();
+        assert!(s.interlaced);
+        assert_eq!(s.frame_rate, 25.0);
+        // Half of those frames is still a truncation, at the lower rate.
+        let e = judge(&ts("400", "65.04")).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("400 of 813"), "{e}");
+    }
+
+    /// Matroska gives no frame count: a file whose header says 20 s and which holds 8 s of
+    /// frames is truncated, judged from its duration and frame rate.
+    #[test]
+    fn a_matroska_file_holding_less_than_its_duration_is_truncated() {
+        let j = r#"{"streams":[{"codec_type":"video","codec_name":"h264","width":320,"height":240,
+             "r_frame_rate":"25/1","avg_frame_rate":"25/1","nb_read_packets":"200"}],
+             "format":{"format_name":"matroska,webm","duration":"20.0"}}"#;
+        let e = judge(j).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("200 of 500"), "{e}");
     }
 
     #[test]
