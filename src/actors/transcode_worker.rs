@@ -312,13 +312,22 @@ async fn transcode_and_store(
                     .map_err(|e| TaskFailure::transient(format!("checking the chunk: {e}")))
             };
             let got = frames().await?;
-            if transcode::chunk_is_short(got, *duration_seconds, t.frame_rate) {
-                // The container's seek lost frames (MPEG-TS with sparse keyframes lands past
-                // them): decode from the start instead.
+            // The first frame's time after the seek point (a missing or unreadable log is
+            // reported below, where the log is stored).
+            let first = tokio::fs::read_to_string(&frame_log)
+                .await
+                .ok()
+                .and_then(|log| transcode::read_frame_log(&log, 0.0).first().copied());
+            if transcode::chunk_is_short(got, *duration_seconds, t.frame_rate)
+                || transcode::chunk_began_late(first, t.frame_rate)
+            {
+                // The container's seek lost frames (in MPEG-TS it can land on a later keyframe,
+                // or past every frame): decode from the start instead.
                 tracing::warn!(
                     video = %t.video_id,
                     task = %a.key(),
                     frames = got,
+                    first_frame_seconds = first,
                     "seeking the source lost frames; decoding this chunk from the start"
                 );
                 seek = ChunkSeek::Decode;

@@ -506,6 +506,23 @@ pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
     expected.is_finite() && (frames as f64) < (0.9 * expected - 1.0).max(1.0)
 }
 
+/// Whether a chunk encoded with [`ChunkSeek::Index`] began late: its first decoded frame,
+/// `first_frame` seconds after the seek point (the first time of its frame log, read with no
+/// offset), comes more than two frame intervals at `frame_rate` (and at least 0.1 s) after it.
+/// MPEG-TS has no index, and ffmpeg's seek there can land on the keyframe after the chunk's
+/// start: the chunk then holds as many frames as its span (so [`chunk_is_short`] passes it), but
+/// from seconds later, and the published picture jumps ahead at the chunk's start and runs
+/// ahead of the sound to the end. No frame at all (`None`) is left to [`chunk_is_short`]. Such
+/// a chunk is encoded again with [`ChunkSeek::Decode`].
+pub fn chunk_began_late(first_frame: Option<f64>, frame_rate: f64) -> bool {
+    let interval = if frame_rate.is_finite() && frame_rate > 0.0 {
+        1.0 / frame_rate
+    } else {
+        0.0
+    };
+    first_frame.is_some_and(|t| t > (2.0 * interval).max(0.1))
+}
+
 /// A rendition's size with square pixels: the last filter of every encode.
 fn scale_filter(r: &Rendition) -> String {
     format!("scale={}:{}:flags=bicubic,setsar=1", r.width, r.height)
@@ -958,6 +975,22 @@ mod tests {
             "variable rate: the average"
         );
         assert!(!chunk_is_short(1, 0.04, 25.0), "a one-frame last chunk");
+        // What ffmpeg's seek in an MPEG-TS with a keyframe every 3 s gave for a chunk at 4 s:
+        // 125 frames for 5 s of reading, the first 2.01 s after the seek point.
+        assert!(!chunk_is_short(125, 4.0, 25.0));
+        assert!(chunk_began_late(Some(2.01), 25.0));
+        assert!(
+            !chunk_began_late(Some(0.01), 25.0),
+            "on time, within the margin"
+        );
+        assert!(!chunk_began_late(Some(0.07), 25.0), "within two frames");
+        assert!(!chunk_began_late(Some(0.09), 25.0), "never under 0.1 s");
+        assert!(chunk_began_late(Some(0.5), 25.0));
+        assert!(!chunk_began_late(Some(0.15), 12.5), "two frames at 12.5/s");
+        assert!(
+            !chunk_began_late(None, 25.0),
+            "no frame: chunk_is_short's to judge"
+        );
         // Audio that starts after the video gets silence first.
         let late = InputMap {
             audio_offset_seconds: 0.25,

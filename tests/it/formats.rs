@@ -108,6 +108,14 @@ fn corpus() -> Vec<Entry> {
             small(9.0, true),
         ),
         e(
+            // A keyframe every 3 s: seeking to a chunk's start in MPEG-TS (no index) can land
+            // on the next keyframe, seconds late, with as many frames as the chunk needs.
+            "mpegts-keyframes-3s",
+            "ts",
+            &[format!("{} {X264} -g 75 -c:a mp2 -f mpegts {{o}}", av("320x240", 25, 16.0))],
+            small(16.0, true),
+        ),
+        e(
             "avi-mpeg4-mp3",
             "avi",
             &[format!("{} -c:v mpeg4 -q:v 5 -c:a libmp3lame {{o}}", av("320x240", 25, 5.0))],
