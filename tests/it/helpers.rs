@@ -206,8 +206,16 @@ pub fn clip(kind: &str) -> PathBuf {
         }
         other => panic!("unknown clip kind {other}"),
     }
-    // Rename makes concurrent tests see a whole file or none.
-    std::fs::rename(&tmp, &path).unwrap();
+    // A link never replaces: concurrent tests see a whole file or none, and the first one
+    // made is the one every test gets. ffmpeg's output differs from run to run (the MP4's
+    // creation time, x264's threads), and a rename let a second making replace the bytes a
+    // test had uploaded before it uploaded them again (a new id where it expected its own).
+    match std::fs::hard_link(&tmp, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("storing the clip {path:?}: {e}"),
+    }
+    std::fs::remove_file(&tmp).unwrap();
     path
 }
 
