@@ -75,6 +75,20 @@ impl InputMap {
         }
     }
 
+    /// Where a chunk that starts `start` seconds after the first video frame is cut from a
+    /// decode of the whole source ([`ChunkSeek::Decode`]), on a clock restarted at that frame
+    /// (`setpts=PTS-STARTPTS` before the `trim`). Without a seek ffmpeg counts an MPEG-TS from
+    /// the first timestamp of the streams it reads (the video alone) and other containers from
+    /// the file's first timestamp; cut on the file's clock, a TS whose video starts 21 ms after
+    /// its audio (AAC) lost each decoded chunk's first frame and took the next chunk's.
+    fn decoded_start(&self, start: f64) -> f64 {
+        if start > 0.0 {
+            (start - self.seek_margin_seconds).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
     /// The `-ss` of a chunk that starts `start` seconds after the first video frame.
     fn seek(&self, start: f64) -> f64 {
         let margin = if start > 0.0 {
@@ -391,8 +405,9 @@ pub enum ChunkSeek {
 /// The frames: from `start` seconds after the first video frame for `duration` seconds (a
 /// frame on the boundary falls in exactly one chunk: see [`InputMap::seek_margin_seconds`]),
 /// timestamps restarted at zero (`setpts=PTS-STARTPTS`, or the packager would shift the first
-/// chunk by a frame), keyframes forced every segment. ffmpeg counts `-ss` and `trim` from the
-/// file's first timestamp, so the video's own start is added.
+/// chunk by a frame), keyframes forced every segment. ffmpeg counts `-ss` from the file's
+/// first timestamp, so the video's own start is added; a [`ChunkSeek::Decode`] cut counts
+/// from the first video frame (`InputMap::decoded_start`).
 ///
 /// The decoded frames are also logged to `frame_log` (ffmpeg's `framecrc` format, one line per
 /// frame, times in microseconds; [`read_frame_log`] reads it): the job checks that every
@@ -428,7 +443,13 @@ pub fn chunk_args(
             ]);
             None
         }
-        ChunkSeek::Decode => Some(format!("trim=start={from:.6}:end={:.6}", from + read)),
+        ChunkSeek::Decode => {
+            let at = m.decoded_start(start);
+            Some(format!(
+                "setpts=PTS-STARTPTS,trim=start={at:.6}:end={:.6}",
+                at + read
+            ))
+        }
     };
     a.extend(["-i".into(), input.to_string_lossy().into_owned()]);
     let n = outs.len();
@@ -476,12 +497,14 @@ pub fn chunk_args(
 
 /// What to add to the times in a chunk's frame log ([`chunk_args`]) to count them from the
 /// file's first timestamp, seconds: the chunk's seek (`-ss`, which ffmpeg subtracts from
-/// every timestamp) for [`ChunkSeek::Index`], nothing for [`ChunkSeek::Decode`] (no `-ss`).
+/// every timestamp) for [`ChunkSeek::Index`], the video's start for [`ChunkSeek::Decode`]
+/// (its clock restarts at the first video frame).
 pub fn frame_log_offset(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
+    // As written on the command line.
+    let written = |t: f64| (t * 1e6).round() / 1e6;
     match seek {
-        // As written on the command line.
-        ChunkSeek::Index => (m.seek(start) * 1e6).round() / 1e6,
-        ChunkSeek::Decode => 0.0,
+        ChunkSeek::Index => written(m.seek(start)),
+        ChunkSeek::Decode => written(m.video_start_seconds),
     }
 }
 
@@ -959,13 +982,14 @@ mod tests {
         );
         let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
-            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=4.483333:end=9.483333,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1"),
+            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,trim=start=3.983333:end=8.983333,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1"),
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");
-        // The frame log's times count from the seek with `-ss`, from the file's start without.
+        // The frame log's times count from the seek with `-ss`, from the first video frame
+        // without.
         assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Index), 4.483333);
-        assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Decode), 0.0);
+        assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Decode), 0.5);
         assert_eq!(frame_log_offset(&m, 0.0, ChunkSeek::Index), 0.5);
         assert!(chunk_is_short(0, 4.0, 25.0));
         assert!(chunk_is_short(60, 4.0, 25.0));
