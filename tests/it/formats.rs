@@ -9,8 +9,9 @@
 //! 50 ms of each other in every segment. Per entry, as its kind asks: the frame count of a
 //! constant-frame-rate source is kept, the picture is upright (a rotated phone clip compared
 //! with the source turned by hand), interlaced video comes out progressive, surround and mono
-//! audio come out stereo, and audio that starts before the first video frame stays in sync
-//! (a tone that starts at a known instant is heard at that instant).
+//! audio come out stereo, audio that starts before the first video frame stays in sync
+//! (a tone that starts at a known instant is heard at that instant), and where chunks are
+//! cut from an MPEG-TS (no index) every frame shows the source's frame of the same number.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -391,7 +392,8 @@ async fn lowest_frame_ssim(a: &Path, b: &Path, size: (u64, u64)) -> f64 {
     ])
     .await;
     let text = std::fs::read_to_string(&stats).unwrap();
-    text.lines()
+    let frames: Vec<f64> = text
+        .lines()
         .filter_map(|l| {
             l.split("All:")
                 .nth(1)?
@@ -400,7 +402,9 @@ async fn lowest_frame_ssim(a: &Path, b: &Path, size: (u64, u64)) -> f64 {
                 .parse::<f64>()
                 .ok()
         })
-        .fold(f64::INFINITY, f64::min)
+        .collect();
+    assert!(!frames.is_empty(), "no frame compared: {text}");
+    frames.into_iter().fold(f64::INFINITY, f64::min)
 }
 
 /// When the first tone is heard, seconds from the start of `file` (ffmpeg's silencedetect).
