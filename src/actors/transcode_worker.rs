@@ -303,45 +303,56 @@ async fn transcode_and_store(
                     seek,
                 )
             };
-            let mut seek = ChunkSeek::Index;
-            run_ffmpeg(a, cancel, args(seek)).await?;
             // Every output got the same frames (one decode, split): counting one is enough.
             let frames = || async {
                 probe::count_video_packets(first, std::time::Duration::from_secs(60))
                     .await
                     .map_err(|e| TaskFailure::transient(format!("checking the chunk: {e}")))
             };
-            let got = frames().await?;
-            // The first frame's time after the seek point (a missing or unreadable log is
-            // reported below, where the log is stored).
-            let first = tokio::fs::read_to_string(&frame_log)
-                .await
-                .ok()
-                .and_then(|log| transcode::read_frame_log(&log, 0.0).first().copied());
-            if transcode::chunk_is_short(got, *duration_seconds, t.frame_rate)
-                || transcode::chunk_began_late(first, t.frame_rate)
-            {
-                // The container's seek lost frames (in MPEG-TS it can land on a later keyframe,
-                // or past every frame): decode from the start instead.
+            // The seek through the container's index, then, if it lost frames, one that lands
+            // well before the start (MPEG-TS has no index: its seek can land on a later
+            // keyframe, or past every frame), then a decode from the source's start.
+            let mut seek = ChunkSeek::Index;
+            loop {
+                run_ffmpeg(a, cancel, args(seek)).await?;
+                let got = frames().await?;
+                let next = match transcode::next_seek(seek, &t.input, *start_seconds) {
+                    Some(next) => next,
+                    None => {
+                        if got == 0 {
+                            return Err(TaskFailure {
+                                permanent: true,
+                                message: format!(
+                                    "the source has no video frames between {:.1} s and {:.1} s",
+                                    start_seconds,
+                                    start_seconds + duration_seconds
+                                ),
+                            });
+                        }
+                        break;
+                    }
+                };
+                // How late the first frame came (a missing or unreadable log is reported
+                // below, where the log is stored).
+                let expected = transcode::expected_first_frame(&t.input, *start_seconds, seek);
+                let late = tokio::fs::read_to_string(&frame_log)
+                    .await
+                    .ok()
+                    .and_then(|log| transcode::read_frame_log(&log, 0.0).first().copied())
+                    .map(|first| first - expected);
+                if !transcode::chunk_is_short(got, *duration_seconds, t.frame_rate)
+                    && !transcode::chunk_began_late(late, t.frame_rate)
+                {
+                    break;
+                }
                 tracing::warn!(
                     video = %t.video_id,
                     task = %a.key(),
                     frames = got,
-                    first_frame_seconds = first,
-                    "seeking the source lost frames; decoding this chunk from the start"
+                    late_seconds = late,
+                    "seeking the source lost frames ({seek:?}); encoding this chunk again ({next:?})"
                 );
-                seek = ChunkSeek::Decode;
-                run_ffmpeg(a, cancel, args(seek)).await?;
-                if frames().await? == 0 {
-                    return Err(TaskFailure {
-                        permanent: true,
-                        message: format!(
-                            "the source has no video frames between {:.1} s and {:.1} s",
-                            start_seconds,
-                            start_seconds + duration_seconds
-                        ),
-                    });
-                }
+                seek = next;
             }
             // The frames this decode produced, for the job's damage check: stored before the
             // chunks, so a chunk found stored always has its frame times beside it.

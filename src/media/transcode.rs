@@ -390,11 +390,47 @@ pub enum ChunkSeek {
     /// ffmpeg's input seek (`-ss` before `-i`) through the container's index, then decoding
     /// from the keyframe before the start: fast, and exact on MP4, MOV, Matroska and WebM.
     Index,
+    /// The same input seek, [`SEEK_BACK_SECONDS`] before the start, and the chunk's span cut
+    /// from what it decodes (`trim`, on the seek's clock): for a container whose seek can land
+    /// on the keyframe after its target (MPEG-TS has no index), landing a keyframe interval
+    /// early costs that much more decoding, never a decode of everything before the chunk.
+    /// Used when the index seek lost frames ([`chunk_is_short`], [`chunk_began_late`]).
+    Earlier,
     /// Decode from the start of the source and keep only the chunk's span (`trim`): slower
-    /// the later the chunk, but right on containers whose seeking can land past the start or
-    /// nowhere (MPEG-TS with sparse keyframes yields no frames at all). Used when
-    /// [`chunk_is_short`] says the index seek lost frames.
+    /// the later the chunk (a whole-source decode per chunk), but right whatever the seek
+    /// does. Used when the earlier seek lost frames too (keyframes further apart than
+    /// [`SEEK_BACK_SECONDS`], or a seek that lands nowhere).
     Decode,
+}
+
+/// How far before a chunk's start [`ChunkSeek::Earlier`] seeks, seconds: more than the
+/// keyframe interval of common encoders (x264's default is 250 frames, 10 s at 25 frames a
+/// second; broadcast streams use 0.5 to 2 s).
+pub const SEEK_BACK_SECONDS: f64 = 30.0;
+
+/// The `-ss` of [`ChunkSeek::Earlier`] for a chunk that starts `start` seconds after the first
+/// video frame, as written on the command line.
+fn earlier_seek(m: &InputMap, start: f64) -> f64 {
+    written((m.seek(start) - SEEK_BACK_SECONDS).max(0.0))
+}
+
+/// The seek to encode a chunk with after `seek` lost frames, for a chunk that starts `start`
+/// seconds after the first video frame: [`ChunkSeek::Earlier`] after [`ChunkSeek::Index`]
+/// where the chunk starts more than [`SEEK_BACK_SECONDS`] in (nearer the start, a decode from
+/// the start costs no more; and ffmpeg reads a file sought to 0 on the clock it uses without a
+/// seek, where an MPEG-TS counts from its video's first timestamp, not the file's), else
+/// [`ChunkSeek::Decode`]. `None` after a decode: nothing is left to try.
+pub fn next_seek(seek: ChunkSeek, m: &InputMap, start: f64) -> Option<ChunkSeek> {
+    match seek {
+        ChunkSeek::Index if earlier_seek(m, start) > 0.0 => Some(ChunkSeek::Earlier),
+        ChunkSeek::Index | ChunkSeek::Earlier => Some(ChunkSeek::Decode),
+        ChunkSeek::Decode => None,
+    }
+}
+
+/// `t` as ffmpeg reads it from the command line (6 decimals).
+fn written(t: f64) -> f64 {
+    (t * 1e6).round() / 1e6
 }
 
 /// Arguments to encode the video of one chunk for several renditions in one ffmpeg run, each
@@ -442,6 +478,17 @@ pub fn chunk_args(
                 format!("{read:.6}"),
             ]);
             None
+        }
+        ChunkSeek::Earlier => {
+            let ss = earlier_seek(m, start);
+            let at = written(from) - ss;
+            a.extend([
+                "-ss".into(),
+                format!("{ss:.6}"),
+                "-t".into(),
+                format!("{:.6}", at + read),
+            ]);
+            Some(format!("trim=start={at:.6}:end={:.6}", at + read))
         }
         ChunkSeek::Decode => {
             let at = m.decoded_start(start);
@@ -497,14 +544,24 @@ pub fn chunk_args(
 
 /// What to add to the times in a chunk's frame log ([`chunk_args`]) to count them from the
 /// file's first timestamp, seconds: the chunk's seek (`-ss`, which ffmpeg subtracts from
-/// every timestamp) for [`ChunkSeek::Index`], the video's start for [`ChunkSeek::Decode`]
-/// (its clock restarts at the first video frame).
+/// every timestamp) for [`ChunkSeek::Index`] and [`ChunkSeek::Earlier`], the video's start
+/// for [`ChunkSeek::Decode`] (its clock restarts at the first video frame).
 pub fn frame_log_offset(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
-    // As written on the command line.
-    let written = |t: f64| (t * 1e6).round() / 1e6;
     match seek {
         ChunkSeek::Index => written(m.seek(start)),
+        ChunkSeek::Earlier => earlier_seek(m, start),
         ChunkSeek::Decode => written(m.video_start_seconds),
+    }
+}
+
+/// Where a chunk's first frame belongs on the clock of its frame log (seconds; see
+/// [`chunk_began_late`]): at the seek point for [`ChunkSeek::Index`], at the cut for the
+/// others.
+pub fn expected_first_frame(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
+    match seek {
+        ChunkSeek::Index => 0.0,
+        ChunkSeek::Earlier => written(m.seek(start)) - earlier_seek(m, start),
+        ChunkSeek::Decode => m.decoded_start(start),
     }
 }
 
@@ -523,20 +580,21 @@ pub fn read_frame_log(text: &str, offset: f64) -> Vec<f64> {
 /// Whether a chunk encoded with [`ChunkSeek::Index`] holds too few frames for its span:
 /// fewer than 90 % of `duration` x `frame_rate` (the source's average rate; ffmpeg's
 /// constant-rate output never has fewer), less one. Such a chunk lost frames to the seek and
-/// is encoded again with [`ChunkSeek::Decode`].
+/// is encoded again with [`ChunkSeek::Earlier`], then [`ChunkSeek::Decode`].
 pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
     let expected = duration * frame_rate;
     expected.is_finite() && (frames as f64) < (0.9 * expected - 1.0).max(1.0)
 }
 
-/// Whether a chunk encoded with [`ChunkSeek::Index`] began late: its first decoded frame,
-/// `first_frame` seconds after the seek point (the first time of its frame log, read with no
-/// offset), comes more than two frame intervals at `frame_rate` (and at least 0.1 s) after it.
-/// MPEG-TS has no index, and ffmpeg's seek there can land on the keyframe after the chunk's
-/// start: the chunk then holds as many frames as its span (so [`chunk_is_short`] passes it), but
-/// from seconds later, and the published picture jumps ahead at the chunk's start and runs
-/// ahead of the sound to the end. No frame at all (`None`) is left to [`chunk_is_short`]. Such
-/// a chunk is encoded again with [`ChunkSeek::Decode`].
+/// Whether a chunk began late: its first decoded frame, `first_frame` seconds after where it
+/// belongs (the first time of its frame log, read with no offset, less
+/// [`expected_first_frame`]), comes more than two frame intervals at `frame_rate` (and at
+/// least 0.1 s) after it. MPEG-TS has no index, and ffmpeg's seek there can land on the
+/// keyframe after the chunk's start: the chunk then holds as many frames as its span (so
+/// [`chunk_is_short`] passes it), but from seconds later, and the published picture jumps
+/// ahead at the chunk's start and runs ahead of the sound to the end. No frame at all (`None`)
+/// is left to [`chunk_is_short`]. Such a chunk is encoded again with [`ChunkSeek::Earlier`],
+/// then [`ChunkSeek::Decode`].
 pub fn chunk_began_late(first_frame: Option<f64>, frame_rate: f64) -> bool {
     let interval = if frame_rate.is_finite() && frame_rate > 0.0 {
         1.0 / frame_rate
@@ -986,10 +1044,35 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");
+        // Landing well before the start: -ss 30 s earlier (never before 0), the span cut on
+        // the seek's clock.
+        let e = chunk(&m, 40.0, 4.0, 2, ChunkSeek::Earlier);
+        assert!(
+            e.contains("-ss 10.483333 -t 35.000000 -i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=30.000000:end=35.000000,split=2[log][dec]"),
+            "{e}"
+        );
+        assert_eq!(
+            next_seek(ChunkSeek::Index, &m, 40.0),
+            Some(ChunkSeek::Earlier)
+        );
+        assert_eq!(
+            next_seek(ChunkSeek::Index, &m, 4.0),
+            Some(ChunkSeek::Decode),
+            "no room to land earlier"
+        );
+        assert_eq!(
+            next_seek(ChunkSeek::Earlier, &m, 40.0),
+            Some(ChunkSeek::Decode)
+        );
+        assert_eq!(next_seek(ChunkSeek::Decode, &m, 40.0), None);
         // The frame log's times count from the seek with `-ss`, from the first video frame
-        // without.
+        // without; a chunk's first frame belongs at the seek point or at the cut.
         assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Index), 4.483333);
+        assert_eq!(frame_log_offset(&m, 40.0, ChunkSeek::Earlier), 10.483333);
         assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Decode), 0.5);
+        assert_eq!(expected_first_frame(&m, 4.0, ChunkSeek::Index), 0.0);
+        assert!((expected_first_frame(&m, 40.0, ChunkSeek::Earlier) - 30.0).abs() < 1e-9);
+        assert!((expected_first_frame(&m, 4.0, ChunkSeek::Decode) - 3.983333).abs() < 1e-6);
         assert_eq!(frame_log_offset(&m, 0.0, ChunkSeek::Index), 0.5);
         assert!(chunk_is_short(0, 4.0, 25.0));
         assert!(chunk_is_short(60, 4.0, 25.0));
