@@ -346,11 +346,17 @@ async fn idet(file: &Path) -> (u64, u64) {
     (count("TFF:") + count("BFF:"), count("Progressive:"))
 }
 
-/// SSIM (0..1, 1 = same picture) of `a` against `b` turned by `filter` and scaled to `size`.
-async fn ssim(a: &Path, b: &Path, filter: &str, size: (u64, u64)) -> f64 {
+/// SSIM (0..1, 1 = same picture) of `a` against `b` turned by `filter` and scaled to `size`,
+/// both counted from their first frame: the whole files' figure, and each frame's in order
+/// (a frame of `a` against the frame of the same number in `b`).
+async fn ssim_frames(a: &Path, b: &Path, filter: &str, size: (u64, u64)) -> (f64, Vec<f64>) {
+    let stats = a.with_extension("ssim.txt");
     let graph = format!(
-        "[1:v]{filter},scale={}:{}:flags=bicubic,setsar=1[ref];[0:v][ref]ssim",
-        size.0, size.1
+        "[1:v]{filter},scale={}:{}:flags=bicubic,setsar=1,setpts=PTS-STARTPTS[ref];\
+         [0:v]setpts=PTS-STARTPTS[out];[out][ref]ssim=stats_file={}",
+        size.0,
+        size.1,
+        stats.to_str().unwrap()
     );
     let err = ffmpeg_out(&[
         "-i",
@@ -365,46 +371,31 @@ async fn ssim(a: &Path, b: &Path, filter: &str, size: (u64, u64)) -> f64 {
         "-",
     ])
     .await;
-    let all = err.rsplit("All:").next().unwrap();
-    all.split_whitespace().next().unwrap().parse().unwrap()
+    let all = |text: &str| -> Option<f64> {
+        text.split("All:")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let whole = all(err.rsplit("Parsed_ssim").next().unwrap())
+        .unwrap_or_else(|| panic!("no SSIM in {err}"));
+    let text = std::fs::read_to_string(&stats).unwrap();
+    let frames: Vec<f64> = text.lines().filter_map(all).collect();
+    assert!(!frames.is_empty(), "no frame compared: {text}");
+    (whole, frames)
 }
 
-/// The lowest SSIM (0..1, 1 = same picture) of a frame of `a` against the frame of the same
-/// number in `b` scaled to `size`, both counted from their first frame.
+/// SSIM of `a` against `b` turned by `filter` and scaled to `size` ([`ssim_frames`]).
+async fn ssim(a: &Path, b: &Path, filter: &str, size: (u64, u64)) -> f64 {
+    ssim_frames(a, b, filter, size).await.0
+}
+
+/// The lowest SSIM of a frame of `a` against the frame of the same number in `b` scaled to
+/// `size` ([`ssim_frames`]).
 async fn lowest_frame_ssim(a: &Path, b: &Path, size: (u64, u64)) -> f64 {
-    let stats = a.with_extension("ssim.txt");
-    let graph = format!(
-        "[1:v]scale={}:{}:flags=bicubic,setsar=1,setpts=PTS-STARTPTS[ref];\
-         [0:v]setpts=PTS-STARTPTS[out];[out][ref]ssim=stats_file={}",
-        size.0,
-        size.1,
-        stats.to_str().unwrap()
-    );
-    ffmpeg_out(&[
-        "-i",
-        a.to_str().unwrap(),
-        "-i",
-        b.to_str().unwrap(),
-        "-filter_complex",
-        &graph,
-        "-f",
-        "null",
-        "-",
-    ])
-    .await;
-    let text = std::fs::read_to_string(&stats).unwrap();
-    let frames: Vec<f64> = text
-        .lines()
-        .filter_map(|l| {
-            l.split("All:")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .collect();
-    assert!(!frames.is_empty(), "no frame compared: {text}");
+    let (_, frames) = ssim_frames(a, b, "null", size).await;
     frames.into_iter().fold(f64::INFINITY, f64::min)
 }
 
