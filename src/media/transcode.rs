@@ -167,9 +167,14 @@ impl InputMap {
             // one, however its time rounds. Not half a frame: `trim` rounds its end to the
             // nearest tick of the frame rate, and half a frame rounds down onto the chunk's
             // own last frame (479 frames of 480 at 30 fps).
+            //
+            // `eof_action=pass` rounds the end of the input up, not to the nearest frame: at the
+            // end of a source whose video starts after its audio (an MP4 remuxed from MPEG-TS,
+            // video 21 ms later), ffmpeg's end of input fell less than half a frame after the
+            // last frame's start, and the default rounding dropped the source's last frame.
             let mut end = len;
             if self.frame_rate > 0.0 {
-                f.push(format!("fps={:.6}", self.frame_rate));
+                f.push(format!("fps={:.6}:eof_action=pass", self.frame_rate));
                 end -= 0.25 / self.frame_rate;
             }
             f.push(format!("trim=end={end:.6}"));
@@ -1030,7 +1035,7 @@ mod tests {
             "{c}"
         );
         assert!(
-            c.contains("[0:2]yadif=mode=send_frame:deint=all,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1[s0];[s0]scale=640:360"),
+            c.contains("[0:2]yadif=mode=send_frame:deint=all,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000:eof_action=pass,trim=end=3.991667,split=1[s0];[s0]scale=640:360"),
             "{c}"
         );
         let a = audio_args(Path::new("/s"), Path::new("/a.m4a"), 96, &m).join(" ");
@@ -1040,7 +1045,7 @@ mod tests {
         );
         let d = chunk(&m, 4.0, 4.0, 2, ChunkSeek::Decode);
         assert!(
-            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,trim=start=3.983333:end=8.983333,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000,trim=end=3.991667,split=1"),
+            d.contains("-i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,setpts=PTS-STARTPTS,trim=start=3.983333:end=8.983333,split=2[log][dec];[dec]setpts=PTS-STARTPTS,fps=30.000000:eof_action=pass,trim=end=3.991667,split=1"),
             "{d}"
         );
         assert!(!d.contains("-ss"), "{d}");

@@ -126,6 +126,20 @@ fn corpus() -> Vec<Entry> {
             },
         ),
         e(
+            // MPEG-TS with AAC remuxed to MP4 keeps the video 21 ms after the audio: the last
+            // chunk lost the source's last frame to the `fps` filter's rounding at the end.
+            "mp4-remuxed-from-ts",
+            "mp4",
+            &[
+                format!("{} {X264} -c:a aac -f mpegts {{d}}/remux.ts", av("320x240", 25, 9.0)),
+                "-i {d}/remux.ts -c copy {o}".into(),
+            ],
+            Expect {
+                same_frames: true,
+                ..small(9.0, true)
+            },
+        ),
+        e(
             "avi-mpeg4-mp3",
             "avi",
             &[format!("{} -c:v mpeg4 -q:v 5 -c:a libmp3lame {{o}}", av("320x240", 25, 5.0))],
