@@ -21,7 +21,7 @@ use crate::actors::{Assignment, Ctx, TaskFailure, TaskKind, TaskSpec};
 use crate::cluster::protocol::{failure_to_wire, TaskReport};
 use crate::media::playlist::{self, RenditionOutput, SegmentInfo};
 use crate::media::probe;
-use crate::media::transcode::{self, Cancel, ChunkSeek, TranscodeError, TranscodeSpec};
+use crate::media::transcode::{self, Cancel, TranscodeError, TranscodeSpec};
 use crate::storage::{keys, StorageError};
 
 /// The worker actor.
@@ -311,8 +311,9 @@ async fn transcode_and_store(
             };
             // The seek through the container's index, then, if it lost frames, one that lands
             // well before the start (MPEG-TS has no index: its seek can land on a later
-            // keyframe, or past every frame), then a decode from the source's start.
-            let mut seek = ChunkSeek::Index;
+            // keyframe, or past every frame), then a decode from the source's start. A source
+            // known to have no index starts at the second.
+            let mut seek = transcode::first_seek(&t.input, *start_seconds);
             loop {
                 run_ffmpeg(a, cancel, args(seek)).await?;
                 let got = frames().await?;

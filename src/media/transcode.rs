@@ -54,6 +54,21 @@ pub struct InputMap {
     /// that sits exactly on a boundary falls in one chunk, not in none or both, whatever the
     /// rounding of the source's time base.
     pub seek_margin_seconds: f64,
+    /// The container has no seek index (MPEG-TS, MPEG-PS: [`unindexed_format`]): ffmpeg's
+    /// seek lands at the target's place in the file and decoding starts at the next keyframe,
+    /// so a chunk is first encoded with [`ChunkSeek::Earlier`] (see [`first_seek`]). `false`
+    /// in tasks planned before this existed, which start with [`ChunkSeek::Index`].
+    pub unindexed: bool,
+}
+
+/// Whether ffprobe's container `format_name` is one without a seek index: MPEG-TS (`mpegts`,
+/// also M2TS) and MPEG-PS (`mpeg`: DVD VOB, camcorder MPG). Measured with ffmpeg 5.1 on
+/// sources with a keyframe every 10 s, a seek to 17.3 s there gave a first frame 2.7 s late;
+/// on MP4, MOV, Matroska, WebM, AVI, FLV and ASF, at most one frame.
+pub fn unindexed_format(format_name: &str) -> bool {
+    format_name
+        .split(',')
+        .any(|f| matches!(f.trim(), "mpegts" | "mpeg"))
 }
 
 impl InputMap {
@@ -72,6 +87,7 @@ impl InputMap {
             } else {
                 0.0
             },
+            unindexed: unindexed_format(&source.format),
         }
     }
 
@@ -430,6 +446,20 @@ pub fn next_seek(seek: ChunkSeek, m: &InputMap, start: f64) -> Option<ChunkSeek>
         ChunkSeek::Index if earlier_seek(m, start) > 0.0 => Some(ChunkSeek::Earlier),
         ChunkSeek::Index | ChunkSeek::Earlier => Some(ChunkSeek::Decode),
         ChunkSeek::Decode => None,
+    }
+}
+
+/// The seek to encode a chunk that starts `start` seconds after the first video frame with
+/// first: [`ChunkSeek::Index`], except in a container without an index
+/// ([`InputMap::unindexed`]), where the index seek lands on the keyframe after nearly every
+/// chunk's start and was encoded in vain before the retry ([`next_seek`] after it: the
+/// earlier seek, or a decode from the start for a chunk within [`SEEK_BACK_SECONDS`] of it).
+/// A 180 s MPEG-TS (keyframes every 10 s) encoded 21 chunks for its 12 that way.
+pub fn first_seek(m: &InputMap, start: f64) -> ChunkSeek {
+    if m.unindexed {
+        next_seek(ChunkSeek::Index, m, start).unwrap_or(ChunkSeek::Index)
+    } else {
+        ChunkSeek::Index
     }
 }
 
@@ -1070,6 +1100,28 @@ mod tests {
             Some(ChunkSeek::Decode)
         );
         assert_eq!(next_seek(ChunkSeek::Decode, &m, 40.0), None);
+        // A container with an index is sought through it first; one without starts where the
+        // index seek would have sent it after losing frames.
+        assert_eq!(first_seek(&m, 40.0), ChunkSeek::Index);
+        let ts = InputMap {
+            unindexed: true,
+            ..m.clone()
+        };
+        assert_eq!(first_seek(&ts, 40.0), ChunkSeek::Earlier);
+        assert_eq!(first_seek(&ts, 4.0), ChunkSeek::Decode);
+        assert_eq!(first_seek(&ts, 0.0), ChunkSeek::Decode);
+        for f in ["mpegts", "mpeg"] {
+            assert!(unindexed_format(f), "{f}");
+        }
+        for f in [
+            "mov,mp4,m4a,3gp,3g2,mj2",
+            "matroska,webm",
+            "avi",
+            "flv",
+            "asf",
+        ] {
+            assert!(!unindexed_format(f), "{f}");
+        }
         // The frame log's times count from the seek with `-ss`, from the first video frame
         // without; a chunk's first frame belongs at the seek point or at the cut.
         assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Index), 4.483333);

@@ -112,10 +112,10 @@ fn corpus() -> Vec<Entry> {
             small(9.0, true),
         ),
         e(
-            // A keyframe every 3 s: seeking to a chunk's start in MPEG-TS (no index) can land
-            // on the next keyframe, seconds late, with as many frames as the chunk needs; such
-            // a chunk is encoded again from a seek 30 s earlier (the chunks past 30 s) or a
-            // decode from the start. With AAC the video starts 21 ms after the file's first
+            // A keyframe every 3 s: seeking to a chunk's start in MPEG-TS (no index) lands on
+            // the next keyframe, seconds late, with as many frames as the chunk needs; so its
+            // chunks are encoded from a seek 30 s earlier (the chunks past 30 s) or a decode
+            // from the start, cut to their span. With AAC the video starts 21 ms after the file's first
             // timestamp (with MP2 10 ms), more than the chunk's seek margin.
             "mpegts-keyframes-3s",
             "ts",
