@@ -338,7 +338,13 @@ async fn validate(ctx: Ctx, video_id: String) -> Result<SourceInfo, ProbeError> 
     }
     let info = probe::probe(&path, Duration::from_secs(300)).await?;
     if !is_chunked(&ctx.processing, info.duration_seconds) {
-        probe::decode_check(&path, info.video_stream, Duration::from_secs(1800)).await?;
+        probe::decode_check(
+            &path,
+            info.video_stream,
+            info.video_start_seconds,
+            Duration::from_secs(1800),
+        )
+        .await?;
     }
     Ok(info)
 }
@@ -351,7 +357,9 @@ fn is_chunked(p: &crate::config::ProcessingConfig, duration_seconds: f64) -> boo
 }
 
 /// The damage check of a chunked source (module docs, step 4): the frame times stored by
-/// chunks `chunks` against the source's packets. Returns what it found, for the event log.
+/// chunks `chunks` against the source's packets from `from` on (seconds after the file's first
+/// timestamp: where the video starts, `SourceInfo::video_start_seconds`). Returns what it
+/// found, for the event log.
 ///
 /// Errors: [`ProbeError::Invalid`] naming the damaged span (from the full decode that
 /// confirms it); [`ProbeError::Tool`] when the store or ffprobe fails.
@@ -359,6 +367,7 @@ async fn check_damage(
     ctx: Ctx,
     video_id: String,
     stream: Option<u32>,
+    from: f64,
     chunks: Vec<usize>,
 ) -> Result<String, ProbeError> {
     let path = ctx
@@ -366,7 +375,7 @@ async fn check_damage(
         .source_path(&video_id, &ctx.scratch_dir)
         .await
         .map_err(|e| ProbeError::Tool(format!("cannot read the source: {e}")))?;
-    let full = || probe::decode_check(&path, stream, Duration::from_secs(1800));
+    let full = || probe::decode_check(&path, stream, from, Duration::from_secs(1800));
     let mut logs = Vec::new();
     for i in chunks {
         let times = ctx
@@ -389,6 +398,7 @@ async fn check_damage(
     else {
         return Ok("the source's packets carry no timestamps: not judged".into());
     };
+    packets.retain(|p| *p >= from - 0.001);
     packets.sort_by(f64::total_cmp);
     let frames: Vec<f64> = logs
         .iter()
@@ -745,8 +755,9 @@ impl JobActor {
                 .collect();
             let (ctx, id, me) = (state.ctx.clone(), state.video_id.clone(), myself.clone());
             let stream = state.source.as_ref().and_then(|s| s.video_stream);
+            let from = state.source.as_ref().map_or(0.0, |s| s.video_start_seconds);
             let task = tokio::spawn(async move {
-                let r = check_damage(ctx, id, stream, chunks).await;
+                let r = check_damage(ctx, id, stream, from, chunks).await;
                 let _ = me.cast(JobMsg::DamageChecked(r));
             });
             state.damage_task = Some(task.abort_handle());

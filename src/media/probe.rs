@@ -373,6 +373,16 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
     })
 }
 
+/// Whether ffprobe's container `format_name` is one without a seek index: MPEG-TS (`mpegts`,
+/// also M2TS) and MPEG-PS (`mpeg`: DVD VOB, camcorder MPG). Measured with ffmpeg 5.1 on
+/// sources with a keyframe every 10 s, a seek to 17.3 s there gave a first frame 2.7 s late;
+/// on MP4, MOV, Matroska, WebM, AVI, FLV and ASF, at most one frame.
+pub fn unindexed_format(format_name: &str) -> bool {
+    format_name
+        .split(',')
+        .any(|f| matches!(f.trim(), "mpegts" | "mpeg"))
+}
+
 /// Run ffprobe on `path` (async; killed if the future is dropped or after `timeout`) and judge
 /// the result with [`judge`].
 ///
@@ -392,7 +402,79 @@ pub async fn probe(path: &Path, timeout: Duration) -> Result<SourceInfo, ProbeEr
             &out.stderr,
         ))));
     }
-    judge(&String::from_utf8_lossy(&out.stdout))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let info = judge(&text)?;
+    if !unindexed_format(&info.format) {
+        return Ok(info);
+    }
+    // A recording cut out of a broadcast starts anywhere in a group of pictures: its first
+    // video packets reference pictures it does not hold, and no decoder shows them.
+    let file_start = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["format"]["start_time"].as_str()?.parse::<f64>().ok())
+        .filter(|t| t.is_finite())
+        .unwrap_or(0.0);
+    Ok(
+        match first_frame_time(path, info.video_stream, timeout).await? {
+            Some(first) => starting_at_first_frame(info, first - file_start),
+            None => info,
+        },
+    )
+}
+
+/// `info` with its video starting at `first` (seconds after the file's first timestamp), the
+/// time of the first video frame that decodes, when that comes more than half a frame after
+/// the stream's first packet: the video's start and length and the audio's offset are counted
+/// from there, so the renditions begin with that frame and the audio heard with it. Frames
+/// that never decode are not part of the video (the damage checks skip their packets: see
+/// [`decode_check`]'s `from`). A plain function of the probe's answers.
+pub fn starting_at_first_frame(mut info: SourceInfo, first: f64) -> SourceInfo {
+    let half_frame = if info.frame_rate > 0.0 {
+        0.5 / info.frame_rate
+    } else {
+        0.02
+    };
+    let lead = first - info.video_start_seconds;
+    if !lead.is_finite() || lead <= half_frame || lead >= info.duration_seconds {
+        return info;
+    }
+    info.video_start_seconds = first;
+    info.duration_seconds -= lead;
+    if info.has_audio {
+        info.audio_offset_seconds -= lead;
+    }
+    info
+}
+
+/// The presentation time of the first video frame that decodes from the start of a local
+/// file, seconds on the file's own clock (ffmpeg with `-copyts` stops after that frame: it
+/// decodes no further than the first keyframe). `None` when none decodes or the time cannot
+/// be read.
+///
+/// Errors: [`ProbeError::Tool`] when ffmpeg cannot run or times out.
+async fn first_frame_time(
+    path: &Path,
+    stream: Option<u32>,
+    timeout: Duration,
+) -> Result<Option<f64>, ProbeError> {
+    let map = stream.map_or_else(|| "0:v:0".to_string(), |i| format!("0:{i}"));
+    let mut cmd = tokio::process::Command::new("ffmpeg");
+    cmd.args(["-v", "quiet", "-nostdin", "-copyts", "-i"])
+        .arg(path)
+        .args(["-map", &map, "-frames:v", "1", "-c:v", "wrapped_avframe"])
+        .args(["-enc_time_base", "1/1000000", "-fps_mode", "passthrough"])
+        .args(["-f", "framecrc", "-"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| ProbeError::Tool(format!("ffmpeg took longer than {timeout:?}")))?
+        .map_err(|e| ProbeError::Tool(format!("{e} (is ffmpeg installed?)")))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.split(',').nth(1)?.trim().parse::<i64>().ok())
+        .map(|us| us as f64 / 1e6))
 }
 
 /// Run `ffprobe -v error ARGS path` (killed if the future is dropped or after `timeout`).
@@ -552,13 +634,17 @@ pub fn damage_message(spans: &[DamagedSpan], frames: usize) -> Option<String> {
 /// refused rather than published with frozen video (issue 10). One ffprobe pass lists every
 /// packet's and every decoded frame's timestamp; loop filtering is skipped (it cannot hide a
 /// bitstream error) and two threads decode: about 3 s for a minute of 1080p H.264 on two
-/// cores. Sources without usable timestamps are not judged.
+/// cores. Sources without usable timestamps are not judged. Packets before `from` (seconds
+/// after the file's first timestamp: [`SourceInfo::video_start_seconds`]) are not judged
+/// either: a recording that begins inside a group of pictures holds packets no decoder shows
+/// ([`starting_at_first_frame`]).
 ///
 /// Errors: [`ProbeError::Invalid`] naming the first damaged span ([`damage_message`]);
 /// [`ProbeError::Tool`] when ffprobe cannot run or times out.
 pub async fn decode_check(
     path: &Path,
     stream: Option<u32>,
+    from: f64,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     let select = stream_selector(stream);
@@ -570,14 +656,16 @@ pub async fn decode_check(
         "-select_streams",
         &select,
         "-show_entries",
-        "packet=pts_time,dts_time:frame=best_effort_timestamp_time",
+        "packet=pts_time,dts_time:frame=best_effort_timestamp_time:format=start_time",
         "-of",
         "csv",
     ];
     let out = ffprobe(&args, path, timeout).await?;
-    let Some(csv) = read_times(&String::from_utf8_lossy(&out.stdout)) else {
+    let Some(mut csv) = read_times(&String::from_utf8_lossy(&out.stdout)) else {
         return Ok(());
     };
+    let start = csv.start;
+    csv.packets.retain(|p| p - start >= from - 0.001);
     match damage_message(&damaged_spans(&csv.packets, &csv.frames), csv.packets.len()) {
         Some(m) => Err(ProbeError::Invalid(m)),
         None => Ok(()),
@@ -689,6 +777,53 @@ pub async fn count_video_packets(path: &Path, timeout: Duration) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recording that starts 0.56 s into a group of pictures begins at its first frame that
+    /// decodes, its audio cut to match; a start within half a frame of the first packet (or a
+    /// time that makes no sense) changes nothing.
+    #[test]
+    fn a_recording_cut_inside_a_group_of_pictures_starts_at_its_first_decoded_frame() {
+        let ts = SourceInfo {
+            format: "mpegts".into(),
+            duration_seconds: 34.5,
+            frame_rate: 25.0,
+            video_start_seconds: 0.042667,
+            audio_offset_seconds: -0.042667,
+            ..SourceInfo::example()
+        };
+        let s = starting_at_first_frame(ts.clone(), 0.602667);
+        assert!((s.video_start_seconds - 0.602667).abs() < 1e-9);
+        assert!((s.duration_seconds - 33.94).abs() < 1e-9);
+        assert!((s.audio_offset_seconds + 0.602667).abs() < 1e-9);
+        for first in [0.042667, 0.05, f64::NAN, 40.0] {
+            assert_eq!(starting_at_first_frame(ts.clone(), first), ts, "{first}");
+        }
+        let silent = SourceInfo {
+            has_audio: false,
+            audio_offset_seconds: 0.0,
+            ..ts.clone()
+        };
+        assert_eq!(
+            starting_at_first_frame(silent, 0.602667).audio_offset_seconds,
+            0.0
+        );
+    }
+
+    #[test]
+    fn mpeg_ts_and_ps_are_the_containers_without_a_seek_index() {
+        for f in ["mpegts", "mpeg"] {
+            assert!(unindexed_format(f), "{f}");
+        }
+        for f in [
+            "mov,mp4,m4a,3gp,3g2,mj2",
+            "matroska,webm",
+            "avi",
+            "flv",
+            "asf",
+        ] {
+            assert!(!unindexed_format(f), "{f}");
+        }
+    }
 
     fn at(n: std::ops::Range<u32>) -> Vec<f64> {
         n.map(|i| 10.0 + i as f64 / 30.0).collect()

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::media::ladder::Rendition;
 use crate::media::playlist::{INIT_NAME, MEDIA_PLAYLIST_NAME};
-use crate::media::probe::SourceInfo;
+use crate::media::probe::{unindexed_format, SourceInfo};
 
 /// How every task of one video reads its source, decided once from the probe so that every
 /// chunk, the audio and every rendition agree on one timeline whose zero is the source's first
@@ -54,21 +54,11 @@ pub struct InputMap {
     /// that sits exactly on a boundary falls in one chunk, not in none or both, whatever the
     /// rounding of the source's time base.
     pub seek_margin_seconds: f64,
-    /// The container has no seek index (MPEG-TS, MPEG-PS: [`unindexed_format`]): ffmpeg's
+    /// The container has no seek index (MPEG-TS, MPEG-PS: `probe::unindexed_format`): ffmpeg's
     /// seek lands at the target's place in the file and decoding starts at the next keyframe,
     /// so a chunk is first encoded with [`ChunkSeek::Earlier`] (see [`first_seek`]). `false`
     /// in tasks planned before this existed, which start with [`ChunkSeek::Index`].
     pub unindexed: bool,
-}
-
-/// Whether ffprobe's container `format_name` is one without a seek index: MPEG-TS (`mpegts`,
-/// also M2TS) and MPEG-PS (`mpeg`: DVD VOB, camcorder MPG). Measured with ffmpeg 5.1 on
-/// sources with a keyframe every 10 s, a seek to 17.3 s there gave a first frame 2.7 s late;
-/// on MP4, MOV, Matroska, WebM, AVI, FLV and ASF, at most one frame.
-pub fn unindexed_format(format_name: &str) -> bool {
-    format_name
-        .split(',')
-        .any(|f| matches!(f.trim(), "mpegts" | "mpeg"))
 }
 
 impl InputMap {
@@ -1110,18 +1100,6 @@ mod tests {
         assert_eq!(first_seek(&ts, 40.0), ChunkSeek::Earlier);
         assert_eq!(first_seek(&ts, 4.0), ChunkSeek::Decode);
         assert_eq!(first_seek(&ts, 0.0), ChunkSeek::Decode);
-        for f in ["mpegts", "mpeg"] {
-            assert!(unindexed_format(f), "{f}");
-        }
-        for f in [
-            "mov,mp4,m4a,3gp,3g2,mj2",
-            "matroska,webm",
-            "avi",
-            "flv",
-            "asf",
-        ] {
-            assert!(!unindexed_format(f), "{f}");
-        }
         // The frame log's times count from the seek with `-ss`, from the first video frame
         // without; a chunk's first frame belongs at the seek point or at the cut.
         assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Index), 4.483333);

@@ -126,6 +126,26 @@ fn corpus() -> Vec<Entry> {
             },
         ),
         e(
+            // A recording cut out of a broadcast at any byte: it starts 0.56 s (14 frames)
+            // before its first keyframe, in packets no decoder shows. The video begins at the
+            // keyframe, the source's 6.0 s, and the tone that starts at the source's 9.0 s is
+            // heard 3.0 s in. Before, the chunks decoded from the start put that keyframe at
+            // 0 s, 0.56 s early, and the next chunk repeated 0.56 s of picture.
+            "mpegts-cut-mid-gop",
+            "ts",
+            &[
+                format!(
+                    "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i aevalsrc=if(gte(t\\,9)\\,sin(2*PI*440*t)\\,0):s=48000 -t 20 {X264} -g 75 -c:a aac -f mpegts {{d}}/broadcast.ts"
+                ),
+                "-ss 5.5 -i {d}/broadcast.ts -c copy -copyinkf -f mpegts {o}".into(),
+            ],
+            Expect {
+                same_frames: true,
+                tone_at: Some(3.0),
+                ..small(14.0, true)
+            },
+        ),
+        e(
             // MPEG-TS with AAC remuxed to MP4 keeps the video 21 ms after the audio: the last
             // chunk lost the source's last frame to the `fps` filter's rounding at the end.
             "mp4-remuxed-from-ts",
