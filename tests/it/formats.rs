@@ -146,6 +146,23 @@ fn corpus() -> Vec<Entry> {
             },
         ),
         e(
+            // The same, shorter than a chunk: encoded in one pass per rendition, and judged by
+            // validation's whole decode, which skips the packets before the first keyframe.
+            "mpegts-cut-mid-gop-short",
+            "ts",
+            &[
+                format!(
+                    "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i aevalsrc=if(gte(t\\,5)\\,sin(2*PI*440*t)\\,0):s=48000 -t 6.5 {X264} -g 75 -c:a aac -f mpegts {{d}}/broadcast-short.ts"
+                ),
+                "-ss 2.5 -i {d}/broadcast-short.ts -c copy -copyinkf -f mpegts {o}".into(),
+            ],
+            Expect {
+                same_frames: true,
+                tone_at: Some(2.0),
+                ..small(3.5, true)
+            },
+        ),
+        e(
             // MPEG-TS with AAC remuxed to MP4 keeps the video 21 ms after the audio: the last
             // chunk lost the source's last frame to the `fps` filter's rounding at the end.
             "mp4-remuxed-from-ts",
