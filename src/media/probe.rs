@@ -3,7 +3,9 @@
 //! Exit status 0 is not enough (design brief section 8): a text file can probe as format `tty`
 //! with codec `ansi`, and a truncated MP4 whose `moov` box comes first probes with its whole
 //! duration and frame count. So the container format and codecs are whitelisted, and the packets
-//! actually present are counted against the frames the header promises.
+//! actually present are counted against the frames the header promises. A container without a
+//! seek index (MPEG-TS, MPEG-PS) also has its first frame decoded once: a recording cut out of
+//! a broadcast starts where that frame does, not at its first packet.
 
 use std::path::Path;
 use std::time::Duration;
