@@ -611,7 +611,7 @@ pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
     expected.is_finite() && (frames as f64) < (0.9 * expected - 1.0).max(1.0)
 }
 
-/// Whether a chunk began late: its first decoded frame, `first_frame` seconds after where it
+/// Whether a chunk began late: its first decoded frame, `late` seconds after where it
 /// belongs (the first time of its frame log, read with no offset, less
 /// [`expected_first_frame`]), comes more than two frame intervals at `frame_rate` (and at
 /// least 0.1 s) after it. MPEG-TS has no index, and ffmpeg's seek there can land on the
@@ -620,13 +620,13 @@ pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
 /// ahead at the chunk's start and runs ahead of the sound to the end. No frame at all (`None`)
 /// is left to [`chunk_is_short`]. Such a chunk is encoded again with [`ChunkSeek::Earlier`],
 /// then [`ChunkSeek::Decode`].
-pub fn chunk_began_late(first_frame: Option<f64>, frame_rate: f64) -> bool {
+pub fn chunk_began_late(late: Option<f64>, frame_rate: f64) -> bool {
     let interval = if frame_rate.is_finite() && frame_rate > 0.0 {
         1.0 / frame_rate
     } else {
         0.0
     };
-    first_frame.is_some_and(|t| t > (2.0 * interval).max(0.1))
+    late.is_some_and(|t| t > (2.0 * interval).max(0.1))
 }
 
 /// A rendition's size with square pixels: the last filter of every encode.
