@@ -394,11 +394,11 @@ async fn check_damage(
             }
         }
     }
-    let Some(mut packets) = probe::packet_times(&path, stream, Duration::from_secs(300)).await?
+    let Some(mut packets) =
+        probe::packet_times(&path, stream, from, Duration::from_secs(300)).await?
     else {
         return Ok("the source's packets carry no timestamps: not judged".into());
     };
-    packets.retain(|p| *p >= from - 0.001);
     packets.sort_by(f64::total_cmp);
     let frames: Vec<f64> = logs
         .iter()

@@ -250,6 +250,12 @@ fn pick<'a>(streams: &'a [Stream], kind: &str) -> Option<&'a Stream> {
 /// reel accepts, there is no video stream (audio only), no duration, or fewer packets than the
 /// header promises (truncated).
 pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
+    judged(json).map(|(info, _)| info)
+}
+
+/// [`judge`], with the file's first timestamp (ffprobe's format `start_time`, seconds; 0 when
+/// it has none) beside the answer.
+fn judged(json: &str) -> Result<(SourceInfo, f64), ProbeError> {
     let probe: Probe = serde_json::from_str(json)
         .map_err(|_| ProbeError::Invalid("the file could not be read as a video".into()))?;
     let format = probe
@@ -347,7 +353,7 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
         video.field_order.as_deref(),
         Some("tt" | "bb" | "tb" | "bt")
     );
-    Ok(SourceInfo {
+    let info = SourceInfo {
         format: format.format_name.clone(),
         duration_seconds: duration,
         width,
@@ -372,7 +378,8 @@ pub fn judge(json: &str) -> Result<SourceInfo, ProbeError> {
         interlaced,
         sample_aspect_ratio: ratio(&video.sample_aspect_ratio).unwrap_or(1.0),
         audio_channels: audio.and_then(|a| a.channels),
-    })
+    };
+    Ok((info, file_start))
 }
 
 /// Whether ffprobe's container `format_name` is one without a seek index: MPEG-TS (`mpegts`,
@@ -404,18 +411,12 @@ pub async fn probe(path: &Path, timeout: Duration) -> Result<SourceInfo, ProbeEr
             &out.stderr,
         ))));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let info = judge(&text)?;
+    let (info, file_start) = judged(&String::from_utf8_lossy(&out.stdout))?;
     if !unindexed_format(&info.format) {
         return Ok(info);
     }
     // A recording cut out of a broadcast starts anywhere in a group of pictures: its first
     // video packets reference pictures it does not hold, and no decoder shows them.
-    let file_start = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["format"]["start_time"].as_str()?.parse::<f64>().ok())
-        .filter(|t| t.is_finite())
-        .unwrap_or(0.0);
     Ok(
         match first_frame_time(path, info.video_stream, timeout).await? {
             Some(first) => starting_at_first_frame(info, first - file_start),
@@ -663,11 +664,10 @@ pub async fn decode_check(
         "csv",
     ];
     let out = ffprobe(&args, path, timeout).await?;
-    let Some(mut csv) = read_times(&String::from_utf8_lossy(&out.stdout)) else {
+    let Some(csv) = read_times(&String::from_utf8_lossy(&out.stdout)) else {
         return Ok(());
     };
-    let start = csv.start;
-    csv.packets.retain(|p| p - start >= from - 0.001);
+    let csv = csv.since_video_start(from);
     match damage_message(&damaged_spans(&csv.packets, &csv.frames), csv.packets.len()) {
         Some(m) => Err(ProbeError::Invalid(m)),
         None => Ok(()),
@@ -689,6 +689,18 @@ struct Times {
     frames: Vec<f64>,
     /// The `format,{start_time}` line's time; 0 when absent or `N/A`.
     start: f64,
+}
+
+impl Times {
+    /// Without the packets before `from` (seconds after the file's first timestamp, 1 ms of
+    /// rounding allowed): where the video starts ([`SourceInfo::video_start_seconds`]), so
+    /// that packets no decoder shows, before a cut recording's first keyframe, are not judged
+    /// ([`starting_at_first_frame`]).
+    fn since_video_start(mut self, from: f64) -> Self {
+        let start = self.start;
+        self.packets.retain(|p| p - start >= from - 0.001);
+        self
+    }
 }
 
 /// Read [`Times`] from ffprobe's csv; `None` when a packet has neither timestamp (such a
@@ -716,13 +728,14 @@ fn read_times(text: &str) -> Option<Times> {
 /// when it has none), in file order: what ffmpeg's timestamps count from (`-ss` counts from
 /// there), so they compare with a chunk's frame log (`media::transcode::read_frame_log`).
 /// Reads the container only, decodes nothing: a fraction of a second for a minute of 1080p.
-/// `None` when a packet has no timestamp at all (such a source is not judged, as in
-/// [`decode_check`]).
+/// Packets before `from` are left out, as in [`decode_check`]. `None` when a packet has no
+/// timestamp at all (such a source is not judged, as in [`decode_check`]).
 ///
 /// Errors: [`ProbeError::Tool`] when ffprobe cannot run, times out or fails.
 pub async fn packet_times(
     path: &Path,
     stream: Option<u32>,
+    from: f64,
     timeout: Duration,
 ) -> Result<Option<Vec<f64>>, ProbeError> {
     let select = stream_selector(stream);
@@ -741,7 +754,8 @@ pub async fn packet_times(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(read_times(&String::from_utf8_lossy(&out.stdout)).map(from_start))
+    Ok(read_times(&String::from_utf8_lossy(&out.stdout))
+        .map(|t| from_start(t.since_video_start(from))))
 }
 
 /// [`packet_times`]'s answer: the packets' times less the file's start.
@@ -869,6 +883,17 @@ mod tests {
         let unknown_start = read_times("packet,2.0,2.0\nformat,N/A\n").map(from_start);
         assert_eq!(unknown_start, Some(vec![2.0]));
         assert_eq!(read_times("packet,N/A,N/A\nformat,0.0\n"), None);
+    }
+
+    /// Packets before the video's start (seconds after the file's first timestamp) are left
+    /// out of both damage checks; one within 1 ms of it is kept.
+    #[test]
+    fn packets_before_the_first_decodable_frame_are_not_judged() {
+        let csv = "packet,1.400000,1.400000\npacket,1.440000,1.440000\npacket,1.960000,1.960000\n\
+                   packet,2.000000,2.000000\nformat,1.400000\n";
+        let t = read_times(csv).unwrap().since_video_start(0.5605);
+        assert_eq!(t.packets, vec![1.96, 2.0]);
+        assert_eq!(t.start, 1.4);
     }
 
     #[test]
