@@ -313,10 +313,13 @@ async fn transcode_and_store(
             // well before the start (MPEG-TS has no index: its seek can land on a later
             // keyframe, or past every frame), then a decode from the source's start. A source
             // known to have no index starts at the second.
+            // Each encode's frame log is read once: for how late its first frame came, then
+            // (the last encode's) for the damage check.
             let mut seek = transcode::first_seek(&t.input, *start_seconds);
-            loop {
+            let log = loop {
                 run_ffmpeg(a, cancel, args(seek)).await?;
                 let got = frames().await?;
+                let log = tokio::fs::read_to_string(&frame_log).await;
                 let next = match transcode::next_seek(seek, &t.input, *start_seconds) {
                     Some(next) => next,
                     None => {
@@ -330,21 +333,21 @@ async fn transcode_and_store(
                                 ),
                             });
                         }
-                        break;
+                        break log;
                     }
                 };
                 // How late the first frame came (a missing or unreadable log is reported
                 // below, where the log is stored).
                 let expected = transcode::expected_first_frame(&t.input, *start_seconds, seek);
-                let late = tokio::fs::read_to_string(&frame_log)
-                    .await
+                let late = log
+                    .as_deref()
                     .ok()
-                    .and_then(|log| transcode::read_frame_log(&log, 0.0).first().copied())
+                    .and_then(|log| transcode::read_frame_log(log, 0.0).first().copied())
                     .map(|first| first - expected);
                 if !transcode::chunk_is_short(got, *duration_seconds, t.frame_rate)
                     && !transcode::chunk_began_late(late, t.frame_rate)
                 {
-                    break;
+                    break log;
                 }
                 tracing::warn!(
                     video = %t.video_id,
@@ -354,12 +357,10 @@ async fn transcode_and_store(
                     "seeking the source lost frames ({seek:?}); encoding this chunk again ({next:?})"
                 );
                 seek = next;
-            }
+            };
             // The frames this decode produced, for the job's damage check: stored before the
             // chunks, so a chunk found stored always has its frame times beside it.
-            let log = tokio::fs::read_to_string(&frame_log)
-                .await
-                .map_err(|e| io("ffmpeg wrote no frame log", &e))?;
+            let log = log.map_err(|e| io("ffmpeg wrote no frame log", &e))?;
             let offset = transcode::frame_log_offset(&t.input, *start_seconds, seek);
             let times = transcode::read_frame_log(&log, offset);
             let json = serde_json::to_vec(&times).map_err(|e| io("the frame times", &e))?;
