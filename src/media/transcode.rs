@@ -602,10 +602,10 @@ pub fn read_frame_log(text: &str, offset: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Whether a chunk encoded with [`ChunkSeek::Index`] holds too few frames for its span:
-/// fewer than 90 % of `duration` x `frame_rate` (the source's average rate; ffmpeg's
-/// constant-rate output never has fewer), less one. Such a chunk lost frames to the seek and
-/// is encoded again with [`ChunkSeek::Earlier`], then [`ChunkSeek::Decode`].
+/// Whether a chunk holds too few frames for its span: fewer than 90 % of `duration` x
+/// `frame_rate` (the source's average rate; ffmpeg's constant-rate output never has fewer),
+/// less one. Such a chunk lost frames to its seek and is encoded again with the next one
+/// ([`next_seek`]: [`ChunkSeek::Earlier`], then [`ChunkSeek::Decode`]).
 pub fn chunk_is_short(frames: u64, duration: f64, frame_rate: f64) -> bool {
     let expected = duration * frame_rate;
     expected.is_finite() && (frames as f64) < (0.9 * expected - 1.0).max(1.0)

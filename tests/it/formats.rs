@@ -64,6 +64,19 @@ fn av(size: &str, rate: u32, seconds: f64) -> String {
 
 const X264: &str = "-c:v libx264 -preset ultrafast";
 
+/// The steps of a recording cut out of a broadcast: an MPEG-TS named `name` in the corpus
+/// directory, `seconds` long, a keyframe every 3 s and a tone from `tone_from` seconds on; then
+/// its packets from `cut_at` seconds on, copied as they are (`-copyinkf`: from inside a group
+/// of pictures, not from the next keyframe).
+fn broadcast_cut(name: &str, seconds: f64, tone_from: f64, cut_at: f64) -> Vec<String> {
+    vec![
+        format!(
+            "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i aevalsrc=if(gte(t\\,{tone_from})\\,sin(2*PI*440*t)\\,0):s=48000 -t {seconds} {X264} -g 75 -c:a aac -f mpegts {{d}}/{name}.ts"
+        ),
+        format!("-ss {cut_at} -i {{d}}/{name}.ts -c copy -copyinkf -f mpegts {{o}}"),
+    ]
+}
+
 fn corpus() -> Vec<Entry> {
     let e = |name, ext, make: &[String], expect| Entry {
         name,
@@ -115,8 +128,8 @@ fn corpus() -> Vec<Entry> {
             // A keyframe every 3 s: seeking to a chunk's start in MPEG-TS (no index) lands on
             // the next keyframe, seconds late, with as many frames as the chunk needs; so its
             // chunks are encoded from a seek 30 s earlier (the chunks past 30 s) or a decode
-            // from the start, cut to their span. With AAC the video starts 21 ms after the file's first
-            // timestamp (with MP2 10 ms), more than the chunk's seek margin.
+            // from the start, cut to their span. With AAC the video starts 21 ms after the
+            // file's first timestamp (with MP2 10 ms), more than the chunk's seek margin.
             "mpegts-keyframes-3s",
             "ts",
             &[format!("{} {X264} -g 75 -c:a aac -f mpegts {{o}}", av("320x240", 25, 40.0))],
@@ -133,12 +146,7 @@ fn corpus() -> Vec<Entry> {
             // 0 s, 0.56 s early, and the next chunk repeated 0.56 s of picture.
             "mpegts-cut-mid-gop",
             "ts",
-            &[
-                format!(
-                    "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i aevalsrc=if(gte(t\\,9)\\,sin(2*PI*440*t)\\,0):s=48000 -t 20 {X264} -g 75 -c:a aac -f mpegts {{d}}/broadcast.ts"
-                ),
-                "-ss 5.5 -i {d}/broadcast.ts -c copy -copyinkf -f mpegts {o}".into(),
-            ],
+            &broadcast_cut("broadcast", 20.0, 9.0, 5.5),
             Expect {
                 same_frames: true,
                 tone_at: Some(3.0),
@@ -150,12 +158,7 @@ fn corpus() -> Vec<Entry> {
             // validation's whole decode, which skips the packets before the first keyframe.
             "mpegts-cut-mid-gop-short",
             "ts",
-            &[
-                format!(
-                    "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i aevalsrc=if(gte(t\\,5)\\,sin(2*PI*440*t)\\,0):s=48000 -t 6.5 {X264} -g 75 -c:a aac -f mpegts {{d}}/broadcast-short.ts"
-                ),
-                "-ss 2.5 -i {d}/broadcast-short.ts -c copy -copyinkf -f mpegts {o}".into(),
-            ],
+            &broadcast_cut("broadcast-short", 6.5, 5.0, 2.5),
             Expect {
                 same_frames: true,
                 tone_at: Some(2.0),
