@@ -61,7 +61,7 @@ use crate::storage::Storage;
 /// only now and then: those requests wait behind later ones, and the latency's tail grows
 /// (tokio's `Builder::max_io_events_per_busy_tick` documentation). Events beyond the batch
 /// stay in the kernel until the next poll. Measured in `docs/performance.md`, P1.
-const IO_EVENTS_PER_TICK: usize = 128;
+pub(crate) const IO_EVENTS_PER_TICK: usize = 128;
 
 /// Most I/O events a worker takes when it polls between tasks it still has to run: a small
 /// batch, so that newly ready connections queue behind the ones already waiting.

@@ -388,7 +388,7 @@ impl SessionHandle {
         // finds segment j in flight and starts no second read-ahead of it.
         let started = Instant::now();
         let read = self.streaming.cache.get(&self.ctx.storage, &key);
-        tokio::spawn(async move {
+        self.streaming.tasks.spawn(async move {
             let res = read.await;
             drop(permit);
             let mut r = this.record(PlaybackEvent::PrefetchResult, &tag, j);

@@ -362,12 +362,14 @@ pub async fn serve(
     let service = Service {
         warp: hyper_util::service::TowerToHyperService::new(warp::service(routes(app.clone()))),
         app,
+        node_runtime: tokio::runtime::Handle::current(),
     };
     listener::serve_connections(
         listener,
         admission,
         listener::http1_builder(&limits),
         service,
+        listener::connection_threads(),
         shutdown,
     )
     .await;
@@ -375,10 +377,19 @@ pub async fn serve(
 
 /// The node's HTTP service: a request [`stream::fast_route`] takes goes straight to its
 /// handler; every other request goes through warp's [`routes`].
+///
+/// Connections are served on the listener's connection threads ([`listener::serve_connections`]),
+/// but the node's actors, uploads and reads belong on the node's runtime, in its supervision
+/// tree, whatever connection asked for them: so only a cache hit ([`stream::serve_hit`]),
+/// which never waits, is answered on the connection's thread, and every other request's
+/// handler is spawned on `node_runtime` (and aborted if the connection drops it, as it would
+/// be dropped in place).
 #[derive(Clone)]
 struct Service<W> {
     app: App,
     warp: W,
+    /// The runtime the node runs on (the one `serve` was called on).
+    node_runtime: tokio::runtime::Handle,
 }
 
 impl<W> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service<W>
@@ -405,14 +416,126 @@ where
                     return Box::pin(std::future::ready(Ok(r.into_response())));
                 }
                 let app = self.app.clone();
-                Box::pin(async move { Ok(stream::serve_fast(app, fast).await.into_response()) })
+                on_node_runtime(&self.node_runtime, async move {
+                    Ok(stream::serve_fast(app, fast).await.into_response())
+                })
             }
-            Err(req) => Box::pin(self.warp.call(req)),
+            Err(req) => on_node_runtime(&self.node_runtime, self.warp.call(req)),
         }
     }
+}
+
+/// `handler` run as a task of `runtime`, its answer awaited where the connection runs; the
+/// task is aborted when the connection drops the returned future (the client went away), as
+/// the handler would be dropped if it ran in place. A handler that panicked answers `500`.
+fn on_node_runtime<F>(
+    runtime: &tokio::runtime::Handle,
+    handler: F,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<warp::reply::Response, Infallible>> + Send>,
+>
+where
+    F: std::future::Future<Output = Result<warp::reply::Response, Infallible>> + Send + 'static,
+{
+    let task = tokio_util::task::AbortOnDropHandle::new(runtime.spawn(handler));
+    Box::pin(async move {
+        match task.await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!("request handler failed: {e}");
+                let answer = json!({ "error": "the request's handler failed" });
+                Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, &answer).into_response())
+            }
+        }
+    })
 }
 
 /// The address a listener is bound to, for logs.
 pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
     listener.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime standing for a node's, its workers named so a test can tell where a task ran.
+    fn node_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("node-runtime")
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Run `f` on a thread of its own with a single-threaded runtime, as a connection thread.
+    fn on_connection_thread<T: Send + 'static>(
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        std::thread::Builder::new()
+            .name("reel-conn-0".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    /// A handler asked for on a connection thread runs on the node's runtime, and its answer
+    /// comes back to the connection.
+    #[test]
+    fn a_handler_runs_on_the_node_runtime() {
+        let node = node_runtime();
+        let handle = node.handle().clone();
+        let answer = on_connection_thread(async move {
+            on_node_runtime(&handle, async {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                Ok(Response::new(Bytes::from(name)).into_response())
+            })
+            .await
+            .unwrap()
+        });
+        let body =
+            futures::executor::block_on(http_body_util::BodyExt::collect(answer.into_body()))
+                .unwrap()
+                .to_bytes();
+        assert_eq!(body, "node-runtime");
+    }
+
+    /// A connection that goes away drops its request's future; the handler on the node's
+    /// runtime is then stopped, as it would be were it running in place.
+    #[test]
+    fn a_dropped_request_stops_its_handler() {
+        let node = node_runtime();
+        let handle = node.handle().clone();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+        /// Says when the handler's future is dropped.
+        struct Tell(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Tell {
+            fn drop(&mut self) {
+                let _ = self.0.take().map(|t| t.send(()));
+            }
+        }
+        on_connection_thread(async move {
+            let request = on_node_runtime(&handle, async move {
+                let _tell = Tell(Some(dropped_tx));
+                started_tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+                unreachable!()
+            });
+            started.await.unwrap();
+            drop(request);
+            tokio::time::timeout(std::time::Duration::from_secs(10), dropped)
+                .await
+                .expect("the handler is stopped once its request is dropped")
+                .unwrap();
+        });
+    }
 }

@@ -74,6 +74,8 @@ pub struct SegmentCache {
     joined: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    /// Where reads run: the runtime current when the cache was made (the node's).
+    tasks: super::NodeTasks,
 }
 
 impl std::fmt::Debug for SegmentCache {
@@ -86,7 +88,8 @@ impl std::fmt::Debug for SegmentCache {
 }
 
 impl SegmentCache {
-    /// A cache holding at most `budget_bytes` bytes of objects.
+    /// A cache holding at most `budget_bytes` bytes of objects, whose reads run on the current
+    /// runtime.
     pub fn new(budget_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             budget_bytes,
@@ -99,6 +102,7 @@ impl SegmentCache {
             joined: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            tasks: super::NodeTasks::current(),
         })
     }
 
@@ -179,7 +183,7 @@ impl SegmentCache {
         let cache = self.clone();
         let storage = storage.clone();
         let key = key.to_string();
-        let task = tokio::spawn(async move {
+        let task = self.tasks.spawn(async move {
             let res = storage.get_servable(&key).await;
             cache.complete(&key, &res);
             res.map_err(Arc::new)

@@ -26,6 +26,35 @@ use crate::storage::playback::{PlaybackLog, RenditionTag};
 use self::cache::SegmentCache;
 use self::session::{ClusterView, SingleNode};
 
+/// Where the streaming side's own tasks run (a cache read, a read-ahead): on the runtime that
+/// was current when their owner ([`Streaming`], [`SegmentCache`]) was made, the node's, even
+/// when the request that starts them is answered on one of the listener's connection threads
+/// (`http::listener::serve_connections`). A task must not end with the connection's thread, nor
+/// take that thread's time from the connections it serves.
+#[derive(Debug, Clone)]
+pub struct NodeTasks(Option<tokio::runtime::Handle>);
+
+impl NodeTasks {
+    /// The current runtime's tasks; outside any runtime (a plain unit test), `spawn` uses the
+    /// caller's runtime.
+    pub fn current() -> Self {
+        Self(tokio::runtime::Handle::try_current().ok())
+    }
+
+    /// Spawn `task` on the node's runtime. Panics as `tokio::spawn` does when there is no
+    /// runtime to spawn on at all.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+}
+
 /// What a session needs to know about one rendition of a ready video.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenditionInfo {
@@ -97,6 +126,8 @@ pub struct Streaming {
     pub prefetch_slots: Arc<tokio::sync::Semaphore>,
     /// The playback log (JSON lines and SQLite).
     pub log: PlaybackLog,
+    /// Where read-ahead tasks run: the node's runtime.
+    pub tasks: NodeTasks,
     /// What this node knows about the cluster, for [`session::route_session`].
     cluster: Arc<RwLock<Arc<dyn ClusterView>>>,
     /// Renditions of ready videos, by id (bounded; a fact that never changes).
@@ -121,6 +152,7 @@ impl Streaming {
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(config.max_prefetches)),
             config,
             log,
+            tasks: NodeTasks::current(),
             cluster: Arc::new(RwLock::new(Arc::new(SingleNode {
                 node_id: node_id.to_string(),
             }))),
@@ -158,5 +190,38 @@ impl Streaming {
             .unwrap_or_else(|p| p.into_inner())
             .put(info.video_id.clone(), info.clone());
         info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeTasks;
+
+    /// A task started from another runtime's thread (a connection thread) runs on the runtime
+    /// the `NodeTasks` were taken from.
+    #[test]
+    fn tasks_run_on_the_runtime_they_were_taken_from() {
+        let node = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("node-runtime")
+            .enable_all()
+            .build()
+            .unwrap();
+        let tasks = node.block_on(async { NodeTasks::current() });
+        let ran_on = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    tasks
+                        .spawn(async { std::thread::current().name().map(str::to_string) })
+                        .await
+                        .unwrap()
+                })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ran_on.as_deref(), Some("node-runtime"));
     }
 }
