@@ -662,8 +662,8 @@ impl ConnectionThreads {
 /// worker processes each poll their own connections. On a node's multi-threaded runtime the
 /// workers share one reactor: at 1,024 connections it nearly always had an event ready, so
 /// they never slept and waited for the load's CPU slices instead of preempting them; with a
-/// reactor each, a segment request's p99 fell from 65 to 70 ms to nginx's 55 to 60 at the same
-/// rate (issue 11, P1; `docs/performance.md`). `service` then runs on the connection's thread,
+/// reactor each, a cached segment's p99 at 1,024 connections fell by 10 to 15 ms, to within
+/// 0 to 4 ms of nginx's, at the same rate (issue 11, P1; `docs/performance.md`). `service` then runs on the connection's thread,
 /// and whatever must outlive a connection belongs on the node's runtime: `http::serve`'s
 /// service moves every request but a cache hit there. With 0 every connection is served on
 /// the caller's runtime.
