@@ -596,7 +596,9 @@ type ConnectionJob = Box<dyn FnOnce() + Send>;
 /// single-threaded tokio runtime with its own reactor (one `epoll` instance) and serves the
 /// connections handed to it, for as long as they live.
 struct ConnectionThreads {
-    /// Where to hand a connection, and how many each thread holds open now.
+    /// Where to hand a connection, and how many each thread holds open now. The channels have
+    /// no bound of their own: every job in them holds an admitted connection's [`Ticket`], so
+    /// the connection cap bounds them.
     threads: Vec<(
         tokio::sync::mpsc::UnboundedSender<ConnectionJob>,
         Arc<AtomicUsize>,
