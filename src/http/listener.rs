@@ -596,13 +596,16 @@ type ConnectionJob = Box<dyn FnOnce() + Send>;
 /// single-threaded tokio runtime with its own reactor (one `epoll` instance) and serves the
 /// connections handed to it, for as long as they live.
 struct ConnectionThreads {
-    /// Where to hand a connection, and how many each thread holds open now. The channels have
-    /// no bound of their own: every job in them holds an admitted connection's [`Ticket`], so
-    /// the connection cap bounds them.
-    threads: Vec<(
-        tokio::sync::mpsc::UnboundedSender<ConnectionJob>,
-        Arc<AtomicUsize>,
-    )>,
+    threads: Vec<ConnectionThread>,
+}
+
+/// One connection thread, as the accept loop sees it.
+struct ConnectionThread {
+    /// Where to hand it a connection. The channel has no bound of its own: every job in it
+    /// holds an admitted connection's [`Ticket`], so the connection cap bounds it.
+    jobs: tokio::sync::mpsc::UnboundedSender<ConnectionJob>,
+    /// How many connections it holds open now.
+    open: Arc<AtomicUsize>,
 }
 
 impl ConnectionThreads {
@@ -633,22 +636,19 @@ impl ConnectionThreads {
                 tracing::warn!("no connection thread ({e}); serving on the node's runtime");
                 return None;
             }
-            threads.push((tx, Arc::new(AtomicUsize::new(0))));
+            threads.push(ConnectionThread {
+                jobs: tx,
+                open: Arc::new(AtomicUsize::new(0)),
+            });
         }
         (!threads.is_empty()).then_some(Self { threads })
     }
 
-    /// The thread holding the fewest open connections, and its count (to raise while the
-    /// connection lives).
-    fn least_loaded(
-        &self,
-    ) -> &(
-        tokio::sync::mpsc::UnboundedSender<ConnectionJob>,
-        Arc<AtomicUsize>,
-    ) {
+    /// The thread holding the fewest open connections.
+    fn least_loaded(&self) -> &ConnectionThread {
         self.threads
             .iter()
-            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+            .min_by_key(|t| t.open.load(Ordering::Relaxed))
             .expect("at least one connection thread")
     }
 }
@@ -665,10 +665,10 @@ impl ConnectionThreads {
 /// workers share one reactor: at 1,024 connections it nearly always had an event ready, so
 /// they never slept and waited for the load's CPU slices instead of preempting them; with a
 /// reactor each, a cached segment's p99 at 1,024 connections fell by 10 to 15 ms, to within
-/// 0 to 4 ms of nginx's, at the same rate (issue 11, P1; `docs/performance.md`). `service` then runs on the connection's thread,
-/// and whatever must outlive a connection belongs on the node's runtime: `http::serve`'s
-/// service moves every request but a cache hit there. With 0 every connection is served on
-/// the caller's runtime.
+/// 0 to 4 ms of nginx's, at the same rate (issue 11, P1; `docs/performance.md`). `service`
+/// then runs on the connection's thread, and whatever must outlive a connection belongs on
+/// the node's runtime: `http::serve`'s service moves every request but a cache hit there.
+/// With 0 every connection is served on the caller's runtime.
 pub async fn serve_connections<S, B>(
     listener: tokio::net::TcpListener,
     admission: Arc<Admission>,
@@ -741,9 +741,9 @@ pub async fn serve_connections<S, B>(
                 continue;
             }
         };
-        let (thread, open) = pool.least_loaded();
-        open.fetch_add(1, Ordering::Relaxed);
-        let open = open.clone();
+        let thread = pool.least_loaded();
+        thread.open.fetch_add(1, Ordering::Relaxed);
+        let open = thread.open.clone();
         let served = connections.track_future(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => serve.run(stream).await,
@@ -753,7 +753,7 @@ pub async fn serve_connections<S, B>(
         });
         // The thread runs until this loop's pool is dropped, so the send cannot fail while
         // the loop runs; were it to, the job (and the connection) is dropped and closed.
-        let _ = thread.send(Box::new(move || {
+        let _ = thread.jobs.send(Box::new(move || {
             tokio::spawn(served);
         }));
     }
