@@ -723,15 +723,38 @@ pub async fn serve_connections<S, B>(
                 continue;
             }
         };
-        let serve = Connection {
-            builder: builder.clone(),
-            service: Tracked::new(service.clone(), &ticket),
-            ticket,
-            peer,
-            stopping: stopping.clone(),
+        // Serve the connection until it ends, the admission closes it to make room, or the
+        // node stops (the last two with hyper's graceful close), wherever `stream` is
+        // registered: here or on a connection thread.
+        let builder = builder.clone();
+        let service = Tracked::new(service.clone(), &ticket);
+        let stopping = stopping.clone();
+        let serve = move |stream: TcpStream| async move {
+            // File-backed segment bodies leave with sendfile(2) ([`super::zerocopy`]).
+            let conn = builder.serve_connection(
+                TokioIo::new(super::zerocopy::ZeroCopyStream::new(stream)),
+                service,
+            );
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = ticket.closing() => None,
+                _ = stopping.cancelled() => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!("connection from {peer} ended: {e}");
+            }
+            drop(ticket);
         };
         let Some(pool) = &pool else {
-            connections.spawn(serve.run(stream));
+            connections.spawn(serve(stream));
             continue;
         };
         let stream = match stream.into_std() {
@@ -746,7 +769,7 @@ pub async fn serve_connections<S, B>(
         let open = thread.open.clone();
         let served = connections.track_future(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => serve.run(stream).await,
+                Ok(stream) => serve(stream).await,
                 Err(e) => tracing::debug!("connection from {peer} lost: {e}"),
             }
             open.fetch_sub(1, Ordering::Relaxed);
@@ -761,63 +784,6 @@ pub async fn serve_connections<S, B>(
     stopping.cancel();
     connections.close();
     connections.wait().await;
-}
-
-/// One admitted connection, ready to serve wherever its stream is registered.
-struct Connection<S> {
-    builder: hyper::server::conn::http1::Builder,
-    service: Tracked<S>,
-    ticket: Ticket,
-    peer: std::net::SocketAddr,
-    stopping: tokio_util::sync::CancellationToken,
-}
-
-impl<S> Connection<S> {
-    /// Serve the connection until it ends, the admission closes it to make room, or the node
-    /// stops (the last two with hyper's graceful close).
-    async fn run<B>(self, stream: TcpStream)
-    where
-        S: hyper::service::Service<
-                hyper::Request<hyper::body::Incoming>,
-                Response = hyper::Response<B>,
-            > + Send
-            + 'static,
-        S::Future: Send + Unpin + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let Connection {
-            builder,
-            service,
-            ticket,
-            peer,
-            stopping,
-        } = self;
-        // File-backed segment bodies leave with sendfile(2) ([`super::zerocopy`]).
-        let conn = builder.serve_connection(
-            TokioIo::new(super::zerocopy::ZeroCopyStream::new(stream)),
-            service,
-        );
-        let mut conn = std::pin::pin!(conn);
-        let ended = tokio::select! {
-            r = conn.as_mut() => Some(r),
-            _ = ticket.closing() => None,
-            _ = stopping.cancelled() => None,
-        };
-        let ended = match ended {
-            Some(r) => r,
-            None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = ended {
-            tracing::debug!("connection from {peer} ended: {e}");
-        }
-        drop(ticket);
-    }
 }
 
 #[cfg(test)]
