@@ -50,11 +50,11 @@ async fn main() {
     let video = "c6b7bedf9bf672cd8e7444234658fa9a";
     let sessions: Vec<Arc<SessionIds>> = (0..64)
         .map(|i| {
-            Arc::new(SessionIds {
-                video_id: video.into(),
-                session_id: format!("bench-{:016x}", i * 7919 + 12345),
-                node_id: "bench".into(),
-            })
+            Arc::new(SessionIds::new(
+                video.into(),
+                format!("bench-{:016x}", i * 7919 + 12345),
+                "bench".into(),
+            ))
         })
         .collect();
     let tag = Arc::new(RenditionTag {

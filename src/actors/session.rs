@@ -122,11 +122,11 @@ impl SessionHandle {
         video: Arc<VideoInfo>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            ids: Arc::new(SessionIds {
-                video_id: video.video_id.clone(),
-                session_id: session.to_string(),
-                node_id: ctx.node_id.clone(),
-            }),
+            ids: Arc::new(SessionIds::new(
+                video.video_id.clone(),
+                session.to_string(),
+                ctx.node_id.clone(),
+            )),
             ctx,
             streaming,
             video,

@@ -158,7 +158,8 @@ impl PlaybackRecord {
 }
 
 /// The ids every record of one playback session carries, made once per session and shared by
-/// its [`SegmentRecord`]s.
+/// its [`SegmentRecord`]s, with their JSON (made once too: escaping them for every record was
+/// about a tenth of the log writer's CPU, issue 11 P1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionIds {
     /// The video.
@@ -167,6 +168,52 @@ pub struct SessionIds {
     pub session_id: String,
     /// The node that serves it: the node that writes its records.
     pub node_id: String,
+    /// `"video_id":…,"session_id":…,"node_id":…`, as serde_json writes these three fields of
+    /// a [`PlaybackRecord`].
+    json: Box<str>,
+}
+
+impl SessionIds {
+    /// The ids of session `session_id` playing `video_id`, served by node `node_id`.
+    pub fn new(video_id: String, session_id: String, node_id: String) -> Self {
+        let mut json = Vec::with_capacity(48 + video_id.len() + session_id.len() + node_id.len());
+        for (i, (key, value)) in [
+            ("video_id", &video_id),
+            ("session_id", &session_id),
+            ("node_id", &node_id),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                json.push(b',');
+            }
+            json_str(&mut json, key);
+            json.push(b':');
+            json_str(&mut json, value);
+        }
+        Self {
+            video_id,
+            session_id,
+            node_id,
+            // serde_json writes UTF-8 only.
+            json: String::from_utf8(json).unwrap_or_default().into_boxed_str(),
+        }
+    }
+}
+
+/// Append `s` to `buf` as a JSON string, exactly as serde_json writes it: as it is between
+/// quotes when nothing in it needs escaping (the ids, times and fixed texts of the log), else
+/// through serde_json.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        // Writing to a Vec fails only for a value serde cannot express; a str always can.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    }
 }
 
 /// A segment record as a request's task hands it to the log: the session's ids and the
@@ -482,10 +529,11 @@ impl Queued {
 }
 
 /// A record as the writer writes it: [`PlaybackRecord`]'s fields, in its order and with its
-/// serde attributes, borrowed from the queued record. The JSON line and the SQLite row are made
-/// from it, so a [`SegmentRecord`]'s strings are never copied: making full records of a batch
-/// (and their RFC 3339 times) was about a quarter of the writer's CPU in `malloc` and `free`
-/// (issue 11, P1). A test checks that it serialises exactly as the record does.
+/// serde attributes, borrowed from the queued record. The SQLite row is made from it, and so
+/// is a full record's JSON line (a segment record's is written by [`segment_line`], to the
+/// same bytes), so a [`SegmentRecord`]'s strings are never copied: making full records of a
+/// batch (and their RFC 3339 times) was about a quarter of the writer's CPU in `malloc` and
+/// `free` (issue 11, P1). A test checks that it serialises exactly as the record does.
 #[derive(Serialize)]
 struct Row<'a> {
     ts_ms: i64,
@@ -581,6 +629,74 @@ struct JsonLines {
     /// Bytes in the current file.
     len: u64,
     retention: Retention,
+    renditions: RenditionJson,
+}
+
+/// The JSON of the renditions that segment records named lately, keyed by the address of
+/// their shared tag. Each entry holds its tag, so no other tag can take that address while the
+/// entry is there. At most [`MAX_RENDITION_JSON`] entries: past that it is emptied.
+#[derive(Default)]
+struct RenditionJson {
+    by_tag: std::collections::HashMap<usize, (Arc<RenditionTag>, Box<str>)>,
+}
+
+/// Renditions whose JSON the writer keeps at most (a node serves a few per video).
+const MAX_RENDITION_JSON: usize = 1024;
+
+impl RenditionJson {
+    /// `tag` as serde_json writes it (`{"name":…,"width":…,"height":…,"bandwidth":…}`).
+    fn json(&mut self, tag: &Arc<RenditionTag>) -> &str {
+        let key = Arc::as_ptr(tag) as usize;
+        if self.by_tag.len() >= MAX_RENDITION_JSON && !self.by_tag.contains_key(&key) {
+            self.by_tag.clear();
+        }
+        &self
+            .by_tag
+            .entry(key)
+            .or_insert_with(|| {
+                // A RenditionTag always serialises (strings and numbers).
+                let json = serde_json::to_string(&**tag).unwrap_or_default();
+                (tag.clone(), json.into_boxed_str())
+            })
+            .1
+    }
+}
+
+/// Append the JSON line of segment record `r` stamped `ts` (its RFC 3339 time), without the
+/// newline: the bytes serde_json writes for its [`Row`] (a test holds them equal), made from
+/// the session's and the rendition's JSON written once, and the record's numbers and fixed
+/// texts. serde_json wrote some forty fragments a record and escaped every string again.
+fn segment_line(buf: &mut Vec<u8>, r: &SegmentRecord, ts: &str, rendition: &str) {
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(b"{\"ts_ms\":");
+    buf.extend_from_slice(n.format(r.ts_ms).as_bytes());
+    buf.extend_from_slice(b",\"ts\":");
+    json_str(buf, ts);
+    buf.extend_from_slice(b",\"event\":");
+    json_str(buf, r.event.as_str());
+    buf.push(b',');
+    buf.extend_from_slice(r.ids.json.as_bytes());
+    buf.extend_from_slice(b",\"rendition\":");
+    buf.extend_from_slice(rendition.as_bytes());
+    buf.extend_from_slice(b",\"segment\":");
+    buf.extend_from_slice(n.format(r.segment).as_bytes());
+    if let Some(cache) = r.cache {
+        buf.extend_from_slice(b",\"cache\":");
+        json_str(buf, cache.as_str());
+    }
+    if let Some(result) = r.result {
+        buf.extend_from_slice(b",\"result\":");
+        json_str(buf, result);
+    }
+    if let Some(bytes) = r.bytes {
+        buf.extend_from_slice(b",\"bytes\":");
+        buf.extend_from_slice(n.format(bytes).as_bytes());
+    }
+    if let Some(ms) = r.duration_ms {
+        buf.extend_from_slice(b",\"duration_ms\":");
+        buf.extend_from_slice(n.format(ms).as_bytes());
+    }
+    buf.push(b'}');
 }
 
 impl JsonLines {
@@ -600,6 +716,7 @@ impl JsonLines {
             buf: Vec::new(),
             len,
             retention,
+            renditions: RenditionJson::default(),
         })
     }
 
@@ -609,7 +726,13 @@ impl JsonLines {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         for (i, q) in batch.iter().enumerate() {
-            serde_json::to_writer(&mut buf, &q.row(times.get(i)))?;
+            match q {
+                Queued::Segment(r) => {
+                    let rendition = self.renditions.json(&r.rendition);
+                    segment_line(&mut buf, r, times.get(i), rendition);
+                }
+                Queued::Full(_) => serde_json::to_writer(&mut buf, &q.row(times.get(i)))?,
+            }
             buf.push(b'\n');
         }
         // Serialised into memory first: serde_json writes a record as some forty fragments, and
@@ -1077,11 +1200,7 @@ mod tests {
         height: u32,
         bandwidth: u64,
     ) -> (Arc<SessionIds>, Arc<RenditionTag>) {
-        let ids = Arc::new(SessionIds {
-            video_id: video.into(),
-            session_id: "n1-00aa".into(),
-            node_id: "n1".into(),
-        });
+        let ids = Arc::new(SessionIds::new(video.into(), "n1-00aa".into(), "n1".into()));
         let tag = Arc::new(RenditionTag {
             name: name.into(),
             width: height * 16 / 9,
@@ -1154,6 +1273,63 @@ mod tests {
                 json
             };
             assert_eq!(serde_json::to_string(&queued.row("T")).unwrap(), want);
+        }
+    }
+
+    /// A segment record's JSON line, made from the session's and the rendition's JSON written
+    /// once, is byte for byte what serde_json writes for its row: with strings that need
+    /// escaping (quotes, backslashes, control characters) and ones that do not (non-ASCII
+    /// included), and with each optional field there or not.
+    #[test]
+    fn a_segment_line_is_what_serde_json_writes_for_its_row() {
+        let mut renditions = RenditionJson::default();
+        let texts = ["v1", "a\"b\\c", "tab\there\u{1}", "caf\u{e9} \u{1f600}", ""];
+        for (k, text) in texts.into_iter().enumerate() {
+            let ids = Arc::new(SessionIds::new(
+                format!("{text}-video"),
+                format!("n1-{text}"),
+                text.to_string(),
+            ));
+            let tag = Arc::new(RenditionTag {
+                name: text.to_string(),
+                width: 1280,
+                height: 720,
+                bandwidth: u64::MAX,
+            });
+            for mask in 0..16u8 {
+                let mut r = SegmentRecord::new(PlaybackEvent::PrefetchResult, &ids, &tag, k * 97);
+                r.ts_ms = -(k as i64) * 1_000_000_007 + 1_733_000_000_123;
+                r.cache = (mask & 1 != 0).then_some(CacheOutcome::Hit);
+                r.result = (mask & 2 != 0).then_some(["ok", "fetched", "we\"ird"][k % 3]);
+                r.bytes = (mask & 4 != 0).then_some(u64::MAX - k as u64);
+                r.duration_ms = (mask & 8 != 0).then_some(k as u64);
+                let ts = crate::model::rfc3339_ms(r.ts_ms);
+                let want = serde_json::to_string(&Queued::Segment(r.clone()).row(&ts)).unwrap();
+                let mut got = Vec::new();
+                segment_line(&mut got, &r, &ts, renditions.json(&tag));
+                assert_eq!(String::from_utf8(got).unwrap(), want, "mask {mask}");
+            }
+        }
+    }
+
+    /// The rendition JSON the writer keeps is bounded, and a tag it has let go of is written
+    /// afresh, not from the JSON of another tag that took its address.
+    #[test]
+    fn the_rendition_json_kept_is_bounded_and_belongs_to_its_tag() {
+        let mut renditions = RenditionJson::default();
+        let tag = |n: usize| {
+            Arc::new(RenditionTag {
+                name: format!("r{n}"),
+                width: 16,
+                height: 9,
+                bandwidth: n as u64,
+            })
+        };
+        for n in 0..3 * MAX_RENDITION_JSON {
+            let t = tag(n);
+            let json = renditions.json(&t).to_string();
+            assert_eq!(json, serde_json::to_string(&*t).unwrap());
+            assert!(renditions.by_tag.len() <= MAX_RENDITION_JSON);
         }
     }
 
