@@ -28,6 +28,13 @@ pub enum TaskKind {
         /// predates it: that task's own `rendition` alone.
         #[serde(default)]
         renditions: Vec<Rendition>,
+        /// For a source without an index: how far before the chunk's seek point to seek,
+        /// milliseconds, to land just before the keyframe at or before its start
+        /// (`transcode::ChunkSeek::Keyframe`), found when the job was planned
+        /// (`transcode::keyframe_back_ms`). `None`: none found, an indexed source, or a task
+        /// from a node that predates it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keyframe_back_ms: Option<u32>,
     },
     /// Encode the whole source's audio once, at this bitrate (kbit/s), to an intermediate M4A.
     Audio {

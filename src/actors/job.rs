@@ -15,7 +15,9 @@
 //! 3. The tasks of every rendition whose media playlist does not exist yet: one whole-rendition
 //!    task each for a short source; otherwise chunk tasks (each decodes its span once for all
 //!    renditions), the audio, and one packaging task per rendition. Hand out those whose
-//!    inputs are done.
+//!    inputs are done. For a source without an index (MPEG-TS, MPEG-PS) the job first lists
+//!    its keyframes (`probe::keyframe_times`, no decoding), so that each chunk task seeks to
+//!    just before the keyframe before its span (`transcode::keyframe_back_ms`).
 //! 4. The damage check of a chunked source, decoded once (issue 11, P2): when every chunk is
 //!    stored and before any packaging task is handed out, the job compares the source's
 //!    packets (`probe::packet_times`, no decoding) with the frame times the chunk tasks
@@ -356,6 +358,24 @@ fn is_chunked(p: &crate::config::ProcessingConfig, duration_seconds: f64) -> boo
     p.chunk_seconds > 0 && duration_seconds > (per_chunk * p.segment_seconds.max(1)) as f64
 }
 
+/// The keyframes of video stream `stream` of the source of `video_id` (seconds after the file's
+/// first timestamp; `probe::keyframe_times`), for the chunks of a source without an index to
+/// start decoding at the keyframe before their span (`transcode::keyframe_back_ms`). Empty
+/// when they cannot be listed: the chunks then seek back a fixed
+/// `transcode::SEEK_BACK_SECONDS`, as before, so this only costs time.
+async fn keyframes(ctx: &Ctx, video_id: &str, stream: Option<u32>) -> Vec<f64> {
+    let listed = match ctx.storage.source_path(video_id, &ctx.scratch_dir).await {
+        Ok(path) => probe::keyframe_times(&path, stream, Duration::from_secs(300))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot read the source: {e}")),
+    };
+    listed.unwrap_or_else(|e| {
+        tracing::warn!(video = %video_id, "listing the source's keyframes failed: {e}");
+        Vec::new()
+    })
+}
+
 /// The damage check of a chunked source (module docs, step 4): the frame times stored by
 /// chunks `chunks` against the source's packets from `from` on (seconds after the file's first
 /// timestamp: where the video starts, `SourceInfo::video_start_seconds`). Returns what it
@@ -651,6 +671,12 @@ impl JobActor {
         let mut chunk_keys = Vec::new();
         if let Some(top) = pending.first() {
             state.damage_check = DamageCheck::Waiting;
+            let input = transcode::InputMap::for_source(&source);
+            let keyframes = if input.unindexed {
+                keyframes(&state.ctx, &id, source.video_stream).await
+            } else {
+                Vec::new()
+            };
             for (index, (start_seconds, duration_seconds)) in chunks.iter().copied().enumerate() {
                 let mut missing = Vec::new();
                 for r in &pending {
@@ -667,6 +693,11 @@ impl JobActor {
                         start_seconds,
                         duration_seconds,
                         renditions: missing,
+                        keyframe_back_ms: transcode::keyframe_back_ms(
+                            &input,
+                            start_seconds,
+                            &keyframes,
+                        ),
                     },
                 );
                 chunk_keys.push(t.key());

@@ -272,6 +272,7 @@ async fn transcode_and_store(
             start_seconds,
             duration_seconds,
             renditions,
+            keyframe_back_ms,
         } => {
             let own = std::slice::from_ref(&t.rendition);
             let renditions = if renditions.is_empty() {
@@ -312,10 +313,11 @@ async fn transcode_and_store(
             // The seek through the container's index, then, if it lost frames, one that lands
             // well before the start (MPEG-TS has no index: its seek can land on a later
             // keyframe, or past every frame), then a decode from the source's start. A source
-            // known to have no index starts at the second.
+            // known to have no index starts at the second, or just before the keyframe the job
+            // found before the chunk's start (then the second, then the decode).
             // Each encode's frame log is read once: for how late its first frame came, then
             // (the last encode's) for the damage check.
-            let mut seek = transcode::first_seek(&t.input, *start_seconds);
+            let mut seek = transcode::first_seek(&t.input, *start_seconds, *keyframe_back_ms);
             let log = loop {
                 run_ffmpeg(a, cancel, args(seek)).await?;
                 let got = frames().await?;
@@ -358,6 +360,12 @@ async fn transcode_and_store(
                 );
                 seek = next;
             };
+            tracing::debug!(
+                video = %t.video_id,
+                task = %a.key(),
+                ?seek,
+                "chunk encoded"
+            );
             // The frames this decode produced, for the job's damage check: stored before the
             // chunks, so a chunk found stored always has its frame times beside it.
             let log = log.map_err(|e| io("ffmpeg wrote no frame log", &e))?;

@@ -763,6 +763,62 @@ fn from_start(t: Times) -> Vec<f64> {
     t.packets.into_iter().map(|p| p - t.start).collect()
 }
 
+/// The times of the keyframes of video stream `stream` (ffprobe index; `None`: the first) of a
+/// local file, seconds after the file's first timestamp (the clock of ffmpeg's `-ss`, as in
+/// [`packet_times`]), ascending: where a chunk of a source without an index can start
+/// decoding (`media::transcode::keyframe_back_ms`). Reads the container only, decodes nothing:
+/// 0.2 s for a minute of 1080p MPEG-TS. Packets without a presentation time are skipped.
+///
+/// Errors: [`ProbeError::Tool`] when ffprobe cannot run, times out or fails.
+pub async fn keyframe_times(
+    path: &Path,
+    stream: Option<u32>,
+    timeout: Duration,
+) -> Result<Vec<f64>, ProbeError> {
+    let select = stream_selector(stream);
+    let args = [
+        "-select_streams",
+        &select,
+        "-show_entries",
+        "packet=pts_time,flags:format=start_time",
+        "-of",
+        "csv",
+    ];
+    let out = ffprobe(&args, path, timeout).await?;
+    if !out.status.success() {
+        return Err(ProbeError::Tool(format!(
+            "ffprobe cannot list the keyframes: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(read_keyframes(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`keyframe_times`]'s answer from ffprobe's csv: `packet,{pts},{flags}` lines whose flags
+/// hold `K`, less the `format,{start_time}` line's time, sorted.
+fn read_keyframes(text: &str) -> Vec<f64> {
+    let mut start = 0.0;
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split(',');
+        match f.next() {
+            Some("packet") => {
+                let pts = f.next().and_then(|x| x.parse::<f64>().ok());
+                if let (Some(pts), true) = (pts, f.next().is_some_and(|x| x.contains('K'))) {
+                    keys.push(pts);
+                }
+            }
+            Some("format") => {
+                start = f.next().and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+            }
+            _ => {}
+        }
+    }
+    let mut keys: Vec<f64> = keys.into_iter().map(|k| k - start).collect();
+    keys.sort_by(f64::total_cmp);
+    keys
+}
+
 /// Video packets (frames) in a local file, by `ffprobe -count_packets`: quick, it reads the
 /// container without decoding. For checking an intermediate reel wrote itself (a chunk).
 ///
@@ -867,6 +923,20 @@ mod tests {
         let spans = damaged_spans(&packets[100..225], &align_frames(&gap, &packets));
         assert_eq!((spans.len(), spans[0].lost), (1, 20), "{spans:?}");
         assert!(align_frames(&[], &packets).is_empty());
+    }
+
+    /// ffprobe's csv for `keyframe_times`: only keyframes count, from the file's start, in
+    /// time order; a packet without a time is skipped.
+    #[test]
+    fn keyframes_are_the_k_packets_from_the_file_start() {
+        let csv = "packet,11.400000,K_\npacket,11.440000,__\npacket,N/A,K_\n\
+                   packet,1.400000,K_D\npacket,21.400000,K_\nformat,1.400000\n";
+        let keys = read_keyframes(csv);
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        for (k, want) in keys.iter().zip([0.0, 10.0, 20.0]) {
+            assert!((k - want).abs() < 1e-9, "{keys:?}");
+        }
+        assert!(read_keyframes("").is_empty());
     }
 
     /// ffprobe's csv for `packet_times`: packets (pts, dts; one with neither), then the format.

@@ -407,6 +407,15 @@ pub enum ChunkSeek {
     /// early costs that much more decoding, never a decode of everything before the chunk.
     /// Used when the index seek lost frames ([`chunk_is_short`], [`chunk_began_late`]).
     Earlier,
+    /// The same input seek, `back_ms` milliseconds before the start: into the gap before the
+    /// last keyframe at or before the start, which the job found by listing the source's
+    /// keyframes ([`keyframe_back_ms`]). Decoding starts at that keyframe, so a chunk of a source
+    /// without an index decodes at most one group of pictures before its span instead of
+    /// [`SEEK_BACK_SECONDS`]. Followed by [`ChunkSeek::Earlier`] if it lost frames.
+    Keyframe {
+        /// How far before the chunk's seek point, milliseconds.
+        back_ms: u32,
+    },
     /// Decode from the start of the source and keep only the chunk's span (`trim`): slower
     /// the later the chunk (a whole-source decode per chunk), but right whatever the seek
     /// does. Used when the earlier seek lost frames too (keyframes further apart than
@@ -422,7 +431,55 @@ pub const SEEK_BACK_SECONDS: f64 = 30.0;
 /// The `-ss` of [`ChunkSeek::Earlier`] for a chunk that starts `start` seconds after the first
 /// video frame, as written on the command line.
 fn earlier_seek(m: &InputMap, start: f64) -> f64 {
-    written((m.seek(start) - SEEK_BACK_SECONDS).max(0.0))
+    seek_back(m, start, SEEK_BACK_SECONDS)
+}
+
+/// The `-ss` `back` seconds before the seek point of a chunk that starts `start` seconds after
+/// the first video frame (never before 0), as written on the command line.
+fn seek_back(m: &InputMap, start: f64, back: f64) -> f64 {
+    written((m.seek(start) - back).max(0.0))
+}
+
+/// The `-ss` of a seek that lands before the start and cuts the span from what it decodes
+/// ([`ChunkSeek::Earlier`], [`ChunkSeek::Keyframe`]); `None` for the others.
+fn landing_seek(m: &InputMap, start: f64, seek: ChunkSeek) -> Option<f64> {
+    match seek {
+        ChunkSeek::Earlier => Some(earlier_seek(m, start)),
+        ChunkSeek::Keyframe { back_ms } => Some(seek_back(m, start, f64::from(back_ms) / 1e3)),
+        ChunkSeek::Index | ChunkSeek::Decode => None,
+    }
+}
+
+/// How far before a keyframe [`keyframe_back_ms`] aims at most, seconds: ffmpeg's seek in an
+/// MPEG-TS lands near its target by the timestamps it reads, not exactly.
+pub const KEYFRAME_LEAD_SECONDS: f64 = 1.0;
+
+/// The `back_ms` of the [`ChunkSeek::Keyframe`] for a chunk that starts `start` seconds after
+/// the first video frame, from the source's video `keyframes` (seconds after the file's first
+/// timestamp, the clock of `-ss`; ascending): a seek to just before the last keyframe at or
+/// before the chunk's first frame, at most [`KEYFRAME_LEAD_SECONDS`] before it and never
+/// before the middle of the gap from the keyframe before (nor after the chunk's seek point), so
+/// that decoding starts at that keyframe even if the seek lands a little off. `None` for the
+/// first chunk (it decodes from the start, which costs nothing more), and when no keyframe
+/// precedes the chunk, the seek would be at 0 (see [`next_seek`]), or it would go back no
+/// less than [`ChunkSeek::Earlier`] does.
+pub fn keyframe_back_ms(m: &InputMap, start: f64, keyframes: &[f64]) -> Option<u32> {
+    if start <= 0.0 {
+        return None;
+    }
+    let target = written(m.seek(start));
+    // A keyframe within the seek margin is the chunk's first frame: decoding can start there.
+    let i = keyframes.partition_point(|&k| k <= target + m.seek_margin_seconds + 1e-6);
+    let key = *keyframes.get(i.checked_sub(1)?)?;
+    let before = i.checked_sub(2).map_or(0.0, |j| keyframes[j]);
+    let at = ((before + key) / 2.0)
+        .max(key - KEYFRAME_LEAD_SECONDS)
+        .min(target);
+    let back_ms = ((target - at) * 1e3).ceil();
+    let usable = at > 0.0
+        && (0.0..SEEK_BACK_SECONDS * 1e3).contains(&back_ms)
+        && seek_back(m, start, back_ms / 1e3) > 0.0;
+    usable.then_some(back_ms as u32)
 }
 
 /// The seek to encode a chunk with after `seek` lost frames, for a chunk that starts `start`
@@ -433,8 +490,12 @@ fn earlier_seek(m: &InputMap, start: f64) -> f64 {
 /// [`ChunkSeek::Decode`]. `None` after a decode: nothing is left to try.
 pub fn next_seek(seek: ChunkSeek, m: &InputMap, start: f64) -> Option<ChunkSeek> {
     match seek {
-        ChunkSeek::Index if earlier_seek(m, start) > 0.0 => Some(ChunkSeek::Earlier),
-        ChunkSeek::Index | ChunkSeek::Earlier => Some(ChunkSeek::Decode),
+        ChunkSeek::Index | ChunkSeek::Keyframe { .. } if earlier_seek(m, start) > 0.0 => {
+            Some(ChunkSeek::Earlier)
+        }
+        ChunkSeek::Index | ChunkSeek::Keyframe { .. } | ChunkSeek::Earlier => {
+            Some(ChunkSeek::Decode)
+        }
         ChunkSeek::Decode => None,
     }
 }
@@ -444,12 +505,15 @@ pub fn next_seek(seek: ChunkSeek, m: &InputMap, start: f64) -> Option<ChunkSeek>
 /// ([`InputMap::unindexed`]), where the index seek lands on the keyframe after nearly every
 /// chunk's start and was encoded in vain before the retry ([`next_seek`] after it: the
 /// earlier seek, or a decode from the start for a chunk within [`SEEK_BACK_SECONDS`] of it).
-/// A 180 s MPEG-TS (keyframes every 10 s) encoded 21 chunks for its 12 that way.
-pub fn first_seek(m: &InputMap, start: f64) -> ChunkSeek {
-    if m.unindexed {
-        next_seek(ChunkSeek::Index, m, start).unwrap_or(ChunkSeek::Index)
-    } else {
-        ChunkSeek::Index
+/// A 180 s MPEG-TS (keyframes every 10 s) encoded 21 chunks for its 12 that way. Where the job
+/// found the keyframe before the chunk's start (`keyframe_back_ms`, from
+/// [`keyframe_back_ms`]), a source without an index starts with [`ChunkSeek::Keyframe`]
+/// instead.
+pub fn first_seek(m: &InputMap, start: f64, keyframe_back_ms: Option<u32>) -> ChunkSeek {
+    match keyframe_back_ms {
+        _ if !m.unindexed => ChunkSeek::Index,
+        Some(back_ms) => ChunkSeek::Keyframe { back_ms },
+        None => next_seek(ChunkSeek::Index, m, start).unwrap_or(ChunkSeek::Index),
     }
 }
 
@@ -504,8 +568,8 @@ pub fn chunk_args(
             ]);
             None
         }
-        ChunkSeek::Earlier => {
-            let ss = earlier_seek(m, start);
+        ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
+            let ss = landing_seek(m, start, seek).unwrap_or(0.0);
             let at = written(from) - ss;
             a.extend([
                 "-ss".into(),
@@ -569,12 +633,15 @@ pub fn chunk_args(
 
 /// What to add to the times in a chunk's frame log ([`chunk_args`]) to count them from the
 /// file's first timestamp, seconds: the chunk's seek (`-ss`, which ffmpeg subtracts from
-/// every timestamp) for [`ChunkSeek::Index`] and [`ChunkSeek::Earlier`], the video's start
+/// every timestamp) for [`ChunkSeek::Index`], [`ChunkSeek::Earlier`] and
+/// [`ChunkSeek::Keyframe`], the video's start
 /// for [`ChunkSeek::Decode`] (its clock restarts at the first video frame).
 pub fn frame_log_offset(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
     match seek {
         ChunkSeek::Index => written(m.seek(start)),
-        ChunkSeek::Earlier => earlier_seek(m, start),
+        ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
+            landing_seek(m, start, seek).unwrap_or(0.0)
+        }
         ChunkSeek::Decode => written(m.video_start_seconds),
     }
 }
@@ -585,7 +652,9 @@ pub fn frame_log_offset(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
 pub fn expected_first_frame(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
     match seek {
         ChunkSeek::Index => 0.0,
-        ChunkSeek::Earlier => written(m.seek(start)) - earlier_seek(m, start),
+        ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
+            written(m.seek(start)) - landing_seek(m, start, seek).unwrap_or(0.0)
+        }
         ChunkSeek::Decode => m.decoded_start(start),
     }
 }
@@ -1092,14 +1161,14 @@ mod tests {
         assert_eq!(next_seek(ChunkSeek::Decode, &m, 40.0), None);
         // A container with an index is sought through it first; one without starts where the
         // index seek would have sent it after losing frames.
-        assert_eq!(first_seek(&m, 40.0), ChunkSeek::Index);
+        assert_eq!(first_seek(&m, 40.0, None), ChunkSeek::Index);
         let ts = InputMap {
             unindexed: true,
             ..m.clone()
         };
-        assert_eq!(first_seek(&ts, 40.0), ChunkSeek::Earlier);
-        assert_eq!(first_seek(&ts, 4.0), ChunkSeek::Decode);
-        assert_eq!(first_seek(&ts, 0.0), ChunkSeek::Decode);
+        assert_eq!(first_seek(&ts, 40.0, None), ChunkSeek::Earlier);
+        assert_eq!(first_seek(&ts, 4.0, None), ChunkSeek::Decode);
+        assert_eq!(first_seek(&ts, 0.0, None), ChunkSeek::Decode);
         // The frame log's times count from the seek with `-ss`, from the first video frame
         // without; a chunk's first frame belongs at the seek point or at the cut.
         assert_eq!(frame_log_offset(&m, 4.0, ChunkSeek::Index), 4.483333);
@@ -1109,6 +1178,45 @@ mod tests {
         assert!((expected_first_frame(&m, 40.0, ChunkSeek::Earlier) - 30.0).abs() < 1e-9);
         assert!((expected_first_frame(&m, 4.0, ChunkSeek::Decode) - 3.983333).abs() < 1e-6);
         assert_eq!(frame_log_offset(&m, 0.0, ChunkSeek::Index), 0.5);
+        // The keyframe seek: into the gap before the last keyframe at or before the seek
+        // point (40.483333), at most a second before it; the span cut on its clock.
+        let every_10s: Vec<f64> = (0..5).map(|i| 3.0 + 10.0 * f64::from(i)).collect();
+        assert_eq!(keyframe_back_ms(&m, 40.0, &every_10s), Some(8_484));
+        let k = ChunkSeek::Keyframe { back_ms: 8_484 };
+        let e = chunk(&m, 40.0, 4.0, 2, k);
+        assert!(
+            e.contains("-ss 31.999333 -t 13.484000 -i /s -filter_complex [0:2]yadif=mode=send_frame:deint=all,trim=start=8.484000:end=13.484000,split=2[log][dec]"),
+            "{e}"
+        );
+        assert_eq!(frame_log_offset(&m, 40.0, k), 31.999333);
+        assert!((expected_first_frame(&m, 40.0, k) - 8.484).abs() < 1e-9);
+        // A keyframe on the chunk's first frame (40.5, within the seek margin) is the one.
+        let on_start: Vec<f64> = (0..6).map(|i| 0.5 + 10.0 * f64::from(i)).collect();
+        assert_eq!(keyframe_back_ms(&m, 40.0, &on_start), Some(984));
+        // Keyframes half a second apart: the middle of the gap before the keyframe; every
+        // frame a keyframe: the seek point itself.
+        let every_half: Vec<f64> = (0..100).map(|i| 0.5 * f64::from(i)).collect();
+        assert_eq!(keyframe_back_ms(&m, 40.0, &every_half), Some(234));
+        let every_frame: Vec<f64> = (0..1500).map(|i| 0.5 + f64::from(i) / 30.0).collect();
+        assert_eq!(keyframe_back_ms(&m, 40.0, &every_frame), Some(0));
+        // The first keyframe: the middle of the gap from 0.
+        assert_eq!(keyframe_back_ms(&m, 4.0, &[0.5]), Some(4_234));
+        // None before the seek point, none that would seek to 0, none further back than the
+        // earlier seek.
+        assert_eq!(keyframe_back_ms(&m, 40.0, &[41.0, 50.0]), None);
+        assert_eq!(keyframe_back_ms(&m, 40.0, &[]), None);
+        assert_eq!(keyframe_back_ms(&m, 0.0, &[0.5]), None, "the first chunk");
+        assert_eq!(keyframe_back_ms(&m, 4.0, &[0.0]), None);
+        assert_eq!(keyframe_back_ms(&m, 40.0, &[0.5, 10.0]), None);
+        // Only a source without an index starts with it; after it, the earlier seek, then the
+        // decode from the start where there is no room to land earlier.
+        assert_eq!(first_seek(&m, 40.0, Some(8_484)), ChunkSeek::Index);
+        assert_eq!(first_seek(&ts, 40.0, Some(8_484)), k);
+        assert_eq!(next_seek(k, &m, 40.0), Some(ChunkSeek::Earlier));
+        assert_eq!(
+            next_seek(ChunkSeek::Keyframe { back_ms: 3_000 }, &m, 4.0),
+            Some(ChunkSeek::Decode)
+        );
         assert!(chunk_is_short(0, 4.0, 25.0));
         assert!(chunk_is_short(60, 4.0, 25.0));
         assert!(!chunk_is_short(100, 4.0, 25.0));

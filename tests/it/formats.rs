@@ -599,6 +599,51 @@ async fn check(entry: &Entry, source: &Path, base: &str, id: &str, dir: &Path) {
     }
 }
 
+/// The keyframes of an MPEG-TS (no index) are listed from the file's start, and a chunk that
+/// starts between two of them seeks to just before the earlier one, a second or less before
+/// it, instead of 30 s back: a 12 s TS with a keyframe every 3 s.
+#[tokio::test]
+async fn a_ts_chunk_seeks_to_just_before_the_keyframe_before_its_start() {
+    use reel::media::{probe, transcode};
+    let dir = tempfile::tempdir().unwrap();
+    let ts = dir.path().join("gop3.ts");
+    let make = format!(
+        "{} {X264} -g 75 -c:a aac -f mpegts {}",
+        av("320x240", 25, 12.0),
+        ts.display()
+    );
+    let mut args = vec!["-v", "error"];
+    args.extend(make.split_whitespace());
+    ffmpeg_out(&args).await;
+    let timeout = Duration::from_secs(60);
+    let source = probe::probe(&ts, timeout).await.unwrap();
+    let m = transcode::InputMap::for_source(&source);
+    assert!(m.unindexed, "{source:?}");
+    let keys = probe::keyframe_times(&ts, source.video_stream, timeout)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for (i, k) in keys.iter().enumerate() {
+        let want = m.video_start_seconds + 3.0 * i as f64;
+        assert!(
+            (k - want).abs() < 0.01,
+            "keyframe {i} at {k}, not {want}: {keys:?}"
+        );
+    }
+    // A chunk from 8 s: its keyframe is the source's 6 s, so the seek goes 2 s back and one
+    // second more, not 30 s.
+    let back = transcode::keyframe_back_ms(&m, 8.0, &keys).expect("a keyframe before 8 s");
+    assert!((2_950..=3_010).contains(&back), "{back} ms");
+    assert_eq!(
+        transcode::first_seek(&m, 8.0, Some(back)),
+        transcode::ChunkSeek::Keyframe { back_ms: back }
+    );
+    // On a keyframe: it is the one; before the first: none.
+    let on = transcode::keyframe_back_ms(&m, 6.0, &keys).unwrap();
+    assert!((950..=1_010).contains(&on), "{on} ms");
+    assert_eq!(transcode::keyframe_back_ms(&m, 0.0, &keys[1..]), None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_format_in_the_corpus_ends_ready_and_plays_right() {
     let dir = tempfile::tempdir().unwrap();
