@@ -74,7 +74,7 @@ async fn main() {
     .await;
     measure("full records", n, |log, i, round| {
         let ids = &sessions[i % 64];
-        let mut r = PlaybackRecord::new(PlaybackEvent::Serve, video, &ids.session_id, "bench");
+        let mut r = PlaybackRecord::new(PlaybackEvent::Serve, video, ids.session_id(), "bench");
         r.rendition = Some((*tag).clone());
         r.segment = Some(round % 100);
         r.cache = Some(CacheOutcome::Hit);

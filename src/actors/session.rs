@@ -173,7 +173,7 @@ impl SessionHandle {
     /// The session's counters.
     pub fn snapshot(&self) -> SessionSnapshot {
         SessionSnapshot {
-            session_id: self.ids.session_id.clone(),
+            session_id: self.ids.session_id().to_string(),
             video_id: self.video.video_id.clone(),
             requests: self.requests.load(Ordering::Relaxed),
             rendition: self.tracking().rendition.clone(),
@@ -249,7 +249,7 @@ impl SessionHandle {
             // Never name the other video: a session id is no key to it.
             return Err(StorageError::NotFound(format!(
                 "no such session {} for this video",
-                self.ids.session_id
+                self.ids.session_id()
             )));
         }
         let Some(info) = self.video.renditions.get(rendition) else {
@@ -355,7 +355,7 @@ impl SessionHandle {
     }
 
     fn key(&self, info: &RenditionInfo, file: RenditionFile) -> String {
-        keys::rendition_file_of(&self.ids.video_id, &info.dir, file)
+        keys::rendition_file_of(self.ids.video_id(), &info.dir, file)
     }
 
     /// Start read-ahead of segment `j` unless it is cached or being read (then log that), or
@@ -433,7 +433,7 @@ impl SessionTable {
     /// List `handle` under its id (replacing a stopped one).
     pub fn insert(&self, handle: Arc<SessionHandle>) {
         let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
-        g.insert(handle.ids.session_id.clone(), handle);
+        g.insert(handle.ids.session_id().to_string(), handle);
     }
 
     /// Drop session `id` if the listed handle is `handle` (a session opened again under the
@@ -487,9 +487,9 @@ impl Actor for SessionActor {
         h.close();
         let mut r = PlaybackRecord::new(
             PlaybackEvent::SessionEnd,
-            &h.ids.video_id,
-            &h.ids.session_id,
-            &h.ids.node_id,
+            h.ids.video_id(),
+            h.ids.session_id(),
+            h.ids.node_id(),
         );
         r.detail = Some(format!("{} requests", h.requests.load(Ordering::Relaxed)));
         h.streaming.log.record(r);

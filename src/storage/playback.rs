@@ -162,14 +162,11 @@ impl PlaybackRecord {
 /// about a tenth of the log writer's CPU, issue 11 P1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionIds {
-    /// The video.
-    pub video_id: String,
-    /// The playback session (`{home_node}-{16 hex}`).
-    pub session_id: String,
-    /// The node that serves it: the node that writes its records.
-    pub node_id: String,
+    video_id: String,
+    session_id: String,
+    node_id: String,
     /// `"video_id":…,"session_id":…,"node_id":…`, as serde_json writes these three fields of
-    /// a [`PlaybackRecord`].
+    /// a [`PlaybackRecord`]. The ids are private, so it never goes stale.
     json: Box<str>,
 }
 
@@ -199,6 +196,21 @@ impl SessionIds {
             // serde_json writes UTF-8 only.
             json: String::from_utf8(json).unwrap_or_default().into_boxed_str(),
         }
+    }
+
+    /// The video.
+    pub fn video_id(&self) -> &str {
+        &self.video_id
+    }
+
+    /// The playback session (`{home_node}-{16 hex}`).
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The node that serves it: the node that writes its records.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 }
 
