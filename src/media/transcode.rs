@@ -431,23 +431,23 @@ pub const SEEK_BACK_SECONDS: f64 = 30.0;
 /// The `-ss` of [`ChunkSeek::Earlier`] for a chunk that starts `start` seconds after the first
 /// video frame, as written on the command line.
 fn earlier_seek(m: &InputMap, start: f64) -> f64 {
-    seek_back(m, start, SEEK_BACK_SECONDS)
+    seek_point(m, start, ChunkSeek::Earlier)
 }
 
-/// The `-ss` `back` seconds before the seek point of a chunk that starts `start` seconds after
-/// the first video frame (never before 0), as written on the command line.
-fn seek_back(m: &InputMap, start: f64, back: f64) -> f64 {
-    written((m.seek(start) - back).max(0.0))
-}
-
-/// The `-ss` of a seek that lands before the start and cuts the span from what it decodes
-/// ([`ChunkSeek::Earlier`], [`ChunkSeek::Keyframe`]); `None` for the others.
-fn landing_seek(m: &InputMap, start: f64, seek: ChunkSeek) -> Option<f64> {
+/// How far before a chunk's seek point `seek` starts reading, seconds (0 for
+/// [`ChunkSeek::Index`], and for [`ChunkSeek::Decode`], which has no `-ss`).
+fn back_seconds(seek: ChunkSeek) -> f64 {
     match seek {
-        ChunkSeek::Earlier => Some(earlier_seek(m, start)),
-        ChunkSeek::Keyframe { back_ms } => Some(seek_back(m, start, f64::from(back_ms) / 1e3)),
-        ChunkSeek::Index | ChunkSeek::Decode => None,
+        ChunkSeek::Index | ChunkSeek::Decode => 0.0,
+        ChunkSeek::Earlier => SEEK_BACK_SECONDS,
+        ChunkSeek::Keyframe { back_ms } => f64::from(back_ms) / 1e3,
     }
+}
+
+/// The `-ss` of `seek` for a chunk that starts `start` seconds after the first video frame
+/// (never before 0), as written on the command line; unused for [`ChunkSeek::Decode`].
+fn seek_point(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
+    written((m.seek(start) - back_seconds(seek)).max(0.0))
 }
 
 /// How far before a keyframe [`keyframe_back_ms`] aims at most, seconds: ffmpeg's seek in an
@@ -476,10 +476,9 @@ pub fn keyframe_back_ms(m: &InputMap, start: f64, keyframes: &[f64]) -> Option<u
         .max(key - KEYFRAME_LEAD_SECONDS)
         .min(target);
     let back_ms = ((target - at) * 1e3).ceil();
-    let usable = at > 0.0
-        && (0.0..SEEK_BACK_SECONDS * 1e3).contains(&back_ms)
-        && seek_back(m, start, back_ms / 1e3) > 0.0;
-    usable.then_some(back_ms as u32)
+    let usable = at > 0.0 && (0.0..SEEK_BACK_SECONDS * 1e3).contains(&back_ms);
+    let back_ms = back_ms as u32;
+    (usable && seek_point(m, start, ChunkSeek::Keyframe { back_ms }) > 0.0).then_some(back_ms)
 }
 
 /// The seek to encode a chunk with after `seek` lost frames, for a chunk that starts `start`
@@ -506,9 +505,8 @@ pub fn next_seek(seek: ChunkSeek, m: &InputMap, start: f64) -> Option<ChunkSeek>
 /// chunk's start and was encoded in vain before the retry ([`next_seek`] after it: the
 /// earlier seek, or a decode from the start for a chunk within [`SEEK_BACK_SECONDS`] of it).
 /// A 180 s MPEG-TS (keyframes every 10 s) encoded 21 chunks for its 12 that way. Where the job
-/// found the keyframe before the chunk's start (`keyframe_back_ms`, from
-/// [`keyframe_back_ms`]), a source without an index starts with [`ChunkSeek::Keyframe`]
-/// instead.
+/// found the keyframe before the chunk's start (`keyframe_back_ms`, as the function of that
+/// name gives it), a source without an index starts with [`ChunkSeek::Keyframe`] instead.
 pub fn first_seek(m: &InputMap, start: f64, keyframe_back_ms: Option<u32>) -> ChunkSeek {
     match keyframe_back_ms {
         _ if !m.unindexed => ChunkSeek::Index,
@@ -569,7 +567,7 @@ pub fn chunk_args(
             None
         }
         ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
-            let ss = landing_seek(m, start, seek).unwrap_or(0.0);
+            let ss = seek_point(m, start, seek);
             let at = written(from) - ss;
             a.extend([
                 "-ss".into(),
@@ -634,13 +632,12 @@ pub fn chunk_args(
 /// What to add to the times in a chunk's frame log ([`chunk_args`]) to count them from the
 /// file's first timestamp, seconds: the chunk's seek (`-ss`, which ffmpeg subtracts from
 /// every timestamp) for [`ChunkSeek::Index`], [`ChunkSeek::Earlier`] and
-/// [`ChunkSeek::Keyframe`], the video's start
-/// for [`ChunkSeek::Decode`] (its clock restarts at the first video frame).
+/// [`ChunkSeek::Keyframe`], the video's start for [`ChunkSeek::Decode`] (its clock restarts
+/// at the first video frame).
 pub fn frame_log_offset(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
     match seek {
-        ChunkSeek::Index => written(m.seek(start)),
-        ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
-            landing_seek(m, start, seek).unwrap_or(0.0)
+        ChunkSeek::Index | ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
+            seek_point(m, start, seek)
         }
         ChunkSeek::Decode => written(m.video_start_seconds),
     }
@@ -653,7 +650,7 @@ pub fn expected_first_frame(m: &InputMap, start: f64, seek: ChunkSeek) -> f64 {
     match seek {
         ChunkSeek::Index => 0.0,
         ChunkSeek::Earlier | ChunkSeek::Keyframe { .. } => {
-            written(m.seek(start)) - landing_seek(m, start, seek).unwrap_or(0.0)
+            written(m.seek(start)) - seek_point(m, start, seek)
         }
         ChunkSeek::Decode => m.decoded_start(start),
     }
