@@ -738,24 +738,47 @@ pub async fn packet_times(
     from: f64,
     timeout: Duration,
 ) -> Result<Option<Vec<f64>>, ProbeError> {
+    let csv = container_csv(
+        path,
+        stream,
+        "packet=pts_time,dts_time:format=start_time",
+        "packets",
+        timeout,
+    )
+    .await?;
+    Ok(read_times(&csv).map(|t| from_start(t.since_video_start(from))))
+}
+
+/// ffprobe's csv of `entries` (its `-show_entries`) for video stream `stream` (ffprobe index;
+/// `None`: the first) of a local file, read from the container without decoding
+/// ([`packet_times`], [`keyframe_times`]).
+///
+/// Errors: [`ProbeError::Tool`] when ffprobe cannot run, times out or fails (saying it could
+/// not list `what`).
+async fn container_csv(
+    path: &Path,
+    stream: Option<u32>,
+    entries: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
     let select = stream_selector(stream);
     let args = [
         "-select_streams",
         &select,
         "-show_entries",
-        "packet=pts_time,dts_time:format=start_time",
+        entries,
         "-of",
         "csv",
     ];
     let out = ffprobe(&args, path, timeout).await?;
     if !out.status.success() {
         return Err(ProbeError::Tool(format!(
-            "ffprobe cannot list the packets: {}",
+            "ffprobe cannot list the {what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(read_times(&String::from_utf8_lossy(&out.stdout))
-        .map(|t| from_start(t.since_video_start(from))))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// [`packet_times`]'s answer: the packets' times less the file's start.
@@ -775,23 +798,15 @@ pub async fn keyframe_times(
     stream: Option<u32>,
     timeout: Duration,
 ) -> Result<Vec<f64>, ProbeError> {
-    let select = stream_selector(stream);
-    let args = [
-        "-select_streams",
-        &select,
-        "-show_entries",
+    let csv = container_csv(
+        path,
+        stream,
         "packet=pts_time,flags:format=start_time",
-        "-of",
-        "csv",
-    ];
-    let out = ffprobe(&args, path, timeout).await?;
-    if !out.status.success() {
-        return Err(ProbeError::Tool(format!(
-            "ffprobe cannot list the keyframes: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(read_keyframes(&String::from_utf8_lossy(&out.stdout)))
+        "keyframes",
+        timeout,
+    )
+    .await?;
+    Ok(read_keyframes(&csv))
 }
 
 /// [`keyframe_times`]'s answer from ffprobe's csv: `packet,{pts},{flags}` lines whose flags
