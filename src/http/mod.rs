@@ -362,7 +362,6 @@ pub async fn serve(
     let service = Service {
         warp: hyper_util::service::TowerToHyperService::new(warp::service(routes(app.clone()))),
         app,
-        node_runtime: tokio::runtime::Handle::current(),
     };
     listener::serve_connections(
         listener,
@@ -382,14 +381,13 @@ pub async fn serve(
 /// but the node's actors, uploads and reads belong on the node's runtime, in its supervision
 /// tree, whatever connection asked for them: so only a cache hit ([`stream::serve_hit`]),
 /// which never waits, is answered on the connection's thread, and every other request's
-/// handler is spawned on `node_runtime` (and aborted if the connection drops it, as it would
-/// be dropped in place).
+/// handler is spawned on the node's runtime (the streaming side's
+/// [`NodeTasks`](crate::streaming::NodeTasks), where its cache reads and read-ahead run too),
+/// and aborted if the connection drops it, as it would be dropped in place.
 #[derive(Clone)]
 struct Service<W> {
     app: App,
     warp: W,
-    /// The runtime the node runs on (the one `serve` was called on).
-    node_runtime: tokio::runtime::Handle,
 }
 
 impl<W> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service<W>
@@ -416,20 +414,21 @@ where
                     return Box::pin(std::future::ready(Ok(r.into_response())));
                 }
                 let app = self.app.clone();
-                on_node_runtime(&self.node_runtime, async move {
+                on_node_runtime(&self.app.node.ctx.streaming.tasks, async move {
                     Ok(stream::serve_fast(app, fast).await.into_response())
                 })
             }
-            Err(req) => on_node_runtime(&self.node_runtime, self.warp.call(req)),
+            Err(req) => on_node_runtime(&self.app.node.ctx.streaming.tasks, self.warp.call(req)),
         }
     }
 }
 
-/// `handler` run as a task of `runtime`, its answer awaited where the connection runs; the
-/// task is aborted when the connection drops the returned future (the client went away), as
-/// the handler would be dropped if it ran in place. A handler that panicked answers `500`.
+/// `handler` run as a task of the node's runtime (`tasks`), its answer awaited where the
+/// connection runs; the task is aborted when the connection drops the returned future (the
+/// client went away), as the handler would be dropped if it ran in place. A handler that
+/// panicked answers `500`.
 fn on_node_runtime<F>(
-    runtime: &tokio::runtime::Handle,
+    tasks: &crate::streaming::NodeTasks,
     handler: F,
 ) -> std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<warp::reply::Response, Infallible>> + Send>,
@@ -437,7 +436,7 @@ fn on_node_runtime<F>(
 where
     F: std::future::Future<Output = Result<warp::reply::Response, Infallible>> + Send + 'static,
 {
-    let task = tokio_util::task::AbortOnDropHandle::new(runtime.spawn(handler));
+    let task = tokio_util::task::AbortOnDropHandle::new(tasks.spawn(handler));
     Box::pin(async move {
         match task.await {
             Ok(answer) => answer,
@@ -492,7 +491,7 @@ mod tests {
     #[test]
     fn a_handler_runs_on_the_node_runtime() {
         let node = node_runtime();
-        let handle = node.handle().clone();
+        let handle = node.block_on(async { crate::streaming::NodeTasks::current() });
         let answer = on_connection_thread(async move {
             on_node_runtime(&handle, async {
                 let name = std::thread::current().name().unwrap_or("").to_string();
@@ -513,7 +512,7 @@ mod tests {
     #[test]
     fn a_dropped_request_stops_its_handler() {
         let node = node_runtime();
-        let handle = node.handle().clone();
+        let handle = node.block_on(async { crate::streaming::NodeTasks::current() });
         let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
         let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
         /// Says when the handler's future is dropped.

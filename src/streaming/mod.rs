@@ -126,7 +126,8 @@ pub struct Streaming {
     pub prefetch_slots: Arc<tokio::sync::Semaphore>,
     /// The playback log (JSON lines and SQLite).
     pub log: PlaybackLog,
-    /// Where read-ahead tasks run: the node's runtime.
+    /// Where the node's tasks that requests start run: the node's runtime (read-ahead here,
+    /// and every request handler but a cache hit's, `http::Service`).
     pub tasks: NodeTasks,
     /// What this node knows about the cluster, for [`session::route_session`].
     cluster: Arc<RwLock<Arc<dyn ClusterView>>>,
