@@ -381,9 +381,10 @@ pub struct StreamingConfig {
     /// a client can make the node spend by asking for the multivariant playlist again and
     /// again (issue 11: sessions are bounded).
     pub max_sessions: usize,
-    /// Rows of the playback log's SQLite table (`playback_events`) a node keeps; past it the
-    /// oldest are deleted. About 250 bytes a row: the default, 4,000,000, is about 1 GB. The
-    /// log is not replicated (seed: local event logs), so this bounds its disk use.
+    /// Rows of the playback log's SQLite table (`playback_rows`) a node keeps; past it the
+    /// oldest are deleted, with the ids of sessions left with no row. About 30 bytes a row,
+    /// plus about 100 bytes a session: the default, 4,000,000, is about 120 MB. The log is not
+    /// replicated (seed: local event logs), so this bounds its disk use.
     pub log_max_rows: u64,
     /// The playback log's JSON-lines file (`playback.jsonl`) is rotated at this size, MiB:
     /// renamed `playback.jsonl.1` (the older ones shift to `.2`, ...).

@@ -3,9 +3,12 @@
 //! written twice on the node that served it:
 //!
 //! - as JSON lines, one object per line, in `{data_dir}/playback.jsonl` (easy to `grep`/`jq`);
-//! - as rows of the `playback_events` table of the node's SQLite file (`reel.sqlite`), in append
-//!   order; `playback_sessions` holds where each session's rows lie (its spans of row numbers),
-//!   so that one session is read without reading the table and a record costs no index insert.
+//! - as rows of the `playback_rows` table of the node's SQLite file (`reel.sqlite`), in append
+//!   order, about 30 bytes each: the session's ids and the rendition are numbers into
+//!   `playback_ids` and `playback_renditions`, the event and cache outcome codes. The view
+//!   `playback_events` shows them with their texts. `playback_sessions` holds where each
+//!   session's rows lie (its spans of row numbers), so that one session is read without
+//!   reading the table and a record costs no index insert.
 //!
 //! Writes never block an async task: [`PlaybackLog::record`] sends the record over a channel to
 //! one dedicated writer thread, which lets records gather for [`LINGER`] after the first, then
@@ -59,6 +62,35 @@ impl PlaybackEvent {
             Self::SessionEnd => "SESSION_END",
         }
     }
+
+    /// Every event, in the order of their [`PlaybackEvent::code`]s.
+    pub const ALL: [Self; 6] = [
+        Self::Serve,
+        Self::PrefetchStart,
+        Self::PrefetchResult,
+        Self::SessionStart,
+        Self::SessionReassigned,
+        Self::SessionEnd,
+    ];
+
+    /// The number that stands for the event in the `event` column of the SQLite table
+    /// `playback_rows`: 1 to 6, in the order of [`PlaybackEvent::ALL`]. The view
+    /// `playback_events` turns it back into [`PlaybackEvent::as_str`].
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Serve => 1,
+            Self::PrefetchStart => 2,
+            Self::PrefetchResult => 3,
+            Self::SessionStart => 4,
+            Self::SessionReassigned => 5,
+            Self::SessionEnd => 6,
+        }
+    }
+
+    /// The event whose [`PlaybackEvent::code`] is `code`, if any.
+    pub fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.code() == code)
+    }
 }
 
 /// Whether the bytes were already in this node's cache.
@@ -79,6 +111,22 @@ impl CacheOutcome {
             Self::Hit => "hit",
             Self::Miss => "miss",
         }
+    }
+
+    /// The number that stands for it in the `cache` column of `playback_rows`: 1 for a hit,
+    /// 0 for a miss.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Hit => 1,
+            Self::Miss => 0,
+        }
+    }
+
+    /// The outcome whose [`CacheOutcome::code`] is `code`, if any.
+    pub fn from_code(code: i64) -> Option<Self> {
+        [Self::Hit, Self::Miss]
+            .into_iter()
+            .find(|c| c.code() == code)
     }
 }
 
@@ -315,7 +363,7 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// as the node serves, by about 750 bytes per segment request (three records, in two files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Rows of `playback_events` kept at most; the oldest are deleted first.
+    /// Rows of `playback_rows` kept at most; the oldest are deleted first.
     pub max_rows: u64,
     /// `playback.jsonl` is rotated once it reaches this size, bytes.
     pub file_bytes: u64,
@@ -357,27 +405,46 @@ impl std::fmt::Debug for PlaybackLog {
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS playback_events (
+-- One row per record, in append order. The session's ids and the rendition are numbers into
+-- playback_ids and playback_renditions, the event and the cache outcome are codes, and the
+-- RFC 3339 time is made from ts_ms when read: a SERVE row is about 30 bytes, not 200. Binding
+-- and writing the wide row was two fifths of the writer's CPU (issue 11, P1).
+CREATE TABLE IF NOT EXISTS playback_rows (
     seq         INTEGER PRIMARY KEY, -- the rowid; only the oldest rows are deleted (trim keeps
                                      -- the newest), so it only grows and has no gaps
     ts_ms       INTEGER NOT NULL,
-    ts          TEXT NOT NULL,
-    event       TEXT NOT NULL,
-    video_id    TEXT NOT NULL,
-    session_id  TEXT NOT NULL,
-    node_id     TEXT NOT NULL,
-    rendition   TEXT,
-    width       INTEGER,
-    height      INTEGER,
-    bandwidth   INTEGER,
+    event       INTEGER NOT NULL,    -- PlaybackEvent::code: 1 SERVE, 2 PREFETCH_START,
+                                     -- 3 PREFETCH_RESULT, 4 SESSION_START,
+                                     -- 5 SESSION_REASSIGNED, 6 SESSION_END
+    ids         INTEGER NOT NULL,    -- playback_ids.id
+    rendition   INTEGER,             -- playback_renditions.id
     segment     INTEGER,
-    cache       TEXT,
+    cache       INTEGER,             -- 1 hit, 0 miss
     result      TEXT,
     bytes       INTEGER,
     duration_ms INTEGER,
     detail      TEXT
 );
--- Where each session's records lie in playback_events: rows first_seq..=last_seq hold every
+-- The video, session and node of records: one row for each session (for each video and node
+-- its records name), deleted with the session's last span.
+CREATE TABLE IF NOT EXISTS playback_ids (
+    id          INTEGER PRIMARY KEY,
+    video_id    TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    node_id     TEXT NOT NULL,
+    UNIQUE (session_id, video_id, node_id)
+);
+-- The renditions records name: one row for each rendition this node has logged (a few for each
+-- video played), kept.
+CREATE TABLE IF NOT EXISTS playback_renditions (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    width       INTEGER NOT NULL,
+    height      INTEGER NOT NULL,
+    bandwidth   INTEGER NOT NULL,
+    UNIQUE (name, width, height, bandwidth)
+);
+-- Where each session's records lie in playback_rows: rows first_seq..=last_seq hold every
 -- record of the session written in that span (last_seq NULL: to the end of the table). One
 -- row per span; a session has several when it ended and came back, or the node restarted.
 CREATE TABLE IF NOT EXISTS playback_sessions (
@@ -386,69 +453,172 @@ CREATE TABLE IF NOT EXISTS playback_sessions (
     last_seq    INTEGER,
     PRIMARY KEY (session_id, first_seq)
 );
+-- The records with their texts, in the columns the table playback_events had before
+-- playback_rows: what a person reading the log by hand queries.
+CREATE VIEW IF NOT EXISTS playback_events AS
+SELECT r.seq, r.ts_ms,
+    strftime('%Y-%m-%dT%H:%M:%fZ', max(r.ts_ms, 0) / 1000.0, 'unixepoch') AS ts,
+    CASE r.event WHEN 1 THEN 'SERVE' WHEN 2 THEN 'PREFETCH_START' WHEN 3 THEN 'PREFETCH_RESULT'
+        WHEN 4 THEN 'SESSION_START' WHEN 5 THEN 'SESSION_REASSIGNED' WHEN 6 THEN 'SESSION_END'
+    END AS event,
+    i.video_id, i.session_id, i.node_id,
+    n.name AS rendition, n.width, n.height, n.bandwidth,
+    r.segment, CASE r.cache WHEN 1 THEN 'hit' WHEN 0 THEN 'miss' END AS cache,
+    r.result, r.bytes, r.duration_ms, r.detail
+FROM playback_rows r JOIN playback_ids i ON i.id = r.ids
+LEFT JOIN playback_renditions n ON n.id = r.rendition;
 ";
 
-/// Databases written before the spans table had an index on `(session_id, seq)` instead: turn
-/// it into one closed span per session and drop it.
+/// Databases written before `playback_rows` kept every record whole in a table named
+/// `playback_events`, renamed `playback_events_wide` before this runs (inside the
+/// migration's transaction, after [`SCHEMA`]): its rows move to `playback_rows` with their
+/// row numbers, so its spans still hold.
+const MIGRATE_WIDE_ROWS: &str = "
+INSERT OR IGNORE INTO playback_ids (video_id, session_id, node_id)
+    SELECT DISTINCT video_id, session_id, node_id FROM playback_events_wide;
+INSERT OR IGNORE INTO playback_renditions (name, width, height, bandwidth)
+    SELECT DISTINCT rendition, coalesce(width, 0), coalesce(height, 0), coalesce(bandwidth, 0)
+    FROM playback_events_wide WHERE rendition IS NOT NULL;
+INSERT INTO playback_rows (seq, ts_ms, event, ids, rendition, segment, cache, result, bytes,
+        duration_ms, detail)
+    SELECT e.seq, e.ts_ms,
+        CASE e.event WHEN 'SERVE' THEN 1 WHEN 'PREFETCH_START' THEN 2 WHEN 'PREFETCH_RESULT' THEN 3
+            WHEN 'SESSION_START' THEN 4 WHEN 'SESSION_REASSIGNED' THEN 5 WHEN 'SESSION_END' THEN 6
+            ELSE 0 END,
+        i.id, n.id, e.segment, CASE e.cache WHEN 'hit' THEN 1 WHEN 'miss' THEN 0 END,
+        e.result, e.bytes, e.duration_ms, e.detail
+    FROM playback_events_wide e
+    JOIN playback_ids i
+        ON i.session_id = e.session_id AND i.video_id = e.video_id AND i.node_id = e.node_id
+    LEFT JOIN playback_renditions n
+        ON n.name = e.rendition AND n.width = coalesce(e.width, 0)
+        AND n.height = coalesce(e.height, 0) AND n.bandwidth = coalesce(e.bandwidth, 0);
+DROP TABLE playback_events_wide;
+";
+
+/// Databases written before the spans table had an index on `(session_id, seq)` of the wide
+/// table instead: turn it into one closed span per session (runs before
+/// [`MIGRATE_WIDE_ROWS`], which drops the index with the table).
 const MIGRATE_SESSION_INDEX: &str = "
-BEGIN IMMEDIATE;
 INSERT OR IGNORE INTO playback_sessions (session_id, first_seq, last_seq)
-    SELECT session_id, min(seq), max(seq) FROM playback_events GROUP BY session_id;
-DROP INDEX IF EXISTS playback_session;
-COMMIT;
+    SELECT session_id, min(seq), max(seq) FROM playback_events_wide GROUP BY session_id;
 ";
 
 fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrate_wide_table(&mut conn)?;
     conn.execute_batch(SCHEMA)?;
-    let old_index: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'playback_session'",
-        [],
-        |r| r.get(0),
-    )?;
-    if old_index {
-        conn.execute_batch(MIGRATE_SESSION_INDEX)?;
-    }
     Ok(conn)
 }
 
-const INSERT: &str = "INSERT INTO playback_events (ts_ms, ts, event, video_id, session_id,
-    node_id, rendition, width, height, bandwidth, segment, cache, result, bytes, duration_ms, detail)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+/// If the database still has the wide table of records (`playback_events` as a table, not
+/// the view), move its records to `playback_rows` and drop it, in one transaction. Decided
+/// inside that transaction, so two processes opening the file at once migrate it once.
+fn migrate_wide_table(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let exists = |conn: &Connection, kind: &str, name: &str| -> Result<bool, rusqlite::Error> {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = ?1 AND name = ?2",
+            [kind, name],
+            |r| r.get(0),
+        )
+    };
+    if !exists(conn, "table", "playback_events")? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if exists(&tx, "table", "playback_events")? {
+        let old_index = exists(&tx, "index", "playback_session")?;
+        tx.execute_batch("ALTER TABLE playback_events RENAME TO playback_events_wide;")?;
+        tx.execute_batch(SCHEMA)?;
+        if old_index {
+            tx.execute_batch(MIGRATE_SESSION_INDEX)?;
+        }
+        tx.execute_batch(MIGRATE_WIDE_ROWS)?;
+    }
+    tx.commit()
+}
 
-fn insert(stmt: &mut rusqlite::CachedStatement<'_>, r: &Row<'_>) -> Result<(), rusqlite::Error> {
-    let rend = r.rendition.as_ref();
-    stmt.execute(params![
+const INSERT: &str = "INSERT INTO playback_rows (ts_ms, event, ids, rendition, segment, cache,
+    result, bytes, duration_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// Insert record `r` as a row of `playback_rows`, `ids` and `rendition` its rows of
+/// `playback_ids` and `playback_renditions`; answers the row's `seq`.
+fn insert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    r: &Row<'_>,
+    ids: i64,
+    rendition: Option<i64>,
+) -> Result<i64, rusqlite::Error> {
+    stmt.insert(params![
         r.ts_ms,
-        r.ts,
-        r.event.as_str(),
-        r.video_id,
-        r.session_id,
-        r.node_id,
-        rend.map(|x| x.name.as_str()),
-        rend.map(|x| x.width),
-        rend.map(|x| x.height),
-        rend.map(|x| x.bandwidth as i64),
+        r.event.code(),
+        ids,
+        rendition,
         r.segment.map(|s| s as i64),
-        r.cache.map(|c| c.as_str()),
+        r.cache.map(CacheOutcome::code),
         r.result,
         r.bytes.map(|b| b as i64),
         r.duration_ms.map(|b| b as i64),
         r.detail,
-    ])?;
-    Ok(())
+    ])
+}
+
+/// The `playback_ids` row of a video, session and node, added if there is none.
+fn ids_row(
+    tx: &rusqlite::Transaction<'_>,
+    video_id: &str,
+    session_id: &str,
+    node_id: &str,
+) -> Result<i64, rusqlite::Error> {
+    let ids = params![video_id, session_id, node_id];
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO playback_ids (video_id, session_id, node_id) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(ids)?;
+    tx.prepare_cached(
+        "SELECT id FROM playback_ids WHERE session_id = ?2 AND video_id = ?1 AND node_id = ?3",
+    )?
+    .query_row(ids, |row| row.get(0))
+}
+
+/// The `playback_renditions` row of `tag`, added if there is none.
+fn rendition_row(
+    tx: &rusqlite::Transaction<'_>,
+    tag: &RenditionTag,
+) -> Result<i64, rusqlite::Error> {
+    let values = params![tag.name, tag.width, tag.height, tag.bandwidth as i64];
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO playback_renditions (name, width, height, bandwidth)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(values)?;
+    tx.prepare_cached(
+        "SELECT id FROM playback_renditions
+         WHERE name = ?1 AND width = ?2 AND height = ?3 AND bandwidth = ?4",
+    )?
+    .query_row(values, |row| row.get(0))
 }
 
 /// The sessions whose span in `playback_sessions` this writer has opened and not yet closed,
-/// with the span's `first_seq`. Bounded by the sessions that log without ending: past
-/// [`MAX_OPEN_SPANS`] it is emptied, which only opens new spans (a span without an end reads to
-/// the end of the table, so none is lost).
+/// with the span's `first_seq` and the session's `playback_ids` row. Bounded by the sessions
+/// that log without ending: past [`MAX_OPEN_SPANS`] it is emptied, which only opens new spans
+/// (a span without an end reads to the end of the table, so none is lost). An open span keeps
+/// its session's `playback_ids` row from [`trim`], so the row kept here stays valid.
 #[derive(Default)]
 struct Spans {
-    open: std::collections::HashMap<String, i64>,
+    open: std::collections::HashMap<String, OpenSpan>,
+}
+
+/// A span [`Spans`] has open.
+struct OpenSpan {
+    first_seq: i64,
+    /// The `playback_ids` row of the span's first record.
+    ids: i64,
+    video_id: Box<str>,
+    node_id: Box<str>,
 }
 
 /// Open spans a writer remembers at most (a node's sessions are bounded by
@@ -456,16 +626,26 @@ struct Spans {
 const MAX_OPEN_SPANS: usize = 200_000;
 
 impl Spans {
-    /// Note that record `r` was written as row `seq`: open the session's span on its first
-    /// record, close it on `SESSION_END`. Runs inside the batch's transaction.
-    fn note(
+    /// Write record `r` (`insert` makes its row from its `playback_ids` row and answers the
+    /// row's `seq`), opening the session's span on its first record and closing it on
+    /// `SESSION_END`. Runs inside the batch's transaction.
+    fn write(
         &mut self,
         tx: &rusqlite::Transaction<'_>,
         r: &Row<'_>,
-        seq: i64,
+        insert: impl FnOnce(i64) -> Result<i64, rusqlite::Error>,
     ) -> Result<(), rusqlite::Error> {
-        let first = match self.open.get(r.session_id) {
-            Some(&first) => first,
+        let open = self.open.get(r.session_id).map(|o| {
+            let same = *o.video_id == *r.video_id && *o.node_id == *r.node_id;
+            (o.first_seq, same.then_some(o.ids))
+        });
+        let ids = match open {
+            Some((_, Some(ids))) => ids,
+            _ => ids_row(tx, r.video_id, r.session_id, r.node_id)?,
+        };
+        let seq = insert(ids)?;
+        let first = match open {
+            Some((first, _)) => first,
             None => {
                 if self.open.len() >= MAX_OPEN_SPANS {
                     self.open.clear();
@@ -474,7 +654,13 @@ impl Spans {
                     "INSERT OR IGNORE INTO playback_sessions (session_id, first_seq) VALUES (?1, ?2)",
                 )?
                 .execute(params![r.session_id, seq])?;
-                self.open.insert(r.session_id.to_string(), seq);
+                let span = OpenSpan {
+                    first_seq: seq,
+                    ids,
+                    video_id: r.video_id.into(),
+                    node_id: r.node_id.into(),
+                };
+                self.open.insert(r.session_id.to_string(), span);
                 seq
             }
         };
@@ -599,11 +785,12 @@ fn write_batch(
     conn: &mut Connection,
     file: &mut JsonLines,
     spans: &mut Spans,
+    renditions: &mut Renditions,
     times: &mut Times,
     batch: &[Queued],
 ) {
     times.fill(batch);
-    if let Err(e) = file.append(batch, times) {
+    if let Err(e) = file.append(batch, times, renditions) {
         tracing::error!("playback log file write failed: {e}");
     }
     // Rows are appended in rowid order and nothing indexes them by session: an index keyed by
@@ -616,16 +803,23 @@ fn write_batch(
             let mut stmt = tx.prepare_cached(INSERT)?;
             for (i, q) in batch.iter().enumerate() {
                 let r = q.row(times.get(i));
-                insert(&mut stmt, &r)?;
-                spans.note(&tx, &r, tx.last_insert_rowid())?;
+                let rendition = match q {
+                    Queued::Segment(s) => Some(renditions.row(&tx, &s.rendition)?),
+                    Queued::Full(f) => match &f.rendition {
+                        Some(tag) => Some(rendition_row(&tx, tag)?),
+                        None => None,
+                    },
+                };
+                spans.write(&tx, &r, |ids| insert(&mut stmt, &r, ids, rendition))?;
             }
         }
         tx.commit()
     });
     if let Err(e) = res {
-        // The spans opened in the lost transaction are gone with it: start again from none
-        // (spans already written and never closed still read to the end of the table).
+        // The spans and rows added in the lost transaction are gone with it: start again from
+        // none (spans already written and never closed still read to the end of the table).
         spans.open.clear();
+        renditions.forget_rows();
         tracing::error!("playback log SQLite write failed: {e}");
     }
 }
@@ -641,36 +835,72 @@ struct JsonLines {
     /// Bytes in the current file.
     len: u64,
     retention: Retention,
-    renditions: RenditionJson,
 }
 
-/// The JSON of the renditions that segment records named lately, keyed by the address of
-/// their shared tag. Each entry holds its tag, so no other tag can take that address while the
-/// entry is there. At most [`MAX_RENDITION_JSON`] entries: past that it is emptied.
+/// What the writer keeps of the renditions that segment records named lately, keyed by the
+/// address of their shared tag: each one's JSON, and its `playback_renditions` row once
+/// looked up. Each entry holds its tag, so no other tag can take that address while the entry
+/// is there. At most [`MAX_RENDITIONS_KEPT`] entries: past that it is emptied.
 #[derive(Default)]
-struct RenditionJson {
-    by_tag: std::collections::HashMap<usize, (Arc<RenditionTag>, Box<str>)>,
+struct Renditions {
+    by_tag: std::collections::HashMap<usize, KeptRendition>,
 }
 
-/// Renditions whose JSON the writer keeps at most (a node serves a few per video).
-const MAX_RENDITION_JSON: usize = 1024;
+/// A rendition [`Renditions`] keeps.
+struct KeptRendition {
+    tag: Arc<RenditionTag>,
+    /// `{"name":…,"width":…,"height":…,"bandwidth":…}`, as serde_json writes the tag.
+    json: Box<str>,
+    /// Its `playback_renditions` row, once looked up.
+    row: Option<i64>,
+}
 
-impl RenditionJson {
-    /// `tag` as serde_json writes it (`{"name":…,"width":…,"height":…,"bandwidth":…}`).
-    fn json(&mut self, tag: &Arc<RenditionTag>) -> &str {
+/// Renditions the writer keeps at most (a node serves a few per video).
+const MAX_RENDITIONS_KEPT: usize = 1024;
+
+impl Renditions {
+    fn kept(&mut self, tag: &Arc<RenditionTag>) -> &mut KeptRendition {
         let key = Arc::as_ptr(tag) as usize;
-        if self.by_tag.len() >= MAX_RENDITION_JSON && !self.by_tag.contains_key(&key) {
+        if self.by_tag.len() >= MAX_RENDITIONS_KEPT && !self.by_tag.contains_key(&key) {
             self.by_tag.clear();
         }
-        &self
-            .by_tag
-            .entry(key)
-            .or_insert_with(|| {
-                // A RenditionTag always serialises (strings and numbers).
-                let json = serde_json::to_string(&**tag).unwrap_or_default();
-                (tag.clone(), json.into_boxed_str())
-            })
-            .1
+        self.by_tag.entry(key).or_insert_with(|| KeptRendition {
+            tag: tag.clone(),
+            // A RenditionTag always serialises (strings and numbers).
+            json: serde_json::to_string(&**tag)
+                .unwrap_or_default()
+                .into_boxed_str(),
+            row: None,
+        })
+    }
+
+    /// `tag` as serde_json writes it.
+    fn json(&mut self, tag: &Arc<RenditionTag>) -> &str {
+        &self.kept(tag).json
+    }
+
+    /// The `playback_renditions` row of `tag`, looked up (or added) once.
+    fn row(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        tag: &Arc<RenditionTag>,
+    ) -> Result<i64, rusqlite::Error> {
+        let kept = self.kept(tag);
+        match kept.row {
+            Some(row) => Ok(row),
+            None => {
+                let row = rendition_row(tx, &kept.tag)?;
+                kept.row = Some(row);
+                Ok(row)
+            }
+        }
+    }
+
+    /// Forget the rows looked up: the transaction that looked them up was rolled back.
+    fn forget_rows(&mut self) {
+        for kept in self.by_tag.values_mut() {
+            kept.row = None;
+        }
     }
 }
 
@@ -728,19 +958,23 @@ impl JsonLines {
             buf: Vec::new(),
             len,
             retention,
-            renditions: RenditionJson::default(),
         })
     }
 
     /// Append one line per record, then rotate if the file has reached its size: a batch is
     /// never split between two files.
-    fn append(&mut self, batch: &[Queued], times: &Times) -> std::io::Result<()> {
+    fn append(
+        &mut self,
+        batch: &[Queued],
+        times: &Times,
+        renditions: &mut Renditions,
+    ) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         for (i, q) in batch.iter().enumerate() {
             match q {
                 Queued::Segment(r) => {
-                    let rendition = self.renditions.json(&r.rendition);
+                    let rendition = renditions.json(&r.rendition);
                     segment_line(&mut buf, r, times.get(i), rendition);
                 }
                 Queued::Full(_) => serde_json::to_writer(&mut buf, &q.row(times.get(i)))?,
@@ -810,12 +1044,17 @@ const TRIM_CHUNK: i64 = 50_000;
 /// the rowid at one end of the table, but both in one `SELECT` read every row (6 ms at 200,000
 /// rows, for every batch).
 const TRIM_ENDS: &str =
-    "SELECT (SELECT min(seq) FROM playback_events), (SELECT max(seq) FROM playback_events)";
+    "SELECT (SELECT min(seq) FROM playback_rows), (SELECT max(seq) FROM playback_rows)";
 /// The rows before a row number.
-const TRIM_ROWS: &str = "DELETE FROM playback_events WHERE seq < ?1";
+const TRIM_ROWS: &str = "DELETE FROM playback_rows WHERE seq < ?1";
+/// The spans that end before a row number, answering their sessions.
+const TRIM_SPANS: &str = "DELETE FROM playback_sessions WHERE last_seq < ?1 RETURNING session_id";
+/// The ids of a session that has no span left.
+const TRIM_IDS: &str = "DELETE FROM playback_ids WHERE session_id = ?1
+    AND NOT EXISTS (SELECT 1 FROM playback_sessions WHERE session_id = ?1)";
 
-/// Delete the oldest rows of `playback_events` beyond `max_rows`, and the session spans that
-/// end before what is left. Rows are numbered in append order without gaps, so the count is
+/// Delete the oldest rows of `playback_rows` beyond `max_rows`, the session spans that end
+/// before what is left, and the `playback_ids` rows of sessions left with no span. Rows are numbered in append order without gaps, so the count is
 /// `newest - oldest + 1` and the cut is a range of row numbers. Waits until the table is a
 /// sixteenth over its bound, so that deleting goes by whole pages, not a few rows a batch.
 fn trim(conn: &Connection, max_rows: u64) -> Result<(), rusqlite::Error> {
@@ -833,7 +1072,15 @@ fn trim(conn: &Connection, max_rows: u64) -> Result<(), rusqlite::Error> {
     let cut = (newest - max_rows + 1).min(oldest + TRIM_CHUNK);
     let tx = conn.unchecked_transaction()?;
     tx.execute(TRIM_ROWS, [cut])?;
-    tx.execute("DELETE FROM playback_sessions WHERE last_seq < ?1", [cut])?;
+    let ended: std::collections::HashSet<String> = tx
+        .prepare(TRIM_SPANS)?
+        .query_map([cut], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut ids = tx.prepare(TRIM_IDS)?;
+    for session in &ended {
+        ids.execute([session])?;
+    }
+    drop(ids);
     tx.commit()
 }
 
@@ -861,6 +1108,7 @@ fn writer(
     let mut times = Times::default();
     let mut flushes = Vec::new();
     let mut spans = Spans::default();
+    let mut renditions = Renditions::default();
     while let Ok(first) = rx.recv() {
         if !matches!(first, Cmd::Flush(_)) {
             // Let the batch gather: the senders queue without waking this thread.
@@ -877,7 +1125,14 @@ fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        write_batch(&mut conn, &mut file, &mut spans, &mut times, &batch);
+        write_batch(
+            &mut conn,
+            &mut file,
+            &mut spans,
+            &mut renditions,
+            &mut times,
+            &batch,
+        );
         batch.clear();
         if let Err(e) = trim(&conn, retention.max_rows) {
             tracing::error!("playback log SQLite trim failed: {e}");
@@ -919,7 +1174,7 @@ impl PlaybackLog {
         let err = |e: rusqlite::Error| format!("cannot open {db:?}: {e}");
         let conn = open_db(&db).map_err(err)?;
         conn.execute(
-            "UPDATE playback_sessions SET last_seq = (SELECT max(seq) FROM playback_events)
+            "UPDATE playback_sessions SET last_seq = (SELECT max(seq) FROM playback_rows)
              WHERE last_seq IS NULL",
             [],
         )
@@ -1072,9 +1327,9 @@ fn merge_spans(mut spans: Vec<(i64, Option<i64>)>) -> Vec<(i64, i64)> {
     out
 }
 
-/// Read the records of `session_id` from the `playback_events` table of the node whose data
-/// directory is `data_dir`, in append order. Reads only the rows of the session's spans
-/// (`playback_sessions`), never the whole table.
+/// Read the records of `session_id` from the `playback_rows` table of the node whose data
+/// directory is `data_dir`, in append order, each `ts` made from its `ts_ms`. Reads only the
+/// rows of the session's spans (`playback_sessions`), never the whole table.
 ///
 /// Errors: the database cannot be opened or read.
 pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackRecord>, String> {
@@ -1091,13 +1346,7 @@ pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackReco
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(err)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT ts_ms, ts, event, video_id, session_id, node_id, rendition, width, height,
-                bandwidth, segment, cache, result, bytes, duration_ms, detail
-             FROM playback_events WHERE seq BETWEEN ?2 AND ?3 AND session_id = ?1 ORDER BY seq",
-        )
-        .map_err(err)?;
+    let mut stmt = conn.prepare(READ_SPAN).map_err(err)?;
     let mut out = Vec::new();
     for (first, last) in merge_spans(spans) {
         let rows = stmt
@@ -1110,33 +1359,42 @@ pub fn read_sqlite(data_dir: &Path, session_id: &str) -> Result<Vec<PlaybackReco
     Ok(out)
 }
 
+/// The records of session `?1` in rows `?2..=?3`, in order. `CROSS JOIN` keeps
+/// `playback_rows` the outer loop, read by its row numbers.
+const READ_SPAN: &str = "SELECT r.ts_ms, r.event, i.video_id, i.session_id, i.node_id,
+        n.name, n.width, n.height, n.bandwidth, r.segment, r.cache, r.result, r.bytes,
+        r.duration_ms, r.detail
+    FROM playback_rows r CROSS JOIN playback_ids i ON i.id = r.ids
+    LEFT JOIN playback_renditions n ON n.id = r.rendition
+    WHERE r.seq BETWEEN ?2 AND ?3 AND i.session_id = ?1 ORDER BY r.seq";
+
 fn row_to_record(r: &rusqlite::Row<'_>) -> Result<PlaybackRecord, rusqlite::Error> {
-    let event: String = r.get(2)?;
-    let rendition: Option<String> = r.get(6)?;
-    let cache: Option<String> = r.get(11)?;
+    let ts_ms: i64 = r.get(0)?;
+    let rendition: Option<String> = r.get(5)?;
     Ok(PlaybackRecord {
-        ts_ms: r.get(0)?,
-        ts: r.get(1)?,
-        event: serde_json::from_value(serde_json::Value::String(event))
-            .unwrap_or(PlaybackEvent::Serve),
-        video_id: r.get(3)?,
-        session_id: r.get(4)?,
-        node_id: r.get(5)?,
+        ts_ms,
+        ts: crate::model::rfc3339_ms(ts_ms),
+        event: PlaybackEvent::from_code(r.get(1)?).unwrap_or(PlaybackEvent::Serve),
+        video_id: r.get(2)?,
+        session_id: r.get(3)?,
+        node_id: r.get(4)?,
         rendition: match rendition {
             Some(name) => Some(RenditionTag {
                 name,
-                width: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
-                height: r.get::<_, Option<u32>>(8)?.unwrap_or(0),
-                bandwidth: r.get::<_, Option<i64>>(9)?.unwrap_or(0) as u64,
+                width: r.get(6)?,
+                height: r.get(7)?,
+                bandwidth: r.get::<_, i64>(8)? as u64,
             }),
             None => None,
         },
-        segment: r.get::<_, Option<i64>>(10)?.map(|s| s as usize),
-        cache: cache.and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok()),
-        result: r.get(12)?,
-        bytes: r.get::<_, Option<i64>>(13)?.map(|b| b as u64),
-        duration_ms: r.get::<_, Option<i64>>(14)?.map(|b| b as u64),
-        detail: r.get(15)?,
+        segment: r.get::<_, Option<i64>>(9)?.map(|s| s as usize),
+        cache: r
+            .get::<_, Option<i64>>(10)?
+            .and_then(CacheOutcome::from_code),
+        result: r.get(11)?,
+        bytes: r.get::<_, Option<i64>>(12)?.map(|b| b as u64),
+        duration_ms: r.get::<_, Option<i64>>(13)?.map(|b| b as u64),
+        detail: r.get(14)?,
     })
 }
 
@@ -1294,7 +1552,7 @@ mod tests {
     /// included), and with each optional field there or not.
     #[test]
     fn a_segment_line_is_what_serde_json_writes_for_its_row() {
-        let mut renditions = RenditionJson::default();
+        let mut renditions = Renditions::default();
         let texts = ["v1", "a\"b\\c", "tab\there\u{1}", "caf\u{e9} \u{1f600}", ""];
         for (k, text) in texts.into_iter().enumerate() {
             let ids = Arc::new(SessionIds::new(
@@ -1324,11 +1582,11 @@ mod tests {
         }
     }
 
-    /// The rendition JSON the writer keeps is bounded, and a tag it has let go of is written
+    /// The renditions the writer keeps are bounded, and a tag it has let go of is written
     /// afresh, not from the JSON of another tag that took its address.
     #[test]
-    fn the_rendition_json_kept_is_bounded_and_belongs_to_its_tag() {
-        let mut renditions = RenditionJson::default();
+    fn the_renditions_kept_are_bounded_and_belong_to_their_tag() {
+        let mut renditions = Renditions::default();
         let tag = |n: usize| {
             Arc::new(RenditionTag {
                 name: format!("r{n}"),
@@ -1337,11 +1595,11 @@ mod tests {
                 bandwidth: n as u64,
             })
         };
-        for n in 0..3 * MAX_RENDITION_JSON {
+        for n in 0..3 * MAX_RENDITIONS_KEPT {
             let t = tag(n);
             let json = renditions.json(&t).to_string();
             assert_eq!(json, serde_json::to_string(&*t).unwrap());
-            assert!(renditions.by_tag.len() <= MAX_RENDITION_JSON);
+            assert!(renditions.by_tag.len() <= MAX_RENDITIONS_KEPT);
         }
     }
 
@@ -1413,7 +1671,7 @@ mod tests {
         }
         let indexes: i64 = count(
             &conn,
-            "SELECT count(*) FROM pragma_index_list('playback_events')",
+            "SELECT count(*) FROM pragma_index_list('playback_rows')",
         );
         assert_eq!(indexes, 0, "an index on the records costs every insert");
     }
@@ -1426,8 +1684,7 @@ mod tests {
         let db = dir.path().join(SQLITE_NAME);
         {
             let conn = Connection::open(&db).unwrap();
-            let table = &SCHEMA[..SCHEMA.find("-- Where each").unwrap()];
-            conn.execute_batch(table).unwrap();
+            conn.execute_batch(WIDE_TABLE).unwrap();
             conn.execute_batch(
                 "CREATE INDEX playback_session ON playback_events(session_id, seq);",
             )
@@ -1457,6 +1714,239 @@ mod tests {
             "SELECT count(*) FROM sqlite_master WHERE name = 'playback_session'",
         );
         assert_eq!(left, 0);
+    }
+
+    /// The table of records before `playback_rows`: every record whole, its texts in every row.
+    const WIDE_TABLE: &str = "CREATE TABLE playback_events (
+        seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL,
+        video_id TEXT NOT NULL, session_id TEXT NOT NULL, node_id TEXT NOT NULL,
+        rendition TEXT, width INTEGER, height INTEGER, bandwidth INTEGER, segment INTEGER,
+        cache TEXT, result TEXT, bytes INTEGER, duration_ms INTEGER, detail TEXT);
+        CREATE TABLE playback_sessions (session_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
+        last_seq INTEGER, PRIMARY KEY (session_id, first_seq));";
+
+    /// Every column of the view `playback_events`, in its order, as text (NULL as "-").
+    fn view_rows(conn: &Connection) -> Vec<Vec<String>> {
+        let mut st = conn
+            .prepare("SELECT * FROM playback_events ORDER BY seq")
+            .unwrap();
+        let n = st.column_count();
+        st.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => "-".to_string(),
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into(),
+                        other => format!("{other:?}"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// Issue 11 (P1): a node's database from before `playback_rows` keeps every record. Its
+    /// wide table becomes the narrow rows with their row numbers, each session still reads
+    /// back whole from its spans, the view shows what the wide table held, column for column,
+    /// and new records follow the old ones.
+    #[tokio::test]
+    async fn a_database_with_the_wide_table_is_moved_to_narrow_rows_losing_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(SQLITE_NAME);
+        let mut records = Vec::new();
+        for (k, event) in PlaybackEvent::ALL.into_iter().enumerate() {
+            let session = ["n1-00aa", "n1-00bb"][k % 2];
+            let mut r = PlaybackRecord::new(event, "v", session, "n1");
+            r.ts_ms = 1_733_000_000_000 + 999 * k as i64;
+            r.ts = crate::model::rfc3339_ms(r.ts_ms);
+            if k % 3 != 2 {
+                r.rendition = Some(RenditionTag {
+                    name: ["240p", "720p"][k % 2].into(),
+                    width: 1280,
+                    height: [240, 720][k % 2],
+                    bandwidth: 400_000 + k as u64 % 2,
+                });
+                r.segment = Some(k);
+                r.cache = [None, Some(CacheOutcome::Hit), Some(CacheOutcome::Miss)][k % 3];
+                r.bytes = Some(200_000 + k as u64);
+                r.duration_ms = Some(k as u64);
+            }
+            r.result = (k % 2 == 0).then(|| "fetched".to_string());
+            r.detail = (k == 4).then(|| "node n2 died".to_string());
+            records.push(r);
+        }
+        let wide_view = {
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch(WIDE_TABLE).unwrap();
+            for (seq, r) in records.iter().enumerate() {
+                let seq = seq as i64 + 1;
+                let rend = r.rendition.as_ref();
+                conn.execute(
+                    "INSERT INTO playback_events VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    params![
+                        seq,
+                        r.ts_ms,
+                        r.ts,
+                        r.event.as_str(),
+                        r.video_id,
+                        r.session_id,
+                        r.node_id,
+                        rend.map(|x| x.name.as_str()),
+                        rend.map(|x| x.width),
+                        rend.map(|x| x.height),
+                        rend.map(|x| x.bandwidth as i64),
+                        r.segment.map(|s| s as i64),
+                        r.cache.map(|c| c.as_str()),
+                        r.result,
+                        r.bytes.map(|b| b as i64),
+                        r.duration_ms.map(|b| b as i64),
+                        r.detail,
+                    ],
+                )
+                .unwrap();
+                if seq <= 2 {
+                    conn.execute(
+                        "INSERT INTO playback_sessions VALUES (?1, ?2, 6)",
+                        params![r.session_id, seq],
+                    )
+                    .unwrap();
+                }
+            }
+            view_rows(&conn)
+        };
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        log.record(tagged(PlaybackEvent::Serve, "n1-00aa", 9));
+        log.flush().await;
+        let conn = open_db(&db).unwrap();
+        assert_eq!(
+            view_rows(&conn)[..records.len()],
+            wide_view[..],
+            "the view shows the wide table's rows"
+        );
+        let kind: String = conn
+            .query_row(
+                "SELECT type FROM sqlite_master WHERE name = 'playback_events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind, "view");
+        for session in ["n1-00aa", "n1-00bb"] {
+            let mut want: Vec<PlaybackRecord> = records
+                .iter()
+                .filter(|r| r.session_id == session)
+                .cloned()
+                .collect();
+            if session == "n1-00aa" {
+                want.push(read_jsonl(dir.path(), session).unwrap()[0].clone());
+            }
+            assert_eq!(read_sqlite(dir.path(), session).unwrap(), want, "{session}");
+        }
+        let seqs: Vec<i64> = conn
+            .prepare("SELECT seq FROM playback_rows ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    }
+
+    /// The view and the reader name what the writer's codes stand for: every event and cache
+    /// outcome, and the RFC 3339 time of `ts_ms` to the millisecond, as the JSON lines have it.
+    #[tokio::test]
+    async fn the_view_names_every_code_and_times_as_the_json_lines_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        let times = [
+            0,
+            999,
+            1_733_000_000_123,
+            1_764_892_799_999,
+            4_102_444_800_000,
+        ];
+        for (k, event) in PlaybackEvent::ALL.into_iter().enumerate() {
+            assert_eq!(PlaybackEvent::from_code(event.code()), Some(event));
+            let mut r = tagged(event, "n1-00aa", k);
+            r.ts_ms = times[k % times.len()];
+            r.cache = [Some(CacheOutcome::Hit), Some(CacheOutcome::Miss), None][k % 3];
+            log.record(r);
+        }
+        log.flush().await;
+        let lines = read_jsonl(dir.path(), "n1-00aa").unwrap();
+        assert_eq!(read_sqlite(dir.path(), "n1-00aa").unwrap(), lines);
+        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        let view: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT ts, event, cache FROM playback_events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<(String, String, Option<String>)> = lines
+            .iter()
+            .map(|r| {
+                let cache = r.cache.map(|c| c.as_str().to_string());
+                (r.ts.clone(), r.event.as_str().to_string(), cache)
+            })
+            .collect();
+        assert_eq!(view, want);
+    }
+
+    /// A session's records name the video and node each was queued with, also when one differs
+    /// from the first record of the session's span.
+    #[tokio::test]
+    async fn a_record_keeps_its_own_video_and_node_within_a_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        let (ids, tag) = ids_and_tag("v1", "240p", 240, 400_000);
+        log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 0));
+        log.record(PlaybackRecord::new(
+            PlaybackEvent::SessionReassigned,
+            "v2",
+            "n1-00aa",
+            "n9",
+        ));
+        log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 1));
+        log.flush().await;
+        let got: Vec<(String, String)> = read_sqlite(dir.path(), "n1-00aa")
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.video_id, r.node_id))
+            .collect();
+        let pair = |v: &str, n: &str| (v.to_string(), n.to_string());
+        assert_eq!(
+            got,
+            vec![pair("v1", "n1"), pair("v2", "n9"), pair("v1", "n1")]
+        );
+    }
+
+    /// A batch whose transaction fails takes the rows it added with it (a session's ids, a
+    /// rendition): the writer looks them up again, so the next records read back whole, not
+    /// pointing at rows that were rolled back.
+    #[tokio::test]
+    async fn after_a_failed_batch_the_next_records_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
+        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON playback_rows WHEN NEW.segment = 666
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let (ids, tag) = ids_and_tag("v", "240p", 240, 400_000);
+        log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 666));
+        log.flush().await;
+        assert_eq!(count(&conn, "SELECT count(*) FROM playback_renditions"), 0);
+        log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 1));
+        log.flush().await;
+        let got = read_sqlite(dir.path(), "n1-00aa").unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].rendition.as_ref(), Some(&*tag));
     }
 
     /// The JSON-lines file is rotated by size and only `files` rotated files are kept: the
@@ -1550,6 +2040,18 @@ mod tests {
             "SELECT count(*) FROM playback_sessions WHERE session_id = 'n1-00aa'",
         );
         assert_eq!(spans, 0, "the ended session's span outlived its rows");
+        let ids = |session: &str| {
+            count(
+                &conn,
+                &format!("SELECT count(*) FROM playback_ids WHERE session_id = '{session}'"),
+            )
+        };
+        assert_eq!(
+            ids("n1-00aa"),
+            0,
+            "the ended session's ids outlived its rows"
+        );
+        assert_eq!(ids("n1-00bb"), 1);
     }
 
     /// What the writer runs for every batch must not read the whole table: at the row bound
@@ -1558,7 +2060,7 @@ mod tests {
     fn the_writers_per_batch_statements_never_scan_the_records() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        for sql in [TRIM_ENDS, TRIM_ROWS, INSERT] {
+        for sql in [TRIM_ENDS, TRIM_ROWS, TRIM_SPANS, INSERT, READ_SPAN] {
             let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let n = st.parameter_count();
             let plan: Vec<String> = st
@@ -1569,18 +2071,18 @@ mod tests {
             assert!(
                 !plan
                     .iter()
-                    .any(|step| step.starts_with("SCAN playback_events")),
+                    .any(|step| step == "SCAN r" || step.starts_with("SCAN playback_rows")),
                 "{sql}: {plan:?}"
             );
         }
         // The check can fail: both ends in one SELECT scan.
         let plan: String = conn
             .query_row(
-                "EXPLAIN QUERY PLAN SELECT min(seq), max(seq) FROM playback_events",
+                "EXPLAIN QUERY PLAN SELECT min(seq), max(seq) FROM playback_rows",
                 [],
                 |r| r.get(3),
             )
             .unwrap();
-        assert!(plan.starts_with("SCAN playback_events"), "{plan}");
+        assert!(plan.starts_with("SCAN playback_rows"), "{plan}");
     }
 }
