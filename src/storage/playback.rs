@@ -530,6 +530,12 @@ fn migrate_wide_table(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if exists(&tx, "table", "playback_events")? {
+        let started = std::time::Instant::now();
+        let rows: i64 = tx.query_row("SELECT count(*) FROM playback_events", [], |r| r.get(0))?;
+        tracing::info!(
+            rows,
+            "moving the playback log's rows to the narrow table playback_rows"
+        );
         let old_index = exists(&tx, "index", "playback_session")?;
         tx.execute_batch("ALTER TABLE playback_events RENAME TO playback_events_wide;")?;
         tx.execute_batch(SCHEMA)?;
@@ -537,6 +543,14 @@ fn migrate_wide_table(conn: &mut Connection) -> Result<(), rusqlite::Error> {
             tx.execute_batch(MIGRATE_SESSION_INDEX)?;
         }
         tx.execute_batch(MIGRATE_WIDE_ROWS)?;
+        tx.commit()?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            rows,
+            seconds,
+            "moved the playback log's rows to playback_rows"
+        );
+        return Ok(());
     }
     tx.commit()
 }
