@@ -131,7 +131,7 @@ impl CacheOutcome {
 }
 
 /// The rendition a record concerns, as the multivariant playlist describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RenditionTag {
     /// Rendition name (`720p`).
     pub name: String,
@@ -821,7 +821,7 @@ fn write_batch(
                 let rendition = match q {
                     Queued::Segment(s) => Some(renditions.row(&tx, &s.rendition)?),
                     Queued::Full(f) => match &f.rendition {
-                        Some(tag) => Some(rendition_row(&tx, tag)?),
+                        Some(tag) => Some(renditions.row_of_value(&tx, tag)?),
                         None => None,
                     },
                 };
@@ -859,6 +859,9 @@ struct JsonLines {
 #[derive(Default)]
 struct Renditions {
     by_tag: std::collections::HashMap<usize, KeptRendition>,
+    /// The `playback_renditions` rows of the renditions full records named (errors, mostly),
+    /// by value: they carry their own copy of the tag. Bounded as `by_tag`.
+    by_value: std::collections::HashMap<RenditionTag, i64>,
 }
 
 /// A rendition [`Renditions`] keeps.
@@ -911,11 +914,29 @@ impl Renditions {
         }
     }
 
+    /// The `playback_renditions` row of a full record's `tag`, looked up (or added) once.
+    fn row_of_value(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        tag: &RenditionTag,
+    ) -> Result<i64, rusqlite::Error> {
+        if let Some(&row) = self.by_value.get(tag) {
+            return Ok(row);
+        }
+        let row = rendition_row(tx, tag)?;
+        if self.by_value.len() >= MAX_RENDITIONS_KEPT {
+            self.by_value.clear();
+        }
+        self.by_value.insert(tag.clone(), row);
+        Ok(row)
+    }
+
     /// Forget the rows looked up: the transaction that looked them up was rolled back.
     fn forget_rows(&mut self) {
         for kept in self.by_tag.values_mut() {
             kept.row = None;
         }
+        self.by_value.clear();
     }
 }
 
@@ -1954,14 +1975,21 @@ mod tests {
         )
         .unwrap();
         let (ids, tag) = ids_and_tag("v", "240p", 240, 400_000);
+        let (_, other) = ids_and_tag("v", "720p", 720, 2_000_000);
+        let mut error = tagged(PlaybackEvent::Serve, "n1-00aa", 2);
+        error.rendition = Some((*other).clone());
+        error.result = Some("error".into());
+        log.record(error.clone());
         log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 666));
         log.flush().await;
         assert_eq!(count(&conn, "SELECT count(*) FROM playback_renditions"), 0);
+        log.record(error);
         log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 1));
         log.flush().await;
         let got = read_sqlite(dir.path(), "n1-00aa").unwrap();
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!(got[0].rendition.as_ref(), Some(&*tag));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].rendition.as_ref(), Some(&*other));
+        assert_eq!(got[1].rendition.as_ref(), Some(&*tag));
     }
 
     /// The JSON-lines file is rotated by size and only `files` rotated files are kept: the
