@@ -613,6 +613,7 @@ impl JobActor {
         let storage = state.ctx.storage.clone();
         let id = state.video_id.clone();
         let (epoch, instance) = (state.lease_epoch, state.instance);
+        let input = transcode::InputMap::for_source(&source);
         let spec = |r: &Rendition, kind: TaskKind| TaskSpec {
             video_id: id.clone(),
             epoch,
@@ -622,7 +623,7 @@ impl JobActor {
             has_audio: source.has_audio,
             duration_seconds: source.duration_seconds,
             frame_rate: source.frame_rate,
-            input: transcode::InputMap::for_source(&source),
+            input: input.clone(),
         };
         // The graph: per rendition either one whole-rendition task, or the shared chunk tasks
         // (each decodes its span once and encodes every rendition that still needs it) and the
@@ -671,7 +672,6 @@ impl JobActor {
         let mut chunk_keys = Vec::new();
         if let Some(top) = pending.first() {
             state.damage_check = DamageCheck::Waiting;
-            let input = transcode::InputMap::for_source(&source);
             let keyframes = if input.unindexed {
                 keyframes(&state.ctx, &id, source.video_stream).await
             } else {
