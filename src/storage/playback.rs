@@ -1639,8 +1639,8 @@ mod tests {
         }
     }
 
-    /// The one number a `SELECT count(*) ...` answers.
-    fn count(conn: &Connection, sql: &str) -> i64 {
+    /// The one value a query of one row and one column answers (`SELECT count(*) ...`).
+    fn one<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
@@ -1690,7 +1690,7 @@ mod tests {
         }
         let log = PlaybackLog::open(dir.path(), Retention::default()).unwrap();
         let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        let open_spans: i64 = count(
+        let open_spans: i64 = one(
             &conn,
             "SELECT count(*) FROM playback_sessions WHERE last_seq IS NULL",
         );
@@ -1705,7 +1705,7 @@ mod tests {
             assert_eq!(rows.len(), want, "{session}");
             assert_eq!(rows, read_jsonl(dir.path(), session).unwrap(), "{session}");
         }
-        let indexes: i64 = count(
+        let indexes: i64 = one(
             &conn,
             "SELECT count(*) FROM pragma_index_list('playback_rows')",
         );
@@ -1745,7 +1745,7 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(read_sqlite(dir.path(), "old-b").unwrap().len(), 1);
         let conn = Connection::open(&db).unwrap();
-        let left: i64 = count(
+        let left: i64 = one(
             &conn,
             "SELECT count(*) FROM sqlite_master WHERE name = 'playback_session'",
         );
@@ -1863,13 +1863,10 @@ mod tests {
             wide_view[..],
             "the view shows the wide table's rows"
         );
-        let kind: String = conn
-            .query_row(
-                "SELECT type FROM sqlite_master WHERE name = 'playback_events'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let kind: String = one(
+            &conn,
+            "SELECT type FROM sqlite_master WHERE name = 'playback_events'",
+        );
         assert_eq!(kind, "view");
         for session in ["n1-00aa", "n1-00bb"] {
             let mut want: Vec<PlaybackRecord> = records
@@ -1982,7 +1979,8 @@ mod tests {
         log.record(error.clone());
         log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 666));
         log.flush().await;
-        assert_eq!(count(&conn, "SELECT count(*) FROM playback_renditions"), 0);
+        let renditions: i64 = one(&conn, "SELECT count(*) FROM playback_renditions");
+        assert_eq!(renditions, 0);
         log.record(error);
         log.record_segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, 1));
         log.flush().await;
@@ -2078,13 +2076,13 @@ mod tests {
         assert_eq!(kept, (1_000 - kept.len()..1_000).collect::<Vec<_>>());
         assert!(read_sqlite(dir.path(), "n1-00aa").unwrap().is_empty());
         let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        let spans: i64 = count(
+        let spans: i64 = one(
             &conn,
             "SELECT count(*) FROM playback_sessions WHERE session_id = 'n1-00aa'",
         );
         assert_eq!(spans, 0, "the ended session's span outlived its rows");
-        let ids = |session: &str| {
-            count(
+        let ids = |session: &str| -> i64 {
+            one(
                 &conn,
                 &format!("SELECT count(*) FROM playback_ids WHERE session_id = '{session}'"),
             )
@@ -2103,14 +2101,17 @@ mod tests {
     fn the_writers_per_batch_statements_never_scan_the_records() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        for sql in [TRIM_ENDS, TRIM_ROWS, TRIM_SPANS, INSERT, READ_SPAN] {
+        // The steps of SQLite's plan for `sql`, each parameter bound to 1.
+        let plan = |sql: &str| -> Vec<String> {
             let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let n = st.parameter_count();
-            let plan: Vec<String> = st
-                .query_map(rusqlite::params_from_iter(vec![1i64; n]), |r| r.get(3))
+            st.query_map(rusqlite::params_from_iter(vec![1i64; n]), |r| r.get(3))
                 .unwrap()
                 .collect::<Result<_, _>>()
-                .unwrap();
+                .unwrap()
+        };
+        for sql in [TRIM_ENDS, TRIM_ROWS, TRIM_SPANS, INSERT, READ_SPAN] {
+            let plan = plan(sql);
             assert!(
                 !plan
                     .iter()
@@ -2119,13 +2120,7 @@ mod tests {
             );
         }
         // The check can fail: both ends in one SELECT scan.
-        let plan: String = conn
-            .query_row(
-                "EXPLAIN QUERY PLAN SELECT min(seq), max(seq) FROM playback_rows",
-                [],
-                |r| r.get(3),
-            )
-            .unwrap();
-        assert!(plan.starts_with("SCAN playback_rows"), "{plan}");
+        let both = plan("SELECT min(seq), max(seq) FROM playback_rows");
+        assert!(both[0].starts_with("SCAN playback_rows"), "{both:?}");
     }
 }
