@@ -7,10 +7,14 @@
 //!   `503 Service Unavailable` with `Retry-After: 1` and a sentence, then closed: it never
 //!   reaches the routes, so one client holding thousands of sockets cannot take the node's
 //!   file descriptors, and `/health` and other clients' segments keep being served;
-//! - a header read timeout ([`Limits::header_read_seconds`], hyper's `header_read_timeout`):
-//!   a client that sends its header a byte at a time (slowloris), or a keep-alive connection
-//!   idle between requests, is closed after it;
+//! - a header read timeout ([`Limits::header_read_seconds`], hyper's `header_read_timeout`,
+//!   and the same at the connection's front, [`super::front`]): a client that sends its
+//!   header a byte at a time (slowloris), or a keep-alive connection idle between requests, is
+//!   closed after it;
 //! - a header size cap ([`Limits::max_header_bytes`], hyper's `max_header_size`): `431`.
+//!
+//! A connection starts at its front ([`super::front`]), which answers segment requests without
+//! hyper, and goes to hyper from the first request the front does not take.
 //!
 //! - reuse of idle keep-alive connections: when the node nears its cap, it closes idle
 //!   keep-alive connections (no request in flight, none begun or ended for [`REUSE_IDLE_MS`])
@@ -39,6 +43,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::front::{Front, FrontLimits};
 use crate::config::Limits;
 
 /// File descriptors kept back from the connection cap for the object store, SQLite, ffmpeg's
@@ -108,6 +113,8 @@ pub struct Admission {
     refused: AtomicUsize,
     /// Idle connections closed to make room, since start.
     reused: AtomicUsize,
+    /// Requests answered at a connection's front, since start.
+    answered_at_front: AtomicU64,
     /// Connections told to close that have not closed yet.
     closing: AtomicUsize,
     /// The clock [`Activity`] times count from.
@@ -159,8 +166,9 @@ fn ms_since(epoch: Instant) -> u64 {
 }
 
 /// What `/health` says of connections: `{"open", "capacity", "per_address", "refused",
-/// "reused"}` (`refused`: connections turned away since the node started; `reused`: idle
-/// keep-alive connections closed to make room for new ones).
+/// "reused", "answered_at_front"}` (`refused`: connections turned away since the node
+/// started; `reused`: idle keep-alive connections closed to make room for new ones;
+/// `answered_at_front`: requests answered without hyper, [`super::front`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectionFigures {
     /// Connections open now.
@@ -173,6 +181,9 @@ pub struct ConnectionFigures {
     pub refused: usize,
     /// Idle keep-alive connections closed to make room since start.
     pub reused: usize,
+    /// Requests answered at their connection's front ([`super::front`], without hyper) since
+    /// start.
+    pub answered_at_front: u64,
 }
 
 /// An admitted connection's place; dropping it (when the connection ends) frees the place.
@@ -194,6 +205,28 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.admission.release(self);
+    }
+}
+
+/// A request answered at the connection's front ([`super::front`]) keeps the connection's
+/// activity as one answered through [`Tracked`] does.
+impl super::front::Activity for Ticket {
+    fn begin(&self) {
+        self.admission
+            .slot(self.place)
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.admission
+            .answered_at_front
+            .fetch_add(1, Ordering::Relaxed);
+        self.admission.touch(self.place);
+        self.admission
+            .slot(self.place)
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -245,6 +278,7 @@ impl Admission {
             open: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
             reused: AtomicUsize::new(0),
+            answered_at_front: AtomicU64::new(0),
             closing: AtomicUsize::new(0),
             epoch: Instant::now(),
             last_search: AtomicU64::new(0),
@@ -303,6 +337,7 @@ impl Admission {
             per_address: self.per_address,
             refused: self.refused.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
+            answered_at_front: self.answered_at_front.load(Ordering::Relaxed),
         }
     }
 
@@ -539,6 +574,15 @@ pub fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// The limits of a connection's front ([`super::front`]), the same as hyper's
+/// ([`http1_builder`]).
+pub fn front_limits(limits: &Limits) -> FrontLimits {
+    FrontLimits {
+        header_read: Duration::from_secs(limits.header_read_seconds),
+        max_header_bytes: limits.max_header_bytes,
+    }
+}
+
 /// Answer a refused connection: read the request's header (up to 8 KiB, for at most 250 ms),
 /// write `refusal`'s 503, close. Answering after the header, as any HTTP exchange goes, is what
 /// lets an ordinary client read the answer; a client that does not finish its header in time
@@ -669,10 +713,13 @@ impl ConnectionThreads {
 /// then runs on the connection's thread, and whatever must outlive a connection belongs on
 /// the node's runtime: `http::serve`'s service moves every request but a cache hit there.
 /// With 0 every connection is served on the caller's runtime.
-pub async fn serve_connections<S, B>(
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_connections<S, B, F>(
     listener: tokio::net::TcpListener,
     admission: Arc<Admission>,
     builder: hyper::server::conn::http1::Builder,
+    front: F,
+    front_limits: FrontLimits,
     service: S,
     threads: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -688,6 +735,7 @@ pub async fn serve_connections<S, B>(
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Front,
 {
     let stopping = tokio_util::sync::CancellationToken::new();
     let connections = tokio_util::task::TaskTracker::new();
@@ -729,12 +777,28 @@ pub async fn serve_connections<S, B>(
         let builder = builder.clone();
         let service = Tracked::new(service.clone(), &ticket);
         let stopping = stopping.clone();
+        let front = front.clone();
         let serve = move |stream: TcpStream| async move {
             // File-backed segment bodies leave with sendfile(2) ([`super::zerocopy`]).
-            let conn = builder.serve_connection(
-                TokioIo::new(super::zerocopy::ZeroCopyStream::new(stream)),
-                service,
-            );
+            let mut io = super::zerocopy::ZeroCopyStream::new(stream);
+            // The requests the front takes are answered there; the rest of the connection,
+            // from the first request it does not take, is hyper's.
+            let next = {
+                let stop = async {
+                    tokio::select! {
+                        _ = ticket.closing() => {}
+                        _ = stopping.cancelled() => {}
+                    }
+                };
+                let stop = std::pin::pin!(stop);
+                super::front::serve(&front, &mut io, &ticket, front_limits, stop).await
+            };
+            let read = match next {
+                super::front::Next::Close => return drop(ticket),
+                super::front::Next::Hyper(read) => read,
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(super::front::Prefixed::new(io, read)), service);
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 r = conn.as_mut() => Some(r),
@@ -1017,6 +1081,8 @@ mod tests {
             listener,
             Admission::new(64, 64),
             http1_builder(&Limits::default()),
+            super::super::front::NoFront,
+            front_limits(&Limits::default()),
             service,
             2,
             async move {

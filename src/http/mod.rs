@@ -22,6 +22,7 @@
 //! filters cost as much as the handler), and every other request to warp's [`routes`], which
 //! answer those paths the same way.
 
+pub mod front;
 pub mod listener;
 pub mod proxy;
 pub mod range;
@@ -367,6 +368,10 @@ pub async fn serve(
         listener,
         admission,
         listener::http1_builder(&limits),
+        FrontDoor {
+            app: service.app.clone(),
+        },
+        listener::front_limits(&limits),
         service,
         listener::connection_threads(),
         shutdown,
@@ -420,6 +425,40 @@ where
             }
             Err(req) => on_node_runtime(&self.app.node.ctx.streaming.tasks, self.warp.call(req)),
         }
+    }
+}
+
+/// The node's [`front::Front`]: the [`stream::FastRequest`]s of requests read at a
+/// connection's front, answered as [`Service`] answers them (a cache hit at once, on the
+/// connection's thread; the rest by a task on the node's runtime).
+#[derive(Clone)]
+struct FrontDoor {
+    app: App,
+}
+
+impl front::Front for FrontDoor {
+    fn answer(&self, head: &front::Head<'_>) -> Option<front::Answer> {
+        let req = stream::FrontRequest::of(head, &self.app.node.ctx.node_id)?;
+        if let Some(r) = req.serve_hit(&self.app) {
+            return Some(front::Answer::Now(r));
+        }
+        let fast = req.into_owned();
+        let app = self.app.clone();
+        let task = tokio_util::task::AbortOnDropHandle::new(
+            self.app
+                .node
+                .ctx
+                .streaming
+                .tasks
+                .spawn(stream::serve_fast(app, fast)),
+        );
+        Some(front::Answer::Later(Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                tracing::error!("request handler failed: {e}");
+                let answer = json!({ "error": "the request's handler failed" });
+                json_response(StatusCode::INTERNAL_SERVER_ERROR, &answer)
+            })
+        })))
     }
 }
 

@@ -131,6 +131,34 @@ pub(super) enum FastRoute<S> {
     File { id: S, rendition: S, file: S },
 }
 
+impl FastRoute<String> {
+    /// The same route, borrowing its segments.
+    fn borrowed(&self) -> FastRoute<&str> {
+        match self {
+            FastRoute::Session {
+                id,
+                session,
+                rendition,
+                file,
+            } => FastRoute::Session {
+                id,
+                session,
+                rendition,
+                file,
+            },
+            FastRoute::File {
+                id,
+                rendition,
+                file,
+            } => FastRoute::File {
+                id,
+                rendition,
+                file,
+            },
+        }
+    }
+}
+
 impl FastRoute<&str> {
     /// The same route, owning its segments (the request's handler outlives the borrow).
     pub(super) fn owned(self) -> FastRoute<String> {
@@ -172,11 +200,22 @@ pub(super) fn fast_route<'a>(
     if method != warp::http::Method::GET && method != warp::http::Method::HEAD {
         return None;
     }
+    fast_path(path, |name| headers.get(name).map(HeaderValue::as_bytes))
+}
+
+/// [`fast_route`] of a `GET` or `HEAD` request's `path`, its headers read through `header`
+/// (a header's value by its lowercase name).
+fn fast_path<'a, 'h>(
+    path: &'a str,
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+) -> Option<FastRoute<&'a str>> {
     let rest = path.strip_prefix("/videos/")?;
-    if headers.contains_key(proxy::FORWARDED_BY)
-        || [header::RANGE, header::IF_NONE_MATCH]
+    // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
+    let text = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
+    if header(proxy::FORWARDED_BY).is_some()
+        || [header::RANGE.as_str(), header::IF_NONE_MATCH.as_str()]
             .iter()
-            .any(|h| headers.get(h).is_some_and(|v| v.to_str().is_err()))
+            .any(|h| header(h).is_some_and(|v| !text(v)))
     {
         return None;
     }
@@ -271,6 +310,75 @@ impl FastRequest {
     }
 }
 
+/// A request read at the connection's front ([`crate::http::front`]) that a [`FastRoute`]
+/// takes, borrowing its route from the request's head: a cache hit is answered without
+/// allocating for it; anything else becomes a [`FastRequest`].
+pub(super) struct FrontRequest<'a> {
+    method: warp::http::Method,
+    route: FastRoute<&'a str>,
+    c: Conditions,
+}
+
+impl<'a> FrontRequest<'a> {
+    /// The request of `head`, or `None` for hyper and warp to answer it: not one of the
+    /// [`FastRoute`]s, or a session homed on another node (forwarded by warp's route, with
+    /// the request's headers). `node_id` is this node's id.
+    pub(super) fn of(head: &crate::http::front::Head<'a>, node_id: &str) -> Option<Self> {
+        let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
+        // Only targets every URI parser takes as they are (RFC 3986 unreserved characters,
+        // `/`, and in the query `%`, `=`, `&`, `+`): what hyper would refuse (`400`) is
+        // hyper's to answer. The path without its query, as `Uri::path` gives it.
+        let plain = |s: &str, extra: &[u8]| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b) || extra.contains(&b))
+        };
+        if !plain(path, b"/") || !plain(query, b"%=&+") {
+            return None;
+        }
+        let route = fast_path(path, |name| head.header(name))?;
+        if let FastRoute::Session { session, .. } = &route {
+            if session
+                .rsplit_once('-')
+                .is_some_and(|(home, _)| home != node_id)
+            {
+                return None;
+            }
+        }
+        // `fast_path` checked that both are text.
+        let text = |name: header::HeaderName| {
+            head.header(name.as_str())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        Some(Self {
+            method: if head.is_get() {
+                warp::http::Method::GET
+            } else {
+                warp::http::Method::HEAD
+            },
+            route,
+            c: Conditions {
+                range: text(header::RANGE),
+                if_none_match: text(header::IF_NONE_MATCH),
+            },
+        })
+    }
+
+    /// [`serve_hit`]'s answer to this request.
+    pub(super) fn serve_hit(&self, app: &App) -> Option<Response<Bytes>> {
+        serve_hit_of(app, &self.method, &self.route, &self.c)
+    }
+
+    /// The request, owning its route, for [`serve_fast`].
+    pub(super) fn into_owned(self) -> FastRequest {
+        FastRequest {
+            method: self.method,
+            route: self.route.owned(),
+            c: self.c,
+            headers: warp::http::HeaderMap::new(),
+        }
+    }
+}
+
 /// Answer a [`FastRequest`] with the handler warp's route calls; a client error is logged as
 /// warp's trace logs it under the default filter (`request failed`, at `warn`).
 pub(super) async fn serve_fast(app: App, req: FastRequest) -> Response<Bytes> {
@@ -312,7 +420,18 @@ pub(super) async fn serve_fast(app: App, req: FastRequest) -> Response<Bytes> {
 /// consolidating its free lists first (about 5 % of a node's user CPU serving cached 200 kB
 /// segments at 1,024 connections; issue 11, P1).
 pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>> {
-    let (id, rendition, file) = match &req.route {
+    serve_hit_of(app, &req.method, &req.route.borrowed(), &req.c)
+}
+
+/// [`serve_hit`] of a request's parts, its route borrowed (a request read at the connection's
+/// front allocates nothing for a hit).
+fn serve_hit_of(
+    app: &App,
+    method: &warp::http::Method,
+    route: &FastRoute<&str>,
+    c: &Conditions,
+) -> Option<Response<Bytes>> {
+    let (id, rendition, file) = match route {
         FastRoute::Session {
             id,
             rendition,
@@ -330,8 +449,8 @@ pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>>
         keys::parse_rendition_file(file).filter(|_| keys::valid_rendition_name(rendition))?;
     let ctx = &app.node.ctx;
     let video = ctx.streaming.video(id)?;
-    let info = video.renditions.get(rendition.as_str())?;
-    let object = match &req.route {
+    let info = video.renditions.get(*rendition)?;
+    let object = match route {
         FastRoute::Session { session, .. } => {
             // Homed here: served here whatever the ring says (`route_session`), and the table
             // lists only well-formed ids of open sessions.
@@ -348,15 +467,15 @@ pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>>
             .get_cached(&keys::rendition_file(id, &info.dir, file))?,
     };
     let (ctype, cache) = type_and_cache(kind);
-    let r = object_response(object, ctype, cache, &req.c);
-    Some(logged(&req.method, &req.route, r))
+    let r = object_response(object, ctype, cache, c);
+    Some(logged(method, route, r))
 }
 
 /// Log a client error as warp's trace logs one under the default filter (`request failed`, at
 /// `warn`), and pass the answer on.
-fn logged(
+fn logged<S: std::fmt::Display>(
     method: &warp::http::Method,
-    route: &FastRoute<String>,
+    route: &FastRoute<S>,
     r: Response<Bytes>,
 ) -> Response<Bytes> {
     let status = r.status();
@@ -366,7 +485,7 @@ fn logged(
     r
 }
 
-impl std::fmt::Display for FastRoute<String> {
+impl<S: std::fmt::Display> std::fmt::Display for FastRoute<S> {
     /// The request's path.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1051,7 +1051,11 @@ async fn a_node_at_its_session_cap_refuses_new_sessions_with_a_retry_after() {
 /// Issue 11: segment requests skip warp's filters (`http::stream::fast_route`), and must be
 /// answered exactly as warp's routes answer them. warp's `path!` also takes the same path with
 /// one trailing slash, which the fast route leaves to warp: so each request is sent both ways
-/// and the two answers compared (status, the headers a player or cache reads, body).
+/// and the two answers compared (status, the headers a player or cache reads, body). Sent on
+/// a new connection, the fast route's request is answered at the connection's front
+/// (`http::front`, without hyper); sent after `/health` on the same connection, by hyper,
+/// which has that connection from its first request the front does not take: both are
+/// compared with warp's answer, for `GET` and `HEAD`.
 #[tokio::test(flavor = "multi_thread")]
 async fn segment_requests_are_answered_the_same_with_or_without_warps_filters() {
     let (_dir, node, base, id) = ready_node("av").await;
@@ -1094,9 +1098,70 @@ async fn segment_requests_are_answered_the_same_with_or_without_warps_filters() 
             vec![],
         ),
     ];
+    // One connection, kept (reqwest reuses an idle connection for the next request).
+    let pooled = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let at_front = || async {
+        let (_, h) = get_json(&format!("{base}/health")).await;
+        h["connections"]["answered_at_front"].as_u64().unwrap()
+    };
+    let before = at_front().await;
+    let mut compared = Vec::new();
     for (path, headers) in &cases {
-        let fast = get(&format!("{base}{path}"), headers).await;
         let warp = get(&format!("{base}{path}/"), headers).await;
+        let front = get(&format!("{base}{path}"), headers).await;
+        assert_eq!(
+            pooled
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let mut rq = pooled.get(format!("{base}{path}"));
+        for (k, v) in headers {
+            rq = rq.header(*k, *v);
+        }
+        let hyper = rq.send().await.unwrap();
+        let head = |p: String| {
+            let mut rq = reqwest::Client::new().head(p);
+            for (k, v) in headers {
+                rq = rq.header(*k, *v);
+            }
+            rq.send()
+        };
+        let (front_head, warp_head) = (
+            head(format!("{base}{path}")).await.unwrap(),
+            head(format!("{base}{path}/")).await.unwrap(),
+        );
+        compared.push((path.clone(), headers.clone(), front_head, warp_head, true));
+        compared.push((
+            path.clone(),
+            headers.clone(),
+            hyper,
+            get(&format!("{base}{path}/"), headers).await,
+            false,
+        ));
+        compared.push((path.clone(), headers.clone(), front, warp, false));
+    }
+    // Each case's GET and HEAD on a new connection, and only those, were answered at the
+    // front (the ones after `/health` on the pooled connection were hyper's; the trailing
+    // slash is not a fast route), but for the two whose session names another home node:
+    // those may have to be forwarded with the request's headers, which hyper's side does.
+    let elsewhere = cases
+        .iter()
+        .filter(|(p, _)| p.contains("/s/nobody-") || p.contains("/s/not-a-session/"))
+        .count();
+    assert_eq!(elsewhere, 2);
+    assert_eq!(
+        at_front().await - before,
+        2 * (cases.len() - elsewhere) as u64
+    );
+    for (path, headers, fast, warp, is_head) in compared {
+        let headers = &headers;
         assert_eq!(fast.status(), warp.status(), "{path} {headers:?}");
         for h in [
             "content-type",
@@ -1118,6 +1183,7 @@ async fn segment_requests_are_answered_the_same_with_or_without_warps_filters() 
         let status = fast.status();
         let (fast, warp) = (fast.bytes().await.unwrap(), warp.bytes().await.unwrap());
         assert_eq!(fast, warp, "body of {path} {headers:?} ({status})");
+        assert!(!is_head || fast.is_empty(), "HEAD {path}: no body");
     }
     // The cases above reached both paths' answers: a whole segment, a part, 304, 404, 416.
     let statuses: std::collections::BTreeSet<u16> = {
