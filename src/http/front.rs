@@ -114,8 +114,8 @@ pub enum Next {
 }
 
 /// What the front tells the connection's owner as requests begin and end (the admission's
-/// activity, to pick idle connections to close).
-pub trait Activity {
+/// record of the connection's activity, to pick idle connections to close).
+pub trait InFlight {
     /// A request was read and its answer begun.
     fn begin(&self);
     /// The answer was handed to the socket.
@@ -135,7 +135,7 @@ pub async fn serve<F, S, A>(
 where
     F: Front,
     S: AsyncRead + AsyncWrite + Unpin,
-    A: Activity,
+    A: InFlight,
 {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut head_buf = Vec::with_capacity(512);
@@ -350,6 +350,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         let n = self.prefix.len().min(buf.remaining());
         buf.put_slice(&self.prefix[..n]);
         self.prefix.advance(n);
+        if self.prefix.is_empty() {
+            // Free the front's read buffer now, not when the connection ends.
+            self.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -427,7 +431,7 @@ mod tests {
         ended: AtomicUsize,
     }
 
-    impl Activity for Counted {
+    impl InFlight for Counted {
         fn begin(&self) {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
         }

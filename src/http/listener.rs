@@ -210,7 +210,7 @@ impl Drop for Ticket {
 
 /// A request answered at the connection's front ([`super::front`]) keeps the connection's
 /// activity as one answered through [`Tracked`] does.
-impl super::front::Activity for Ticket {
+impl super::front::InFlight for Ticket {
     fn begin(&self) {
         self.admission
             .slot(self.place)

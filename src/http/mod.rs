@@ -17,9 +17,11 @@
 //! | GET | `/videos/{id}/{rendition}/index.m3u8`, `init.mp4`, `NNNNN.m4s` | media playlist, init segment, segments |
 //! | GET | `/videos/{id}/s/{session}/{rendition}/...` | the same files within a playback session (`docs/streaming.md`) |
 //!
-//! The node's service ([`serve`]) hands `GET` and `HEAD` of the two segment paths straight to
-//! their handlers (`stream::fast_route`: most of a node's requests, where warp's chain of
-//! filters cost as much as the handler), and every other request to warp's [`routes`], which
+//! A connection's `GET` and `HEAD` requests of the two segment paths are answered at its
+//! front ([`front`], without hyper: most of a node's requests); from the first request the
+//! front does not take, hyper serves the connection, and the node's service ([`serve`]) hands
+//! the same two paths straight to their handlers (`stream::fast_route`: warp's chain of
+//! filters cost as much as the handler) and every other request to warp's [`routes`], which
 //! answer those paths the same way.
 
 pub mod front;
@@ -428,7 +430,7 @@ where
     }
 }
 
-/// The node's [`front::Front`]: the [`stream::FastRequest`]s of requests read at a
+/// The node's [`front::Front`]: the [`stream::FrontRequest`]s of requests read at a
 /// connection's front, answered as [`Service`] answers them (a cache hit at once, on the
 /// connection's thread; the rest by a task on the node's runtime).
 #[derive(Clone)]
@@ -453,11 +455,7 @@ impl front::Front for FrontDoor {
                 .spawn(stream::serve_fast(app, fast)),
         );
         Some(front::Answer::Later(Box::pin(async move {
-            task.await.unwrap_or_else(|e| {
-                tracing::error!("request handler failed: {e}");
-                let answer = json!({ "error": "the request's handler failed" });
-                json_response(StatusCode::INTERNAL_SERVER_ERROR, &answer)
-            })
+            task.await.unwrap_or_else(handler_failed)
         })))
     }
 }
@@ -479,13 +477,16 @@ where
     Box::pin(async move {
         match task.await {
             Ok(answer) => answer,
-            Err(e) => {
-                tracing::error!("request handler failed: {e}");
-                let answer = json!({ "error": "the request's handler failed" });
-                Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, &answer).into_response())
-            }
+            Err(e) => Ok(handler_failed(e).into_response()),
         }
     })
+}
+
+/// The answer when a request's handler task failed (it panicked): `500`, logged.
+fn handler_failed(e: tokio::task::JoinError) -> Response<Bytes> {
+    tracing::error!("request handler failed: {e}");
+    let answer = json!({ "error": "the request's handler failed" });
+    json_response(StatusCode::INTERNAL_SERVER_ERROR, &answer)
 }
 
 /// The address a listener is bound to, for logs.

@@ -159,6 +159,21 @@ impl FastRoute<String> {
     }
 }
 
+impl<S: AsRef<str>> FastRoute<S> {
+    /// Whether the route names a session whose id names another home node than `node_id`.
+    /// Only the id's home part is looked at, not parsed: the handler parses and checks the
+    /// id (a malformed one gets `404` and is never forwarded).
+    fn homed_elsewhere(&self, node_id: &str) -> bool {
+        match self {
+            FastRoute::Session { session, .. } => session
+                .as_ref()
+                .rsplit_once('-')
+                .is_some_and(|(home, _)| home != node_id),
+            FastRoute::File { .. } => false,
+        }
+    }
+}
+
 impl FastRoute<&str> {
     /// The same route, owning its segments (the request's handler outlives the borrow).
     pub(super) fn owned(self) -> FastRoute<String> {
@@ -288,15 +303,8 @@ impl FastRequest {
             range: text(header::RANGE),
             if_none_match: text(header::IF_NONE_MATCH),
         };
-        // Only whether to keep the headers: the handler parses and checks the id (a malformed
-        // one gets 404 and is never forwarded), so this looks at its home part without
-        // parsing it twice on every request.
-        let homed_elsewhere = match &route {
-            FastRoute::Session { session, .. } => session
-                .rsplit_once('-')
-                .is_some_and(|(home, _)| home != node_id),
-            FastRoute::File { .. } => false,
-        };
+        // Only whether to keep the headers (a forward carries them).
+        let homed_elsewhere = route.homed_elsewhere(node_id);
         Ok(Self {
             method: parts.method,
             route,
@@ -335,15 +343,8 @@ impl<'a> FrontRequest<'a> {
         if !plain(path, b"/") || !plain(query, b"%=&+") {
             return None;
         }
-        let route = fast_path(path, |name| head.header(name))?;
-        if let FastRoute::Session { session, .. } = &route {
-            if session
-                .rsplit_once('-')
-                .is_some_and(|(home, _)| home != node_id)
-            {
-                return None;
-            }
-        }
+        let route =
+            fast_path(path, |name| head.header(name)).filter(|r| !r.homed_elsewhere(node_id))?;
         // `fast_path` checked that both are text.
         let text = |name: header::HeaderName| {
             head.header(name.as_str())
