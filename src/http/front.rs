@@ -18,7 +18,7 @@
 //! The first request this does not take, whatever the reason (another method or path, a body,
 //! HTTP/1.0, `Connection: close` or `Upgrade`, `Expect`, a header that is not text where the
 //! front reads it, a malformed or oversized head), goes to hyper with every byte read so far,
-//! unconsumed ([`Prefixed`]): hyper then serves the rest of the connection exactly as it would
+//! unconsumed (`ZeroCopyStream::unread` gives them back): hyper then serves the rest of the connection exactly as it would
 //! have from its start, its errors (`400`, `431`) included.
 //!
 //! The front closes a connection that has not sent a complete request head
@@ -30,11 +30,10 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use warp::http::{header, Response, StatusCode};
 
 /// Most request headers the front looks at; a request with more goes to hyper.
@@ -322,72 +321,6 @@ impl CachedDate {
     }
 }
 
-/// A connection handed to hyper with bytes already read from it: reads give those bytes
-/// first, then the connection's own; writes go straight to the connection (vectored, as hyper
-/// writes a head and its body).
-#[derive(Debug)]
-pub struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    /// `inner`, read from `prefix` first.
-    pub fn new(inner: S, prefix: Bytes) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..n]);
-        self.prefix.advance(n);
-        if self.prefix.is_empty() {
-            // Free the front's read buffer now, not when the connection ends.
-            self.prefix = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +377,12 @@ mod tests {
     const LIMITS: FrontLimits = FrontLimits {
         header_read: Duration::from_secs(30),
         max_header_bytes: 1024,
+    };
+
+    /// A header read limit short enough to see it act.
+    const SHORT: FrontLimits = FrontLimits {
+        header_read: Duration::from_millis(300),
+        ..LIMITS
     };
 
     /// A loopback connection: the client side, and the front serving the server side, its
@@ -607,10 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_does_not_finish_its_head_in_time_is_closed() {
-        let limits = FrontLimits {
-            header_read: Duration::from_millis(300),
-            ..LIMITS
-        };
+        let limits = SHORT;
         let (mut client, served, _) = front_with(limits, std::future::pending()).await;
         // A slowloris: a byte of its head every 50 ms, for twice the limit.
         let started = tokio::time::Instant::now();
@@ -636,10 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_stays_open_while_it_keeps_asking() {
-        let limits = FrontLimits {
-            header_read: Duration::from_millis(300),
-            ..LIMITS
-        };
+        let limits = SHORT;
         let (mut client, served, activity) = front_with(limits, std::future::pending()).await;
         // Requests 100 ms apart, for three times the limit: each answer restarts its clock.
         for _ in 0..9 {
@@ -672,19 +605,5 @@ mod tests {
             .expect("stopped")
             .unwrap();
         assert!(matches!(next, Next::Close));
-    }
-
-    #[tokio::test]
-    async fn prefixed_reads_the_prefix_first_then_the_connection() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let mut client = client.unwrap();
-        let mut p = Prefixed::new(accepted.unwrap().0, Bytes::from_static(b"first "));
-        client.write_all(b"then").await.unwrap();
-        drop(client);
-        let mut got = Vec::new();
-        p.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"first then");
     }
 }

@@ -797,8 +797,8 @@ pub async fn serve_connections<S, B, F>(
                 super::front::Next::Close => return drop(ticket),
                 super::front::Next::Hyper(read) => read,
             };
-            let conn = builder
-                .serve_connection(TokioIo::new(super::front::Prefixed::new(io, read)), service);
+            io.unread(read);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 r = conn.as_mut() => Some(r),

@@ -131,9 +131,9 @@ pub(super) enum FastRoute<S> {
     File { id: S, rendition: S, file: S },
 }
 
-impl FastRoute<String> {
-    /// The same route, borrowing its segments.
-    fn borrowed(&self) -> FastRoute<&str> {
+impl<S> FastRoute<S> {
+    /// The same route with each segment made by `f` from this one's.
+    fn map<'a, T>(&'a self, f: impl Fn(&'a S) -> T) -> FastRoute<T> {
         match self {
             FastRoute::Session {
                 id,
@@ -141,21 +141,28 @@ impl FastRoute<String> {
                 rendition,
                 file,
             } => FastRoute::Session {
-                id,
-                session,
-                rendition,
-                file,
+                id: f(id),
+                session: f(session),
+                rendition: f(rendition),
+                file: f(file),
             },
             FastRoute::File {
                 id,
                 rendition,
                 file,
             } => FastRoute::File {
-                id,
-                rendition,
-                file,
+                id: f(id),
+                rendition: f(rendition),
+                file: f(file),
             },
         }
+    }
+}
+
+impl FastRoute<String> {
+    /// The same route, borrowing its segments.
+    fn borrowed(&self) -> FastRoute<&str> {
+        self.map(String::as_str)
     }
 }
 
@@ -177,28 +184,7 @@ impl<S: AsRef<str>> FastRoute<S> {
 impl FastRoute<&str> {
     /// The same route, owning its segments (the request's handler outlives the borrow).
     pub(super) fn owned(self) -> FastRoute<String> {
-        match self {
-            FastRoute::Session {
-                id,
-                session,
-                rendition,
-                file,
-            } => FastRoute::Session {
-                id: id.to_string(),
-                session: session.to_string(),
-                rendition: rendition.to_string(),
-                file: file.to_string(),
-            },
-            FastRoute::File {
-                id,
-                rendition,
-                file,
-            } => FastRoute::File {
-                id: id.to_string(),
-                rendition: rendition.to_string(),
-                file: file.to_string(),
-            },
-        }
+        self.map(|s| s.to_string())
     }
 }
 

@@ -39,6 +39,9 @@ pub fn sent_from_files() -> u64 {
 #[derive(Debug)]
 pub struct ZeroCopyStream {
     inner: TcpStream,
+    /// Bytes read from the connection and given back ([`ZeroCopyStream::unread`]): the next
+    /// reads return them first.
+    unread: bytes::Bytes,
     /// `TCP_CORK` is on: set before the header of a file-backed body, cleared once the body's
     /// last byte is handed to the socket.
     corked: bool,
@@ -54,8 +57,16 @@ impl ZeroCopyStream {
         let _ = inner.set_nodelay(true);
         Self {
             inner,
+            unread: bytes::Bytes::new(),
             corked: false,
         }
+    }
+
+    /// Give back `bytes` read from the connection and not used: the next reads return them
+    /// before anything the connection receives after them. The connection's front
+    /// ([`super::front`]) hands hyper the requests it does not take this way, unconsumed.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        self.unread = bytes;
     }
 
     /// Turn `TCP_CORK` on or off, as nginx's `tcp_nopush` does around a file-backed response.
@@ -187,7 +198,16 @@ impl AsyncRead for ZeroCopyStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.unread.len().min(buf.remaining());
+        buf.put_slice(&self.unread.split_to(n));
+        if self.unread.is_empty() {
+            // Free the buffer they were read into now, not when the connection ends.
+            self.unread = bytes::Bytes::new();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -351,6 +371,21 @@ mod tests {
         let got = close(server, reader).await;
         assert_eq!(got.len(), 200_000);
         assert!(got.iter().all(|&c| c == b'f'));
+    }
+
+    #[tokio::test]
+    async fn unread_bytes_are_read_first_then_the_connection() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let mut client = client.unwrap();
+        let mut server = ZeroCopyStream::new(accepted.unwrap().0);
+        server.unread(bytes::Bytes::from_static(b"first "));
+        client.write_all(b"then").await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"first then");
     }
 
     #[tokio::test]
