@@ -28,7 +28,7 @@
 //! fires, not once per request.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -233,8 +233,7 @@ fn head_of<'a>(req: &'a httparse::Request<'a, 'a>) -> Option<Head<'a>> {
 /// request was a `HEAD` (`is_get` false) or the status has none (RFC 9110 sections 15.3.5 and
 /// 15.4.5: `204` and `304`). The head is hyper's for the same answer: the status line, the
 /// answer's headers, `content-length` (the body's, for `HEAD` too unless empty; none for
-/// `204` and `304`)
-/// and `date` (RFC 9110 section 6.6.1).
+/// `204` and `304`) and `date` (RFC 9110 section 6.6.1).
 async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
     head: &mut Vec<u8>,
@@ -273,24 +272,10 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     head.extend_from_slice(b"\r\n");
     let body: &[u8] = if is_get && !no_body { &body } else { &[] };
-    send(io, head, body).await
-}
-
-/// Write `head` then `body`, together (one vectored write while both remain, so a
-/// file-backed body goes out corked behind its head, [`super::zerocopy`]).
-async fn send<S: AsyncWrite + Unpin>(io: &mut S, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let (mut h, mut b) = (head, body);
-    while !h.is_empty() || !b.is_empty() {
-        let bufs = [IoSlice::new(h), IoSlice::new(b)];
-        let n = io.write_vectored(&bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let from_h = n.min(h.len());
-        h = &h[from_h..];
-        b = &b[n - from_h..];
-    }
-    Ok(())
+    // Head and body together: tokio writes a chain of buffers vectored, so a file-backed body
+    // goes out corked behind its head ([`super::zerocopy`]).
+    io.write_all_buf(&mut Buf::chain(head.as_slice(), body))
+        .await
 }
 
 thread_local! {
