@@ -144,6 +144,11 @@ impl SessionHandle {
         &self.session
     }
 
+    /// The session's id as text (`{home}-{random}`).
+    pub fn session_id(&self) -> &str {
+        self.ids.session_id()
+    }
+
     /// The video the session plays.
     pub fn video(&self) -> &Arc<VideoInfo> {
         &self.video

@@ -78,8 +78,14 @@ pub enum Answer {
 /// What answers requests at a connection's front. `None` sends the request, and the rest of
 /// its connection, to hyper.
 pub trait Front: Clone + Send + Sync + 'static {
-    /// The answer to `head`, or `None` to leave it to hyper.
-    fn answer(&self, head: &Head<'_>) -> Option<Answer>;
+    /// What the front keeps of one connection between its requests, made empty when the
+    /// connection starts and dropped when it leaves the front. A player's connection asks for
+    /// one session's segments, one after the other: what the first request looked up in the
+    /// node's shared tables (its session) serves the next ones without looking again.
+    type Memo: Default + Send;
+
+    /// The answer to `head`, or `None` to leave it to hyper. `memo` is the connection's.
+    fn answer(&self, memo: &mut Self::Memo, head: &Head<'_>) -> Option<Answer>;
 }
 
 /// A front that takes nothing: every connection goes to hyper from its first byte.
@@ -87,7 +93,9 @@ pub trait Front: Clone + Send + Sync + 'static {
 pub struct NoFront;
 
 impl Front for NoFront {
-    fn answer(&self, _head: &Head<'_>) -> Option<Answer> {
+    type Memo = ();
+
+    fn answer(&self, _memo: &mut (), _head: &Head<'_>) -> Option<Answer> {
         None
     }
 }
@@ -138,6 +146,7 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut head_buf = Vec::with_capacity(512);
+    let mut memo = F::Memo::default();
     let mut last = tokio::time::Instant::now();
     let timer = tokio::time::sleep_until(last + limits.header_read);
     tokio::pin!(timer);
@@ -152,7 +161,7 @@ where
                         let Some(head) = head_of(&req) else {
                             return Next::Hyper(buf.freeze());
                         };
-                        let Some(answer) = front.answer(&head) else {
+                        let Some(answer) = front.answer(&mut memo, &head) else {
                             return Next::Hyper(buf.freeze());
                         };
                         (answer, head.is_get(), len)
@@ -313,18 +322,22 @@ mod tests {
     use std::sync::Arc;
     use tokio::net::{TcpListener, TcpStream};
 
-    /// Answers `GET`/`HEAD /seg` with "segment" (at once) and `/slow` with "later" (from a
-    /// future); leaves everything else to hyper.
+    /// Answers `GET`/`HEAD /seg` with "segment" (at once), `/slow` with "later" (from a
+    /// future) and `/memo` with how many requests its connection has asked (its memo); leaves
+    /// everything else to hyper.
     #[derive(Clone, Default)]
     struct TestFront {
         asked: Arc<AtomicUsize>,
     }
 
     impl Front for TestFront {
-        fn answer(&self, head: &Head<'_>) -> Option<Answer> {
+        type Memo = usize;
+
+        fn answer(&self, memo: &mut usize, head: &Head<'_>) -> Option<Answer> {
             self.asked.fetch_add(1, Ordering::Relaxed);
-            let answer = |body: &'static str| {
-                let mut r = Response::new(Bytes::from_static(body.as_bytes()));
+            *memo += 1;
+            let answer = |body: &str| {
+                let mut r = Response::new(Bytes::copy_from_slice(body.as_bytes()));
                 r.headers_mut()
                     .insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
                 r
@@ -332,6 +345,7 @@ mod tests {
             match head.target {
                 "/seg" => Some(Answer::Now(answer("segment"))),
                 "/slow" => Some(Answer::Later(Box::pin(async move { answer("later") }))),
+                "/memo" => Some(Answer::Now(answer(&memo.to_string()))),
                 "/none" => {
                     let mut r = answer("");
                     *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -449,6 +463,32 @@ mod tests {
         assert!(matches!(served.await.unwrap(), Next::Close));
         assert_eq!(activity.ended.load(Ordering::Relaxed), 1);
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connections_memo_lasts_from_its_first_request_to_its_last() {
+        let (mut first, _, _) = front().await;
+        first
+            .write_all(b"GET /seg HTTP/1.1\r\n\r\nGET /memo HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = answers(&mut first, 2, &[]).await;
+        assert_eq!(got[1].1, "2", "the second request sees the first's memo");
+        first
+            .write_all(b"GET /memo HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answers(&mut first, 1, &[]).await[0].1, "3");
+        let (mut second, _, _) = front().await;
+        second
+            .write_all(b"GET /memo HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            answers(&mut second, 1, &[]).await[0].1,
+            "1",
+            "a new connection starts with an empty memo"
+        );
     }
 
     #[tokio::test]

@@ -439,9 +439,11 @@ struct FrontDoor {
 }
 
 impl front::Front for FrontDoor {
-    fn answer(&self, head: &front::Head<'_>) -> Option<front::Answer> {
+    type Memo = stream::Memo;
+
+    fn answer(&self, memo: &mut stream::Memo, head: &front::Head<'_>) -> Option<front::Answer> {
         let req = stream::FrontRequest::of(head, &self.app.node.ctx.node_id)?;
-        if let Some(r) = req.serve_hit(&self.app) {
+        if let Some(r) = req.serve_hit(&self.app, memo) {
             return Some(front::Answer::Now(r));
         }
         let fast = req.into_owned();

@@ -350,9 +350,9 @@ impl<'a> FrontRequest<'a> {
         })
     }
 
-    /// [`serve_hit`]'s answer to this request.
-    pub(super) fn serve_hit(&self, app: &App) -> Option<Response<Bytes>> {
-        serve_hit_of(app, &self.method, &self.route, &self.c)
+    /// [`serve_hit`]'s answer to this request, `memo` its connection's.
+    pub(super) fn serve_hit(&self, app: &App, memo: &mut Memo) -> Option<Response<Bytes>> {
+        serve_hit_of(app, &self.method, &self.route, &self.c, memo)
     }
 
     /// The request, owning its route, for [`serve_fast`].
@@ -407,16 +407,60 @@ pub(super) async fn serve_fast(app: App, req: FastRequest) -> Response<Bytes> {
 /// consolidating its free lists first (about 5 % of a node's user CPU serving cached 200 kB
 /// segments at 1,024 connections; issue 11, P1).
 pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>> {
-    serve_hit_of(app, &req.method, &req.route.borrowed(), &req.c)
+    let memo = &mut Memo::default();
+    serve_hit_of(app, &req.method, &req.route.borrowed(), &req.c, memo)
+}
+
+/// What a connection's front keeps between its requests (its
+/// [`Front::Memo`](crate::http::front::Front::Memo)): the open session its last session
+/// request named, and the ready video its last session-less request named. A player's next
+/// request names the same ones, and finds them here instead of in the node's session table
+/// and video map: those are shared by every connection of both connection threads, and a
+/// lookup there (a lock taken and released, a reference count raised and lowered) moved their
+/// cache lines between the cores on every request (about 0.3 us of the 5 us of user CPU a
+/// cached segment took at 1,024 connections; issue 11, P1).
+///
+/// A session kept here is used only while it is open ([`SessionHandle::is_open`]): one that
+/// stopped is looked up again (and opened again by the slow path if it is gone), as without
+/// the memo. A video's renditions never change once it is ready, so a kept video is always
+/// right.
+#[derive(Default)]
+pub(super) struct Memo {
+    session: Option<std::sync::Arc<SessionHandle>>,
+    video: Option<std::sync::Arc<VideoInfo>>,
+}
+
+impl Memo {
+    /// The open session `id` of this node: the kept one, or else the table's (then kept).
+    fn session(&mut self, app: &App, id: &str) -> Option<&std::sync::Arc<SessionHandle>> {
+        let kept = self
+            .session
+            .as_ref()
+            .is_some_and(|h| h.session_id() == id && h.is_open());
+        if !kept {
+            self.session = Some(app.node.refs.session_table.get(id)?);
+        }
+        self.session.as_ref()
+    }
+
+    /// The ready video `id`, if this node knows it: the kept one, or else the node's (then
+    /// kept).
+    fn video(&mut self, app: &App, id: &str) -> Option<&VideoInfo> {
+        if self.video.as_ref().is_none_or(|v| v.video_id != id) {
+            self.video = Some(app.node.ctx.streaming.video(id)?);
+        }
+        self.video.as_deref()
+    }
 }
 
 /// [`serve_hit`] of a request's parts, its route borrowed (a request read at the connection's
-/// front allocates nothing for a hit).
+/// front allocates nothing for a hit), `memo` its connection's.
 fn serve_hit_of(
     app: &App,
     method: &warp::http::Method,
     route: &FastRoute<&str>,
     c: &Conditions,
+    memo: &mut Memo,
 ) -> Option<Response<Bytes>> {
     let (id, rendition, file) = match route {
         FastRoute::Session {
@@ -435,23 +479,24 @@ fn serve_hit_of(
     let kind =
         keys::parse_rendition_file(file).filter(|_| keys::valid_rendition_name(rendition))?;
     let ctx = &app.node.ctx;
-    let video = ctx.streaming.video(id)?;
-    let info = video.renditions.get(*rendition)?;
     let object = match route {
         FastRoute::Session { session, .. } => {
             // Homed here: served here whatever the ring says (`route_session`), and the table
-            // lists only well-formed ids of open sessions.
+            // lists only well-formed ids of open sessions. The session checks the video and
+            // rendition against its own (a session exists only for a ready video).
             let (home, _) = session.rsplit_once('-')?;
             if home != ctx.node_id {
                 return None;
             }
-            let handle = app.node.refs.session_table.get(session)?;
+            let handle = memo.session(app, session)?;
             handle.serve_cached(id, rendition, kind)?.object
         }
-        FastRoute::File { .. } => ctx
-            .streaming
-            .cache
-            .get_cached(&keys::rendition_file(id, &info.dir, file))?,
+        FastRoute::File { .. } => {
+            let info = memo.video(app, id)?.renditions.get(*rendition)?;
+            ctx.streaming
+                .cache
+                .get_cached(&keys::rendition_file(id, &info.dir, file))?
+        }
     };
     let (ctype, cache) = type_and_cache(kind);
     let r = object_response(object, ctype, cache, c);
