@@ -74,6 +74,9 @@ pub struct SegmentCache {
     joined: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    /// [`SegmentCache::departures`]; on a cache line of its own, which the counters above
+    /// (added to on every lookup) do not write.
+    departures: crossbeam_utils::CachePadded<AtomicU64>,
     /// Where reads run: the runtime current when the cache was made (the node's).
     tasks: super::NodeTasks,
 }
@@ -102,12 +105,22 @@ impl SegmentCache {
             joined: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            departures: Default::default(),
             tasks: super::NodeTasks::current(),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many times a key has stopped being cached or being read since the cache was made:
+    /// an entry evicted, or a read that ended without entering the cache (it failed, found
+    /// nothing, or was larger than the budget). While it has not changed, a key that was
+    /// cached or being read still is (read without the lock: one load of a value written
+    /// only when something leaves).
+    pub fn departures(&self) -> u64 {
+        self.departures.load(Ordering::Acquire)
     }
 
     /// Whether `key` is cached or being read, without touching its recency.
@@ -203,11 +216,14 @@ impl SegmentCache {
     fn complete(&self, key: &str, res: &Result<Option<Object>, StorageError>) {
         let mut g = self.lock();
         g.inflight.remove(key);
-        let Ok(Some(obj)) = res else { return };
+        let obj = match res {
+            Ok(Some(obj)) if obj.bytes.len() <= self.budget_bytes => obj,
+            _ => {
+                self.departures.fetch_add(1, Ordering::Release);
+                return;
+            }
+        };
         let size = obj.bytes.len();
-        if size > self.budget_bytes {
-            return;
-        }
         if let Some(old) = g.lru.put(key.to_string(), obj.clone()) {
             g.bytes -= old.bytes.len();
         }
@@ -217,6 +233,7 @@ impl SegmentCache {
                 Some((_, old)) => {
                     g.bytes -= old.bytes.len();
                     self.evictions.fetch_add(1, Ordering::Relaxed);
+                    self.departures.fetch_add(1, Ordering::Release);
                 }
                 None => break,
             }
@@ -304,5 +321,33 @@ mod tests {
         assert_eq!(o.unwrap().bytes.len(), 500, "served whole, not cached");
         assert!(!c.contains("huge"));
         assert!(c.stats().bytes <= 100);
+    }
+
+    /// Departures count what stops being cached or being read (an eviction; a read that found
+    /// nothing or was too large to keep), and nothing else.
+    #[tokio::test]
+    async fn departures_count_what_left_the_cache_or_never_entered_it() {
+        let s = store();
+        for k in ["a", "b", "c"] {
+            s.put(k, Bytes::from(vec![0u8; 40])).await.unwrap();
+        }
+        s.put("huge", Bytes::from(vec![0u8; 500])).await.unwrap();
+        let c = SegmentCache::new(100);
+        c.get(&s, "a").await.unwrap();
+        c.get(&s, "b").await.unwrap();
+        c.get(&s, "a").await.unwrap();
+        assert!(c.get_cached("b").is_some());
+        assert_eq!(c.departures(), 0, "reads that were kept, and hits");
+        c.get(&s, "c").await.unwrap();
+        assert_eq!(c.departures(), 1, "a evicted");
+        c.get(&s, "huge").await.unwrap();
+        assert_eq!(c.departures(), 2, "too large to keep");
+        c.get(&s, "nope").await.unwrap();
+        assert_eq!(
+            c.departures(),
+            3,
+            "nothing there (a failed read ends the same way)"
+        );
+        assert!(!c.is_cached_or_inflight("nope"));
     }
 }

@@ -58,6 +58,8 @@ impl NodeTasks {
 /// What a session needs to know about one rendition of a ready video.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenditionInfo {
+    /// Its place in the video's ladder (0 the first rung listed in the video's record).
+    pub index: usize,
     /// Name, resolution and `BANDWIDTH` (bit/s) for log records (shared by them).
     pub tag: Arc<RenditionTag>,
     /// Number of segments (`00000.m4s` .. ): read-ahead stops at the last.
@@ -85,10 +87,12 @@ impl VideoInfo {
         let renditions = r
             .renditions
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(index, s)| {
                 (
                     s.name.clone(),
                     RenditionInfo {
+                        index,
                         tag: Arc::new(RenditionTag {
                             name: s.name.clone(),
                             width: s.width,

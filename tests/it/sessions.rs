@@ -242,6 +242,7 @@ async fn session_fixture(
         renditions: [(
             "240p".to_string(),
             RenditionInfo {
+                index: 0,
                 tag: Arc::new(tag()),
                 segments: 6,
                 dir: DIR.into(),
@@ -367,6 +368,77 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
         "both logs agree"
     );
     actor.stop(None);
+}
+
+/// A player asking for one segment again (a retry, a seek back) reads the next one ahead again
+/// only once it has left the cache: while nothing has left the cache the session knows it is
+/// still there without asking (issue 11, P1), and after an eviction it asks and reads again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_segment_asked_again_reads_ahead_again_only_once_the_next_has_left_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GatedStore::new();
+    let cfg = StreamingConfig {
+        cache_mib: 1,
+        prefetch_depth: 1,
+        ..Default::default()
+    };
+    let (ctx, streaming, video) = session_fixture(store.clone(), dir.path(), cfg).await;
+    let session = SessionId::new(&ctx.node_id);
+    let sid = session.to_string();
+    let handle = SessionHandle::new(ctx.clone(), streaming.clone(), session, video);
+    let seg1 = format!("videos/{VID}/{DIR}/00001.m4s");
+    // Waits until `n` read-aheads of segment 1 have ended.
+    let read_ahead = |n: usize| {
+        let (s, d, id) = (streaming.clone(), dir.path().to_path_buf(), sid.clone());
+        wait_until(
+            "read-ahead of segment 1 ends",
+            Duration::from_secs(10),
+            move || {
+                let (s, d, id) = (s.clone(), d.clone(), id.clone());
+                async move {
+                    s.log.flush().await;
+                    let recs = read_jsonl(&d, &id).unwrap();
+                    find(&recs, PlaybackEvent::PrefetchResult, 1).len() == n
+                }
+            },
+        )
+    };
+    serve(&handle, 0).await;
+    read_ahead(1).await;
+    for _ in 0..3 {
+        serve(&handle, 0).await;
+    }
+    streaming.log.flush().await;
+    let recs = read_jsonl(dir.path(), &sid).unwrap();
+    assert_eq!(
+        find(&recs, PlaybackEvent::PrefetchStart, 1).len(),
+        1,
+        "{recs:#?}"
+    );
+    assert_eq!(store.reads(&seg1), 1);
+
+    // Fill the cache with other objects: segments 0 and 1 are evicted.
+    let departed = streaming.cache.departures();
+    for k in 0..3 {
+        let key = format!("videos/{VID}/filler/{k}");
+        store
+            .put(
+                &ObjectPath::from(key.as_str()),
+                PutPayload::from(vec![9u8; 400 << 10]),
+            )
+            .await
+            .unwrap();
+        streaming.cache.get(&ctx.storage, &key).await.unwrap();
+    }
+    assert!(!streaming.cache.contains(&seg1));
+    assert!(streaming.cache.departures() > departed);
+    serve(&handle, 0).await;
+    read_ahead(2).await;
+    let recs = read_jsonl(dir.path(), &sid).unwrap();
+    let again = find(&recs, PlaybackEvent::PrefetchStart, 1);
+    assert_eq!(again.len(), 2, "{recs:#?}");
+    assert_eq!(again[1].cache, Some(CacheOutcome::Miss));
+    assert_eq!(store.reads(&seg1), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
