@@ -160,10 +160,11 @@ pub struct Activity {
     state: AtomicU8,
     /// Requests answered at the connection's front ([`super::front`]) so far. Like
     /// `in_flight` and `last` at the front, written by the connection's own task only, so it
-    /// is stored, not added to: a shared counter added to by every request of both connection
-    /// threads, and a read-modify-write of a place not in the cache, stalled every request
-    /// (about 5 % of a node's user CPU serving cached segments at 1,024 connections; issue
-    /// 11, P1).
+    /// is stored, not added to: a node-wide counter added to by every request of both
+    /// connection threads moved its cache line between the cores each time, and a
+    /// read-modify-write of a place not in the cache stalls until the place arrives (the front's
+    /// `fetch_add` of `in_flight` alone was about 5 % of a node's user CPU serving cached
+    /// segments at 1,024 connections; issue 11, P1).
     answered: AtomicU64,
     close: tokio::sync::Notify,
 }
