@@ -6,9 +6,10 @@
 //! it reads through the node's [`SegmentCache`](crate::streaming::cache::SegmentCache), writes
 //! the `SERVE` record, triggers read-ahead of segments k+1 ..= k+depth of the same rendition
 //! (each spawned in its own task, bounded by the node's prefetch permits, so triggering never
-//! waits) and answers. A cache hit therefore costs a table lookup and two short locks, not a
-//! mailbox round trip and a spawned task (issue 11, P1). Read-ahead goes through the same cache,
-//! so a prefetched segment is whole before anyone can read it.
+//! waits) and answers. A cache hit therefore costs a lookup (none on a connection that named
+//! the session before) and atomic reads, not a mailbox round trip and a spawned task (issue
+//! 11, P1). Read-ahead goes through the same cache, so a prefetched segment is whole before
+//! anyone can read it.
 //!
 //! The actor keeps the session's lifecycle: it stops itself after `session_idle_seconds`
 //! without a request (memory stays bounded), logs `SESSION_END`, and its supervisor then drops
