@@ -18,8 +18,8 @@
 //! The first request this does not take, whatever the reason (another method or path, a body,
 //! HTTP/1.0, `Connection: close` or `Upgrade`, `Expect`, a header that is not text where the
 //! front reads it, a malformed or oversized head), goes to hyper with every byte read so far,
-//! unconsumed (`ZeroCopyStream::unread` gives them back): hyper then serves the rest of the connection exactly as it would
-//! have from its start, its errors (`400`, `431`) included.
+//! unconsumed (`ZeroCopyStream::unread` gives them back): hyper then serves the rest of the
+//! connection exactly as it would have from its start, its errors (`400`, `431`) included.
 //!
 //! The front closes a connection that has not sent a complete request head
 //! [`FrontLimits::header_read`] after its last answer (or after it was accepted): a keep-alive

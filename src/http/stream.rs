@@ -484,8 +484,7 @@ fn serve_hit_of(
             // Homed here: served here whatever the ring says (`route_session`), and the table
             // lists only well-formed ids of open sessions. The session checks the video and
             // rendition against its own (a session exists only for a ready video).
-            let (home, _) = session.rsplit_once('-')?;
-            if home != ctx.node_id {
+            if route.homed_elsewhere(&ctx.node_id) {
                 return None;
             }
             let handle = memo.session(app, session)?;
