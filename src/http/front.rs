@@ -407,6 +407,12 @@ mod tests {
         front_with(LIMITS, std::future::pending()).await
     }
 
+    /// Send `requests` on `client` and read `n` answers (none to a `HEAD`).
+    async fn ask(client: &mut TcpStream, requests: &[u8], n: usize) -> Vec<(String, String)> {
+        client.write_all(requests).await.unwrap();
+        answers(client, n, &[]).await
+    }
+
     /// Read `n` answers (heads and bodies, by `content-length`) from `client`.
     async fn answers(client: &mut TcpStream, n: usize, heads: &[bool]) -> Vec<(String, String)> {
         let mut got = Vec::new();
@@ -447,11 +453,8 @@ mod tests {
     #[tokio::test]
     async fn a_get_is_answered_with_hypers_head_and_the_body() {
         let (mut client, served, activity) = front().await;
-        client
-            .write_all(b"GET /seg HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
-            .await
-            .unwrap();
-        let got = answers(&mut client, 1, &[]).await;
+        let request = b"GET /seg HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+        let got = ask(&mut client, request, 1).await;
         let (head, body) = &got[0];
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("\r\ncontent-type: text/plain\r\n"), "{head}");
@@ -467,25 +470,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_connections_memo_lasts_from_its_first_request_to_its_last() {
+        const MEMO: &[u8] = b"GET /memo HTTP/1.1\r\n\r\n";
         let (mut first, _, _) = front().await;
-        first
-            .write_all(b"GET /seg HTTP/1.1\r\n\r\nGET /memo HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let got = answers(&mut first, 2, &[]).await;
+        let got = ask(
+            &mut first,
+            &[b"GET /seg HTTP/1.1\r\n\r\n", MEMO].concat(),
+            2,
+        )
+        .await;
         assert_eq!(got[1].1, "2", "the second request sees the first's memo");
-        first
-            .write_all(b"GET /memo HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(answers(&mut first, 1, &[]).await[0].1, "3");
+        assert_eq!(ask(&mut first, MEMO, 1).await[0].1, "3");
         let (mut second, _, _) = front().await;
-        second
-            .write_all(b"GET /memo HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
         assert_eq!(
-            answers(&mut second, 1, &[]).await[0].1,
+            ask(&mut second, MEMO, 1).await[0].1,
             "1",
             "a new connection starts with an empty memo"
         );

@@ -302,13 +302,19 @@ mod tests {
         assert!(c.contains("a") && !c.contains("b"));
     }
 
-    #[tokio::test]
-    async fn byte_budget_evicts_least_recently_used() {
+    /// A store with `a`, `b` and `c` of 40 bytes and `huge` of 500.
+    async fn three_and_a_huge() -> Storage {
         let s = store();
         for k in ["a", "b", "c"] {
             s.put(k, Bytes::from(vec![0u8; 40])).await.unwrap();
         }
         s.put("huge", Bytes::from(vec![0u8; 500])).await.unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn byte_budget_evicts_least_recently_used() {
+        let s = three_and_a_huge().await;
         let c = SegmentCache::new(100);
         c.get(&s, "a").await.unwrap();
         c.get(&s, "b").await.unwrap();
@@ -327,11 +333,7 @@ mod tests {
     /// nothing or was too large to keep), and nothing else.
     #[tokio::test]
     async fn departures_count_what_left_the_cache_or_never_entered_it() {
-        let s = store();
-        for k in ["a", "b", "c"] {
-            s.put(k, Bytes::from(vec![0u8; 40])).await.unwrap();
-        }
-        s.put("huge", Bytes::from(vec![0u8; 500])).await.unwrap();
+        let s = three_and_a_huge().await;
         let c = SegmentCache::new(100);
         c.get(&s, "a").await.unwrap();
         c.get(&s, "b").await.unwrap();

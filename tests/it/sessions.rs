@@ -253,6 +253,18 @@ async fn session_fixture(
     (ctx, s, video)
 }
 
+/// A session of `video` homed on `ctx`'s node, and its id.
+fn new_session(
+    ctx: &Arc<NodeContext>,
+    streaming: &Streaming,
+    video: Arc<VideoInfo>,
+) -> (Arc<SessionHandle>, String) {
+    let session = SessionId::new(&ctx.node_id);
+    let sid = session.to_string();
+    let handle = SessionHandle::new(ctx.clone(), streaming.clone(), session, video);
+    (handle, sid)
+}
+
 async fn serve(handle: &Arc<SessionHandle>, k: usize) -> reel::actors::session::Served {
     tokio::time::timeout(
         Duration::from_secs(5),
@@ -278,9 +290,7 @@ async fn a_slow_store_delays_read_ahead_but_never_the_requested_segment() {
         ..Default::default()
     };
     let (ctx, streaming, video) = session_fixture(store.clone(), dir.path(), cfg).await;
-    let session = SessionId::new(&ctx.node_id);
-    let sid = session.to_string();
-    let handle = SessionHandle::new(ctx.clone(), streaming.clone(), session, video);
+    let (handle, sid) = new_session(&ctx, &streaming, video);
     let (actor, _) = Actor::spawn(
         None,
         SessionActor,
@@ -383,9 +393,7 @@ async fn a_segment_asked_again_reads_ahead_again_only_once_the_next_has_left_the
         ..Default::default()
     };
     let (ctx, streaming, video) = session_fixture(store.clone(), dir.path(), cfg).await;
-    let session = SessionId::new(&ctx.node_id);
-    let sid = session.to_string();
-    let handle = SessionHandle::new(ctx.clone(), streaming.clone(), session, video);
+    let (handle, sid) = new_session(&ctx, &streaming, video);
     let seg1 = format!("videos/{VID}/{DIR}/00001.m4s");
     // Waits until `n` read-aheads of segment 1 have ended.
     let read_ahead = |n: usize| {
