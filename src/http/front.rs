@@ -30,10 +30,11 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use warp::http::{header, Response, StatusCode};
 
 /// Most request headers the front looks at; a request with more goes to hyper.
@@ -132,12 +133,17 @@ pub trait InFlight {
 /// Serve `io`'s requests at the front until one goes to hyper, the connection closes, or
 /// `stop` completes between requests (the node closing the connection to make room, or
 /// stopping: an answer being written is finished first, as hyper's graceful close does).
+///
+/// `stopped` says whether `stop` may have completed, cheaply (an atomic load): it must turn
+/// true before whatever completes `stop` wakes it. Once `stop` has been polled, it is polled
+/// again only when `stopped()` is true (or this task's waker changed).
 pub async fn serve<F, S, A>(
     front: &F,
     io: &mut S,
     activity: &A,
     limits: FrontLimits,
     mut stop: Pin<&mut impl Future<Output = ()>>,
+    stopped: impl Fn() -> bool,
 ) -> Next
 where
     F: Front,
@@ -150,6 +156,8 @@ where
     let mut last = tokio::time::Instant::now();
     let timer = tokio::time::sleep_until(last + limits.header_read);
     tokio::pin!(timer);
+    // The waker the timer and `stop` last saw, while they keep it (see the wait below).
+    let mut waiting_with: Option<std::task::Waker> = None;
     loop {
         // Answer every complete request read so far.
         while !buf.is_empty() {
@@ -187,22 +195,58 @@ where
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_BUFFER);
         }
-        tokio::select! {
-            biased;
-            read = io.read_buf(&mut buf) => match read {
-                Ok(0) | Err(_) => return Next::Close,
-                Ok(_) => {}
-            },
-            () = &mut timer => {
+        // Wait for the next bytes, the header read timer, or `stop`. The timer and `stop` are
+        // polled when the wait first finds nothing to read (which leaves this task's waker
+        // with them) and afterwards only once they may be ready: the timer once it has
+        // elapsed, `stop` once `stopped` says so. Polling them at every wait cost more than the
+        // request's own work: `stop`'s futures lock what every connection of the node shares
+        // (the node's cancellation token and its `Notify`) to check that their waker is still
+        // the same (issue 11, P1).
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(read) =
+                tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf)
+            {
+                return Poll::Ready(Woke::Read(read));
+            }
+            let fresh = !waiting_with
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if (fresh || timer.is_elapsed()) && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+            if (fresh || stopped()) && stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Stop);
+            }
+            if fresh {
+                waiting_with = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Woke::Read(Ok(0) | Err(_)) | Woke::Stop => return Next::Close,
+            Woke::Read(Ok(_)) => {}
+            Woke::Timer => {
                 let deadline = last + limits.header_read;
                 if tokio::time::Instant::now() >= deadline {
                     return Next::Close;
                 }
                 timer.as_mut().reset(deadline);
+                // The timer must be polled again to wait for its new deadline.
+                waiting_with = None;
             }
-            () = stop.as_mut() => return Next::Close,
         }
     }
+}
+
+/// What ended [`serve`]'s wait between requests.
+enum Woke {
+    /// Bytes read (or the connection's end or error).
+    Read(io::Result<usize>),
+    /// The header read timer fired.
+    Timer,
+    /// `stop` completed.
+    Stop,
 }
 
 /// `req`'s head if the front may answer it: `GET` or `HEAD`, HTTP/1.1, no body
@@ -320,6 +364,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
     use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     /// Answers `GET`/`HEAD /seg` with "segment" (at once), `/slow` with "later" (from a
@@ -385,10 +430,11 @@ mod tests {
     };
 
     /// A loopback connection: the client side, and the front serving the server side, its
-    /// outcome and what the activity saw.
+    /// outcome and what the activity saw. `stopped` is what the front reads for `stop`.
     async fn front_with(
         limits: FrontLimits,
         stop: impl Future<Output = ()> + Send + 'static,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
     ) -> (TcpStream, tokio::task::JoinHandle<Next>, Arc<Counted>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -398,13 +444,22 @@ mod tests {
         let a = activity.clone();
         let served = tokio::spawn(async move {
             let stop = std::pin::pin!(stop);
-            serve(&TestFront::default(), &mut server, &*a, limits, stop).await
+            let signalled = || stopped.load(Ordering::Acquire);
+            serve(
+                &TestFront::default(),
+                &mut server,
+                &*a,
+                limits,
+                stop,
+                signalled,
+            )
+            .await
         });
         (client.unwrap(), served, activity)
     }
 
     async fn front() -> (TcpStream, tokio::task::JoinHandle<Next>, Arc<Counted>) {
-        front_with(LIMITS, std::future::pending()).await
+        front_with(LIMITS, std::future::pending(), Default::default()).await
     }
 
     /// Send `requests` on `client` and read `n` answers (none to a `HEAD`).
@@ -569,7 +624,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_does_not_finish_its_head_in_time_is_closed() {
         let limits = SHORT;
-        let (mut client, served, _) = front_with(limits, std::future::pending()).await;
+        let (mut client, served, _) =
+            front_with(limits, std::future::pending(), Default::default()).await;
         // A slowloris: a byte of its head every 50 ms, for twice the limit.
         let started = tokio::time::Instant::now();
         for b in b"GET /seg HTTP/1.1\r\nHost: xx" {
@@ -595,32 +651,49 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_stays_open_while_it_keeps_asking() {
         let limits = SHORT;
-        let (mut client, served, activity) = front_with(limits, std::future::pending()).await;
+        let (mut client, served, activity) =
+            front_with(limits, std::future::pending(), Default::default()).await;
         // Requests 100 ms apart, for three times the limit: each answer restarts its clock.
+        let mut answered = tokio::time::Instant::now();
         for _ in 0..9 {
             client
                 .write_all(b"GET /seg HTTP/1.1\r\n\r\n")
                 .await
                 .unwrap();
             answers(&mut client, 1, &[]).await;
+            answered = tokio::time::Instant::now();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(!served.is_finished());
         assert_eq!(activity.ended.load(Ordering::Relaxed), 9);
+        // Then idle: closed once the limit has passed since the last answer (the timer,
+        // moved when it fired during the requests, waits for its new deadline).
+        let next = tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("closed once idle")
+            .unwrap();
+        assert!(matches!(next, Next::Close));
+        let idle = answered.elapsed();
+        assert!(
+            idle >= limits.header_read - Duration::from_millis(20),
+            "{idle:?}"
+        );
     }
 
     #[tokio::test]
     async fn stop_closes_between_requests() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (mut client, served, _) = front_with(LIMITS, async move {
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = async move {
             let _ = rx.await;
-        })
-        .await;
-        client
-            .write_all(b"GET /seg HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        answers(&mut client, 1, &[]).await;
+        };
+        let (mut client, served, _) = front_with(LIMITS, stop, stopped.clone()).await;
+        // Waits between requests before the stop: `stop` is polled at the first only.
+        for _ in 0..3 {
+            ask(&mut client, b"GET /seg HTTP/1.1\r\n\r\n", 1).await;
+        }
+        // As the listener does: the flag first, then the wake-up.
+        stopped.store(true, Ordering::Release);
         tx.send(()).unwrap();
         let next = tokio::time::timeout(Duration::from_secs(10), served)
             .await

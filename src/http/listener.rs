@@ -209,6 +209,16 @@ impl Ticket {
     pub async fn closing(&self) {
         self.admission.slot(self.place).close.notified().await
     }
+
+    /// Whether the connection was chosen to close ([`Ticket::closing`] completes or is about
+    /// to): one atomic load of its own place.
+    pub fn is_closing(&self) -> bool {
+        self.admission
+            .slot(self.place)
+            .state
+            .load(Ordering::Acquire)
+            == CLOSING
+    }
 }
 
 impl Drop for Ticket {
@@ -755,6 +765,9 @@ pub async fn serve_connections<S, B, F>(
     F: Front,
 {
     let stopping = tokio_util::sync::CancellationToken::new();
+    // Set before `stopping` is cancelled: what the front reads between requests instead of
+    // polling `stopping` (whose every poll locks what all connections share).
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let connections = tokio_util::task::TaskTracker::new();
     let refuser = Refuser {
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -794,6 +807,7 @@ pub async fn serve_connections<S, B, F>(
         let builder = builder.clone();
         let service = Tracked::new(service.clone(), &ticket);
         let stopping = stopping.clone();
+        let stopped = stopped.clone();
         let front = front.clone();
         let serve = move |stream: TcpStream| async move {
             // File-backed segment bodies leave with sendfile(2) ([`super::zerocopy`]).
@@ -808,7 +822,8 @@ pub async fn serve_connections<S, B, F>(
                     }
                 };
                 let stop = std::pin::pin!(stop);
-                super::front::serve(&front, &mut io, &ticket, front_limits, stop).await
+                let signalled = || ticket.is_closing() || stopped.load(Ordering::Acquire);
+                super::front::serve(&front, &mut io, &ticket, front_limits, stop, signalled).await
             };
             let read = match next {
                 super::front::Next::Close => return drop(ticket),
@@ -862,6 +877,7 @@ pub async fn serve_connections<S, B, F>(
         }));
     }
     drop(listener);
+    stopped.store(true, Ordering::Release);
     stopping.cancel();
     connections.close();
     connections.wait().await;
