@@ -440,8 +440,13 @@ struct FrontDoor {
 
 impl front::Front for FrontDoor {
     type Memo = stream::Memo;
+    type Ready = stream::ObjectAnswer;
 
-    fn answer(&self, memo: &mut stream::Memo, head: &front::Head<'_>) -> Option<front::Answer> {
+    fn answer(
+        &self,
+        memo: &mut stream::Memo,
+        head: &front::Head<'_>,
+    ) -> Option<front::Answer<stream::ObjectAnswer>> {
         let req = stream::FrontRequest::of(head, &self.app.node.ctx.node_id)?;
         if let Some(r) = req.serve_hit(&self.app, memo) {
             return Some(front::Answer::Now(r));

@@ -321,12 +321,16 @@ impl<'a> FrontRequest<'a> {
         let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
         // Only targets every URI parser takes as they are (RFC 3986 unreserved characters,
         // `/`, and in the query `%`, `=`, `&`, `+`): what hyper would refuse (`400`) is
-        // hyper's to answer. The path without its query, as `Uri::path` gives it.
-        let plain = |s: &str, extra: &[u8]| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b) || extra.contains(&b))
-        };
-        if !plain(path, b"/") || !plain(query, b"%=&+") {
+        // hyper's to answer. The path without its query, as `Uri::path` gives it. Matches,
+        // not searches of a list of bytes for each byte: this runs over every request's
+        // target (issue 11, P1).
+        let unreserved =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        let plain_path = path.bytes().all(|b| unreserved(b) || b == b'/');
+        let plain_query = query
+            .bytes()
+            .all(|b| unreserved(b) || matches!(b, b'%' | b'=' | b'&' | b'+'));
+        if !plain_path || !plain_query {
             return None;
         }
         let route =
@@ -351,7 +355,7 @@ impl<'a> FrontRequest<'a> {
     }
 
     /// [`serve_hit`]'s answer to this request, `memo` its connection's.
-    pub(super) fn serve_hit(&self, app: &App, memo: &mut Memo) -> Option<Response<Bytes>> {
+    pub(super) fn serve_hit(&self, app: &App, memo: &mut Memo) -> Option<ObjectAnswer> {
         serve_hit_of(app, &self.method, &self.route, &self.c, memo)
     }
 
@@ -409,6 +413,7 @@ pub(super) async fn serve_fast(app: App, req: FastRequest) -> Response<Bytes> {
 pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>> {
     let memo = &mut Memo::default();
     serve_hit_of(app, &req.method, &req.route.borrowed(), &req.c, memo)
+        .map(ObjectAnswer::into_response)
 }
 
 /// What a connection's front keeps between its requests (its
@@ -461,7 +466,7 @@ fn serve_hit_of(
     route: &FastRoute<&str>,
     c: &Conditions,
     memo: &mut Memo,
-) -> Option<Response<Bytes>> {
+) -> Option<ObjectAnswer> {
     let (id, rendition, file) = match route {
         FastRoute::Session {
             id,
@@ -497,9 +502,9 @@ fn serve_hit_of(
                 .get_cached(&keys::rendition_file(id, &info.dir, file))?
         }
     };
-    let (ctype, cache) = type_and_cache(kind);
-    let r = object_response(object, ctype, cache, c);
-    Some(logged(method, route, r))
+    let r = object_answer(object, kind, c);
+    log_client_error(method, route, r.status);
+    Some(r)
 }
 
 /// Log a client error as warp's trace logs one under the default filter (`request failed`, at
@@ -509,11 +514,19 @@ fn logged<S: std::fmt::Display>(
     route: &FastRoute<S>,
     r: Response<Bytes>,
 ) -> Response<Bytes> {
-    let status = r.status();
+    log_client_error(method, route, r.status());
+    r
+}
+
+/// [`logged`]'s log line, for an answer of `status`.
+fn log_client_error<S: std::fmt::Display>(
+    method: &warp::http::Method,
+    route: &FastRoute<S>,
+    status: StatusCode,
+) {
     if status.is_client_error() {
         tracing::warn!(%method, path = %route, status = status.as_u16(), "request failed");
     }
-    r
 }
 
 impl<S: std::fmt::Display> std::fmt::Display for FastRoute<S> {
@@ -583,12 +596,39 @@ async fn ready_video(app: &App, id: &str) -> Result<std::sync::Arc<VideoInfo>, A
     }
 }
 
-fn quoted(tag: &str) -> String {
-    if tag.starts_with('"') || tag.starts_with("W/") {
-        tag.to_string()
-    } else {
-        format!("\"{tag}\"")
+/// Whether `token` (one entry of an `If-None-Match` list, trimmed) names entity tag `tag`
+/// as the store gave it: the tag itself when already quoted or weak, else the tag in quotes.
+fn names_tag(token: &str, tag: &str) -> bool {
+    if token == "*" {
+        return true;
     }
+    if tag.starts_with('"') || tag.starts_with("W/") {
+        token == tag
+    } else {
+        token.len() == tag.len() + 2
+            && token.starts_with('"')
+            && token.ends_with('"')
+            && &token[1..token.len() - 1] == tag
+    }
+}
+
+/// Append entity tag `tag` as an `ETag` value (RFC 9110 section 8.8.3): as it is when
+/// already quoted or weak, else in quotes.
+fn push_quoted(out: &mut Vec<u8>, tag: &str) {
+    if tag.starts_with('"') || tag.starts_with("W/") {
+        out.extend_from_slice(tag.as_bytes());
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether `tag` can be a header value as it is: visible ASCII, space and tab, and bytes
+/// above 127, as `HeaderValue` allows (a tag that cannot is left out of the answer).
+fn header_safe(tag: &str) -> bool {
+    tag.bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
 fn base_response(body: Bytes, content_type: &'static str, cache: &'static str) -> Response<Bytes> {
@@ -603,62 +643,167 @@ fn base_response(body: Bytes, content_type: &'static str, cache: &'static str) -
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
+        HeaderValue::from_static(ALLOW_ORIGIN),
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, ETag"),
+        HeaderValue::from_static(EXPOSE_HEADERS),
     );
     r
 }
 
-/// The response for a whole stored object, honouring `If-None-Match` and a single `Range`.
-fn object_response(
-    obj: Object,
-    content_type: &'static str,
-    cache: &'static str,
-    c: &Conditions,
-) -> Response<Bytes> {
-    let etag = obj.e_tag.as_deref().map(quoted);
-    let len = obj.bytes.len() as u64;
-    let not_modified = match (&etag, &c.if_none_match) {
-        (Some(tag), Some(inm)) => inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"),
-        _ => false,
-    };
-    let mut r = if not_modified {
-        let mut r = base_response(Bytes::new(), content_type, cache);
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        let unsatisfiable = || {
-            let mut r = base_response(Bytes::new(), content_type, cache);
-            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            r
-        };
-        match range::answer(c.range.as_deref(), len) {
-            RangeAnswer::Whole => base_response(obj.bytes, content_type, cache),
-            RangeAnswer::Unsatisfiable => unsatisfiable(),
-            RangeAnswer::Part { start, end } => {
-                let body = obj.bytes.slice(start as usize..=end as usize);
-                let mut r = base_response(body, content_type, cache);
-                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                r
+/// `Access-Control-Allow-Origin` of every answer: any origin (players on other origins).
+const ALLOW_ORIGIN: &str = "*";
+/// `Access-Control-Expose-Headers` of every answer: what a cross-origin player may read.
+const EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Accept-Ranges, ETag";
+
+/// The answer to a request for a stored object (a segment, an init segment, a media
+/// playlist): status `200`, `206` (one `Range`), `304` (`If-None-Match` names its tag) or
+/// `416` (a range past its end), with the headers of every object answer: `Content-Type`,
+/// `Cache-Control`, CORS, `Accept-Ranges: bytes`, its `ETag` when the store gave one, and a
+/// `Content-Range` for `206` and `416` (RFC 9110 sections 8.8.3, 13.1.2, 14 and 15.3.7).
+///
+/// Made by [`object_answer`]; written by the connection's front straight into the head
+/// ([`Written`](crate::http::front::Written)), or made a `Response` for hyper and warp
+/// ([`ObjectAnswer::into_response`]): the same headers either way (a test holds them equal).
+#[derive(Debug)]
+pub struct ObjectAnswer {
+    status: StatusCode,
+    /// What the object is (its type and lifetime follow: [`type_and_cache`]).
+    kind: RenditionFile,
+    /// The store's entity tag, as it gave it (quoted here when not already).
+    etag: Option<std::sync::Arc<str>>,
+    /// `bytes {start}-{end}/{len}` for `206`, `bytes */{len}` for `416`.
+    content_range: Option<(Option<(u64, u64)>, u64)>,
+    body: Bytes,
+}
+
+impl ObjectAnswer {
+    /// The answer as a `Response` (for hyper's connections and warp's routes).
+    pub fn into_response(self) -> Response<Bytes> {
+        let (content_type, cache) = type_and_cache(self.kind);
+        let mut r = base_response(self.body, content_type, cache);
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        if let Some(range) = self.content_range {
+            if let Ok(v) = HeaderValue::from_str(&content_range(range)) {
+                h.insert(header::CONTENT_RANGE, v);
             }
         }
-    };
-    let h = r.headers_mut();
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // The quoted tag's own bytes become the header value, checked but not copied.
-    if let Some(v) = etag.and_then(|t| HeaderValue::from_maybe_shared(Bytes::from(t)).ok()) {
-        h.insert(header::ETAG, v);
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(tag) = self.etag.filter(|t| header_safe(t)) {
+            let mut v = Vec::with_capacity(tag.len() + 2);
+            push_quoted(&mut v, &tag);
+            // Checked by `header_safe`: the tag's own bytes become the value.
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                h.insert(header::ETAG, v);
+            }
+        }
+        r
     }
-    r
+}
+
+/// `Content-Range` of a part (`Some((start, end))`) or of an unsatisfiable range (`None`) of
+/// an object of `len` bytes.
+fn content_range((part, len): (Option<(u64, u64)>, u64)) -> String {
+    match part {
+        Some((start, end)) => format!("bytes {start}-{end}/{len}"),
+        None => format!("bytes */{len}"),
+    }
+}
+
+impl crate::http::front::Written for ObjectAnswer {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn write_headers(&self, head: &mut Vec<u8>) -> crate::http::front::WrittenHeaders {
+        head.extend_from_slice(fixed_lines(self.kind).as_bytes());
+        if let Some(range) = self.content_range {
+            head.extend_from_slice(b"content-range: ");
+            head.extend_from_slice(content_range(range).as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"accept-ranges: bytes\r\n");
+        if let Some(tag) = self.etag.as_deref().filter(|t| header_safe(t)) {
+            head.extend_from_slice(b"etag: ");
+            push_quoted(head, tag);
+            head.extend_from_slice(b"\r\n");
+        }
+        crate::http::front::WrittenHeaders::default()
+    }
+
+    fn into_body(self) -> Bytes {
+        self.body
+    }
+}
+
+/// The answer for a whole stored object of `kind`, honouring `If-None-Match` and a single
+/// `Range`.
+fn object_answer(obj: Object, kind: RenditionFile, c: &Conditions) -> ObjectAnswer {
+    let len = obj.bytes.len() as u64;
+    let not_modified = match (&obj.e_tag, &c.if_none_match) {
+        (Some(tag), Some(inm)) => inm.split(',').any(|t| names_tag(t.trim(), tag)),
+        _ => false,
+    };
+    let (status, content_range, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, None, Bytes::new())
+    } else {
+        match range::answer(c.range.as_deref(), len) {
+            RangeAnswer::Whole => (StatusCode::OK, None, obj.bytes),
+            RangeAnswer::Unsatisfiable => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Some((None, len)),
+                Bytes::new(),
+            ),
+            RangeAnswer::Part { start, end } => (
+                StatusCode::PARTIAL_CONTENT,
+                Some((Some((start, end)), len)),
+                obj.bytes.slice(start as usize..=end as usize),
+            ),
+        }
+    };
+    ObjectAnswer {
+        status,
+        kind,
+        etag: obj.e_tag,
+        content_range,
+        body,
+    }
+}
+
+/// [`object_answer`] as a `Response`.
+fn object_response(obj: Object, kind: RenditionFile, c: &Conditions) -> Response<Bytes> {
+    object_answer(obj, kind, c).into_response()
+}
+
+/// The header lines every object answer starts with: its type, lifetime and CORS, as
+/// [`base_response`] makes them. Literals, so that the front copies them in one piece; a
+/// test holds them equal to the `Response`'s headers.
+macro_rules! object_lines {
+    ($content_type:literal, $cache:literal) => {
+        concat!(
+            "content-type: ",
+            $content_type,
+            "\r\ncache-control: ",
+            $cache,
+            "\r\naccess-control-allow-origin: *",
+            "\r\naccess-control-expose-headers: Content-Length, Content-Range, Accept-Ranges, ETag",
+            "\r\n"
+        )
+    };
+}
+
+/// [`object_lines`] of an object of `kind`.
+fn fixed_lines(kind: RenditionFile) -> &'static str {
+    match kind {
+        RenditionFile::MediaPlaylist => {
+            object_lines!("application/vnd.apple.mpegurl", "public, max-age=10")
+        }
+        RenditionFile::Init | RenditionFile::Segment(_) => {
+            object_lines!("video/mp4", "public, max-age=31536000, immutable")
+        }
+    }
 }
 
 fn type_and_cache(kind: RenditionFile) -> (&'static str, &'static str) {
@@ -788,8 +933,7 @@ async fn session_file(
         None => Box::pin(open_session(&app, &sid, video, reason)).await?,
     };
     let served = handle.serve(id, rendition, kind).await?;
-    let (ctype, cache) = type_and_cache(kind);
-    Ok(object_response(served.object, ctype, cache, &c))
+    Ok(object_response(served.object, kind, &c))
 }
 
 /// `GET /videos/{id}/{rendition}/{file}` without a session: through the node's cache, with no
@@ -818,8 +962,7 @@ async fn rendition_file(
         .await?;
     let obj =
         obj.ok_or_else(|| ApiError::NotFound(format!("video {id} has no {rendition}/{file}")))?;
-    let (ctype, cache) = type_and_cache(kind);
-    Ok(object_response(obj, ctype, cache, &c))
+    Ok(object_response(obj, kind, &c))
 }
 
 #[cfg(test)]
@@ -938,5 +1081,128 @@ mod tests {
         ] {
             assert_eq!(route(Method::GET, other, &[]), None, "{other}");
         }
+    }
+
+    /// The front takes a target of unreserved characters and `/`, with a query of those and
+    /// `%`, `=`, `&`, `+`, and routes its path without the query; anything else is hyper's.
+    #[test]
+    fn the_front_takes_only_plain_targets_and_routes_their_path() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let taken = |target: &str| {
+            let head = crate::http::front::Head::for_test("GET", target, &[]);
+            FrontRequest::of(&head, "n1").map(|r| r.route.owned())
+        };
+        let file = |f: &str| FastRoute::File {
+            id: id.to_string(),
+            rendition: "720p".to_string(),
+            file: f.to_string(),
+        };
+        let p = format!("/videos/{id}/720p/00001.m4s");
+        assert_eq!(taken(&p), Some(file("00001.m4s")));
+        assert_eq!(taken(&format!("{p}?a=1&b=%20+c")), Some(file("00001.m4s")));
+        assert_eq!(taken(&format!("{p}?")), Some(file("00001.m4s")));
+        for other in [
+            format!("{p}?a=/"),
+            format!("{p}?a?b"),
+            format!("{p}#f"),
+            format!("/videos/{id}/7%20p/00001.m4s"),
+            format!("/videos/{id}/720p/0000\u{e9}.m4s"),
+            format!("/videos/{id}/s/n2-00ff/720p/00001.m4s"),
+        ] {
+            assert_eq!(taken(&other), None, "{other}");
+        }
+        assert_eq!(
+            taken(&format!("/videos/{id}/s/n1-00ff/720p/00001.m4s?x=1")),
+            Some(FastRoute::Session {
+                id: id.to_string(),
+                session: "n1-00ff".to_string(),
+                rendition: "720p".to_string(),
+                file: "00001.m4s".to_string(),
+            })
+        );
+    }
+
+    /// The head the front writes for an object answer, parsed into a header map, equals the
+    /// headers of the same answer made a `Response` (hyper's and warp's), for every status
+    /// and every form of entity tag.
+    #[test]
+    fn an_object_answer_writes_the_headers_its_response_has() {
+        use crate::http::front::Written;
+        let tags = [
+            None,
+            Some("abc-123"),
+            Some("\"quoted\""),
+            Some("W/\"weak\""),
+            Some("bad\r\nx-injected: 1"),
+        ];
+        let cases = [
+            (None, None, StatusCode::OK),
+            (Some("bytes=10-99"), None, StatusCode::PARTIAL_CONTENT),
+            (
+                Some("bytes=99999-"),
+                None,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+            ),
+            (None, Some("\"abc-123\""), StatusCode::NOT_MODIFIED),
+        ];
+        let kinds = [
+            RenditionFile::Segment(3),
+            RenditionFile::Init,
+            RenditionFile::MediaPlaylist,
+        ];
+        for (tag, kind) in tags.into_iter().flat_map(|t| kinds.map(|k| (t, k))) {
+            for (range, inm, status) in cases {
+                let obj = Object {
+                    bytes: Bytes::from(vec![7u8; 1000]),
+                    e_tag: tag.map(std::sync::Arc::from),
+                };
+                let c = Conditions {
+                    range: range.map(str::to_string),
+                    if_none_match: inm.map(str::to_string),
+                };
+                let answer = || object_answer(obj.clone(), kind, &c);
+                let response = answer().into_response();
+                let mut head = Vec::new();
+                let written = answer().write_headers(&mut head);
+                assert_eq!(written, crate::http::front::WrittenHeaders::default());
+                let mut parsed = [httparse::EMPTY_HEADER; 16];
+                let text = [head.as_slice(), b"\r\n"].concat();
+                let Ok(httparse::Status::Complete(_)) = httparse::parse_headers(&text, &mut parsed)
+                else {
+                    panic!("a complete head: {}", String::from_utf8_lossy(&head));
+                };
+                let mut front = HeaderMap::new();
+                for h in parsed.iter().take_while(|h| !h.name.is_empty()) {
+                    let name = warp::http::HeaderName::from_bytes(h.name.as_bytes()).unwrap();
+                    front.append(name, HeaderValue::from_bytes(h.value).unwrap());
+                }
+                let want_status = if tag == Some("abc-123") || status != StatusCode::NOT_MODIFIED {
+                    status
+                } else {
+                    // Only the tag the request names is not modified.
+                    StatusCode::OK
+                };
+                assert_eq!(answer().status(), want_status, "{tag:?} {range:?} {inm:?}");
+                assert_eq!(response.status(), want_status);
+                assert_eq!(&front, response.headers(), "{tag:?} {range:?} {inm:?}");
+                assert_eq!(
+                    answer().into_body(),
+                    response.into_body(),
+                    "{tag:?} {range:?} {inm:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn if_none_match_names_a_tag_quoted_as_it_is_sent() {
+        assert!(names_tag("\"abc\"", "abc"));
+        assert!(names_tag("\"abc\"", "\"abc\""));
+        assert!(names_tag("W/\"abc\"", "W/\"abc\""));
+        assert!(names_tag("*", "abc"));
+        assert!(!names_tag("abc", "abc"));
+        assert!(!names_tag("\"abcd\"", "abc"));
+        assert!(!names_tag("\"abc\"", "W/\"abc\""));
+        assert!(!names_tag("\"", "abc"));
     }
 }

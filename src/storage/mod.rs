@@ -61,8 +61,9 @@ impl From<object_store::Error> for StorageError {
 pub struct Object {
     /// The bytes (shared, never copied).
     pub bytes: Bytes,
-    /// The store's entity tag, when it has one.
-    pub e_tag: Option<String>,
+    /// The store's entity tag, when it has one (shared: a cached object's answers all carry
+    /// it, and copying it was an allocation per cache hit).
+    pub e_tag: Option<Arc<str>>,
 }
 
 /// Handle on the object store. Cheap to clone.
@@ -240,7 +241,7 @@ impl Storage {
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            let e_tag = r.meta.e_tag.clone();
+            let e_tag = r.meta.e_tag.as_deref().map(Arc::from);
             let size = r.meta.size;
             let bytes = match r.payload {
                 object_store::GetResultPayload::File(file, _) if list_files => {
