@@ -36,21 +36,24 @@
 //! that created it) and contains no `/`, no `..` and nothing outside `[a-z0-9_.-]`, so it can
 //! never escape `uploads/` (and can never equal `direct`).
 
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+}
+
+/// Whether `b` is a lowercase hex digit.
+pub fn is_lower_hex(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
 }
 
 /// A video id is exactly 32 lowercase hex digits.
 pub fn valid_video_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    // Bytes, not chars: every segment request checks one (issue 11, P1).
+    id.len() == 32 && id.bytes().all(is_lower_hex)
 }
 
 /// Rendition names: 1 to 32 of `a-z 0-9 _ -`.
 pub fn valid_rendition_name(name: &str) -> bool {
-    (1..=32).contains(&name.len()) && name.chars().all(is_name_char)
+    (1..=32).contains(&name.len()) && name.bytes().all(is_name_byte)
 }
 
 /// Node ids: same rule as rendition names.
@@ -66,9 +69,14 @@ pub fn parse_rendition_file(name: &str) -> Option<RenditionFile> {
         "index.m3u8" => Some(RenditionFile::MediaPlaylist),
         _ => {
             let digits = name.strip_suffix(".m4s")?;
-            (digits.len() == 5 && digits.chars().all(|c| c.is_ascii_digit()))
-                .then(|| digits.parse().ok())
-                .flatten()
+            if digits.len() != 5 {
+                return None;
+            }
+            digits
+                .bytes()
+                .try_fold(0, |k: usize, b| {
+                    b.is_ascii_digit().then(|| k * 10 + usize::from(b - b'0'))
+                })
                 .map(RenditionFile::Segment)
         }
     }
@@ -129,7 +137,6 @@ pub fn rendition_file(id: &str, dir: &str, file: &str) -> String {
 /// [`rendition_file`] of a [`RenditionFile`] (`init.mp4`, `index.m3u8`, `NNNNN.m4s`), built in
 /// one allocation: a session forms it on every request.
 pub fn rendition_file_of(id: &str, dir: &str, file: RenditionFile) -> String {
-    use std::fmt::Write;
     let mut k = String::with_capacity("videos///".len() + id.len() + dir.len() + "00000.m4s".len());
     k.push_str("videos/");
     k.push_str(id);
@@ -139,11 +146,21 @@ pub fn rendition_file_of(id: &str, dir: &str, file: RenditionFile) -> String {
     match file {
         RenditionFile::Init => k.push_str(crate::media::playlist::INIT_NAME),
         RenditionFile::MediaPlaylist => k.push_str(crate::media::playlist::MEDIA_PLAYLIST_NAME),
-        RenditionFile::Segment(i) => {
-            let _ = write!(k, "{i:05}.m4s");
-        }
+        RenditionFile::Segment(i) => push_segment_name(&mut k, i),
     }
     k
+}
+
+/// Append segment `i`'s file name, `{i:05}.m4s` (at least five digits), without
+/// `format!`'s machinery: a session forms one on every request (issue 11, P1).
+fn push_segment_name(k: &mut String, i: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(i);
+    for _ in digits.len()..5 {
+        k.push('0');
+    }
+    k.push_str(digits);
+    k.push_str(".m4s");
 }
 
 /// `videos/{id}/{dir}/rendition.json`
@@ -442,6 +459,12 @@ mod tests {
         assert_eq!(parse_rendition_file("rendition.json"), None);
         assert_eq!(parse_rendition_file("7.m4s"), None);
         assert_eq!(parse_rendition_file("../00001.m4s"), None);
+        assert_eq!(parse_rendition_file("+0001.m4s"), None);
+        assert_eq!(parse_rendition_file("0000a.m4s"), None);
+        assert_eq!(
+            parse_rendition_file("99999.m4s"),
+            Some(RenditionFile::Segment(99_999))
+        );
     }
 
     #[test]
@@ -465,5 +488,8 @@ mod tests {
                 Some(file)
             );
         }
+        // Past five digits the name grows, as `segment_name`'s does.
+        let key = rendition_file_of("ab12", dir, RenditionFile::Segment(123_456));
+        assert_eq!(key, rendition_file("ab12", dir, &segment_name(123_456)));
     }
 }
