@@ -51,6 +51,18 @@ pub enum PlaybackEvent {
 }
 
 impl PlaybackEvent {
+    /// [`PlaybackEvent::as_str`] as a JSON string, quoted (what serde_json writes for it).
+    pub fn json(self) -> &'static str {
+        match self {
+            Self::Serve => "\"SERVE\"",
+            Self::PrefetchStart => "\"PREFETCH_START\"",
+            Self::PrefetchResult => "\"PREFETCH_RESULT\"",
+            Self::SessionStart => "\"SESSION_START\"",
+            Self::SessionReassigned => "\"SESSION_REASSIGNED\"",
+            Self::SessionEnd => "\"SESSION_END\"",
+        }
+    }
+
     /// The name written to the logs (`SERVE`, `PREFETCH_START`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,6 +122,14 @@ impl CacheOutcome {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
+        }
+    }
+
+    /// [`CacheOutcome::as_str`] as a JSON string, quoted (what serde_json writes for it).
+    pub fn json(self) -> &'static str {
+        match self {
+            Self::Hit => "\"hit\"",
+            Self::Miss => "\"miss\"",
         }
     }
 
@@ -624,7 +644,8 @@ fn rendition_row(
 /// its session's `playback_ids` row from [`trim`], so the row kept here stays valid.
 #[derive(Default)]
 struct Spans {
-    open: std::collections::HashMap<String, OpenSpan>,
+    /// Hashed with foldhash: looked up for every record (session ids are the node's own).
+    open: std::collections::HashMap<String, OpenSpan, foldhash::fast::RandomState>,
 }
 
 /// A span [`Spans`] has open.
@@ -884,7 +905,8 @@ struct JsonLines {
 /// is there. At most [`MAX_RENDITIONS_KEPT`] entries: past that it is emptied.
 #[derive(Default)]
 struct Renditions {
-    by_tag: std::collections::HashMap<usize, KeptRendition>,
+    /// Hashed with foldhash: looked up for every segment record.
+    by_tag: std::collections::HashMap<usize, KeptRendition, foldhash::fast::RandomState>,
     /// The `playback_renditions` rows of the renditions full records named (errors, mostly),
     /// by value: they carry their own copy of the tag. Bounded as `by_tag`.
     by_value: std::collections::HashMap<RenditionTag, i64>,
@@ -974,10 +996,12 @@ fn segment_line(buf: &mut Vec<u8>, r: &SegmentRecord, ts: &str, rendition: &str)
     let mut n = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"ts_ms\":");
     buf.extend_from_slice(n.format(r.ts_ms).as_bytes());
-    buf.extend_from_slice(b",\"ts\":");
-    json_str(buf, ts);
-    buf.extend_from_slice(b",\"event\":");
-    json_str(buf, r.event.as_str());
+    // An RFC 3339 time (digits, `-`, `:`, `T`, `.`, `Z`) and the fixed texts need no
+    // escaping: written as they are, not searched for what would (issue 11, P1).
+    buf.extend_from_slice(b",\"ts\":\"");
+    buf.extend_from_slice(ts.as_bytes());
+    buf.extend_from_slice(b"\",\"event\":");
+    buf.extend_from_slice(r.event.json().as_bytes());
     buf.push(b',');
     buf.extend_from_slice(r.ids.json.as_bytes());
     buf.extend_from_slice(b",\"rendition\":");
@@ -986,7 +1010,7 @@ fn segment_line(buf: &mut Vec<u8>, r: &SegmentRecord, ts: &str, rendition: &str)
     buf.extend_from_slice(n.format(r.segment).as_bytes());
     if let Some(cache) = r.cache {
         buf.extend_from_slice(b",\"cache\":");
-        json_str(buf, cache.as_str());
+        buf.extend_from_slice(cache.json().as_bytes());
     }
     if let Some(result) = r.result {
         buf.extend_from_slice(b",\"result\":");
@@ -1660,9 +1684,11 @@ mod tests {
                 bandwidth: u64::MAX,
             });
             for mask in 0..16u8 {
-                let mut r = SegmentRecord::new(PlaybackEvent::PrefetchResult, &ids, &tag, k * 97);
+                let event = PlaybackEvent::ALL[(k + mask as usize) % PlaybackEvent::ALL.len()];
+                let mut r = SegmentRecord::new(event, &ids, &tag, k * 97);
                 r.ts_ms = -(k as i64) * 1_000_000_007 + 1_733_000_000_123;
-                r.cache = (mask & 1 != 0).then_some(CacheOutcome::Hit);
+                let outcome = [CacheOutcome::Hit, CacheOutcome::Miss][k % 2];
+                r.cache = (mask & 1 != 0).then_some(outcome);
                 r.result = (mask & 2 != 0).then_some(["ok", "fetched", "we\"ird"][k % 3]);
                 r.bytes = (mask & 4 != 0).then_some(u64::MAX - k as u64);
                 r.duration_ms = (mask & 8 != 0).then_some(k as u64);
@@ -1672,6 +1698,17 @@ mod tests {
                 segment_line(&mut got, &r, &ts, renditions.json(&tag));
                 assert_eq!(String::from_utf8(got).unwrap(), want, "mask {mask}");
             }
+        }
+    }
+
+    /// The quoted texts segment lines are made of are serde_json's for each value.
+    #[test]
+    fn the_fixed_texts_json_is_serde_jsons() {
+        for e in PlaybackEvent::ALL {
+            assert_eq!(e.json(), serde_json::to_string(&e).unwrap());
+        }
+        for c in [CacheOutcome::Hit, CacheOutcome::Miss] {
+            assert_eq!(c.json(), serde_json::to_string(&c).unwrap());
         }
     }
 

@@ -75,8 +75,13 @@ pub struct VideoInfo {
     /// The video.
     pub video_id: String,
     /// By rendition name.
-    pub renditions: HashMap<String, RenditionInfo>,
+    pub renditions: RenditionMap,
 }
+
+/// Renditions by name. Hashed with foldhash, not SipHash: every segment request looks its
+/// rendition up here, and the names are the ladder's own, not chosen by a client (issue 11,
+/// P1).
+pub type RenditionMap = HashMap<String, RenditionInfo, foldhash::fast::RandomState>;
 
 impl VideoInfo {
     /// From a ready video's record; `None` unless the record is `ready`.

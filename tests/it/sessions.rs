@@ -248,7 +248,8 @@ async fn session_fixture(
                 dir: DIR.into(),
             },
         )]
-        .into(),
+        .into_iter()
+        .collect(),
     });
     (ctx, s, video)
 }
