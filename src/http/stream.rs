@@ -499,7 +499,7 @@ fn serve_hit_of(
             let info = memo.video(app, id)?.renditions.get(*rendition)?;
             ctx.streaming
                 .cache
-                .get_cached(&keys::rendition_file(id, &info.dir, file))?
+                .get_cached(&keys::rendition_file_of(id, &info.dir, kind))?
         }
     };
     let r = object_answer(object, kind, c);
@@ -596,13 +596,19 @@ async fn ready_video(app: &App, id: &str) -> Result<std::sync::Arc<VideoInfo>, A
     }
 }
 
+/// Whether entity tag `tag`, as the store gave it, is already quoted (or weak): then it is
+/// sent as it is, else in quotes.
+fn is_quoted(tag: &str) -> bool {
+    tag.starts_with('"') || tag.starts_with("W/")
+}
+
 /// Whether `token` (one entry of an `If-None-Match` list, trimmed) names entity tag `tag`
 /// as the store gave it: the tag itself when already quoted or weak, else the tag in quotes.
 fn names_tag(token: &str, tag: &str) -> bool {
     if token == "*" {
         return true;
     }
-    if tag.starts_with('"') || tag.starts_with("W/") {
+    if is_quoted(tag) {
         token == tag
     } else {
         token.len() == tag.len() + 2
@@ -615,7 +621,7 @@ fn names_tag(token: &str, tag: &str) -> bool {
 /// Append entity tag `tag` as an `ETag` value (RFC 9110 section 8.8.3): as it is when
 /// already quoted or weak, else in quotes.
 fn push_quoted(out: &mut Vec<u8>, tag: &str) {
-    if tag.starts_with('"') || tag.starts_with("W/") {
+    if is_quoted(tag) {
         out.extend_from_slice(tag.as_bytes());
     } else {
         out.push(b'"');
@@ -777,32 +783,26 @@ fn object_response(obj: Object, kind: RenditionFile, c: &Conditions) -> Response
     object_answer(obj, kind, c).into_response()
 }
 
-/// The header lines every object answer starts with: its type, lifetime and CORS, as
-/// [`base_response`] makes them. Literals, so that the front copies them in one piece; a
-/// test holds them equal to the `Response`'s headers.
-macro_rules! object_lines {
-    ($content_type:literal, $cache:literal) => {
-        concat!(
-            "content-type: ",
-            $content_type,
-            "\r\ncache-control: ",
-            $cache,
-            "\r\naccess-control-allow-origin: *",
-            "\r\naccess-control-expose-headers: Content-Length, Content-Range, Accept-Ranges, ETag",
-            "\r\n"
-        )
-    };
-}
-
-/// [`object_lines`] of an object of `kind`.
+/// The header lines every object answer of `kind` starts with: its type and lifetime
+/// ([`type_and_cache`]) and CORS, as [`base_response`] makes them; made once per kind, so
+/// that the front copies them in one piece (a test holds them equal to the `Response`'s
+/// headers).
 fn fixed_lines(kind: RenditionFile) -> &'static str {
+    fn lines(kind: RenditionFile) -> String {
+        let (content_type, cache) = type_and_cache(kind);
+        format!(
+            "content-type: {content_type}\r\ncache-control: {cache}\r\n\
+             access-control-allow-origin: {ALLOW_ORIGIN}\r\n\
+             access-control-expose-headers: {EXPOSE_HEADERS}\r\n"
+        )
+    }
+    static PLAYLIST: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| lines(RenditionFile::MediaPlaylist));
+    static MEDIA: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| lines(RenditionFile::Init));
     match kind {
-        RenditionFile::MediaPlaylist => {
-            object_lines!("application/vnd.apple.mpegurl", "public, max-age=10")
-        }
-        RenditionFile::Init | RenditionFile::Segment(_) => {
-            object_lines!("video/mp4", "public, max-age=31536000, immutable")
-        }
+        RenditionFile::MediaPlaylist => &PLAYLIST,
+        RenditionFile::Init | RenditionFile::Segment(_) => &MEDIA,
     }
 }
 
