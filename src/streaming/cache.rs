@@ -312,13 +312,20 @@ mod tests {
         s
     }
 
-    #[tokio::test]
-    async fn byte_budget_evicts_least_recently_used() {
+    /// [`three_and_a_huge`] and a cache of 100 bytes that has read `a`, `b`, then `a` again
+    /// (`a` more recent than `b`; 80 bytes held).
+    async fn a_b_then_a() -> (Storage, Arc<SegmentCache>) {
         let s = three_and_a_huge().await;
         let c = SegmentCache::new(100);
-        c.get(&s, "a").await.unwrap();
-        c.get(&s, "b").await.unwrap();
-        c.get(&s, "a").await.unwrap(); // a is now more recent than b
+        for k in ["a", "b", "a"] {
+            c.get(&s, k).await.unwrap();
+        }
+        (s, c)
+    }
+
+    #[tokio::test]
+    async fn byte_budget_evicts_least_recently_used() {
+        let (s, c) = a_b_then_a().await;
         c.get(&s, "c").await.unwrap(); // 120 > 100: b goes
         assert!(c.contains("a") && c.contains("c") && !c.contains("b"));
         assert_eq!(c.stats().bytes, 80);
@@ -333,11 +340,7 @@ mod tests {
     /// nothing or was too large to keep), and nothing else.
     #[tokio::test]
     async fn departures_count_what_left_the_cache_or_never_entered_it() {
-        let s = three_and_a_huge().await;
-        let c = SegmentCache::new(100);
-        c.get(&s, "a").await.unwrap();
-        c.get(&s, "b").await.unwrap();
-        c.get(&s, "a").await.unwrap();
+        let (s, c) = a_b_then_a().await;
         assert!(c.get_cached("b").is_some());
         assert_eq!(c.departures(), 0, "reads that were kept, and hits");
         c.get(&s, "c").await.unwrap();
