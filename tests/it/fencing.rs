@@ -176,6 +176,18 @@ async fn a_ready_video_is_not_claimed_again() {
     assert_eq!(v["state"], "ready", "{v}");
     let claims = count(&event_kinds(&node.url(), &id).await, "lease_claimed");
     assert_eq!(claims, 1);
+    // The record turns ready before the actor that wrote it has released its lease and stopped;
+    // until its supervisor hears that, the actor is still listed (and an `Ensure` finds it).
+    wait_until(
+        "the video's actor stops after ready",
+        std::time::Duration::from_secs(10),
+        || async {
+            ractor::call!(node.node.refs.videos, VideoSupervisorMsg::Active)
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
     let running = ensure_handled(&node, &id).await;
     assert!(running.is_empty(), "an actor started: {running:?}");
     let ev = event_kinds(&node.url(), &id).await;
