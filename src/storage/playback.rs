@@ -518,6 +518,9 @@ fn open_db(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // The writer's statements (up to seven `INSERT`s of rows, the lookups of ids and
+    // renditions, the spans', the trim's) stay prepared; rusqlite keeps 16 by default.
+    conn.set_prepared_statement_cache_capacity(32);
     migrate_wide_table(&mut conn)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
@@ -564,29 +567,112 @@ fn migrate_wide_table(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     tx.commit()
 }
 
-const INSERT: &str = "INSERT INTO playback_rows (ts_ms, event, ids, rendition, segment, cache,
-    result, bytes, duration_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// The columns of `playback_rows` the writer sets: all but `seq`, which SQLite chooses (one
+/// more than the table's largest, <https://www.sqlite.org/autoinc.html>); binding it instead
+/// cost a search of the table for each row.
+const INSERT_HEAD: &str = "INSERT INTO playback_rows (ts_ms, event, ids, rendition, segment, \
+    cache, result, bytes, duration_ms, detail) VALUES ";
 
-/// Insert record `r` as a row of `playback_rows`, `ids` and `rendition` its rows of
-/// `playback_ids` and `playback_renditions`; answers the row's `seq`.
-fn insert(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    r: &Row<'_>,
+/// Values of one row: [`INSERT_HEAD`]'s columns.
+const COLUMNS: usize = 10;
+
+/// Rows one `INSERT` writes at most: 640 bound values, within SQLite's limit of 32,766
+/// (`SQLITE_MAX_VARIABLE_NUMBER`, <https://www.sqlite.org/limits.html>, item 9).
+const ROWS_PER_INSERT: usize = 64;
+
+/// The `INSERT` of `2^k` rows, for `k` from 0 (one row, [`INSERT`]) to `log2(ROWS_PER_INSERT)`:
+/// a batch of `n` rows is written by the statements of `n`'s binary digits, so at most seven
+/// different statements are ever prepared, and a batch of hundreds runs a handful instead of
+/// one for each row. Stepping a prepared `INSERT` (start, halt, reset, the cursor opened and
+/// the table's last row looked up again) took about a third of a row's cost in SQLite
+/// (issue 11, P1, counted with `scripts/bench-instructions`).
+static INSERTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let mut sqls = Vec::new();
+    let mut rows = 1;
+    while rows <= ROWS_PER_INSERT {
+        let mut sql = INSERT_HEAD.to_string();
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..COLUMNS {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('?');
+            }
+            sql.push(')');
+        }
+        sqls.push(sql);
+        rows *= 2;
+    }
+    sqls
+});
+
+/// The one-row `INSERT` (what the plan test checks).
+#[cfg(test)]
+fn insert_one() -> &'static str {
+    &INSERTS[0]
+}
+
+/// What a record's row takes besides its [`Row`]: the rows the writer looked up for it.
+struct RowKeys {
     ids: i64,
     rendition: Option<i64>,
-) -> Result<i64, rusqlite::Error> {
-    stmt.insert(params![
-        r.ts_ms,
-        r.event.code(),
-        ids,
-        rendition,
-        r.segment.map(|s| s as i64),
-        r.cache.map(CacheOutcome::code),
-        r.result,
-        r.bytes.map(|b| b as i64),
-        r.duration_ms.map(|b| b as i64),
-        r.detail,
-    ])
+}
+
+/// Insert the rows of `rows` (each a record and its keys), in order, as [`INSERTS`] says, as
+/// seqs `first_seq..`.
+///
+/// Errors: SQLite's; and if SQLite chose other seqs than these (the spans written before the
+/// rows point at them), an error that rolls the batch back.
+fn insert_rows<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    first_seq: i64,
+    rows: impl ExactSizeIterator<Item = (Row<'a>, &'a RowKeys)>,
+) -> Result<(), rusqlite::Error> {
+    let mut left = rows.len();
+    let mut rows = rows;
+    let mut last_seq = first_seq - 1;
+    while left > 0 {
+        // The largest power of two of rows that fits, up to ROWS_PER_INSERT.
+        let k = (usize::BITS - 1 - left.min(ROWS_PER_INSERT).leading_zeros()) as usize;
+        let n = 1 << k;
+        let mut stmt = tx.prepare_cached(&INSERTS[k])?;
+        for (i, (r, keys)) in rows.by_ref().take(n).enumerate() {
+            bind_row(&mut stmt, i * COLUMNS, &r, keys)?;
+        }
+        stmt.raw_execute()?;
+        left -= n;
+        last_seq += n as i64;
+        if tx.last_insert_rowid() != last_seq {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                Some(format!(
+                    "playback rows were given seqs up to {}, not {last_seq}",
+                    tx.last_insert_rowid()
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Bind record `r` with `keys` to the values after the first `at` of `stmt`.
+fn bind_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    r: &Row<'_>,
+    keys: &RowKeys,
+) -> Result<(), rusqlite::Error> {
+    stmt.raw_bind_parameter(at + 1, r.ts_ms)?;
+    stmt.raw_bind_parameter(at + 2, r.event.code())?;
+    stmt.raw_bind_parameter(at + 3, keys.ids)?;
+    stmt.raw_bind_parameter(at + 4, keys.rendition)?;
+    stmt.raw_bind_parameter(at + 5, r.segment.map(|s| s as i64))?;
+    stmt.raw_bind_parameter(at + 6, r.cache.map(CacheOutcome::code))?;
+    stmt.raw_bind_parameter(at + 7, r.result)?;
+    stmt.raw_bind_parameter(at + 8, r.bytes.map(|b| b as i64))?;
+    stmt.raw_bind_parameter(at + 9, r.duration_ms.map(|b| b as i64))?;
+    stmt.raw_bind_parameter(at + 10, r.detail)
 }
 
 /// The `playback_ids` row of a video, session and node, added if there is none.
@@ -837,6 +923,7 @@ fn write_batch(
     spans: &mut Spans,
     renditions: &mut Renditions,
     times: &mut Times,
+    keys: &mut Vec<RowKeys>,
     batch: &[Queued],
 ) {
     times.fill(batch);
@@ -848,21 +935,31 @@ fn write_batch(
     // (about 50 us of the writer's CPU per request at 12,000 sessions, issue 11 P3). Each
     // session's span is written once when it opens and once when it ends instead.
     let res = conn.transaction().and_then(|tx| {
-        {
-            // Looked up once per batch: the statement cache hashes the whole SQL text.
-            let mut stmt = tx.prepare_cached(INSERT)?;
-            for (i, q) in batch.iter().enumerate() {
-                let r = q.row(times.get(i));
-                let rendition = match q {
-                    Queued::Segment(s) => Some(renditions.row(&tx, &s.rendition)?),
-                    Queued::Full(f) => match &f.rendition {
-                        Some(tag) => Some(renditions.row_of_value(&tx, tag)?),
-                        None => None,
-                    },
-                };
-                spans.write(&tx, &r, |ids| insert(&mut stmt, &r, ids, rendition))?;
-            }
+        // The rows take the seqs after the newest (the writer is the table's only writer),
+        // so the spans are written before the rows they point at, and the rows go in
+        // together.
+        let newest: Option<i64> = tx
+            .prepare_cached("SELECT max(seq) FROM playback_rows")?
+            .query_row([], |r| r.get(0))?;
+        let first_seq = newest.unwrap_or(0) + 1;
+        keys.clear();
+        for (i, q) in batch.iter().enumerate() {
+            let r = q.row(times.get(i));
+            let rendition = match q {
+                Queued::Segment(s) => Some(renditions.row(&tx, &s.rendition)?),
+                Queued::Full(f) => match &f.rendition {
+                    Some(tag) => Some(renditions.row_of_value(&tx, tag)?),
+                    None => None,
+                },
+            };
+            let seq = first_seq + i as i64;
+            spans.write(&tx, &r, |ids| {
+                keys.push(RowKeys { ids, rendition });
+                Ok(seq)
+            })?;
         }
+        let rows = batch.iter().enumerate().map(|(i, q)| q.row(times.get(i)));
+        insert_rows(&tx, first_seq, rows.zip(keys.iter()))?;
         tx.commit()
     });
     if let Err(e) = res {
@@ -1186,6 +1283,8 @@ fn writer(
     let mut flushes = Vec::new();
     let mut spans = Spans::default();
     let mut renditions = Renditions::default();
+    // Each record's keys in the batch being written (kept between batches).
+    let mut keys = Vec::new();
     while let Ok(first) = rx.recv() {
         if !matches!(first, Cmd::Flush(_)) {
             // Let the batch gather: the senders queue without waking this thread.
@@ -1208,6 +1307,7 @@ fn writer(
             &mut spans,
             &mut renditions,
             &mut times,
+            &mut keys,
             &batch,
         );
         batch.clear();
@@ -2045,6 +2145,125 @@ mod tests {
         );
     }
 
+    /// What the writer thread keeps between batches, for tests that call [`write_batch`].
+    #[derive(Default)]
+    struct WriterState {
+        spans: Spans,
+        renditions: Renditions,
+        times: Times,
+        keys: Vec<RowKeys>,
+    }
+
+    impl WriterState {
+        fn write(&mut self, dir: &Path, conn: &mut Connection, batch: &[Queued]) {
+            let mut file = JsonLines::open(dir.join(JSONL_NAME), Retention::default()).unwrap();
+            write_batch(
+                conn,
+                &mut file,
+                &mut self.spans,
+                &mut self.renditions,
+                &mut self.times,
+                &mut self.keys,
+                batch,
+            );
+        }
+    }
+
+    /// A batch of more rows than one `INSERT` takes (written by several, of 64 rows down to
+    /// one) keeps every session's records in order, with spans that point at them: one that
+    /// ends in the middle of the batch and comes back has two. The next batch's rows follow
+    /// on, with no gap in the seqs.
+    #[test]
+    fn a_batch_of_hundreds_is_written_in_order_with_its_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        let mut w = WriterState::default();
+        let (ids, tag) = ids_and_tag("v", "240p", 240, 400_000);
+        let sessions = ["n1-00aa", "n1-00bb", "n1-00cc"];
+        let record = |k: usize| match k % 3 {
+            // n1-00aa's records queued as a request queues them, the others' whole.
+            0 => Queued::Segment(SegmentRecord::new(PlaybackEvent::Serve, &ids, &tag, k)),
+            // n1-00bb ends at 100 and comes back.
+            _ if k == 100 => {
+                Queued::Full(Box::new(tagged(PlaybackEvent::SessionEnd, sessions[1], k)))
+            }
+            i => Queued::Full(Box::new(tagged(PlaybackEvent::Serve, sessions[i], k))),
+        };
+        let (first, second) = (203, 70);
+        w.write(
+            dir.path(),
+            &mut conn,
+            &(0..first).map(record).collect::<Vec<_>>(),
+        );
+        w.write(
+            dir.path(),
+            &mut conn,
+            &(first..first + second).map(record).collect::<Vec<_>>(),
+        );
+        for (i, session) in sessions.iter().enumerate() {
+            let got = read_sqlite(dir.path(), session).unwrap();
+            assert_eq!(got, read_jsonl(dir.path(), session).unwrap(), "{session}");
+            let want: Vec<_> = (0..first + second).filter(|k| k % 3 == i).collect();
+            let segments: Vec<_> = got.iter().filter_map(|r| r.segment).collect();
+            assert_eq!(segments, want, "{session}");
+        }
+        let (min, max, rows): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT min(seq), max(seq), count(*) FROM playback_rows",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((min, max, rows), (1, 273, 273));
+        let spans: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT first_seq, last_seq FROM playback_sessions WHERE session_id = ?1")
+            .unwrap()
+            .query_map([sessions[1]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Seqs count from 1: record k is seq k + 1.
+        assert_eq!(spans, vec![(2, Some(101)), (104, None)]);
+    }
+
+    /// The spans are written before their rows, for the seqs SQLite gives rows (one more than
+    /// the largest). Should SQLite give others (here a trigger inserts a row among the
+    /// batch's), the batch is refused whole rather than leave spans pointing at other rows;
+    /// the next batch reads back whole.
+    #[test]
+    fn rows_given_other_seqs_than_their_spans_name_roll_the_batch_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER extra AFTER INSERT ON playback_rows WHEN NEW.segment = 777
+             BEGIN INSERT INTO playback_rows (ts_ms, event, ids) VALUES (0, 1, NEW.ids); END;",
+        )
+        .unwrap();
+        let mut w = WriterState::default();
+        let session = "n1-00aa";
+        let batch = |ks: &[usize]| -> Vec<Queued> {
+            ks.iter()
+                .map(|&k| Queued::Full(Box::new(tagged(PlaybackEvent::Serve, session, k))))
+                .collect()
+        };
+        // Ten rows: one INSERT of eight (the fifth row's trigger moves the sixth to eighth
+        // along), then one of two.
+        w.write(
+            dir.path(),
+            &mut conn,
+            &batch(&[0, 1, 2, 3, 777, 5, 6, 7, 8, 9]),
+        );
+        let rows: i64 = one(&conn, "SELECT count(*) FROM playback_rows");
+        assert_eq!(rows, 0, "the batch is rolled back");
+        w.write(dir.path(), &mut conn, &batch(&[10, 11, 12]));
+        let got: Vec<_> = read_sqlite(dir.path(), session)
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.segment)
+            .collect();
+        assert_eq!(got, vec![10, 11, 12]);
+    }
+
     /// A batch whose transaction fails takes the rows it added with it (a session's ids, a
     /// rendition): the writer looks them up again, so the next records read back whole, not
     /// pointing at rows that were rolled back.
@@ -2197,7 +2416,7 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap()
         };
-        for sql in [TRIM_ENDS, TRIM_ROWS, TRIM_SPANS, INSERT, READ_SPAN] {
+        for sql in [TRIM_ENDS, TRIM_ROWS, TRIM_SPANS, insert_one(), READ_SPAN] {
             let plan = plan(sql);
             assert!(
                 !plan
