@@ -229,9 +229,43 @@ fn path_segments(path: &str) -> Option<([&str; 5], usize)> {
 }
 
 /// Whether `b` is an RFC 3986 unreserved character (section 2.3).
-fn unreserved(b: u8) -> bool {
+const fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
+
+/// What [`target_segments`] makes of a byte of a target's path.
+#[derive(Clone, Copy)]
+enum PathByte {
+    /// Unreserved: part of a segment.
+    Plain,
+    /// `/`: ends a segment.
+    Slash,
+    /// `?`: ends the path.
+    Query,
+    /// Anything else: the front does not take the target.
+    Other,
+}
+
+/// [`PathByte`] of each byte: one load instead of the comparisons of [`unreserved`], which
+/// took a dozen instructions for each letter of every target (issue 11, P1).
+static PATH_BYTES: [PathByte; 256] = {
+    let mut classes = [PathByte::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        classes[b] = if unreserved(c) {
+            PathByte::Plain
+        } else if c == b'/' {
+            PathByte::Slash
+        } else if c == b'?' {
+            PathByte::Query
+        } else {
+            PathByte::Other
+        };
+        b += 1;
+    }
+    classes
+};
 
 /// What the connection's front takes of request target `target`: [`path_segments`] of its
 /// path (up to the first `?`), when the path holds only unreserved characters and `/`, and the
@@ -248,18 +282,27 @@ fn target_segments(target: &str) -> Option<([&str; 5], usize)> {
     let mut start = 0;
     let mut end = bytes.len();
     for (i, &b) in bytes.iter().enumerate() {
-        if b == b'/' {
-            if i == start || n == seg.len() - 1 {
-                return None;
+        let class = PATH_BYTES[usize::from(b)];
+        // The common case first, on its own: a `match` alone became a jump through a table
+        // for every byte.
+        if matches!(class, PathByte::Plain) {
+            continue;
+        }
+        match class {
+            PathByte::Plain => {}
+            PathByte::Slash => {
+                if i == start || n == seg.len() - 1 {
+                    return None;
+                }
+                seg[n] = &rest[start..i];
+                n += 1;
+                start = i + 1;
             }
-            seg[n] = &rest[start..i];
-            n += 1;
-            start = i + 1;
-        } else if b == b'?' {
-            end = i;
-            break;
-        } else if !unreserved(b) {
-            return None;
+            PathByte::Query => {
+                end = i;
+                break;
+            }
+            PathByte::Other => return None,
         }
     }
     if end == start {
