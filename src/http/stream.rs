@@ -289,6 +289,7 @@ fn target_segments(target: &str) -> Option<([&str; 5], usize)> {
             continue;
         }
         match class {
+            // Taken above.
             PathByte::Plain => {}
             PathByte::Slash => {
                 if i == start || n == seg.len() - 1 {

@@ -580,7 +580,7 @@ const COLUMNS: usize = 10;
 /// (`SQLITE_MAX_VARIABLE_NUMBER`, <https://www.sqlite.org/limits.html>, item 9).
 const ROWS_PER_INSERT: usize = 64;
 
-/// The `INSERT` of `2^k` rows, for `k` from 0 (one row, [`INSERT`]) to `log2(ROWS_PER_INSERT)`:
+/// The `INSERT` of `2^k` rows, for `k` from 0 (one row) to `log2(ROWS_PER_INSERT)`:
 /// a batch of `n` rows is written by the statements of `n`'s binary digits, so at most seven
 /// different statements are ever prepared, and a batch of hundreds runs a handful instead of
 /// one for each row. Stepping a prepared `INSERT` (start, halt, reset, the cursor opened and
@@ -917,15 +917,30 @@ impl Times {
     }
 }
 
+/// What the writer keeps from batch to batch besides its connection and file.
+#[derive(Default)]
+struct BatchState {
+    spans: Spans,
+    renditions: Renditions,
+    times: Times,
+    /// Each record's keys in the batch being written (the vector kept for its capacity).
+    keys: Vec<RowKeys>,
+}
+
+/// Write `batch` to the JSON-lines `file` and, in one transaction, to `conn`'s tables. A
+/// failure of either is logged; a failed transaction leaves none of the batch in SQLite.
 fn write_batch(
     conn: &mut Connection,
     file: &mut JsonLines,
-    spans: &mut Spans,
-    renditions: &mut Renditions,
-    times: &mut Times,
-    keys: &mut Vec<RowKeys>,
+    state: &mut BatchState,
     batch: &[Queued],
 ) {
+    let BatchState {
+        spans,
+        renditions,
+        times,
+        keys,
+    } = state;
     times.fill(batch);
     if let Err(e) = file.append(batch, times, renditions) {
         tracing::error!("playback log file write failed: {e}");
@@ -1279,12 +1294,8 @@ fn writer(
     // The shed count the writer has logged so far.
     let mut logged = 0;
     let mut batch = Vec::new();
-    let mut times = Times::default();
     let mut flushes = Vec::new();
-    let mut spans = Spans::default();
-    let mut renditions = Renditions::default();
-    // Each record's keys in the batch being written (kept between batches).
-    let mut keys = Vec::new();
+    let mut state = BatchState::default();
     while let Ok(first) = rx.recv() {
         if !matches!(first, Cmd::Flush(_)) {
             // Let the batch gather: the senders queue without waking this thread.
@@ -1301,15 +1312,7 @@ fn writer(
                 next = rx.try_recv().ok();
             }
         }
-        write_batch(
-            &mut conn,
-            &mut file,
-            &mut spans,
-            &mut renditions,
-            &mut times,
-            &mut keys,
-            &batch,
-        );
+        write_batch(&mut conn, &mut file, &mut state, &batch);
         batch.clear();
         if let Err(e) = trim(&conn, retention.max_rows) {
             tracing::error!("playback log SQLite trim failed: {e}");
@@ -2145,27 +2148,11 @@ mod tests {
         );
     }
 
-    /// What the writer thread keeps between batches, for tests that call [`write_batch`].
-    #[derive(Default)]
-    struct WriterState {
-        spans: Spans,
-        renditions: Renditions,
-        times: Times,
-        keys: Vec<RowKeys>,
-    }
-
-    impl WriterState {
+    impl BatchState {
+        /// Write `batch` as the writer thread does, to the log files of `dir`.
         fn write(&mut self, dir: &Path, conn: &mut Connection, batch: &[Queued]) {
             let mut file = JsonLines::open(dir.join(JSONL_NAME), Retention::default()).unwrap();
-            write_batch(
-                conn,
-                &mut file,
-                &mut self.spans,
-                &mut self.renditions,
-                &mut self.times,
-                &mut self.keys,
-                batch,
-            );
+            write_batch(conn, &mut file, self, batch);
         }
     }
 
@@ -2177,7 +2164,7 @@ mod tests {
     fn a_batch_of_hundreds_is_written_in_order_with_its_spans() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
-        let mut w = WriterState::default();
+        let mut w = BatchState::default();
         let (ids, tag) = ids_and_tag("v", "240p", 240, 400_000);
         let sessions = ["n1-00aa", "n1-00bb", "n1-00cc"];
         let record = |k: usize| match k % 3 {
@@ -2239,7 +2226,7 @@ mod tests {
              BEGIN INSERT INTO playback_rows (ts_ms, event, ids) VALUES (0, 1, NEW.ids); END;",
         )
         .unwrap();
-        let mut w = WriterState::default();
+        let mut w = BatchState::default();
         let session = "n1-00aa";
         let batch = |ks: &[usize]| -> Vec<Queued> {
             ks.iter()
