@@ -244,7 +244,7 @@ impl SessionHandle {
         rendition: &str,
         file: RenditionFile,
     ) -> Result<Served, StorageError> {
-        self.note_request();
+        self.note_request(Instant::now());
         let info = self.rendition_info(video_id, rendition, file)?;
         let started = Instant::now();
         let key = self.key(info, file);
@@ -253,7 +253,7 @@ impl SessionHandle {
             Ok((None, _)) => Err(StorageError::NotFound(key)),
             Err(e) => Err(e),
         };
-        self.served(info, file, started, res)
+        self.served(info, file, started.elapsed(), res)
     }
 
     /// [`SessionHandle::serve`] for an object the node's cache holds now, without waiting:
@@ -270,12 +270,15 @@ impl SessionHandle {
         let info = self.rendition_info(video_id, rendition, file).ok()?;
         let started = Instant::now();
         let object = self.streaming.cache.get_cached(&self.key(info, file))?;
-        self.note_request();
+        // One reading of the clock for the request's time and the lookup's duration: each
+        // reading is a system clock call and a subtraction (issue 11, P1).
+        let now = Instant::now();
+        self.note_request(now);
         let served = Served {
             object,
             lookup: Lookup::Hit,
         };
-        self.served(info, file, started, Ok(served)).ok()
+        self.served(info, file, now - started, Ok(served)).ok()
     }
 
     /// The rendition of the latest request.
@@ -288,10 +291,10 @@ impl SessionHandle {
         self.video.renditions.values().find(|r| r.index == index)
     }
 
-    /// Count a request and note its time (written only when the millisecond changed).
-    fn note_request(&self) {
+    /// Count a request and note its time, `at` (written only when the millisecond changed).
+    fn note_request(&self, at: Instant) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let now = self.born.elapsed().as_millis() as u64;
+        let now = at.saturating_duration_since(self.born).as_millis() as u64;
         if self.last_request_ms.load(Ordering::Relaxed) != now {
             self.last_request_ms.store(now, Ordering::Relaxed);
         }
@@ -330,13 +333,13 @@ impl SessionHandle {
         Ok(info)
     }
 
-    /// After the object was looked up (`res`, `started` when the lookup began): note the
-    /// rendition, and for a segment write its `SERVE` record and trigger read-ahead.
+    /// After the object was looked up (`res`, in `took`): note the rendition, and for a
+    /// segment write its `SERVE` record and trigger read-ahead.
     fn served(
         self: &Arc<Self>,
         info: &RenditionInfo,
         file: RenditionFile,
-        started: Instant,
+        took: Duration,
         res: Result<Served, StorageError>,
     ) -> Result<Served, StorageError> {
         let now = info.index + 1;
@@ -347,7 +350,7 @@ impl SessionHandle {
             return res;
         };
         let mut r = SegmentRecord::new(PlaybackEvent::Serve, &self.ids, &info.tag, k);
-        r.duration_ms = Some(started.elapsed().as_millis() as u64);
+        r.duration_ms = Some(took.as_millis() as u64);
         match &res {
             Ok(s) => {
                 r.cache = Some(if s.lookup.is_hit() {
