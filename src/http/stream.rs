@@ -503,9 +503,12 @@ pub(super) async fn serve_fast(app: App, req: FastRequest) -> Response<Bytes> {
 /// consolidating its free lists first (about 5 % of a node's user CPU serving cached 200 kB
 /// segments at 1,024 connections; issue 11, P1).
 pub(super) fn serve_hit(app: &App, req: &FastRequest) -> Option<Response<Bytes>> {
+    let route = req.route.borrowed();
+    if route.homed_elsewhere(&app.node.ctx.node_id) {
+        return None;
+    }
     let memo = &mut Memo::default();
-    serve_hit_of(app, &req.method, &req.route.borrowed(), &req.c, memo)
-        .map(ObjectAnswer::into_response)
+    serve_hit_of(app, &req.method, &route, &req.c, memo).map(ObjectAnswer::into_response)
 }
 
 /// What a connection's front keeps between its requests (its
@@ -551,7 +554,9 @@ impl Memo {
 }
 
 /// [`serve_hit`] of a request's parts, its route borrowed (a request read at the connection's
-/// front allocates nothing for a hit), `memo` its connection's.
+/// front allocates nothing for a hit), `memo` its connection's. A session in `route` is homed
+/// on this node: both callers have checked ([`FrontRequest::of`] takes no other, and
+/// [`serve_hit`] looks), so a hit at the front searches the session id once.
 fn serve_hit_of(
     app: &App,
     method: &warp::http::Method,
@@ -578,12 +583,10 @@ fn serve_hit_of(
     let ctx = &app.node.ctx;
     let object = match route {
         FastRoute::Session { session, .. } => {
-            // Homed here: served here whatever the ring says (`route_session`), and the table
-            // lists only well-formed ids of open sessions. The session checks the video and
-            // rendition against its own (a session exists only for a ready video).
-            if route.homed_elsewhere(&ctx.node_id) {
-                return None;
-            }
+            // Homed here (checked by the caller): served here whatever the ring says
+            // (`route_session`), and the table lists only well-formed ids of open sessions.
+            // The session checks the video and rendition against its own (a session exists
+            // only for a ready video).
             let handle = memo.session(app, session)?;
             handle.serve_cached(id, rendition, kind)?.object
         }
