@@ -310,12 +310,7 @@ pub fn new_upload_id(node_id: &str) -> String {
 /// refused before it reaches a key).
 pub fn upload_home(upload_id: &str) -> Option<&str> {
     let (node, random) = upload_id.split_once('.')?;
-    (valid_node_id(node)
-        && random.len() == 32
-        && random
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
-    .then_some(node)
+    (valid_node_id(node) && random.len() == 32 && random.bytes().all(is_lower_hex)).then_some(node)
 }
 
 /// Whether `upload_id` is a well-formed resumable upload id (see [`new_upload_id`]).

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::storage::keys::valid_node_id;
+use crate::storage::keys::{is_lower_hex, valid_node_id};
 
 /// Hex digits of a session id's random part (64 bits).
 const RANDOM_HEX: usize = 16;
@@ -32,11 +32,8 @@ impl SessionId {
     /// Parse and validate; `None` for anything that is not exactly a session id.
     pub fn parse(text: &str) -> Option<Self> {
         let (home, random) = text.rsplit_once('-')?;
-        let ok = valid_node_id(home)
-            && random.len() == RANDOM_HEX
-            && random
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        let ok =
+            valid_node_id(home) && random.len() == RANDOM_HEX && random.bytes().all(is_lower_hex);
         ok.then(|| Self {
             home: home.to_string(),
             random: random.to_string(),
