@@ -587,24 +587,10 @@ const ROWS_PER_INSERT: usize = 64;
 /// the table's last row looked up again) took about a third of a row's cost in SQLite
 /// (issue 11, P1, counted with `scripts/bench-instructions`).
 static INSERTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let mut sqls = Vec::new();
-    let mut rows = 1;
-    while rows <= ROWS_PER_INSERT {
-        let mut sql = INSERT_HEAD.to_string();
-        for row in 0..rows {
-            sql.push_str(if row == 0 { "(" } else { ", (" });
-            for column in 0..COLUMNS {
-                if column > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('?');
-            }
-            sql.push(')');
-        }
-        sqls.push(sql);
-        rows *= 2;
-    }
-    sqls
+    let row = format!("({})", ["?"; COLUMNS].join(", "));
+    (0..=ROWS_PER_INSERT.ilog2())
+        .map(|k| format!("{INSERT_HEAD}{}", vec![row.as_str(); 1 << k].join(", ")))
+        .collect()
 });
 
 /// The one-row `INSERT` (what the plan test checks).
@@ -634,7 +620,7 @@ fn insert_rows<'a>(
     let mut last_seq = first_seq - 1;
     while left > 0 {
         // The largest power of two of rows that fits, up to ROWS_PER_INSERT.
-        let k = (usize::BITS - 1 - left.min(ROWS_PER_INSERT).leading_zeros()) as usize;
+        let k = left.min(ROWS_PER_INSERT).ilog2() as usize;
         let n = 1 << k;
         let mut stmt = tx.prepare_cached(&INSERTS[k])?;
         for (i, (r, keys)) in rows.by_ref().take(n).enumerate() {
@@ -2386,6 +2372,19 @@ mod tests {
             "the ended session's ids outlived its rows"
         );
         assert_eq!(ids("n1-00bb"), 1);
+    }
+
+    /// Each of the writer's `INSERT`s of `2^k` rows binds `2^k` rows of values (the batch
+    /// tests use only some of the sizes).
+    #[test]
+    fn every_multi_row_insert_takes_its_rows_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_db(&dir.path().join(SQLITE_NAME)).unwrap();
+        assert_eq!(INSERTS.len(), 7);
+        for (k, sql) in INSERTS.iter().enumerate() {
+            let st = conn.prepare(sql).unwrap();
+            assert_eq!(st.parameter_count(), COLUMNS << k, "{sql}");
+        }
     }
 
     /// What the writer runs for every batch must not read the whole table: at the row bound
