@@ -126,7 +126,7 @@ pub async fn run(s: &Storage) {
 }
 
 /// The catalog `GET /videos` pages through: every created record is listed, in id order, a
-/// page at a time; a cursor need not be a listed id; `build_catalog` adds videos stored
+/// page at a time, also when a page spans many shards; a cursor need not be a listed id; `build_catalog` adds videos stored
 /// before the catalog, once.
 async fn catalog(s: &Storage) {
     let mut all: Vec<String> = s.catalog_page(None, 1000).await.unwrap().0;
@@ -137,7 +137,20 @@ async fn catalog(s: &Storage) {
         assert!(s.create_record(&rec).await.unwrap());
         all.push(id);
     }
+    // One id in each of 20 shards, so a page spans more shards than are listed at once.
+    for k in 0..20u32 {
+        let id = format!("{:02x}{:030x}", 0x10 + 11 * k, k);
+        let rec = VideoRecord::uploaded(id.clone(), "00".into(), 1, "default".into(), None);
+        assert!(s.create_record(&rec).await.unwrap());
+        all.push(id);
+    }
     all.sort();
+    let (ids, more) = s.catalog_page(None, all.len()).await.unwrap();
+    assert_eq!(
+        (&ids, more),
+        (&all, false),
+        "one page of everything, in order"
+    );
     let mut pages = Vec::new();
     let mut after: Option<String> = None;
     loop {
