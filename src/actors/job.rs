@@ -31,7 +31,7 @@
 //!    ready. Reports about attempts other than the current one are stale and ignored, so a late
 //!    answer from a reclaimed attempt changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -358,6 +358,26 @@ fn is_chunked(p: &crate::config::ProcessingConfig, duration_seconds: f64) -> boo
     p.chunk_seconds > 0 && duration_seconds > (per_chunk * p.segment_seconds.max(1)) as f64
 }
 
+/// For each of a chunked video's `chunks` chunks, in order, the renditions of `pending` whose
+/// encoded chunk (`keys::chunk`) is not among `stored` (keys under `work/{video_id}`): what
+/// that chunk's task still has to encode. Every list empty means every chunk is stored.
+fn chunks_to_run(
+    video_id: &str,
+    chunks: usize,
+    pending: &[&Rendition],
+    stored: &HashSet<String>,
+) -> Vec<Vec<Rendition>> {
+    (0..chunks)
+        .map(|index| {
+            pending
+                .iter()
+                .filter(|r| !stored.contains(&keys::chunk(video_id, &r.name, index)))
+                .map(|r| (*r).clone())
+                .collect()
+        })
+        .collect()
+}
+
 /// The keyframes of video stream `stream` of the source of `video_id` (seconds after the file's
 /// first timestamp; `probe::keyframe_times`), for the chunks of a source without an index to
 /// start decoding at the keyframe before their span (`transcode::keyframe_back_ms`). Empty
@@ -670,20 +690,31 @@ impl JobActor {
             }
         }
         let mut chunk_keys = Vec::new();
+        // What earlier attempts stored, in one listing: a job restarted after a crash looks
+        // its chunks and audio up here instead of asking the store for each.
+        let stored: HashSet<String> = if pending.is_empty() {
+            HashSet::new()
+        } else {
+            storage
+                .list(&keys::work_prefix(&id))
+                .await?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
         if let Some(top) = pending.first() {
             state.damage_check = DamageCheck::Waiting;
-            let keyframes = if input.unindexed {
+            let to_run = chunks_to_run(&id, chunks.len(), &pending, &stored);
+            // Listing an unindexed source's keyframes reads the whole file; only chunks still
+            // to encode need them.
+            let keyframes = if input.unindexed && to_run.iter().any(|m| !m.is_empty()) {
                 keyframes(&state.ctx, &id, source.video_stream).await
             } else {
                 Vec::new()
             };
-            for (index, (start_seconds, duration_seconds)) in chunks.iter().copied().enumerate() {
-                let mut missing = Vec::new();
-                for r in &pending {
-                    if !storage.exists(&keys::chunk(&id, &r.name, index)).await? {
-                        missing.push((*r).clone());
-                    }
-                }
+            for (index, ((start_seconds, duration_seconds), missing)) in
+                chunks.iter().copied().zip(to_run).enumerate()
+            {
                 let done = missing.is_empty();
                 let first = missing.first().cloned().unwrap_or_else(|| (*top).clone());
                 let t = spec(
@@ -711,7 +742,7 @@ impl JobActor {
                 let t = spec(r, TaskKind::Audio { kbps });
                 needs.push(t.key());
                 if !graph.iter().any(|g| g.0.key() == t.key()) {
-                    let done = storage.exists(&keys::audio(&id, kbps)).await?;
+                    let done = stored.contains(&keys::audio(&id, kbps));
                     graph.push((t, vec![], done, None));
                 }
             }
@@ -1384,6 +1415,47 @@ mod tests {
     use crate::storage::{Storage, StorageError};
 
     use crate::actors::testing::{next, probe};
+
+    /// A restarted job runs only the chunks an earlier attempt did not store, and for each
+    /// only the renditions missing; keys of other videos, other renditions or other files
+    /// under `work/` count for nothing.
+    #[test]
+    fn a_restarted_job_runs_only_the_chunks_not_stored() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let rung = |name: &str| Rendition {
+            name: name.into(),
+            width: 640,
+            height: 360,
+            video_kbps: 800,
+            audio_kbps: 64,
+        };
+        let (hi, lo) = (rung("720p"), rung("360p"));
+        let pending = [&hi, &lo];
+        let mut stored: HashSet<String> = HashSet::new();
+        let names = |m: &[Vec<Rendition>]| -> Vec<Vec<String>> {
+            m.iter()
+                .map(|c| c.iter().map(|r| r.name.clone()).collect())
+                .collect()
+        };
+        assert_eq!(
+            names(&chunks_to_run(id, 2, &pending, &stored)),
+            [vec!["720p", "360p"], vec!["720p", "360p"]]
+        );
+        stored.insert(keys::chunk(id, "720p", 0));
+        stored.insert(keys::chunk(id, "360p", 0));
+        stored.insert(keys::chunk(id, "360p", 1));
+        stored.insert(keys::chunk("fedcba9876543210fedcba9876543210", "720p", 1));
+        stored.insert(keys::chunk(id, "1080p", 1));
+        stored.insert(keys::chunk_frames(id, 1));
+        assert_eq!(
+            names(&chunks_to_run(id, 2, &pending, &stored)),
+            [vec![], vec!["720p"]]
+        );
+        stored.insert(keys::chunk(id, "720p", 1));
+        assert!(chunks_to_run(id, 2, &pending, &stored)
+            .iter()
+            .all(Vec::is_empty));
+    }
 
     struct Harness {
         ctx: Arc<NodeContext>,
