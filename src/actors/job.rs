@@ -15,9 +15,11 @@
 //! 3. The tasks of every rendition whose media playlist does not exist yet: one whole-rendition
 //!    task each for a short source; otherwise chunk tasks (each decodes its span once for all
 //!    renditions), the audio, and one packaging task per rendition. Hand out those whose
-//!    inputs are done. For a source without an index (MPEG-TS, MPEG-PS) the job first lists
-//!    its keyframes (`probe::keyframe_times`, no decoding), so that each chunk task seeks to
-//!    just before the keyframe before its span (`transcode::keyframe_back_ms`).
+//!    inputs are done. What earlier attempts stored is found by one listing of `work/{id}`
+//!    (`chunks_to_run`). For a source without an index (MPEG-TS, MPEG-PS) with chunks still
+//!    to encode, the job first lists its keyframes (`probe::keyframe_times`, no decoding, but
+//!    a read of the whole file), so that each chunk task seeks to just before the keyframe
+//!    before its span (`transcode::keyframe_back_ms`).
 //! 4. The damage check of a chunked source, decoded once (issue 11, P2): when every chunk is
 //!    stored and before any packaging task is handed out, the job compares the source's
 //!    packets (`probe::packet_times`, no decoding) with the frame times the chunk tasks
