@@ -269,7 +269,10 @@ impl SessionHandle {
     ) -> Option<Served> {
         let info = self.rendition_info(video_id, rendition, file).ok()?;
         let started = Instant::now();
-        let object = self.streaming.cache.get_cached(&self.key(info, file))?;
+        let object = self
+            .streaming
+            .cache
+            .get_cached(&self.lookup_key(info, file))?;
         // One reading of the clock for the request's time and the lookup's duration: each
         // reading is a system clock call and a subtraction (issue 11, P1).
         let now = Instant::now();
@@ -406,7 +409,7 @@ impl SessionHandle {
         if confirmed.is_some_and(|c| self.tracking.confirmed.load(Ordering::Relaxed) == c) {
             return true;
         }
-        if !cache.is_cached_or_inflight(&self.key(info, RenditionFile::Segment(j))) {
+        if !cache.is_cached_or_inflight(&self.lookup_key(info, RenditionFile::Segment(j))) {
             return false;
         }
         if let Some(c) = confirmed {
@@ -426,6 +429,11 @@ impl SessionHandle {
 
     fn key(&self, info: &RenditionInfo, file: RenditionFile) -> String {
         keys::rendition_file_of(self.ids.video_id(), &info.dir, file)
+    }
+
+    /// [`Self::key`] for a lookup, built on the stack.
+    fn lookup_key(&self, info: &RenditionInfo, file: RenditionFile) -> keys::FileKey {
+        keys::rendition_file_key(self.ids.video_id(), &info.dir, file)
     }
 
     /// Start read-ahead of segment `j` unless it is cached or being read (then log that), or

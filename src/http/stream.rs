@@ -594,7 +594,7 @@ fn serve_hit_of(
             let info = memo.video(app, id)?.renditions.get(*rendition)?;
             ctx.streaming
                 .cache
-                .get_cached(&keys::rendition_file_of(id, &info.dir, kind))?
+                .get_cached(&keys::rendition_file_key(id, &info.dir, kind))?
         }
     };
     let r = object_answer(object, kind, c);

@@ -136,32 +136,78 @@ pub fn rendition_file(id: &str, dir: &str, file: &str) -> String {
 }
 
 /// [`rendition_file`] of a [`RenditionFile`] (`init.mp4`, `index.m3u8`, `NNNNN.m4s`), built in
-/// one allocation: a session forms it on every request.
+/// one allocation.
 pub fn rendition_file_of(id: &str, dir: &str, file: RenditionFile) -> String {
     let mut k = String::with_capacity("videos///".len() + id.len() + dir.len() + "00000.m4s".len());
-    k.push_str("videos/");
-    k.push_str(id);
-    k.push('/');
-    k.push_str(dir);
-    k.push('/');
-    match file {
-        RenditionFile::Init => k.push_str(crate::media::playlist::INIT_NAME),
-        RenditionFile::MediaPlaylist => k.push_str(crate::media::playlist::MEDIA_PLAYLIST_NAME),
-        RenditionFile::Segment(i) => push_segment_name(&mut k, i),
-    }
+    // Writing to a `String` does not fail.
+    let _ = write_rendition_file(&mut k, id, dir, file);
     k
 }
 
-/// Append segment `i`'s file name, `{i:05}.m4s` (at least five digits), without
-/// `format!`'s machinery: a session forms one on every request (issue 11, P1).
-fn push_segment_name(k: &mut String, i: usize) {
+/// Bytes a [`FileKey`] holds on the stack: a video id (32), a rendition name (up to 32) and an
+/// attempt token (about 40) with the separators and the file name fit with room to spare.
+pub const FILE_KEY_STACK_BYTES: usize = 160;
+
+/// [`rendition_file_of`] for a lookup: the key on the stack, no allocation, when it fits in
+/// [`FILE_KEY_STACK_BYTES`] (any key reel writes does), else on the heap. A session looks one
+/// up on every request (issue 11, P1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKey {
+    /// Built in place.
+    Stack(arrayvec::ArrayString<FILE_KEY_STACK_BYTES>),
+    /// Too long for the stack.
+    Heap(String),
+}
+
+impl std::ops::Deref for FileKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            FileKey::Stack(k) => k,
+            FileKey::Heap(k) => k,
+        }
+    }
+}
+
+/// [`rendition_file_of`] as a [`FileKey`].
+pub fn rendition_file_key(id: &str, dir: &str, file: RenditionFile) -> FileKey {
+    let mut k = arrayvec::ArrayString::new();
+    match write_rendition_file(&mut k, id, dir, file) {
+        Ok(()) => FileKey::Stack(k),
+        Err(_) => FileKey::Heap(rendition_file_of(id, dir, file)),
+    }
+}
+
+/// Write `videos/{id}/{dir}/{file}` to `k`; `Err` when `k` has no room (an `ArrayString`).
+fn write_rendition_file(
+    k: &mut impl std::fmt::Write,
+    id: &str,
+    dir: &str,
+    file: RenditionFile,
+) -> std::fmt::Result {
+    k.write_str("videos/")?;
+    k.write_str(id)?;
+    k.write_char('/')?;
+    k.write_str(dir)?;
+    k.write_char('/')?;
+    match file {
+        RenditionFile::Init => k.write_str(crate::media::playlist::INIT_NAME),
+        RenditionFile::MediaPlaylist => k.write_str(crate::media::playlist::MEDIA_PLAYLIST_NAME),
+        RenditionFile::Segment(i) => write_segment_name(k, i),
+    }
+}
+
+/// Write segment `i`'s file name, `{i:05}.m4s` (at least five digits), without `format!`'s
+/// machinery: a session forms one on every request (issue 11, P1).
+fn write_segment_name(k: &mut impl std::fmt::Write, i: usize) -> std::fmt::Result {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(i);
     for _ in digits.len()..5 {
-        k.push('0');
+        k.write_char('0')?;
     }
-    k.push_str(digits);
-    k.push_str(".m4s");
+    k.write_str(digits)?;
+    k.write_str(".m4s")
 }
 
 /// `videos/{id}/{dir}/rendition.json`
@@ -487,5 +533,36 @@ mod tests {
         // Past five digits the name grows, as `segment_name`'s does.
         let key = rendition_file_of("ab12", dir, RenditionFile::Segment(123_456));
         assert_eq!(key, rendition_file("ab12", dir, &segment_name(123_456)));
+    }
+
+    /// The lookup key is the same text as the stored key: on the stack for the keys reel
+    /// writes (the longest rendition name and attempt token), on the heap past the stack's room.
+    #[test]
+    fn a_lookup_key_is_the_stored_key_on_the_stack_or_the_heap() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let longest = format!(
+            "{}/{}",
+            "r".repeat(32),
+            attempt_token(u64::MAX, u64::MAX, u32::MAX)
+        );
+        for dir in ["720p", longest.as_str()] {
+            for file in [
+                RenditionFile::Init,
+                RenditionFile::MediaPlaylist,
+                RenditionFile::Segment(7),
+                RenditionFile::Segment(usize::MAX),
+            ] {
+                let key = rendition_file_key(id, dir, file);
+                assert!(matches!(key, FileKey::Stack(_)), "{dir} {file:?}");
+                assert_eq!(&*key, rendition_file_of(id, dir, file));
+            }
+        }
+        let too_long = "d".repeat(FILE_KEY_STACK_BYTES);
+        let key = rendition_file_key(id, &too_long, RenditionFile::Segment(3));
+        assert!(matches!(key, FileKey::Heap(_)));
+        assert_eq!(
+            &*key,
+            rendition_file_of(id, &too_long, RenditionFile::Segment(3))
+        );
     }
 }
