@@ -126,8 +126,8 @@ pub async fn run(s: &Storage) {
 }
 
 /// The catalog `GET /videos` pages through: every created record is listed, in id order, a
-/// page at a time, also when a page spans many shards; a cursor need not be a listed id; `build_catalog` adds videos stored
-/// before the catalog, once.
+/// page at a time, also when a page spans many shards; a cursor need not be a listed id;
+/// `build_catalog` adds videos stored before the catalog, once.
 async fn catalog(s: &Storage) {
     let mut all: Vec<String> = s.catalog_page(None, 1000).await.unwrap().0;
     // Even numbers, so a cursor can fall between two ids.

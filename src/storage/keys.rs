@@ -145,7 +145,8 @@ pub fn rendition_file_of(id: &str, dir: &str, file: RenditionFile) -> String {
 }
 
 /// Bytes a [`FileKey`] holds on the stack: a video id (32), a rendition name (up to 32) and an
-/// attempt token (about 40) with the separators and the file name fit with room to spare.
+/// attempt token (up to 50, [`attempt_token`]) with the separators and the longest file name
+/// (24) take at most 148.
 pub const FILE_KEY_STACK_BYTES: usize = 160;
 
 /// [`rendition_file_of`] for a lookup: the key on the stack, no allocation, when it fits in
