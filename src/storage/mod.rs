@@ -557,8 +557,8 @@ impl Storage {
     /// order, and whether more follow. Only the page's part of the catalog is read, so its time
     /// follows `limit`, not the library's size: on a store that lists in key order (S3, in
     /// memory) one listing from `after` (S3's `start-after`), taken lazily; on the local store
-    /// the shards from `after`'s on, each a small directory read and sorted, a few at once
-    /// ([`SHARDS_AT_ONCE`]) and taken in order, until the page is full (see
+    /// the shards from `after`'s on, each a small directory read and sorted, eight at once
+    /// and taken in order, until the page is full (see
     /// [`keys::catalog`]). No record is read.
     ///
     /// Errors: the store fails or does not answer.
