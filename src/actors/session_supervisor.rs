@@ -4,7 +4,7 @@
 //! Sessions are cheap and hold no durable state, so a session that crashes or stops when idle is
 //! not restarted in place: the supervisor forgets it, and the next request with its id opens it
 //! again (cold; logged as `SESSION_REASSIGNED` with the reason). Opening is idempotent: two
-//! requests racing to open one session get the same actor.
+//! requests racing to open one session get the same actor, also while it is still starting.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,11 +80,26 @@ impl ractor::Message for SessionSupervisorMsg {}
 pub struct SessionSupervisorState {
     args: SessionSupervisorArgs,
     sessions: HashMap<String, (ActorRef<SessionMsg>, Arc<SessionHandle>)>,
+    /// Session actors started so far: each start's registry name ends with its number.
+    starts: u64,
 }
 
-/// The registry name of a session's actor on node `ctx`.
-pub fn session_actor_name(ctx: &Ctx, session: &str) -> String {
-    ctx.name(&format!("session/{session}"))
+/// The registry name of start `n` of session `session`'s actor on node `ctx`
+/// (`session/{id}/{n}`). Numbered so that a session opened again while its previous actor
+/// is still stopping (its handle closed, its name not yet released) is not refused as a
+/// duplicate: the supervisor's own map, not the registry, keeps one running actor per id.
+pub fn session_actor_name(ctx: &Ctx, session: &str, n: u64) -> String {
+    ctx.name(&format!("session/{session}/{n}"))
+}
+
+/// Whether a listed session's actor, in `status` with its handle `open` or not, serves its
+/// session: running, or still starting. `spawn_linked` returns before the new actor's own task
+/// marks it running, so an `Open` queued behind the one that started it finds it starting;
+/// taking that for a dead actor dropped the new session from the table and refused every
+/// request of it until it stopped, idle (a player resuming after a pause with requests in
+/// parallel, or moving to this node when its home died).
+fn opened(status: ActorStatus, open: bool) -> bool {
+    open && matches!(status, ActorStatus::Starting | ActorStatus::Running)
 }
 
 impl Actor for SessionSupervisor {
@@ -100,6 +115,7 @@ impl Actor for SessionSupervisor {
         Ok(SessionSupervisorState {
             args,
             sessions: HashMap::new(),
+            starts: 0,
         })
     }
 
@@ -121,7 +137,7 @@ impl Actor for SessionSupervisor {
             } => {
                 let id = session.to_string();
                 if let Some((actor, handle)) = state.sessions.get(&id) {
-                    if actor.get_status() == ActorStatus::Running && handle.is_open() {
+                    if opened(actor.get_status(), handle.is_open()) {
                         let res = if handle.video().video_id == video.video_id {
                             Ok(handle.clone())
                         } else {
@@ -149,8 +165,9 @@ impl Actor for SessionSupervisor {
                     session.clone(),
                     video.clone(),
                 );
+                state.starts += 1;
                 let spawned = Actor::spawn_linked(
-                    Some(session_actor_name(ctx, &id)),
+                    Some(session_actor_name(ctx, &id, state.starts)),
                     SessionActor,
                     SessionArgs {
                         handle: handle.clone(),
@@ -224,5 +241,27 @@ impl Actor for SessionSupervisor {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listed actor serves its session while it starts and while it runs, and only while its
+    /// handle is open.
+    #[test]
+    fn a_starting_or_running_session_is_kept_and_a_stopping_one_is_not() {
+        assert!(opened(ActorStatus::Starting, true));
+        assert!(opened(ActorStatus::Running, true));
+        for status in [
+            ActorStatus::Unstarted,
+            ActorStatus::Draining,
+            ActorStatus::Stopping,
+            ActorStatus::Stopped,
+        ] {
+            assert!(!opened(status, true), "{status:?}");
+        }
+        assert!(!opened(ActorStatus::Running, false), "its handle closed");
     }
 }

@@ -450,6 +450,64 @@ async fn a_segment_asked_again_reads_ahead_again_only_once_the_next_has_left_the
     assert_eq!(store.reads(&seg1), 2);
 }
 
+/// Requests racing to open one session all get the one actor the first started, also while
+/// that actor is still starting (`spawn_linked` returns before the actor's own task marks it
+/// running). On this single-threaded runtime the queued opens reach the supervisor before the
+/// new actor's task can run: taken for dead, it was dropped from the session table and every
+/// later open failed ("already registered") until it stopped, idle.
+#[tokio::test]
+async fn opens_racing_for_one_session_get_its_one_actor() {
+    use reel::actors::session::SessionTable;
+    use reel::actors::session_supervisor::{
+        OpenReason, SessionSupervisor, SessionSupervisorArgs, SessionSupervisorMsg,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, streaming, video) =
+        session_fixture(GatedStore::new(), dir.path(), StreamingConfig::default()).await;
+    let table = SessionTable::default();
+    let (sup, _) = Actor::spawn(
+        None,
+        SessionSupervisor,
+        SessionSupervisorArgs {
+            ctx: ctx.clone(),
+            streaming,
+            table: table.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let session = SessionId::new(&ctx.node_id);
+    let opens = (0..32).map(|_| {
+        let (sup, session, video) = (sup.clone(), session.clone(), video.clone());
+        async move {
+            ractor::call_t!(
+                sup,
+                |reply| SessionSupervisorMsg::Open {
+                    session,
+                    video,
+                    reason: OpenReason::Resumed,
+                    reply,
+                },
+                5000
+            )
+        }
+    });
+    let handles: Vec<_> = futures::future::join_all(opens)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().expect("opened"))
+        .collect();
+    assert!(
+        handles.iter().all(|h| Arc::ptr_eq(h, &handles[0])),
+        "one handle for every open"
+    );
+    let listed = table.get(&session.to_string()).expect("listed");
+    assert!(Arc::ptr_eq(&listed, &handles[0]));
+    let running = ractor::call_t!(sup, SessionSupervisorMsg::Count, 5000).unwrap();
+    assert_eq!(running, 1);
+    sup.stop(None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_session_stops_by_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -874,6 +932,28 @@ async fn an_expired_session_resumes_cold_on_its_home_node() {
     assert!(end < resumed, "{kinds:?}");
     assert!(recs[resumed].detail.as_deref().unwrap().contains("resumed"));
     assert!(recs.iter().all(|r| r.node_id == node.node.ctx.node_id));
+    // Paused again, then back with requests in parallel (a player fetching a playlist and
+    // segments at once): every one is served, and so is the next.
+    // Each client's connection is opened first, so that the requests arrive together.
+    let clients: Vec<reqwest::Client> = (0..32).map(|_| reqwest::Client::new()).collect();
+    for c in &clients {
+        assert!(c
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    wait_no_sessions(&node).await;
+    let burst = clients.iter().map(|c| c.get(&seg).send());
+    let statuses: Vec<u16> = futures::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(get(&seg, &[]).await.status(), 200);
     node.stop().await;
 }
 
