@@ -5,7 +5,8 @@
 // Plays MASTER_URL with the network fast, then throttled to --slow-kbps, then fast again
 // (Chrome DevTools Protocol Network.emulateNetworkConditions), waiting in each phase until
 // hls.js loads a fragment of the expected level: the top level (fast), the bottom level (slow),
-// the top level again (fast). Prints one JSON object on stdout:
+// the top level again (fast). In the last two phases it skips ahead to the end of the buffer
+// every 5 s without one. Prints one JSON object on stdout:
 //   { ok, phases, levels: [{index, bitrate, height, url}], switches: [{t, level}],
 //     frags: [{t, level, sn, url}], session, errors }
 // Exit status 0 when every phase was reached, 1 when one timed out, 2 on a hard timeout.
@@ -110,15 +111,28 @@ await tab.goto(pageUrl);
 
 const trace = () => tab.evaluate(() => window.trace);
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-// Wait until a fragment of `level` loads after `since`, or `deadlineS` passes.
-const waitFrag = async (name, level, since, deadlineS) => {
+// Move the playhead to the end of what is buffered, as a user skipping ahead does: hls.js must
+// then load the next fragment now, under the network conditions of the phase, instead of when
+// playback has used up its buffer (which a busy machine's decoder can hold up for a minute).
+const skipToBufferEnd = () => tab.evaluate(() => {
+  const v = document.getElementById('v');
+  if (v.buffered.length) v.currentTime = v.buffered.end(v.buffered.length - 1) + 0.05;
+});
+// Wait until a fragment of `level` loads after `since`, or `deadlineS` passes; with `skip`,
+// skip ahead every 5 s without one.
+const waitFrag = async (name, level, since, deadlineS, skip = false) => {
   const until = Date.now() + deadlineS * 1000;
+  let nextSkip = Date.now() + 5000;
   while (Date.now() < until) {
     const t = await trace();
     if (t.errors.length) result.errors.push(...t.errors.splice(0));
     if (t.frags.some((f) => f.level === level() && f.t >= since)) {
       result.phases.push({ name, reached: true, t: Date.now() });
       return true;
+    }
+    if (skip && Date.now() >= nextSkip) {
+      await skipToBufferEnd();
+      nextSkip = Date.now() + 5000;
     }
     await sleep(250);
   }
@@ -141,9 +155,9 @@ if (t.levels.length > 1) {
   result.session = m ? m[1] : null;
   const a = await waitFrag('fast: top level', () => top.index, 0, 45);
   await throttle(slowKbps);
-  const b = a && await waitFrag(`slow ${slowKbps} kbit/s: bottom level`, () => bottom.index, Date.now(), 60);
+  const b = a && await waitFrag(`slow ${slowKbps} kbit/s: bottom level`, () => bottom.index, Date.now(), 60, true);
   await throttle(0);
-  const c = b && await waitFrag('fast again: top level', () => top.index, Date.now(), 60);
+  const c = b && await waitFrag('fast again: top level', () => top.index, Date.now(), 60, true);
   ok = Boolean(a && b && c);
 } else {
   result.errors.push(`the playlist has ${t.levels.length} levels; need 2 or more`);
