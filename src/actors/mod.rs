@@ -85,6 +85,17 @@ pub struct NodeContext {
 /// Shared context handle.
 pub type Ctx = Arc<NodeContext>;
 
+/// Whether a supervised actor in `status` still counts as running: running, or still starting.
+/// `spawn_linked` returns before the new actor's own task marks it running, so a message
+/// queued behind the one that started it finds it starting; only stopping and stopped actors
+/// are gone (their termination event is on its way to the supervisor).
+pub(crate) fn is_live(status: ractor::ActorStatus) -> bool {
+    matches!(
+        status,
+        ractor::ActorStatus::Starting | ractor::ActorStatus::Running
+    )
+}
+
 impl NodeContext {
     /// Ingest on this node's store, event log and profile ([`crate::ingest::Ingest`]).
     pub fn ingest(&self) -> crate::ingest::Ingest<'_> {

@@ -244,9 +244,10 @@ impl SessionHandle {
         rendition: &str,
         file: RenditionFile,
     ) -> Result<Served, StorageError> {
-        self.note_request(Instant::now());
-        let info = self.rendition_info(video_id, rendition, file)?;
+        // One reading of the clock for the request's time and the lookup's start.
         let started = Instant::now();
+        self.note_request(started);
+        let info = self.rendition_info(video_id, rendition, file)?;
         let key = self.key(info, file);
         let res = match self.streaming.cache.get(&self.ctx.storage, &key).await {
             Ok((Some(object), lookup)) => Ok(Served { object, lookup }),

@@ -93,13 +93,12 @@ pub fn session_actor_name(ctx: &Ctx, session: &str, n: u64) -> String {
 }
 
 /// Whether a listed session's actor, in `status` with its handle `open` or not, serves its
-/// session: running, or still starting. `spawn_linked` returns before the new actor's own task
-/// marks it running, so an `Open` queued behind the one that started it finds it starting;
-/// taking that for a dead actor dropped the new session from the table and refused every
-/// request of it until it stopped, idle (a player resuming after a pause with requests in
-/// parallel, or moving to this node when its home died).
+/// session: live ([`crate::actors::is_live`]: running, or still starting) with its handle open.
+/// Taking a starting actor for a dead one dropped the new session from the table and refused
+/// every request of it until it stopped, idle (a player resuming after a pause with requests
+/// in parallel, or moving to this node when its home died).
 fn opened(status: ActorStatus, open: bool) -> bool {
-    open && matches!(status, ActorStatus::Starting | ActorStatus::Running)
+    open && crate::actors::is_live(status)
 }
 
 impl Actor for SessionSupervisor {

@@ -26,9 +26,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{
-    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::actors::upload::{UploadActor, UploadArgs, UploadError, UploadMsg};
 use crate::actors::video_supervisor::VideoSupervisorMsg;
@@ -209,10 +207,7 @@ impl UploadSupervisor {
 
     fn running(state: &mut UploadSupervisorState, id: &str) -> Option<ActorRef<UploadMsg>> {
         let actor = state.running.get(id)?.clone();
-        if matches!(
-            actor.get_status(),
-            ActorStatus::Running | ActorStatus::Starting
-        ) {
+        if crate::actors::is_live(actor.get_status()) {
             Some(actor)
         } else {
             // Stopping: its termination event is still on its way.
