@@ -372,7 +372,12 @@ fn session_timeline(
     svg: Option<&std::path::Path>,
 ) -> ExitCode {
     let t = match reel::streaming::timeline::Timeline::load(data_dirs, session_id) {
-        Ok(t) => t,
+        Ok((t, notes)) => {
+            for n in notes {
+                eprintln!("note: {n}");
+            }
+            t
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

@@ -49,16 +49,25 @@ impl Timeline {
     /// (`storage::playback`'s tests hold them equal); the files were read first until stop 35,
     /// which on a node with a full log meant parsing up to 1.25 GiB for one session.
     ///
+    /// Returns the timeline and a note for each node whose table could not be read (its
+    /// records then come from its files): `reel session` prints them, so a damaged database is
+    /// seen rather than passed over.
+    ///
     /// Errors: a JSON-lines file exists but cannot be read.
-    pub fn load(data_dirs: &[PathBuf], session_id: &str) -> Result<Self, String> {
+    pub fn load(data_dirs: &[PathBuf], session_id: &str) -> Result<(Self, Vec<String>), String> {
         let mut records = Vec::new();
+        let mut notes = Vec::new();
         for d in data_dirs {
             match playback::read_sqlite(d, session_id) {
                 Ok(rows) if !rows.is_empty() => records.extend(rows),
-                _ => records.extend(playback::read_jsonl(d, session_id)?),
+                Ok(_) => records.extend(playback::read_jsonl(d, session_id)?),
+                Err(e) => {
+                    notes.push(format!("{e}; read its JSON-lines files instead"));
+                    records.extend(playback::read_jsonl(d, session_id)?);
+                }
             }
         }
-        Ok(Self::from_records(session_id, records))
+        Ok((Self::from_records(session_id, records), notes))
     }
 
     /// Order records by time (stable: one node's records keep their append order).
@@ -351,17 +360,25 @@ mod tests {
             log.flush().await;
         }
         let dirs = [dir.path().to_path_buf()];
-        let from_files = Timeline::load(&dirs, "n1-00aa").unwrap();
+        let (from_files, notes) = Timeline::load(&dirs, "n1-00aa").unwrap();
         assert_eq!(from_files.switches().len(), 2);
+        assert!(notes.is_empty(), "{notes:?}");
         let jsonl = dir.path().join(JSONL_NAME);
         let kept = std::fs::read(&jsonl).unwrap();
         std::fs::remove_file(&jsonl).unwrap();
-        let from_table = Timeline::load(&dirs, "n1-00aa").unwrap();
+        let (from_table, _) = Timeline::load(&dirs, "n1-00aa").unwrap();
         assert_eq!(from_table, from_files, "read from the table alone");
         std::fs::write(&jsonl, kept).unwrap();
         std::fs::remove_file(dir.path().join(SQLITE_NAME)).unwrap();
-        let again = Timeline::load(&dirs, "n1-00aa").unwrap();
+        let (again, notes) = Timeline::load(&dirs, "n1-00aa").unwrap();
         assert_eq!(again, from_files, "read from the files alone");
+        assert!(notes.is_empty(), "no database is no fault: {notes:?}");
+        // A damaged database: the records still come from the files, and the fault is told.
+        std::fs::write(dir.path().join(SQLITE_NAME), vec![b'x'; 8192]).unwrap();
+        let (damaged, notes) = Timeline::load(&dirs, "n1-00aa").unwrap();
+        assert_eq!(damaged, from_files, "read from the files");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains(SQLITE_NAME), "{notes:?}");
     }
 
     #[test]

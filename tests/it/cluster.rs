@@ -516,11 +516,12 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
     wait_until("node 2 logged its serves", Duration::from_secs(10), || {
         let (dirs, sid) = (dirs.clone(), sid.clone());
         async move {
-            Timeline::load(&dirs, &sid).is_ok_and(|t| t.serves().any(|r| r.segment == Some(last)))
+            Timeline::load(&dirs, &sid)
+                .is_ok_and(|(t, _)| t.serves().any(|r| r.segment == Some(last)))
         }
     })
     .await;
-    let t = Timeline::load(&dirs, &sid).unwrap();
+    let (t, _) = Timeline::load(&dirs, &sid).unwrap();
     let serves: Vec<(usize, String)> = t
         .serves()
         .map(|r| (r.segment.unwrap(), r.node_id.clone()))

@@ -1032,7 +1032,7 @@ async fn when_the_home_node_dies_mid_playback_another_node_takes_the_session_ove
     assert!(bodies.iter().all(|b| !b.is_empty()));
 
     node_b.node.ctx.streaming.log.flush().await;
-    let t = Timeline::load(&[dir_a.path().into(), dir_b.path().into()], &sid).unwrap();
+    let (t, _) = Timeline::load(&[dir_a.path().into(), dir_b.path().into()], &sid).unwrap();
     let text = t.render_text();
     assert_eq!(
         t.serving_nodes(),
