@@ -542,3 +542,72 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
         t.render_text()
     );
 }
+
+/// A session's request that another node forwards to the session's home is not lost when the
+/// home hangs or dies while it is under way: the forwarding node answers it itself (a
+/// takeover) once its view drops the home. Without that, a hung home held the request until
+/// the player gave up, and a killed one answered 503 to whatever raced its detection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_forwarded_to_a_home_that_hangs_or_dies_is_answered_by_a_takeover() {
+    let mut c = TestCluster::start(3).await;
+    let (_, v) = upload(c.url(1), &clip("av")).await;
+    let id = v["video_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_terminal(c.url(1), &id, PROCESSING_DEADLINE).await["state"],
+        "ready"
+    );
+    // The bytes of each segment, fetched without a session from node 2.
+    let playlist = segments(&format!("{}/videos/{id}/180p/index.m3u8", c.url(2))).await;
+    assert!(playlist.len() >= 3, "{playlist:?}");
+    let plain = |k: usize| format!("{}/videos/{id}/180p/{}", c.url(2), playlist[k].0);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let fetch = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(&url).send().await;
+            let r = r.unwrap_or_else(|e| panic!("{url}: {e}"));
+            (r.status().as_u16(), r.bytes().await.unwrap_or_default())
+        }
+    };
+
+    // Hung: node 1 is the home; node 2 forwards a request to it, and node 1 is stopped first.
+    let sid = start_session(c.url(1), &id).await;
+    assert!(sid.starts_with("node-1-"), "{sid}");
+    let via2 = |k: usize| format!("{}/videos/{id}/s/{sid}/180p/{}", c.url(2), playlist[k].0);
+    assert_eq!(fetch(via2(0)).await, (200, fetch(plain(0)).await.1));
+    c.nodes[0].as_ref().unwrap().stop();
+    // Sent at once: node 2 fences node 1 only after 3 missed heartbeats of 300 ms.
+    let (status, body) = fetch(via2(1)).await;
+    assert_eq!(
+        status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&body),
+        c.logs()
+    );
+    assert!(body == fetch(plain(1)).await.1, "segment 1's bytes");
+
+    // Killed: a session homed on node 3, requests in flight through node 2 when it dies.
+    let sid3 = start_session(c.url(3), &id).await;
+    assert!(sid3.starts_with("node-3-"), "{sid3}");
+    let via2of3 = |k: usize| format!("{}/videos/{id}/s/{sid3}/180p/{}", c.url(2), playlist[k].0);
+    assert_eq!(fetch(via2of3(0)).await.0, 200);
+    let burst: Vec<_> = (0..16)
+        .map(|i| tokio::spawn(fetch(via2of3(1 + i % (playlist.len() - 1)))))
+        .collect();
+    c.nodes[2].as_mut().unwrap().kill9();
+    for (i, task) in burst.into_iter().enumerate() {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(
+            status,
+            200,
+            "request {i}: {}\n{}",
+            String::from_utf8_lossy(&body),
+            c.logs()
+        );
+    }
+    c.nodes[0].as_ref().unwrap().resume();
+}
