@@ -1101,7 +1101,11 @@ async fn forward_session(
                 continue;
             }
         }
-        tracing::info!(session = %sid, from = %node, "a forwarded request's node left this node's view; routing the request again");
+        tracing::info!(
+            session = %sid,
+            from = %node,
+            "a forwarded request's node left this node's view; routing the request again"
+        );
         match route_session(sid, &ctx.node_id, &*ctx.streaming.cluster()) {
             SessionRoute::Remote { node: next } => node = next,
             SessionRoute::TakeOver { from } => {

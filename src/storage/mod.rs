@@ -558,8 +558,7 @@ impl Storage {
     /// follows `limit`, not the library's size: on a store that lists in key order (S3, in
     /// memory) one listing from `after` (S3's `start-after`), taken lazily; on the local store
     /// the shards from `after`'s on, each a small directory read and sorted, eight at once
-    /// and taken in order, until the page is full (see
-    /// [`keys::catalog`]). No record is read.
+    /// and taken in order, until the page is full (see [`keys::catalog`]). No record is read.
     ///
     /// Errors: the store fails or does not answer.
     pub async fn catalog_page(

@@ -139,6 +139,15 @@ audio_kbps = 32
         }
     }
 
+    /// Upload the test clip `name` through node `i` and wait until it is ready; its id.
+    pub(crate) async fn upload_ready(&self, i: usize, name: &str) -> String {
+        let (_, v) = upload(self.url(i), &clip(name)).await;
+        let id = v["video_id"].as_str().unwrap().to_string();
+        let v = wait_terminal(self.url(i), &id, PROCESSING_DEADLINE).await;
+        assert_eq!(v["state"], "ready", "{v}\n{}", self.logs());
+        id
+    }
+
     pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
@@ -457,12 +466,7 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
     use reel::storage::playback::{PlaybackEvent, JSONL_NAME};
     use reel::streaming::timeline::Timeline;
     let mut c = TestCluster::start(3).await;
-    let (_, v) = upload(c.url(1), &clip("av")).await;
-    let id = v["video_id"].as_str().unwrap().to_string();
-    assert_eq!(
-        wait_terminal(c.url(1), &id, PROCESSING_DEADLINE).await["state"],
-        "ready"
-    );
+    let id = c.upload_ready(1, "av").await;
     // The session starts on node 1 (the master playlist is fetched there).
     let sid = start_session(c.url(1), &id).await;
     assert!(sid.starts_with("node-1-"), "{sid}");
@@ -550,12 +554,7 @@ async fn a_session_stays_home_while_the_ring_changes_and_moves_once_when_home_di
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_forwarded_to_a_home_that_hangs_or_dies_is_answered_by_a_takeover() {
     let mut c = TestCluster::start(3).await;
-    let (_, v) = upload(c.url(1), &clip("av")).await;
-    let id = v["video_id"].as_str().unwrap().to_string();
-    assert_eq!(
-        wait_terminal(c.url(1), &id, PROCESSING_DEADLINE).await["state"],
-        "ready"
-    );
+    let id = c.upload_ready(1, "av").await;
     // The bytes of each segment, fetched without a session from node 2.
     let playlist = segments(&format!("{}/videos/{id}/180p/index.m3u8", c.url(2))).await;
     assert!(playlist.len() >= 3, "{playlist:?}");
