@@ -13,7 +13,9 @@
 //! ([`Answer`]: at once for a cache hit, later for the rest); the answer's head is written
 //! here (RFC 9112 section 4: status line, the answer's headers, `content-length`, `date`) and
 //! its body handed to the socket as it is (file-backed bodies leave with `sendfile`,
-//! [`super::zerocopy`]). Pipelined requests are answered in order.
+//! [`super::zerocopy`]). Pipelined requests are answered in order. A client that closes its
+//! connection (or its side of it) while an answer is being made has it dropped, the task
+//! behind it aborted, as hyper does.
 //!
 //! The first request this does not take, whatever the reason (another method or path, a body,
 //! HTTP/1.0, `Connection: close` or `Upgrade`, `Expect`, a header that is not text where the
@@ -83,7 +85,8 @@ impl<'a> Head<'a> {
 pub enum Answer<R> {
     /// Ready now (a cache hit).
     Now(R),
-    /// Ready when the future is (a cache miss, a session to open, a forward).
+    /// Ready when the future is (a cache miss, a session to open, a forward); dropped unawaited
+    /// if the client leaves before it is.
     Later(Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>),
 }
 
@@ -249,7 +252,12 @@ where
             activity.begin();
             let written = match answer {
                 Answer::Now(r) => write_response(io, &mut head_buf, r, is_get).await,
-                Answer::Later(f) => write_response(io, &mut head_buf, f.await, is_get).await,
+                Answer::Later(f) => {
+                    match unless_gone(io, &mut buf, f, limits.max_header_bytes).await {
+                        Some(r) => write_response(io, &mut head_buf, r, is_get).await,
+                        None => Err(io::ErrorKind::ConnectionAborted.into()),
+                    }
+                }
             };
             activity.end();
             if written.is_err() {
@@ -302,6 +310,38 @@ where
             }
         }
     }
+}
+
+/// `answer`'s output, unless the client leaves first (`None`; `answer` is dropped, which
+/// aborts the task behind it). While `answer` is pending the connection is still read, into
+/// `buf` until it holds `max` bytes (pipelined requests wait there for their turn): its end
+/// (the client closed it, or shut down its side) or an error means the client has gone, as
+/// hyper takes it with half-closures off, its default. So a player that gave up on a segment
+/// (it seeked, or its own timeout fired) does not keep a store read or a forward to another
+/// node going for nobody.
+async fn unless_gone<S: AsyncRead + Unpin, T>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    mut answer: Pin<Box<dyn Future<Output = T> + Send>>,
+    max: usize,
+) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        while buf.len() < max {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUFFER);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// What ended [`serve`]'s wait between requests.
@@ -528,11 +568,23 @@ mod tests {
     }
 
     /// Answers `GET`/`HEAD /seg` with "segment" (at once), `/slow` with "later" (from a
-    /// future) and `/memo` with how many requests its connection has asked (its memo); leaves
-    /// everything else to hyper.
+    /// future), `/gate` with "gated" once `gate` is notified, `/hang` never (its future counts
+    /// its drop in `hung_dropped`) and `/memo` with how many requests its connection has asked
+    /// (its memo); leaves everything else to hyper.
     #[derive(Clone, Default)]
     struct TestFront {
         asked: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Notify>,
+        hung_dropped: Arc<AtomicUsize>,
+    }
+
+    /// Counts its drop.
+    struct DropCount(Arc<AtomicUsize>);
+
+    impl Drop for DropCount {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     impl Front for TestFront {
@@ -551,6 +603,20 @@ mod tests {
             match head.target {
                 "/seg" => Some(Answer::Now(answer("segment"))),
                 "/slow" => Some(Answer::Later(Box::pin(async move { answer("later") }))),
+                "/gate" => {
+                    let gate = self.gate.clone();
+                    Some(Answer::Later(Box::pin(async move {
+                        gate.notified().await;
+                        answer("gated")
+                    })))
+                }
+                "/hang" => {
+                    let guard = DropCount(self.hung_dropped.clone());
+                    Some(Answer::Later(Box::pin(async move {
+                        let _guard = guard;
+                        std::future::pending().await
+                    })))
+                }
                 "/memo" => Some(Answer::Now(answer(&memo.to_string()))),
                 "/none" => {
                     let mut r = answer("");
@@ -597,6 +663,16 @@ mod tests {
         stop: impl Future<Output = ()> + Send + 'static,
         stopped: Arc<std::sync::atomic::AtomicBool>,
     ) -> (TcpStream, tokio::task::JoinHandle<Next>, Arc<Counted>) {
+        front_of(TestFront::default(), limits, stop, stopped).await
+    }
+
+    /// [`front_with`] serving with `front`.
+    async fn front_of(
+        front: TestFront,
+        limits: FrontLimits,
+        stop: impl Future<Output = ()> + Send + 'static,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (TcpStream, tokio::task::JoinHandle<Next>, Arc<Counted>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
@@ -606,15 +682,7 @@ mod tests {
         let served = tokio::spawn(async move {
             let stop = std::pin::pin!(stop);
             let signalled = || stopped.load(Ordering::Acquire);
-            serve(
-                &TestFront::default(),
-                &mut server,
-                &*a,
-                limits,
-                stop,
-                signalled,
-            )
-            .await
+            serve(&front, &mut server, &*a, limits, stop, signalled).await
         });
         (client.unwrap(), served, activity)
     }
@@ -729,6 +797,83 @@ mod tests {
             Next::Close => panic!("closed instead of handed over"),
         }
         assert_eq!(activity.ended.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn requests_pipelined_behind_a_pending_answer_wait_their_turn() {
+        let test_front = TestFront::default();
+        let gate = test_front.gate.clone();
+        let (mut client, _served, activity) = front_of(
+            test_front,
+            LIMITS,
+            std::future::pending(),
+            Default::default(),
+        )
+        .await;
+        client
+            .write_all(b"GET /gate HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while activity.in_flight.load(Ordering::Relaxed) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "/gate never asked");
+            tokio::task::yield_now().await;
+        }
+        // The second request arrives while the first's answer is pending (the front reads it
+        // then, to see whether the client leaves); it is answered after the first.
+        client
+            .write_all(b"GET /seg HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        gate.notify_one();
+        let got = answers(&mut client, 2, &[]).await;
+        assert_eq!(got[0].1, "gated");
+        assert_eq!(got[1].1, "segment");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_before_its_answer_drops_it() {
+        for how in ["closed", "shut down its side"] {
+            let test_front = TestFront::default();
+            let dropped = test_front.hung_dropped.clone();
+            let (mut client, served, activity) = front_of(
+                test_front,
+                LIMITS,
+                std::future::pending(),
+                Default::default(),
+            )
+            .await;
+            client
+                .write_all(b"GET /hang HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while activity.in_flight.load(Ordering::Relaxed) == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "/hang never asked");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                dropped.load(Ordering::Relaxed),
+                0,
+                "{how}: dropped too soon"
+            );
+            if how == "closed" {
+                drop(client);
+            } else {
+                client.shutdown().await.unwrap();
+            }
+            let next = tokio::time::timeout(Duration::from_secs(10), served)
+                .await
+                .unwrap_or_else(|_| panic!("{how}: the front still waits for the answer"))
+                .unwrap();
+            assert!(matches!(next, Next::Close), "{how}");
+            assert_eq!(
+                dropped.load(Ordering::Relaxed),
+                1,
+                "{how}: the answer not dropped"
+            );
+            assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0, "{how}");
+        }
     }
 
     /// What the front hands to hyper for `request` sent after one it answers: exactly the
