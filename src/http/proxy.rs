@@ -253,6 +253,38 @@ fn proxy_client() -> &'static reqwest::Client {
     })
 }
 
+/// How many times one request is forwarded at most, when the node it went to fails or leaves
+/// while it is on its way ([`super::stream`]'s session requests, [`super::tus`]'s `HEAD`).
+pub const MAX_FORWARDS: usize = 4;
+
+/// How long a failed forward waits for this node's view to drop the node it went to before it
+/// tries that node again: one heartbeat (a killed node is dropped as soon as its cluster link
+/// closes, well within it). Zero on a node without peers (it forwards nothing).
+pub fn forward_retry_wait(cluster: Option<&crate::config::ClusterConfig>) -> Duration {
+    cluster.map_or(Duration::ZERO, |c| c.heartbeat)
+}
+
+/// Resolves once `live()` is false (at once if it already is), checked again at each change
+/// of this node's cluster view (`changes`, from `Cluster::changes`); never while it stays
+/// true. `live` asks the view about the node a request was forwarded to: the view drops a
+/// killed node when its cluster link closes and fences a hung one after `fence_after` missed
+/// heartbeats, so a forward raced against this ends when the view gives its node up, not on
+/// a timer of its own.
+pub async fn until_dropped(
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    live: impl Fn() -> bool,
+) {
+    loop {
+        if !live() {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            // The view's sender is gone (the node is stopping): it will not change again.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// An empty request body, for GET and HEAD.
 pub fn empty_body() -> impl Stream<Item = Result<Bytes, warp::Error>> + Send + Sync + 'static {
     futures::stream::empty()

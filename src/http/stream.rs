@@ -1038,30 +1038,20 @@ enum Forwarded {
     Here(OpenReason),
 }
 
-/// How many times one request is forwarded at most.
-const MAX_FORWARDS: usize = 4;
-
-/// How long a failed forward waits for this node's view to drop the node it went to before it
-/// tries that node again: one heartbeat (a killed node is dropped as soon as its cluster link
-/// closes, well within it). Zero on a node without peers (it forwards nothing).
-fn forward_retry_wait(cluster: Option<&crate::config::ClusterConfig>) -> Duration {
-    cluster.map_or(Duration::ZERO, |c| c.heartbeat)
-}
-
 /// Forward a session's request (a GET of a playlist or segment, safe to send again) to
 /// `node`, the session's home or, when the home is dead, the node the ring gives it.
 ///
 /// The request is not lost when that node dies or hangs while this node's view still holds
 /// it live (issue 9's takeover, seed rule 7):
 /// - the forward fails (no connection, or the answer breaks off): it waits up to
-///   [`forward_retry_wait`] for the view to drop the node, and routes the request again
+///   [`proxy::forward_retry_wait`] for the view to drop the node, and routes the request again
 ///   ([`route_session`]) if it does, or forwards it again if it does not;
 /// - no answer comes (a hung node holds the connection open): the forward is dropped as soon
 ///   as the view drops the node (`fence_after` missed heartbeats), and the request routed
 ///   again.
 ///
 /// Routing again names another node to forward to, or this node: then the session is taken
-/// over here ([`Forwarded::Here`]). After [`MAX_FORWARDS`] failed forwards the last failure is
+/// over here ([`Forwarded::Here`]). After [`proxy::MAX_FORWARDS`] failed forwards the last failure is
 /// the answer (`503`). Whatever a takeover writes is fenced by the store as for any takeover;
 /// this only decides where one request is answered.
 async fn forward_session(
@@ -1073,9 +1063,9 @@ async fn forward_session(
 ) -> Forwarded {
     let ctx = &app.node.ctx;
     let mut changes = ctx.cluster.changes();
-    let wait = forward_retry_wait(app.config.cluster.as_ref());
+    let wait = proxy::forward_retry_wait(app.config.cluster.as_ref());
     let mut failure = None;
-    for _ in 0..MAX_FORWARDS {
+    for _ in 0..proxy::MAX_FORWARDS {
         changes.borrow_and_update();
         let base = ctx.streaming.cluster().http_base(&node);
         let forward = proxy::forward(
@@ -1092,11 +1082,14 @@ async fn forward_session(
                 Ok(answer) => return Forwarded::Answer(Ok(answer)),
                 Err(e) => Some(e),
             },
-            _ = until_dropped(app, &mut changes, &node) => None,
+            _ = proxy::until_dropped(&mut changes, || ctx.streaming.cluster().is_live(&node)) => None,
         };
         if let Some(e) = failed {
             failure = Some(e);
-            let dropped = tokio::time::timeout(wait, until_dropped(app, &mut changes, &node));
+            let dropped = tokio::time::timeout(
+                wait,
+                proxy::until_dropped(&mut changes, || ctx.streaming.cluster().is_live(&node)),
+            );
             if dropped.await.is_err() {
                 continue;
             }
@@ -1116,23 +1109,10 @@ async fn forward_session(
     }
     Forwarded::Answer(Err(failure.unwrap_or_else(|| {
         ApiError::Unavailable(format!(
-            "session {sid}: the cluster changed {MAX_FORWARDS} times while its request was forwarded; retry"
+            "session {sid}: the cluster changed {} times while its request was forwarded; retry",
+            proxy::MAX_FORWARDS
         ))
     })))
-}
-
-/// Resolves once this node's view holds `node` not live (at once if it already does); never
-/// while it stays live.
-async fn until_dropped(app: &App, changes: &mut tokio::sync::watch::Receiver<u64>, node: &str) {
-    loop {
-        if !app.node.ctx.streaming.cluster().is_live(node) {
-            return;
-        }
-        if changes.changed().await.is_err() {
-            // The view's sender is gone (the node is stopping): it will not change again.
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// `GET /videos/{id}/{rendition}/{file}` without a session: through the node's cache, with no
