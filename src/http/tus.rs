@@ -47,7 +47,7 @@ use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use sha1::Digest as _;
 use warp::http::header::{HeaderMap, HeaderName, HeaderValue};
-use warp::http::{Response, StatusCode};
+use warp::http::{Method, Response, StatusCode};
 use warp::{Filter, Rejection};
 
 use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, CALL_TIMEOUT};
@@ -118,7 +118,7 @@ pub(super) fn routes(
                 return Err(warp::reject::not_found());
             }
             match route_upload(&app.node.ctx.cluster, &id) {
-                UploadRoute::Node(node) => Ok((app, node, headers)),
+                UploadRoute::Node(node) => Ok((app, id, node, headers)),
                 UploadRoute::Here => Err(warp::reject::not_found()),
             }
         })
@@ -127,11 +127,14 @@ pub(super) fn routes(
         .and(proxy::path_and_query())
         .and(warp::body::stream())
         .and_then(
-            |app: App, node: String, headers: HeaderMap, method, target: String, body| async move {
-                let base = proxy::base_of(&app, &node);
-                tus_respond(
-                    proxy::forward(&app, &node, base, method, &target, &headers, boxed(body)).await,
-                )
+            |app: App, id: String, node, headers, method, target: String, body| async move {
+                let to = Forward {
+                    id: &id,
+                    node,
+                    method,
+                    target: &target,
+                };
+                tus_respond(forward_upload(&app, to, headers, boxed(body)).await)
             },
         );
     let head = item
@@ -195,6 +198,103 @@ pub(super) fn routes(
         .unify()
         .or(overridden)
         .unify()
+}
+
+/// A tus request for an upload this node does not serve, on its way to the node that does.
+struct Forward<'a> {
+    /// The upload's id.
+    id: &'a str,
+    /// Where [`route_upload`] sends it.
+    node: String,
+    /// The request's method.
+    method: Method,
+    /// Its path and query.
+    target: &'a str,
+}
+
+/// Forward `to` (with `headers` and `body`) to the upload's node, raced against this node's
+/// view of that node, so that a request to a home that hangs or dies is not held or lost
+/// (as `stream::forward_session` does for a session's requests):
+/// - a `HEAD` (the offset a client asks before it resumes; no body, no effect, safe to send
+///   again) whose forward fails waits up to [`proxy::forward_retry_wait`] for the view to drop
+///   the node and is then routed again ([`route_upload`]): answered here when the upload has
+///   moved here (taken over from the object store), or forwarded to its new node; while the
+///   view still holds the node live it is forwarded again, [`proxy::MAX_FORWARDS`] times at
+///   most. A `HEAD` whose node hangs is routed again as soon as the view fences that node.
+/// - any other request (a `PATCH`, whose body cannot be sent twice; a `DELETE`) is answered
+///   `503` with `Retry-After` when its forward fails or the view drops its node first: the
+///   client asks the offset again with `HEAD` and resumes from there (tus 1.0, core protocol,
+///   "The Upload-Offset header"), as after any interrupted `PATCH`. Before, a `PATCH` to a
+///   hung home waited for as long as its client did.
+async fn forward_upload(
+    app: &App,
+    mut to: Forward<'_>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response<Bytes>, ApiError> {
+    let ctx = &app.node.ctx;
+    let resend = to.method == Method::HEAD;
+    let mut body = Some(body);
+    let mut changes = ctx.cluster.changes();
+    let mut failure = None;
+    for _ in 0..proxy::MAX_FORWARDS {
+        changes.borrow_and_update();
+        let base = proxy::base_of(app, &to.node);
+        let send: Body = match body.take() {
+            Some(b) if !resend => b,
+            _ => proxy::empty_body().boxed(),
+        };
+        let node = to.node.as_str();
+        let forward = proxy::forward(
+            app,
+            node,
+            base,
+            to.method.clone(),
+            to.target,
+            &headers,
+            send,
+        );
+        let failed = tokio::select! {
+            answer = forward => match answer {
+                Ok(answer) => return Ok(answer),
+                Err(e) => Some(e),
+            },
+            _ = proxy::until_dropped(&mut changes, || ctx.cluster.is_live(node)) => None,
+        };
+        if !resend {
+            return Err(failed.unwrap_or_else(|| {
+                ApiError::Unavailable(format!(
+                    "upload {}: node {node} left the cluster while this request was on its way \
+                     there; ask the offset (HEAD) and resume",
+                    to.id
+                ))
+            }));
+        }
+        if let Some(e) = failed {
+            failure = Some(e);
+            let wait = proxy::forward_retry_wait(app.config.cluster.as_ref());
+            let dropped = proxy::until_dropped(&mut changes, || ctx.cluster.is_live(node));
+            if tokio::time::timeout(wait, dropped).await.is_err() {
+                continue;
+            }
+        }
+        tracing::info!(
+            upload = %to.id,
+            from = %to.node,
+            "a forwarded tus HEAD's node left this node's view; routing it again"
+        );
+        match route_upload(&ctx.cluster, to.id) {
+            UploadRoute::Node(next) => to.node = next,
+            UploadRoute::Here => return head(app.clone(), to.id.to_string(), headers).await,
+        }
+    }
+    Err(failure.unwrap_or_else(|| {
+        ApiError::Unavailable(format!(
+            "upload {}: the cluster changed {} times while its HEAD was forwarded; retry",
+            to.id,
+            proxy::MAX_FORWARDS
+        ))
+    }))
 }
 
 fn tus_respond(r: Result<Response<Bytes>, ApiError>) -> Result<Response<Bytes>, Infallible> {

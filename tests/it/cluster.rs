@@ -457,6 +457,74 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
     );
 }
 
+/// A tus request forwarded to an upload's home that hangs is not held for as long as the
+/// client waits: once the forwarding node's view fences the home, a `PATCH` on its way there
+/// gets `503` (its body cannot be sent twice; the client asks the offset and resumes) and a
+/// `HEAD` is routed again, to the node that takes the upload over, which answers the offset
+/// the store holds. The client then finishes through any node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tus_request_forwarded_to_a_home_that_hangs_is_answered() {
+    let c = TestCluster::start(3).await;
+    let bytes = tokio::fs::read(clip("av")).await.unwrap();
+    // Without a bound of its own the old code's forwards waited as long as this client.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
+    let resp = tus(client.post(format!("{}/files/", c.url(1))))
+        .header("Upload-Length", bytes.len())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let path = location[location.find("/files/").unwrap()..].to_string();
+    assert!(path.starts_with("/files/node-1."), "{path}");
+    let patch = |node: usize, from: usize, to: usize| {
+        tus(client.patch(format!("{}{path}", c.url(node))))
+            .header("Upload-Offset", from)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(bytes[from..to].to_vec())
+            .send()
+    };
+    let third = bytes.len() / 3;
+    let r = patch(2, 0, third).await.unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+
+    // The home hangs; a PATCH and a HEAD are forwarded to it through node 2 at once (node 2
+    // fences it after 3 missed heartbeats of 300 ms).
+    c.nodes[0].as_ref().unwrap().stop();
+    let head = tus(client.head(format!("{}{path}", c.url(2)))).send();
+    let (patched, head) = tokio::join!(patch(2, third, 2 * third), head);
+    let patched = patched.unwrap_or_else(|e| panic!("PATCH: {e}\n{}", c.logs()));
+    assert_eq!(
+        patched.status(),
+        503,
+        "the PATCH on its way to the hung home"
+    );
+    assert!(patched.headers().contains_key("retry-after"));
+    let head = head.unwrap_or_else(|e| panic!("HEAD: {e}\n{}", c.logs()));
+    assert_eq!(head.status(), 200, "{}", c.logs());
+    let offset: usize = head.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        offset, third,
+        "the store's offset: the refused PATCH added nothing"
+    );
+    let r = patch(3, offset, bytes.len()).await.unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    assert!(
+        r.headers().contains_key("reel-video-id"),
+        "{:?}",
+        r.headers()
+    );
+    c.nodes[0].as_ref().unwrap().resume();
+}
+
 /// Seed rule 7 with real nodes: a playback session stays on its home node while the ring
 /// changes (another node dies), and moves exactly once, to one other node, when its home is
 /// killed. The client talks to a different node the whole time (as through a load balancer),
