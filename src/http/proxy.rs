@@ -254,7 +254,7 @@ fn proxy_client() -> &'static reqwest::Client {
 }
 
 /// How many times one request is forwarded at most, when the node it went to fails or leaves
-/// while it is on its way ([`super::stream`]'s session requests, [`super::tus`]'s `HEAD`).
+/// while it is on its way (`http::stream`'s session requests, `http::tus`'s `HEAD`).
 pub const MAX_FORWARDS: usize = 4;
 
 /// How long a failed forward waits for this node's view to drop the node it went to before it
