@@ -1051,9 +1051,9 @@ enum Forwarded {
 ///   again.
 ///
 /// Routing again names another node to forward to, or this node: then the session is taken
-/// over here ([`Forwarded::Here`]). After [`proxy::MAX_FORWARDS`] failed forwards the last failure is
-/// the answer (`503`). Whatever a takeover writes is fenced by the store as for any takeover;
-/// this only decides where one request is answered.
+/// over here ([`Forwarded::Here`]). After [`proxy::MAX_FORWARDS`] failed forwards the last
+/// failure is the answer (`503`). Whatever a takeover writes is fenced by the store as for any
+/// takeover; this only decides where one request is answered.
 async fn forward_session(
     app: &App,
     sid: &SessionId,
