@@ -799,26 +799,32 @@ mod tests {
         assert_eq!(activity.ended.load(Ordering::Relaxed), 3);
     }
 
+    /// A connection served by `front` that has sent `GET {target}` and waits for its answer:
+    /// returns once the front has begun the request (a bounded poll of the activity).
+    async fn pending_at(
+        front: TestFront,
+        target: &str,
+    ) -> (TcpStream, tokio::task::JoinHandle<Next>, Arc<Counted>) {
+        let (mut client, served, activity) =
+            front_of(front, LIMITS, std::future::pending(), Default::default()).await;
+        let request = format!("GET {target} HTTP/1.1\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while activity.in_flight.load(Ordering::Relaxed) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{target} never asked"
+            );
+            tokio::task::yield_now().await;
+        }
+        (client, served, activity)
+    }
+
     #[tokio::test]
     async fn requests_pipelined_behind_a_pending_answer_wait_their_turn() {
         let test_front = TestFront::default();
         let gate = test_front.gate.clone();
-        let (mut client, _served, activity) = front_of(
-            test_front,
-            LIMITS,
-            std::future::pending(),
-            Default::default(),
-        )
-        .await;
-        client
-            .write_all(b"GET /gate HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while activity.in_flight.load(Ordering::Relaxed) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "/gate never asked");
-            tokio::task::yield_now().await;
-        }
+        let (mut client, _served, _) = pending_at(test_front, "/gate").await;
         // The second request arrives while the first's answer is pending (the front reads it
         // then, to see whether the client leaves); it is answered after the first.
         client
@@ -836,22 +842,7 @@ mod tests {
         for how in ["closed", "shut down its side"] {
             let test_front = TestFront::default();
             let dropped = test_front.hung_dropped.clone();
-            let (mut client, served, activity) = front_of(
-                test_front,
-                LIMITS,
-                std::future::pending(),
-                Default::default(),
-            )
-            .await;
-            client
-                .write_all(b"GET /hang HTTP/1.1\r\n\r\n")
-                .await
-                .unwrap();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while activity.in_flight.load(Ordering::Relaxed) == 0 {
-                assert!(tokio::time::Instant::now() < deadline, "/hang never asked");
-                tokio::task::yield_now().await;
-            }
+            let (mut client, served, activity) = pending_at(test_front, "/hang").await;
             assert_eq!(
                 dropped.load(Ordering::Relaxed),
                 0,
