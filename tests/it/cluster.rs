@@ -401,51 +401,27 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
     use sha2::Digest;
     let mut c = TestCluster::start(3).await;
     let bytes = tokio::fs::read(clip("long")).await.unwrap();
-    let client = reqwest::Client::new();
-    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
-    let resp = tus(client.post(format!("{}/files/", c.url(1))))
-        .header("Upload-Length", bytes.len())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let location = resp.headers()["location"].to_str().unwrap().to_string();
-    let path = &location[location.find("/files/").unwrap()..];
-    let upload_id = path.trim_start_matches("/files/").to_string();
+    let up = TusUpload::create(&c, 1, bytes, reqwest::Client::new()).await;
+    let upload_id = up.path.trim_start_matches("/files/");
     assert!(
         upload_id.starts_with("node-1."),
         "the id names its home: {upload_id}"
     );
-    let urls = c.urls.clone();
-    let patch = |node: usize, from: usize, to: usize| {
-        tus(client.patch(format!("{}{path}", urls[node - 1])))
-            .header("Upload-Offset", from)
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(bytes[from..to].to_vec())
-            .send()
-    };
     // A third of the bytes through node 2: forwarded to node 1, the home.
-    let third = bytes.len() / 3;
-    let r = patch(2, 0, third).await.unwrap();
+    let third = up.bytes.len() / 3;
+    let r = up.patch(2, 0, third).await.unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     // The home dies. HEAD through node 3: the ring's owner takes the upload over.
     c.nodes[0].as_mut().unwrap().kill9();
     c.wait_live(&[2, 3], 2).await;
-    let r = tus(client.head(format!("{}{path}", c.url(3))))
-        .send()
-        .await
-        .unwrap();
+    let r = up.head(3).await.unwrap();
     assert_eq!(r.status(), 200);
-    let offset: usize = r.headers()["upload-offset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let offset = upload_offset(&r);
     assert_eq!(
         offset, third,
         "every byte that arrived before the crash is kept"
     );
-    let r = patch(3, offset, bytes.len()).await.unwrap();
+    let r = up.patch(3, offset, up.bytes.len()).await.unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
     let v = wait_terminal(c.url(2), &id, PROCESSING_DEADLINE).await;
@@ -453,7 +429,7 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
     let stored = std::fs::read(c.dir.path().join("objects/sources").join(&id)).unwrap();
     assert_eq!(
         hex::encode(sha2::Sha256::digest(&stored)),
-        hex::encode(sha2::Sha256::digest(&bytes))
+        hex::encode(sha2::Sha256::digest(&up.bytes))
     );
 }
 
@@ -471,32 +447,16 @@ async fn a_tus_request_forwarded_to_a_home_that_hangs_is_answered() {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
-    let resp = tus(client.post(format!("{}/files/", c.url(1))))
-        .header("Upload-Length", bytes.len())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let location = resp.headers()["location"].to_str().unwrap().to_string();
-    let path = location[location.find("/files/").unwrap()..].to_string();
-    assert!(path.starts_with("/files/node-1."), "{path}");
-    let patch = |node: usize, from: usize, to: usize| {
-        tus(client.patch(format!("{}{path}", c.url(node))))
-            .header("Upload-Offset", from)
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(bytes[from..to].to_vec())
-            .send()
-    };
-    let third = bytes.len() / 3;
-    let r = patch(2, 0, third).await.unwrap();
+    let up = TusUpload::create(&c, 1, bytes, client).await;
+    assert!(up.path.starts_with("/files/node-1."), "{}", up.path);
+    let third = up.bytes.len() / 3;
+    let r = up.patch(2, 0, third).await.unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
 
     // The home hangs; a PATCH and a HEAD are forwarded to it through node 2 at once (node 2
     // fences it after 3 missed heartbeats of 300 ms).
     c.nodes[0].as_ref().unwrap().stop();
-    let head = tus(client.head(format!("{}{path}", c.url(2)))).send();
-    let (patched, head) = tokio::join!(patch(2, third, 2 * third), head);
+    let (patched, head) = tokio::join!(up.patch(2, third, 2 * third), up.head(2));
     let patched = patched.unwrap_or_else(|e| panic!("PATCH: {e}\n{}", c.logs()));
     assert_eq!(
         patched.status(),
@@ -506,16 +466,12 @@ async fn a_tus_request_forwarded_to_a_home_that_hangs_is_answered() {
     assert!(patched.headers().contains_key("retry-after"));
     let head = head.unwrap_or_else(|e| panic!("HEAD: {e}\n{}", c.logs()));
     assert_eq!(head.status(), 200, "{}", c.logs());
-    let offset: usize = head.headers()["upload-offset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let offset = upload_offset(&head);
     assert_eq!(
         offset, third,
         "the store's offset: the refused PATCH added nothing"
     );
-    let r = patch(3, offset, bytes.len()).await.unwrap();
+    let r = up.patch(3, offset, up.bytes.len()).await.unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     assert!(
         r.headers().contains_key("reel-video-id"),
@@ -523,6 +479,74 @@ async fn a_tus_request_forwarded_to_a_home_that_hangs_is_answered() {
         r.headers()
     );
     c.nodes[0].as_ref().unwrap().resume();
+}
+
+/// A tus upload of `bytes`, created through one node of a test cluster, asked and written
+/// through any node.
+struct TusUpload {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    /// `/files/{upload_id}`, the same on every node.
+    path: String,
+    bytes: Vec<u8>,
+}
+
+impl TusUpload {
+    /// Create the upload through node `node` (1-based): `201` with a `Location`.
+    async fn create(c: &TestCluster, node: usize, bytes: Vec<u8>, client: reqwest::Client) -> Self {
+        let resp = client
+            .post(format!("{}/files/", c.url(node)))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", bytes.len())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let location = resp.headers()["location"].to_str().unwrap();
+        let path = location[location.find("/files/").unwrap()..].to_string();
+        Self {
+            client,
+            urls: c.urls.clone(),
+            path,
+            bytes,
+        }
+    }
+
+    /// `PATCH` bytes `from..to` through node `node`.
+    fn patch(
+        &self,
+        node: usize,
+        from: usize,
+        to: usize,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        self.client
+            .patch(format!("{}{}", self.urls[node - 1], self.path))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", from)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(self.bytes[from..to].to_vec())
+            .send()
+    }
+
+    /// `HEAD` through node `node`.
+    fn head(
+        &self,
+        node: usize,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        self.client
+            .head(format!("{}{}", self.urls[node - 1], self.path))
+            .header("Tus-Resumable", "1.0.0")
+            .send()
+    }
+}
+
+/// A tus answer's `Upload-Offset`.
+fn upload_offset(r: &reqwest::Response) -> usize {
+    r.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Seed rule 7 with real nodes: a playback session stays on its home node while the ring
