@@ -471,6 +471,9 @@ async fn a_tus_request_forwarded_to_a_home_that_hangs_is_answered() {
         offset, third,
         "the store's offset: the refused PATCH added nothing"
     );
+    // Each node fences the hung home on its own heartbeats: node 3, still holding it live,
+    // would forward there too (and answer 503 once it fences it). Finish once it has.
+    c.wait_live(&[3], 2).await;
     let r = up.patch(3, offset, up.bytes.len()).await.unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     assert!(
