@@ -270,10 +270,7 @@ pub fn forward_retry_wait(cluster: Option<&crate::config::ClusterConfig>) -> Dur
 /// killed node when its cluster link closes and fences a hung one after `fence_after` missed
 /// heartbeats, so a forward raced against this ends when the view gives its node up, not on
 /// a timer of its own.
-pub async fn until_dropped(
-    changes: &mut tokio::sync::watch::Receiver<u64>,
-    live: impl Fn() -> bool,
-) {
+async fn until_dropped(changes: &mut tokio::sync::watch::Receiver<u64>, live: impl Fn() -> bool) {
     loop {
         if !live() {
             return;
@@ -282,6 +279,45 @@ pub async fn until_dropped(
             // The view's sender is gone (the node is stopping): it will not change again.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// What came of one forward raced against this node's cluster view ([`race_forward`]).
+pub enum Raced {
+    /// The node answered.
+    Answer(Response<Bytes>),
+    /// The view dropped the node: while the forward was pending (`None`: a hung node, fenced),
+    /// or within the wait after it failed (that failure). The request may be routed again.
+    Dropped(Option<ApiError>),
+    /// The forward failed and the view still held the node live when the wait ended.
+    Failed(ApiError),
+}
+
+/// Run `forward` (a request on its way to a node) raced against this node's view of that node
+/// (`live`, checked again at each change of the view, `changes`: a killed node is
+/// dropped when its cluster link closes, a hung one fenced after `fence_after` missed
+/// heartbeats); if it fails, wait up to
+/// `wait` ([`forward_retry_wait`], or zero) for the view to drop the node. The one step every
+/// forward that must outlive its node's death or hang takes (`http::stream`'s session
+/// requests, `http::tus`'s); what to do next (forward again, route again, give up) is the
+/// caller's, since only some requests can be sent twice.
+pub async fn race_forward(
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    live: impl Fn() -> bool,
+    wait: Duration,
+    forward: impl std::future::Future<Output = Result<Response<Bytes>, ApiError>>,
+) -> Raced {
+    changes.borrow_and_update();
+    let failed = tokio::select! {
+        answer = forward => match answer {
+            Ok(answer) => return Raced::Answer(answer),
+            Err(e) => e,
+        },
+        _ = until_dropped(changes, &live) => return Raced::Dropped(None),
+    };
+    match tokio::time::timeout(wait, until_dropped(changes, &live)).await {
+        Ok(()) => Raced::Dropped(Some(failed)),
+        Err(_) => Raced::Failed(failed),
     }
 }
 

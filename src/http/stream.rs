@@ -23,9 +23,10 @@ use warp::{Filter, Rejection};
 
 use crate::actors::session::SessionHandle;
 use crate::actors::session_supervisor::{OpenReason, OpenRefused, SessionSupervisorMsg};
+use crate::http::proxy::{self, Raced};
 use crate::http::range::{self, RangeAnswer};
 use crate::http::videos::{checked_id, record};
-use crate::http::{proxy, respond, ApiError, App};
+use crate::http::{respond, ApiError, App};
 use crate::model::VideoState;
 use crate::storage::keys::{self, RenditionFile};
 use crate::storage::Object;
@@ -1066,7 +1067,6 @@ async fn forward_session(
     let wait = proxy::forward_retry_wait(app.config.cluster.as_ref());
     let mut failure = None;
     for _ in 0..proxy::MAX_FORWARDS {
-        changes.borrow_and_update();
         let base = ctx.streaming.cluster().http_base(&node);
         let forward = proxy::forward(
             app,
@@ -1077,22 +1077,14 @@ async fn forward_session(
             headers,
             proxy::empty_body(),
         );
-        let failed = tokio::select! {
-            answer = forward => match answer {
-                Ok(answer) => return Forwarded::Answer(Ok(answer)),
-                Err(e) => Some(e),
-            },
-            _ = proxy::until_dropped(&mut changes, || ctx.streaming.cluster().is_live(&node)) => None,
-        };
-        if let Some(e) = failed {
-            failure = Some(e);
-            let dropped = tokio::time::timeout(
-                wait,
-                proxy::until_dropped(&mut changes, || ctx.streaming.cluster().is_live(&node)),
-            );
-            if dropped.await.is_err() {
+        let live = || ctx.streaming.cluster().is_live(&node);
+        match proxy::race_forward(&mut changes, live, wait, forward).await {
+            Raced::Answer(answer) => return Forwarded::Answer(Ok(answer)),
+            Raced::Failed(e) => {
+                failure = Some(e);
                 continue;
             }
+            Raced::Dropped(e) => failure = e.or(failure),
         }
         tracing::info!(
             session = %sid,

@@ -54,8 +54,9 @@ use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, 
 use crate::actors::upload_supervisor::{
     call_upload, route_upload, UploadRoute, UploadSupervisorMsg,
 };
+use crate::http::proxy::{self, Raced};
 use crate::http::upload::parse_sha256;
-use crate::http::{proxy, respond, ApiError, App};
+use crate::http::{respond, ApiError, App};
 use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
 use crate::model::now_ms;
 use crate::storage::keys;
@@ -236,47 +237,38 @@ async fn forward_upload(
     let resend = to.method == Method::HEAD;
     let mut body = Some(body);
     let mut changes = ctx.cluster.changes();
+    // A request that cannot be sent again does not wait for the view after a failure.
+    let wait = if resend {
+        proxy::forward_retry_wait(app.config.cluster.as_ref())
+    } else {
+        Duration::ZERO
+    };
     let mut failure = None;
     for _ in 0..proxy::MAX_FORWARDS {
-        changes.borrow_and_update();
         let base = proxy::base_of(app, &to.node);
         let send: Body = match body.take() {
             Some(b) if !resend => b,
             _ => proxy::empty_body().boxed(),
         };
         let node = to.node.as_str();
-        let forward = proxy::forward(
-            app,
-            node,
-            base,
-            to.method.clone(),
-            to.target,
-            &headers,
-            send,
-        );
-        let failed = tokio::select! {
-            answer = forward => match answer {
-                Ok(answer) => return Ok(answer),
-                Err(e) => Some(e),
-            },
-            _ = proxy::until_dropped(&mut changes, || ctx.cluster.is_live(node)) => None,
-        };
-        if !resend {
-            return Err(failed.unwrap_or_else(|| {
-                ApiError::Unavailable(format!(
+        let method = to.method.clone();
+        let forward = proxy::forward(app, node, base, method, to.target, &headers, send);
+        let live = || ctx.cluster.is_live(node);
+        match proxy::race_forward(&mut changes, live, wait, forward).await {
+            Raced::Answer(answer) => return Ok(answer),
+            Raced::Dropped(None) if !resend => {
+                return Err(ApiError::Unavailable(format!(
                     "upload {}: node {node} left the cluster while this request was on its way \
                      there; ask the offset (HEAD) and resume",
                     to.id
-                ))
-            }));
-        }
-        if let Some(e) = failed {
-            failure = Some(e);
-            let wait = proxy::forward_retry_wait(app.config.cluster.as_ref());
-            let dropped = proxy::until_dropped(&mut changes, || ctx.cluster.is_live(node));
-            if tokio::time::timeout(wait, dropped).await.is_err() {
+                )))
+            }
+            Raced::Dropped(Some(e)) | Raced::Failed(e) if !resend => return Err(e),
+            Raced::Failed(e) => {
+                failure = Some(e);
                 continue;
             }
+            Raced::Dropped(e) => failure = e.or(failure),
         }
         tracing::info!(
             upload = %to.id,
