@@ -1,4 +1,9 @@
 //! The client commands: `reel upload FILE` (tus 1.0.0, resumable) and `reel status VIDEO_ID`.
+//!
+//! Each talks to a list of servers ([`Servers`]): the nodes of one cluster, any of which serves
+//! any upload and any video. A request that cannot reach one (refused connection, no answer, an
+//! upload that stopped moving) goes to the next, so a client keeps working when the node it
+//! talked to dies or hangs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +32,9 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
+    /// No server URL was given.
+    #[error("no server URL given")]
+    NoServer,
     /// The server refused the request.
     #[error("the server answered {status}: {message}")]
     Refused {
@@ -72,7 +80,14 @@ pub struct UploadOptions {
     pub backoff: Duration,
     /// Draw a progress bar on a terminal.
     pub progress: bool,
-    /// Where unfinished uploads are remembered (`{server} {sha256}` → upload URL, JSON), so
+    /// How long a server may go without answering before the client takes it for unreachable
+    /// and goes to the next server (default 30 s, Uppy's `timeout`): a `PATCH` that sends no
+    /// byte for this long (as Uppy's `ProgressTimeout`, which stops counting once the body
+    /// has gone: the server may then take minutes to join and hash a large upload), a
+    /// `PATCH` whose body has gone while the server's `/health` goes unanswered this long,
+    /// and any other request not answered within it.
+    pub stall: Duration,
+    /// Where unfinished uploads are remembered (`{first server} {sha256}` → upload URL, JSON), so
     /// running `reel upload` again on the same file after the client itself was stopped resumes
     /// instead of starting over. Default `$XDG_CACHE_HOME/reel/uploads.json` (or
     /// `~/.cache/reel/uploads.json`); `None` remembers nothing.
@@ -86,6 +101,7 @@ impl Default for UploadOptions {
             retries: 8,
             backoff: Duration::from_millis(500),
             progress: true,
+            stall: Duration::from_secs(30),
             resume_file: std::env::var_os("XDG_CACHE_HOME")
                 .map(std::path::PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -122,7 +138,7 @@ fn remember(file: Option<&Path>, key: &str, url: Option<&str>) {
 /// Upload `file` to `server` with tus 1.0.0 (`/files/`) and default options: see
 /// [`upload_with`].
 pub async fn upload(server: &str, file: &Path) -> Result<Value, ClientError> {
-    upload_with(server, file, &UploadOptions::default()).await
+    upload_with(&[server], file, &UploadOptions::default()).await
 }
 
 fn file_err(file: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
@@ -159,8 +175,11 @@ fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
 
 /// What a failed request means for the upload loop.
 enum Failure {
-    /// Worth a retry after asking the offset (network, 5xx, 409, 423).
-    Retry(String),
+    /// Worth a retry after asking the offset (network, 5xx, 409, 423). `silent`: the server
+    /// said nothing for the stall bound, so the next server is asked at once. After any other
+    /// failure (a refused or cut connection too: a stale pooled connection is cut as well) the
+    /// offset is asked of the same server first, and the next only if that fails.
+    Retry { why: String, silent: bool },
     /// The server refused the file; retrying cannot help.
     Fatal(ClientError),
 }
@@ -174,28 +193,34 @@ async fn refused(resp: reqwest::Response) -> ClientError {
     }
 }
 
-/// Upload `file` to `server` with tus 1.0.0:
+/// Upload `file` with tus 1.0.0:
 ///
 /// 1. compute the file's SHA-256 and create the upload with `Upload-Metadata` `filename` and
 ///    `sha256`: when the server already holds those bytes it answers with the full offset and
 ///    the existing video, and nothing is sent (dedupe before transfer);
 /// 2. `PATCH` the rest of the file (in chunks of `chunk_bytes`, by default one), drawing a
 ///    progress bar;
-/// 3. on a dropped connection or a 5xx, ask `HEAD` for the offset and resume there, with
-///    exponential backoff, at most `retries` times in a row;
-/// 4. if the client itself was stopped, the next `reel upload` of the same file to the same
-///    server finds the upload in `resume_file` and resumes it.
+/// 3. on a dropped connection, a 5xx, `409` or `423`, ask `HEAD` for the offset and resume
+///    there, with exponential backoff, at most `retries` times in a row. When the server could
+///    not be reached (refused, or silent for `stall`: [`UploadOptions::stall`]) the next of
+///    `servers` is asked instead (tus 1.0.0 section "Core Protocol": the upload URL's path is
+///    the same on every node of a reel cluster, and any node serves it);
+/// 4. if the client itself was stopped, the next `reel upload` of the same file with the same
+///    first server finds the upload in `resume_file` and resumes it.
 ///
-/// Returns the JSON the rest of the CLI prints: `video_id`, `state`, `duplicate`.
+/// `servers`: base URLs of nodes of one cluster, tried in order.
 ///
-/// Errors: the file cannot be read; the server cannot be reached after the retries; the
-/// server refused the file (e.g. `415`: not a video, `413`: too large).
-pub async fn upload_with(
-    server: &str,
+/// Returns the JSON the rest of the CLI prints: `video_id`, `state`, `duplicate`, and
+/// `upload` (the upload's URL on the server that finished it).
+///
+/// Errors: no server given; the file cannot be read; no server can be reached after the
+/// retries; the server refused the file (e.g. `415`: not a video, `413`: too large).
+pub async fn upload_with<S: AsRef<str>>(
+    servers: &[S],
     file: &Path,
     opts: &UploadOptions,
 ) -> Result<Value, ClientError> {
-    let server = server.trim_end_matches('/');
+    let mut servers = Servers::new(servers)?;
     let len = tokio::fs::metadata(file)
         .await
         .map_err(file_err(file))?
@@ -211,39 +236,55 @@ pub async fn upload_with(
         metadata.push_str(&format!(",filename {}", b64(&filename)));
     }
     let client = reqwest::Client::new();
-    let resume_key = format!("{server} {sha256}");
+    let stall = opts.stall;
+    let resume_key = format!("{} {sha256}", servers.first());
     let resume_file = opts.resume_file.as_deref();
-    // An unfinished upload of these bytes to this server, from an earlier run of the client?
-    let earlier = match resume_file.map(read_resume) {
-        Some(map) => match map.get(&resume_key).and_then(Value::as_str) {
-            Some(u) => match reqwest::Url::parse(u) {
-                Ok(url) => client
-                    .head(url.clone())
-                    .header("Tus-Resumable", "1.0.0")
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| {
-                        r.status().is_success() && header_u64(r, "upload-length") == Some(len)
-                    })
-                    .map(|r| (url, r)),
-                Err(_) => None,
-            },
-            None => None,
-        },
-        None => None,
-    };
-    let (url, resp) = match earlier {
+    // An unfinished upload of these bytes, from an earlier run of the client? Its URL's path
+    // is asked on the server that gave it first, then on the others.
+    let remembered = resume_file
+        .map(read_resume)
+        .and_then(|map| {
+            map.get(&resume_key)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .and_then(|u| reqwest::Url::parse(&u).ok());
+    let mut earlier = None;
+    if let Some(url) = remembered {
+        let origin = url.origin().ascii_serialization();
+        servers.prefer(&origin);
+        let path = upload_path(&url);
+        if let Some(r) = head_any(&client, &mut servers, &path, stall).await {
+            if r.status().is_success() && header_u64(&r, "upload-length") == Some(len) {
+                earlier = Some((path, r));
+            }
+        }
+    }
+    let (path, resp) = match earlier {
         Some(found) => found,
         None => {
-            let resp = client
-                .post(format!("{server}/files/"))
-                .header("Tus-Resumable", "1.0.0")
-                .header("Upload-Length", len)
-                .header("Upload-Metadata", metadata)
-                .send()
-                .await
-                .map_err(|e| connect_err(server, e))?;
+            // Creation goes to the first server that answers.
+            let mut tried = 0;
+            let resp = loop {
+                let sent = client
+                    .post(servers.url("/files/"))
+                    .header("Tus-Resumable", "1.0.0")
+                    .header("Upload-Length", len)
+                    .header("Upload-Metadata", &metadata)
+                    .timeout(stall)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        tried += 1;
+                        if tried >= servers.len() {
+                            return Err(connect_err(servers.current(), e));
+                        }
+                        servers.fail_over();
+                    }
+                }
+            };
             if resp.status() != reqwest::StatusCode::CREATED {
                 return Err(refused(resp).await);
             }
@@ -251,13 +292,13 @@ pub async fn upload_with(
                 status: 201,
                 message: "the server sent no Location".into(),
             })?;
-            let url = reqwest::Url::parse(server)
+            let url = reqwest::Url::parse(servers.current())
                 .and_then(|base| base.join(&location))
                 .map_err(|e| ClientError::Refused {
                     status: 201,
                     message: format!("bad Location {location}: {e}"),
                 })?;
-            (url, resp)
+            (upload_path(&url), resp)
         }
     };
     let mut offset = header_u64(&resp, "upload-offset").unwrap_or(0);
@@ -267,10 +308,11 @@ pub async fn upload_with(
     if offset == len && video.is_some() {
         remember(resume_file, &resume_key, None);
         return Ok(serde_json::json!({
-            "video_id": video, "state": state, "duplicate": duplicate, "upload": url.as_str(),
+            "video_id": video, "state": state, "duplicate": duplicate,
+            "upload": servers.url(&path),
         }));
     }
-    remember(resume_file, &resume_key, Some(url.as_str()));
+    remember(resume_file, &resume_key, Some(&servers.url(&path)));
     let bar = if opts.progress {
         ProgressBar::new(len)
     } else {
@@ -286,13 +328,19 @@ pub async fn upload_with(
     bar.set_position(offset);
     let mut failures = 0u32;
     while video.is_none() {
+        let url = servers.url(&path);
+        let health = servers.url("/health");
         let attempt: Result<(), Failure> = async {
-            let resp = patch_chunk(&client, &url, file, offset, len, opts.chunk_bytes, &bar)
-                .await
-                .map_err(|e| match e {
-                    Ok(io) => Failure::Fatal(io),
-                    Err(net) => Failure::Retry(net),
-                })?;
+            let resp = patch_chunk(
+                &client,
+                &url,
+                &health,
+                file,
+                (offset, len, opts.chunk_bytes),
+                stall,
+                &bar,
+            )
+            .await?;
             let status = resp.status();
             if status == reqwest::StatusCode::NO_CONTENT {
                 offset = header_u64(&resp, "upload-offset").unwrap_or(offset);
@@ -305,7 +353,10 @@ pub async fn upload_with(
                 || status == reqwest::StatusCode::LOCKED
                 || status.as_u16() == 460
             {
-                return Err(Failure::Retry(format!("the server answered {status}")));
+                return Err(Failure::Retry {
+                    why: format!("the server answered {status}"),
+                    silent: false,
+                });
             }
             Err(Failure::Fatal(refused(resp).await))
         }
@@ -319,12 +370,12 @@ pub async fn upload_with(
                 bar.abandon();
                 return Err(e);
             }
-            Err(Failure::Retry(why)) => {
+            Err(Failure::Retry { why, silent }) => {
                 failures += 1;
                 if failures > opts.retries {
                     bar.abandon();
                     return Err(ClientError::Connect {
-                        server: server.to_string(),
+                        server: servers.current().to_string(),
                         message: format!("gave up after {} retries: {why}", opts.retries),
                     });
                 }
@@ -332,17 +383,20 @@ pub async fn upload_with(
                     .backoff
                     .saturating_mul(1 << (failures - 1).min(5))
                     .min(Duration::from_secs(8));
-                bar.println(format!(
-                    "upload interrupted at {offset} bytes ({why}); resuming in {delay:?}"
-                ));
+                let from = servers.current().to_string();
+                if silent && servers.fail_over() {
+                    bar.println(format!(
+                        "upload interrupted at {offset} bytes ({why}); resuming through {} in {delay:?}",
+                        servers.current()
+                    ));
+                } else {
+                    bar.println(format!(
+                        "upload interrupted at {offset} bytes ({why}); resuming through {from} in {delay:?}"
+                    ));
+                }
                 tokio::time::sleep(delay).await;
                 // Ask where the upload stands (what the server kept), and go on from there.
-                if let Ok(resp) = client
-                    .head(url.clone())
-                    .header("Tus-Resumable", "1.0.0")
-                    .send()
-                    .await
-                {
+                if let Some(resp) = head_any(&client, &mut servers, &path, stall).await {
                     if resp.status() == reqwest::StatusCode::NOT_FOUND {
                         bar.abandon();
                         return Err(refused(resp).await);
@@ -363,42 +417,82 @@ pub async fn upload_with(
         "video_id": video,
         "state": state.unwrap_or_else(|| "uploaded".into()),
         "duplicate": false,
-        "upload": url.as_str(),
+        "upload": servers.url(&path),
     }))
 }
 
-/// Send one `PATCH` of up to `chunk` bytes from `offset`. `Err(Ok(_))`: the file failed;
-/// `Err(Err(_))`: the network failed.
+/// The part of an upload's URL that is the same on every server: `/files/{upload_id}`, from
+/// the last `/files/` of its path (a `Location` built from a `public_url` may put a prefix
+/// before it, which the servers' base URLs already hold); the whole path if it has none.
+fn upload_path(url: &reqwest::Url) -> String {
+    let path = url.path();
+    match path.rfind("/files/") {
+        Some(i) => path[i..].to_string(),
+        None => path.to_string(),
+    }
+}
+
+/// `HEAD` of the upload at `path`, asked of the current server and then of each other one
+/// until one answers (any status); `servers` is left on the one that did. `None`: none did.
+async fn head_any(
+    client: &reqwest::Client,
+    servers: &mut Servers,
+    path: &str,
+    stall: Duration,
+) -> Option<reqwest::Response> {
+    for tried in 1..=servers.len() {
+        let sent = client
+            .head(servers.url(path))
+            .header("Tus-Resumable", "1.0.0")
+            .timeout(stall)
+            .send()
+            .await;
+        match sent {
+            Ok(r) => return Some(r),
+            Err(_) if tried < servers.len() => {
+                servers.fail_over();
+            }
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+/// Send one `PATCH` to `url` of up to `chunk` bytes of `file` from `offset` (of `len`),
+/// watched as [`UploadOptions::stall`] says: given up when no byte has left for `stall`, or,
+/// once the whole body has, when the server's `/health` (`health`) is not answered within
+/// `stall`. Errors: the file failed ([`Failure::Fatal`]); the connection failed
+/// ([`Failure::Retry`]), or the server went silent (`silent`).
 async fn patch_chunk(
     client: &reqwest::Client,
-    url: &reqwest::Url,
+    url: &str,
+    health: &str,
     file: &Path,
-    offset: u64,
-    len: u64,
-    chunk: u64,
+    (offset, len, chunk): (u64, u64, u64),
+    stall: Duration,
     bar: &ProgressBar,
-) -> Result<reqwest::Response, Result<ClientError, String>> {
+) -> Result<reqwest::Response, Failure> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| Ok(file_err(file)(e)))?;
+    let fatal = |e| Failure::Fatal(file_err(file)(e));
+    let mut f = tokio::fs::File::open(file).await.map_err(fatal)?;
     f.seek(std::io::SeekFrom::Start(offset))
         .await
-        .map_err(|e| Ok(file_err(file)(e)))?;
+        .map_err(fatal)?;
     let n = chunk.min(len - offset);
-    let base = offset;
+    let sent = Arc::new(AtomicU64::new(0));
     let counted = {
-        let bar = bar.clone();
-        let mut sent = 0u64;
+        let (bar, sent) = (bar.clone(), sent.clone());
         tokio_util::io::ReaderStream::with_capacity(f.take(n), 256 * 1024).inspect(move |c| {
             if let Ok(c) = c {
-                sent += c.len() as u64;
-                bar.set_position(base + sent);
+                let total = sent.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64;
+                bar.set_position(offset + total);
             }
         })
     };
-    client
-        .patch(url.clone())
+    let send = client
+        .patch(url)
         .header("Tus-Resumable", "1.0.0")
         .header(
             reqwest::header::CONTENT_TYPE,
@@ -407,9 +501,163 @@ async fn patch_chunk(
         .header(reqwest::header::CONTENT_LENGTH, n)
         .header("Upload-Offset", offset)
         .body(reqwest::Body::wrap_stream(counted))
-        .send()
-        .await
-        .map_err(|e| Err(e.to_string()))
+        .send();
+    tokio::pin!(send);
+    let silent = |why: String| Failure::Retry { why, silent: true };
+    let mut watch = StallWatch::new(tokio::time::Instant::now(), stall);
+    let mut tick = tokio::time::interval((stall / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> = None;
+    loop {
+        tokio::select! {
+            r = &mut send => {
+                return r.map_err(|e| Failure::Retry { why: e.to_string(), silent: false });
+            }
+            alive = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                probe = None;
+                if !alive {
+                    return Err(silent(format!(
+                        "the body has gone and {health} was not answered within {stall:?}"
+                    )));
+                }
+                watch.answered(tokio::time::Instant::now());
+            }
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                match watch.check(now, sent.load(Ordering::Relaxed), n) {
+                    Watch::Wait => {}
+                    Watch::Stalled => {
+                        return Err(silent(format!("no byte sent for {stall:?}")));
+                    }
+                    Watch::Probe if probe.is_none() => {
+                        let req = client.get(health).timeout(stall).send();
+                        probe = Some(Box::pin(async move { req.await.is_ok() }));
+                    }
+                    Watch::Probe => {}
+                }
+            }
+        }
+    }
+}
+
+/// What a `PATCH` in flight calls for ([`StallWatch::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Go on waiting.
+    Wait,
+    /// Bytes remain and none has left for the stall bound: the server is gone.
+    Stalled,
+    /// The whole body has gone and the server has been silent for the stall bound: ask its
+    /// `/health`.
+    Probe,
+}
+
+/// The decision behind [`patch_chunk`]'s watch, without the I/O: when a `PATCH` stalls, and
+/// when a server that has the whole body should show it is alive.
+#[derive(Debug)]
+struct StallWatch {
+    stall: Duration,
+    /// Body bytes sent at the last change, and when it was seen.
+    sent: u64,
+    since: tokio::time::Instant,
+}
+
+impl StallWatch {
+    fn new(now: tokio::time::Instant, stall: Duration) -> Self {
+        Self {
+            stall,
+            sent: 0,
+            since: now,
+        }
+    }
+
+    /// At `now`, with `sent` of `total` body bytes handed to the connection.
+    fn check(&mut self, now: tokio::time::Instant, sent: u64, total: u64) -> Watch {
+        if sent != self.sent {
+            self.sent = sent;
+            self.since = now;
+            return Watch::Wait;
+        }
+        if now.duration_since(self.since) < self.stall {
+            Watch::Wait
+        } else if sent < total {
+            Watch::Stalled
+        } else {
+            Watch::Probe
+        }
+    }
+
+    /// The server answered a probe at `now`: it is alive; wait another stall bound.
+    fn answered(&mut self, now: tokio::time::Instant) {
+        self.since = now;
+    }
+}
+
+/// The nodes a client command talks to, in order of preference: a request that cannot reach
+/// the current one goes to the next ([`Servers::fail_over`]). Every node of a reel cluster
+/// answers for every upload and video (forwarding to its home), so any of them will do.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    bases: Vec<String>,
+    at: usize,
+}
+
+impl Servers {
+    /// `urls`: base URLs such as `http://127.0.0.1:8080` (a trailing `/` is dropped).
+    /// Errors: [`ClientError::NoServer`] when none is given.
+    pub fn new<S: AsRef<str>>(urls: &[S]) -> Result<Self, ClientError> {
+        let bases: Vec<String> = urls
+            .iter()
+            .map(|u| u.as_ref().trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::NoServer);
+        }
+        Ok(Self { bases, at: 0 })
+    }
+
+    /// How many there are (at least one).
+    pub fn len(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// Never: [`Servers::new`] refuses an empty list.
+    pub fn is_empty(&self) -> bool {
+        self.bases.is_empty()
+    }
+
+    /// The first given: what names an upload in the resume file.
+    pub fn first(&self) -> &str {
+        &self.bases[0]
+    }
+
+    /// The server requests go to now.
+    pub fn current(&self) -> &str {
+        &self.bases[self.at]
+    }
+
+    /// Go on to the next server, after the last back to the first. `false` (and no change)
+    /// when there is only one.
+    pub fn fail_over(&mut self) -> bool {
+        if self.bases.len() < 2 {
+            return false;
+        }
+        self.at = (self.at + 1) % self.bases.len();
+        true
+    }
+
+    /// Make `base` current if it is one of them (an upload's own server, from the resume file).
+    fn prefer(&mut self, base: &str) {
+        if let Some(i) = self.bases.iter().position(|b| b == base) {
+            self.at = i;
+        }
+    }
+
+    /// `path` (starting with `/`) on the current server.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.current())
+    }
 }
 
 /// `POST /videos/{id}/reprocess`: process a failed video again. Returns the server's answer
@@ -427,9 +675,19 @@ pub async fn reprocess(server: &str, id: &str) -> Result<Value, ClientError> {
 }
 
 /// `GET /videos/{id}`; with `wait`, poll until the state is `ready` or `failed` (or `wait`
-/// runs out), drawing progress.
-pub async fn status(server: &str, id: &str, wait: Option<Duration>) -> Result<Value, ClientError> {
-    let url = format!("{}/videos/{id}", server.trim_end_matches('/'));
+/// runs out), drawing progress. A server that cannot be reached (or does not answer within
+/// 30 s) is left for the next of `servers`; the poll gives up only when every one of them
+/// failed in a row.
+///
+/// Errors: no server given; none can be reached; the server refuses (404 unknown id).
+pub async fn status<S: AsRef<str>>(
+    servers: &[S],
+    id: &str,
+    wait: Option<Duration>,
+) -> Result<Value, ClientError> {
+    let mut servers = Servers::new(servers)?;
+    let stall = UploadOptions::default().stall;
+    let path = format!("/videos/{id}");
     let client = reqwest::Client::new();
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     let bar = deadline.map(|_| {
@@ -440,12 +698,20 @@ pub async fn status(server: &str, id: &str, wait: Option<Duration>) -> Result<Va
         );
         b
     });
+    let mut failed_in_a_row = 0;
     loop {
-        let resp = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| connect_err(server, e))?;
+        let resp = match client.get(servers.url(&path)).timeout(stall).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                failed_in_a_row += 1;
+                if failed_in_a_row >= servers.len() {
+                    return Err(connect_err(servers.current(), e));
+                }
+                servers.fail_over();
+                continue;
+            }
+        };
+        failed_in_a_row = 0;
         let v = json_or_refused(resp).await?;
         let state = v["state"].as_str().unwrap_or("").to_string();
         if let Some(b) = &bar {
@@ -464,5 +730,85 @@ pub async fn status(server: &str, id: &str, wait: Option<Duration>) -> Result<Va
                 return Ok(v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_fail_over_in_turn_and_refuse_an_empty_list() {
+        assert!(matches!(
+            Servers::new::<&str>(&[]),
+            Err(ClientError::NoServer)
+        ));
+        assert!(matches!(
+            Servers::new(&[" ", ""]),
+            Err(ClientError::NoServer)
+        ));
+        let mut one = Servers::new(&["http://a:1/"]).unwrap();
+        assert_eq!(one.url("/files/x"), "http://a:1/files/x");
+        assert!(!one.fail_over(), "one server has nothing to fail over to");
+        let mut s = Servers::new(&["http://a:1", "http://b:2/", "http://c:3"]).unwrap();
+        let mut seen = vec![s.current().to_string()];
+        for _ in 0..3 {
+            assert!(s.fail_over());
+            seen.push(s.current().to_string());
+        }
+        assert_eq!(
+            seen,
+            ["http://a:1", "http://b:2", "http://c:3", "http://a:1"]
+        );
+        s.prefer("http://c:3");
+        assert_eq!(s.current(), "http://c:3");
+        s.prefer("http://elsewhere:9");
+        assert_eq!(
+            s.current(),
+            "http://c:3",
+            "an unknown server changes nothing"
+        );
+        assert_eq!(s.first(), "http://a:1");
+    }
+
+    #[test]
+    fn an_upload_path_is_taken_from_the_last_files_segment() {
+        let path = |u: &str| upload_path(&reqwest::Url::parse(u).unwrap());
+        assert_eq!(
+            path("http://127.0.0.1:8080/files/node-1.ab"),
+            "/files/node-1.ab"
+        );
+        assert_eq!(
+            path("https://videos.example.com/reel/files/node-1.ab"),
+            "/files/node-1.ab",
+            "a public_url's prefix is the base URL's business"
+        );
+        assert_eq!(path("http://h/elsewhere/x"), "/elsewhere/x");
+    }
+
+    #[test]
+    fn a_patch_stalls_only_while_bytes_remain_and_a_silent_server_is_probed() {
+        let stall = Duration::from_secs(30);
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = StallWatch::new(t0, stall);
+        // Bytes moving: never stalled, however long the body takes.
+        for (i, s) in (0..200).step_by(20).enumerate() {
+            assert_eq!(
+                w.check(at(s), (i as u64 + 1) * 1000, 1_000_000),
+                Watch::Wait
+            );
+        }
+        // No byte for less than the bound: wait; for the bound: stalled.
+        assert_eq!(w.check(at(209), 10_000, 1_000_000), Watch::Wait);
+        assert_eq!(w.check(at(210), 10_000, 1_000_000), Watch::Stalled);
+        // The whole body gone and the server silent: never stalled, probed every bound.
+        let mut w = StallWatch::new(t0, stall);
+        assert_eq!(w.check(at(1), 500, 500), Watch::Wait);
+        assert_eq!(w.check(at(30), 500, 500), Watch::Wait);
+        assert_eq!(w.check(at(31), 500, 500), Watch::Probe);
+        w.answered(at(32));
+        assert_eq!(w.check(at(61), 500, 500), Watch::Wait);
+        assert_eq!(w.check(at(62), 500, 500), Watch::Probe);
     }
 }

@@ -62,9 +62,15 @@ enum Command {
     Upload {
         /// The file.
         file: PathBuf,
-        /// Server URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
+        /// Server URL. Repeat it (or separate URLs with commas) to name more nodes of the
+        /// cluster: when one cannot be reached or stops answering for 30 s, the upload goes on
+        /// through the next.
+        #[arg(
+            long = "server",
+            value_delimiter = ',',
+            default_value = "http://127.0.0.1:8080"
+        )]
+        servers: Vec<String>,
         /// Wait until processing ends, showing progress.
         #[arg(long)]
         wait: bool,
@@ -96,9 +102,14 @@ enum Command {
     Status {
         /// The video id.
         video_id: String,
-        /// Server URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
+        /// Server URL. Repeat it (or separate URLs with commas) to name more nodes of the
+        /// cluster: one that cannot be reached is left for the next.
+        #[arg(
+            long = "server",
+            value_delimiter = ',',
+            default_value = "http://127.0.0.1:8080"
+        )]
+        servers: Vec<String>,
         /// Wait until the video is ready or failed, showing progress.
         #[arg(long)]
         wait: bool,
@@ -196,8 +207,13 @@ async fn run() -> ExitCode {
             }
         }
         Command::ClusterUp { config } => cluster_up(&config).await,
-        Command::Upload { file, server, wait } => {
-            let v = match reel::client::upload(&server, &file).await {
+        Command::Upload {
+            file,
+            servers,
+            wait,
+        } => {
+            let opts = reel::client::UploadOptions::default();
+            let v = match reel::client::upload_with(&servers, &file, &opts).await {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -206,7 +222,8 @@ async fn run() -> ExitCode {
             };
             let id = v["video_id"].as_str().unwrap_or("").to_string();
             let v = if wait {
-                match reel::client::status(&server, &id, Some(Duration::from_secs(24 * 3600))).await
+                match reel::client::status(&servers, &id, Some(Duration::from_secs(24 * 3600)))
+                    .await
                 {
                     Ok(v) => v,
                     Err(e) => {
@@ -233,21 +250,21 @@ async fn run() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-            show_status(&server, &video_id, wait).await
+            show_status(std::slice::from_ref(&server), &video_id, wait).await
         }
         Command::Status {
             video_id,
-            server,
+            servers,
             wait,
-        } => show_status(&server, &video_id, wait).await,
+        } => show_status(&servers, &video_id, wait).await,
     }
 }
 
 /// Print a video's state (waiting for `ready` or `failed` with `wait`); exit code 1 when
 /// failed or unreachable.
-async fn show_status(server: &str, video_id: &str, wait: bool) -> ExitCode {
+async fn show_status(servers: &[String], video_id: &str, wait: bool) -> ExitCode {
     let wait = wait.then(|| Duration::from_secs(24 * 3600));
-    match reel::client::status(server, video_id, wait).await {
+    match reel::client::status(servers, video_id, wait).await {
         Ok(v) => print_status(&v, false),
         Err(e) => {
             eprintln!("error: {e}");

@@ -1079,9 +1079,10 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
         retries: 5,
         backoff: Duration::from_millis(20),
         progress: false,
+        stall: Duration::from_secs(30),
         resume_file: Some(dir.path().join("client/uploads.json")),
     };
-    let v = reel::client::upload_with(&server, &file, &opts)
+    let v = reel::client::upload_with(&[&server], &file, &opts)
         .await
         .unwrap();
     assert_eq!(v["duplicate"], false, "{v}");
@@ -1098,7 +1099,7 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
 
     // The same file again: the existing id, and (almost) nothing on the wire.
     let before = sent.load(Ordering::SeqCst);
-    let v = reel::client::upload_with(&server, &file, &opts)
+    let v = reel::client::upload_with(&[&server], &file, &opts)
         .await
         .unwrap();
     assert_eq!(
@@ -1118,7 +1119,7 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
         ..opts.clone()
     };
     let long = clip("video");
-    let e = reel::client::upload_with(&format!("http://{proxy}"), &long, &once).await;
+    let e = reel::client::upload_with(&[format!("http://{proxy}")], &long, &once).await;
     assert!(e.is_err(), "the first run gives up: {e:?}");
     let remembered = std::fs::read_to_string(dir.path().join("client/uploads.json")).unwrap();
     let url = serde_json::from_str::<serde_json::Value>(&remembered)
@@ -1141,7 +1142,7 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
         },
     )
     .await;
-    let v = reel::client::upload_with(&format!("http://{proxy}"), &long, &opts)
+    let v = reel::client::upload_with(&[format!("http://{proxy}")], &long, &opts)
         .await
         .unwrap();
     assert_eq!(
@@ -1159,10 +1160,140 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
     assert_eq!(remembered, "{}", "a finished upload is forgotten");
 
     // A text file is refused with the server's reason, at once.
-    let e = reel::client::upload_with(&server, &clip("text"), &opts)
+    let e = reel::client::upload_with(&[&server], &clip("text"), &opts)
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("415") && e.contains("text file"), "{e}");
+    node.stop().await;
+}
+
+/// A TCP proxy to `target` that forwards both ways until `hang_after` bytes have gone from
+/// clients to the target, then hangs as a stopped node does: it reads and forwards nothing
+/// more, on any connection, old or new, and keeps them all open. Returns its address and the
+/// bytes it forwarded to the target.
+async fn hanging_proxy(
+    target: std::net::SocketAddr,
+    hang_after: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let counter = forwarded.clone();
+    let (hang, hung) = tokio::sync::watch::channel(false);
+    let hang = Arc::new(hang);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((client, _)) = listener.accept().await {
+            if *hung.borrow() {
+                held.push(client); // accepted, never read: as a stopped process's backlog
+                continue;
+            }
+            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (forwarded, hang, mut hung) = (forwarded.clone(), hang.clone(), hung.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let before = forwarded.load(Ordering::SeqCst);
+                        let allowed = hang_after.saturating_sub(before).min(n as u64) as usize;
+                        if uw.write_all(&buf[..allowed]).await.is_err() {
+                            return;
+                        }
+                        forwarded.fetch_add(allowed as u64, Ordering::SeqCst);
+                        if allowed < n {
+                            let _ = hang.send(true);
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        tokio::select! {
+                            r = ur.read(&mut buf) => match r {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => if cw.write_all(&buf[..n]).await.is_err() { return },
+                            },
+                            _ = until_hung(&mut hung) => std::future::pending::<()>().await,
+                        }
+                    }
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, counter)
+}
+
+/// Returns once the proxy has hung.
+async fn until_hung(hung: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = hung.wait_for(|h| *h).await.is_ok();
+}
+
+/// `reel upload` given several servers goes on through the next when the one it talks to
+/// cannot be reached: a server that refuses connections (creation goes to the next), and one
+/// that hangs mid-`PATCH` as a stopped node does (no byte moves for the stall bound, or its
+/// `/health` goes unanswered once the body has gone). The upload finishes, whole, through a
+/// server that answers; without the stall bound the client would wait for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn reel_upload_goes_on_through_the_next_server_when_one_is_dead_or_hangs() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // The hung PATCH's lease comes back after this (the node's own bound on a silent body).
+    config.limits.body_idle_seconds = 2;
+    let node = start(config).await;
+    let direct = format!("http://{}", node.addr);
+    let dead = format!("http://{}", free_addr());
+    let file = clip("long");
+    let bytes = std::fs::read(&file).unwrap();
+    let (hangs, forwarded) = hanging_proxy(node.addr, bytes.len() as u64 / 4).await;
+    let hangs = format!("http://{hangs}");
+    let opts = reel::client::UploadOptions {
+        retries: 12,
+        backoff: Duration::from_millis(50),
+        progress: false,
+        stall: Duration::from_secs(1),
+        resume_file: None,
+        ..Default::default()
+    };
+    let v = tokio::time::timeout(
+        Duration::from_secs(120),
+        reel::client::upload_with(&[&dead, &hangs, &direct], &file, &opts),
+    )
+    .await
+    .expect("the client waited on the hung server")
+    .unwrap();
+    assert!(
+        forwarded.load(Ordering::SeqCst) >= bytes.len() as u64 / 4,
+        "the upload was under way through the server that hung"
+    );
+    let upload = v["upload"].as_str().unwrap();
+    assert!(upload.starts_with(&direct), "finished through {upload}");
+    let id = v["video_id"].as_str().unwrap();
+    assert_eq!(
+        sha256_hex(&stored_source(dir.path(), id)),
+        sha256_hex(&bytes)
+    );
+
+    // `reel status` goes past the dead server too.
+    let s = reel::client::status(&[&dead, &direct], id, None)
+        .await
+        .unwrap();
+    assert_eq!(s["video_id"], id, "{s}");
     node.stop().await;
 }
