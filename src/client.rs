@@ -383,20 +383,21 @@ pub async fn upload_with<S: AsRef<str>>(
                     .backoff
                     .saturating_mul(1 << (failures - 1).min(5))
                     .min(Duration::from_secs(8));
-                let from = servers.current().to_string();
-                if silent && servers.fail_over() {
-                    bar.println(format!(
-                        "upload interrupted at {offset} bytes ({why}); resuming through {} in {delay:?}",
-                        servers.current()
-                    ));
-                } else {
-                    bar.println(format!(
-                        "upload interrupted at {offset} bytes ({why}); resuming through {from} in {delay:?}"
-                    ));
+                say(
+                    &bar,
+                    format!("upload interrupted at {offset} bytes ({why}); resuming in {delay:?}"),
+                );
+                let before = servers.current().to_string();
+                if silent {
+                    servers.fail_over();
                 }
                 tokio::time::sleep(delay).await;
                 // Ask where the upload stands (what the server kept), and go on from there.
-                if let Some(resp) = head_any(&client, &mut servers, &path, stall).await {
+                let asked = head_any(&client, &mut servers, &path, stall).await;
+                if servers.current() != before {
+                    say(&bar, format!("going on through {}", servers.current()));
+                }
+                if let Some(resp) = asked {
                     if resp.status() == reqwest::StatusCode::NOT_FOUND {
                         bar.abandon();
                         return Err(refused(resp).await);
@@ -419,6 +420,16 @@ pub async fn upload_with<S: AsRef<str>>(
         "duplicate": false,
         "upload": servers.url(&path),
     }))
+}
+
+/// Tell the user `line`: above the progress bar on a terminal, on standard error otherwise (a
+/// hidden bar prints nothing), so a script's log shows every interruption too.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 /// The part of an upload's URL that is the same on every server: `/files/{upload_id}`, from
