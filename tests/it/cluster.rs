@@ -433,6 +433,60 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
     );
 }
 
+/// `reel upload` given two nodes of a cluster finishes when the node it uploads through, the
+/// upload's home, is killed mid-upload: the client goes on through the second node, which
+/// takes the upload over from the store, and the video becomes ready with the bytes whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn reel_upload_goes_on_through_another_node_when_its_node_dies_mid_upload() {
+    use sha2::Digest;
+    use std::sync::atomic::Ordering;
+    let mut c = TestCluster::start(3).await;
+    let file = clip("long");
+    let bytes = std::fs::read(&file).unwrap();
+    // Node 1 through a proxy that stops a quarter of the way, so the kill lands mid-upload.
+    let node1: std::net::SocketAddr = c.url(1).trim_start_matches("http://").parse().unwrap();
+    let quarter = bytes.len() as u64 / 4;
+    let (proxy, forwarded) = hanging_proxy(node1, quarter).await;
+    let servers = [format!("http://{proxy}"), c.url(2).to_string()];
+    let opts = reel::client::UploadOptions {
+        retries: 12,
+        backoff: Duration::from_millis(200),
+        progress: false,
+        stall: Duration::from_secs(2),
+        resume_file: None,
+        ..Default::default()
+    };
+    let upload = tokio::spawn({
+        let file = file.clone();
+        async move { reel::client::upload_with(&servers, &file, &opts).await }
+    });
+    wait_until(
+        "a quarter of the upload through node 1",
+        Duration::from_secs(60),
+        || {
+            let forwarded = forwarded.clone();
+            async move { forwarded.load(Ordering::SeqCst) >= quarter }
+        },
+    )
+    .await;
+    c.nodes[0].as_mut().unwrap().kill9();
+    let v = tokio::time::timeout(Duration::from_secs(120), upload)
+        .await
+        .expect("the client finished within its bound")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let through = v["upload"].as_str().unwrap();
+    assert!(through.starts_with(c.url(2)), "finished through {through}");
+    let id = v["video_id"].as_str().unwrap();
+    let stored = std::fs::read(c.dir.path().join("objects/sources").join(id)).unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&stored)),
+        hex::encode(sha2::Sha256::digest(&bytes))
+    );
+    let state = wait_terminal(c.url(3), id, PROCESSING_DEADLINE).await;
+    assert_eq!(state["state"], "ready", "{state}\n{}", c.logs());
+}
+
 /// A tus request forwarded to an upload's home that hangs is not held for as long as the
 /// client waits: once the forwarding node's view fences the home, a `PATCH` on its way there
 /// gets `503` (its body cannot be sent twice; the client asks the offset and resumes) and a

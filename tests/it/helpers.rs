@@ -787,3 +787,80 @@ pub async fn tus_patch(url: &str, offset: usize, bytes: Vec<u8>) -> reqwest::Res
         .await
         .unwrap()
 }
+
+/// A TCP proxy to `target` that forwards both ways until `hang_after` bytes have gone from
+/// clients to the target, then hangs as a stopped node does: it reads and forwards nothing
+/// more, on any connection, old or new, and keeps them all open. Returns its address and the
+/// bytes it forwarded to the target.
+pub async fn hanging_proxy(
+    target: std::net::SocketAddr,
+    hang_after: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let counter = forwarded.clone();
+    let (hang, hung) = tokio::sync::watch::channel(false);
+    let hang = Arc::new(hang);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((client, _)) = listener.accept().await {
+            if *hung.borrow() {
+                held.push(client); // accepted, never read: as a stopped process's backlog
+                continue;
+            }
+            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (forwarded, hang, mut hung) = (forwarded.clone(), hang.clone(), hung.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let before = forwarded.load(Ordering::SeqCst);
+                        let allowed = hang_after.saturating_sub(before).min(n as u64) as usize;
+                        if uw.write_all(&buf[..allowed]).await.is_err() {
+                            return;
+                        }
+                        forwarded.fetch_add(allowed as u64, Ordering::SeqCst);
+                        if allowed < n {
+                            let _ = hang.send(true);
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        tokio::select! {
+                            r = ur.read(&mut buf) => match r {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => if cw.write_all(&buf[..n]).await.is_err() { return },
+                            },
+                            _ = until_hung(&mut hung) => std::future::pending::<()>().await,
+                        }
+                    }
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, counter)
+}
+
+/// Returns once the proxy has hung.
+async fn until_hung(hung: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = hung.wait_for(|h| *h).await.is_ok();
+}
