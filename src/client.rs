@@ -524,7 +524,12 @@ async fn patch_chunk(
             r = &mut send => {
                 return r.map_err(|e| Failure::Retry { why: e.to_string(), silent: false });
             }
-            alive = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+            alive = async {
+                match probe.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if probe.is_some() => {
                 probe = None;
                 if !alive {
                     return Err(silent(format!(
