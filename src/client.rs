@@ -83,9 +83,10 @@ pub struct UploadOptions {
     /// How long a server may go without answering before the client takes it for unreachable
     /// and goes to the next server (default 30 s, Uppy's `timeout`): a `PATCH` that sends no
     /// byte for this long (as Uppy's `ProgressTimeout`, which stops counting once the body
-    /// has gone: the server may then take minutes to join and hash a large upload), a
-    /// `PATCH` whose body has gone while the server's `/health` goes unanswered this long,
-    /// and any other request not answered within it.
+    /// has gone: the server may then take minutes to join and hash a large upload); a
+    /// `PATCH` whose body has gone and whose answer has not come for this long, when the
+    /// server's `/health` then goes unanswered for as long again; any other request not
+    /// answered within it.
     pub stall: Duration,
     /// Where unfinished uploads are remembered (`{first server} {sha256}` → upload URL, JSON), so
     /// running `reel upload` again on the same file after the client itself was stopped resumes
