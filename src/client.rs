@@ -65,6 +65,9 @@ async fn json_or_refused(resp: reqwest::Response) -> Result<Value, ClientError> 
     }
 }
 
+/// [`UploadOptions::stall`]'s default, and how long `reel status` waits for an answer: 30 s.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
+
 /// How `reel upload` sends a file.
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
@@ -102,7 +105,7 @@ impl Default for UploadOptions {
             retries: 8,
             backoff: Duration::from_millis(500),
             progress: true,
-            stall: Duration::from_secs(30),
+            stall: DEFAULT_STALL,
             resume_file: std::env::var_os("XDG_CACHE_HOME")
                 .map(std::path::PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -134,12 +137,6 @@ fn remember(file: Option<&Path>, key: &str, url: Option<&str>) {
     if std::fs::write(&tmp, Value::Object(map).to_string()).is_ok() {
         let _ = std::fs::rename(&tmp, file);
     }
-}
-
-/// Upload `file` to `server` with tus 1.0.0 (`/files/`) and default options: see
-/// [`upload_with`].
-pub async fn upload(server: &str, file: &Path) -> Result<Value, ClientError> {
-    upload_with(&[server], file, &UploadOptions::default()).await
 }
 
 fn file_err(file: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
@@ -265,27 +262,16 @@ pub async fn upload_with<S: AsRef<str>>(
         Some(found) => found,
         None => {
             // Creation goes to the first server that answers.
-            let mut tried = 0;
-            let resp = loop {
-                let sent = client
-                    .post(servers.url("/files/"))
+            let resp = send_in_turn(&mut servers, |base| {
+                client
+                    .post(format!("{base}/files/"))
                     .header("Tus-Resumable", "1.0.0")
                     .header("Upload-Length", len)
                     .header("Upload-Metadata", &metadata)
                     .timeout(stall)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) => break r,
-                    Err(e) => {
-                        tried += 1;
-                        if tried >= servers.len() {
-                            return Err(connect_err(servers.current(), e));
-                        }
-                        servers.fail_over();
-                    }
-                }
-            };
+            })
+            .await
+            .map_err(|e| connect_err(servers.current(), e))?;
             if resp.status() != reqwest::StatusCode::CREATED {
                 return Err(refused(resp).await);
             }
@@ -444,30 +430,41 @@ fn upload_path(url: &reqwest::Url) -> String {
     }
 }
 
-/// `HEAD` of the upload at `path`, asked of the current server and then of each other one
-/// until one answers (any status); `servers` is left on the one that did. `None`: none did.
+/// Send the request `build` makes for a server's base URL to the current server, then to each
+/// other one in turn until one answers (any status); `servers` is left on the one that did.
+/// Errors: the last server's, when none answered.
+async fn send_in_turn(
+    servers: &mut Servers,
+    build: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut tried = 1;
+    loop {
+        match build(servers.current()).send().await {
+            Ok(r) => return Ok(r),
+            Err(e) if tried >= servers.len() => return Err(e),
+            Err(_) => {
+                tried += 1;
+                servers.fail_over();
+            }
+        }
+    }
+}
+
+/// `HEAD` of the upload at `path` ([`send_in_turn`]); `None` when no server answered.
 async fn head_any(
     client: &reqwest::Client,
     servers: &mut Servers,
     path: &str,
     stall: Duration,
 ) -> Option<reqwest::Response> {
-    for tried in 1..=servers.len() {
-        let sent = client
-            .head(servers.url(path))
+    send_in_turn(servers, |base| {
+        client
+            .head(format!("{base}{path}"))
             .header("Tus-Resumable", "1.0.0")
             .timeout(stall)
-            .send()
-            .await;
-        match sent {
-            Ok(r) => return Some(r),
-            Err(_) if tried < servers.len() => {
-                servers.fail_over();
-            }
-            Err(_) => {}
-        }
-    }
-    None
+    })
+    .await
+    .ok()
 }
 
 /// Send one `PATCH` to `url` of up to `chunk` bytes of `file` from `offset` (of `len`),
@@ -703,7 +700,6 @@ pub async fn status<S: AsRef<str>>(
     wait: Option<Duration>,
 ) -> Result<Value, ClientError> {
     let mut servers = Servers::new(servers)?;
-    let stall = UploadOptions::default().stall;
     let path = format!("/videos/{id}");
     let client = reqwest::Client::new();
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
@@ -715,20 +711,12 @@ pub async fn status<S: AsRef<str>>(
         );
         b
     });
-    let mut failed_in_a_row = 0;
     loop {
-        let resp = match client.get(servers.url(&path)).timeout(stall).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                failed_in_a_row += 1;
-                if failed_in_a_row >= servers.len() {
-                    return Err(connect_err(servers.current(), e));
-                }
-                servers.fail_over();
-                continue;
-            }
-        };
-        failed_in_a_row = 0;
+        let resp = send_in_turn(&mut servers, |base| {
+            client.get(format!("{base}{path}")).timeout(DEFAULT_STALL)
+        })
+        .await
+        .map_err(|e| connect_err(servers.current(), e))?;
         let v = json_or_refused(resp).await?;
         let state = v["state"].as_str().unwrap_or("").to_string();
         if let Some(b) = &bar {
