@@ -788,17 +788,24 @@ pub async fn tus_patch(url: &str, offset: usize, bytes: Vec<u8>) -> reqwest::Res
         .unwrap()
 }
 
-/// A TCP proxy to `target` that forwards both ways until `hang_after` bytes have gone from
-/// clients to the target, then hangs as a stopped node does: it reads and forwards nothing
-/// more, on any connection, old or new, and keeps them all open. Returns its address and the
-/// bytes it forwarded to the target.
-pub async fn hanging_proxy(
-    target: std::net::SocketAddr,
-    hang_after: u64,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
+/// What a test proxy ([`relay_proxy`]) does with `n` bytes a client sent.
+pub enum Relay {
+    /// Send them on.
+    Forward,
+    /// Send on this many of them, then close the connection (a cut).
+    Cut(usize),
+    /// Send on this many of them, then hang as a stopped node does: read and forward nothing
+    /// more, on any connection, old or new, and keep them all open.
+    Hang(usize),
+}
+
+/// A TCP proxy on a loopback port to `target`, both ways. `decide(before, n)` says what
+/// becomes of each `n` bytes a client sends, `before` bytes having gone to the target before
+/// them over all connections. Returns its address and the bytes it forwarded to the target.
+pub async fn relay_proxy(
+    target: SocketAddr,
+    decide: impl Fn(u64, usize) -> Relay + Send + Sync + 'static,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -806,6 +813,7 @@ pub async fn hanging_proxy(
     let addr = listener.local_addr().unwrap();
     let forwarded = Arc::new(AtomicU64::new(0));
     let counter = forwarded.clone();
+    let decide = Arc::new(decide);
     let (hang, hung) = tokio::sync::watch::channel(false);
     let hang = Arc::new(hang);
     tokio::spawn(async move {
@@ -818,42 +826,59 @@ pub async fn hanging_proxy(
             let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
                 continue;
             };
-            let (forwarded, hang, mut hung) = (forwarded.clone(), hang.clone(), hung.clone());
+            let (decide, forwarded) = (decide.clone(), forwarded.clone());
+            let (hang, mut hung) = (hang.clone(), hung.clone());
             tokio::spawn(async move {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut ur, mut uw) = upstream.into_split();
+                // Client to target; true when the proxy cut the connection.
                 let up = async {
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
                         let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                let _ = uw.shutdown().await;
+                                return false;
+                            }
                             Ok(n) => n,
                         };
-                        let before = forwarded.load(Ordering::SeqCst);
-                        let allowed = hang_after.saturating_sub(before).min(n as u64) as usize;
-                        if uw.write_all(&buf[..allowed]).await.is_err() {
-                            return;
-                        }
-                        forwarded.fetch_add(allowed as u64, Ordering::SeqCst);
-                        if allowed < n {
-                            let _ = hang.send(true);
-                            std::future::pending::<()>().await;
+                        let (keep, then) = match decide(forwarded.load(Ordering::SeqCst), n) {
+                            Relay::Forward => (n, None),
+                            Relay::Cut(keep) => (keep.min(n), Some(Relay::Cut(0))),
+                            Relay::Hang(keep) => (keep.min(n), Some(Relay::Hang(0))),
+                        };
+                        let wrote = uw.write_all(&buf[..keep]).await.is_ok();
+                        forwarded.fetch_add(keep as u64, Ordering::SeqCst);
+                        match then {
+                            None if wrote => {}
+                            None => return false,
+                            Some(Relay::Hang(_)) => {
+                                let _ = hang.send(true);
+                                std::future::pending::<()>().await;
+                            }
+                            Some(_) => return true,
                         }
                     }
                 };
+                // Target to client, until the proxy hangs.
                 let down = async {
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
                         tokio::select! {
+                            biased;
+                            _ = until_hung(&mut hung) => std::future::pending::<()>().await,
                             r = ur.read(&mut buf) => match r {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => if cw.write_all(&buf[..n]).await.is_err() { return },
                             },
-                            _ = until_hung(&mut hung) => std::future::pending::<()>().await,
                         }
                     }
                 };
-                tokio::join!(up, down);
+                tokio::pin!(down);
+                tokio::select! {
+                    cut = up => if !cut { down.await },
+                    _ = &mut down => {}
+                }
             });
         }
     });
@@ -863,4 +888,21 @@ pub async fn hanging_proxy(
 /// Returns once the proxy has hung.
 async fn until_hung(hung: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = hung.wait_for(|h| *h).await.is_ok();
+}
+
+/// A [`relay_proxy`] that hangs once `hang_after` bytes have gone to `target`: as a stopped
+/// node, it then reads and forwards nothing more, on any connection, and keeps them all open.
+/// Returns its address and the bytes it forwarded to the target.
+pub async fn hanging_proxy(
+    target: SocketAddr,
+    hang_after: u64,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    relay_proxy(target, move |before, n| {
+        if before + n as u64 <= hang_after {
+            Relay::Forward
+        } else {
+            Relay::Hang(hang_after.saturating_sub(before) as usize)
+        }
+    })
+    .await
 }

@@ -994,8 +994,9 @@ async fn tuspy_interrupted_at_three_offsets_resumes_to_a_ready_video_with_intact
     node.stop().await;
 }
 
-/// A TCP proxy to `target` that cuts the connection carrying client bytes number `cuts[i]`
-/// (counted over all connections), once per cut. Returns its address and the byte counter.
+/// A [`relay_proxy`] to `target` that cuts the connection carrying forwarded byte number
+/// `cuts[i]` (counted over all connections), once per cut. Returns its address, the bytes it
+/// forwarded, and the cuts still to come.
 async fn cutting_proxy(
     target: std::net::SocketAddr,
     cuts: Vec<u64>,
@@ -1004,64 +1005,20 @@ async fn cutting_proxy(
     std::sync::Arc<std::sync::atomic::AtomicU64>,
     std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
 ) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = sent.clone();
-    let cuts = Arc::new(std::sync::Mutex::new(cuts));
+    let cuts = std::sync::Arc::new(std::sync::Mutex::new(cuts));
     let pending = cuts.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
-                continue;
-            };
-            let (sent, cuts) = (sent.clone(), cuts.clone());
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut ur, mut uw) = upstream.into_split();
-                let up = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                let _ = uw.shutdown().await;
-                                return false;
-                            }
-                            Ok(n) => n,
-                        };
-                        let before = sent.fetch_add(n as u64, Ordering::SeqCst);
-                        let cut = {
-                            let mut c = cuts.lock().unwrap();
-                            match c.first().copied() {
-                                Some(at) if before + n as u64 >= at => {
-                                    c.remove(0);
-                                    Some((at - before.min(at)) as usize)
-                                }
-                                _ => None,
-                            }
-                        };
-                        if let Some(keep) = cut {
-                            let _ = uw.write_all(&buf[..keep.min(n)]).await;
-                            return true; // drop both halves: the connection is cut
-                        }
-                        if uw.write_all(&buf[..n]).await.is_err() {
-                            return false;
-                        }
-                    }
-                };
-                let down = tokio::io::copy(&mut ur, &mut cw);
-                tokio::pin!(down);
-                tokio::select! {
-                    cut = up => if !cut { let _ = down.await; },
-                    _ = &mut down => {}
-                }
-            });
+    let (addr, sent) = relay_proxy(target, move |before, n| {
+        let mut c = cuts.lock().unwrap();
+        match c.first().copied() {
+            Some(at) if before + n as u64 >= at => {
+                c.remove(0);
+                Relay::Cut((at - before.min(at)) as usize)
+            }
+            _ => Relay::Forward,
         }
-    });
-    (addr, counter, pending)
+    })
+    .await;
+    (addr, sent, pending)
 }
 
 #[tokio::test(flavor = "multi_thread")]
