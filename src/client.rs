@@ -450,6 +450,22 @@ async fn send_in_turn(
     }
 }
 
+/// `GET` of `path` through the first of `servers` that answers within `within`
+/// ([`send_in_turn`]), as JSON. Errors: none answered; the answer is not a success.
+async fn get_json_in_turn(
+    client: &reqwest::Client,
+    servers: &mut Servers,
+    path: &str,
+    within: Duration,
+) -> Result<Value, ClientError> {
+    let resp = send_in_turn(servers, |base| {
+        client.get(format!("{base}{path}")).timeout(within)
+    })
+    .await
+    .map_err(|e| connect_err(servers.current(), e))?;
+    json_or_refused(resp).await
+}
+
 /// `HEAD` of the upload at `path` ([`send_in_turn`]); `None` when no server answered.
 async fn head_any(
     client: &reqwest::Client,
@@ -674,18 +690,49 @@ impl Servers {
     }
 }
 
-/// `POST /videos/{id}/reprocess`: process a failed video again. Returns the server's answer
-/// (`video_id`, `state`).
+/// `POST /videos/{id}/reprocess`: process a failed video again, through the first of
+/// `servers` that answers within `answer_within` (as [`status`] goes through them). Returns
+/// the server's answer (`video_id`, `state`).
 ///
-/// Errors: the server cannot be reached, or refuses (404 unknown id, 409 not failed).
-pub async fn reprocess(server: &str, id: &str) -> Result<Value, ClientError> {
-    let url = format!("{}/videos/{id}/reprocess", server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .send()
-        .await
-        .map_err(|e| connect_err(server, e))?;
-    json_or_refused(resp).await
+/// A server that took the request and then stopped answering may have reopened the video all
+/// the same; the next server then refuses with `409`, as the video is no longer failed. So the
+/// client reads the video's record first, and after such a failover takes a `409` as done when
+/// the record it read was `failed` and the one it reads now is not (only a reprocess moves a
+/// video out of `failed`): the record read now is the answer.
+///
+/// Errors: no server given; none can be reached; the server refuses (404 unknown id, 409 not
+/// failed).
+pub async fn reprocess<S: AsRef<str>>(
+    servers: &[S],
+    id: &str,
+    answer_within: Duration,
+) -> Result<Value, ClientError> {
+    let mut servers = Servers::new(servers)?;
+    let client = reqwest::Client::new();
+    let record = format!("/videos/{id}");
+    let before = get_json_in_turn(&client, &mut servers, &record, answer_within).await?;
+    let asked_of = servers.current().to_string();
+    let resp = send_in_turn(&mut servers, |base| {
+        client
+            .post(format!("{base}{record}/reprocess"))
+            .timeout(answer_within)
+    })
+    .await
+    .map_err(|e| connect_err(servers.current(), e))?;
+    let failed_over = servers.current() != asked_of;
+    match json_or_refused(resp).await {
+        Err(refused @ ClientError::Refused { status: 409, .. })
+            if failed_over && before["state"] == "failed" =>
+        {
+            let now = get_json_in_turn(&client, &mut servers, &record, answer_within).await?;
+            if now["state"] != "failed" {
+                Ok(now)
+            } else {
+                Err(refused)
+            }
+        }
+        answer => answer,
+    }
 }
 
 /// `GET /videos/{id}`; with `wait`, poll until the state is `ready` or `failed` (or `wait`
@@ -712,12 +759,7 @@ pub async fn status<S: AsRef<str>>(
         b
     });
     loop {
-        let resp = send_in_turn(&mut servers, |base| {
-            client.get(format!("{base}{path}")).timeout(DEFAULT_STALL)
-        })
-        .await
-        .map_err(|e| connect_err(servers.current(), e))?;
-        let v = json_or_refused(resp).await?;
+        let v = get_json_in_turn(&client, &mut servers, &path, DEFAULT_STALL).await?;
         let state = v["state"].as_str().unwrap_or("").to_string();
         if let Some(b) = &bar {
             b.set_message(state.clone());

@@ -91,9 +91,15 @@ enum Command {
     Reprocess {
         /// The video id.
         video_id: String,
-        /// Server URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
+        /// Server URL. Repeat it (or separate URLs with commas) to name more nodes of the
+        /// cluster: one that cannot be reached, or does not answer within 30 s, is left for
+        /// the next.
+        #[arg(
+            long = "server",
+            value_delimiter = ',',
+            default_value = "http://127.0.0.1:8080"
+        )]
+        servers: Vec<String>,
         /// Wait until the video is ready or failed again, showing progress.
         #[arg(long)]
         wait: bool,
@@ -243,14 +249,16 @@ async fn run() -> ExitCode {
         } => session_timeline(&session_id, &data_dirs, svg.as_deref()),
         Command::Reprocess {
             video_id,
-            server,
+            servers,
             wait,
         } => {
-            if let Err(e) = reel::client::reprocess(&server, &video_id).await {
+            let answer =
+                reel::client::reprocess(&servers, &video_id, reel::client::DEFAULT_STALL).await;
+            if let Err(e) = answer {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-            show_status(std::slice::from_ref(&server), &video_id, wait).await
+            show_status(&servers, &video_id, wait).await
         }
         Command::Status {
             video_id,

@@ -285,13 +285,33 @@ async fn a_failed_video_is_processed_again_after_the_fault_is_fixed() {
     assert_eq!(v["state"], "failed", "{v}");
     node.stop().await;
 
-    // The operator fixes the configuration, restarts, and asks for the video again.
+    // The operator fixes the configuration, restarts, and asks for the video again with
+    // `reel reprocess`, naming three servers: a port nothing listens on, then a node that
+    // takes the request and stops answering (a proxy that passes the request on, then hangs),
+    // then the node itself, which refuses with 409 because the hung one already reopened the
+    // video. The client takes that as done: the record it read first was `failed`.
     let node = start(test_config(dir.path())).await;
     let base = node.url();
-    let client = reqwest::Client::new();
-    let post = |what: String| client.post(what).send();
-    let r = post(format!("{base}/videos/{id}/reprocess")).await.unwrap();
-    assert_eq!(r.status(), 202);
+    let dead = format!("http://{}", free_addr());
+    // The proxy answers the client's first request (its read of the record), and hangs on the
+    // next, the `POST`, once it has passed it on.
+    let (hangs, _) = relay_proxy(node.addr, |before, n| {
+        if before == 0 {
+            Relay::Forward
+        } else {
+            Relay::Hang(n)
+        }
+    })
+    .await;
+    let hangs = format!("http://{hangs}");
+    let v = reel::client::reprocess(
+        &[&dead, &hangs, &base],
+        &id,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .expect("reprocess through the servers that answer");
+    assert_ne!(v["state"], "failed", "{v}");
     let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}");
     assert!(v["error"].is_null(), "{v}");
@@ -301,7 +321,16 @@ async fn a_failed_video_is_processed_again_after_the_fault_is_fixed() {
     let events = event_kinds(&base, &id).await;
     assert_eq!(count(&events, "reprocess_requested"), 1, "{events:#?}");
 
-    // Only a failed video can be reprocessed; an unknown one is 404.
+    // Only a failed video can be reprocessed, also after a failover; an unknown one is 404.
+    let refused =
+        reel::client::reprocess(&[&dead, &base], &id, std::time::Duration::from_secs(2)).await;
+    assert!(
+        matches!(&refused, Err(reel::client::ClientError::Refused { status: 409, message })
+            if message.contains("is ready")),
+        "{refused:?}"
+    );
+    let client = reqwest::Client::new();
+    let post = |what: String| client.post(what).send();
     let r = post(format!("{base}/videos/{id}/reprocess")).await.unwrap();
     assert_eq!(r.status(), 409);
     let body: serde_json::Value = r.json().await.unwrap();
