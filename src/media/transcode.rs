@@ -793,6 +793,17 @@ fn is_invalid_input(line: &str) -> bool {
     l.contains("invalid data found") || l.contains("moov atom not found")
 }
 
+/// What a failed ffmpeg run is reported as: its last error line; without one (ffmpeg did not
+/// get as far as logging, as when its libraries are missing), its exit status (`exit status:
+/// 127`) and the last line it wrote, if any.
+fn failure_summary(errors: &[String], last_line: Option<&str>, status: &str) -> String {
+    match (errors.last(), last_line) {
+        (Some(error), _) => error.clone(),
+        (None, Some(line)) => format!("{status}; its last line: {line}"),
+        (None, None) => status.to_string(),
+    }
+}
+
 /// Run the transcode to completion (blocking). `on_progress` gets the seconds of output written
 /// so far, each time ffmpeg reports.
 ///
@@ -829,6 +840,7 @@ pub fn run_args(
         let _ = child.kill();
     }
     let mut errors: Vec<String> = Vec::new();
+    let mut last_line: Option<String> = None;
     let events = child
         .iter()
         .map_err(|e| TranscodeError::Failed(format!("cannot read ffmpeg output: {e}")))?;
@@ -842,6 +854,9 @@ pub fn run_args(
             FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line) if errors.len() < 20 => {
                 errors.push(line.trim().to_string());
             }
+            FfmpegEvent::Log(_, line) if !line.trim().is_empty() => {
+                last_line = Some(line.trim().to_string());
+            }
             _ => {}
         }
     }
@@ -854,10 +869,7 @@ pub fn run_args(
     if status.success() {
         return Ok(());
     }
-    let summary = errors
-        .last()
-        .cloned()
-        .unwrap_or_else(|| format!("exit status {status}"));
+    let summary = failure_summary(&errors, last_line.as_deref(), &status.to_string());
     if errors.iter().any(|l| is_invalid_input(l)) {
         Err(TranscodeError::InvalidInput(summary))
     } else {
@@ -1267,5 +1279,26 @@ mod tests {
         assert!(is_invalid_input(
             "/x: Invalid data found when processing input"
         ));
+    }
+
+    /// A failed run names its last error line; an ffmpeg that could not start its work (its
+    /// libraries missing: no error line, exit 127) is named by its status and its last words,
+    /// once ("exit status exit status: 127" was what an operator saw).
+    #[test]
+    fn a_failure_is_summed_up_by_its_error_or_its_status_and_last_line() {
+        let errors = vec!["first".to_string(), "Conversion failed!".to_string()];
+        assert_eq!(
+            failure_summary(&errors, Some("a warning"), "exit status: 1"),
+            "Conversion failed!"
+        );
+        let missing = "ffmpeg: error while loading shared libraries: libavcodec.so.59";
+        assert_eq!(
+            failure_summary(&[], Some(missing), "exit status: 127"),
+            format!("exit status: 127; its last line: {missing}")
+        );
+        assert_eq!(
+            failure_summary(&[], None, "exit status: 127"),
+            "exit status: 127"
+        );
     }
 }
