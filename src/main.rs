@@ -443,6 +443,11 @@ fn print_status(v: &serde_json::Value, duplicate: bool) -> ExitCode {
     }
     println!("{line}");
     if state == "failed" {
+        // On stderr: the last line of stdout stays the id and the state, for scripts.
+        eprintln!(
+            "a failure on the server's side (ffmpeg, the object store) is retried once it is \
+             fixed with: reel reprocess {id}"
+        );
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

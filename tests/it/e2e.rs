@@ -283,6 +283,24 @@ async fn a_failed_video_is_processed_again_after_the_fault_is_fixed() {
     let id = v["video_id"].as_str().unwrap().to_string();
     let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "failed", "{v}");
+    // `reel status` says so on its last line, exits non-zero, and names the way back.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(["status", &id, "--server", &base])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with(&format!("{id} failed: {}", v["error"].as_str().unwrap())),
+        "{stdout}"
+    );
+    assert!(stderr.contains(&format!("reel reprocess {id}")), "{stderr}");
     node.stop().await;
 
     // The operator fixes the configuration, restarts, and asks for the video again with
