@@ -1,4 +1,5 @@
-//! The client commands: `reel upload FILE` (tus 1.0.0, resumable) and `reel status VIDEO_ID`.
+//! The client commands: `reel upload FILE` (tus 1.0.0, resumable), `reel status VIDEO_ID` and
+//! `reel reprocess VIDEO_ID`.
 //!
 //! Each talks to a list of servers ([`Servers`]): the nodes of one cluster, any of which serves
 //! any upload and any video. A request that cannot reach one (refused connection, no answer, an

@@ -398,7 +398,6 @@ async fn a_hung_node_is_fenced_its_work_finishes_elsewhere_and_it_stands_down() 
 /// the client finishes through any node, with the bytes intact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
-    use sha2::Digest;
     let mut c = TestCluster::start(3).await;
     let bytes = tokio::fs::read(clip("long")).await.unwrap();
     let up = TusUpload::create(&c, 1, bytes, reqwest::Client::new()).await;
@@ -426,10 +425,9 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
     let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
     let v = wait_terminal(c.url(2), &id, PROCESSING_DEADLINE).await;
     assert_eq!(v["state"], "ready", "{v}\n{}", c.logs());
-    let stored = std::fs::read(c.dir.path().join("objects/sources").join(&id)).unwrap();
     assert_eq!(
-        hex::encode(sha2::Sha256::digest(&stored)),
-        hex::encode(sha2::Sha256::digest(&up.bytes))
+        sha256_hex(&stored_source(c.dir.path(), &id)),
+        sha256_hex(&up.bytes)
     );
 }
 
@@ -438,7 +436,6 @@ async fn a_tus_upload_survives_its_home_node_and_any_node_serves_it() {
 /// takes the upload over from the store, and the video becomes ready with the bytes whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn reel_upload_goes_on_through_another_node_when_its_node_dies_mid_upload() {
-    use sha2::Digest;
     use std::sync::atomic::Ordering;
     let mut c = TestCluster::start(3).await;
     let file = clip("long");
@@ -478,10 +475,9 @@ async fn reel_upload_goes_on_through_another_node_when_its_node_dies_mid_upload(
     let through = v["upload"].as_str().unwrap();
     assert!(through.starts_with(c.url(2)), "finished through {through}");
     let id = v["video_id"].as_str().unwrap();
-    let stored = std::fs::read(c.dir.path().join("objects/sources").join(id)).unwrap();
     assert_eq!(
-        hex::encode(sha2::Sha256::digest(&stored)),
-        hex::encode(sha2::Sha256::digest(&bytes))
+        sha256_hex(&stored_source(c.dir.path(), id)),
+        sha256_hex(&bytes)
     );
     let state = wait_terminal(c.url(3), id, PROCESSING_DEADLINE).await;
     assert_eq!(state["state"], "ready", "{state}\n{}", c.logs());

@@ -788,6 +788,17 @@ pub async fn tus_patch(url: &str, offset: usize, bytes: Vec<u8>) -> reqwest::Res
         .unwrap()
 }
 
+/// The SHA-256 of `b`, in lower-case hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The stored source of video `id` in the local object store of data directory `dir`.
+pub fn stored_source(dir: &Path, id: &str) -> Vec<u8> {
+    std::fs::read(dir.join("objects/sources").join(id)).unwrap()
+}
+
 /// What a test proxy ([`relay_proxy`]) does with `n` bytes a client sent.
 pub enum Relay {
     /// Send them on.
@@ -842,21 +853,21 @@ pub async fn relay_proxy(
                             }
                             Ok(n) => n,
                         };
-                        let (keep, then) = match decide(forwarded.load(Ordering::SeqCst), n) {
-                            Relay::Forward => (n, None),
-                            Relay::Cut(keep) => (keep.min(n), Some(Relay::Cut(0))),
-                            Relay::Hang(keep) => (keep.min(n), Some(Relay::Hang(0))),
+                        let relay = decide(forwarded.load(Ordering::SeqCst), n);
+                        let keep = match relay {
+                            Relay::Forward => n,
+                            Relay::Cut(keep) | Relay::Hang(keep) => keep.min(n),
                         };
                         let wrote = uw.write_all(&buf[..keep]).await.is_ok();
                         forwarded.fetch_add(keep as u64, Ordering::SeqCst);
-                        match then {
-                            None if wrote => {}
-                            None => return false,
-                            Some(Relay::Hang(_)) => {
+                        match relay {
+                            Relay::Forward if wrote => {}
+                            Relay::Forward => return false,
+                            Relay::Cut(_) => return true,
+                            Relay::Hang(_) => {
                                 let _ = hang.send(true);
                                 std::future::pending::<()>().await;
                             }
-                            Some(_) => return true,
                         }
                     }
                 };
@@ -887,7 +898,7 @@ pub async fn relay_proxy(
 
 /// Returns once the proxy has hung.
 async fn until_hung(hung: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = hung.wait_for(|h| *h).await.is_ok();
+    let _ = hung.wait_for(|h| *h).await;
 }
 
 /// A [`relay_proxy`] that hangs once `hang_after` bytes have gone to `target`: as a stopped

@@ -18,10 +18,6 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(b))
-}
-
 /// POST /files/ with `Upload-Length` and metadata; returns the response.
 async fn create(base: &str, len: u64, metadata: &[(&str, &str)]) -> reqwest::Response {
     let meta: Vec<String> = metadata
@@ -100,10 +96,6 @@ fn stored_upload_objects(dir: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-fn stored_source(dir: &Path, id: &str) -> Vec<u8> {
-    std::fs::read(dir.join("objects/sources").join(id)).unwrap()
 }
 
 /// Send a PATCH by hand: the head and the first `send` bytes of a `declared`-byte body, then
