@@ -14,6 +14,11 @@
 //! body is never read (a client sending `Expect: 100-continue`, as curl does for large files,
 //! sends nothing). Otherwise the body is received and must match the declared digest (`400`
 //! and nothing stored when it does not).
+//!
+//! Plainly not a video: the first bytes (up to [`SNIFF_BYTES`], 4 KiB) are sniffed as they
+//! arrive, as `PATCH /files/{id}` does for tus. A text file, an image, an archive or an audio
+//! file (see [`crate::media::sniff`]) is refused with `415` and nothing is stored; bytes with no
+//! known magic are left to ffprobe, and a video they do not make fails with its reason.
 
 use std::convert::Infallible;
 
@@ -26,6 +31,7 @@ use warp::{Filter, Rejection};
 
 use crate::http::{json_response, respond, ApiError, App};
 use crate::ingest;
+use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
 use crate::storage::keys;
 
 /// The request header that declares the body's SHA-256 (lowercase or uppercase hex).
@@ -142,7 +148,9 @@ where
     accept(&app, received).await
 }
 
-/// Stream `body` into a staging object, hashing and counting.
+/// Stream `body` into a staging object, hashing and counting. Errors: `415` when the first
+/// bytes are plainly not a video, `413` over the size limit, `408` when the body stalls, `400`
+/// when it is cut or empty; in each case the staging object is removed.
 async fn receive<S, E>(
     app: &App,
     mut body: S,
@@ -162,6 +170,11 @@ where
     let mut writer = storage.writer(&staging).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
+    // The first bytes, kept until `sniff` has judged them.
+    let mut head: Vec<u8> = Vec::new();
+    let mut judged = false;
+    let not_video =
+        |reason: String| ApiError::UnsupportedMedia(format!("{reason}; nothing was stored"));
     let idle = app.config.limits.body_idle();
     let outcome: Result<(), ApiError> = async {
         loop {
@@ -184,11 +197,26 @@ where
                 )));
             }
             hasher.update(&chunk);
+            if !judged {
+                let want = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..want]);
+                match sniff(&head, false) {
+                    Sniff::NotVideo(reason) => return Err(not_video(reason)),
+                    Sniff::NeedMore => {}
+                    Sniff::Container(_) | Sniff::Unknown => judged = true,
+                }
+            }
             writer
                 .wait_for_capacity(4)
                 .await
                 .map_err(|e| ApiError::Storage(e.into()))?;
             writer.put(chunk);
+        }
+        // A body shorter than the sniff window is judged whole (an empty one is refused below).
+        if !judged && total > 0 {
+            if let Sniff::NotVideo(reason) = sniff(&head, true) {
+                return Err(not_video(reason));
+            }
         }
         Ok(())
     }
