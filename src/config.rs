@@ -190,7 +190,9 @@ pub struct Limits {
     /// An upload body (`PUT`/`POST /upload`, tus `PATCH`) that delivers no byte for this long
     /// is cut, seconds (default 30). A tus `PATCH` keeps what arrived and gives the upload
     /// back, so the client's resume gets in instead of `423 Locked` for ever (a phone that
-    /// changed networks mid-`PATCH` leaves a connection nobody closes).
+    /// changed networks mid-`PATCH` leaves a connection nobody closes). On a cluster, also the
+    /// bound a request forwarded to a peer may make no progress before that peer's `/health`
+    /// is asked, and that question's own bound (`504` when it goes unanswered; `http::proxy`).
     pub body_idle_seconds: u64,
     /// A connection must deliver a request's whole header within this, seconds (default 15);
     /// the same timer closes a keep-alive connection idle this long between requests. Slow

@@ -118,6 +118,10 @@ pub enum ApiError {
     /// An actor did not answer in time, or the node is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The node a request was forwarded to holds it without answering, and its `/health`
+    /// does not answer either (`http::proxy::forward`): `504`.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// The request conflicts with the resource's state (tus: `Upload-Offset` is not the
     /// stored offset).
     #[error("{0}")]
@@ -159,6 +163,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Locked(_) => StatusCode::LOCKED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -178,7 +178,18 @@ pub fn base_of(app: &App, node: &str) -> Option<String> {
 /// back.
 ///
 /// `path_and_query` is the request's path with its query string. Errors: the node cannot be
-/// reached (`503`, so a client may retry; by then the ring may have moved the key).
+/// reached, or its answer breaks off (`503`, so a client may retry; by then the ring may have
+/// moved the key); the node holds the request without a sign of life (`504`, below).
+///
+/// A node can answer its peers' heartbeats and still not answer HTTP (a wedged listener): the
+/// cluster view keeps it live, so [`race_forward`] alone would wait for as long as the client
+/// does, and a retrying player would pile up forwards. So a forward that makes no progress
+/// (no byte of the request body taken, no byte of the answer) for `limits.body_idle_seconds`
+/// (default 30 s, the bound an upload body may be silent) asks the node's `/health`, within
+/// the same bound: a node that answers it is working (joining a large upload's parts can take
+/// minutes) and is waited for again; one that does not gets the request answered `504`, as
+/// nginx's `proxy_read_timeout` does. The bound is the request's only: which node owns what
+/// is still decided by the store.
 pub async fn forward<S>(
     app: &App,
     node: &str,
@@ -211,35 +222,101 @@ where
             req = req.header(name, value);
         }
     }
-    let resp = req
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("node {node} cannot be reached: {e}")))?;
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut out_headers = HeaderMap::new();
-    for (name, value) in resp.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            if let Ok(n) = HeaderName::from_bytes(name.as_str().as_bytes()) {
-                out_headers.insert(n, value.clone());
+    let progress = Progress::new();
+    let touch = progress.clone();
+    let body = body.inspect_ok(move |_| touch.touch());
+    let exchange = async {
+        let resp = req
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("node {node} cannot be reached: {e}")))?;
+        progress.touch();
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut out_headers = HeaderMap::new();
+        for (name, value) in resp.headers() {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                if let Ok(n) = HeaderName::from_bytes(name.as_str().as_bytes()) {
+                    out_headers.insert(n, value.clone());
+                }
             }
         }
+        // Playlists, segments and tus answers are small: read the whole answer (no copy beyond
+        // the one the socket needs) so the reply type stays one `Bytes` body.
+        let bytes = resp
+            .bytes_stream()
+            .map_err(|e| ApiError::Unavailable(format!("node {node} stopped answering: {e}")))
+            .try_fold(bytes::BytesMut::new(), |mut acc, chunk| {
+                progress.touch();
+                acc.extend_from_slice(&chunk);
+                async move { Ok(acc) }
+            })
+            .await?
+            .freeze();
+        let mut r = Response::new(bytes);
+        *r.status_mut() = status;
+        *r.headers_mut() = out_headers;
+        Ok(r)
+    };
+    let idle = app.config.limits.body_idle();
+    tokio::select! {
+        answer = exchange => answer,
+        silent = until_silent(&progress, idle, &base) => Err(ApiError::GatewayTimeout(format!(
+            "node {node} has held this request for {} s without answering, and its /health \
+             did not answer within {} s; retry",
+            silent.as_secs(),
+            idle.as_secs()
+        ))),
     }
-    // Playlists, segments and tus answers are small: read the whole answer (no copy beyond
-    // the one the socket needs) so the reply type stays one `Bytes` body.
-    let bytes = resp
-        .bytes_stream()
-        .map_err(|e| ApiError::Unavailable(format!("node {node} stopped answering: {e}")))
-        .try_fold(bytes::BytesMut::new(), |mut acc, chunk| async move {
-            acc.extend_from_slice(&chunk);
-            Ok(acc)
-        })
-        .await?
-        .freeze();
-    let mut r = Response::new(bytes);
-    *r.status_mut() = status;
-    *r.headers_mut() = out_headers;
-    Ok(r)
+}
+
+/// When a forward last moved (a byte of its body taken, its answer begun or a byte of it),
+/// shared between the forward and its watch ([`until_silent`]).
+#[derive(Clone)]
+struct Progress {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start` to the last progress.
+    last_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last progress.
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Resolves, with how long the forward had been held, once it has made no progress for `idle`
+/// and the node at `base` then does not answer `GET /health` with a success within `idle`.
+/// A node that answers is waited for again, `idle` at a time.
+async fn until_silent(progress: &Progress, idle: Duration, base: &str) -> Duration {
+    loop {
+        let silent = progress.silent_for();
+        if silent < idle {
+            tokio::time::sleep(idle - silent).await;
+            continue;
+        }
+        let health = proxy_client().get(format!("{base}/health")).send();
+        match tokio::time::timeout(idle, health).await {
+            Ok(Ok(r)) if r.status().is_success() => progress.touch(),
+            _ => return progress.start.elapsed(),
+        }
+    }
 }
 
 fn proxy_client() -> &'static reqwest::Client {

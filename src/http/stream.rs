@@ -1051,6 +1051,10 @@ enum Forwarded {
 ///   as the view drops the node (`fence_after` missed heartbeats), and the request routed
 ///   again.
 ///
+/// - no answer comes and the node's `/health` does not answer either, while the view still
+///   holds the node live (a wedged HTTP listener; [`proxy::forward`]): `504` at once, not
+///   forwarded again.
+///
 /// Routing again names another node to forward to, or this node: then the session is taken
 /// over here ([`Forwarded::Here`]). After [`proxy::MAX_FORWARDS`] failed forwards the last
 /// failure is the answer (`503`). Whatever a takeover writes is fenced by the store as for any
@@ -1080,6 +1084,8 @@ async fn forward_session(
         let live = || ctx.streaming.cluster().is_live(&node);
         match proxy::race_forward(&mut changes, live, wait, forward).await {
             Raced::Answer(answer) => return Forwarded::Answer(Ok(answer)),
+            // A node that holds requests without a sign of life would hold the next too.
+            Raced::Failed(e @ ApiError::GatewayTimeout(_)) => return Forwarded::Answer(Err(e)),
             Raced::Failed(e) => {
                 failure = Some(e);
                 continue;

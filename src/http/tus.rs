@@ -221,7 +221,9 @@ struct Forward<'a> {
 ///   the node and is then routed again ([`route_upload`]): answered here when the upload has
 ///   moved here (taken over from the object store), or forwarded to its new node; while the
 ///   view still holds the node live it is forwarded again, [`proxy::MAX_FORWARDS`] times at
-///   most. A `HEAD` whose node hangs is routed again as soon as the view fences that node.
+///   most. A `HEAD` whose node hangs is routed again as soon as the view fences that node;
+///   one whose node holds it while the view keeps the node live (heartbeats answered, HTTP
+///   not) is answered `504` ([`proxy::forward`]'s bound).
 /// - any other request (a `PATCH`, whose body cannot be sent twice; a `DELETE`) is answered
 ///   `503` with `Retry-After` when its forward fails or the view drops its node first: the
 ///   client asks the offset again with `HEAD` and resumes from there (tus 1.0, core protocol,
@@ -264,6 +266,8 @@ async fn forward_upload(
                 )))
             }
             Raced::Dropped(Some(e)) | Raced::Failed(e) if !resend => return Err(e),
+            // A node that holds requests without a sign of life would hold the next too.
+            Raced::Failed(e @ ApiError::GatewayTimeout(_)) => return Err(e),
             Raced::Failed(e) => {
                 failure = Some(e);
                 continue;

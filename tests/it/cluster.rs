@@ -19,6 +19,9 @@ pub(crate) struct TestCluster {
     env: Vec<(String, String)>,
     pub(crate) nodes: Vec<Option<ReelProcess>>,
     urls: Vec<String>,
+    /// Where each node listens when that is not its `http` in the file (a node behind a
+    /// relay, [`TestCluster::start_behind_relay`]).
+    listen: Vec<Option<std::net::SocketAddr>>,
 }
 
 impl TestCluster {
@@ -33,6 +36,31 @@ impl TestCluster {
         storage: &str,
         env: &[(String, String)],
         extra: &str,
+    ) -> Self {
+        Self::start_inner(n, storage, env, extra, None).await
+    }
+
+    /// Start `n` nodes with `extra` appended to the file; node `behind` listens on a port of
+    /// its own, and its `http` address in the file, the one its peers forward to and the one
+    /// [`TestCluster::url`] gives, is a [`relay_proxy`] to it deciding with `decide`.
+    pub(crate) async fn start_behind_relay(
+        n: usize,
+        extra: &str,
+        behind: usize,
+        decide: impl Fn(u64, usize) -> Relay + Send + Sync + 'static,
+    ) -> Self {
+        let own = free_addr();
+        let (front, _) = relay_proxy(own, decide).await;
+        let behind = Some((behind, front, own));
+        Self::start_inner(n, "local:objects", &[], extra, behind).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        storage: &str,
+        env: &[(String, String)],
+        extra: &str,
+        behind: Option<(usize, std::net::SocketAddr, std::net::SocketAddr)>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!("storage = \"{storage}\"\n{extra}\n");
@@ -66,8 +94,12 @@ audio_kbps = 32
 "#,
         );
         let mut urls = Vec::new();
+        let mut listen = vec![None; n];
         for i in 1..=n {
-            let (http, cluster) = (free_addr(), free_addr());
+            let (mut http, cluster) = (free_addr(), free_addr());
+            if let Some((b, front, own)) = behind.filter(|b| b.0 == i) {
+                (http, listen[b - 1]) = (front, Some(own));
+            }
             toml.push_str(&format!(
                 "[[node]]\nid = \"node-{i}\"\nhttp = \"{http}\"\ncluster = \"{cluster}\"\nworkers = 1\n"
             ));
@@ -81,6 +113,7 @@ audio_kbps = 32
             env: env.to_vec(),
             nodes: Vec::new(),
             urls,
+            listen,
         };
         for i in 1..=n {
             let p = c.spawn(i);
@@ -97,17 +130,13 @@ audio_kbps = 32
         let node = format!("node-{i}");
         let mut env = vec![("REEL_CLUSTER_COOKIE", COOKIE)];
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        ReelProcess::start(
-            &[
-                "serve",
-                "--config",
-                self.config.to_str().unwrap(),
-                "--node",
-                &node,
-            ],
-            &env,
-            self.dir.path().join(format!("{node}.log")),
-        )
+        let listen = self.listen[i - 1].map(|a| a.to_string());
+        let config = self.config.to_str().unwrap();
+        let mut args = vec!["serve", "--config", config, "--node", &node];
+        if let Some(a) = &listen {
+            args.extend(["--listen", a.as_str()]);
+        }
+        ReelProcess::start(&args, &env, self.dir.path().join(format!("{node}.log")))
     }
 
     pub(crate) fn url(&self, i: usize) -> &str {
@@ -754,4 +783,59 @@ async fn a_request_forwarded_to_a_home_that_hangs_or_dies_is_answered_by_a_takeo
         );
     }
     c.nodes[0].as_ref().unwrap().resume();
+}
+
+/// A node can answer its peers' heartbeats and not HTTP (a wedged listener; here a relay in
+/// front of node 1 that stops passing bytes on). The view keeps it live, so nothing fences
+/// it: a session request and a tus `HEAD` forwarded to it by node 2 are answered `504` once
+/// they and node 1's `/health` have been silent for `limits.body_idle_seconds` (2 s here),
+/// not held for as long as their client waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_forwarded_to_a_node_whose_http_is_wedged_is_answered_504() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let wedged = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = wedged.clone();
+    let limits = "[limits]\nbody_idle_seconds = 2\n";
+    let c = TestCluster::start_behind_relay(3, limits, 1, move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Relay::Hang(0)
+        } else {
+            Relay::Forward
+        }
+    })
+    .await;
+    let id = c.upload_ready(2, "av").await;
+    let playlist = segments(&format!("{}/videos/{id}/180p/index.m3u8", c.url(2))).await;
+    let sid = start_session(c.url(1), &id).await;
+    assert!(sid.starts_with("node-1-"), "{sid}");
+    let via2 = |k: usize| format!("{}/videos/{id}/s/{sid}/180p/{}", c.url(2), playlist[k].0);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let r = client.get(via2(0)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let upload = tus_create(c.url(1), 1000).await.unwrap();
+    let upload_id = upload.rsplit('/').next().unwrap().to_string();
+    assert!(upload_id.starts_with("node-1."), "{upload}");
+
+    wedged.store(true, Ordering::SeqCst);
+    let r = client.get(via2(1)).send().await;
+    let r = r.unwrap_or_else(|e| panic!("the session request was held: {e}\n{}", c.logs()));
+    assert_eq!(r.status(), 504);
+    let e = r.json::<Value>().await.unwrap()["error"].to_string();
+    assert!(
+        e.contains("node node-1 has held") && e.contains("/health"),
+        "{e}"
+    );
+    let head = client
+        .head(format!("{}/files/{upload_id}", c.url(2)))
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the tus HEAD was held: {e}"));
+    assert_eq!(head.status(), 504);
+    // Its heartbeats still answer: the view holds node 1 live all along.
+    let (_, view) = get_json(&format!("{}/cluster", c.url(2))).await;
+    assert_eq!(view["live"], 3, "{view}");
 }
