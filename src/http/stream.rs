@@ -1049,10 +1049,9 @@ enum Forwarded {
 ///   ([`route_session`]) if it does, or forwards it again if it does not;
 /// - no answer comes (a hung node holds the connection open): the forward is dropped as soon
 ///   as the view drops the node (`fence_after` missed heartbeats), and the request routed
-///   again.
-///
+///   again;
 /// - no answer comes and the node's `/health` does not answer either, while the view still
-///   holds the node live (a wedged HTTP listener; [`proxy::forward`]): `504` at once, not
+///   holds the node live (a wedged HTTP listener; [`proxy::forward`]'s bound): `504`, not
 ///   forwarded again.
 ///
 /// Routing again names another node to forward to, or this node: then the session is taken
