@@ -236,11 +236,16 @@ pub async fn run(
         running.url()
     );
     let node = running.node.clone();
+    let id = node.ctx.node_id.clone();
     let failed = tokio::select! {
         _ = shutdown => false,
         _ = node.stopped() => true,
     };
+    if !failed {
+        tracing::info!("reel node {id} stopping (Ctrl-C or SIGTERM)");
+    }
     running.stop().await;
+    tracing::info!("reel node {id} stopped");
     if failed {
         return Err(RunError::Node(
             "the supervision tree stopped; see the log".into(),

@@ -132,7 +132,7 @@ async fn reel_serve_with_its_defaults_makes_a_chunked_minute_ready_and_playable(
     // The README's command, with only the port changed: no --data-dir, so ./reel-data.
     let addr = free_addr();
     let log = work.path().join("node.log");
-    let _node = ReelProcess::start_in(
+    let mut node = ReelProcess::start_in(
         cwd.path(),
         &["serve", "--listen", &addr.to_string()],
         &[],
@@ -147,6 +147,14 @@ async fn reel_serve_with_its_defaults_makes_a_chunked_minute_ready_and_playable(
             .join(&id)
             .is_dir(),
         "the default data directory is ./reel-data in the working directory\n{}",
+        tail(&log)
+    );
+    // SIGTERM (as Ctrl-C): the node says it stops, and that it stopped.
+    node.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("reel node node-1 stopping") && text.contains("reel node node-1 stopped"),
+        "{}",
         tail(&log)
     );
 }
