@@ -407,6 +407,65 @@ pub fn empty_body() -> impl Stream<Item = Result<Bytes, warp::Error>> + Send + S
 mod tests {
     use super::*;
 
+    /// A loopback HTTP server whose every connection is answered `200` at once (`answer`) or
+    /// held open unanswered (a wedged listener); its base URL.
+    async fn health_server(answer: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                if !answer {
+                    held.push(conn);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if conn.write_all(ok).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        base
+    }
+
+    /// A forward silent past the bound ends once `/health` is silent too, after the two
+    /// bounds; while `/health` answers, it is waited for. Real time (the `/health` requests
+    /// are real I/O): bounds of 200 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_forward_ends_only_when_health_is_silent_too() {
+        let idle = Duration::from_millis(200);
+        let wedged = health_server(false).await;
+        let progress = Progress::new();
+        let held = until_silent(&progress, idle, &wedged).await;
+        assert!(
+            held >= 2 * idle,
+            "silent for the bound, then /health for the bound: {held:?}"
+        );
+
+        let working = health_server(true).await;
+        let progress = Progress::new();
+        let waited = tokio::time::timeout(10 * idle, until_silent(&progress, idle, &working)).await;
+        assert!(
+            waited.is_err(),
+            "a node that answers /health is waited for: {waited:?}"
+        );
+        // Each answer counted as progress: the watch slept its bound again after it.
+        assert!(
+            progress.silent_for() < 2 * idle,
+            "{:?}",
+            progress.silent_for()
+        );
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
