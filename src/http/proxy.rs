@@ -439,10 +439,10 @@ mod tests {
 
     /// A forward silent past the bound ends once `/health` is silent too, after the two
     /// bounds; while `/health` answers, it is waited for. Real time (the `/health` requests
-    /// are real I/O): bounds of 200 ms.
+    /// are real I/O): bounds of 500 ms, far above a loopback answer's time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_forward_ends_only_when_health_is_silent_too() {
-        let idle = Duration::from_millis(200);
+        let idle = Duration::from_millis(500);
         let wedged = health_server(false).await;
         let progress = Progress::new();
         let held = until_silent(&progress, idle, &wedged).await;
@@ -453,7 +453,7 @@ mod tests {
 
         let working = health_server(true).await;
         let progress = Progress::new();
-        let waited = tokio::time::timeout(10 * idle, until_silent(&progress, idle, &working)).await;
+        let waited = tokio::time::timeout(6 * idle, until_silent(&progress, idle, &working)).await;
         assert!(
             waited.is_err(),
             "a node that answers /health is waited for: {waited:?}"
