@@ -72,30 +72,14 @@ fn num(r: &reqwest::Response, name: &str) -> u64 {
     r.headers()[name].to_str().unwrap().parse().unwrap()
 }
 
-/// Objects under `uploads/` other than `uploads/direct/` in a node's local store.
+/// Objects under `uploads/` other than `uploads/direct/` in a node's local store, as
+/// `{upload_id}/{name}`.
 fn stored_upload_objects(dir: &Path) -> Vec<String> {
-    let root = dir.join("objects/uploads");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        if e.file_name() == "direct" {
-            continue;
-        }
-        for f in std::fs::read_dir(e.path()).unwrap().flatten() {
-            // LocalFileSystem's lock for swapping info.json: not an object reel stores.
-            if f.file_name().to_string_lossy().ends_with(".lock") {
-                continue;
-            }
-            out.push(format!(
-                "{}/{}",
-                e.file_name().to_string_lossy(),
-                f.file_name().to_string_lossy()
-            ));
-        }
-    }
-    out
+    files_under(&dir.join("objects/uploads"))
+        .into_iter()
+        // LocalFileSystem's lock for swapping info.json: not an object reel stores.
+        .filter(|f| !f.starts_with("direct/") && !f.ends_with(".lock"))
+        .collect()
 }
 
 /// Send a PATCH by hand: the head and the first `send` bytes of a `declared`-byte body, then
