@@ -57,7 +57,7 @@ use crate::actors::upload_supervisor::{
 use crate::http::proxy::{self, Raced};
 use crate::http::upload::parse_sha256;
 use crate::http::{respond, ApiError, App};
-use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
+use crate::media::sniff::{Head, Sniff, SNIFF_BYTES};
 use crate::model::now_ms;
 use crate::storage::keys;
 use crate::storage::uploads::{Part, UploadInfo};
@@ -840,11 +840,11 @@ async fn receive(
     let start = info.offset;
     let remaining = info.length - start;
     let key = keys::upload_part_of(id, start, Some(&lease.writer));
-    let mut head = Vec::new();
+    let mut head = Head::default();
     let mut sniffed = info.sniffed;
     if !sniffed && start > 0 {
         match stored_head(storage, info).await {
-            Ok(h) => head = h,
+            Ok(h) => head = Head::starting_with(h),
             Err(e) => return (PatchOutcome::Nothing, Some(e)),
         }
     }
@@ -911,10 +911,9 @@ async fn receive(
             write_out!(chunk);
             continue;
         }
-        let want = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
-        head.extend_from_slice(&chunk[..want]);
+        let verdict = head.feed(&chunk, start + received == info.length);
         pending.push(chunk);
-        match sniff(&head, start + received == info.length) {
+        match verdict {
             Sniff::NotVideo(reason) => {
                 if let Some(w) = writer.take() {
                     let _ = w.abort().await;
@@ -938,7 +937,7 @@ async fn receive(
     // The body ended before the head could be judged: judge what there is, or keep it and
     // judge at the next PATCH.
     if failure.is_none() && !sniffed && !cut {
-        if let Sniff::NotVideo(reason) = sniff(&head, start + received == info.length) {
+        if let Sniff::NotVideo(reason) = head.judge(start + received == info.length) {
             if let Some(w) = writer.take() {
                 let _ = w.abort().await;
             }

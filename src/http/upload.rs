@@ -15,10 +15,11 @@
 //! sends nothing). Otherwise the body is received and must match the declared digest (`400`
 //! and nothing stored when it does not).
 //!
-//! Plainly not a video: the first bytes (up to [`SNIFF_BYTES`], 4 KiB) are sniffed as they
-//! arrive, as `PATCH /files/{id}` does for tus. A text file, an image, an archive or an audio
-//! file (see [`crate::media::sniff`]) is refused with `415` and nothing is stored; bytes with no
-//! known magic are left to ffprobe, and a video they do not make fails with its reason.
+//! Plainly not a video: the first bytes (up to 4 KiB, [`crate::media::sniff::Head`]) are
+//! sniffed as they arrive, as `PATCH /files/{id}` does for tus. A text file, an image, an
+//! archive or an audio file (see [`crate::media::sniff`]) is refused with `415` and nothing is
+//! stored; bytes with no known magic are left to ffprobe, and a video they do not make fails
+//! with its reason.
 
 use std::convert::Infallible;
 
@@ -31,7 +32,7 @@ use warp::{Filter, Rejection};
 
 use crate::http::{json_response, respond, ApiError, App};
 use crate::ingest;
-use crate::media::sniff::{sniff, Sniff, SNIFF_BYTES};
+use crate::media::sniff::{Head, Sniff};
 use crate::storage::keys;
 
 /// The request header that declares the body's SHA-256 (lowercase or uppercase hex).
@@ -170,8 +171,7 @@ where
     let mut writer = storage.writer(&staging).await?;
     let mut hasher = Sha256::new();
     let mut total: u64 = 0;
-    // The first bytes, kept until `sniff` has judged them.
-    let mut head: Vec<u8> = Vec::new();
+    let mut head = Head::default();
     let mut judged = false;
     let not_video =
         |reason: String| ApiError::UnsupportedMedia(format!("{reason}; nothing was stored"));
@@ -198,9 +198,7 @@ where
             }
             hasher.update(&chunk);
             if !judged {
-                let want = SNIFF_BYTES.saturating_sub(head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..want]);
-                match sniff(&head, false) {
+                match head.feed(&chunk, false) {
                     Sniff::NotVideo(reason) => return Err(not_video(reason)),
                     Sniff::NeedMore => {}
                     Sniff::Container(_) | Sniff::Unknown => judged = true,
@@ -214,7 +212,7 @@ where
         }
         // A body shorter than the sniff window is judged whole (an empty one is refused below).
         if !judged && total > 0 {
-            if let Sniff::NotVideo(reason) = sniff(&head, true) {
+            if let Sniff::NotVideo(reason) = head.judge(true) {
                 return Err(not_video(reason));
             }
         }

@@ -71,6 +71,32 @@ pub fn sniff(head: &[u8], complete: bool) -> Sniff {
     Sniff::Unknown
 }
 
+/// The first bytes of a body as they arrive, kept (at most [`SNIFF_BYTES`]) until [`sniff`]
+/// can judge them: the one place both upload paths (`PUT`/`POST /upload`, a tus `PATCH`) cut
+/// the window.
+#[derive(Debug, Default)]
+pub struct Head(Vec<u8>);
+
+impl Head {
+    /// A head that starts with bytes already received (a resumed upload's stored parts).
+    pub fn starting_with(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// Keep what the window still wants of `chunk`, then judge the bytes kept; `complete`
+    /// says the file ends with this chunk.
+    pub fn feed(&mut self, chunk: &[u8], complete: bool) -> Sniff {
+        let want = SNIFF_BYTES.saturating_sub(self.0.len()).min(chunk.len());
+        self.0.extend_from_slice(&chunk[..want]);
+        self.judge(complete)
+    }
+
+    /// Judge the bytes kept as they are; `complete` says nothing more of the file will come.
+    pub fn judge(&self, complete: bool) -> Sniff {
+        sniff(&self.0, complete)
+    }
+}
+
 fn known_non_video(head: &[u8]) -> Option<&'static str> {
     let table: &[(&[u8], &str)] = &[
         (b"\x89PNG", "a PNG image"),
@@ -138,6 +164,26 @@ mod tests {
         assert!(
             matches!(sniff(b"\x89PNG\r\n\x1a\n", false), Sniff::NotVideo(r) if r.contains("PNG"))
         );
+    }
+
+    #[test]
+    fn a_head_keeps_the_window_and_judges_text_once_it_is_full() {
+        let mut head = Head::default();
+        let piece = b"my holiday video, honest\n".repeat(40); // 1,000 bytes
+        for _ in 0..4 {
+            assert_eq!(head.feed(&piece, false), Sniff::NeedMore);
+        }
+        assert!(matches!(head.feed(&piece, false), Sniff::NotVideo(r) if r.contains("text")));
+        assert_eq!(head.0.len(), SNIFF_BYTES, "never more than the window");
+        // A short text is judged whole once the body ends.
+        let mut short = Head::starting_with(b"hello\n".to_vec());
+        assert_eq!(short.feed(b"again\n", false), Sniff::NeedMore);
+        assert!(matches!(short.judge(true), Sniff::NotVideo(_)));
+        let mut mp4 = Head::default();
+        assert!(matches!(
+            mp4.feed(b"\0\0\0\x20ftypisom", false),
+            Sniff::Container(_)
+        ));
     }
 
     #[test]
