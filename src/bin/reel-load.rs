@@ -90,6 +90,8 @@ struct Report {
     first_errors: Vec<String>,
     latencies_us: Vec<u32>,
     latencies_new_us: Vec<u32>,
+    /// Requests of the steady state slower than [`SLOW_US`], by the second they started in.
+    slow_by_second: Vec<u64>,
 }
 
 impl Report {
@@ -106,12 +108,23 @@ impl Report {
         self.first_errors.truncate(5);
         self.latencies_us.extend(other.latencies_us);
         self.latencies_new_us.extend(other.latencies_new_us);
+        if self.slow_by_second.len() < other.slow_by_second.len() {
+            self.slow_by_second.resize(other.slow_by_second.len(), 0);
+        }
+        for (a, b) in self.slow_by_second.iter_mut().zip(other.slow_by_second) {
+            *a += b;
+        }
         self
     }
 }
 
-#[derive(Default)]
+/// A request slower than this, microseconds, is counted by the second it started in, to tell
+/// a tail spread over the run from one burst.
+const SLOW_US: u32 = 50_000;
+
 struct Stats {
+    /// When the steady state begins: requests started before it (the ramp) are not timed.
+    steady: Instant,
     requests: AtomicU64,
     errors: AtomicU64,
     /// Idle connections the node closed.
@@ -126,9 +139,30 @@ struct Stats {
     /// The latencies of requests that opened a new connection.
     latencies_new_us: Mutex<Vec<u32>>,
     first_errors: Mutex<Vec<String>>,
+    /// Requests slower than [`SLOW_US`], by the second of the steady state they started in.
+    slow_by_second: Vec<AtomicU64>,
 }
 
 impl Stats {
+    fn new(steady: Instant, end: Instant) -> Stats {
+        Stats {
+            steady,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            closed_by_node: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            latencies_us: Mutex::new(Vec::new()),
+            latencies_new_us: Mutex::new(Vec::new()),
+            first_errors: Mutex::new(Vec::new()),
+            slow_by_second: (0..=(end - steady).as_secs())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
     fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut f = self.first_errors.lock().unwrap();
@@ -147,6 +181,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The kernel's TCP memory for the whole machine now, bytes (`/proc/net/sockstat`, `TCP:
+/// ... mem N`, in pages of 4 KiB).
+fn tcp_memory_bytes() -> Option<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    Some(words.next()?.parse::<u64>().ok()? * 4096)
 }
 
 /// CPU time (user + system) of `/proc/{pid}/stat` or `/proc/{pid}/task/{tid}/stat`, in clock
@@ -383,10 +427,19 @@ async fn player(
     let timed = |stats: &Stats, t: Instant, r: &Response| {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(r.len as u64, Ordering::Relaxed);
+        // Requests of the ramp are not timed.
+        let Some(since) = t.checked_duration_since(stats.steady) else {
+            return;
+        };
         let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
         stats.latencies_us.lock().unwrap().push(us);
         if r.new_connection {
             stats.latencies_new_us.lock().unwrap().push(us);
+        }
+        if us > SLOW_US {
+            if let Some(n) = stats.slow_by_second.get(since.as_secs() as usize) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
         }
     };
     let master = format!("/videos/{}/master.m3u8", args.video);
@@ -422,7 +475,9 @@ async fn player(
     stats.held.fetch_add(1, Ordering::Relaxed);
     let mut k = i % media.len();
     let mut next = Instant::now();
-    while Instant::now() < end {
+    // No request starts after the steady state ends: the last ones would time the players'
+    // leaving, not the node (below).
+    while next < end {
         // Wait for the next segment's time; let the connection go as soon as the node
         // closes it, as a browser does, so that its descriptor is free meanwhile.
         loop {
@@ -452,6 +507,13 @@ async fn player(
         }
         k = (k + 1) % media.len();
     }
+    // Hold the session, and its connection, until the steady state ends, so that every
+    // player leaves after it, at once. Players that left as their own last segment's time
+    // passed the end (over its last 4 s, 28,000 connections closing) made their load
+    // generator fall behind: 9,000 to 13,000 of the window's requests took over 50 ms in
+    // those seconds, and p99 was 137 to 587 ms where the rest of the run had it under 20 ms
+    // (docs/performance.md, P3).
+    tokio::time::sleep_until(end.into()).await;
     stats.held.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -499,13 +561,13 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     let shard = args.shard.unwrap_or(0);
-    let stats = Arc::new(Stats::default());
     let rss0 = args.node_pid.and_then(rss_kib);
     let t0 = Instant::now();
     let ramp = Duration::from_secs(args.ramp);
     // The steady state starts 2 s after the last player started (its playlists fetched).
     let steady = t0 + ramp + Duration::from_secs(2);
     let end = steady + Duration::from_secs(args.seconds);
+    let stats = Arc::new(Stats::new(steady, end));
     let mut tasks = Vec::with_capacity(args.sessions / processes + 1);
     for i in (shard..args.sessions).step_by(processes) {
         let start = t0 + ramp.mul_f64(i as f64 / args.sessions.max(1) as f64);
@@ -524,12 +586,11 @@ async fn run() -> anyhow::Result<()> {
         stats.requests.load(Ordering::Relaxed),
         stats.held.load(Ordering::Relaxed),
     );
-    stats.latencies_us.lock().unwrap().clear();
-    stats.latencies_new_us.lock().unwrap().clear();
     let mut rss_peak = args.node_pid.and_then(rss_kib).unwrap_or(0);
     let cpu0 = args.node_pid.and_then(node_cpu);
     let own0 = cpu_ticks("/proc/self/stat");
     let mut held_min = held_at_ramp;
+    let mut tcp_peak = 0;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Players leave when the time is up: the last second does not count.
@@ -537,6 +598,7 @@ async fn run() -> anyhow::Result<()> {
             held_min = held_min.min(stats.held.load(Ordering::Relaxed));
         }
         rss_peak = rss_peak.max(args.node_pid.and_then(rss_kib).unwrap_or(0));
+        tcp_peak = tcp_peak.max(tcp_memory_bytes().unwrap_or(0));
     }
     let requests = stats.requests.load(Ordering::Relaxed) - req0;
     let rss_end = args.node_pid.and_then(rss_kib);
@@ -557,6 +619,11 @@ async fn run() -> anyhow::Result<()> {
         first_errors: std::mem::take(&mut *stats.first_errors.lock().unwrap()),
         latencies_us: std::mem::take(&mut *stats.latencies_us.lock().unwrap()),
         latencies_new_us: std::mem::take(&mut *stats.latencies_new_us.lock().unwrap()),
+        slow_by_second: stats
+            .slow_by_second
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect(),
     };
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec(&report)?)?;
@@ -602,6 +669,14 @@ async fn run() -> anyhow::Result<()> {
         percentile(&fresh, 0.5),
         percentile(&fresh, 0.99),
     );
+    let slow: u64 = report.slow_by_second.iter().sum();
+    println!(
+        "  over {} ms: {} ({:.3} %), at most {} started in one second",
+        SLOW_US / 1000,
+        slow,
+        100.0 * slow as f64 / lat.len().max(1) as f64,
+        report.slow_by_second.iter().max().copied().unwrap_or(0),
+    );
     println!("errors: {}", report.errors);
     for e in &report.first_errors {
         println!("  e.g. {e}");
@@ -642,5 +717,11 @@ async fn run() -> anyhow::Result<()> {
             (b - a) as f64 / args.seconds as f64
         );
     }
+    // Sockets' bytes waiting in the kernel, machine-wide: at 1.4 GB/s, every 14 MiB is 10 ms
+    // of queueing somewhere between the node's writes and the players' reads.
+    println!(
+        "machine TCP memory over the steady state: peak {:.0} MiB",
+        tcp_peak as f64 / 1048576.0
+    );
     Ok(())
 }
