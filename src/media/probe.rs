@@ -504,6 +504,22 @@ async fn ffprobe(
         })
 }
 
+/// ffprobe's error output about the local file `path`, trimmed, with the path replaced by its
+/// file name: the server's directories are its own business, and a task's error can reach a
+/// video's record (`GET /videos/{id}`).
+fn without_path(stderr: &[u8], path: &Path) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let full = path.to_string_lossy();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_else(|| "the file".into());
+    if full.is_empty() {
+        return text.trim().to_string();
+    }
+    text.replace(full.as_ref(), &name).trim().to_string()
+}
+
 /// The sentence for a file ffprobe cannot open, from its error output: an MP4 or MOV without
 /// its index (`moov atom not found`: a recording cut off before the camera or phone finished
 /// it, or an upload of half the file) is called truncated; anything else names ffprobe's own
@@ -775,7 +791,7 @@ async fn container_csv(
     if !out.status.success() {
         return Err(ProbeError::Tool(format!(
             "ffprobe cannot list the {what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            without_path(&out.stderr, path)
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -852,9 +868,8 @@ pub async fn count_video_packets(path: &Path, timeout: Duration) -> Result<u64, 
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(ProbeError::Tool(format!(
-            "ffprobe cannot read {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "ffprobe cannot read the chunk: {}",
+            without_path(&out.stderr, path)
         )));
     }
     // No video stream at all (an empty chunk) prints nothing: 0 frames.
@@ -864,6 +879,37 @@ pub async fn count_video_packets(path: &Path, timeout: Duration) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ffprobe names the file it cannot read by its full path; a chunk check's error says its
+    /// file name only, so a failed task's reason does not show the server's directories.
+    #[tokio::test]
+    async fn an_unreadable_chunk_is_named_without_the_servers_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = dir.path().join("scratch").join("00003.mp4");
+        std::fs::create_dir_all(chunk.parent().unwrap()).unwrap();
+        std::fs::write(&chunk, b"not a video, only some words").unwrap();
+        let Err(ProbeError::Tool(message)) =
+            count_video_packets(&chunk, Duration::from_secs(30)).await
+        else {
+            panic!("a text file was counted as video");
+        };
+        let dir_text = dir.path().to_string_lossy().to_string();
+        assert!(message.contains("00003.mp4"), "{message}");
+        assert!(!message.contains(&dir_text), "{message}");
+        assert!(!message.contains("/scratch/"), "{message}");
+    }
+
+    #[test]
+    fn without_path_keeps_the_reason_and_the_file_name() {
+        let path = Path::new("/srv/reel/data/scratch/job-1/720p.mp4");
+        let stderr =
+            b"/srv/reel/data/scratch/job-1/720p.mp4: Invalid data found when processing input\n";
+        assert_eq!(
+            without_path(stderr, path),
+            "720p.mp4: Invalid data found when processing input"
+        );
+        assert_eq!(without_path(b"  plain reason \n", path), "plain reason");
+    }
 
     /// A recording that starts 0.56 s into a group of pictures begins at its first frame that
     /// decodes, its audio cut to match; a start within half a frame of the first packet (or a
