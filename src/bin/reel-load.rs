@@ -6,10 +6,12 @@
 //! `reel::http::listener`) lets it go at once and opens a new one for its next request, and
 //! retries a request once on a new connection when its reused one was closed before any
 //! answer came (RFC 9112 section 9.3.1); that request's latency then counts the new
-//! connection. Prints sessions held, requests a second, latency percentiles, errors, and
+//! connection. Only the steady state is timed: no request starts after it, and every player
+//! holds its session until it ends. Prints sessions held, requests a second, latency
+//! percentiles, requests over 50 ms (and the most in one second), errors, and
 //! (given the node's PID) its RSS, RSS per session and CPU time per request (the whole
-//! process, and its playback-log writer thread), and its own CPU (the players share the
-//! node's cores on one machine).
+//! process, and its playback-log writer thread), its own CPU (the players share the node's
+//! cores on one machine), and the machine's TCP memory over the steady state.
 //!
 //! Loopback only by intent: it refuses a server that is not on 127.0.0.0/8. Bounded: it stops
 //! after `--seconds`. Used by `scripts/bench-sessions`.
@@ -508,11 +510,11 @@ async fn player(
         k = (k + 1) % media.len();
     }
     // Hold the session, and its connection, until the steady state ends, so that every
-    // player leaves after it, at once. Players that left as their own last segment's time
-    // passed the end (over its last 4 s, 28,000 connections closing) made their load
-    // generator fall behind: 9,000 to 13,000 of the window's requests took over 50 ms in
-    // those seconds, and p99 was 137 to 587 ms where the rest of the run had it under 20 ms
-    // (docs/performance.md, P3).
+    // player leaves after it, at once. When players left as their own last segment's time
+    // passed the end, 28,000 connections closed over the window's last 4 s while the others
+    // were still timed: those seconds held 9,000 to 14,000 requests over 50 ms and set p99
+    // at 137 to 587 ms, where the rest of the run had it under 20 ms (docs/performance.md,
+    // P3).
     tokio::time::sleep_until(end.into()).await;
     stats.held.fetch_sub(1, Ordering::Relaxed);
 }
