@@ -25,6 +25,7 @@
 //! answer those paths the same way.
 
 pub mod front;
+pub mod linger;
 pub mod listener;
 pub mod proxy;
 pub mod range;

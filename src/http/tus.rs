@@ -40,9 +40,8 @@ use std::convert::Infallible;
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
-use bytes::{Buf, Bytes};
-use futures::stream::BoxStream;
-use futures::{Stream, StreamExt, TryStreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use sha1::Digest as _;
@@ -75,15 +74,7 @@ pub const VIDEO_ID: &str = "reel-video-id";
 /// Response header with that video's lifecycle state when the upload completed.
 pub const VIDEO_STATE: &str = "reel-video-state";
 
-type Body = BoxStream<'static, Result<Bytes, warp::Error>>;
-
-fn boxed(body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + 'static) -> Body {
-    body.map_ok(|mut b| {
-        let n = b.remaining();
-        b.copy_to_bytes(n)
-    })
-    .boxed()
-}
+use super::linger::{body as boxed, Body};
 
 pub(super) fn routes(
     with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,

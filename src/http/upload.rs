@@ -19,12 +19,13 @@
 //! sniffed as they arrive, as `PATCH /files/{id}` does for tus. A text file, an image, an
 //! archive or an audio file (see [`crate::media::sniff`]) is refused with `415` and nothing is
 //! stored; bytes with no known magic are left to ffprobe, and a video they do not make fails
-//! with its reason.
+//! with its reason. A body refused before its end is read on and thrown away while the answer
+//! goes, so that a client still sending reads it ([`super::linger`]).
 
 use std::convert::Infallible;
 
 use bytes::{Buf, Bytes};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use warp::http::{header, HeaderValue, Response, StatusCode};
@@ -83,12 +84,9 @@ async fn handle(
             Err(e) => return respond(Err(e.into())),
         }
     }
-    // A `Bytes`-backed buffer turns into `Bytes` without a copy.
-    let body = Box::pin(body.map_ok(|mut b| {
-        let n = b.remaining();
-        b.copy_to_bytes(n)
-    }));
-    respond(upload(app, ctype, length, declared, body).await)
+    // Read through `linger`: a body refused before its end is read on and thrown away while
+    // the answer goes, so that the client, still sending, reads it.
+    respond(upload(app, ctype, length, declared, super::linger::body(body)).await)
 }
 
 /// A body received and stored under a staging key.
