@@ -53,6 +53,7 @@ use crate::actors::upload::{Begun, Lease, PatchOutcome, UploadError, UploadMsg, 
 use crate::actors::upload_supervisor::{
     call_upload, route_upload, UploadRoute, UploadSupervisorMsg,
 };
+use crate::http::linger::{self, Body};
 use crate::http::proxy::{self, Raced};
 use crate::http::upload::parse_sha256;
 use crate::http::{respond, ApiError, App};
@@ -73,8 +74,6 @@ pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 pub const VIDEO_ID: &str = "reel-video-id";
 /// Response header with that video's lifecycle state when the upload completed.
 pub const VIDEO_STATE: &str = "reel-video-state";
-
-use super::linger::{body as boxed, Body};
 
 pub(super) fn routes(
     with_app: impl Filter<Extract = (App,), Error = Infallible> + Clone + Send + Sync + 'static,
@@ -99,7 +98,7 @@ pub(super) fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and_then(|app: App, headers: HeaderMap, body| async move {
-            tus_respond(create(app, headers, boxed(body)).await)
+            tus_respond(create(app, headers, linger::body(body)).await)
         });
     // Cluster: requests for an upload owned by another node are forwarded there whole.
     let forward = item
@@ -126,7 +125,7 @@ pub(super) fn routes(
                     method,
                     target: &target,
                 };
-                tus_respond(forward_upload(&app, to, headers, boxed(body)).await)
+                tus_respond(forward_upload(&app, to, headers, linger::body(body)).await)
             },
         );
     let head = item
@@ -143,7 +142,7 @@ pub(super) fn routes(
         .and(warp::body::stream())
         .and_then(
             |id: String, app: App, headers: HeaderMap, body| async move {
-                tus_respond(patch(app, id, headers, boxed(body)).await)
+                tus_respond(patch(app, id, headers, linger::body(body)).await)
             },
         );
     // tus 1.0.0 core, "X-HTTP-Method-Override": a client that cannot send PATCH or DELETE
@@ -160,7 +159,7 @@ pub(super) fn routes(
                     .and_then(|v| v.to_str().ok())
                     .map(|m| m.trim().to_ascii_uppercase());
                 tus_respond(match method.as_deref() {
-                    Some("PATCH") => self::patch(app, id, headers, boxed(body)).await,
+                    Some("PATCH") => self::patch(app, id, headers, linger::body(body)).await,
                     Some("DELETE") => terminate(app, id, headers).await,
                     Some("HEAD") => self::head(app, id, headers).await,
                     _ => Err(ApiError::BadRequest(
