@@ -13,8 +13,9 @@
 //! Writes never block an async task: [`PlaybackLog::record`] sends the record over a channel to
 //! one dedicated writer thread, which lets records gather for [`LINGER`] after the first, then
 //! drains whatever is queued and writes it as one batch (one SQLite transaction, one file
-//! write). [`PlaybackLog::flush`] is a barrier: it completes once
-//! every record sent before it is on disk (tests use it instead of sleeping).
+//! write). [`PlaybackLog::flush`] is a barrier: it completes once every record sent before it
+//! is on disk, without waiting for the linger (a node's graceful stop ends with one; tests use
+//! it instead of sleeping).
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -403,6 +404,38 @@ pub struct PlaybackLog {
     jsonl: PathBuf,
     /// Records shed since the node started because the queue was full.
     shed: Arc<AtomicU64>,
+    /// The writer thread and its flag "a flush is waiting": a flush sets it and unparks the
+    /// thread, which then ends its [`LINGER`] at once.
+    writer: Arc<Wake>,
+}
+
+/// How a flush cuts the writer's [`LINGER`] short.
+struct Wake {
+    thread: std::sync::OnceLock<std::thread::Thread>,
+    flush: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    /// Let a batch gather for `linger`, or until a flush asks for it ([`PlaybackLog::flush`]).
+    /// Senders of records do not wake the thread: they only queue.
+    fn linger(&self, linger: std::time::Duration) {
+        let deadline = std::time::Instant::now() + linger;
+        while !self.flush.swap(false, Ordering::AcqRel) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::park_timeout(left);
+        }
+    }
+
+    /// Ask the writer to write what it holds now (after queueing a `Cmd::Flush`).
+    fn flush(&self) {
+        self.flush.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
 }
 
 impl std::fmt::Debug for PlaybackLog {
@@ -1264,11 +1297,14 @@ const MAX_BATCH: usize = 4096;
 
 /// How long the writer lets records gather after the first of a batch arrives, before it
 /// writes them in one transaction. A record reaches the disk within about this long (plus the
-/// write); a [`PlaybackLog::flush`] waits at most this long more. Under load this makes one
-/// batch of hundreds of records instead of one small transaction (and one wake-up of this
-/// thread) for every few: at 15,000 records a second, the writer's share of the node's CPU
-/// fell from about a sixth (issue 11, P1).
-pub const LINGER: std::time::Duration = std::time::Duration::from_millis(25);
+/// write); a [`PlaybackLog::flush`] cuts it short. Under load this makes one batch of hundreds
+/// of records instead of one small transaction (and one wake-up of this thread) for every
+/// few: at 15,000 records a second, the writer's share of the node's CPU fell from about a
+/// sixth (issue 11, P1). A batch also costs what does not grow with its records (the file's
+/// `write`, SQLite's locks, its commit rewriting the table's last page, the sleep): at 25 ms
+/// that was most of the writer's 8 to 9 us a record at 1,700 records a second (2 MB segments
+/// at 64 connections), 3 us at 100 ms; at 3,750 (15,000 paced players) 8.6 us, 5.9 at 100 ms.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn writer(
     rx: mpsc::Receiver<Cmd>,
@@ -1276,6 +1312,7 @@ fn writer(
     mut file: JsonLines,
     retention: Retention,
     shed: Arc<AtomicU64>,
+    wake: Arc<Wake>,
 ) {
     // The shed count the writer has logged so far.
     let mut logged = 0;
@@ -1285,7 +1322,7 @@ fn writer(
     while let Ok(first) = rx.recv() {
         if !matches!(first, Cmd::Flush(_)) {
             // Let the batch gather: the senders queue without waking this thread.
-            std::thread::sleep(LINGER);
+            wake.linger(LINGER);
         }
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -1348,11 +1385,22 @@ impl PlaybackLog {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let shed = Arc::new(AtomicU64::new(0));
         let writer_shed = shed.clone();
-        std::thread::Builder::new()
+        let wake = Arc::new(Wake {
+            thread: std::sync::OnceLock::new(),
+            flush: std::sync::atomic::AtomicBool::new(false),
+        });
+        let writer_wake = wake.clone();
+        let thread = std::thread::Builder::new()
             .name("playback-log".into())
-            .spawn(move || writer(rx, conn, file, retention, writer_shed))
+            .spawn(move || writer(rx, conn, file, retention, writer_shed, writer_wake))
             .map_err(|e| format!("cannot start the playback log writer: {e}"))?;
-        Ok(Self { tx, jsonl, shed })
+        let _ = wake.thread.set(thread.thread().clone());
+        Ok(Self {
+            tx,
+            jsonl,
+            shed,
+            writer: wake,
+        })
     }
 
     /// Records shed since the node started because the writer's queue was full.
@@ -1391,7 +1439,10 @@ impl PlaybackLog {
         }
     }
 
-    /// Completes once every record queued before this call is written to both logs.
+    /// Completes once every record queued before this call is written to both logs. The
+    /// writer does not wait out its [`LINGER`] for it. A node's graceful stop ends with one,
+    /// so that the records of its last moments (each open session's `SESSION_END`) are not
+    /// lost with the process.
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // A full queue makes the send wait for the writer: off the async threads.
@@ -1400,6 +1451,7 @@ impl PlaybackLog {
             .await
             .unwrap_or(false);
         if sent {
+            self.writer.flush();
             let _ = rx.await;
         }
     }
@@ -1566,6 +1618,32 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> Result<PlaybackRecord, rusqlite::Erro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_flush_ends_the_writers_linger_at_once() {
+        let wake = std::sync::Arc::new(super::Wake {
+            thread: std::sync::OnceLock::new(),
+            flush: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let w = wake.clone();
+        let lingering = std::thread::spawn(move || {
+            // An hour: only a flush ends it within the test's bound.
+            w.linger(std::time::Duration::from_secs(3600));
+            done_tx.send(()).unwrap();
+        });
+        let _ = wake.thread.set(lingering.thread().clone());
+        // Before or after the thread parks: the flag is seen either way.
+        wake.flush();
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the linger ended once a flush asked");
+        lingering.join().unwrap();
+        assert!(
+            !wake.flush.load(std::sync::atomic::Ordering::Acquire),
+            "the flush was taken, not left for the next batch"
+        );
+    }
+
     /// A batch's times are written as `write_rfc3339_ms` writes each, whatever their order:
     /// within a second, across seconds, back in time, at the epoch and before it.
     #[test]
