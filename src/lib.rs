@@ -174,13 +174,16 @@ impl RunningNode {
         format!("http://{}", self.addr)
     }
 
-    /// Stop HTTP, then the actors.
+    /// Stop HTTP, then the actors, then write what the playback log still holds (the open
+    /// sessions' `SESSION_END` records, written as their actors stop) before returning: the
+    /// process may end right after.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.server).await;
         self.node.shutdown().await;
+        self.node.ctx.streaming.log.flush().await;
     }
 }
 

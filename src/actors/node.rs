@@ -33,6 +33,10 @@ use crate::config::ClusterConfig;
 /// The root actor.
 pub struct NodeSupervisor;
 
+/// How long a graceful stop waits for the session and video supervisors to stop their actors
+/// (a video actor waits up to 5 s for its job, then writes its lease's release).
+const SUPERVISOR_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Startup arguments.
 pub struct NodeArgs {
     /// Node context.
@@ -166,6 +170,30 @@ impl Actor for NodeSupervisor {
         })
     }
 
+    /// A graceful stop (`reel serve` on Ctrl-C or SIGTERM, [`Node::shutdown`]): stop the
+    /// session and video supervisors, and wait, before this actor's own end kills what is
+    /// left. ractor kills a stopping actor's children without their `post_stop`; stopped
+    /// this way instead, every session logs its `SESSION_END`, and every video actor stops its
+    /// job (its tasks cancelled on every node) and releases its lease, so the video's next
+    /// holder claims it at once instead of after the lease's time. The pool and the gateway
+    /// stay up meanwhile: a job's stop cancels its tasks through them.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        state: &mut NodeRefs,
+    ) -> Result<(), ActorProcessingErr> {
+        let reason = || Some("node stopping".to_string());
+        let _ = futures::join!(
+            state
+                .sessions
+                .stop_and_wait(reason(), Some(SUPERVISOR_STOP_WAIT)),
+            state
+                .videos
+                .stop_and_wait(reason(), Some(SUPERVISOR_STOP_WAIT)),
+        );
+        Ok(())
+    }
+
     async fn handle(
         &self,
         _myself: ActorRef<NodeMsg>,
@@ -278,7 +306,8 @@ impl Node {
         self.stopped.notified().await
     }
 
-    /// Stop every actor (running ffmpeg processes are killed) and wait for the tree to end.
+    /// Stop every actor (running ffmpeg processes are killed) and wait for the tree to end:
+    /// sessions and video actors stop gracefully first (see `NodeSupervisor`'s `post_stop`).
     pub async fn shutdown(&self) {
         let _ = self
             .root

@@ -214,6 +214,23 @@ impl Actor for SessionSupervisor {
         Ok(())
     }
 
+    /// Stopped (the node stops gracefully): stop every session and wait, so that each runs
+    /// its `post_stop` (its handle closed, its `SESSION_END` logged) instead of being killed
+    /// with this actor.
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(
+                Some("node stopping".into()),
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await;
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<Self::Msg>,

@@ -364,6 +364,23 @@ impl Actor for VideoSupervisor {
         Ok(())
     }
 
+    /// Stopped (the node stops gracefully): stop every video actor and wait, so that each
+    /// runs its `post_stop` (its job stopped, its lease released) instead of being killed
+    /// with this actor. A video actor waits up to 5 s for its job.
+    async fn post_stop(
+        &self,
+        myself: ActorRef<VideoSupervisorMsg>,
+        _state: &mut VideoSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(
+                Some("node stopping".into()),
+                Some(std::time::Duration::from_secs(7)),
+            )
+            .await;
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<VideoSupervisorMsg>,

@@ -157,6 +157,26 @@ async fn reel_serve_with_its_defaults_makes_a_chunked_minute_ready_and_playable(
         "{}",
         tail(&log)
     );
+    // The playback log holds the end of every session the stop closed: the records written
+    // in the node's last moments reached the disk before the process ended.
+    let jsonl = std::fs::read_to_string(cwd.path().join("reel-data/playback.jsonl")).unwrap();
+    let (mut started, mut ended) = (Vec::new(), Vec::new());
+    for line in jsonl.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let session = r["session_id"].as_str().unwrap().to_string();
+        match r["event"].as_str() {
+            Some("SESSION_START") => started.push(session),
+            Some("SESSION_END") => ended.push(session),
+            _ => {}
+        }
+    }
+    assert!(!started.is_empty(), "the playback made a session");
+    for s in &started {
+        assert!(
+            ended.contains(s),
+            "session {s} has no SESSION_END in the playback log after the stop"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

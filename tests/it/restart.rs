@@ -1,5 +1,6 @@
 //! A node process killed with SIGKILL mid-job finishes the job after it restarts, with no
-//! manual step. Real `reel serve` processes on a loopback port.
+//! manual step; one stopped with SIGTERM lets its lease go first. Real `reel serve` processes
+//! on a loopback port.
 
 use crate::helpers::*;
 
@@ -43,4 +44,51 @@ async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
     play(&format!("{base}/videos/{id}/master.m3u8"))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_with_sigterm_mid_job_releases_its_lease_and_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    let mut first = serve(dir.path(), addr);
+    wait_healthy(&base).await;
+    let (status, v) = upload(&base, &clip("long")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_until("a task started", PROCESSING_DEADLINE, || {
+        let (base, id) = (base.clone(), id.clone());
+        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
+    })
+    .await;
+    let (_, v) = get_json(&format!("{base}/videos/{id}")).await;
+    assert_eq!(v["state"], "processing", "stopped mid-job: {v}");
+    first.terminate();
+
+    // The store holds the release of the first run's lease: a graceful stop let it go (a
+    // killed process leaves it to run out), so whoever comes next claims the video at once.
+    let leases = format!("leases/video/{id}/");
+    let released: Vec<String> = files_under(dir.path())
+        .into_iter()
+        .filter(|f| f.contains(&leases) && f.ends_with(".released"))
+        .collect();
+    assert_eq!(
+        released.len(),
+        1,
+        "one released lease after SIGTERM: {:?}\n{}",
+        files_under(dir.path()),
+        std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default()
+    );
+
+    let _second = serve(dir.path(), addr);
+    wait_healthy(&base).await;
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let events = event_kinds(&base, &id).await;
+    assert_eq!(
+        count(&events, "lease_released"),
+        2,
+        "at the stop and at the commit: {events:#?}"
+    );
+    assert_eq!(count(&events, "job_resumed"), 1, "{events:#?}");
 }
