@@ -724,11 +724,20 @@ impl ConnectionThreads {
     }
 }
 
+/// How long a stopping node lets the requests it is answering or receiving finish (a segment
+/// going to a slow player, an upload's body) before it cuts them: a process supervisor waits
+/// about this long and more for a stop (Kubernetes 30 s, systemd 90 s) before it kills, and
+/// the node's actors then need a few seconds of their own to stop cleanly (leases released,
+/// the playback log written). An upload cut this way stores nothing (`PUT`) or keeps what
+/// arrived for the client to resume (tus), as when the client's connection breaks.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
 /// Serve `service` on `listener` until `shutdown` completes, admitting connections through
 /// `admission` and serving each with [`http1_builder`]. A connection the admission chooses to
 /// close to make room ([`Ticket::closing`]) gets hyper's graceful close: at once when idle,
 /// after the answer it is sending otherwise. On shutdown the listener closes and open
-/// connections finish their current request the same way.
+/// connections finish their current request the same way, for at most [`SHUTDOWN_DRAIN`];
+/// then what is left is cut.
 ///
 /// With `threads` above 0, the accept loop hands each admitted connection to the least loaded
 /// of that many connection threads, each with its own single-threaded runtime, as nginx's
@@ -765,6 +774,9 @@ pub async fn serve_connections<S, B, F>(
     F: Front,
 {
     let stopping = tokio_util::sync::CancellationToken::new();
+    // Cancelled when the stop's drain has run out (`SHUTDOWN_DRAIN`): what is still being
+    // answered or received is cut.
+    let cut = tokio_util::sync::CancellationToken::new();
     // Set before `stopping` is cancelled: what the front reads between requests instead of
     // polling `stopping` (whose every poll locks what all connections share).
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -807,6 +819,7 @@ pub async fn serve_connections<S, B, F>(
         let builder = builder.clone();
         let service = Tracked::new(service.clone(), &ticket);
         let stopping = stopping.clone();
+        let cut = cut.clone();
         let stopped = stopped.clone();
         let front = front.clone();
         let serve = move |stream: TcpStream| async move {
@@ -823,7 +836,12 @@ pub async fn serve_connections<S, B, F>(
                 };
                 let stop = std::pin::pin!(stop);
                 let signalled = || ticket.is_closing() || stopped.load(Ordering::Acquire);
-                super::front::serve(&front, &mut io, &ticket, front_limits, stop, signalled).await
+                let served =
+                    super::front::serve(&front, &mut io, &ticket, front_limits, stop, signalled);
+                tokio::select! {
+                    next = served => next,
+                    _ = cut.cancelled() => super::front::Next::Close,
+                }
             };
             let read = match next {
                 super::front::Next::Close => return drop(ticket),
@@ -841,7 +859,10 @@ pub async fn serve_connections<S, B, F>(
                 Some(r) => r,
                 None => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = cut.cancelled() => Ok(()),
+                    }
                 }
             };
             if let Err(e) = ended {
@@ -880,7 +901,19 @@ pub async fn serve_connections<S, B, F>(
     stopped.store(true, Ordering::Release);
     stopping.cancel();
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(SHUTDOWN_DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            "stopping: requests still running after {} s are cut (a tus upload keeps what \
+             arrived and resumes)",
+            SHUTDOWN_DRAIN.as_secs()
+        );
+        cut.cancel();
+        connections.wait().await;
+    }
 }
 
 #[cfg(test)]

@@ -515,17 +515,18 @@ impl ReelProcess {
     }
 
     /// SIGTERM and wait (bounded) for the process to end: what a `cluster-up` parent needs to
-    /// stop its own children.
-    pub fn terminate(&mut self) {
+    /// stop its own children. Whether it ended by itself within 30 s (else it is killed).
+    pub fn terminate(&mut self) -> bool {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         let until = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < until {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.kill9();
+        false
     }
 
     /// SIGSTOP: the process hangs with its sockets open.

@@ -2,6 +2,8 @@
 //! manual step; one stopped with SIGTERM lets its lease go first. Real `reel serve` processes
 //! on a loopback port.
 
+use std::time::Duration;
+
 use crate::helpers::*;
 
 fn serve(dir: &std::path::Path, addr: std::net::SocketAddr) -> ReelProcess {
@@ -91,4 +93,51 @@ async fn a_node_stopped_with_sigterm_mid_job_releases_its_lease_and_resumes_afte
         "at the stop and at the commit: {events:#?}"
     );
     assert_eq!(count(&events, "job_resumed"), 1, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    let mut node = serve(dir.path(), addr);
+    wait_healthy(&base).await;
+    // A client sending a 100 MB `PUT` a few bytes at a time: never silent long enough to be
+    // cut for it (limits.body_idle_seconds), and days from its end.
+    let source = std::fs::read(clip("long")).unwrap();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    sock.write_all(&source[..64 * 1024]).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        for piece in source[64 * 1024..].chunks(16) {
+            pace.tick().await;
+            if sock.write_all(piece).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(
+        node.terminate(),
+        "the node exits by itself while the upload is still being sent\n{}",
+        std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(log.contains("are cut"), "{log}");
+    assert!(
+        trickle.await.unwrap(),
+        "the client's connection was closed under it"
+    );
+    // Nothing of the cut upload became a video.
+    assert!(
+        !files_under(dir.path())
+            .iter()
+            .any(|f| f.contains("record.json")),
+        "{:?}",
+        files_under(dir.path())
+    );
 }
