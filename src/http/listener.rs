@@ -695,7 +695,8 @@ impl ConnectionThreads {
                     .name(format!("reel-conn-{i}"))
                     .spawn(move || {
                         // Ends when the listener's side drops its sender: the accept loop has
-                        // stopped and every connection it handed over has finished.
+                        // stopped and every connection it handed over has finished, or the
+                        // stop's drain ran out; the runtime's end drops what is left.
                         rt.block_on(async move {
                             while let Some(job) = rx.recv().await {
                                 job();
@@ -774,9 +775,6 @@ pub async fn serve_connections<S, B, F>(
     F: Front,
 {
     let stopping = tokio_util::sync::CancellationToken::new();
-    // Cancelled when the stop's drain has run out (`SHUTDOWN_DRAIN`): what is still being
-    // answered or received is cut.
-    let cut = tokio_util::sync::CancellationToken::new();
     // Set before `stopping` is cancelled: what the front reads between requests instead of
     // polling `stopping` (whose every poll locks what all connections share).
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -819,7 +817,6 @@ pub async fn serve_connections<S, B, F>(
         let builder = builder.clone();
         let service = Tracked::new(service.clone(), &ticket);
         let stopping = stopping.clone();
-        let cut = cut.clone();
         let stopped = stopped.clone();
         let front = front.clone();
         let serve = move |stream: TcpStream| async move {
@@ -836,12 +833,7 @@ pub async fn serve_connections<S, B, F>(
                 };
                 let stop = std::pin::pin!(stop);
                 let signalled = || ticket.is_closing() || stopped.load(Ordering::Acquire);
-                let served =
-                    super::front::serve(&front, &mut io, &ticket, front_limits, stop, signalled);
-                tokio::select! {
-                    next = served => next,
-                    _ = cut.cancelled() => super::front::Next::Close,
-                }
+                super::front::serve(&front, &mut io, &ticket, front_limits, stop, signalled).await
             };
             let read = match next {
                 super::front::Next::Close => return drop(ticket),
@@ -859,10 +851,7 @@ pub async fn serve_connections<S, B, F>(
                 Some(r) => r,
                 None => {
                     conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = cut.cancelled() => Ok(()),
-                    }
+                    conn.await
                 }
             };
             if let Err(e) = ended {
@@ -911,8 +900,15 @@ pub async fn serve_connections<S, B, F>(
              arrived and resumes)",
             SHUTDOWN_DRAIN.as_secs()
         );
-        cut.cancel();
-        connections.wait().await;
+        // Ending the connection threads drops their runtimes, and with them every
+        // connection still being served: nothing is added to a request's path for this. On
+        // the node's runtime (no connection thread could start, which was logged) they are
+        // left to end with the process.
+        let served_on_threads = pool.is_some();
+        drop(pool);
+        if served_on_threads {
+            connections.wait().await;
+        }
     }
 }
 
