@@ -15,12 +15,14 @@ fn serve(dir: &std::path::Path, addr: std::net::SocketAddr) -> ReelProcess {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
+/// A node on `dir` and `addr` with the long clip uploaded and its first task started: the
+/// node, its base URL and the video's id.
+async fn mid_job(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> (ReelProcess, String, String) {
     let base = format!("http://{addr}");
-    let mut first = serve(dir.path(), addr);
+    let node = serve(dir, addr);
     wait_healthy(&base).await;
     let (status, v) = upload(&base, &clip("long")).await;
     assert_eq!(status, 202, "{v}");
@@ -30,17 +32,36 @@ async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
         async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
     })
     .await;
+    (node, base, id)
+}
+
+/// A second node on the same `dir` and `addr`, once video `id` is `ready` there: the node
+/// and the video's events.
+async fn restarted_until_ready(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    id: &str,
+) -> (ReelProcess, Vec<serde_json::Value>) {
+    let base = format!("http://{addr}");
+    let node = serve(dir, addr);
+    wait_healthy(&base).await;
+    let v = wait_terminal(&base, id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    (node, event_kinds(&base, id).await)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let (mut first, base, id) = mid_job(dir.path(), addr).await;
     first.kill9();
     assert!(
         reqwest::get(format!("{base}/health")).await.is_err(),
         "the node is down"
     );
 
-    let _second = serve(dir.path(), addr);
-    wait_healthy(&base).await;
-    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
-    assert_eq!(v["state"], "ready", "{v}");
-    let events = event_kinds(&base, &id).await;
+    let (_second, events) = restarted_until_ready(dir.path(), addr, &id).await;
     assert_eq!(count(&events, "job_started"), 1, "{events:#?}");
     assert_eq!(count(&events, "job_resumed"), 1, "{events:#?}");
     play(&format!("{base}/videos/{id}/master.m3u8"))
@@ -52,17 +73,7 @@ async fn a_node_killed_mid_job_finishes_the_job_after_restart() {
 async fn a_node_stopped_with_sigterm_mid_job_releases_its_lease_and_resumes_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let base = format!("http://{addr}");
-    let mut first = serve(dir.path(), addr);
-    wait_healthy(&base).await;
-    let (status, v) = upload(&base, &clip("long")).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["video_id"].as_str().unwrap().to_string();
-    wait_until("a task started", PROCESSING_DEADLINE, || {
-        let (base, id) = (base.clone(), id.clone());
-        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
-    })
-    .await;
+    let (mut first, base, id) = mid_job(dir.path(), addr).await;
     let (_, v) = get_json(&format!("{base}/videos/{id}")).await;
     assert_eq!(v["state"], "processing", "stopped mid-job: {v}");
     first.terminate();
@@ -82,11 +93,7 @@ async fn a_node_stopped_with_sigterm_mid_job_releases_its_lease_and_resumes_afte
         std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default()
     );
 
-    let _second = serve(dir.path(), addr);
-    wait_healthy(&base).await;
-    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
-    assert_eq!(v["state"], "ready", "{v}");
-    let events = event_kinds(&base, &id).await;
+    let (_second, events) = restarted_until_ready(dir.path(), addr, &id).await;
     assert_eq!(
         count(&events, "lease_released"),
         2,
