@@ -85,6 +85,18 @@ pub struct NodeContext {
 /// Shared context handle.
 pub type Ctx = Arc<NodeContext>;
 
+/// The `post_stop` of a supervisor whose actors must run their own `post_stop` when the node
+/// stops gracefully: stop them and wait, at most `wait`. ractor kills a stopping actor's
+/// children without their `post_stop` otherwise (`NodeSupervisor`'s `post_stop`).
+pub(crate) async fn stop_children_gracefully(
+    supervisor: &ractor::ActorCell,
+    wait: std::time::Duration,
+) {
+    supervisor
+        .stop_children_and_wait(Some("node stopping".into()), Some(wait))
+        .await;
+}
+
 /// Whether a supervised actor in `status` still counts as running: running, or still starting.
 /// `spawn_linked` returns before the new actor's own task marks it running, so a message
 /// queued behind the one that started it finds it starting; only stopping and stopped actors

@@ -222,11 +222,7 @@ impl Actor for SessionSupervisor {
         myself: ActorRef<Self::Msg>,
         _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        myself
-            .stop_children_and_wait(
-                Some("node stopping".into()),
-                Some(std::time::Duration::from_secs(5)),
-            )
+        super::stop_children_gracefully(&myself.get_cell(), std::time::Duration::from_secs(5))
             .await;
         Ok(())
     }

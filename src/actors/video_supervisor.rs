@@ -372,11 +372,7 @@ impl Actor for VideoSupervisor {
         myself: ActorRef<VideoSupervisorMsg>,
         _state: &mut VideoSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        myself
-            .stop_children_and_wait(
-                Some("node stopping".into()),
-                Some(std::time::Duration::from_secs(7)),
-            )
+        super::stop_children_gracefully(&myself.get_cell(), std::time::Duration::from_secs(7))
             .await;
         Ok(())
     }

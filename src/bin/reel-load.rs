@@ -595,7 +595,8 @@ async fn run() -> anyhow::Result<()> {
     let mut tcp_peak = 0;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        // Players leave when the time is up: the last second does not count.
+        // Players leave when the steady state ends: a sample in its last second could see
+        // them go.
         if Instant::now() + Duration::from_secs(1) < end {
             held_min = held_min.min(stats.held.load(Ordering::Relaxed));
         }
