@@ -89,7 +89,8 @@ pub enum RunError {
     /// ffmpeg or ffprobe is missing.
     #[error("{0}")]
     MissingTool(String),
-    /// The data directory, object store or event log cannot be opened.
+    /// The data directory cannot be opened or another node holds it, or the object store or
+    /// the event log cannot be opened.
     #[error("{0}")]
     Setup(String),
     /// The actor tree failed to start or stopped on a failure.
@@ -119,6 +120,10 @@ pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, 
             &e,
         )
     })?;
+    // Before anything in the directory is touched: a second node there would clear the first
+    // one's scratch below, and share its logs (`storage::data_dir`).
+    let lock = storage::data_dir::DataDirLock::acquire(&config.data_dir)
+        .map_err(|e| RunError::Setup(e.to_string()))?;
     let scratch_dir = config.data_dir.join("scratch");
     // Scratch holds only unfinished ffmpeg outputs and source copies: safe to clear at start.
     let _ = std::fs::remove_dir_all(&scratch_dir);
@@ -153,9 +158,11 @@ pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, 
     };
     // Playback sessions follow the same view of the cluster as everything else.
     ctx.streaming.set_cluster(Arc::new(ctx.cluster.clone()));
-    Node::start(ctx, config.workers, config.cluster.clone())
+    let node = Node::start(ctx, config.workers, config.cluster.clone())
         .await
-        .map_err(|e| RunError::Node(e.to_string()))
+        .map_err(|e| RunError::Node(e.to_string()))?;
+    node.hold_data_dir(lock);
+    Ok(node)
 }
 
 /// A node serving HTTP in this process: what tests and examples start.
@@ -176,7 +183,7 @@ impl RunningNode {
 
     /// Stop HTTP, then the actors, then write what the playback log still holds (the open
     /// sessions' `SESSION_END` records, written as their actors stop) before returning: the
-    /// process may end right after.
+    /// process may end right after. Last, give up the data directory's lock.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -184,6 +191,7 @@ impl RunningNode {
         let _ = (&mut self.server).await;
         self.node.shutdown().await;
         self.node.ctx.streaming.log.flush().await;
+        self.node.release_data_dir();
     }
 }
 

@@ -29,6 +29,7 @@ use crate::actors::worker_pool::{PoolArgs, PoolMsg, WorkerPool};
 use crate::actors::{Ctx, NodeContext};
 use crate::cluster::protocol::{Reply, Request};
 use crate::config::ClusterConfig;
+use crate::storage::data_dir::DataDirLock;
 
 /// The root actor.
 pub struct NodeSupervisor;
@@ -239,6 +240,10 @@ pub struct Node {
     /// Top-level actors.
     pub refs: NodeRefs,
     stopped: Arc<tokio::sync::Notify>,
+    /// The lock on the node's data directory ([`crate::storage::data_dir`]), from
+    /// [`Node::hold_data_dir`] until [`Node::release_data_dir`], the drop of the last clone of
+    /// this value, or the end of the process.
+    data_dir: Arc<std::sync::Mutex<Option<DataDirLock>>>,
 }
 
 impl Node {
@@ -285,6 +290,7 @@ impl Node {
             root,
             refs,
             stopped,
+            data_dir: Arc::default(),
         })
     }
 
@@ -304,6 +310,20 @@ impl Node {
     /// Completes when the node's supervision tree has stopped (a top-level actor failed).
     pub async fn stopped(&self) {
         self.stopped.notified().await
+    }
+
+    /// Keep `lock` (taken before the node touched its data directory) while the node runs.
+    pub fn hold_data_dir(&self, lock: DataDirLock) {
+        *self.data_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(lock);
+    }
+
+    /// Give up the data directory's lock: the last step of a stop, after everything the node
+    /// writes there is written, so that a node started next in this process can take it.
+    pub fn release_data_dir(&self) {
+        self.data_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Stop every actor (running ffmpeg processes are killed) and wait for the tree to end:

@@ -3,6 +3,7 @@
 //! ([`keys`]).
 
 pub mod conformance;
+pub mod data_dir;
 pub mod events;
 pub mod file_bytes;
 pub mod keys;

@@ -508,6 +508,24 @@ impl ReelProcess {
         nix::sys::signal::kill(pid, sig).expect("signal our own child");
     }
 
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (bounded) for the process to end by itself: its exit status, or `None` if it still
+    /// runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

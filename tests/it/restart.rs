@@ -148,3 +148,64 @@ async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
         files_under(dir.path())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_node_on_a_data_directory_in_use_is_refused_and_leaves_the_first_alone() {
+    // A user's slip: `reel serve` running in a directory, and `reel serve --listen` on another
+    // port started there too, both on the default ./reel-data.
+    let cwd = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (a1, a2) = (free_addr(), free_addr());
+    let first = ReelProcess::start_in(
+        cwd.path(),
+        &["serve", "--listen", &a1.to_string()],
+        &[],
+        logs.path().join("first.log"),
+    );
+    let base = format!("http://{a1}");
+    wait_healthy(&base).await;
+    let (status, v) = upload(&base, &clip("long")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    wait_until("a task started", PROCESSING_DEADLINE, || {
+        let (base, id) = (base.clone(), id.clone());
+        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
+    })
+    .await;
+    // Something of the first node's in its scratch, as a running task's outputs are.
+    let marker = cwd.path().join("reel-data/scratch/kept-by-the-first-node");
+    std::fs::write(&marker, b"x").unwrap();
+
+    let second_log = logs.path().join("second.log");
+    let mut second = ReelProcess::start_in(
+        cwd.path(),
+        &["serve", "--listen", &a2.to_string()],
+        &[],
+        second_log.clone(),
+    );
+    let exit = second.wait_exit(Duration::from_secs(30));
+    let said = std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "the second node must stop by itself with an error, got {exit:?}\n{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "reel-data is in use by another reel process (pid {})",
+            first.pid()
+        )),
+        "the second node says which directory and which process: {said}"
+    );
+    assert!(
+        marker.exists(),
+        "the second node cleared the first's scratch"
+    );
+
+    // The first node's job went on undisturbed: one claim of its lease, never taken from it.
+    let v = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
+    assert_eq!(v["state"], "ready", "{v}");
+    let events = event_kinds(&base, &id).await;
+    assert_eq!(count(&events, "lease_claimed"), 1, "{events:#?}");
+    assert_eq!(count(&events, "stood_down"), 0, "{events:#?}");
+    assert_eq!(count(&events, "job_resumed"), 0, "{events:#?}");
+}
