@@ -873,6 +873,17 @@ pub struct ClusterFile {
     pub nodes: Vec<NodeEntry>,
 }
 
+impl NodeEntry {
+    /// The node's data directory, absolute: its `data_dir` taken against `base` (the cluster
+    /// file's directory), or `reel-data/{id}` there.
+    fn data_dir_in(&self, base: &Path) -> Result<PathBuf, ConfigError> {
+        match &self.data_dir {
+            Some(d) => absolute_path(d, base),
+            None => absolute_path(&Path::new("reel-data").join(&self.id), base),
+        }
+    }
+}
+
 impl ClusterFile {
     fn into_config(
         self,
@@ -895,6 +906,14 @@ impl ClusterFile {
                 if addrs.contains(&b.http) || addrs.contains(&b.cluster) {
                     return Err(ConfigError::Invalid(format!(
                         "nodes {} and {} share an address",
+                        a.id, b.id
+                    )));
+                }
+                // Caught here, before any node starts: at run time the second would find the
+                // directory locked (`storage::data_dir`), and `cluster-up` restart it forever.
+                if a.data_dir_in(base)? == b.data_dir_in(base)? {
+                    return Err(ConfigError::Invalid(format!(
+                        "nodes {} and {} share a data_dir: each node needs its own",
                         a.id, b.id
                     )));
                 }
@@ -921,10 +940,7 @@ impl ClusterFile {
                 ))
             }
         };
-        let data_dir = match &node.data_dir {
-            Some(d) => absolute_path(d, base)?,
-            None => absolute_path(&Path::new("reel-data").join(&node.id), base)?,
-        };
+        let data_dir = node.data_dir_in(base)?;
         let storage = StorageLocation::parse_with(
             &self.storage,
             base,
@@ -1046,6 +1062,32 @@ cluster = "127.0.0.1:9080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("share an address"), "{e}");
+    }
+
+    #[test]
+    fn two_nodes_with_one_data_dir_are_refused() {
+        // Named, or one named as the other's default (reel-data/{id}), spelled differently.
+        for second in [
+            "data_dir = \"shared\"",
+            "data_dir = \"./reel-data/node-1/\"",
+        ] {
+            let first = if second.contains("shared") {
+                ONE.replace("[[node]]", "[[node]]\ndata_dir = \"shared\"")
+            } else {
+                ONE.to_string()
+            };
+            let text = format!(
+                "{first}\n[[node]]\nid = \"node-2\"\n{second}\nhttp = \"127.0.0.1:8081\"\ncluster = \"127.0.0.1:9081\"\n"
+            );
+            let (_d, path) = write(&text);
+            let e = Config::from_file(&path, Some("node-2"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("nodes node-1 and node-2 share a data_dir"),
+                "{second}: {e}"
+            );
+        }
     }
 
     #[test]
