@@ -17,7 +17,9 @@
 //!   store answers (`NotFound`, or a fresh actor) and a client never sees the gap.
 //! - `Sweep` (every `sweep_every`, and on demand) deletes uploads past their `expires_ms`:
 //!   unfinished ones lose their parts, finished ones their remembered answer. It also completes
-//!   uploads whose bytes all arrived but whose node stopped before making the video.
+//!   uploads whose bytes all arrived but whose node stopped before making the video, and
+//!   deletes what bodies cut by a crash left, once untouched for the expiry time
+//!   (`Storage::sweep_cut_uploads`).
 //!
 //! Routing: [`route_upload`] says which node serves (and sweeps) an upload: its home node
 //! while live, else the ring's owner of `upload:{id}`.
@@ -238,15 +240,33 @@ impl UploadSupervisor {
         state: &mut UploadSupervisorState,
     ) -> usize {
         let storage = state.ctx.storage.clone();
+        // Every node sweeps these: a crashed node's leftovers belong to no upload id, and a
+        // delete that finds nothing is no error.
+        let expiry = Duration::from_secs(state.ctx.limits.upload_expiry_seconds);
+        let cut = match storage.sweep_cut_uploads(expiry).await {
+            Ok(0) => 0,
+            Ok(n) => {
+                tracing::info!(
+                    files = n,
+                    "deleted what uploads cut by a crash left, untouched for {} s",
+                    expiry.as_secs()
+                );
+                n
+            }
+            Err(e) => {
+                tracing::warn!("upload sweep cannot clear what cut uploads left: {e}");
+                0
+            }
+        };
         let ids = match storage.list_upload_ids().await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!("upload sweep cannot list uploads: {e}");
-                return 0;
+                return cut;
             }
         };
         let now = now_ms();
-        let mut deleted = 0;
+        let mut deleted = cut;
         for id in ids {
             if route_upload(&state.ctx.cluster, &id) != UploadRoute::Here {
                 continue;

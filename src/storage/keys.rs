@@ -339,9 +339,12 @@ pub fn lease_released(id: &str, epoch: u64) -> String {
     format!("{}{LEASE_RELEASED_SUFFIX}", lease(id, epoch))
 }
 
+/// `uploads/direct`: where `PUT` bodies are staged.
+pub const DIRECT_UPLOADS: &str = "uploads/direct";
+
 /// `uploads/direct/{token}`
 pub fn direct_upload(token: &str) -> String {
-    format!("uploads/direct/{token}")
+    format!("{DIRECT_UPLOADS}/{token}")
 }
 
 /// A new resumable upload id homed on `node_id`: `{node_id}.{32 random lowercase hex}`.

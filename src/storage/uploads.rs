@@ -4,6 +4,9 @@
 //! The offset a client is told is always the offset stored here, so a node that restarts (or
 //! another node that takes the upload over) resumes exactly where the stored parts end.
 
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
 use serde::{Deserialize, Serialize};
 
 use super::{keys, Storage, StorageError};
@@ -173,5 +176,151 @@ impl Storage {
             .into_iter()
             .filter(|id| keys::valid_upload_id(id))
             .collect())
+    }
+}
+
+impl Storage {
+    /// Delete what uploads cut short by a crash (`kill -9`, a power cut) left under `uploads/`,
+    /// untouched for at least `older_than` (the node passes `limits.upload_expiry_seconds`, the
+    /// time a tus upload may rest between `PATCH`es); returns how many files and objects went.
+    ///
+    /// - A `PUT` body staged whole at `uploads/direct/{token}` whose node died before moving it
+    ///   to `sources/`.
+    /// - On the local store, the partial file object_store writes a body to until it is whole
+    ///   (`{key}#{n}` beside its key, which listings do not show): a crash leaves it holding
+    ///   every byte received so far, a `PUT`'s whole body or a tus `PATCH`'s part. Nothing else
+    ///   ever removed these: each crash during uploads kept their bytes on the disk for good.
+    ///
+    /// An S3 bucket keeps a cut body as an incomplete multipart upload, which only the bucket's
+    /// lifecycle rule removes (`AbortIncompleteMultipartUpload`; docs/uploads.md).
+    ///
+    /// Errors: the store cannot be listed, or an object cannot be deleted.
+    pub async fn sweep_cut_uploads(&self, older_than: Duration) -> Result<usize, StorageError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut gone = 0;
+        for (key, modified) in self.list_modified(keys::DIRECT_UPLOADS).await? {
+            if modified <= cutoff {
+                self.delete(&key).await?;
+                gone += 1;
+            }
+        }
+        if let Some(fs) = &self.local {
+            let root = fs.path_to_filesystem(&super::path(keys::UPLOADS))?;
+            gone += tokio::task::spawn_blocking(move || remove_partial_files(&root, cutoff))
+                .await
+                .map_err(|e| StorageError::Backend(format!("upload sweep: {e}")))?;
+        }
+        Ok(gone)
+    }
+}
+
+/// Whether a local store's file named `name` is one object_store is still writing a body to
+/// (`{name}#{n}`, n decimal): its `LocalFileSystem` stages every write that way and renames
+/// the file when the body is whole.
+pub fn is_partial_file(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(key, n)| {
+        !key.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Delete the partial files ([`is_partial_file`]) last modified at or before `cutoff` in the
+/// directories just below `root` (a local store's `uploads/`: `direct/`, and one per tus
+/// upload), then those directories of tus uploads left empty. Returns how many files went;
+/// what cannot be read or removed is skipped (the next sweep tries again).
+fn remove_partial_files(root: &Path, cutoff: SystemTime) -> usize {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut gone = 0;
+    for dir in dirs.flatten() {
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let stale = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t <= cutoff);
+            if stale
+                && is_partial_file(&file.file_name().to_string_lossy())
+                && std::fs::remove_file(file.path()).is_ok()
+            {
+                gone += 1;
+            }
+        }
+        // An upload's directory holds its info.json while the upload lives: only a directory
+        // emptied here (or left empty) goes, and `direct/` stays.
+        if dir.file_name() != "direct" {
+            let _ = std::fs::remove_dir(dir.path());
+        }
+    }
+    gone
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn partial_files_are_the_ones_object_store_stages() {
+        assert!(is_partial_file("0123abcd#1"));
+        assert!(is_partial_file("00000000000000004096.0123456789abcdef#17"));
+        for name in ["0123abcd", "info.json", "a#", "#1", "a#1x", "a#-1"] {
+            assert!(!is_partial_file(name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_takes_what_crashes_left_and_only_what_is_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            Storage::open(&crate::config::StorageLocation::Local(dir.path().into())).unwrap();
+        let uploads = dir.path().join("uploads");
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let file = |rel: &str, modified: Option<SystemTime>| {
+            let p = uploads.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"bytes").unwrap();
+            if let Some(t) = modified {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+            p
+        };
+        // Left by crashes an hour ago: a PUT's partial body, a PUT's body never moved, a
+        // PATCH's partial part in an upload that is gone.
+        let cut_put = file("direct/aaaa#1", Some(old));
+        let unmoved = file("direct/bbbb", Some(old));
+        let cut_part = file(
+            "gone.0123/00000000000000000000.0123456789abcdef#2",
+            Some(old),
+        );
+        // Being written now, and a live upload's state.
+        let live_put = file("direct/cccc#1", None);
+        let live_part = file("live.4567/00000000000000000000.0123456789abcdef#1", None);
+        let info = file("live.4567/info.json", Some(old));
+
+        let gone = storage
+            .sweep_cut_uploads(Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(gone, 3);
+        for p in [&cut_put, &unmoved, &cut_part] {
+            assert!(!p.exists(), "{p:?} should be gone");
+        }
+        assert!(
+            !uploads.join("gone.0123").exists(),
+            "its emptied directory too"
+        );
+        for p in [&live_put, &live_part, &info] {
+            assert!(p.exists(), "{p:?} should stay");
+        }
+        assert!(uploads.join("direct").is_dir());
     }
 }

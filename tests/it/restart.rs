@@ -209,3 +209,77 @@ async fn a_second_node_on_a_data_directory_in_use_is_refused_and_leaves_the_firs
     assert_eq!(count(&events, "stood_down"), 0, "{events:#?}");
     assert_eq!(count(&events, "job_resumed"), 0, "{events:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_put_cut_by_a_crash_left_is_deleted_after_the_restart() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    // A one-node file whose uploads may rest 2 s (instead of a day) before they count as cut.
+    let config = dir.path().join("reel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage = \"local:objects\"\n[limits]\nupload_expiry_seconds = 2\n[[node]]\n\
+             id = \"node-1\"\nhttp = \"{addr}\"\ncluster = \"{}\"\ndata_dir = \"data\"\n",
+            free_addr()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        ReelProcess::start(
+            &["serve", "--config", config.to_str().unwrap()],
+            &[],
+            dir.path().join("node.log"),
+        )
+    };
+    let staged = dir.path().join("objects/uploads/direct");
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&staged)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut node = start();
+    wait_healthy(&base).await;
+    // A 100 MB PUT under way: its body is being written to a partial file.
+    let source = std::fs::read(clip("long")).unwrap();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    sock.write_all(&source).await.unwrap();
+    wait_until("the body is being staged", Duration::from_secs(30), || {
+        let found = leftovers();
+        async move { !found.is_empty() }
+    })
+    .await;
+    node.kill9();
+    drop(sock);
+    assert!(
+        leftovers().iter().any(|f| f.contains('#')),
+        "the killed node left its partial body: {:?}",
+        leftovers()
+    );
+
+    let _node = start();
+    wait_healthy(&base).await;
+    wait_until(
+        "the restarted node deletes the cut body",
+        Duration::from_secs(30),
+        || {
+            let found = leftovers();
+            async move { found.is_empty() }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(
+        log.contains("deleted what uploads cut by a crash left"),
+        "{log}"
+    );
+}
