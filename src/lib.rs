@@ -124,6 +124,13 @@ pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, 
     // one's scratch below, and share its logs (`storage::data_dir`).
     let lock = storage::data_dir::DataDirLock::acquire(&config.data_dir)
         .map_err(|e| RunError::Setup(e.to_string()))?;
+    if !lock.held() {
+        tracing::warn!(
+            "the file system of data directory {} has no locks: nothing stops a second node \
+             from using it, so make sure only this one does",
+            config.data_dir.display()
+        );
+    }
     let scratch_dir = config.data_dir.join("scratch");
     // Scratch holds only unfinished ffmpeg outputs and source copies: safe to clear at start.
     let _ = std::fs::remove_dir_all(&scratch_dir);

@@ -13,7 +13,9 @@
 //! and holds it while it runs, the way PostgreSQL's `postmaster.pid` guards its data directory.
 //! The lock is the kernel's (`flock`, [`std::fs::File::try_lock`]): it ends with the process
 //! however the process ends, so a node killed with `kill -9` leaves no stale lock to clear by
-//! hand, and the file's contents (the holder's process id) are only for the message.
+//! hand, and the file's contents (the holder's process id) are only for the message. On a file
+//! system that has no locks (`flock` answers `ENOLCK` or `EOPNOTSUPP`: some network and FUSE
+//! file systems) the node starts anyway and warns: refusing would leave reel unusable there.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -54,6 +56,18 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
+    /// Whether the lock is held: false on a file system without `flock` ([`locks_unsupported`]).
+    held: bool,
+}
+
+/// Whether `e`, from `flock`, says the file system has no locks (`ENOLCK`, `EOPNOTSUPP`: some
+/// network and FUSE file systems), rather than that the lock was refused or the file is bad.
+pub fn locks_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(nix::libc::ENOLCK | nix::libc::EOPNOTSUPP)
+        )
 }
 
 impl DataDirLock {
@@ -86,12 +100,28 @@ impl DataDirLock {
                     pid: text.trim().parse().ok(),
                 });
             }
+            // Refusing to start would make reel unusable there; the caller warns instead.
+            Err(TryLockError::Error(e)) if locks_unsupported(&e) => {
+                return Ok(Self {
+                    _file: file,
+                    held: false,
+                })
+            }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
         writeln!(file, "{}", std::process::id()).map_err(io)?;
-        Ok(Self { _file: file })
+        Ok(Self {
+            _file: file,
+            held: true,
+        })
+    }
+
+    /// Whether the directory is locked: false when its file system has no locks, and then
+    /// nothing stops a second node there.
+    pub fn held(&self) -> bool {
+        self.held
     }
 }
 
@@ -123,6 +153,25 @@ mod tests {
         let _lock = DataDirLock::acquire(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(LOCK_NAME)).unwrap();
         assert_eq!(text, format!("{}\n", std::process::id()));
+    }
+
+    #[test]
+    fn only_a_file_system_without_locks_is_let_through() {
+        use std::io::Error;
+        assert!(locks_unsupported(&Error::from_raw_os_error(
+            nix::libc::ENOLCK
+        )));
+        assert!(locks_unsupported(&Error::from_raw_os_error(
+            nix::libc::EOPNOTSUPP
+        )));
+        for errno in [nix::libc::EACCES, nix::libc::EBADF, nix::libc::EIO] {
+            assert!(
+                !locks_unsupported(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(DataDirLock::acquire(dir.path()).unwrap().held());
     }
 
     #[test]
