@@ -447,7 +447,9 @@ async fn transcode_and_store(
 
 /// A failed object store read or write: [`TaskFailure::store_unavailable`] when the store
 /// failed or did not answer (no attempt used up), a plain transient failure otherwise (an
-/// object that should exist is missing or unreadable).
+/// object that should exist is missing or unreadable, or the store is full: that needs
+/// someone to free space, so the video ends `failed` with the reason and `reel reprocess`
+/// takes it up again).
 fn store_failure(what: &str, e: &StorageError) -> TaskFailure {
     match e {
         StorageError::Backend(_) => TaskFailure::store_unavailable(what, e),

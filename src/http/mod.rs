@@ -176,6 +176,8 @@ impl ApiError {
             ApiError::Storage(StorageError::NotFound(_)) => StatusCode::NOT_FOUND,
             // The store failed or could not be reached: the client may retry.
             ApiError::Storage(StorageError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            // RFC 4918 section 11.5: the server cannot store what the request needs.
+            ApiError::Storage(StorageError::Full(_)) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(StorageError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -196,6 +198,11 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
 /// names its internal URL (issue 10).
 pub const STORE_UNAVAILABLE: &str = "the object store is unreachable; retry shortly";
 
+/// What a client is told when the object store is full (`507`): no `Retry-After`, since a
+/// retry fails the same way until someone frees space.
+pub const STORE_FULL: &str =
+    "the object store has no space left; nothing was stored: free space on it, then send it again";
+
 /// Seconds a client is asked to wait (`Retry-After`) when the store is unreachable.
 pub const STORE_RETRY_AFTER_SECONDS: u32 = 5;
 
@@ -203,6 +210,9 @@ fn error_response(e: &ApiError) -> Response<Bytes> {
     let status = e.status();
     if status.is_server_error() {
         tracing::error!("request failed: {e}");
+    }
+    if let ApiError::Storage(StorageError::Full(_)) = e {
+        return json_response(status, &json!({ "error": STORE_FULL }));
     }
     if let ApiError::Storage(StorageError::Backend(_)) = e {
         let mut r = json_response(status, &json!({ "error": STORE_UNAVAILABLE }));
@@ -510,6 +520,26 @@ pub fn local_addr(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_store_is_a_507_that_names_no_path_and_asks_no_retry() {
+        let e = ApiError::Storage(StorageError::Full(
+            "Unable to copy data to file /srv/reel-data/objects/uploads/direct/ab#1: No space left on device".into(),
+        ));
+        let r = error_response(&e);
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        let body = String::from_utf8(r.body().to_vec()).unwrap();
+        assert!(body.contains(STORE_FULL), "{body}");
+        assert!(
+            !body.contains("/srv"),
+            "the store's own message stays in the log: {body}"
+        );
+        // A store that fails otherwise is still a 503 to retry.
+        let r = error_response(&ApiError::Storage(StorageError::Backend("x".into())));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(header::RETRY_AFTER).is_some());
+    }
 
     /// A runtime standing for a node's, its workers named so a test can tell where a task ran.
     fn node_runtime() -> tokio::runtime::Runtime {

@@ -38,6 +38,10 @@ pub enum StorageError {
     /// The object store failed (I/O, network, permissions). Usually worth a retry.
     #[error("object store error: {0}")]
     Backend(String),
+    /// The object store has no space left (`ENOSPC`, or the user's quota: `EDQUOT`): a retry
+    /// fails the same way until someone frees space.
+    #[error("object store full: {0}")]
+    Full(String),
     /// A stored object could not be decoded.
     #[error("corrupt object {key}: {message}")]
     Corrupt {
@@ -52,9 +56,29 @@ impl From<object_store::Error> for StorageError {
     fn from(e: object_store::Error) -> Self {
         match e {
             object_store::Error::NotFound { path, .. } => Self::NotFound(path),
+            other if out_of_space(&other) => Self::Full(other.to_string()),
             other => Self::Backend(other.to_string()),
         }
     }
+}
+
+/// Whether `e`, or an error behind it, is the file system saying it has no space left
+/// (`ENOSPC`) or the user's quota is spent (`EDQUOT`). The local store wraps the I/O error
+/// in its own (`object_store::local`'s "Unable to copy data to file").
+pub fn out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+            ) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// A stored object with the facts HTTP needs.
@@ -1177,6 +1201,41 @@ fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_file_system_is_told_from_a_failing_store() {
+        use std::io::Error as IoError;
+        // How object_store's local backend reports a failed write: its own error, with the
+        // file system's behind it.
+        #[derive(Debug)]
+        struct CopyFailed(IoError);
+        impl std::fmt::Display for CopyFailed {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "Unable to copy data to file: {}", self.0)
+            }
+        }
+        impl std::error::Error for CopyFailed {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let generic = |errno| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(CopyFailed(IoError::from_raw_os_error(errno))),
+        };
+        for errno in [nix::libc::ENOSPC, nix::libc::EDQUOT] {
+            match StorageError::from(generic(errno)) {
+                StorageError::Full(m) => assert!(m.contains("Unable to copy"), "{m}"),
+                other => panic!("errno {errno}: {other:?}"),
+            }
+        }
+        for errno in [nix::libc::EACCES, nix::libc::EIO] {
+            assert!(
+                matches!(StorageError::from(generic(errno)), StorageError::Backend(_)),
+                "errno {errno}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn in_memory_store_conforms() {
