@@ -1006,6 +1006,12 @@ mod tests {
         (dir, path)
     }
 
+    /// Why `text`, as a cluster file, is refused for `node`.
+    fn refusal(text: &str, node: Option<&str>) -> String {
+        let (_d, path) = write(text);
+        Config::from_file(&path, node).unwrap_err().to_string()
+    }
+
     const ONE: &str = r#"
 storage = "local:objects"
 [[node]]
@@ -1030,13 +1036,9 @@ cluster = "127.0.0.1:9080"
 
     #[test]
     fn unknown_key_and_unknown_node_are_refused_with_names() {
-        let (_d, path) = write(&format!("{ONE}\nbogus = 1\n"));
-        let e = Config::from_file(&path, None).unwrap_err().to_string();
+        let e = refusal(&format!("{ONE}\nbogus = 1\n"), None);
         assert!(e.contains("bogus"), "{e}");
-        let (_d, path) = write(ONE);
-        let e = Config::from_file(&path, Some("node-9"))
-            .unwrap_err()
-            .to_string();
+        let e = refusal(ONE, Some("node-9"));
         assert!(e.contains("node-9") && e.contains("node-1"), "{e}");
     }
 
@@ -1047,8 +1049,7 @@ cluster = "127.0.0.1:9080"
         let (_d, path) = write(&text);
         let s = Config::from_file(&path, None).unwrap().streaming;
         assert_eq!((s.log_max_rows, s.log_file_mib, s.log_files), (1000, 8, 0));
-        let (_d, path) = write(&format!("{ONE}\n[streaming]\nlog_max_rows = 0\n"));
-        let e = Config::from_file(&path, None).unwrap_err().to_string();
+        let e = refusal(&format!("{ONE}\n[streaming]\nlog_max_rows = 0\n"), None);
         assert!(e.contains("log_max_rows"), "{e}");
     }
 
@@ -1057,10 +1058,7 @@ cluster = "127.0.0.1:9080"
         let text = format!(
             "{ONE}\n[[node]]\nid = \"node-2\"\nhttp = \"127.0.0.1:8080\"\ncluster = \"127.0.0.1:9081\"\n"
         );
-        let (_d, path) = write(&text);
-        let e = Config::from_file(&path, Some("node-1"))
-            .unwrap_err()
-            .to_string();
+        let e = refusal(&text, Some("node-1"));
         assert!(e.contains("share an address"), "{e}");
     }
 
@@ -1079,10 +1077,7 @@ cluster = "127.0.0.1:9080"
             let text = format!(
                 "{first}\n[[node]]\nid = \"node-2\"\n{second}\nhttp = \"127.0.0.1:8081\"\ncluster = \"127.0.0.1:9081\"\n"
             );
-            let (_d, path) = write(&text);
-            let e = Config::from_file(&path, Some("node-2"))
-                .unwrap_err()
-                .to_string();
+            let e = refusal(&text, Some("node-2"));
             assert!(
                 e.contains("nodes node-1 and node-2 share a data_dir"),
                 "{second}: {e}"
