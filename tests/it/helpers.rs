@@ -477,6 +477,12 @@ impl ReelProcess {
         Self::spawn(Some(cwd), args, env, log)
     }
 
+    /// `reel serve --listen ADDR` in `cwd`: the README's command with only the port
+    /// changed, so the node keeps its state in `cwd/reel-data` as a user's does.
+    pub fn serve_in(cwd: &Path, addr: SocketAddr, log: PathBuf) -> Self {
+        Self::start_in(cwd, &["serve", "--listen", &addr.to_string()], &[], log)
+    }
+
     /// Start `reel ARGS` with extra environment, logging stderr to `log`.
     pub fn start(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
         Self::spawn(None, args, env, log)
@@ -536,12 +542,8 @@ impl ReelProcess {
     /// stop its own children. Whether it ended by itself within 30 s (else it is killed).
     pub fn terminate(&mut self) -> bool {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if self.wait_exit(Duration::from_secs(30)).is_some() {
+            return true;
         }
         self.kill9();
         false

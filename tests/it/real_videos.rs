@@ -132,12 +132,7 @@ async fn reel_serve_with_its_defaults_makes_a_chunked_minute_ready_and_playable(
     // The README's command, with only the port changed: no --data-dir, so ./reel-data.
     let addr = free_addr();
     let log = work.path().join("node.log");
-    let mut node = ReelProcess::start_in(
-        cwd.path(),
-        &["serve", "--listen", &addr.to_string()],
-        &[],
-        log.clone(),
-    );
+    let mut node = ReelProcess::serve_in(cwd.path(), addr, log.clone());
     let base = format!("http://{addr}");
     wait_healthy(&base).await;
     let id = upload_and_check(&base, &base, &clip, work.path()).await;

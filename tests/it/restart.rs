@@ -23,16 +23,35 @@ async fn mid_job(
 ) -> (ReelProcess, String, String) {
     let base = format!("http://{addr}");
     let node = serve(dir, addr);
-    wait_healthy(&base).await;
-    let (status, v) = upload(&base, &clip("long")).await;
+    let id = long_clip_mid_job(&base).await;
+    (node, base, id)
+}
+
+/// Once the node at `base` answers: upload the long clip, wait until its first task has
+/// started, and give the video's id.
+async fn long_clip_mid_job(base: &str) -> String {
+    wait_healthy(base).await;
+    let (status, v) = upload(base, &clip("long")).await;
     assert_eq!(status, 202, "{v}");
     let id = v["video_id"].as_str().unwrap().to_string();
     wait_until("a task started", PROCESSING_DEADLINE, || {
-        let (base, id) = (base.clone(), id.clone());
+        let (base, id) = (base.to_string(), id.clone());
         async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
     })
     .await;
-    (node, base, id)
+    id
+}
+
+/// A `PUT /upload` of 100 MB on a raw connection to `addr`, of which `first` has been sent:
+/// the connection, for the test to go on sending, or to drop.
+async fn put_started(addr: std::net::SocketAddr, first: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    sock.write_all(first).await.unwrap();
+    sock
 }
 
 /// A second node on the same `dir` and `addr`, once video `id` is `ready` there: the node
@@ -113,11 +132,7 @@ async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
     // A client sending a 100 MB `PUT` a few bytes at a time: never silent long enough to be
     // cut for it (limits.body_idle_seconds), and days from its end.
     let source = std::fs::read(clip("long")).unwrap();
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: 100000000\r\n\r\n")
-        .await
-        .unwrap();
-    sock.write_all(&source[..64 * 1024]).await.unwrap();
+    let mut sock = put_started(addr, &source[..64 * 1024]).await;
     let trickle = tokio::spawn(async move {
         let mut pace = tokio::time::interval(Duration::from_millis(100));
         for piece in source[64 * 1024..].chunks(16) {
@@ -156,33 +171,15 @@ async fn a_second_node_on_a_data_directory_in_use_is_refused_and_leaves_the_firs
     let cwd = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let (a1, a2) = (free_addr(), free_addr());
-    let first = ReelProcess::start_in(
-        cwd.path(),
-        &["serve", "--listen", &a1.to_string()],
-        &[],
-        logs.path().join("first.log"),
-    );
+    let first = ReelProcess::serve_in(cwd.path(), a1, logs.path().join("first.log"));
     let base = format!("http://{a1}");
-    wait_healthy(&base).await;
-    let (status, v) = upload(&base, &clip("long")).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["video_id"].as_str().unwrap().to_string();
-    wait_until("a task started", PROCESSING_DEADLINE, || {
-        let (base, id) = (base.clone(), id.clone());
-        async move { count(&event_kinds(&base, &id).await, "task_started") >= 1 }
-    })
-    .await;
+    let id = long_clip_mid_job(&base).await;
     // Something of the first node's in its scratch, as a running task's outputs are.
     let marker = cwd.path().join("reel-data/scratch/kept-by-the-first-node");
     std::fs::write(&marker, b"x").unwrap();
 
     let second_log = logs.path().join("second.log");
-    let mut second = ReelProcess::start_in(
-        cwd.path(),
-        &["serve", "--listen", &a2.to_string()],
-        &[],
-        second_log.clone(),
-    );
+    let mut second = ReelProcess::serve_in(cwd.path(), a2, second_log.clone());
     let exit = second.wait_exit(Duration::from_secs(30));
     let said = std::fs::read_to_string(&second_log).unwrap_or_default();
     assert!(
@@ -212,7 +209,6 @@ async fn a_second_node_on_a_data_directory_in_use_is_refused_and_leaves_the_firs
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_put_cut_by_a_crash_left_is_deleted_after_the_restart() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let base = format!("http://{addr}");
@@ -248,11 +244,7 @@ async fn what_a_put_cut_by_a_crash_left_is_deleted_after_the_restart() {
     wait_healthy(&base).await;
     // A 100 MB PUT under way: its body is being written to a partial file.
     let source = std::fs::read(clip("long")).unwrap();
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: 100000000\r\n\r\n")
-        .await
-        .unwrap();
-    sock.write_all(&source).await.unwrap();
+    let sock = put_started(addr, &source).await;
     wait_until("the body is being staged", Duration::from_secs(30), || {
         let found = leftovers();
         async move { !found.is_empty() }
