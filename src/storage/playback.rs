@@ -416,6 +416,14 @@ struct Wake {
 }
 
 impl Wake {
+    /// No thread yet (set once the writer is spawned), no flush asked.
+    fn new() -> Self {
+        Self {
+            thread: std::sync::OnceLock::new(),
+            flush: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Let a batch gather for `linger`, or until a flush asks for it ([`PlaybackLog::flush`]).
     /// Senders of records do not wake the thread: they only queue.
     fn linger(&self, linger: std::time::Duration) {
@@ -1385,10 +1393,7 @@ impl PlaybackLog {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let shed = Arc::new(AtomicU64::new(0));
         let writer_shed = shed.clone();
-        let wake = Arc::new(Wake {
-            thread: std::sync::OnceLock::new(),
-            flush: std::sync::atomic::AtomicBool::new(false),
-        });
+        let wake = Arc::new(Wake::new());
         let writer_wake = wake.clone();
         let thread = std::thread::Builder::new()
             .name("playback-log".into())
@@ -1620,10 +1625,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> Result<PlaybackRecord, rusqlite::Erro
 mod tests {
     #[test]
     fn a_flush_ends_the_writers_linger_at_once() {
-        let wake = std::sync::Arc::new(super::Wake {
-            thread: std::sync::OnceLock::new(),
-            flush: std::sync::atomic::AtomicBool::new(false),
-        });
+        let wake = std::sync::Arc::new(super::Wake::new());
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let w = wake.clone();
         let lingering = std::thread::spawn(move || {
