@@ -42,15 +42,38 @@ async fn long_clip_mid_job(base: &str) -> String {
     id
 }
 
-/// A `PUT /upload` of 100 MB on a raw connection to `addr`, of which `first` has been sent:
-/// the connection, for the test to go on sending, or to drop.
-async fn put_started(addr: std::net::SocketAddr, first: &[u8]) -> tokio::net::TcpStream {
+/// The names in a local store's `uploads/direct/` under `objects`: `PUT` bodies being staged
+/// (`{token}#{n}` while partial).
+fn staged_bodies(objects: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(objects.join("uploads/direct"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `PUT /upload` of 100 MB on a raw connection to `addr`, of which `first` has been sent,
+/// once the node is receiving it (its body is being staged in the store at `objects`): the
+/// connection, for the test to go on sending, or to drop. Without that wait, a stop could
+/// come before the node had taken the connection from the listen queue.
+async fn put_under_way(
+    addr: std::net::SocketAddr,
+    first: &[u8],
+    objects: &std::path::Path,
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     sock.write_all(b"PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: 100000000\r\n\r\n")
         .await
         .unwrap();
     sock.write_all(first).await.unwrap();
+    wait_until("the body is being staged", Duration::from_secs(30), || {
+        let found = staged_bodies(objects);
+        async move { !found.is_empty() }
+    })
+    .await;
     sock
 }
 
@@ -132,7 +155,7 @@ async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
     // A client sending a 100 MB `PUT` a few bytes at a time: never silent long enough to be
     // cut for it (limits.body_idle_seconds), and days from its end.
     let source = std::fs::read(clip("long")).unwrap();
-    let mut sock = put_started(addr, &source[..64 * 1024]).await;
+    let mut sock = put_under_way(addr, &source[..64 * 1024], &dir.path().join("objects")).await;
     let trickle = tokio::spawn(async move {
         let mut pace = tokio::time::interval(Duration::from_millis(100));
         for piece in source[64 * 1024..].chunks(16) {
@@ -230,26 +253,13 @@ async fn what_a_put_cut_by_a_crash_left_is_deleted_after_the_restart() {
             dir.path().join("node.log"),
         )
     };
-    let staged = dir.path().join("objects/uploads/direct");
-    let leftovers = || -> Vec<String> {
-        std::fs::read_dir(&staged)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let objects = dir.path().join("objects");
+    let leftovers = || staged_bodies(&objects);
     let mut node = start();
     wait_healthy(&base).await;
     // A 100 MB PUT under way: its body is being written to a partial file.
     let source = std::fs::read(clip("long")).unwrap();
-    let sock = put_started(addr, &source).await;
-    wait_until("the body is being staged", Duration::from_secs(30), || {
-        let found = leftovers();
-        async move { !found.is_empty() }
-    })
-    .await;
+    let sock = put_under_way(addr, &source, &objects).await;
     node.kill9();
     drop(sock);
     assert!(
