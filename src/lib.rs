@@ -111,7 +111,12 @@ pub async fn start_node(config: &Config) -> Result<Node, RunError> {
 /// count or slow its reads).
 pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, RunError> {
     config.validate()?;
-    let storage = storage.with_answer_timeout(config.limits.store_answer());
+    let storage = storage
+        .with_answer_timeout(config.limits.store_answer())
+        .with_write_budget(storage::WriteBudget::new(
+            config.limits.upload_buffer_bytes(),
+            config.limits.body_idle(),
+        ));
     media::transcode::check_tools().map_err(RunError::MissingTool)?;
     let setup = |what: &str, e: &dyn std::fmt::Display| RunError::Setup(format!("{what}: {e}"));
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {

@@ -238,8 +238,7 @@ impl UploadActor {
                             while let Some(chunk) = stream.next().await {
                                 let chunk: Bytes = chunk?;
                                 total += chunk.len() as u64;
-                                w.wait_for_capacity(4).await.map_err(StorageError::from)?;
-                                w.put(chunk);
+                                w.put(chunk).await?;
                             }
                         }
                         if total != info.length {
@@ -253,7 +252,7 @@ impl UploadActor {
                             }
                             .into());
                         }
-                        w.finish().await.map_err(StorageError::from)?;
+                        w.finish().await?;
                     }
                     source
                 };

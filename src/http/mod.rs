@@ -5,7 +5,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/health` | liveness, node id, connections held and refused, playback sessions open, bytes sent with `sendfile`, playback records shed |
+//! | GET | `/health` | liveness, node id, connections held and refused, playback sessions open, bytes sent with `sendfile`, playback records shed, free memory for upload bodies (`limits.upload_buffer_mib`) |
 //! | GET | `/cluster` | members, liveness, each one's share of the ring |
 //! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source; `Reel-Content-Sha256` dedupes before transfer |
 //! | OPTIONS, POST | `/files/` | tus 1.0.0 discovery and creation ([`tus`]) |
@@ -178,6 +178,8 @@ impl ApiError {
             ApiError::Storage(StorageError::Backend(_)) => StatusCode::SERVICE_UNAVAILABLE,
             // RFC 4918 section 11.5: the server cannot store what the request needs.
             ApiError::Storage(StorageError::Full(_)) => StatusCode::INSUFFICIENT_STORAGE,
+            // The node's memory for upload bodies stayed spent: a retry shortly may get in.
+            ApiError::Storage(StorageError::Busy(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(StorageError::Corrupt { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -213,6 +215,15 @@ fn error_response(e: &ApiError) -> Response<Bytes> {
     }
     if let ApiError::Storage(StorageError::Full(_)) = e {
         return json_response(status, &json!({ "error": STORE_FULL }));
+    }
+    if let ApiError::Storage(StorageError::Busy(why)) = e {
+        let answer = json!({ "error": format!("the node is receiving as many upload bodies as it has memory for: {why}; nothing of this request's body was stored: send it again shortly") });
+        let mut r = json_response(status, &answer);
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(STORE_RETRY_AFTER_SECONDS),
+        );
+        return r;
     }
     if let ApiError::Storage(StorageError::Backend(_)) = e {
         let mut r = json_response(status, &json!({ "error": STORE_UNAVAILABLE }));
@@ -283,6 +294,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                     "playback_log_shed": app.node.ctx.streaming.log.shed_total(),
                     "bytes_sent_from_files": zerocopy::sent_from_files(),
                     "sessions": app.node.refs.session_table.len(),
+                    "upload_buffer_free_bytes": app.node.ctx.storage.write_budget().available(),
                 }),
             )
         });

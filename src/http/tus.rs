@@ -859,11 +859,10 @@ async fn receive(
                 }
             }
             let w = writer.as_mut().expect("writer was just created");
-            if let Err(e) = w.wait_for_capacity(4).await {
-                failure = Some(ApiError::Storage(e.into()));
+            if let Err(e) = w.put($chunk).await {
+                failure = Some(e.into());
                 break;
             }
-            w.put($chunk);
         }};
     }
     loop {
@@ -954,10 +953,9 @@ async fn receive(
                 }
             }
             if let Some(w) = writer.as_mut() {
-                if let Err(e) = w.wait_for_capacity(4).await {
-                    return (PatchOutcome::Nothing, Some(ApiError::Storage(e.into())));
+                if let Err(e) = w.put(c).await {
+                    return (PatchOutcome::Nothing, Some(e.into()));
                 }
-                w.put(c);
             }
         }
     }
@@ -979,7 +977,7 @@ async fn receive(
     if received > 0 {
         if let Some(w) = writer.take() {
             if let Err(e) = w.finish().await {
-                return (PatchOutcome::Nothing, Some(ApiError::Storage(e.into())));
+                return (PatchOutcome::Nothing, Some(e.into()));
             }
         }
     }

@@ -202,11 +202,7 @@ where
                     Sniff::Container(_) | Sniff::Unknown => judged = true,
                 }
             }
-            writer
-                .wait_for_capacity(4)
-                .await
-                .map_err(|e| ApiError::Storage(e.into()))?;
-            writer.put(chunk);
+            writer.put(chunk).await?;
         }
         // A body shorter than the sniff window is judged whole (an empty one is refused below).
         if !judged && total > 0 {
@@ -221,10 +217,7 @@ where
         let _ = writer.abort().await;
         return Err(e);
     }
-    writer
-        .finish()
-        .await
-        .map_err(|e| ApiError::Storage(e.into()))?;
+    writer.finish().await?;
     if total == 0 {
         let _ = storage.delete(&staging).await;
         return Err(ApiError::BadRequest(

@@ -57,12 +57,15 @@ pub async fn run(s: &Storage) {
     assert!(s.list("nothing-here").await.unwrap().is_empty());
 
     // Multipart: 8 MiB parts, so 20 MiB is three parts on S3.
-    let pattern: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+    let pattern = Bytes::from(
+        (0..1_000_003u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let mut w = s.writer("big/x").await.unwrap();
     let mut expect = Vec::new();
     for _ in 0..20 {
-        w.wait_for_capacity(4).await.unwrap();
-        w.write(&pattern);
+        w.put(pattern.clone()).await.unwrap();
         expect.extend_from_slice(&pattern);
     }
     w.finish().await.unwrap();

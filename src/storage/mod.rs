@@ -8,6 +8,7 @@ pub mod events;
 pub mod file_bytes;
 pub mod keys;
 pub mod lease;
+pub mod part_writer;
 pub mod playback;
 pub mod scratch;
 pub mod uploads;
@@ -22,7 +23,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+pub use part_writer::{PartWriter, WriteBudget};
 
 use crate::config::StorageLocation;
 use crate::media::playlist::RenditionOutput;
@@ -42,6 +45,10 @@ pub enum StorageError {
     /// fails the same way until someone frees space.
     #[error("object store full: {0}")]
     Full(String),
+    /// The node's memory for writes on their way to the store ([`WriteBudget`]) stayed spent
+    /// for the budget's wait: a retry shortly may find room.
+    #[error("node busy: {0}")]
+    Busy(String),
     /// A stored object could not be decoded.
     #[error("corrupt object {key}: {message}")]
     Corrupt {
@@ -105,6 +112,10 @@ pub struct Storage {
     /// directory walk and a wrapped store may not): a page of the catalog then needs only its
     /// own entries ([`Storage::catalog_page`]).
     sorted_listing: bool,
+    /// What [`Storage::writer`]s may hold in memory, all together.
+    writes: WriteBudget,
+    /// The size of a writer's parts, bytes.
+    part_bytes: usize,
 }
 
 /// Catalog shards a local-store page lists at once ([`Storage::catalog_page`]): the listings
@@ -113,6 +124,10 @@ const SHARDS_AT_ONCE: usize = 8;
 
 /// [`Storage::with_answer_timeout`] unless configured: 10 s.
 pub const DEFAULT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What [`Storage::writer`]s may hold in memory together unless told
+/// ([`Storage::with_write_budget`]; a node's `limits.upload_buffer_mib`), bytes: 256 MiB.
+pub const DEFAULT_WRITE_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
 
 fn path(key: &str) -> ObjectPath {
     ObjectPath::from(key)
@@ -138,10 +153,9 @@ impl Storage {
                         .with_automatic_cleanup(true),
                 );
                 Ok(Self {
-                    store: fs.clone(),
-                    local: Some(fs),
-                    answer_timeout: DEFAULT_ANSWER_TIMEOUT,
-                    sorted_listing: false,
+                    local: Some(fs.clone()),
+                    part_bytes: part_writer::LOCAL_PART_BYTES,
+                    ..Self::from_store(fs)
                 })
             }
             StorageLocation::S3(s3) => {
@@ -221,6 +235,11 @@ impl Storage {
             local: None,
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             sorted_listing: false,
+            writes: WriteBudget::new(
+                DEFAULT_WRITE_BUDGET_BYTES,
+                std::time::Duration::from_secs(30),
+            ),
+            part_bytes: part_writer::REMOTE_PART_BYTES,
         }
     }
 
@@ -385,11 +404,37 @@ impl Storage {
         Ok(())
     }
 
-    /// Start a streaming write of a large object: parts are uploaded as they fill, so memory
-    /// stays bounded whatever the object's size. Finish with [`WriteMultipart::finish`].
-    pub async fn writer(&self, key: &str) -> Result<WriteMultipart, StorageError> {
+    /// Start a streaming write of a large object: parts go to the store as they fill, each
+    /// taking its room from the node's [`WriteBudget`] first, so memory stays bounded whatever
+    /// the object's size and however many are written at once. Finish with
+    /// [`PartWriter::finish`].
+    ///
+    /// Errors: the store refused to start the write.
+    pub async fn writer(&self, key: &str) -> Result<PartWriter, StorageError> {
         let upload = self.store.put_multipart(&path(key)).await?;
-        Ok(WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024))
+        Ok(PartWriter::new(
+            upload,
+            self.part_bytes,
+            self.writes.clone(),
+        ))
+    }
+
+    /// Give the writers `budget` to share ([`Storage::writer`]); by default 256 MiB and 30 s.
+    pub fn with_write_budget(mut self, budget: WriteBudget) -> Self {
+        self.writes = budget;
+        self
+    }
+
+    /// The budget [`Storage::writer`]s share.
+    pub fn write_budget(&self) -> &WriteBudget {
+        &self.writes
+    }
+
+    /// Writers' parts of `bytes` (tests: small parts show a budget's effect).
+    #[cfg(test)]
+    pub fn with_part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes;
+        self
     }
 
     /// Read `len` bytes from `offset` of an object (HTTP range read on S3).

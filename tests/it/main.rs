@@ -19,3 +19,4 @@ mod restart;
 mod s3;
 mod sessions;
 mod tus;
+mod upload_memory;

@@ -1,0 +1,297 @@
+//! Streaming writes of large objects (an upload's body, a tus upload's parts joined into its
+//! source) in parts, under one memory budget for the whole node.
+//!
+//! A body arrives faster than, or as fast as, the store takes it; what is between the two is in
+//! memory: the part being filled and the parts on their way to the store. Each writer once had
+//! its own bound (8 MiB parts, 4 on their way) and nothing bounded their sum: 100 `PUT`s that
+//! had each sent 7 MiB and then waited held 735 MiB of a node's memory, and a thousand would
+//! have held 7 GiB, all of it bytes any client can send. nginx spools bodies to disk and keeps
+//! 16 KiB of each in memory (`client_body_buffer_size`).
+//!
+//! So every part a writer fills first takes its size from the node's [`WriteBudget`]
+//! (`limits.upload_buffer_mib`), and gives it back once the store has the part. A writer that
+//! finds the budget spent waits, its client's bytes held back by TCP, for at most the budget's
+//! `wait` (`limits.body_idle_seconds`, the time a body may stall anyway), then fails with
+//! [`StorageError::Busy`] (`503` and `Retry-After` for the client, nothing of its body
+//! stored). A writer waits for a part only when it holds no part being filled, and a part on
+//! its way to the store needs no more of the budget to arrive, so writers cannot wait on each
+//! other for ever.
+//!
+//! Parts are [`LOCAL_PART_BYTES`] on the local store, which writes each at its offset at once,
+//! and [`REMOTE_PART_BYTES`] elsewhere (S3's smallest part but the last is 5 MiB).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::{MultipartUpload, PutPayloadMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::StorageError;
+
+/// Part size on the local store (bytes).
+pub const LOCAL_PART_BYTES: usize = 1024 * 1024;
+
+/// Part size on S3 and other remote stores (bytes): at least S3's 5 MiB.
+pub const REMOTE_PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts of one writer on their way to the store at most at once.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// The budget's unit (bytes): permits are KiB, so a budget of terabytes still counts in `u32`.
+const UNIT: usize = 1024;
+
+/// The memory all of a node's writers may hold at once (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct WriteBudget {
+    permits: Arc<Semaphore>,
+    /// The budget, KiB.
+    total: u32,
+    /// Longest wait for room before a write fails as [`StorageError::Busy`].
+    wait: Duration,
+}
+
+impl WriteBudget {
+    /// A budget of `bytes` (at least one KiB), writers waiting at most `wait` for room.
+    pub fn new(bytes: u64, wait: Duration) -> Self {
+        let total = (bytes / UNIT as u64).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        Self {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+            wait,
+        }
+    }
+
+    /// Bytes of the budget free now.
+    pub fn available(&self) -> u64 {
+        self.permits.available_permits() as u64 * UNIT as u64
+    }
+
+    /// Room for a part of `bytes` (the whole budget if the part is larger): waits at most
+    /// `wait`. Errors: [`StorageError::Busy`].
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, StorageError> {
+        let n = (bytes.div_ceil(UNIT) as u32).min(self.total);
+        match tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Ok(p),
+            // The semaphore is never closed; were it, no room would ever come.
+            Ok(Err(_)) | Err(_) => Err(StorageError::Busy(format!(
+                "the {} MiB the node keeps for upload bodies on their way to the store \
+                 (limits.upload_buffer_mib) stayed in use for {} s",
+                self.total / 1024,
+                self.wait.as_secs()
+            ))),
+        }
+    }
+}
+
+/// A streaming write of one object in parts ([`super::Storage::writer`]); nothing is visible
+/// at the key until [`PartWriter::finish`]. Dropped unfinished, the parts on their way are
+/// cancelled and the store's partial upload is left for its sweep (`Storage::sweep_cut_uploads`)
+/// or, on S3, the bucket's lifecycle rule; [`PartWriter::abort`] removes it at once.
+pub struct PartWriter {
+    upload: Box<dyn MultipartUpload>,
+    part_bytes: usize,
+    budget: WriteBudget,
+    /// The part being filled, and its room in the budget (taken when its first byte came).
+    part: PutPayloadMut,
+    room: Option<OwnedSemaphorePermit>,
+    /// Parts on their way to the store, each holding its room until it arrives.
+    in_flight: JoinSet<Result<(), object_store::Error>>,
+}
+
+impl PartWriter {
+    pub(super) fn new(
+        upload: Box<dyn MultipartUpload>,
+        part_bytes: usize,
+        budget: WriteBudget,
+    ) -> Self {
+        Self {
+            upload,
+            part_bytes,
+            budget,
+            part: PutPayloadMut::new(),
+            room: None,
+            in_flight: JoinSet::new(),
+        }
+    }
+
+    /// Append `chunk` (not copied); full parts go to the store as they fill.
+    ///
+    /// Errors: [`StorageError::Busy`] when no room came in the budget's wait, or the store's
+    /// error for an earlier part.
+    pub async fn put(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
+        while !chunk.is_empty() {
+            if self.room.is_none() {
+                self.room = Some(self.budget.take(self.part_bytes).await?);
+            }
+            let free = self.part_bytes - self.part.content_length();
+            self.part.push(chunk.split_to(free.min(chunk.len())));
+            if self.part.content_length() >= self.part_bytes {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send the part being filled, once fewer than [`PARTS_IN_FLIGHT`] are on their way.
+    async fn send_part(&mut self) -> Result<(), StorageError> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.one_arrived().await?;
+        }
+        let part = std::mem::take(&mut self.part).freeze();
+        let room = self.room.take();
+        let sent = self.upload.put_part(part);
+        self.in_flight.spawn(async move {
+            let r = sent.await;
+            drop(room);
+            r
+        });
+        Ok(())
+    }
+
+    /// Wait for one part on its way. Errors: the store's for it.
+    async fn one_arrived(&mut self) -> Result<(), StorageError> {
+        match self.in_flight.join_next().await {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.into()),
+            Some(Err(e)) => Err(StorageError::Backend(format!("a part's write failed: {e}"))),
+        }
+    }
+
+    /// Send what is left, wait for every part, and make the object visible at its key.
+    ///
+    /// Errors: the store's.
+    pub async fn finish(mut self) -> Result<(), StorageError> {
+        if self.part.content_length() > 0 {
+            self.send_part().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.one_arrived().await?;
+        }
+        self.room = None;
+        self.upload.complete().await?;
+        Ok(())
+    }
+
+    /// Drop the parts and the store's partial upload.
+    ///
+    /// Errors: the store's, removing the partial upload.
+    pub async fn abort(mut self) -> Result<(), StorageError> {
+        self.in_flight.shutdown().await;
+        self.upload.abort().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Storage;
+    use object_store::memory::InMemory;
+
+    /// A store in memory whose writers fill parts of `part` bytes from a budget of `budget`
+    /// bytes, waiting at most 5 s for room.
+    fn store(part: usize, budget: u64) -> (Storage, WriteBudget) {
+        let b = WriteBudget::new(budget, Duration::from_secs(5));
+        let s = Storage::from_store(Arc::new(InMemory::new()))
+            .with_write_budget(b.clone())
+            .with_part_bytes(part);
+        (s, b)
+    }
+
+    /// The object at `key`, whole.
+    async fn read(s: &Storage, key: &str) -> Option<Bytes> {
+        s.get(key).await.unwrap().map(|o| o.bytes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_past_the_budget_waits_then_is_told_busy_and_room_comes_back() {
+        let (s, budget) = store(4096, 8192); // room for two parts
+        let mut a = s.writer("a").await.unwrap();
+        let mut b = s.writer("b").await.unwrap();
+        a.put(Bytes::from_static(b"first")).await.unwrap();
+        b.put(Bytes::from_static(b"second")).await.unwrap();
+        assert_eq!(
+            budget.available(),
+            0,
+            "each part being filled holds its room"
+        );
+        let mut c = s.writer("c").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let e = c.put(Bytes::from_static(b"third")).await.unwrap_err();
+        assert!(matches!(e, StorageError::Busy(_)), "{e}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "it waited the budget's wait"
+        );
+        a.finish().await.unwrap();
+        assert_eq!(
+            budget.available(),
+            4096,
+            "a finished write gives its room back"
+        );
+        c.put(Bytes::from_static(b"third")).await.unwrap();
+        c.finish().await.unwrap();
+        b.finish().await.unwrap();
+        assert_eq!(budget.available(), 8192);
+        assert_eq!(read(&s, "a").await.unwrap(), &b"first"[..]);
+        assert_eq!(read(&s, "c").await.unwrap(), &b"third"[..]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_writer_goes_on_when_another_finishes() {
+        let (s, budget) = store(4096, 4096); // room for one part
+        let mut a = s.writer("a").await.unwrap();
+        a.put(Bytes::from_static(b"held")).await.unwrap();
+        let s2 = s.clone();
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asks = asked.clone();
+        let waiting = tokio::spawn(async move {
+            let mut b = s2.writer("b").await.unwrap();
+            // Set in the same poll that asks for room: once seen, the writer is waiting.
+            asks.store(true, std::sync::atomic::Ordering::Relaxed);
+            b.put(Bytes::from_static(b"waited")).await?;
+            b.finish().await
+        });
+        for _ in 0..1000 {
+            if asked.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(asked.load(std::sync::atomic::Ordering::Relaxed));
+        // Most of its wait goes by; then the first write finishes and gives its room.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!waiting.is_finished(), "it waits for room");
+        a.finish().await.unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(read(&s, "b").await.unwrap(), &b"waited"[..]);
+        assert_eq!(budget.available(), 4096);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_parts_arrives_whole_and_in_order_within_the_budget() {
+        let (s, budget) = store(4096, 3 * 4096); // fewer rooms than PARTS_IN_FLIGHT + 1
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = s.writer("big").await.unwrap();
+        for chunk in data.chunks(3001) {
+            w.put(Bytes::copy_from_slice(chunk)).await.unwrap();
+            assert!(budget.available() <= 3 * 4096);
+        }
+        w.finish().await.unwrap();
+        assert_eq!(read(&s, "big").await.unwrap(), data);
+        assert_eq!(budget.available(), 3 * 4096, "all room given back");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_write_leaves_nothing_and_gives_its_room_back() {
+        let (s, budget) = store(4096, 8192);
+        let mut w = s.writer("gone").await.unwrap();
+        w.put(Bytes::from(vec![1u8; 6000])).await.unwrap();
+        w.abort().await.unwrap();
+        assert!(read(&s, "gone").await.is_none());
+        assert_eq!(budget.available(), 8192);
+    }
+}
