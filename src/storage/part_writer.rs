@@ -86,9 +86,10 @@ impl WriteBudget {
 }
 
 /// A streaming write of one object in parts ([`super::Storage::writer`]); nothing is visible
-/// at the key until [`PartWriter::finish`]. Dropped unfinished, the parts on their way are
-/// cancelled and the store's partial upload is left for its sweep (`Storage::sweep_cut_uploads`)
-/// or, on S3, the bucket's lifecycle rule; [`PartWriter::abort`] removes it at once.
+/// at the key until [`PartWriter::finish`]. Dropped unfinished, its parts on their way are
+/// cancelled and their room given back; the local store removes its partial file, while S3
+/// keeps an incomplete multipart upload until the bucket's lifecycle rule ends it
+/// (`docs/uploads.md`). [`PartWriter::abort`] removes it at once on every store.
 pub struct PartWriter {
     upload: Box<dyn MultipartUpload>,
     part_bytes: usize,
