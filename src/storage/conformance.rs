@@ -56,7 +56,7 @@ pub async fn run(s: &Storage) {
     assert_eq!(dirs, vec!["a".to_string(), "r".to_string()]);
     assert!(s.list("nothing-here").await.unwrap().is_empty());
 
-    // Multipart: 8 MiB parts, so 20 MiB is three parts on S3.
+    // Multipart: 8 MiB parts on S3 (three for 20 MiB), 1 MiB on the local store (twenty).
     let pattern = Bytes::from(
         (0..1_000_003u32)
             .map(|i| (i % 251) as u8)
