@@ -214,9 +214,10 @@ pub struct Limits {
     /// store becomes a `503` with `Retry-After` in bounded time.
     pub store_answer_seconds: u64,
     /// Memory the node's upload bodies may hold together on their way to the object store,
-    /// MiB (default 256; `storage::part_writer`): each body holds the part it is filling
-    /// (1 MiB on the local store, 8 MiB on S3) and up to 4 parts being written. A body that
-    /// finds it spent waits up to `body_idle_seconds`, its sender held back by TCP, then gets
+    /// MiB (default 256; at least 16 with S3; `storage::part_writer`): the bytes of the part
+    /// each is filling (parts of 1 MiB on the local store, 8 MiB on S3) and of up to 4 parts
+    /// being written. A body that finds it spent sends its part short on the local store;
+    /// otherwise it waits up to `body_idle_seconds`, its sender held back by TCP, then gets
     /// `503` with `Retry-After` and nothing of it is stored. Without it 100 `PUT`s that had
     /// sent 7 MiB each held 735 MiB.
     pub upload_buffer_mib: u64,
@@ -680,6 +681,14 @@ impl Config {
         if self.limits.upload_buffer_mib == 0 || self.limits.upload_buffer_mib > 1024 * 1024 {
             return Err(ConfigError::Invalid(
                 "limits.upload_buffer_mib must be between 1 and 1048576 (1 TiB)".into(),
+            ));
+        }
+        // On S3 a body's parts are 8 MiB and must be whole (S3 takes no part under 5 MiB but
+        // the last), so a body needs room for one part and the budget at least two.
+        if matches!(self.storage, StorageLocation::S3(_)) && self.limits.upload_buffer_mib < 16 {
+            return Err(ConfigError::Invalid(
+                "limits.upload_buffer_mib must be at least 16 with S3 storage (two 8 MiB parts)"
+                    .into(),
             ));
         }
         if self.limits.store_answer_seconds == 0 || self.limits.store_answer_seconds > 600 {
@@ -1153,6 +1162,35 @@ cluster = "127.0.0.1:9080"
             let c = Config::from_file_with_env(&path, Some(node), &env).unwrap();
             assert_eq!(c.data_dir, PathBuf::from(format!("/var/lib/reel/{node}")));
         }
+    }
+
+    #[test]
+    fn the_upload_memory_budget_is_at_least_two_parts_on_s3_and_one_mib_elsewhere() {
+        let (_d, path) = write(ONE);
+        let mut c = Config::from_file(&path, None).unwrap();
+        assert_eq!(c.limits.upload_buffer_mib, 256, "the default");
+        c.limits.upload_buffer_mib = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("upload_buffer_mib"));
+        c.limits.upload_buffer_mib = 1;
+        c.validate().unwrap();
+        let text = ONE.replace("local:objects", "s3://reel-media")
+            + "[s3]\nendpoint = \"http://127.0.0.1:8333\"\n";
+        let (_d, path) = write(&text);
+        let env: HashMap<String, String> =
+            [("AWS_ACCESS_KEY_ID", "K"), ("AWS_SECRET_ACCESS_KEY", "S")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let mut c = Config::from_file_with_env(&path, None, &env).unwrap();
+        c.limits.upload_buffer_mib = 8;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 16 with S3"), "{e}");
+        c.limits.upload_buffer_mib = 16;
+        c.validate().unwrap();
     }
 
     #[test]

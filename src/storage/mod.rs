@@ -116,6 +116,10 @@ pub struct Storage {
     writes: WriteBudget,
     /// The size of a writer's parts, bytes.
     part_bytes: usize,
+    /// Whether the store takes a part shorter than that before the last: the local store
+    /// writes each part at its offset at once, whatever its size; S3 wants at least 5 MiB,
+    /// and other stores are taken to want the same.
+    short_parts: bool,
 }
 
 /// Catalog shards a local-store page lists at once ([`Storage::catalog_page`]): the listings
@@ -155,6 +159,7 @@ impl Storage {
                 Ok(Self {
                     local: Some(fs.clone()),
                     part_bytes: part_writer::LOCAL_PART_BYTES,
+                    short_parts: true,
                     ..Self::from_store(fs)
                 })
             }
@@ -240,6 +245,7 @@ impl Storage {
                 std::time::Duration::from_secs(30),
             ),
             part_bytes: part_writer::REMOTE_PART_BYTES,
+            short_parts: false,
         }
     }
 
@@ -415,6 +421,7 @@ impl Storage {
         Ok(PartWriter::new(
             upload,
             self.part_bytes,
+            self.short_parts,
             self.writes.clone(),
         ))
     }
@@ -430,10 +437,12 @@ impl Storage {
         &self.writes
     }
 
-    /// Writers' parts of `bytes` (tests: small parts show a budget's effect).
+    /// Writers' parts of `bytes`, sent short when the budget is spent if `short` (tests:
+    /// small parts show a budget's effect, on either kind of store).
     #[cfg(test)]
-    pub fn with_part_bytes(mut self, bytes: usize) -> Self {
+    pub fn with_parts(mut self, bytes: usize, short: bool) -> Self {
         self.part_bytes = bytes;
+        self.short_parts = short;
         self
     }
 

@@ -8,17 +8,20 @@
 //! have held 7 GiB, all of it bytes any client can send. nginx spools bodies to disk and keeps
 //! 16 KiB of each in memory (`client_body_buffer_size`).
 //!
-//! So every part a writer fills first takes its size from the node's [`WriteBudget`]
-//! (`limits.upload_buffer_mib`), and gives it back once the store has the part. A writer that
-//! finds the budget spent waits, its client's bytes held back by TCP, for at most the budget's
-//! `wait` (`limits.body_idle_seconds`, the time a body may stall anyway), then fails with
-//! [`StorageError::Busy`] (`503` and `Retry-After` for the client, nothing of its body
-//! stored). A writer waits for a part only when it holds no part being filled, and a part on
-//! its way to the store needs no more of the budget to arrive, so writers cannot wait on each
-//! other for ever.
+//! So the bytes a writer holds, in the part it fills and in the parts on their way, are counted
+//! against the node's [`WriteBudget`] (`limits.upload_buffer_mib`) as they arrive, and given
+//! back once the store has their part. Room is taken for the bytes received, not for a whole
+//! part ahead: a client that sends one byte holds one KiB, so holding the budget costs a client
+//! the budget's size in bytes sent. A writer that finds the budget spent first sends the part
+//! it is filling, short, where the store takes parts of any size (the local store, which writes
+//! each at its offset at once), so that its room comes back as soon as that write ends; then it
+//! waits, its client's bytes held back by TCP, for at most the budget's `wait`
+//! (`limits.body_idle_seconds`, the time a body may stall anyway), and fails with
+//! [`StorageError::Busy`] (`503` and `Retry-After` for the client, nothing of its body stored).
 //!
-//! Parts are [`LOCAL_PART_BYTES`] on the local store, which writes each at its offset at once,
-//! and [`REMOTE_PART_BYTES`] elsewhere (S3's smallest part but the last is 5 MiB).
+//! Parts are [`LOCAL_PART_BYTES`] on the local store and [`REMOTE_PART_BYTES`] elsewhere (S3's
+//! smallest part but the last is 5 MiB; there a waiting writer keeps its part, and room comes
+//! back as other writers' parts arrive or as writers that waited too long give theirs up).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,10 +71,15 @@ impl WriteBudget {
         self.permits.available_permits() as u64 * UNIT as u64
     }
 
-    /// Room for a part of `bytes` (the whole budget if the part is larger): waits at most
-    /// `wait`. Errors: [`StorageError::Busy`].
-    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, StorageError> {
-        let n = (bytes.div_ceil(UNIT) as u32).min(self.total);
+    /// `n` units of room at once, if free now.
+    fn try_take(&self, n: u32) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// `n` units of room (at most the whole budget): waits at most `wait`.
+    /// Errors: [`StorageError::Busy`].
+    async fn take(&self, n: u32) -> Result<OwnedSemaphorePermit, StorageError> {
+        let n = n.min(self.total);
         match tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(n)).await {
             Ok(Ok(p)) => Ok(p),
             // The semaphore is never closed; were it, no room would ever come.
@@ -93,8 +101,10 @@ impl WriteBudget {
 pub struct PartWriter {
     upload: Box<dyn MultipartUpload>,
     part_bytes: usize,
+    /// Whether the store takes a part shorter than `part_bytes` before the last.
+    short_parts: bool,
     budget: WriteBudget,
-    /// The part being filled, and its room in the budget (taken when its first byte came).
+    /// The part being filled, and the room its bytes hold (rounded up to a KiB).
     part: PutPayloadMut,
     room: Option<OwnedSemaphorePermit>,
     /// Parts on their way to the store, each holding its room until it arrives.
@@ -102,14 +112,18 @@ pub struct PartWriter {
 }
 
 impl PartWriter {
+    /// A writer of `upload` in parts of `part_bytes`, sending a part short when the budget is
+    /// spent if `short_parts`, its room from `budget`.
     pub(super) fn new(
         upload: Box<dyn MultipartUpload>,
         part_bytes: usize,
+        short_parts: bool,
         budget: WriteBudget,
     ) -> Self {
         Self {
             upload,
             part_bytes,
+            short_parts,
             budget,
             part: PutPayloadMut::new(),
             room: None,
@@ -123,14 +137,39 @@ impl PartWriter {
     /// error for an earlier part.
     pub async fn put(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
         while !chunk.is_empty() {
-            if self.room.is_none() {
-                self.room = Some(self.budget.take(self.part_bytes).await?);
-            }
             let free = self.part_bytes - self.part.content_length();
-            self.part.push(chunk.split_to(free.min(chunk.len())));
+            let piece = chunk.split_to(free.min(chunk.len()));
+            self.make_room(piece.len()).await?;
+            self.part.push(piece);
             if self.part.content_length() >= self.part_bytes {
                 self.send_part().await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Make the part's room cover `more` bytes beyond those it holds: at once if the budget
+    /// has it; else, where the store takes short parts, after sending the part as it is (its
+    /// room then comes back when the write ends); then waiting for it.
+    async fn make_room(&mut self, more: usize) -> Result<(), StorageError> {
+        let held = self.room.as_ref().map_or(0, |r| r.num_permits());
+        let mut need = units(self.part.content_length() + more).saturating_sub(held);
+        if need == 0 {
+            return Ok(());
+        }
+        let got = match self.budget.try_take(need as u32) {
+            Some(p) => p,
+            None => {
+                if self.short_parts && self.part.content_length() > 0 {
+                    self.send_part().await?;
+                    need = units(more);
+                }
+                self.budget.take(need as u32).await?
+            }
+        };
+        match &mut self.room {
+            Some(r) => r.merge(got),
+            None => self.room = Some(got),
         }
         Ok(())
     }
@@ -185,19 +224,24 @@ impl PartWriter {
     }
 }
 
+/// Units of room that `bytes` take.
+fn units(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::Storage;
     use object_store::memory::InMemory;
 
-    /// A store in memory whose writers fill parts of `part` bytes from a budget of `budget`
-    /// bytes, waiting at most 5 s for room.
-    fn store(part: usize, budget: u64) -> (Storage, WriteBudget) {
+    /// A store in memory whose writers fill parts of `part` bytes (sent short when the budget
+    /// is spent if `short`) from a budget of `budget` bytes, waiting at most 5 s for room.
+    fn store(part: usize, short: bool, budget: u64) -> (Storage, WriteBudget) {
         let b = WriteBudget::new(budget, Duration::from_secs(5));
         let s = Storage::from_store(Arc::new(InMemory::new()))
             .with_write_budget(b.clone())
-            .with_part_bytes(part);
+            .with_parts(part, short);
         (s, b)
     }
 
@@ -206,21 +250,21 @@ mod tests {
         s.get(key).await.unwrap().map(|o| o.bytes)
     }
 
+    fn bytes(n: usize, of: u8) -> Bytes {
+        Bytes::from(vec![of; n])
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_writer_past_the_budget_waits_then_is_told_busy_and_room_comes_back() {
-        let (s, budget) = store(4096, 8192); // room for two parts
+        let (s, budget) = store(4096, false, 8192);
         let mut a = s.writer("a").await.unwrap();
         let mut b = s.writer("b").await.unwrap();
-        a.put(Bytes::from_static(b"first")).await.unwrap();
-        b.put(Bytes::from_static(b"second")).await.unwrap();
-        assert_eq!(
-            budget.available(),
-            0,
-            "each part being filled holds its room"
-        );
+        a.put(bytes(4000, b'a')).await.unwrap();
+        b.put(bytes(4000, b'b')).await.unwrap();
+        assert_eq!(budget.available(), 0, "the bytes held take the room");
         let mut c = s.writer("c").await.unwrap();
         let started = tokio::time::Instant::now();
-        let e = c.put(Bytes::from_static(b"third")).await.unwrap_err();
+        let e = c.put(bytes(1, b'c')).await.unwrap_err();
         assert!(matches!(e, StorageError::Busy(_)), "{e}");
         assert_eq!(
             started.elapsed(),
@@ -233,19 +277,61 @@ mod tests {
             4096,
             "a finished write gives its room back"
         );
-        c.put(Bytes::from_static(b"third")).await.unwrap();
+        c.put(bytes(1, b'c')).await.unwrap();
         c.finish().await.unwrap();
         b.finish().await.unwrap();
         assert_eq!(budget.available(), 8192);
-        assert_eq!(read(&s, "a").await.unwrap(), &b"first"[..]);
-        assert_eq!(read(&s, "c").await.unwrap(), &b"third"[..]);
+        assert_eq!(read(&s, "a").await.unwrap(), bytes(4000, b'a'));
+        assert_eq!(read(&s, "c").await.unwrap(), bytes(1, b'c'));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_a_byte_holds_a_kib_not_a_part() {
+        // 8 MiB parts, a budget of 16 KiB: ten writers of one byte each all get in.
+        let (s, budget) = store(REMOTE_PART_BYTES, false, 16 * 1024);
+        let mut writers = Vec::new();
+        for i in 0..10 {
+            let mut w = s.writer(&format!("w{i}")).await.unwrap();
+            w.put(bytes(1, b'x')).await.unwrap();
+            writers.push(w);
+        }
+        assert_eq!(budget.available(), 6 * 1024);
+        for w in writers {
+            w.finish().await.unwrap();
+        }
+        assert_eq!(budget.available(), 16 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_short_parts_are_taken_a_writer_sends_its_part_short_instead_of_waiting() {
+        // Parts of 8 KiB, room for 4 KiB.
+        let (s, budget) = store(8192, true, 4096);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        // 2,000 more do not fit beside the 3,000 held: the 3,000 go to the store as a short
+        // part, and their room comes back for the 2,000, with no wait.
+        let started = tokio::time::Instant::now();
+        a.put(bytes(2000, b'2')).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        a.finish().await.unwrap();
+        let mut want = vec![b'1'; 3000];
+        want.extend_from_slice(&[b'2'; 2000]);
+        assert_eq!(read(&s, "a").await.unwrap(), want);
+        assert_eq!(budget.available(), 4096);
+        // Where parts must be whole (S3), the same writer waits for room it holds itself: so
+        // a node on S3 needs a budget of at least two parts (`Config::validate`).
+        let (s, _) = store(8192, false, 4096);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        let e = a.put(bytes(2000, b'2')).await.unwrap_err();
+        assert!(matches!(e, StorageError::Busy(_)), "{e}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_writer_goes_on_when_another_finishes() {
-        let (s, budget) = store(4096, 4096); // room for one part
+        let (s, budget) = store(4096, false, 4096);
         let mut a = s.writer("a").await.unwrap();
-        a.put(Bytes::from_static(b"held")).await.unwrap();
+        a.put(bytes(4000, b'a')).await.unwrap();
         let s2 = s.clone();
         let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let asks = asked.clone();
@@ -253,7 +339,7 @@ mod tests {
             let mut b = s2.writer("b").await.unwrap();
             // Set in the same poll that asks for room: once seen, the writer is waiting.
             asks.store(true, std::sync::atomic::Ordering::Relaxed);
-            b.put(Bytes::from_static(b"waited")).await?;
+            b.put(bytes(10, b'b')).await?;
             b.finish().await
         });
         for _ in 0..1000 {
@@ -268,31 +354,33 @@ mod tests {
         assert!(!waiting.is_finished(), "it waits for room");
         a.finish().await.unwrap();
         waiting.await.unwrap().unwrap();
-        assert_eq!(read(&s, "b").await.unwrap(), &b"waited"[..]);
+        assert_eq!(read(&s, "b").await.unwrap(), bytes(10, b'b'));
         assert_eq!(budget.available(), 4096);
     }
 
     #[tokio::test]
     async fn a_body_of_many_parts_arrives_whole_and_in_order_within_the_budget() {
-        let (s, budget) = store(4096, 3 * 4096); // fewer rooms than PARTS_IN_FLIGHT + 1
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let mut w = s.writer("big").await.unwrap();
-        for chunk in data.chunks(3001) {
-            w.put(Bytes::copy_from_slice(chunk)).await.unwrap();
-            assert!(budget.available() <= 3 * 4096);
+        for short in [false, true] {
+            // Room for fewer parts than PARTS_IN_FLIGHT + 1.
+            let (s, budget) = store(4096, short, 3 * 4096);
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            let mut w = s.writer("big").await.unwrap();
+            for chunk in data.chunks(3001) {
+                w.put(Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+            w.finish().await.unwrap();
+            assert_eq!(read(&s, "big").await.unwrap(), data, "short parts: {short}");
+            assert_eq!(budget.available(), 3 * 4096, "all room given back");
         }
-        w.finish().await.unwrap();
-        assert_eq!(read(&s, "big").await.unwrap(), data);
-        assert_eq!(budget.available(), 3 * 4096, "all room given back");
     }
 
     #[tokio::test]
     async fn an_aborted_write_leaves_nothing_and_gives_its_room_back() {
-        let (s, budget) = store(4096, 8192);
+        let (s, budget) = store(4096, false, 16384);
         let mut w = s.writer("gone").await.unwrap();
-        w.put(Bytes::from(vec![1u8; 6000])).await.unwrap();
+        w.put(bytes(6000, 1)).await.unwrap();
         w.abort().await.unwrap();
         assert!(read(&s, "gone").await.is_none());
-        assert_eq!(budget.available(), 8192);
+        assert_eq!(budget.available(), 16384);
     }
 }
