@@ -56,9 +56,10 @@ pub struct WriteBudget {
 }
 
 impl WriteBudget {
-    /// A budget of `bytes` (at least one KiB), writers waiting at most `wait` for room.
+    /// A budget of `bytes` (at least one KiB, at most 4 TiB), writers waiting at most `wait`
+    /// for room.
     pub fn new(bytes: u64, wait: Duration) -> Self {
-        let total = (bytes / UNIT as u64).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        let total = (bytes / UNIT as u64).clamp(1, u64::from(u32::MAX)) as u32;
         Self {
             permits: Arc::new(Semaphore::new(total as usize)),
             total,
