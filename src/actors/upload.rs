@@ -53,9 +53,24 @@ pub enum UploadError {
     /// The object store failed; the stored state is unchanged.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The node is shutting down.
+    /// The node cannot take the request now (it is shutting down, or its memory for upload
+    /// bodies stayed spent while the upload's parts were joined): retry shortly.
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// What a join of an upload's parts into its source that found no room in the node's upload
+/// memory ([`StorageError::Busy`]) tells the client: its bytes are all stored and stay so, and
+/// a `HEAD` or the last `PATCH` sent again joins them (`finish_if_all_stored`), where the
+/// `PUT`'s answer to `Busy` would say nothing of the body was stored.
+fn join_waited(e: StorageError) -> UploadError {
+    match e {
+        StorageError::Busy(why) => UploadError::Unavailable(format!(
+            "every byte of the upload is stored, but joining its parts waited for memory: {why}; \
+             ask HEAD or send the last PATCH again shortly"
+        )),
+        other => other.into(),
+    }
 }
 
 impl From<ingest::IngestError> for UploadError {
@@ -238,7 +253,7 @@ impl UploadActor {
                             while let Some(chunk) = stream.next().await {
                                 let chunk: Bytes = chunk?;
                                 total += chunk.len() as u64;
-                                w.put(chunk).await?;
+                                w.put(chunk).await.map_err(join_waited)?;
                             }
                         }
                         if total != info.length {
@@ -527,6 +542,26 @@ mod tests {
     use crate::config::StorageLocation;
     use crate::storage::events::EventLog;
     use crate::storage::Storage;
+
+    #[test]
+    fn a_join_that_waited_for_memory_says_the_bytes_are_kept_and_how_to_finish() {
+        let e = join_waited(StorageError::Busy("256 MiB stayed in use for 30 s".into()));
+        let UploadError::Unavailable(m) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(m.contains("every byte of the upload is stored"), "{m}");
+        assert!(
+            m.contains("256 MiB stayed in use") && m.contains("ask HEAD"),
+            "{m}"
+        );
+        assert!(!m.contains("nothing"), "not the PUT's sentence: {m}");
+        // Any other store failure stays the store's.
+        let e = join_waited(StorageError::Backend("down".into()));
+        assert!(
+            matches!(e, UploadError::Storage(StorageError::Backend(_))),
+            "{e:?}"
+        );
+    }
 
     /// Stands in for the VideoSupervisor: records the videos it is asked to ensure.
     struct Probe;
