@@ -796,6 +796,16 @@ pub async fn tus_create(base: &str, len: usize) -> Result<String, (u16, Value)> 
     })
 }
 
+/// tus `HEAD` of an upload (its `Upload-Offset` and `Upload-Length`, or `404`).
+pub async fn tus_head(url: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .head(url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap()
+}
+
 /// tus `PATCH` of `bytes` at `offset` (no checksum).
 pub async fn tus_patch(url: &str, offset: usize, bytes: Vec<u8>) -> reqwest::Response {
     reqwest::Client::new()

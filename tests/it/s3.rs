@@ -438,7 +438,6 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
     // A resumable upload half sent when the store goes.
     let source = std::fs::read(clip("video")).unwrap();
     let half = source.len() / 2;
-    let tus = reqwest::Client::new();
     let upload_url = tus_create(&base, source.len()).await.unwrap();
     let patch = |offset: usize, bytes: Vec<u8>| tus_patch(&upload_url, offset, bytes);
     assert_eq!(patch(0, source[..half].to_vec()).await.status(), 204);
@@ -500,12 +499,7 @@ async fn a_store_outage_gets_quick_503s_without_internal_urls_and_recovers_by_it
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let head = tus
-        .head(&upload_url)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
+    let head = tus_head(&upload_url).await;
     assert_eq!(head.status(), 200);
     let offset: usize = head.headers()["upload-offset"]
         .to_str()

@@ -59,15 +59,6 @@ async fn patch(url: &str, offset: u64, bytes: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
-async fn head(url: &str) -> reqwest::Response {
-    Client::new()
-        .head(url)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap()
-}
-
 fn num(r: &reqwest::Response, name: &str) -> u64 {
     r.headers()[name].to_str().unwrap().parse().unwrap()
 }
@@ -115,7 +106,7 @@ async fn raw_status(s: &mut tokio::net::TcpStream) -> u16 {
 async fn wait_offset(url: &str, want: u64) -> reqwest::Response {
     let until = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let r = head(url).await;
+        let r = tus_head(url).await;
         if r.status() == 200 && num(&r, "upload-offset") == want {
             return r;
         }
@@ -172,7 +163,7 @@ async fn chunked_upload_with_checksums_becomes_a_ready_video_with_intact_bytes()
         &[("filename", "holiday.mp4"), ("filetype", "video/mp4")],
     )
     .await;
-    let r = head(&url).await;
+    let r = tus_head(&url).await;
     assert_eq!(
         (num(&r, "upload-offset"), num(&r, "upload-length")),
         (0, len)
@@ -203,7 +194,7 @@ async fn chunked_upload_with_checksums_becomes_a_ready_video_with_intact_bytes()
         sha256_hex(&bytes)
     );
     // The finished upload remembers its answer; its parts are gone.
-    let r = head(&url).await;
+    let r = tus_head(&url).await;
     assert_eq!(num(&r, "upload-offset"), len);
     assert_eq!(r.headers()["reel-video-id"], id.as_str());
     assert_eq!(
@@ -232,7 +223,7 @@ async fn creation_with_upload_and_termination() {
     assert_eq!(r.status(), 201);
     assert_eq!(num(&r, "upload-offset"), 5000);
     let url = r.headers()["location"].to_str().unwrap().to_string();
-    assert_eq!(num(&head(&url).await, "upload-offset"), 5000);
+    assert_eq!(num(&tus_head(&url).await, "upload-offset"), 5000);
     // A client that cannot send PATCH or DELETE uses X-HTTP-Method-Override.
     let r = Client::new()
         .post(&url)
@@ -254,7 +245,7 @@ async fn creation_with_upload_and_termination() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(head(&url).await.status(), 404);
+    assert_eq!(tus_head(&url).await.status(), 404);
     assert_eq!(patch(&url, 6000, vec![0; 10]).await.status(), 404);
     let r = Client::new()
         .delete(&url)
@@ -280,7 +271,11 @@ async fn a_text_file_is_refused_at_its_first_patch_and_nothing_stays() {
     assert_eq!(r.headers()["tus-resumable"], "1.0.0");
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("text file"), "{v}");
-    assert_eq!(head(&url).await.status(), 404, "the upload was terminated");
+    assert_eq!(
+        tus_head(&url).await.status(),
+        404,
+        "the upload was terminated"
+    );
     assert!(stored_upload_objects(dir.path()).is_empty());
     let (_, list) = get_json(&format!("{base}/videos")).await;
     assert_eq!(list["videos"].as_array().unwrap().len(), 0);
@@ -307,7 +302,7 @@ async fn declared_sha256_of_known_bytes_returns_the_video_without_a_transfer() {
     assert_eq!(num(&r, "upload-offset"), bytes.len() as u64);
     assert_eq!(r.headers()["reel-video-id"], id.as_str());
     let url = r.headers()["location"].to_str().unwrap().to_string();
-    let r = head(&url).await;
+    let r = tus_head(&url).await;
     assert_eq!(num(&r, "upload-offset"), bytes.len() as u64);
     assert_eq!(r.headers()["reel-video-id"], id.as_str());
 
@@ -375,7 +370,7 @@ async fn an_upload_resumes_after_its_node_restarts() {
     let node = start(config).await;
     let base = node.url();
     let url = format!("{base}{path}");
-    let r = head(&url).await;
+    let r = tus_head(&url).await;
     assert_eq!(num(&r, "upload-offset"), half as u64, "the offset survived");
     let r = patch(&url, half as u64, bytes[half..].to_vec()).await;
     assert_eq!(r.status(), 204);
@@ -542,7 +537,7 @@ async fn a_client_sent_forwarding_header_is_refused_and_changes_nothing() {
         assert_eq!(r.status(), 400, "{value}");
     }
     assert_eq!(
-        num(&head(&url).await, "upload-offset"),
+        num(&tus_head(&url).await, "upload-offset"),
         0,
         "nothing was stored"
     );
@@ -627,7 +622,7 @@ async fn incomplete_uploads_expire_and_their_parts_are_deleted() {
         },
     )
     .await;
-    assert_eq!(head(&url).await.status(), 404);
+    assert_eq!(tus_head(&url).await.status(), 404);
     node.stop().await;
 }
 
@@ -880,7 +875,7 @@ async fn every_malformed_header_gets_a_clear_4xx_and_stores_nothing() {
         }
     }
     // Nothing moved: the upload is still at 4096 with its one part, and no video exists.
-    assert_eq!(num(&head(&url).await, "upload-offset"), 4096);
+    assert_eq!(num(&tus_head(&url).await, "upload-offset"), 4096);
     assert_eq!(stored_upload_objects(dir.path()).len(), 2);
     let (_, list) = get_json(&format!("{base}/videos")).await;
     assert_eq!(list["videos"].as_array().unwrap().len(), 0);
@@ -948,7 +943,7 @@ async fn tuspy_interrupted_at_three_offsets_resumes_to_a_ready_video_with_intact
     );
     assert_eq!(*offsets.last().unwrap(), bytes.len() as u64);
     let url = v["url"].as_str().unwrap();
-    let r = head(url).await;
+    let r = tus_head(url).await;
     let id = r.headers()["reel-video-id"].to_str().unwrap().to_string();
     let rec = wait_terminal(&base, &id, PROCESSING_DEADLINE).await;
     assert_eq!(rec["state"], "ready", "{rec}");
@@ -962,7 +957,7 @@ async fn tuspy_interrupted_at_three_offsets_resumes_to_a_ready_video_with_intact
     // The same file declared by sha256: the existing id, with nothing sent.
     let v = tuspy(&["--dedupe", &endpoint, file.to_str().unwrap()]).await;
     assert_eq!(v["offset"], v["size"], "{v}");
-    let r = head(v["url"].as_str().unwrap()).await;
+    let r = tus_head(v["url"].as_str().unwrap()).await;
     assert_eq!(r.headers()["reel-video-id"], id.as_str());
     let events = event_kinds(&base, &id).await;
     assert_eq!(count(&events, "duplicate_upload"), 1, "{events:?}");
@@ -1071,7 +1066,7 @@ async fn reel_upload_resumes_after_dropped_connections_and_dedupes_before_transf
         Duration::from_secs(20),
         || {
             let url = url.clone();
-            async move { num(&head(&url).await, "upload-offset") > 0 }
+            async move { num(&tus_head(&url).await, "upload-offset") > 0 }
         },
     )
     .await;

@@ -129,13 +129,7 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
     let url = tus_create(&base, bytes.len()).await.unwrap();
     let r = tus_patch(&url, 0, bytes.clone()).await;
     assert_eq!(r.status(), 503);
-    let r = client
-        .head(&url)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["upload-offset"], "0");
+    assert_eq!(tus_head(&url).await.headers()["upload-offset"], "0");
 
     // The held body ends: its upload is taken, and the room comes back whole.
     stop.send(()).unwrap();
@@ -151,14 +145,8 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
 
     // Both refused uploads, sent again, get in: the PUT makes its video, the tus upload ends
     // on the same one.
-    let r = client
-        .put(format!("{base}/upload"))
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let v: Value = r.json().await.unwrap();
+    let (status, v) = upload(&base, &clip("video")).await;
+    assert_eq!(status, 202);
     let id = v["video_id"].as_str().unwrap().to_string();
     let r = tus_patch(&url, 0, bytes.clone()).await;
     assert_eq!(r.status(), 204);
