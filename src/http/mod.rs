@@ -218,27 +218,24 @@ fn error_response(e: &ApiError) -> Response<Bytes> {
     }
     if let ApiError::Storage(StorageError::Busy(why)) = e {
         let answer = json!({ "error": format!("the node is receiving as many upload bodies as it has memory for: {why}; nothing of this request's body was stored: send it again shortly") });
-        let mut r = json_response(status, &answer);
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(STORE_RETRY_AFTER_SECONDS),
-        );
-        return r;
+        return retry_after(json_response(status, &answer), STORE_RETRY_AFTER_SECONDS);
     }
     if let ApiError::Storage(StorageError::Backend(_)) = e {
-        let mut r = json_response(status, &json!({ "error": STORE_UNAVAILABLE }));
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(STORE_RETRY_AFTER_SECONDS),
-        );
-        return r;
+        let answer = json!({ "error": STORE_UNAVAILABLE });
+        return retry_after(json_response(status, &answer), STORE_RETRY_AFTER_SECONDS);
     }
-    let mut r = json_response(status, &json!({ "error": e.to_string() }));
+    let r = json_response(status, &json!({ "error": e.to_string() }));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         // Every 503 is a transient state (a full node, a busy peer): say when to come back.
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+        return retry_after(r, 1);
     }
+    r
+}
+
+/// `r` with `Retry-After: {seconds}` (RFC 9110 section 10.2.3).
+fn retry_after(mut r: Response<Bytes>, seconds: u32) -> Response<Bytes> {
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     r
 }
 
