@@ -60,6 +60,7 @@ use crate::http::{respond, ApiError, App};
 use crate::media::sniff::{Head, Sniff, SNIFF_BYTES};
 use crate::model::now_ms;
 use crate::storage::keys;
+use crate::storage::part_writer::next_within;
 use crate::storage::uploads::{Part, UploadInfo};
 
 /// The protocol version reel speaks (`Tus-Resumable`, `Tus-Version`).
@@ -866,18 +867,22 @@ async fn receive(
         }};
     }
     loop {
-        let chunk = match tokio::time::timeout(idle, body.next()).await {
-            Err(_) => {
+        let chunk = match next_within(writer.as_mut(), body.next(), idle).await {
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+            Ok(None) => {
                 cut = true;
                 stalled = true;
                 break;
             }
-            Ok(None) => break,
-            Ok(Some(Err(_))) => {
+            Ok(Some(None)) => break,
+            Ok(Some(Some(Err(_)))) => {
                 cut = true;
                 break;
             }
-            Ok(Some(Ok(c))) => c,
+            Ok(Some(Some(Ok(c)))) => c,
         };
         if chunk.is_empty() {
             continue;

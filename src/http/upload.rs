@@ -35,6 +35,7 @@ use crate::http::{json_response, respond, ApiError, App};
 use crate::ingest;
 use crate::media::sniff::{Head, Sniff};
 use crate::storage::keys;
+use crate::storage::part_writer::next_within;
 
 /// The request header that declares the body's SHA-256 (lowercase or uppercase hex).
 pub const CONTENT_SHA256: &str = "reel-content-sha256";
@@ -176,12 +177,14 @@ where
     let idle = app.config.limits.body_idle();
     let outcome: Result<(), ApiError> = async {
         loop {
-            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
-                ApiError::RequestTimeout(format!(
-                    "no bytes arrived for {} s after {total} bytes; nothing was stored: send the file again",
-                    idle.as_secs()
-                ))
-            })?;
+            let next = next_within(Some(&mut writer), body.next(), idle)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::RequestTimeout(format!(
+                        "no bytes arrived for {} s after {total} bytes; nothing was stored: send the file again",
+                        idle.as_secs()
+                    ))
+                })?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 ApiError::BadRequest(format!(

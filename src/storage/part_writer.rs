@@ -22,7 +22,17 @@
 //! Parts are [`LOCAL_PART_BYTES`] on the local store and [`REMOTE_PART_BYTES`] elsewhere (S3's
 //! smallest part but the last is 5 MiB; there a waiting writer keeps its part, and room comes
 //! back as other writers' parts arrive or as writers that waited too long give theirs up).
+//!
+//! Where the store takes short parts, a part is also sent once its first byte is
+//! [`PART_AGE`] old, whether more bytes come ([`PartWriter::put`]) or the body has gone quiet
+//! ([`next_within`]). Without that, a client holding the budget cost only the bytes: 256
+//! connections that each sent a MiB of a body, then a byte every half second (never silent
+//! long enough to be cut), held a node's 256 MiB and kept every other upload out. Now a client
+//! holds at most what it sent in the last second, so keeping the budget spent costs sending
+//! its size every second. On S3 a part must be whole, so a slow body keeps its part there
+//! (`docs/uploads.md`, "Memory").
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +40,7 @@ use bytes::Bytes;
 use object_store::{MultipartUpload, PutPayloadMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::StorageError;
 
@@ -41,6 +52,11 @@ pub const REMOTE_PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// Parts of one writer on their way to the store at most at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// Longest a part is filled before it goes to the store, where the store takes short parts
+/// (see the module's documentation). A body arriving at 1 MB/s or more fills its 1 MiB parts
+/// within it.
+pub const PART_AGE: Duration = Duration::from_secs(1);
 
 /// The budget's unit (bytes): permits are KiB, so a budget of terabytes still counts in `u32`.
 const UNIT: usize = 1024;
@@ -108,6 +124,8 @@ pub struct PartWriter {
     /// The part being filled, and the room its bytes hold (rounded up to a KiB).
     part: PutPayloadMut,
     room: Option<OwnedSemaphorePermit>,
+    /// When the part's first byte came (none while it is empty).
+    filled_since: Option<Instant>,
     /// Parts on their way to the store, each holding its room until it arrives.
     in_flight: JoinSet<Result<(), object_store::Error>>,
 }
@@ -128,11 +146,13 @@ impl PartWriter {
             budget,
             part: PutPayloadMut::new(),
             room: None,
+            filled_since: None,
             in_flight: JoinSet::new(),
         }
     }
 
-    /// Append `chunk` (not copied); full parts go to the store as they fill.
+    /// Append `chunk` (not copied); full parts go to the store as they fill, and parts
+    /// [`PART_AGE`] old as they are where the store takes short parts.
     ///
     /// Errors: [`StorageError::Busy`] when no room came in the budget's wait, or the store's
     /// error for an earlier part.
@@ -142,11 +162,23 @@ impl PartWriter {
             let piece = chunk.split_to(free.min(chunk.len()));
             self.make_room(piece.len()).await?;
             self.part.push(piece);
-            if self.part.content_length() >= self.part_bytes {
+            let now = Instant::now();
+            let since = *self.filled_since.get_or_insert(now);
+            if self.part.content_length() >= self.part_bytes
+                || (self.short_parts && now >= since + PART_AGE)
+            {
                 self.send_part().await?;
             }
         }
         Ok(())
+    }
+
+    /// When the part being filled is due to go to the store as it is: `None` when it is
+    /// empty, or must be whole.
+    fn part_due(&self) -> Option<Instant> {
+        self.filled_since
+            .filter(|_| self.short_parts)
+            .map(|t| t + PART_AGE)
     }
 
     /// Make the part's room cover `more` bytes beyond those it holds: at once if the budget
@@ -182,6 +214,7 @@ impl PartWriter {
         }
         let part = std::mem::take(&mut self.part).freeze();
         let room = self.room.take();
+        self.filled_since = None;
         let sent = self.upload.put_part(part);
         self.in_flight.spawn(async move {
             let r = sent.await;
@@ -223,6 +256,30 @@ impl PartWriter {
         self.upload.abort().await?;
         Ok(())
     }
+}
+
+/// Wait for `next` (the body's next chunk) for at most `idle`: `None` when it did not come.
+/// Meanwhile `writer`'s part goes to the store as it is once it is [`PART_AGE`] old, where the
+/// store takes short parts, so a body that has gone quiet gives its room back (see the
+/// module's documentation).
+///
+/// Errors: the store's, for this or an earlier part.
+pub async fn next_within<F: Future>(
+    writer: Option<&mut PartWriter>,
+    next: F,
+    idle: Duration,
+) -> Result<Option<F::Output>, StorageError> {
+    let deadline = Instant::now() + idle;
+    let mut next = std::pin::pin!(next);
+    if let Some(w) = writer {
+        if let Some(due) = w.part_due().filter(|&d| d < deadline) {
+            if let Ok(out) = tokio::time::timeout_at(due, next.as_mut()).await {
+                return Ok(Some(out));
+            }
+            w.send_part().await?;
+        }
+    }
+    Ok(tokio::time::timeout_at(deadline, next).await.ok())
 }
 
 /// Units of room that `bytes` take.
@@ -326,6 +383,66 @@ mod tests {
         a.put(bytes(3000, b'1')).await.unwrap();
         let e = a.put(bytes(2000, b'2')).await.unwrap_err();
         assert!(matches!(e, StorageError::Busy(_)), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_short_parts_are_taken_a_part_a_second_old_goes_as_it_is_and_gives_its_room_back()
+    {
+        // Parts of 8 KiB, room for 8 KiB.
+        let (s, budget) = store(8192, true, 8192);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        assert_eq!(budget.available(), 8192 - 3 * 1024);
+        // The body goes quiet: the wait for it lasts its whole `idle`, and meanwhile, a second
+        // after the part's first byte, the part goes to the store as it is.
+        let started = Instant::now();
+        let quiet = next_within(
+            Some(&mut a),
+            std::future::pending::<()>(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert!(quiet.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!(a.part.content_length(), 0, "the part went");
+        assert_eq!(budget.available(), 8192, "its room came back");
+        // A body that trickles (1,000 bytes every half second, never quiet long enough to be
+        // cut) holds at most a second of its bytes, not a whole part.
+        for i in 0..8u8 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            a.put(bytes(1000, b'a' + i)).await.unwrap();
+            assert!(
+                a.part.content_length() <= 2000,
+                "held {} bytes",
+                a.part.content_length()
+            );
+        }
+        // A chunk that comes is handed on as it is.
+        let got = next_within(Some(&mut a), std::future::ready(7), Duration::from_secs(3)).await;
+        assert_eq!(got.unwrap(), Some(7));
+        a.finish().await.unwrap();
+        let mut want = vec![b'1'; 3000];
+        for i in 0..8u8 {
+            want.extend_from_slice(&[b'a' + i; 1000]);
+        }
+        assert_eq!(read(&s, "a").await.unwrap(), want);
+        assert_eq!(budget.available(), 8192);
+
+        // Where parts must be whole (S3), a quiet body keeps its part and its room.
+        let (s, budget) = store(8192, false, 8192);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        let quiet = next_within(
+            Some(&mut a),
+            std::future::pending::<()>(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert!(quiet.is_none());
+        assert_eq!(a.part.content_length(), 3000);
+        assert_eq!(budget.available(), 8192 - 3 * 1024);
     }
 
     #[tokio::test(start_paused = true)]

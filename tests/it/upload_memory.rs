@@ -1,14 +1,18 @@
 //! The memory that upload bodies hold on their way to the store is bounded for the whole node
 //! (`limits.upload_buffer_mib`, `storage::part_writer`): a body that finds it spent waits, then
 //! gets `503` with `Retry-After` and nothing of it is stored; once room comes back, the same
-//! upload sent again gets in.
+//! upload sent again gets in. On the local store a slow body holds at most a second of its
+//! bytes, so slow clients cannot keep the others out; on S3, whose parts must be whole, a slow
+//! body keeps its part.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::*;
+use crate::s3::SeaweedFs;
 
 /// The node's free memory for upload bodies, bytes (`/health`).
 async fn upload_room(base: &str) -> u64 {
@@ -53,8 +57,50 @@ async fn answer_on(sock: &mut tokio::net::TcpStream) -> (String, String) {
     }
 }
 
+/// A `PUT /upload` of `body` that has sent `body[..first]` and goes on at a byte every half
+/// second, as a slow client does: never silent for `body_idle_seconds`, so never cut.
+struct Held {
+    stop: tokio::sync::oneshot::Sender<()>,
+    trickle: tokio::task::JoinHandle<(TcpStream, usize)>,
+}
+
+impl Held {
+    async fn start(addr: std::net::SocketAddr, body: &[u8], first: usize) -> Self {
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(&body[..first]).await.unwrap();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let body = body.to_vec();
+        let trickle = tokio::spawn(async move {
+            let mut sent = first;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        sock.write_all(&body[sent..sent + 1]).await.unwrap();
+                        sent += 1;
+                    }
+                }
+            }
+            (sock, sent)
+        });
+        Self { stop, trickle }
+    }
+
+    /// Stop the trickle: the connection, and how much of the body it has sent.
+    async fn stop(self) -> (TcpStream, usize) {
+        self.stop.send(()).unwrap();
+        self.trickle.await.unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets_in() {
+async fn on_the_local_store_a_slow_body_gives_its_room_back_and_keeps_nobody_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     // Room for one part of the local store (1 MiB); a body waits at most 2 s for room.
@@ -64,20 +110,73 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
     let base = node.url();
     let full = upload_room(&base).await;
     assert_eq!(full, 1024 * 1024);
-    // Room is taken for the bytes a body holds (its part being filled, its parts being
-    // written): a PUT that has sent 1,000 bytes short of a whole part, and goes on slowly,
-    // holds all of it.
+    // A body that sent 1,000 bytes short of a whole part and goes on slowly: its part goes to
+    // the store a second after its first byte, and its room comes back while it goes on (a
+    // trickled byte holds a KiB until its own part goes).
     let long = std::fs::read(clip("long")).unwrap();
-    let first = 1024 * 1024 - 1000;
-    let mut held = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    let head = format!(
-        "PUT /upload HTTP/1.1\r\nHost: reel\r\nContent-Length: {}\r\n\r\n",
-        long.len()
-    );
-    held.write_all(head.as_bytes()).await.unwrap();
-    held.write_all(&long[..first]).await.unwrap();
+    let held = Held::start(node.addr, &long, 1024 * 1024 - 1000).await;
     wait_until(
-        "the held body takes the room",
+        "the slow body's room comes back",
+        Duration::from_secs(30),
+        || {
+            let base = base.clone();
+            async move { upload_room(&base).await >= full - 1024 }
+        },
+    )
+    .await;
+    // So other uploads get in while it goes on, by PUT and by tus.
+    let (status, v) = upload(&base, &clip("video")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["video_id"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(clip("video")).unwrap();
+    let url = tus_create(&base, bytes.len()).await.unwrap();
+    let r = tus_patch(&url, 0, bytes).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["reel-video-id"], id.as_str());
+    // The slow body ends: its upload is taken whole and in order, and the room is whole again.
+    let (mut held, sent) = held.stop().await;
+    held.write_all(&long[sent..]).await.unwrap();
+    let (status, body) = answer_on(&mut held).await;
+    assert!(status.starts_with("HTTP/1.1 202"), "{status} {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let slow = v["video_id"].as_str().unwrap();
+    assert!(
+        stored_source(dir.path(), slow) == long,
+        "the slow body's source is stored as sent"
+    );
+    assert_eq!(upload_room(&base).await, full);
+    let staged = files_under(&dir.path().join("objects/uploads/direct"));
+    assert!(staged.is_empty(), "no body left staged: {staged:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets_in() {
+    // On S3, where a slow body keeps its part (parts must be whole), so slow bodies can spend
+    // the budget.
+    let Some(weed) = SeaweedFs::start(&["reel-budget"]).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage = weed.location("reel-budget");
+    // The least S3 allows, room for two 8 MiB parts; a body waits at most 2 s for room.
+    config.limits.upload_buffer_mib = 16;
+    config.limits.body_idle_seconds = 2;
+    let node = start(config).await;
+    let base = node.url();
+    let full = upload_room(&base).await;
+    assert_eq!(full, 16 * 1024 * 1024);
+    // Two bodies that each sent 1,000 bytes short of a part, and go on slowly, hold it all.
+    let mut body = std::fs::read(clip("long")).unwrap();
+    body.resize(9 * 1024 * 1024, 0);
+    let first = 8 * 1024 * 1024 - 1000;
+    let held = [
+        Held::start(node.addr, &body, first).await,
+        Held::start(node.addr, &body, first).await,
+    ];
+    wait_until(
+        "the held bodies take the room",
         Duration::from_secs(30),
         || {
             let base = base.clone();
@@ -85,29 +184,8 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
         },
     )
     .await;
-    // It goes on at a byte every half second, as a slow client does (a body silent for
-    // `body_idle_seconds` would be cut, and its room given back), never reaching the part's end.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let trickle = {
-        let long = long.clone();
-        tokio::spawn(async move {
-            let mut stopped = stopped;
-            let mut sent = first;
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = tick.tick() => {
-                        held.write_all(&long[sent..sent + 1]).await.unwrap();
-                        sent += 1;
-                    }
-                }
-            }
-            (held, sent)
-        })
-    };
 
-    // A second upload by PUT waits for room, then is told to come back; nothing is stored.
+    // A third upload by PUT waits for room, then is told to come back; nothing is stored.
     let bytes = std::fs::read(clip("video")).unwrap();
     let client = reqwest::Client::new();
     let r = client
@@ -131,17 +209,15 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
     assert_eq!(r.status(), 503);
     assert_eq!(tus_head(&url).await.headers()["upload-offset"], "0");
 
-    // The held body ends: its upload is taken, and the room comes back whole.
-    stop.send(()).unwrap();
-    let (mut held, sent) = trickle.await.unwrap();
-    assert!(
-        sent < 1024 * 1024,
-        "the trickle stayed inside the first part"
-    );
-    held.write_all(&long[sent..]).await.unwrap();
-    let (status, body) = answer_on(&mut held).await;
-    assert!(status.starts_with("HTTP/1.1 202"), "{status} {body}");
-    assert_eq!(upload_room(&base).await, full);
+    // The held bodies' clients go away: nothing of theirs is stored, and the room comes back.
+    for h in held {
+        drop(h.stop().await);
+    }
+    wait_until("the room comes back", Duration::from_secs(30), || {
+        let base = base.clone();
+        async move { upload_room(&base).await == full }
+    })
+    .await;
 
     // Both refused uploads, sent again, get in: the PUT makes its video, the tus upload ends
     // on the same one.
@@ -152,7 +228,11 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["reel-video-id"], id.as_str());
     assert_eq!(upload_room(&base).await, full);
-    let staged = files_under(&dir.path().join("objects/uploads/direct"));
+    let staged = weed
+        .storage("reel-budget")
+        .list(reel::storage::keys::DIRECT_UPLOADS)
+        .await
+        .unwrap();
     assert!(staged.is_empty(), "no body left staged: {staged:?}");
     node.stop().await;
 }
