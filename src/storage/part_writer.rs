@@ -25,12 +25,14 @@
 //!
 //! Where the store takes short parts, a part is also sent once its first byte is
 //! [`PART_AGE`] old, whether more bytes come ([`PartWriter::put`]) or the body has gone quiet
-//! ([`next_within`]). Without that, a client holding the budget cost only the bytes: 256
-//! connections that each sent a MiB of a body, then a byte every half second (never silent
-//! long enough to be cut), held a node's 256 MiB and kept every other upload out. Now a client
-//! holds at most what it sent in the last second, so keeping the budget spent costs sending
-//! its size every second. On S3 a part must be whole, so a slow body keeps its part there
-//! (`docs/uploads.md`, "Memory").
+//! ([`next_within`]). Without that, slow clients held their room for as long as they kept
+//! sending: 400 `PUT` bodies that each sent 1,000 bytes short of a MiB, then a byte every half
+//! second (never silent long enough to be cut), kept a node's 256 MiB at 0 to 6 MiB free, so
+//! every other upload had to fit through what was left, and clients that filled that too
+//! would have kept them out. Now a client holds at most what it sent in the last second
+//! (the same 400 left 255 MiB free), so keeping the budget spent costs sending its size every
+//! second. On S3 a part must be whole, so a slow body keeps its part there (`docs/uploads.md`,
+//! "Memory").
 
 use std::future::Future;
 use std::sync::Arc;
