@@ -221,6 +221,13 @@ pub struct Limits {
     /// `503` with `Retry-After` and nothing of it is stored. Without it 100 `PUT`s that had
     /// sent 7 MiB each held 735 MiB.
     pub upload_buffer_mib: u64,
+    /// Disk the node's upload bodies may use together for parts that fill slowly, MiB
+    /// (default 4096; 0 keeps them in memory), where the object store wants whole parts (S3:
+    /// 8 MiB parts; `storage::part_writer`). A part still filling a second after its first
+    /// byte moves to an unnamed file in `data_dir`, and its memory comes back, so slow or
+    /// trickling clients cannot hold `upload_buffer_mib`. The local store sends such parts
+    /// short instead and uses none of it.
+    pub upload_spool_mib: u64,
 }
 
 impl Default for Limits {
@@ -235,6 +242,7 @@ impl Default for Limits {
             max_connections_per_address: 512,
             store_answer_seconds: 10,
             upload_buffer_mib: 256,
+            upload_spool_mib: 4096,
         }
     }
 }
@@ -248,6 +256,11 @@ impl Limits {
     /// [`Limits::upload_buffer_mib`] in bytes.
     pub fn upload_buffer_bytes(&self) -> u64 {
         self.upload_buffer_mib * 1024 * 1024
+    }
+
+    /// [`Limits::upload_spool_mib`] in bytes.
+    pub fn upload_spool_bytes(&self) -> u64 {
+        self.upload_spool_mib * 1024 * 1024
     }
 
     /// [`Limits::store_answer_seconds`] as a duration.
@@ -681,6 +694,12 @@ impl Config {
         if self.limits.upload_buffer_mib == 0 || self.limits.upload_buffer_mib > 1024 * 1024 {
             return Err(ConfigError::Invalid(
                 "limits.upload_buffer_mib must be between 1 and 1048576 (1 TiB)".into(),
+            ));
+        }
+        if self.limits.upload_spool_mib > 4 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.upload_spool_mib must be at most 4194304 (4 TiB); 0 turns the spool off"
+                    .into(),
             ));
         }
         // On S3 a body's parts are 8 MiB and must be whole (S3 takes no part under 5 MiB but
@@ -1176,6 +1195,12 @@ cluster = "127.0.0.1:9080"
             .to_string()
             .contains("upload_buffer_mib"));
         c.limits.upload_buffer_mib = 1;
+        c.validate().unwrap();
+        assert_eq!(c.limits.upload_spool_mib, 4096, "the spool's default");
+        c.limits.upload_spool_mib = 4 * 1024 * 1024 + 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("upload_spool_mib must be at most"), "{e}");
+        c.limits.upload_spool_mib = 0;
         c.validate().unwrap();
         let text = ONE.replace("local:objects", "s3://reel-media")
             + "[s3]\nendpoint = \"http://127.0.0.1:8333\"\n";

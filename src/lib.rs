@@ -117,6 +117,10 @@ pub async fn start_node_with(config: &Config, storage: Storage) -> Result<Node, 
             config.limits.upload_buffer_bytes(),
             config.limits.body_idle(),
         ));
+    let storage = match config.limits.upload_spool_bytes() {
+        0 => storage,
+        bytes => storage.with_spool(storage::Spool::new(&config.data_dir, bytes)),
+    };
     media::transcode::check_tools().map_err(RunError::MissingTool)?;
     let setup = |what: &str, e: &dyn std::fmt::Display| RunError::Setup(format!("{what}: {e}"));
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {

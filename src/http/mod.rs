@@ -292,6 +292,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl Reply,), Error = Infallib
                     "bytes_sent_from_files": zerocopy::sent_from_files(),
                     "sessions": app.node.refs.session_table.len(),
                     "upload_buffer_free_bytes": app.node.ctx.storage.write_budget().available(),
+                    "upload_spool_free_bytes": app.node.ctx.storage.spool().map(|s| s.available()),
                 }),
             )
         });

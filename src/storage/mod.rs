@@ -25,7 +25,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
-pub use part_writer::{PartWriter, WriteBudget};
+pub use part_writer::{PartWriter, Spool, WriteBudget};
 
 use crate::config::StorageLocation;
 use crate::media::playlist::RenditionOutput;
@@ -120,6 +120,9 @@ pub struct Storage {
     /// writes each part at its offset at once, whatever its size; S3 wants at least 5 MiB,
     /// and other stores are taken to want the same.
     short_parts: bool,
+    /// Where writers' aged parts wait on disk where parts must be whole
+    /// ([`Storage::with_spool`]); none by default.
+    spool: Option<part_writer::Spool>,
 }
 
 /// Catalog shards a local-store page lists at once ([`Storage::catalog_page`]): the listings
@@ -246,6 +249,7 @@ impl Storage {
             ),
             part_bytes: part_writer::REMOTE_PART_BYTES,
             short_parts: false,
+            spool: None,
         }
     }
 
@@ -423,7 +427,21 @@ impl Storage {
             self.part_bytes,
             self.short_parts,
             self.writes.clone(),
+            self.spool().cloned(),
         ))
+    }
+
+    /// Let writers keep their parts that fill slowly in `spool` where the store wants whole
+    /// parts (S3; `storage::part_writer`, a node's `limits.upload_spool_mib`).
+    pub fn with_spool(mut self, spool: part_writer::Spool) -> Self {
+        self.spool = Some(spool);
+        self
+    }
+
+    /// The spool [`Storage::writer`]s use: none without one, or where the store takes short
+    /// parts (the local store sends aged parts short instead).
+    pub fn spool(&self) -> Option<&part_writer::Spool> {
+        self.spool.as_ref().filter(|_| !self.short_parts)
     }
 
     /// Give the writers `budget` to share ([`Storage::writer`]); by default 256 MiB and 30 s.

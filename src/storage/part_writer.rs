@@ -31,15 +31,24 @@
 //! every other upload had to fit through what was left, and clients that filled that too
 //! would have kept them out. Now a client holds at most what it sent in the last second
 //! (the same 400 left 255 MiB free), so keeping the budget spent costs sending its size every
-//! second. On S3 a part must be whole, so a slow body keeps its part there (`docs/uploads.md`,
-//! "Memory").
+//! second.
+//!
+//! Where parts must be whole (S3), an aged part cannot be sent short. There it goes to a
+//! node-local [`Spool`] instead, as nginx writes request bodies to `client_body_temp_path`: an
+//! unnamed file in the data directory (gone with the writer, or with the process), which takes
+//! the rest of the part's bytes as they come; its memory room comes back at once. Once the
+//! part is whole (or the body ends) it is read back, taking its room again for the time of
+//! its write to the store. The spool's room on disk is bounded too (`limits.upload_spool_mib`,
+//! taken a whole part at a time); a part that finds it spent stays in memory, as before.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::{MultipartUpload, PutPayloadMut};
+use object_store::{MultipartUpload, PutPayload, PutPayloadMut};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -112,6 +121,37 @@ impl WriteBudget {
     }
 }
 
+/// Where writers' aged parts wait on disk where parts must be whole (see the module's
+/// documentation): a directory, and the room on disk that all such parts share.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: Arc<Path>,
+    room: WriteBudget,
+}
+
+impl Spool {
+    /// Parts kept in unnamed files in `dir`, at most `bytes` of them at once (a whole part's
+    /// room is taken for each; at most 4 TiB).
+    pub fn new(dir: impl Into<PathBuf>, bytes: u64) -> Self {
+        Self {
+            dir: Arc::from(dir.into()),
+            room: WriteBudget::new(bytes, Duration::ZERO),
+        }
+    }
+
+    /// Bytes of the spool's room free now.
+    pub fn available(&self) -> u64 {
+        self.room.available()
+    }
+}
+
+/// A part waiting in the spool: its file, the bytes in it, and its room on disk.
+struct Spilled {
+    file: tokio::fs::File,
+    len: usize,
+    _room: OwnedSemaphorePermit,
+}
+
 /// A streaming write of one object in parts ([`super::Storage::writer`]); nothing is visible
 /// at the key until [`PartWriter::finish`]. Dropped unfinished, its parts on their way are
 /// cancelled and their room given back; the local store removes its partial file, while S3
@@ -128,18 +168,24 @@ pub struct PartWriter {
     room: Option<OwnedSemaphorePermit>,
     /// When the part's first byte came (none while it is empty).
     filled_since: Option<Instant>,
+    /// Where an aged part may wait on disk (where parts must be whole), and the part waiting
+    /// there: while it is, the part's bytes go to its file, and `part` is empty.
+    spool: Option<Spool>,
+    spilled: Option<Spilled>,
     /// Parts on their way to the store, each holding its room until it arrives.
     in_flight: JoinSet<Result<(), object_store::Error>>,
 }
 
 impl PartWriter {
     /// A writer of `upload` in parts of `part_bytes`, sending a part short when the budget is
-    /// spent if `short_parts`, its room from `budget`.
+    /// spent or the part aged if `short_parts`, its room from `budget`; else its aged parts
+    /// kept in `spool`, if any.
     pub(super) fn new(
         upload: Box<dyn MultipartUpload>,
         part_bytes: usize,
         short_parts: bool,
         budget: WriteBudget,
+        spool: Option<Spool>,
     ) -> Self {
         Self {
             upload,
@@ -149,38 +195,100 @@ impl PartWriter {
             part: PutPayloadMut::new(),
             room: None,
             filled_since: None,
+            spool,
+            spilled: None,
             in_flight: JoinSet::new(),
         }
     }
 
     /// Append `chunk` (not copied); full parts go to the store as they fill, and parts
-    /// [`PART_AGE`] old as they are where the store takes short parts.
+    /// [`PART_AGE`] old as they are where the store takes short parts, or to the spool.
     ///
-    /// Errors: [`StorageError::Busy`] when no room came in the budget's wait, or the store's
-    /// error for an earlier part.
+    /// Errors: [`StorageError::Busy`] when no room came in the budget's wait, the spool's
+    /// file could not be written, or the store's error for an earlier part.
     pub async fn put(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
         while !chunk.is_empty() {
-            let free = self.part_bytes - self.part.content_length();
+            let free = self.part_bytes - self.filled();
             let piece = chunk.split_to(free.min(chunk.len()));
-            self.make_room(piece.len()).await?;
-            self.part.push(piece);
+            if let Some(s) = &mut self.spilled {
+                // Flushed, so a write that failed (a full disk) fails this call.
+                s.file.write_all(&piece).await.map_err(spool_error)?;
+                s.file.flush().await.map_err(spool_error)?;
+                s.len += piece.len();
+            } else {
+                self.make_room(piece.len()).await?;
+                self.part.push(piece);
+            }
             let now = Instant::now();
             let since = *self.filled_since.get_or_insert(now);
-            if self.part.content_length() >= self.part_bytes
-                || (self.short_parts && now >= since + PART_AGE)
-            {
+            if self.filled() >= self.part_bytes {
                 self.send_part().await?;
+            } else if now >= since + PART_AGE {
+                self.part_aged().await?;
             }
         }
         Ok(())
     }
 
-    /// When the part being filled is due to go to the store as it is: `None` when it is
-    /// empty, or must be whole.
+    /// Bytes of the part being filled, in memory or in the spool.
+    fn filled(&self) -> usize {
+        self.spilled
+            .as_ref()
+            .map_or(self.part.content_length(), |s| s.len)
+    }
+
+    /// When the part being filled is due to leave memory as it is (sent short, or spooled):
+    /// `None` when it is empty, already spooled, or has nowhere to go.
     fn part_due(&self) -> Option<Instant> {
-        self.filled_since
-            .filter(|_| self.short_parts)
-            .map(|t| t + PART_AGE)
+        let movable = self.short_parts || (self.spool.is_some() && self.spilled.is_none());
+        self.filled_since.filter(|_| movable).map(|t| t + PART_AGE)
+    }
+
+    /// The part being filled is [`PART_AGE`] old: send it short where the store takes that,
+    /// else move it to the spool (if there is room there; else it stays in memory).
+    async fn part_aged(&mut self) -> Result<(), StorageError> {
+        if self.short_parts {
+            return self.send_part().await;
+        }
+        if self.spilled.is_some() {
+            return Ok(());
+        }
+        let Some(spool) = &self.spool else {
+            return Ok(());
+        };
+        let Some(room) = spool.room.try_take(units(self.part_bytes) as u32) else {
+            return Ok(());
+        };
+        let dir = spool.dir.clone();
+        let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&*dir))
+            .await
+            .map_err(|e| StorageError::Backend(format!("upload spool: {e}")))?
+            .map_err(spool_error)?;
+        let mut file = tokio::fs::File::from_std(file);
+        let part = std::mem::take(&mut self.part).freeze();
+        let mut written = Ok(());
+        for b in &part {
+            written = file.write_all(b).await;
+            if written.is_err() {
+                break;
+            }
+        }
+        // tokio's file writes in the background: a failed write shows at the flush.
+        if let Err(e) = written.and(file.flush().await) {
+            // The part stays in memory, as where there is no spool.
+            tracing::warn!("upload spool: {e}; the part stays in memory");
+            for b in part {
+                self.part.push(b);
+            }
+            return Ok(());
+        }
+        self.spilled = Some(Spilled {
+            file,
+            len: part.content_length(),
+            _room: room,
+        });
+        self.room = None;
+        Ok(())
     }
 
     /// Make the part's room cover `more` bytes beyond those it holds: at once if the budget
@@ -214,8 +322,28 @@ impl PartWriter {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.one_arrived().await?;
         }
-        let part = std::mem::take(&mut self.part).freeze();
-        let room = self.room.take();
+        let (part, room) = match &self.spilled {
+            None => (std::mem::take(&mut self.part).freeze(), self.room.take()),
+            Some(s) => {
+                // Read back from the spool, its room in memory taken first.
+                let room = self.budget.take(units(s.len) as u32).await?;
+                let mut s = self.spilled.take().expect("spilled");
+                let mut bytes = Vec::with_capacity(s.len);
+                s.file
+                    .seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(spool_error)?;
+                s.file.read_to_end(&mut bytes).await.map_err(spool_error)?;
+                if bytes.len() != s.len {
+                    return Err(spool_error(std::io::Error::other(format!(
+                        "read back {} bytes of {}",
+                        bytes.len(),
+                        s.len
+                    ))));
+                }
+                (PutPayload::from(Bytes::from(bytes)), Some(room))
+            }
+        };
         self.filled_since = None;
         let sent = self.upload.put_part(part);
         self.in_flight.spawn(async move {
@@ -239,7 +367,7 @@ impl PartWriter {
     ///
     /// Errors: the store's.
     pub async fn finish(mut self) -> Result<(), StorageError> {
-        if self.part.content_length() > 0 {
+        if self.filled() > 0 {
             self.send_part().await?;
         }
         while !self.in_flight.is_empty() {
@@ -261,11 +389,11 @@ impl PartWriter {
 }
 
 /// Wait for `next` (the body's next chunk) for at most `idle`: `None` when it did not come.
-/// Meanwhile `writer`'s part goes to the store as it is once it is [`PART_AGE`] old, where the
-/// store takes short parts, so a body that has gone quiet gives its room back (see the
-/// module's documentation).
+/// Meanwhile `writer`'s part leaves memory once it is [`PART_AGE`] old, sent short where the
+/// store takes that, else to the spool, so a body that has gone quiet gives its room back
+/// (see the module's documentation).
 ///
-/// Errors: the store's, for this or an earlier part.
+/// Errors: the store's, for this or an earlier part, or the spool's.
 pub async fn next_within<F: Future>(
     writer: Option<&mut PartWriter>,
     next: F,
@@ -278,10 +406,15 @@ pub async fn next_within<F: Future>(
             if let Ok(out) = tokio::time::timeout_at(due, next.as_mut()).await {
                 return Ok(Some(out));
             }
-            w.send_part().await?;
+            w.part_aged().await?;
         }
     }
     Ok(tokio::time::timeout_at(deadline, next).await.ok())
+}
+
+/// An error of the spool's file, as the store's.
+fn spool_error(e: std::io::Error) -> StorageError {
+    StorageError::Backend(format!("upload spool: {e}"))
 }
 
 /// Units of room that `bytes` take.
@@ -294,6 +427,7 @@ mod tests {
     use super::*;
     use crate::storage::Storage;
     use object_store::memory::InMemory;
+    use tempfile::TempDir;
 
     /// A store in memory whose writers fill parts of `part` bytes (sent short when the budget
     /// is spent if `short`) from a budget of `budget` bytes, waiting at most 5 s for room.
@@ -445,6 +579,91 @@ mod tests {
         assert!(quiet.is_none());
         assert_eq!(a.part.content_length(), 3000);
         assert_eq!(budget.available(), 8192 - 3 * 1024);
+    }
+
+    /// As [`store`], whole parts only, with a spool of `spool` bytes in a new directory.
+    fn spooled(part: usize, budget: u64, spool: u64) -> (Storage, WriteBudget, Spool, TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = Spool::new(dir.path(), spool);
+        let (s, b) = store(part, false, budget);
+        (s.with_spool(sp.clone()), b, sp, dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_parts_must_be_whole_a_slow_part_waits_on_disk_and_gives_its_memory_back() {
+        // Parts of 8 KiB, room for two in memory and four on disk.
+        let (s, budget, spool, dir) = spooled(8192, 16384, 32768);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        assert_eq!(budget.available(), 16384 - 3 * 1024);
+        // The body goes quiet: a second after the part's first byte, the part moves to disk.
+        let quiet = next_within(
+            Some(&mut a),
+            std::future::pending::<()>(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert!(quiet.is_none());
+        assert_eq!(budget.available(), 16384, "its memory came back");
+        assert_eq!(spool.available(), 32768 - 8192, "a part's room on disk");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the file has no name"
+        );
+        // The rest of the part goes to the file, holding no memory; once whole, the part is
+        // read back and sent, and what follows starts a new part in memory.
+        a.put(bytes(4000, b'2')).await.unwrap();
+        assert_eq!(budget.available(), 16384);
+        a.put(bytes(3000, b'3')).await.unwrap();
+        assert_eq!(spool.available(), 32768, "the spooled part went");
+        assert_eq!(a.part.content_length(), 3000 + 4000 + 3000 - 8192);
+        // A part that moved to disk and did not fill is read back at the end.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        a.put(bytes(10, b'4')).await.unwrap();
+        assert_eq!(spool.available(), 32768 - 8192, "the second part moved");
+        a.finish().await.unwrap();
+        let mut want = vec![b'1'; 3000];
+        want.extend_from_slice(&[b'2'; 4000]);
+        want.extend_from_slice(&[b'3'; 3000]);
+        want.extend_from_slice(&[b'4'; 10]);
+        assert_eq!(read(&s, "a").await.unwrap(), want);
+        assert_eq!(budget.available(), 16384);
+        assert_eq!(spool.available(), 32768);
+
+        // An aborted write gives its room on disk back too.
+        let mut b = s.writer("b").await.unwrap();
+        b.put(bytes(100, b'b')).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        b.put(bytes(100, b'b')).await.unwrap();
+        assert_eq!(spool.available(), 32768 - 8192);
+        b.abort().await.unwrap();
+        assert_eq!(spool.available(), 32768);
+        assert!(read(&s, "b").await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_part_that_finds_the_spool_full_stays_in_memory() {
+        // Room on disk for less than a part.
+        let (s, budget, spool, _dir) = spooled(8192, 16384, 4096);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        let quiet = next_within(
+            Some(&mut a),
+            std::future::pending::<()>(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert!(quiet.is_none());
+        assert_eq!(budget.available(), 16384 - 3 * 1024, "it keeps its memory");
+        assert_eq!(spool.available(), 4096);
+        a.put(bytes(1000, b'2')).await.unwrap();
+        a.finish().await.unwrap();
+        let mut want = vec![b'1'; 3000];
+        want.extend_from_slice(&[b'2'; 1000]);
+        assert_eq!(read(&s, "a").await.unwrap(), want);
     }
 
     #[tokio::test(start_paused = true)]

@@ -152,17 +152,19 @@ async fn on_the_local_store_a_slow_body_gives_its_room_back_and_keeps_nobody_out
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets_in() {
-    // On S3, where a slow body keeps its part (parts must be whole), so slow bodies can spend
-    // the budget.
+    // On S3 without a spool, where a slow body keeps its part (parts must be whole), so slow
+    // bodies can spend the budget.
     let Some(weed) = SeaweedFs::start(&["reel-budget"]).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.storage = weed.location("reel-budget");
-    // The least S3 allows, room for two 8 MiB parts; a body waits at most 2 s for room.
+    // The least S3 allows, room for two 8 MiB parts; a body waits at most 2 s for room; no
+    // spool, so slow bodies keep their parts in memory.
     config.limits.upload_buffer_mib = 16;
     config.limits.body_idle_seconds = 2;
+    config.limits.upload_spool_mib = 0;
     let node = start(config).await;
     let base = node.url();
     let full = upload_room(&base).await;
@@ -234,5 +236,74 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
         .await
         .unwrap();
     assert!(staged.is_empty(), "no body left staged: {staged:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_slow_bodies_move_their_parts_to_disk_and_keep_nobody_out() {
+    let Some(weed) = SeaweedFs::start(&["reel-spool"]).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage = weed.location("reel-spool");
+    config.limits.upload_buffer_mib = 16;
+    config.limits.body_idle_seconds = 2;
+    let node = start(config).await;
+    let base = node.url();
+    let (_, h) = get_json(&format!("{base}/health")).await;
+    let spool_full = h["upload_spool_free_bytes"].as_u64().expect("reported");
+    assert_eq!(spool_full, 4096 * 1024 * 1024, "the default");
+    // The same two slow bodies as above: a second after their parts' first bytes, the parts
+    // move to disk (a part's room each), and the memory comes back while they go on.
+    let mut body = std::fs::read(clip("long")).unwrap();
+    body.resize(9 * 1024 * 1024, 0);
+    let first = 8 * 1024 * 1024 - 1000;
+    let held = [
+        Held::start(node.addr, &body, first).await,
+        Held::start(node.addr, &body, first).await,
+    ];
+    wait_until(
+        "the slow bodies' parts move to disk",
+        Duration::from_secs(30),
+        || {
+            let base = base.clone();
+            async move {
+                let (_, h) = get_json(&format!("{base}/health")).await;
+                h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
+                    && h["upload_spool_free_bytes"] == spool_full - 2 * 8 * 1024 * 1024
+            }
+        },
+    )
+    .await;
+    // So another upload gets in while they go on.
+    let (status, v) = upload(&base, &clip("video")).await;
+    assert_eq!(status, 202, "{v}");
+    // One slow body ends: its part is read back from disk and its source is stored as sent.
+    // The other's client goes away: nothing of it is stored. The room comes back whole.
+    let [one, two] = held;
+    let (mut one, sent) = one.stop().await;
+    drop(two.stop().await);
+    one.write_all(&body[sent..]).await.unwrap();
+    let (status, answer) = answer_on(&mut one).await;
+    assert!(status.starts_with("HTTP/1.1 202"), "{status} {answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let id = v["video_id"].as_str().unwrap();
+    let stored = weed
+        .storage("reel-spool")
+        .get(&reel::storage::keys::source(id))
+        .await
+        .unwrap()
+        .expect("the source is stored");
+    assert!(stored.bytes == body, "stored whole and in order");
+    wait_until("the room comes back", Duration::from_secs(30), || {
+        let base = base.clone();
+        async move {
+            let (_, h) = get_json(&format!("{base}/health")).await;
+            h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
+                && h["upload_spool_free_bytes"] == spool_full
+        }
+    })
+    .await;
     node.stop().await;
 }
