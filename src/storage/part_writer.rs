@@ -39,7 +39,9 @@
 //! the rest of the part's bytes as they come; its memory room comes back at once. Once the
 //! part is whole (or the body ends) it is read back, taking its room again for the time of
 //! its write to the store. The spool's room on disk is bounded too (`limits.upload_spool_mib`,
-//! taken a whole part at a time); a part that finds it spent stays in memory, as before. On
+//! taken a whole part at a time); a part that finds it spent stays in memory, as before. A
+//! writer that finds the memory budget spent moves its part to the spool too, as the local
+//! store's writer sends its part short, instead of waiting for room. On
 //! SeaweedFS, 32 bodies that each sent 1,000 bytes short of 8 MiB and then trickled kept the
 //! 256 MiB spent, and a `curl -T` beside them got `503` after 30 s; with the spool every upload
 //! beside them was answered within a second.
@@ -213,13 +215,16 @@ impl PartWriter {
         while !chunk.is_empty() {
             let free = self.part_bytes - self.filled();
             let piece = chunk.split_to(free.min(chunk.len()));
+            if self.spilled.is_none() {
+                // Room in memory, or (where the budget is spent) the part moves to the spool.
+                self.make_room(piece.len()).await?;
+            }
             if let Some(s) = &mut self.spilled {
                 // Flushed, so a write that failed (a full disk) fails this call.
                 s.file.write_all(&piece).await.map_err(spool_error)?;
                 s.file.flush().await.map_err(spool_error)?;
                 s.len += piece.len();
             } else {
-                self.make_room(piece.len()).await?;
                 self.part.push(piece);
             }
             let now = Instant::now();
@@ -253,14 +258,20 @@ impl PartWriter {
         if self.short_parts {
             return self.send_part().await;
         }
+        self.spill().await.map(|_| ())
+    }
+
+    /// Move the part being filled (empty or not) to the spool, where there is one with room
+    /// for a part: `true` when it is there (or was already). A disk error leaves it in memory.
+    async fn spill(&mut self) -> Result<bool, StorageError> {
         if self.spilled.is_some() {
-            return Ok(());
+            return Ok(true);
         }
         let Some(spool) = &self.spool else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(room) = spool.room.try_take(units(self.part_bytes) as u32) else {
-            return Ok(());
+            return Ok(false);
         };
         let dir = spool.dir.clone();
         let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&*dir))
@@ -283,7 +294,7 @@ impl PartWriter {
             for b in part {
                 self.part.push(b);
             }
-            return Ok(());
+            return Ok(false);
         }
         self.spilled = Some(Spilled {
             file,
@@ -291,12 +302,14 @@ impl PartWriter {
             _room: room,
         });
         self.room = None;
-        Ok(())
+        Ok(true)
     }
 
     /// Make the part's room cover `more` bytes beyond those it holds: at once if the budget
     /// has it; else, where the store takes short parts, after sending the part as it is (its
-    /// room then comes back when the write ends); then waiting for it.
+    /// room then comes back when the write ends); then waiting for it. Where parts must be
+    /// whole and the spool has room, the part moves there instead of waiting, and the `more`
+    /// bytes follow it (`spilled` is then set, and no room is taken).
     async fn make_room(&mut self, more: usize) -> Result<(), StorageError> {
         let held = self.room.as_ref().map_or(0, |r| r.num_permits());
         let mut need = units(self.part.content_length() + more).saturating_sub(held);
@@ -309,6 +322,8 @@ impl PartWriter {
                 if self.short_parts && self.part.content_length() > 0 {
                     self.send_part().await?;
                     need = units(more);
+                } else if !self.short_parts && self.spill().await? {
+                    return Ok(());
                 }
                 self.budget.take(need as u32).await?
             }
@@ -644,6 +659,29 @@ mod tests {
         b.abort().await.unwrap();
         assert_eq!(spool.available(), 32768);
         assert!(read(&s, "b").await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn where_parts_must_be_whole_a_writer_that_finds_no_memory_goes_to_the_spool() {
+        // Parts of 8 KiB, room for one in memory.
+        let (s, budget, spool, _dir) = spooled(8192, 8192, 32768);
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'a')).await.unwrap();
+        // 6,000 bytes do not fit beside a's 3,000: b's part goes to the spool at once, where
+        // without one it would wait (`where_short_parts_are_taken_...` above).
+        let mut b = s.writer("b").await.unwrap();
+        let started = Instant::now();
+        b.put(bytes(6000, b'b')).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait");
+        assert_eq!(budget.available(), 8192 - 3 * 1024, "b holds no memory");
+        assert_eq!(spool.available(), 32768 - 8192);
+        // Its part is read back when it is sent, once a's room has come back.
+        a.finish().await.unwrap();
+        b.finish().await.unwrap();
+        assert_eq!(read(&s, "a").await.unwrap(), bytes(3000, b'a'));
+        assert_eq!(read(&s, "b").await.unwrap(), bytes(6000, b'b'));
+        assert_eq!(budget.available(), 8192);
+        assert_eq!(spool.available(), 32768);
     }
 
     #[tokio::test(start_paused = true)]
