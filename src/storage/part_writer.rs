@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::{MultipartUpload, PutPayload, PutPayloadMut};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::os::unix::fs::FileExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -150,9 +150,11 @@ impl Spool {
     }
 }
 
-/// A part waiting in the spool: its file, the bytes in it, and its room on disk.
+/// A part waiting in the spool: its file, the bytes in it, and its room on disk. The file is
+/// written and read at offsets on the blocking pool, straight from and into the bytes given:
+/// tokio's `File` would keep a buffer of up to 2 MiB of its own for each, outside the budget.
 struct Spilled {
-    file: tokio::fs::File,
+    file: Arc<std::fs::File>,
     len: usize,
     _room: OwnedSemaphorePermit,
 }
@@ -220,10 +222,10 @@ impl PartWriter {
                 self.make_room(piece.len()).await?;
             }
             if let Some(s) = &mut self.spilled {
-                // Flushed, so a write that failed (a full disk) fails this call.
-                s.file.write_all(&piece).await.map_err(spool_error)?;
-                s.file.flush().await.map_err(spool_error)?;
-                s.len += piece.len();
+                let (file, at) = (s.file.clone(), s.len as u64);
+                let n = piece.len();
+                blocking(move || file.write_all_at(&piece, at)).await?;
+                s.len += n;
             } else {
                 self.part.push(piece);
             }
@@ -274,28 +276,29 @@ impl PartWriter {
             return Ok(false);
         };
         let dir = spool.dir.clone();
-        let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&*dir))
-            .await
-            .map_err(|e| StorageError::Backend(format!("upload spool: {e}")))?
-            .map_err(spool_error)?;
-        let mut file = tokio::fs::File::from_std(file);
         let part = std::mem::take(&mut self.part).freeze();
-        let mut written = Ok(());
-        for b in &part {
-            written = file.write_all(b).await;
-            if written.is_err() {
-                break;
+        let payload = part.clone();
+        let written = blocking(move || {
+            let file = tempfile::tempfile_in(&*dir)?;
+            let mut at = 0u64;
+            for b in &payload {
+                file.write_all_at(b, at)?;
+                at += b.len() as u64;
             }
-        }
-        // tokio's file writes in the background: a failed write shows at the flush.
-        if let Err(e) = written.and(file.flush().await) {
-            // The part stays in memory, as where there is no spool.
-            tracing::warn!("upload spool: {e}; the part stays in memory");
-            for b in part {
-                self.part.push(b);
+            Ok(file)
+        })
+        .await;
+        let file = match written {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                // The part stays in memory, as where there is no spool.
+                tracing::warn!("{e}; the part stays in memory");
+                for b in part {
+                    self.part.push(b);
+                }
+                return Ok(false);
             }
-            return Ok(false);
-        }
+        };
         self.spilled = Some(Spilled {
             file,
             len: part.content_length(),
@@ -345,20 +348,13 @@ impl PartWriter {
             Some(s) => {
                 // Read back from the spool, its room in memory taken first.
                 let room = self.budget.take(units(s.len) as u32).await?;
-                let mut s = self.spilled.take().expect("spilled");
-                let mut bytes = Vec::with_capacity(s.len);
-                s.file
-                    .seek(std::io::SeekFrom::Start(0))
-                    .await
-                    .map_err(spool_error)?;
-                s.file.read_to_end(&mut bytes).await.map_err(spool_error)?;
-                if bytes.len() != s.len {
-                    return Err(spool_error(std::io::Error::other(format!(
-                        "read back {} bytes of {}",
-                        bytes.len(),
-                        s.len
-                    ))));
-                }
+                let s = self.spilled.take().expect("spilled");
+                let bytes = blocking(move || {
+                    let mut bytes = vec![0; s.len];
+                    s.file.read_exact_at(&mut bytes, 0)?;
+                    Ok(bytes)
+                })
+                .await?;
                 (PutPayload::from(Bytes::from(bytes)), Some(room))
             }
         };
@@ -430,9 +426,16 @@ pub async fn next_within<F: Future>(
     Ok(tokio::time::timeout_at(deadline, next).await.ok())
 }
 
-/// An error of the spool's file, as the store's.
-fn spool_error(e: std::io::Error) -> StorageError {
-    StorageError::Backend(format!("upload spool: {e}"))
+/// Run `f` (the spool's file work) on the blocking pool. Errors: its I/O error, or the task's
+/// failure, as the store's.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StorageError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(StorageError::Backend(format!("upload spool: {e}"))),
+        Err(e) => Err(StorageError::Backend(format!("upload spool: {e}"))),
+    }
 }
 
 /// Units of room that `bytes` take.
