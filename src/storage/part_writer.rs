@@ -291,8 +291,10 @@ impl PartWriter {
         let file = match written {
             Ok(f) => Arc::new(f),
             Err(e) => {
-                // The part stays in memory, as where there is no spool.
+                // The part stays in memory, as where there is no spool, and this writer tries
+                // the spool no more (one warning, not one a chunk).
                 tracing::warn!("{e}; the part stays in memory");
+                self.spool = None;
                 for b in part {
                     self.part.push(b);
                 }
@@ -685,6 +687,33 @@ mod tests {
         assert_eq!(read(&s, "b").await.unwrap(), bytes(6000, b'b'));
         assert_eq!(budget.available(), 8192);
         assert_eq!(spool.available(), 32768);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_part_whose_spool_cannot_be_written_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("no-such-directory");
+        let spool = Spool::new(&gone, 32768);
+        let (s, budget) = store(8192, false, 16384);
+        let s = s.with_spool(spool.clone());
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        let quiet = next_within(
+            Some(&mut a),
+            std::future::pending::<()>(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert!(quiet.is_none());
+        assert_eq!(budget.available(), 16384 - 3 * 1024, "it keeps its memory");
+        assert_eq!(spool.available(), 32768, "and no room on disk");
+        assert!(a.spool.is_none(), "it tries the spool no more");
+        a.put(bytes(1000, b'2')).await.unwrap();
+        a.finish().await.unwrap();
+        let mut want = vec![b'1'; 3000];
+        want.extend_from_slice(&[b'2'; 1000]);
+        assert_eq!(read(&s, "a").await.unwrap(), want);
     }
 
     #[tokio::test(start_paused = true)]
