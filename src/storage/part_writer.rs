@@ -471,6 +471,26 @@ mod tests {
         Bytes::from(vec![of; n])
     }
 
+    /// `n` bytes of each `(n, of)` in turn: what a writer given those chunks must store.
+    fn runs(runs: &[(usize, u8)]) -> Vec<u8> {
+        runs.iter().flat_map(|&(n, of)| vec![of; n]).collect()
+    }
+
+    /// Wait 3 s for a body that sends nothing more to `w`: the wait lasts that long and ends
+    /// with nothing.
+    async fn quiet(w: &mut PartWriter) {
+        let started = Instant::now();
+        let got = next_within(
+            Some(w),
+            std::future::pending::<()>(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert!(got.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_writer_past_the_budget_waits_then_is_told_busy_and_room_comes_back() {
         let (s, budget) = store(4096, false, 8192);
@@ -531,9 +551,10 @@ mod tests {
         a.put(bytes(2000, b'2')).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
         a.finish().await.unwrap();
-        let mut want = vec![b'1'; 3000];
-        want.extend_from_slice(&[b'2'; 2000]);
-        assert_eq!(read(&s, "a").await.unwrap(), want);
+        assert_eq!(
+            read(&s, "a").await.unwrap(),
+            runs(&[(3000, b'1'), (2000, b'2')])
+        );
         assert_eq!(budget.available(), 4096);
         // Where parts must be whole (S3), the same writer waits for room it holds itself: so
         // a node on S3 needs a budget of at least two parts (`Config::validate`).
@@ -554,16 +575,7 @@ mod tests {
         assert_eq!(budget.available(), 8192 - 3 * 1024);
         // The body goes quiet: the wait for it lasts its whole `idle`, and meanwhile, a second
         // after the part's first byte, the part goes to the store as it is.
-        let started = Instant::now();
-        let quiet = next_within(
-            Some(&mut a),
-            std::future::pending::<()>(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-        assert!(quiet.is_none());
-        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        quiet(&mut a).await;
         assert_eq!(a.part.content_length(), 0, "the part went");
         assert_eq!(budget.available(), 8192, "its room came back");
         // A body that trickles (1,000 bytes every half second, never quiet long enough to be
@@ -581,25 +593,16 @@ mod tests {
         let got = next_within(Some(&mut a), std::future::ready(7), Duration::from_secs(3)).await;
         assert_eq!(got.unwrap(), Some(7));
         a.finish().await.unwrap();
-        let mut want = vec![b'1'; 3000];
-        for i in 0..8u8 {
-            want.extend_from_slice(&[b'a' + i; 1000]);
-        }
-        assert_eq!(read(&s, "a").await.unwrap(), want);
+        let mut want = vec![(3000, b'1')];
+        want.extend((0..8u8).map(|i| (1000, b'a' + i)));
+        assert_eq!(read(&s, "a").await.unwrap(), runs(&want));
         assert_eq!(budget.available(), 8192);
 
         // Where parts must be whole (S3), a quiet body keeps its part and its room.
         let (s, budget) = store(8192, false, 8192);
         let mut a = s.writer("a").await.unwrap();
         a.put(bytes(3000, b'1')).await.unwrap();
-        let quiet = next_within(
-            Some(&mut a),
-            std::future::pending::<()>(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-        assert!(quiet.is_none());
+        quiet(&mut a).await;
         assert_eq!(a.part.content_length(), 3000);
         assert_eq!(budget.available(), 8192 - 3 * 1024);
     }
@@ -620,14 +623,7 @@ mod tests {
         a.put(bytes(3000, b'1')).await.unwrap();
         assert_eq!(budget.available(), 16384 - 3 * 1024);
         // The body goes quiet: a second after the part's first byte, the part moves to disk.
-        let quiet = next_within(
-            Some(&mut a),
-            std::future::pending::<()>(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-        assert!(quiet.is_none());
+        quiet(&mut a).await;
         assert_eq!(budget.available(), 16384, "its memory came back");
         assert_eq!(spool.available(), 32768 - 8192, "a part's room on disk");
         assert_eq!(
@@ -647,10 +643,7 @@ mod tests {
         a.put(bytes(10, b'4')).await.unwrap();
         assert_eq!(spool.available(), 32768 - 8192, "the second part moved");
         a.finish().await.unwrap();
-        let mut want = vec![b'1'; 3000];
-        want.extend_from_slice(&[b'2'; 4000]);
-        want.extend_from_slice(&[b'3'; 3000]);
-        want.extend_from_slice(&[b'4'; 10]);
+        let want = runs(&[(3000, b'1'), (4000, b'2'), (3000, b'3'), (10, b'4')]);
         assert_eq!(read(&s, "a").await.unwrap(), want);
         assert_eq!(budget.available(), 16384);
         assert_eq!(spool.available(), 32768);
@@ -689,54 +682,40 @@ mod tests {
         assert_eq!(spool.available(), 32768);
     }
 
+    /// A slow part of a writer of `s` whose spool cannot take it: it stays in memory (its room
+    /// held in `budget`, of 16 KiB), `check` holds for the writer after the quiet wait, and the
+    /// object is stored whole.
+    async fn stays_in_memory(s: Storage, budget: WriteBudget, check: impl FnOnce(&PartWriter)) {
+        let mut a = s.writer("a").await.unwrap();
+        a.put(bytes(3000, b'1')).await.unwrap();
+        quiet(&mut a).await;
+        assert_eq!(budget.available(), 16384 - 3 * 1024, "it keeps its memory");
+        check(&a);
+        a.put(bytes(1000, b'2')).await.unwrap();
+        a.finish().await.unwrap();
+        assert_eq!(
+            read(&s, "a").await.unwrap(),
+            runs(&[(3000, b'1'), (1000, b'2')])
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_part_whose_spool_cannot_be_written_stays_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let gone = dir.path().join("no-such-directory");
-        let spool = Spool::new(&gone, 32768);
+        let spool = Spool::new(dir.path().join("no-such-directory"), 32768);
         let (s, budget) = store(8192, false, 16384);
-        let s = s.with_spool(spool.clone());
-        let mut a = s.writer("a").await.unwrap();
-        a.put(bytes(3000, b'1')).await.unwrap();
-        let quiet = next_within(
-            Some(&mut a),
-            std::future::pending::<()>(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-        assert!(quiet.is_none());
-        assert_eq!(budget.available(), 16384 - 3 * 1024, "it keeps its memory");
-        assert_eq!(spool.available(), 32768, "and no room on disk");
-        assert!(a.spool.is_none(), "it tries the spool no more");
-        a.put(bytes(1000, b'2')).await.unwrap();
-        a.finish().await.unwrap();
-        let mut want = vec![b'1'; 3000];
-        want.extend_from_slice(&[b'2'; 1000]);
-        assert_eq!(read(&s, "a").await.unwrap(), want);
+        stays_in_memory(s.with_spool(spool.clone()), budget, |a| {
+            assert_eq!(spool.available(), 32768, "no room taken on disk");
+            assert!(a.spool.is_none(), "it tries the spool no more");
+        })
+        .await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_part_that_finds_the_spool_full_stays_in_memory() {
         // Room on disk for less than a part.
         let (s, budget, spool, _dir) = spooled(8192, 16384, 4096);
-        let mut a = s.writer("a").await.unwrap();
-        a.put(bytes(3000, b'1')).await.unwrap();
-        let quiet = next_within(
-            Some(&mut a),
-            std::future::pending::<()>(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-        assert!(quiet.is_none());
-        assert_eq!(budget.available(), 16384 - 3 * 1024, "it keeps its memory");
-        assert_eq!(spool.available(), 4096);
-        a.put(bytes(1000, b'2')).await.unwrap();
-        a.finish().await.unwrap();
-        let mut want = vec![b'1'; 3000];
-        want.extend_from_slice(&[b'2'; 1000]);
-        assert_eq!(read(&s, "a").await.unwrap(), want);
+        stays_in_memory(s, budget, |_| assert_eq!(spool.available(), 4096)).await;
     }
 
     #[tokio::test(start_paused = true)]
