@@ -99,6 +99,48 @@ impl Held {
     }
 }
 
+/// Wait (up to 30 s) until the node's `/health` answer satisfies `cond`.
+async fn wait_for_health(base: &str, what: &str, cond: impl Fn(&Value) -> bool + Copy) {
+    wait_until(what, Duration::from_secs(30), || async move {
+        let (_, h) = get_json(&format!("{base}/health")).await;
+        cond(&h)
+    })
+    .await;
+}
+
+/// A node on SeaweedFS bucket `bucket` with the least memory S3 allows for upload bodies (two
+/// 8 MiB parts), bodies waiting at most 2 s for room, and `spool_mib` of spool (`None`: the
+/// default). `None` when the S3 tests are skipped.
+async fn s3_node(
+    bucket: &str,
+    spool_mib: Option<u64>,
+) -> Option<(SeaweedFs, tempfile::TempDir, reel::RunningNode)> {
+    let weed = SeaweedFs::start(&[bucket]).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.storage = weed.location(bucket);
+    config.limits.upload_buffer_mib = 16;
+    config.limits.body_idle_seconds = 2;
+    if let Some(mib) = spool_mib {
+        config.limits.upload_spool_mib = mib;
+    }
+    let node = start(config).await;
+    Some((weed, dir, node))
+}
+
+/// Two `PUT` bodies of 9 MiB (a clip, then zeros) that each sent 1,000 bytes short of an S3
+/// part, and go on slowly; and the body they send.
+async fn two_slow_bodies(addr: std::net::SocketAddr) -> ([Held; 2], Vec<u8>) {
+    let mut body = std::fs::read(clip("long")).unwrap();
+    body.resize(9 * 1024 * 1024, 0);
+    let first = 8 * 1024 * 1024 - 1000;
+    let held = [
+        Held::start(addr, &body, first).await,
+        Held::start(addr, &body, first).await,
+    ];
+    (held, body)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn on_the_local_store_a_slow_body_gives_its_room_back_and_keeps_nobody_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,14 +157,9 @@ async fn on_the_local_store_a_slow_body_gives_its_room_back_and_keeps_nobody_out
     // trickled byte holds a KiB until its own part goes).
     let long = std::fs::read(clip("long")).unwrap();
     let held = Held::start(node.addr, &long, 1024 * 1024 - 1000).await;
-    wait_until(
-        "the slow body's room comes back",
-        Duration::from_secs(30),
-        || {
-            let base = base.clone();
-            async move { upload_room(&base).await >= full - 1024 }
-        },
-    )
+    wait_for_health(&base, "the slow body's room comes back", move |h| {
+        h["upload_buffer_free_bytes"].as_u64() >= Some(full - 1024)
+    })
     .await;
     // So other uploads get in while it goes on, by PUT and by tus.
     let (status, v) = upload(&base, &clip("video")).await;
@@ -154,37 +191,17 @@ async fn on_the_local_store_a_slow_body_gives_its_room_back_and_keeps_nobody_out
 async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets_in() {
     // On S3 without a spool, where a slow body keeps its part (parts must be whole), so slow
     // bodies can spend the budget.
-    let Some(weed) = SeaweedFs::start(&["reel-budget"]).await else {
+    let Some((weed, _dir, node)) = s3_node("reel-budget", Some(0)).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.storage = weed.location("reel-budget");
-    // The least S3 allows, room for two 8 MiB parts; a body waits at most 2 s for room; no
-    // spool, so slow bodies keep their parts in memory.
-    config.limits.upload_buffer_mib = 16;
-    config.limits.body_idle_seconds = 2;
-    config.limits.upload_spool_mib = 0;
-    let node = start(config).await;
     let base = node.url();
     let full = upload_room(&base).await;
     assert_eq!(full, 16 * 1024 * 1024);
     // Two bodies that each sent 1,000 bytes short of a part, and go on slowly, hold it all.
-    let mut body = std::fs::read(clip("long")).unwrap();
-    body.resize(9 * 1024 * 1024, 0);
-    let first = 8 * 1024 * 1024 - 1000;
-    let held = [
-        Held::start(node.addr, &body, first).await,
-        Held::start(node.addr, &body, first).await,
-    ];
-    wait_until(
-        "the held bodies take the room",
-        Duration::from_secs(30),
-        || {
-            let base = base.clone();
-            async move { upload_room(&base).await == 0 }
-        },
-    )
+    let (held, _) = two_slow_bodies(node.addr).await;
+    wait_for_health(&base, "the held bodies take the room", |h| {
+        h["upload_buffer_free_bytes"] == 0
+    })
     .await;
 
     // A third upload by PUT waits for room, then is told to come back; nothing is stored.
@@ -215,9 +232,8 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
     for h in held {
         drop(h.stop().await);
     }
-    wait_until("the room comes back", Duration::from_secs(30), || {
-        let base = base.clone();
-        async move { upload_room(&base).await == full }
+    wait_for_health(&base, "the room comes back", |h| {
+        h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
     })
     .await;
 
@@ -241,40 +257,20 @@ async fn past_the_upload_memory_budget_a_body_waits_then_gets_503_and_later_gets
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_s3_slow_bodies_move_their_parts_to_disk_and_keep_nobody_out() {
-    let Some(weed) = SeaweedFs::start(&["reel-spool"]).await else {
+    let Some((weed, _dir, node)) = s3_node("reel-spool", None).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.storage = weed.location("reel-spool");
-    config.limits.upload_buffer_mib = 16;
-    config.limits.body_idle_seconds = 2;
-    let node = start(config).await;
     let base = node.url();
     let (_, h) = get_json(&format!("{base}/health")).await;
     let spool_full = h["upload_spool_free_bytes"].as_u64().expect("reported");
     assert_eq!(spool_full, 4096 * 1024 * 1024, "the default");
     // The same two slow bodies as above: a second after their parts' first bytes, the parts
     // move to disk (a part's room each), and the memory comes back while they go on.
-    let mut body = std::fs::read(clip("long")).unwrap();
-    body.resize(9 * 1024 * 1024, 0);
-    let first = 8 * 1024 * 1024 - 1000;
-    let held = [
-        Held::start(node.addr, &body, first).await,
-        Held::start(node.addr, &body, first).await,
-    ];
-    wait_until(
-        "the slow bodies' parts move to disk",
-        Duration::from_secs(30),
-        || {
-            let base = base.clone();
-            async move {
-                let (_, h) = get_json(&format!("{base}/health")).await;
-                h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
-                    && h["upload_spool_free_bytes"] == spool_full - 2 * 8 * 1024 * 1024
-            }
-        },
-    )
+    let (held, body) = two_slow_bodies(node.addr).await;
+    wait_for_health(&base, "the slow bodies' parts move to disk", move |h| {
+        h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
+            && h["upload_spool_free_bytes"] == spool_full - 2 * 8 * 1024 * 1024
+    })
     .await;
     // So another upload gets in while they go on.
     let (status, v) = upload(&base, &clip("video")).await;
@@ -296,13 +292,9 @@ async fn on_s3_slow_bodies_move_their_parts_to_disk_and_keep_nobody_out() {
         .unwrap()
         .expect("the source is stored");
     assert!(stored.bytes == body, "stored whole and in order");
-    wait_until("the room comes back", Duration::from_secs(30), || {
-        let base = base.clone();
-        async move {
-            let (_, h) = get_json(&format!("{base}/health")).await;
-            h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
-                && h["upload_spool_free_bytes"] == spool_full
-        }
+    wait_for_health(&base, "the room comes back", move |h| {
+        h["upload_buffer_free_bytes"] == 16 * 1024 * 1024
+            && h["upload_spool_free_bytes"] == spool_full
     })
     .await;
     node.stop().await;
