@@ -132,10 +132,6 @@ const SHARDS_AT_ONCE: usize = 8;
 /// [`Storage::with_answer_timeout`] unless configured: 10 s.
 pub const DEFAULT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What [`Storage::writer`]s may hold in memory together unless told
-/// ([`Storage::with_write_budget`]; a node's `limits.upload_buffer_mib`), bytes: 256 MiB.
-pub const DEFAULT_WRITE_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
-
 fn path(key: &str) -> ObjectPath {
     ObjectPath::from(key)
 }
@@ -243,10 +239,12 @@ impl Storage {
             local: None,
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             sorted_listing: false,
-            writes: WriteBudget::new(
-                DEFAULT_WRITE_BUDGET_BYTES,
-                std::time::Duration::from_secs(30),
-            ),
+            // Unless told otherwise (`with_write_budget`), the budget a node's default
+            // `[limits]` give it.
+            writes: {
+                let limits = crate::config::Limits::default();
+                WriteBudget::new(limits.upload_buffer_bytes(), limits.body_idle())
+            },
             part_bytes: part_writer::REMOTE_PART_BYTES,
             short_parts: false,
             spool: None,
