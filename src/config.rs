@@ -216,10 +216,11 @@ pub struct Limits {
     /// Memory the node's upload bodies may hold together on their way to the object store,
     /// MiB (default 256; at least 16 with S3; `storage::part_writer`): the bytes of the part
     /// each is filling (parts of 1 MiB on the local store, 8 MiB on S3) and of up to 4 parts
-    /// being written. A body that finds it spent sends its part short on the local store;
-    /// otherwise it waits up to `body_idle_seconds`, its sender held back by TCP, then gets
-    /// `503` with `Retry-After` and nothing of it is stored. Without it 100 `PUT`s that had
-    /// sent 7 MiB each held 735 MiB.
+    /// being written. A body that finds it spent sends its part short on the local store, or
+    /// moves it to the spool on S3 (`upload_spool_mib`); otherwise it waits up to
+    /// `body_idle_seconds`, its sender held back by TCP, then gets `503` with `Retry-After`
+    /// and nothing of it is stored. Without it 100 `PUT`s that had sent 7 MiB each held
+    /// 735 MiB.
     pub upload_buffer_mib: u64,
     /// Disk the node's upload bodies may use together for parts that fill slowly, MiB
     /// (default 4096; 0 keeps them in memory), where the object store wants whole parts (S3:

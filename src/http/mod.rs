@@ -5,7 +5,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/health` | liveness, node id, connections held and refused, playback sessions open, bytes sent with `sendfile`, playback records shed, free memory for upload bodies (`limits.upload_buffer_mib`) |
+//! | GET | `/health` | liveness, node id, connections held and refused, playback sessions open, bytes sent with `sendfile`, playback records shed, free memory for upload bodies (`limits.upload_buffer_mib`) and free spool (`limits.upload_spool_mib`; `null` where none is used) |
 //! | GET | `/cluster` | members, liveness, each one's share of the ring |
 //! | POST, PUT | `/upload` | the body (or multipart field `file`) is the source; `Reel-Content-Sha256` dedupes before transfer |
 //! | OPTIONS, POST | `/files/` | tus 1.0.0 discovery and creation ([`tus`]) |

@@ -69,9 +69,9 @@ pub const REMOTE_PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts of one writer on their way to the store at most at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
 
-/// Longest a part is filled before it goes to the store, where the store takes short parts
-/// (see the module's documentation). A body arriving at 1 MB/s or more fills its 1 MiB parts
-/// within it.
+/// Longest a part is filled in memory before it leaves it: sent short where the store takes
+/// short parts, else moved to the [`Spool`] (see the module's documentation). A body arriving
+/// at 1 MB/s or more fills its 1 MiB local parts within it.
 pub const PART_AGE: Duration = Duration::from_secs(1);
 
 /// The budget's unit (bytes): permits are KiB, so a budget of terabytes still counts in `u32`.
