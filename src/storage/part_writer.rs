@@ -433,11 +433,11 @@ pub async fn next_within<F: Future>(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, StorageError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(StorageError::Backend(format!("upload spool: {e}"))),
-        Err(e) => Err(StorageError::Backend(format!("upload spool: {e}"))),
-    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)
+        .flatten()
+        .map_err(|e| StorageError::Backend(format!("upload spool: {e}")))
 }
 
 /// Units of room that `bytes` take.
