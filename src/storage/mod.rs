@@ -1125,7 +1125,39 @@ impl Storage {
         served: &[&str],
     ) -> Result<usize, StorageError> {
         let n = self.delete_unchosen_dirs(video_id, served).await?;
-        Ok(n + self.delete_prefix(&keys::work_prefix(video_id)).await?)
+        let n = n + self.delete_prefix(&keys::work_prefix(video_id)).await?;
+        Ok(n + self.remove_cut_writes(video_id, served).await?)
+    }
+
+    /// On the local store: delete the partial files ([`uploads::is_partial_file`]) that writes
+    /// cut short by a crash left in `video_id`'s rendition directories other than `served` and
+    /// under `work/{id}`, then the directories they alone kept. object_store writes each object
+    /// to `{key}#{n}` and renames it when whole; listings do not show these files, so deleting
+    /// by listing left them, and the bytes of a segment or chunk each, for good. Partial files
+    /// in `served` directories and beside the video's own objects stay: a task run again (at
+    /// least once) may be writing one there. Returns how many files went. On S3 a cut write is
+    /// an incomplete multipart upload, which the bucket's lifecycle rule removes
+    /// (docs/uploads.md).
+    ///
+    /// Errors: the blocking task failed; files that cannot be read or removed are skipped.
+    async fn remove_cut_writes(
+        &self,
+        video_id: &str,
+        served: &[&str],
+    ) -> Result<usize, StorageError> {
+        let Some(fs) = &self.local else {
+            return Ok(0);
+        };
+        let video = fs.path_to_filesystem(&path(&keys::video_prefix(video_id)))?;
+        let work = fs.path_to_filesystem(&path(&keys::work_prefix(video_id)))?;
+        let served: Vec<PathBuf> = served.iter().map(|d| video.join(d)).collect();
+        tokio::task::spawn_blocking(move || {
+            let unchosen = |dir: &Path| dir != video && !served.iter().any(|s| s == dir);
+            remove_partial_files_below(&video, &unchosen)
+                + remove_partial_files_below(&work, &|_| true)
+        })
+        .await
+        .map_err(|e| StorageError::Backend(format!("sweep of cut writes: {e}")))
     }
 
     /// Delete every rendition directory of `video_id` other than `chosen` (attempts that
@@ -1145,6 +1177,35 @@ impl Storage {
         }
         Ok(deleted)
     }
+}
+
+/// Delete the partial files ([`uploads::is_partial_file`]) in `root` and the directories
+/// below it that `swept` says yes to, then each of those directories left empty. Returns how
+/// many files went; what cannot be read or removed is skipped.
+fn remove_partial_files_below(root: &Path, swept: &dyn Fn(&Path) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let here = swept(root);
+    let mut gone = 0;
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            gone += remove_partial_files_below(&entry.path(), swept);
+        } else if here
+            && uploads::is_partial_file(&entry.file_name().to_string_lossy())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            gone += 1;
+        }
+    }
+    if here {
+        // Only an empty directory goes.
+        let _ = std::fs::remove_dir(root);
+    }
+    gone
 }
 
 /// What [`Storage::swap_json`] did.
@@ -1379,5 +1440,46 @@ mod tests {
         want.sort();
         assert_eq!(left, want);
         assert!(s.list(&keys::work_prefix(id)).await.unwrap().is_empty());
+    }
+
+    /// The sweep after a commit, on the local store, also takes the partial files
+    /// (`{key}#{n}`) that crashes left where listings do not look: in an unchosen attempt's
+    /// directory (with the directory), and under `work/{id}`. Those in the served directory
+    /// and beside the video's own objects stay, as does every whole file served.
+    #[tokio::test]
+    async fn the_sweep_after_a_commit_takes_what_cut_writes_left_on_the_local_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&StorageLocation::Local(dir.path().into())).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let served = keys::attempt_dir("240p", &keys::attempt_token(2, 1, 1));
+        let cut = keys::attempt_dir("240p", &keys::attempt_token(1, 9, 3));
+        let whole = keys::rendition_file(id, &served, "00000.m4s");
+        s.put(&whole, Bytes::from_static(b"x")).await.unwrap();
+        let partial = |key: String| {
+            let p = dir.path().join(format!("{key}#3"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"bytes a crash cut short").unwrap();
+            p
+        };
+        let in_cut = partial(keys::rendition_file(id, &cut, "00001.m4s"));
+        let in_work = partial(format!("{}/chunks/00002.mkv", keys::work_prefix(id)));
+        let in_served = partial(keys::rendition_file(id, &served, "00001.m4s"));
+        let beside_record = partial(format!("{}/record.json", keys::video_prefix(id)));
+
+        assert_eq!(s.sweep_after_commit(id, &[&served]).await.unwrap(), 2);
+        for p in [&in_cut, &in_work] {
+            assert!(!p.exists(), "{p:?} should be gone");
+        }
+        let video = dir.path().join(keys::video_prefix(id));
+        assert!(
+            !video.join(&cut).exists(),
+            "the cut attempt's directory too"
+        );
+        assert!(!dir.path().join(keys::work_prefix(id)).exists());
+        for p in [&in_served, &beside_record] {
+            assert!(p.exists(), "{p:?} should stay");
+        }
+        let kept = s.get(&whole).await.unwrap().map(|o| o.bytes);
+        assert_eq!(kept, Some(Bytes::from_static(b"x")));
     }
 }
