@@ -229,6 +229,15 @@ pub struct Limits {
     /// trickling clients cannot hold `upload_buffer_mib`. The local store sends such parts
     /// short instead and uses none of it.
     pub upload_spool_mib: u64,
+    /// How long a stopping node (Ctrl-C, SIGTERM) lets the requests it is answering or
+    /// receiving finish before it cuts them, seconds (default 10, at most 3600; 0 cuts them at
+    /// once): a segment going to a slow player, an upload's body. An upload cut this way
+    /// stores nothing (`PUT`) or keeps what arrived for the client to resume (tus). Keep it
+    /// below what the process supervisor waits before it kills (Kubernetes'
+    /// `terminationGracePeriodSeconds`, 30 s by default; systemd's `TimeoutStopSec`, 90 s),
+    /// less a few seconds for the node's actors to stop (leases released, the playback log
+    /// written); `reel cluster-up` waits this long and [`Limits::STOP_MARGIN`] more.
+    pub shutdown_drain_seconds: u64,
 }
 
 impl Default for Limits {
@@ -244,6 +253,7 @@ impl Default for Limits {
             store_answer_seconds: 10,
             upload_buffer_mib: 256,
             upload_spool_mib: 4096,
+            shutdown_drain_seconds: 10,
         }
     }
 }
@@ -268,6 +278,16 @@ impl Limits {
     pub fn store_answer(&self) -> Duration {
         Duration::from_secs(self.store_answer_seconds)
     }
+
+    /// [`Limits::shutdown_drain_seconds`] as a duration.
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_seconds)
+    }
+
+    /// What a stopping node needs after its drain (its actors stopping: leases released, the
+    /// playback log written; about a second on this machine), with room to spare: `reel
+    /// cluster-up` kills a node still running this long after its drain.
+    pub const STOP_MARGIN: Duration = Duration::from_secs(10);
 }
 
 /// A secret (an S3 secret key, the cluster cookie): compared and cloned, never printed
@@ -716,6 +736,11 @@ impl Config {
                 "limits.store_answer_seconds must be between 1 and 600".into(),
             ));
         }
+        if self.limits.shutdown_drain_seconds > 3600 {
+            return Err(ConfigError::Invalid(
+                "limits.shutdown_drain_seconds must be at most 3600".into(),
+            ));
+        }
         if self.limits.header_read_seconds == 0 || self.limits.header_read_seconds > 3600 {
             return Err(ConfigError::Invalid(
                 "limits.header_read_seconds must be between 1 and 3600".into(),
@@ -1066,6 +1091,21 @@ id = "node-1"
 http = "127.0.0.1:8080"
 cluster = "127.0.0.1:9080"
 "#;
+
+    #[test]
+    fn the_stop_drain_is_read_defaults_to_10_s_and_is_bounded() {
+        let (_d, path) = write(ONE);
+        let c = Config::from_file(&path, None).unwrap();
+        assert_eq!(c.limits.shutdown_drain(), Duration::from_secs(10));
+        let (_d, path) = write(&format!("{ONE}\n[limits]\nshutdown_drain_seconds = 0\n"));
+        let c = Config::from_file(&path, None).unwrap();
+        assert_eq!(c.limits.shutdown_drain(), Duration::ZERO);
+        let e = refusal(
+            &format!("{ONE}\n[limits]\nshutdown_drain_seconds = 3601\n"),
+            None,
+        );
+        assert!(e.contains("shutdown_drain_seconds"), "{e}");
+    }
 
     #[test]
     fn one_node_file_gives_defaults_and_resolves_relative_paths() {

@@ -725,20 +725,12 @@ impl ConnectionThreads {
     }
 }
 
-/// How long a stopping node lets the requests it is answering or receiving finish (a segment
-/// going to a slow player, an upload's body) before it cuts them: a process supervisor waits
-/// about this long and more for a stop (Kubernetes 30 s, systemd 90 s) before it kills, and
-/// the node's actors then need a few seconds of their own to stop cleanly (leases released,
-/// the playback log written). An upload cut this way stores nothing (`PUT`) or keeps what
-/// arrived for the client to resume (tus), as when the client's connection breaks.
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
-
 /// Serve `service` on `listener` until `shutdown` completes, admitting connections through
 /// `admission` and serving each with [`http1_builder`]. A connection the admission chooses to
 /// close to make room ([`Ticket::closing`]) gets hyper's graceful close: at once when idle,
 /// after the answer it is sending otherwise. On shutdown the listener closes and open
-/// connections finish their current request the same way, for at most [`SHUTDOWN_DRAIN`];
-/// then what is left is cut.
+/// connections finish their current request the same way, for at most `drain`
+/// ([`crate::config::Limits::shutdown_drain_seconds`]); then what is left is cut.
 ///
 /// With `threads` above 0, the accept loop hands each admitted connection to the least loaded
 /// of that many connection threads, each with its own single-threaded runtime, as nginx's
@@ -759,6 +751,7 @@ pub async fn serve_connections<S, B, F>(
     front_limits: FrontLimits,
     service: S,
     threads: usize,
+    drain: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
     S: hyper::service::Service<
@@ -890,7 +883,7 @@ pub async fn serve_connections<S, B, F>(
     stopped.store(true, Ordering::Release);
     stopping.cancel();
     connections.close();
-    if tokio::time::timeout(SHUTDOWN_DRAIN, connections.wait())
+    if tokio::time::timeout(drain, connections.wait())
         .await
         .is_err()
     {
@@ -898,7 +891,7 @@ pub async fn serve_connections<S, B, F>(
             connections = connections.len(),
             "stopping: requests still running after {} s are cut (a tus upload keeps what \
              arrived and resumes)",
-            SHUTDOWN_DRAIN.as_secs()
+            drain.as_secs()
         );
         // Ending the connection threads drops their runtimes, and with them every
         // connection still being served: nothing is added to a request's path for this. On
@@ -1147,6 +1140,7 @@ mod tests {
             front_limits(&Limits::default()),
             service,
             2,
+            Limits::default().shutdown_drain(),
             async move {
                 let _ = stopped.await;
             },

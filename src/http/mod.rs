@@ -402,6 +402,7 @@ pub async fn serve(
         listener::front_limits(&limits),
         service,
         listener::connection_threads(),
+        limits.shutdown_drain(),
         shutdown,
     )
     .await;

@@ -77,6 +77,48 @@ async fn put_under_way(
     sock
 }
 
+/// A node from a one-node `cluster.toml` written in `dir` for `addr`, with `limits` (lines of
+/// its `[limits]` table), its data directory `dir/data`, its objects `dir/objects` and its
+/// log `dir/node.log`.
+fn serve_with_limits(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    limits: &str,
+) -> ReelProcess {
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage = \"local:objects\"\n[limits]\n{limits}\n[[node]]\nid = \"node-1\"\n\
+             http = \"{addr}\"\ncluster = \"{}\"\ndata_dir = \"data\"\n",
+            free_addr()
+        ),
+    )
+    .unwrap();
+    ReelProcess::start(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[],
+        dir.join("node.log"),
+    )
+}
+
+/// Send the rest of `source` after its first 64 KiB on `sock`, 16 bytes every 100 ms: never
+/// silent long enough to be cut for it (limits.body_idle_seconds), and days from its end.
+/// Answers whether the connection was closed under it.
+fn trickle(mut sock: tokio::net::TcpStream, source: Vec<u8>) -> tokio::task::JoinHandle<bool> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        for piece in source[64 * 1024..].chunks(16) {
+            pace.tick().await;
+            if sock.write_all(piece).await.is_err() {
+                return true;
+            }
+        }
+        false
+    })
+}
+
 /// A second node on the same `dir` and `addr`, once video `id` is `ready` there: the node
 /// and the video's events.
 async fn restarted_until_ready(
@@ -146,7 +188,6 @@ async fn a_node_stopped_with_sigterm_mid_job_releases_its_lease_and_resumes_afte
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let base = format!("http://{addr}");
@@ -155,17 +196,8 @@ async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
     // A client sending a 100 MB `PUT` a few bytes at a time: never silent long enough to be
     // cut for it (limits.body_idle_seconds), and days from its end.
     let source = std::fs::read(clip("long")).unwrap();
-    let mut sock = put_under_way(addr, &source[..64 * 1024], &dir.path().join("objects")).await;
-    let trickle = tokio::spawn(async move {
-        let mut pace = tokio::time::interval(Duration::from_millis(100));
-        for piece in source[64 * 1024..].chunks(16) {
-            pace.tick().await;
-            if sock.write_all(piece).await.is_err() {
-                return true;
-            }
-        }
-        false
-    });
+    let sock = put_under_way(addr, &source[..64 * 1024], &dir.path().join("objects")).await;
+    let trickle = trickle(sock, source);
     assert!(
         node.terminate(),
         "the node exits by itself while the upload is still being sent\n{}",
@@ -185,6 +217,24 @@ async fn a_stop_cuts_an_upload_that_would_not_end_and_the_node_exits() {
         "{:?}",
         files_under(dir.path())
     );
+}
+
+/// `limits.shutdown_drain_seconds` is the stop's bound: with 1 (not the default 10), the
+/// upload that would not end is cut after 1 s, and the node says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_drains_for_the_configured_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let base = format!("http://{addr}");
+    let mut node = serve_with_limits(dir.path(), addr, "shutdown_drain_seconds = 1");
+    wait_healthy(&base).await;
+    let source = std::fs::read(clip("long")).unwrap();
+    let sock = put_under_way(addr, &source[..64 * 1024], &dir.path().join("objects")).await;
+    let trickle = trickle(sock, source);
+    assert!(node.terminate(), "the node exits by itself");
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    assert!(log.contains("still running after 1 s are cut"), "{log}");
+    assert!(trickle.await.unwrap(), "the client's connection was closed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -236,23 +286,7 @@ async fn what_a_put_cut_by_a_crash_left_is_deleted_after_the_restart() {
     let addr = free_addr();
     let base = format!("http://{addr}");
     // A one-node file whose uploads may rest 2 s (instead of a day) before they count as cut.
-    let config = dir.path().join("reel.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "storage = \"local:objects\"\n[limits]\nupload_expiry_seconds = 2\n[[node]]\n\
-             id = \"node-1\"\nhttp = \"{addr}\"\ncluster = \"{}\"\ndata_dir = \"data\"\n",
-            free_addr()
-        ),
-    )
-    .unwrap();
-    let start = || {
-        ReelProcess::start(
-            &["serve", "--config", config.to_str().unwrap()],
-            &[],
-            dir.path().join("node.log"),
-        )
-    };
+    let start = || serve_with_limits(dir.path(), addr, "upload_expiry_seconds = 2");
     let objects = dir.path().join("objects");
     let leftovers = || staged_bodies(&objects);
     let mut node = start();
