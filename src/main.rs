@@ -306,10 +306,18 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
         }
     };
     let ids: Vec<String> = file.nodes.iter().map(|n| n.id.clone()).collect();
+    // How long a node may take to stop: its drain and the margin after it.
+    let mut stop_bound = Duration::ZERO;
     for id in &ids {
-        if let Err(e) = reel::config::Config::from_file(config, Some(id)) {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+        match reel::config::Config::from_file(config, Some(id)) {
+            Ok(c) => {
+                stop_bound =
+                    stop_bound.max(c.limits.shutdown_drain() + reel::config::Limits::STOP_MARGIN);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
     let exe = match std::env::current_exe() {
@@ -377,16 +385,32 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             }
         }
     };
-    for (id, child) in children.iter_mut() {
+    // Every node is told at once and they stop side by side: one after another, a cluster
+    // took up to three stops to go down, and the nodes still running claimed the videos of
+    // each that stopped, only to be stopped themselves.
+    for (_, child) in &children {
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
-        eprintln!("stopped {id}");
     }
+    let stops = children.iter_mut().map(|(id, child)| async move {
+        match tokio::time::timeout(stop_bound, child.wait()).await {
+            Ok(_) => eprintln!("stopped {id}"),
+            Err(_) => {
+                let _ = child.kill().await;
+                eprintln!(
+                    "{id} had not stopped {} s after SIGTERM (limits.shutdown_drain_seconds \
+                     and {} s); killed",
+                    stop_bound.as_secs(),
+                    reel::config::Limits::STOP_MARGIN.as_secs()
+                );
+            }
+        }
+    });
+    futures::future::join_all(stops).await;
     code
 }
 

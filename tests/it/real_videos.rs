@@ -118,6 +118,16 @@ fn repository_cluster_toml(dir: &Path) -> Vec<String> {
     urls
 }
 
+/// The PID `reel cluster-up` reported for node `id` in its log `log` ("started {id} (pid N)").
+fn started_pid(log: &Path, id: &str) -> i32 {
+    let prefix = format!("started {id} (pid ");
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.strip_suffix(')')?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid of {id} in {}", tail(log)))
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -243,6 +253,7 @@ async fn the_repository_cluster_toml_makes_a_chunked_minute_ready_on_three_nodes
 
 /// `reel cluster-up` on the repository's `cluster.toml`: a node killed with SIGKILL is started
 /// again and answers, and the cluster is whole again (the README tells users to try this).
+/// Stopping it stops every node side by side, a hung one included.
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_up_starts_a_killed_node_again() {
     let cwd = tempfile::tempdir().unwrap();
@@ -258,16 +269,7 @@ async fn cluster_up_starts_a_killed_node_again() {
         wait_healthy(url).await;
     }
     // The child's PID, from cluster-up's own report.
-    let pid: i32 = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("started node-2 (pid ")?
-                .strip_suffix(')')?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no pid of node-2 in {}", tail(&log)));
+    let pid = started_pid(&log, "node-2");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -297,12 +299,35 @@ async fn cluster_up_starts_a_killed_node_again() {
         },
     )
     .await;
-    up.terminate();
+    // A node that hangs (SIGSTOP) when the cluster is stopped does not hold the others up:
+    // every node is told at once, and the hung one is killed once its drain and the margin
+    // have passed (cluster.toml's shutdown_drain_seconds, 10 s, and 10 s).
+    let node_1 = started_pid(&log, "node-1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node_1),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("stopped node-3"),
-        "cluster-up stops its nodes on SIGTERM: {}",
+        up.terminate(),
+        "cluster-up ends by itself on SIGTERM: {}",
         tail(&log)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let at = |line: &str| {
+        text.find(line)
+            .unwrap_or_else(|| panic!("no {line:?} in {}", tail(&log)))
+    };
+    let killed = at("node-1 had not stopped 20 s after SIGTERM");
+    for other in ["stopped node-2", "stopped node-3"] {
+        assert!(
+            at(other) < killed,
+            "{other} before node-1 was given up on: {}",
+            tail(&log)
+        );
+    }
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(node_1), None).is_err(),
+        "node-1 is gone"
     );
 }
