@@ -55,12 +55,11 @@ use crate::actors::upload_supervisor::{
 };
 use crate::http::linger::{self, Body};
 use crate::http::proxy::{self, Raced};
-use crate::http::upload::parse_sha256;
+use crate::http::upload::{next_chunk, parse_sha256, BodyNext};
 use crate::http::{respond, ApiError, App};
 use crate::media::sniff::{Head, Sniff, SNIFF_BYTES};
 use crate::model::now_ms;
 use crate::storage::keys;
-use crate::storage::part_writer::next_within;
 use crate::storage::uploads::{Part, UploadInfo};
 
 /// The protocol version reel speaks (`Tus-Resumable`, `Tus-Version`).
@@ -867,22 +866,22 @@ async fn receive(
         }};
     }
     loop {
-        let chunk = match next_within(writer.as_mut(), body.next(), idle).await {
+        let chunk = match next_chunk(writer.as_mut(), &mut body, idle).await {
             Err(e) => {
                 failure = Some(e.into());
                 break;
             }
-            Ok(None) => {
+            Ok(BodyNext::Quiet) => {
                 cut = true;
                 stalled = true;
                 break;
             }
-            Ok(Some(None)) => break,
-            Ok(Some(Some(Err(_)))) => {
+            Ok(BodyNext::End) => break,
+            Ok(BodyNext::Broken(_)) => {
                 cut = true;
                 break;
             }
-            Ok(Some(Some(Ok(c)))) => c,
+            Ok(BodyNext::Chunk(c)) => c,
         };
         if chunk.is_empty() {
             continue;

@@ -23,6 +23,7 @@
 //! goes, so that a client still sending reads it ([`super::linger`]).
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
@@ -34,8 +35,8 @@ use warp::{Filter, Rejection};
 use crate::http::{json_response, respond, ApiError, App};
 use crate::ingest;
 use crate::media::sniff::{Head, Sniff};
-use crate::storage::keys;
-use crate::storage::part_writer::next_within;
+use crate::storage::part_writer::{next_within, PartWriter};
+use crate::storage::{keys, StorageError};
 
 /// The request header that declares the body's SHA-256 (lowercase or uppercase hex).
 pub const CONTENT_SHA256: &str = "reel-content-sha256";
@@ -148,6 +149,35 @@ where
     accept(&app, received).await
 }
 
+/// A request body's next step, as [`next_chunk`] found it.
+pub(crate) enum BodyNext<E> {
+    /// Its next bytes.
+    Chunk(Bytes),
+    /// It ended.
+    End,
+    /// It broke off (the client's connection failed or was cut): the error.
+    Broken(E),
+    /// No byte came within the wait (`limits.body_idle_seconds`).
+    Quiet,
+}
+
+/// The next step of `body`, waited for at most `idle` while `writer`'s part leaves memory on
+/// time ([`next_within`]).
+///
+/// Errors: the store's or the spool's, for this or an earlier part.
+pub(crate) async fn next_chunk<E>(
+    writer: Option<&mut PartWriter>,
+    body: &mut (impl Stream<Item = Result<Bytes, E>> + Unpin),
+    idle: Duration,
+) -> Result<BodyNext<E>, StorageError> {
+    Ok(match next_within(writer, body.next(), idle).await? {
+        None => BodyNext::Quiet,
+        Some(None) => BodyNext::End,
+        Some(Some(Err(e))) => BodyNext::Broken(e),
+        Some(Some(Ok(c))) => BodyNext::Chunk(c),
+    })
+}
+
 /// Stream `body` into a staging object, hashing and counting. Errors: `415` when the first
 /// bytes are plainly not a video, `413` over the size limit, `408` when the body stalls, `400`
 /// when it is cut or empty; in each case the staging object is removed.
@@ -177,20 +207,21 @@ where
     let idle = app.config.limits.body_idle();
     let outcome: Result<(), ApiError> = async {
         loop {
-            let next = next_within(Some(&mut writer), body.next(), idle)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::RequestTimeout(format!(
+            let chunk = match next_chunk(Some(&mut writer), &mut body, idle).await? {
+                BodyNext::Chunk(c) => c,
+                BodyNext::End => break,
+                BodyNext::Broken(e) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the upload was interrupted after {total} bytes ({e}); nothing was stored"
+                    )))
+                }
+                BodyNext::Quiet => {
+                    return Err(ApiError::RequestTimeout(format!(
                         "no bytes arrived for {} s after {total} bytes; nothing was stored: send the file again",
                         idle.as_secs()
-                    ))
-                })?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "the upload was interrupted after {total} bytes ({e}); nothing was stored"
-                ))
-            })?;
+                    )))
+                }
+            };
             total += chunk.len() as u64;
             if total > max {
                 return Err(ApiError::TooLarge(format!(
