@@ -313,9 +313,12 @@ async fn what_a_put_cut_by_a_crash_left_is_deleted_after_the_restart() {
         },
     )
     .await;
-    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
-    assert!(
-        log.contains("deleted what uploads cut by a crash left"),
-        "{log}"
-    );
+    // The sweep says so once it has deleted everything: its line may come a moment after the
+    // files are gone.
+    let log = dir.path().join("node.log");
+    wait_until("the node logs the sweep", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("deleted what uploads cut by a crash left") }
+    })
+    .await;
 }
