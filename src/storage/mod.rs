@@ -1135,9 +1135,9 @@ impl Storage {
     /// to `{key}#{n}` and renames it when whole; listings do not show these files, so deleting
     /// by listing left them, and the bytes of a segment or chunk each, for good. Partial files
     /// in `served` directories and beside the video's own objects stay: a task run again (at
-    /// least once) may be writing one there. Returns how many files went. On S3 a cut write is
-    /// an incomplete multipart upload, which the bucket's lifecycle rule removes
-    /// (docs/uploads.md).
+    /// least once) may be writing one there. Returns how many files went. On S3 a cut single
+    /// `PUT` leaves nothing, and a cut multipart upload stays incomplete until the bucket's
+    /// lifecycle rule removes it (docs/uploads.md).
     ///
     /// Errors: the blocking task failed; files that cannot be read or removed are skipped.
     async fn remove_cut_writes(
