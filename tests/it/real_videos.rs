@@ -128,6 +128,28 @@ fn started_pid(log: &Path, id: &str) -> i32 {
         .unwrap_or_else(|| panic!("no pid of {id} in {}", tail(log)))
 }
 
+/// A node process this test started (through `cluster-up`) and stopped with SIGSTOP: killed
+/// when dropped if it is still there, so that a failed assertion does not leave it hanging.
+/// Only a process whose working directory is still the test's own is killed (not another
+/// process that took the PID).
+struct KillIfLeft {
+    pid: i32,
+    cwd: std::path::PathBuf,
+}
+
+impl Drop for KillIfLeft {
+    fn drop(&mut self) {
+        let ours = std::fs::read_link(format!("/proc/{}/cwd", self.pid))
+            .is_ok_and(|d| d == self.cwd || d.canonicalize().ok() == self.cwd.canonicalize().ok());
+        if ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -303,6 +325,10 @@ async fn cluster_up_starts_a_killed_node_again() {
     // every node is told at once, and the hung one is killed once its drain and the margin
     // have passed (cluster.toml's shutdown_drain_seconds, 10 s, and 10 s).
     let node_1 = started_pid(&log, "node-1");
+    let _hung = KillIfLeft {
+        pid: node_1,
+        cwd: cwd.path().to_path_buf(),
+    };
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(node_1),
         nix::sys::signal::Signal::SIGSTOP,
