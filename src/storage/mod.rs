@@ -1152,9 +1152,15 @@ impl Storage {
         let work = fs.path_to_filesystem(&path(&keys::work_prefix(video_id)))?;
         let served: Vec<PathBuf> = served.iter().map(|d| video.join(d)).collect();
         tokio::task::spawn_blocking(move || {
-            let unchosen = |dir: &Path| dir != video && !served.iter().any(|s| s == dir);
-            remove_partial_files_below(&video, &unchosen)
-                + remove_partial_files_below(&work, &|_| true)
+            let unchosen = |dir: &Path| {
+                if dir == video || served.iter().any(|s| s == dir) {
+                    Sweep::Keep
+                } else {
+                    Sweep::FilesAndDir
+                }
+            };
+            remove_partial_files_below(&video, None, &unchosen)
+                + remove_partial_files_below(&work, None, &|_| Sweep::FilesAndDir)
         })
         .await
         .map_err(|e| StorageError::Backend(format!("sweep of cut writes: {e}")))
@@ -1179,29 +1185,57 @@ impl Storage {
     }
 }
 
-/// Delete the partial files ([`uploads::is_partial_file`]) in `root` and the directories
-/// below it that `swept` says yes to, then each of those directories left empty. Returns how
-/// many files went; what cannot be read or removed is skipped.
-fn remove_partial_files_below(root: &Path, swept: &dyn Fn(&Path) -> bool) -> usize {
+/// What [`remove_partial_files_below`] does in one directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// Nothing to its own files (the directories below it are still walked).
+    Keep,
+    /// Delete its partial files.
+    Files,
+    /// Delete its partial files, then the directory itself if that left it empty.
+    FilesAndDir,
+}
+
+/// Walk `root` and every directory below it, and where `sweep` says so delete the partial
+/// files ([`uploads::is_partial_file`]) last modified at or before `cutoff` (any, with `None`),
+/// and the directories that left empty. The one walk of both sweeps of what cut writes left:
+/// uploads' ([`Storage::sweep_cut_uploads`]) and a committed video's
+/// ([`Storage::sweep_after_commit`]). Returns how many files went; what cannot be read or
+/// removed is skipped (the next sweep tries again).
+fn remove_partial_files_below(
+    root: &Path,
+    cutoff: Option<std::time::SystemTime>,
+    sweep: &dyn Fn(&Path) -> Sweep,
+) -> usize {
     let Ok(entries) = std::fs::read_dir(root) else {
         return 0;
     };
-    let here = swept(root);
+    let here = sweep(root);
     let mut gone = 0;
     for entry in entries.flatten() {
         let Ok(kind) = entry.file_type() else {
             continue;
         };
         if kind.is_dir() {
-            gone += remove_partial_files_below(&entry.path(), swept);
-        } else if here
+            gone += remove_partial_files_below(&entry.path(), cutoff, sweep);
+            continue;
+        }
+        let old_enough = || match cutoff {
+            None => true,
+            Some(cutoff) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t <= cutoff),
+        };
+        if here != Sweep::Keep
             && uploads::is_partial_file(&entry.file_name().to_string_lossy())
+            && old_enough()
             && std::fs::remove_file(entry.path()).is_ok()
         {
             gone += 1;
         }
     }
-    if here {
+    if here == Sweep::FilesAndDir {
         // Only an empty directory goes.
         let _ = std::fs::remove_dir(root);
     }

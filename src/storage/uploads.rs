@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{keys, Storage, StorageError};
+use super::{keys, remove_partial_files_below, Storage, StorageError, Sweep};
 
 /// One stored part: bytes `offset .. offset + len` of the upload, at
 /// [`Part::key`].
@@ -208,9 +208,20 @@ impl Storage {
         }
         if let Some(fs) = &self.local {
             let root = fs.path_to_filesystem(&super::path(keys::UPLOADS))?;
-            gone += tokio::task::spawn_blocking(move || remove_partial_files(&root, cutoff))
-                .await
-                .map_err(|e| StorageError::Backend(format!("upload sweep: {e}")))?;
+            gone += tokio::task::spawn_blocking(move || {
+                // `uploads/` holds no files of its own; `direct/` stays when emptied, while
+                // an upload's directory holds its info.json while the upload lives, so only
+                // one emptied here (or left empty) goes.
+                let direct = root.join("direct");
+                let sweep = |dir: &Path| match dir {
+                    d if d == root => Sweep::Keep,
+                    d if d == direct => Sweep::Files,
+                    _ => Sweep::FilesAndDir,
+                };
+                remove_partial_files_below(&root, Some(cutoff), &sweep)
+            })
+            .await
+            .map_err(|e| StorageError::Backend(format!("upload sweep: {e}")))?;
         }
         Ok(gone)
     }
@@ -223,40 +234,6 @@ pub fn is_partial_file(name: &str) -> bool {
     name.rsplit_once('#').is_some_and(|(key, n)| {
         !key.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
     })
-}
-
-/// Delete the partial files ([`is_partial_file`]) last modified at or before `cutoff` in the
-/// directories just below `root` (a local store's `uploads/`: `direct/`, and one per tus
-/// upload), then those directories of tus uploads left empty. Returns how many files went;
-/// what cannot be read or removed is skipped (the next sweep tries again).
-fn remove_partial_files(root: &Path, cutoff: SystemTime) -> usize {
-    let Ok(dirs) = std::fs::read_dir(root) else {
-        return 0;
-    };
-    let mut gone = 0;
-    for dir in dirs.flatten() {
-        let Ok(files) = std::fs::read_dir(dir.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let stale = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t <= cutoff);
-            if stale
-                && is_partial_file(&file.file_name().to_string_lossy())
-                && std::fs::remove_file(file.path()).is_ok()
-            {
-                gone += 1;
-            }
-        }
-        // An upload's directory holds its info.json while the upload lives: only a directory
-        // emptied here (or left empty) goes, and `direct/` stays.
-        if dir.file_name() != "direct" {
-            let _ = std::fs::remove_dir(dir.path());
-        }
-    }
-    gone
 }
 
 #[cfg(test)]
