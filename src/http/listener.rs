@@ -24,7 +24,11 @@
 //!   browsers and HLS players do (RFC 9112 section 9.3: either side may close an idle
 //!   connection), and its playback session lives on: a session is named in the URL, not tied
 //!   to a connection. So a node holds more playing sessions than it has descriptors (issue 11,
-//!   P3), and new players are admitted rather than refused while others sit idle.
+//!   P3), and new players are admitted rather than refused while others sit idle. A
+//!   connection that finds the node at its cap while idle ones are still closing waits for a
+//!   place, up to [`ADMIT_WAIT_MS`], rather than being refused
+//!   ([`Admission::admit_waiting`]); the accept loop waits with it, and the connections
+//!   behind it wait in the listen queue.
 //!
 //! Body timeouts are the handlers' ([`Limits::body_idle_seconds`]). The decision of whether to
 //! admit a connection is [`Admission`], and which idle connections to close is [`pick_idle`],
@@ -67,6 +71,17 @@ const REUSE_SEARCH_MS: u64 = 10;
 /// A keep-alive connection is idle, and may be closed to make room, when no request is in
 /// flight on it and none has begun or ended for this long (milliseconds).
 pub const REUSE_IDLE_MS: u64 = 1_000;
+
+/// How long a new connection that finds the node at its cap waits for a place while idle
+/// connections told to close to make room have not closed yet (milliseconds), before it is
+/// refused: a place is on its way, and the client would otherwise be told to come back in a
+/// second (`Retry-After: 1`). The accept loop waits meanwhile, so connections arriving behind
+/// it wait in the listen queue ([`LISTEN_BACKLOG`]). When nothing is closing, the connection is refused at once. Short, because a
+/// close that takes longer is stuck (its thread busy, its last answer still leaving), and
+/// what queues behind a longer wait may then find no idle connection and be refused in a
+/// burst: with 28,000 paced players sharing 10,232 places, a wait of 1 s ended in 2,382
+/// connections closed unanswered, 250 ms in none (issue 11, P3; `docs/performance.md`).
+pub const ADMIT_WAIT_MS: u64 = 250;
 
 /// Refusals (503 being written) in flight at once; beyond it a refused connection is closed
 /// without an answer, so a flood cannot hold descriptors through its own refusals.
@@ -118,6 +133,8 @@ pub struct Admission {
     answered_by_closed: AtomicU64,
     /// Connections told to close that have not closed yet.
     closing: AtomicUsize,
+    /// Told each time a connection closes and frees its place ([`Admission::admit_waiting`]).
+    freed: tokio::sync::Notify,
     /// The clock [`Activity`] times count from.
     epoch: Instant,
     /// When the last search for idle connections ran ([`ms_since`] the epoch; 0: never).
@@ -298,6 +315,7 @@ impl Admission {
             reused: AtomicUsize::new(0),
             answered_by_closed: AtomicU64::new(0),
             closing: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
             epoch: Instant::now(),
             last_search: AtomicU64::new(0),
             slots,
@@ -372,6 +390,44 @@ impl Admission {
     /// [`Refusal`] (the node is full of connections that are busy or idle for less than
     /// [`REUSE_IDLE_MS`]; the address's cap).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
+        self.try_admit(ip).inspect_err(|_| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// [`Admission::admit`], except that a connection finding the node at its cap while idle
+    /// connections told to close to make room have not closed yet waits for a place, up to
+    /// `wait` (the accept loop uses [`ADMIT_WAIT_MS`]), instead of being refused at once. A
+    /// place freed by any connection closing is taken. Errors: as [`Admission::admit`], at
+    /// once when nothing is closing (every connection busy, or active within
+    /// [`REUSE_IDLE_MS`]) or for the address's cap, else after `wait`; a connection that
+    /// waited and was refused counts as one refusal.
+    pub async fn admit_waiting(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        wait: Duration,
+    ) -> Result<Ticket, Refusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let refused = loop {
+            // Listening before trying: a place freed between the try and the wait wakes it.
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            match self.try_admit(ip) {
+                Err(Refusal::NodeFull) if self.closing.load(Ordering::Relaxed) > 0 => {}
+                Err(refusal) => break refusal,
+                Ok(ticket) => return Ok(ticket),
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break Refusal::NodeFull;
+            }
+        };
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Err(refused)
+    }
+
+    /// One try of [`Admission::admit`], without counting a refusal.
+    fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
         let open = self.open.load(Ordering::Relaxed);
         if open + 2 * self.headroom() >= self.capacity {
             // Outside the lock: the activities are atomics, and connections keep closing
@@ -381,17 +437,14 @@ impl Admission {
         let mut places = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let open = self.open.load(Ordering::Relaxed);
         if open >= self.capacity + self.closing.load(Ordering::Relaxed) {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::NodeFull);
         }
         if places.by_address.get(&ip).copied().unwrap_or(0) >= self.per_address {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::AddressFull);
         }
         // Never empty: open connections stay under the cap plus those closing, at most the
         // headroom, and there are that many places.
         let Some(place) = places.free.pop() else {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::NodeFull);
         };
         *places.by_address.entry(ip).or_insert(0) += 1;
@@ -478,6 +531,8 @@ impl Admission {
         }
         places.free.push(ticket.place);
         self.open.fetch_sub(1, Ordering::Relaxed);
+        drop(places);
+        self.freed.notify_waiters();
     }
 }
 
@@ -797,7 +852,13 @@ pub async fn serve_connections<S, B, F>(
                 continue;
             }
         };
-        let ticket = match admission.admit(peer.ip()) {
+        // At the cap while idle connections close to make room, wait for a place here, with
+        // the connections behind this one in the listen queue.
+        let admitted = tokio::select! {
+            a = admission.admit_waiting(peer.ip(), Duration::from_millis(ADMIT_WAIT_MS)) => a,
+            _ = &mut shutdown => break,
+        };
+        let ticket = match admitted {
             Ok(t) => t,
             Err(refusal) => {
                 refuser.refuse(stream, refusal);
@@ -942,6 +1003,104 @@ mod tests {
             .unwrap()
             .by_address
             .contains_key(&ip("10.0.0.1")));
+    }
+
+    /// An admission of capacity 8 (headroom 1) whose 8 connections have each answered one
+    /// request and sat idle since (their activity dated a minute back), each closing when
+    /// told to, on a task of its own.
+    fn full_of_idle_connections() -> Arc<Admission> {
+        let mut a = Admission::new(8, 100);
+        Arc::get_mut(&mut a).unwrap().epoch = Instant::now() - Duration::from_secs(60);
+        for n in 0..8 {
+            let t = a.admit(ip(&format!("10.0.0.{n}"))).unwrap();
+            a.slot(t.place).last.store(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                t.closing().await;
+                drop(t);
+            });
+        }
+        a
+    }
+
+    /// At the cap, with an idle connection told to close but not closed yet, a plain admit
+    /// is refused (what a player got as a `503` in issue 11's P3 on a slow day), while
+    /// `admit_waiting` waits for the close and takes the place it frees.
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_a_connection_waits_for_an_idle_one_closing_instead_of_a_503() {
+        let a = full_of_idle_connections();
+        // The ninth is let in in the place of the idle connection told to close (the
+        // headroom); that connection's task has not run yet.
+        let _ninth = a.admit(ip("10.0.1.1")).unwrap();
+        assert_eq!(a.closing.load(Ordering::Relaxed), 1);
+        assert_eq!(a.admit(ip("10.0.1.2")).unwrap_err(), Refusal::NodeFull);
+        assert_eq!(a.figures().refused, 1);
+        let t0 = tokio::time::Instant::now();
+        let tenth = a
+            .admit_waiting(ip("10.0.1.2"), Duration::from_secs(1))
+            .await
+            .expect("admitted once the idle connection closed");
+        assert!(
+            tokio::time::Instant::now() - t0 < Duration::from_secs(1),
+            "admitted on the close, not at the deadline"
+        );
+        assert_eq!(
+            a.open(),
+            9,
+            "eight less the one closed, plus the ninth and tenth"
+        );
+        assert_eq!(a.figures().refused, 1, "the tenth's wait was no refusal");
+        assert_eq!(
+            a.figures().reused,
+            2,
+            "a second idle connection was told to close"
+        );
+        drop(tenth);
+    }
+
+    /// Nothing closing (every connection busy): refused at once, without waiting; a close
+    /// that never comes: refused at the end of the wait, counted once.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waits_only_for_a_close_under_way_and_only_so_long() {
+        let a = Admission::new(2, 100);
+        let busy: Vec<_> = (0..2)
+            .map(|n| {
+                let t = a.admit(ip(&format!("10.0.0.{n}"))).unwrap();
+                super::super::front::InFlight::begin(&t);
+                t
+            })
+            .collect();
+        let t0 = tokio::time::Instant::now();
+        let refused = a
+            .admit_waiting(ip("10.0.1.1"), Duration::from_secs(60))
+            .await;
+        assert_eq!(refused.unwrap_err(), Refusal::NodeFull);
+        assert_eq!(
+            tokio::time::Instant::now(),
+            t0,
+            "no wait when nothing is closing"
+        );
+        assert_eq!(a.figures().refused, 1);
+        drop(busy);
+
+        // A connection told to close whose task never ends it (none is spawned here).
+        let mut a = Admission::new(8, 100);
+        Arc::get_mut(&mut a).unwrap().epoch = Instant::now() - Duration::from_secs(60);
+        let held: Vec<_> = (0..8)
+            .map(|n| {
+                let t = a.admit(ip(&format!("10.0.0.{n}"))).unwrap();
+                a.slot(t.place).last.store(1, Ordering::Relaxed);
+                t
+            })
+            .collect();
+        let _ninth = a.admit(ip("10.0.1.1")).unwrap();
+        let t0 = tokio::time::Instant::now();
+        let refused = a
+            .admit_waiting(ip("10.0.1.2"), Duration::from_secs(1))
+            .await;
+        assert_eq!(refused.unwrap_err(), Refusal::NodeFull);
+        assert_eq!(tokio::time::Instant::now() - t0, Duration::from_secs(1));
+        assert_eq!(a.figures().refused, 1, "one refusal for one connection");
+        drop(held);
     }
 
     /// 300 clients connect at once to a listener nobody accepts from yet; then the accept loop
