@@ -76,11 +76,12 @@ pub const REUSE_IDLE_MS: u64 = 1_000;
 /// connections told to close to make room have not closed yet (milliseconds), before it is
 /// refused: a place is on its way, and the client would otherwise be told to come back in a
 /// second (`Retry-After: 1`). The accept loop waits meanwhile, so connections arriving behind
-/// it wait in the listen queue ([`LISTEN_BACKLOG`]). When nothing is closing, the connection is refused at once. Short, because a
-/// close that takes longer is stuck (its thread busy, its last answer still leaving), and
-/// what queues behind a longer wait may then find no idle connection and be refused in a
-/// burst: with 28,000 paced players sharing 10,232 places, a wait of 1 s ended in 2,382
-/// connections closed unanswered, 250 ms in none (issue 11, P3; `docs/performance.md`).
+/// it wait in the listen queue ([`LISTEN_BACKLOG`]). When nothing is closing, the connection
+/// is refused at once. Short, because a close that takes longer is stuck (its thread busy,
+/// its last answer still leaving), and what queues behind a longer wait may then find no
+/// idle connection and be refused in a burst: with 28,000 paced players sharing 10,232
+/// places, a wait of 1 s ended in 2,382 connections closed unanswered, 250 ms in none
+/// (issue 11, P3; `docs/performance.md`).
 pub const ADMIT_WAIT_MS: u64 = 250;
 
 /// Refusals (503 being written) in flight at once; beyond it a refused connection is closed
@@ -1006,20 +1007,26 @@ mod tests {
     }
 
     /// An admission of capacity 8 (headroom 1) whose 8 connections have each answered one
-    /// request and sat idle since (their activity dated a minute back), each closing when
-    /// told to, on a task of its own.
-    fn full_of_idle_connections() -> Arc<Admission> {
+    /// request and sat idle since (their activity dated a minute back). With `close_when_told`
+    /// each closes when told to, on a task of its own, and none is returned; without, their
+    /// tickets are returned and none ever closes.
+    fn full_of_idle_connections(close_when_told: bool) -> (Arc<Admission>, Vec<Ticket>) {
         let mut a = Admission::new(8, 100);
         Arc::get_mut(&mut a).unwrap().epoch = Instant::now() - Duration::from_secs(60);
+        let mut held = Vec::new();
         for n in 0..8 {
             let t = a.admit(ip(&format!("10.0.0.{n}"))).unwrap();
             a.slot(t.place).last.store(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                t.closing().await;
-                drop(t);
-            });
+            if close_when_told {
+                tokio::spawn(async move {
+                    t.closing().await;
+                    drop(t);
+                });
+            } else {
+                held.push(t);
+            }
         }
-        a
+        (a, held)
     }
 
     /// At the cap, with an idle connection told to close but not closed yet, a plain admit
@@ -1027,7 +1034,7 @@ mod tests {
     /// `admit_waiting` waits for the close and takes the place it frees.
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_a_connection_waits_for_an_idle_one_closing_instead_of_a_503() {
-        let a = full_of_idle_connections();
+        let (a, _) = full_of_idle_connections(true);
         // The ninth is let in in the place of the idle connection told to close (the
         // headroom); that connection's task has not run yet.
         let _ninth = a.admit(ip("10.0.1.1")).unwrap();
@@ -1082,16 +1089,8 @@ mod tests {
         assert_eq!(a.figures().refused, 1);
         drop(busy);
 
-        // A connection told to close whose task never ends it (none is spawned here).
-        let mut a = Admission::new(8, 100);
-        Arc::get_mut(&mut a).unwrap().epoch = Instant::now() - Duration::from_secs(60);
-        let held: Vec<_> = (0..8)
-            .map(|n| {
-                let t = a.admit(ip(&format!("10.0.0.{n}"))).unwrap();
-                a.slot(t.place).last.store(1, Ordering::Relaxed);
-                t
-            })
-            .collect();
+        // A connection told to close that never closes.
+        let (a, held) = full_of_idle_connections(false);
         let _ninth = a.admit(ip("10.0.1.1")).unwrap();
         let t0 = tokio::time::Instant::now();
         let refused = a
