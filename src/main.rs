@@ -48,6 +48,11 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Stop, as on SIGTERM, when standard input reaches its end: `cluster-up` starts its
+        /// nodes with this and a pipe it holds, so that they stop when it is gone, even after
+        /// a `kill -9` of it (which runs no cleanup of its own).
+        #[arg(long)]
+        stop_on_stdin_eof: bool,
     },
     /// Start every node of a cluster.toml as child processes of this one (a local cluster for
     /// trying reel out; in production start each node on its own machine with `serve`). A node
@@ -162,6 +167,44 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Completes when standard input reaches its end (or cannot be read): the write end of
+/// `cluster-up`'s pipe closed, which the kernel does when `cluster-up` exits however it
+/// exits. Read on a thread of its own, not tokio's blocking pool: a read that never ends
+/// there would hold the runtime's shutdown.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            let end = loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break "its end".to_string(),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break format!("an error: {e}"),
+                }
+            };
+            let _ = tx.send(end);
+        });
+    match spawned {
+        // A dropped sender (the thread ended otherwise) also ends the wait.
+        Ok(_) => {
+            let end = rx.await.unwrap_or_else(|_| "its watch ending".into());
+            tracing::warn!(
+                "standard input reached {end} (the cluster-up that started this node is \
+                 gone): stopping"
+            );
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch standard input ({e}); stopping only on a signal");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match reel::runtime() {
         Ok(rt) => rt.block_on(run()),
@@ -183,6 +226,7 @@ async fn run() -> ExitCode {
             storage,
             public_url,
             json_logs,
+            stop_on_stdin_eof,
         } => {
             init_logs(json_logs);
             let flags = reel::config::ServeFlags {
@@ -204,7 +248,16 @@ async fn run() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match reel::run(config, shutdown_signal()).await {
+            let shutdown = async move {
+                if !stop_on_stdin_eof {
+                    return shutdown_signal().await;
+                }
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = stdin_closed() => {}
+                }
+            };
+            match reel::run(config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -327,20 +380,29 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Each node reads a pipe whose write end only this process holds, kept beside the child
+    // (taken out of it: tokio's `Child::wait` closes a stdin it still holds): when this
+    // process exits, even by `kill -9`, the kernel closes it and the node stops
+    // (`serve --stop-on-stdin-eof`) instead of running on, orphaned.
     let spawn = |id: &str| {
         tokio::process::Command::new(&exe)
-            .args(["serve", "--config"])
+            .args(["serve", "--stop-on-stdin-eof", "--config"])
             .arg(config)
             .args(["--node", id])
+            .stdin(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
+            .map(|mut child| {
+                let pipe = child.stdin.take();
+                (child, pipe)
+            })
     };
     let mut children = Vec::new();
     for id in &ids {
         match spawn(id) {
-            Ok(child) => {
+            Ok((child, pipe)) => {
                 eprintln!("started {id} (pid {})", child.id().unwrap_or(0));
-                children.push((id.clone(), child));
+                children.push((id.clone(), child, pipe));
             }
             Err(e) => {
                 eprintln!("error: cannot start {id}: {e}");
@@ -359,7 +421,7 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             children
                 .iter_mut()
                 .enumerate()
-                .map(|(i, (_, c))| Box::pin(async move { (i, c.wait().await) })),
+                .map(|(i, (_, c, _))| Box::pin(async move { (i, c.wait().await) })),
         );
         let (i, status) = tokio::select! {
             _ = &mut shutdown => break ExitCode::SUCCESS,
@@ -375,9 +437,10 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             _ = tokio::time::sleep(RESTART_DELAY) => {}
         }
         match spawn(&id) {
-            Ok(child) => {
+            Ok((child, pipe)) => {
                 eprintln!("started {id} again (pid {})", child.id().unwrap_or(0));
                 children[i].1 = child;
+                children[i].2 = pipe;
             }
             Err(e) => {
                 eprintln!("error: cannot start {id} again: {e}; stopping the others");
@@ -388,7 +451,7 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
     // Every node is told at once and they stop side by side: one after another, a cluster
     // took up to three stops to go down, and the nodes still running claimed the videos of
     // each that stopped, only to be stopped themselves.
-    for (_, child) in &children {
+    for (_, child, _) in &children {
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -396,7 +459,7 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             );
         }
     }
-    let stops = children.iter_mut().map(|(id, child)| async move {
+    let stops = children.iter_mut().map(|(id, child, _)| async move {
         match tokio::time::timeout(stop_bound, child.wait()).await {
             Ok(_) => eprintln!("stopped {id}"),
             Err(_) => {

@@ -118,6 +118,24 @@ fn repository_cluster_toml(dir: &Path) -> Vec<String> {
     urls
 }
 
+/// `reel cluster-up --config cluster.toml` in `cwd`, with the repository's `cluster.toml`
+/// (ports rewritten), once every node answers: the nodes' URLs, cluster-up's log (its nodes
+/// log there too), and the process.
+async fn cluster_up_in(cwd: &Path) -> (Vec<String>, std::path::PathBuf, ReelProcess) {
+    let urls = repository_cluster_toml(cwd);
+    let log = cwd.join("cluster-up.log");
+    let up = ReelProcess::start_in(
+        cwd,
+        &["cluster-up", "--config", "cluster.toml"],
+        &[("REEL_CLUSTER_COOKIE", "cluster-up-test-cookie")],
+        log.clone(),
+    );
+    for url in &urls {
+        wait_healthy(url).await;
+    }
+    (urls, log, up)
+}
+
 /// The PID `reel cluster-up` reported for node `id` in its log `log` ("started {id} (pid N)").
 fn started_pid(log: &Path, id: &str) -> i32 {
     let prefix = format!("started {id} (pid ");
@@ -128,8 +146,8 @@ fn started_pid(log: &Path, id: &str) -> i32 {
         .unwrap_or_else(|| panic!("no pid of {id} in {}", tail(log)))
 }
 
-/// A node process this test started (through `cluster-up`) and stopped with SIGSTOP: killed
-/// when dropped if it is still there, so that a failed assertion does not leave it hanging.
+/// A node process this test started (through `cluster-up`): killed when dropped if it is
+/// still there, so that a failed assertion does not leave it running or hanging (SIGSTOP).
 /// Only a process whose working directory is still the test's own is killed (not another
 /// process that took the PID).
 struct KillIfLeft {
@@ -273,23 +291,59 @@ async fn the_repository_cluster_toml_makes_a_chunked_minute_ready_on_three_nodes
     drop(nodes);
 }
 
+/// `kill -9` of `cluster-up` itself (no cleanup of its own runs) stops its nodes: each reads a
+/// pipe only `cluster-up` held, sees it close, and stops as on SIGTERM, freeing its ports for
+/// the next `cluster-up`. Before, they ran on, orphaned, holding the ports.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_9_of_cluster_up_stops_its_nodes() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (urls, log, mut up) = cluster_up_in(cwd.path()).await;
+    let nodes: Vec<KillIfLeft> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| KillIfLeft {
+            pid: started_pid(&log, id),
+            cwd: cwd.path().to_path_buf(),
+        })
+        .collect();
+    up.kill9();
+    for node in &nodes {
+        let pid = node.pid;
+        wait_until(
+            &format!("node pid {pid} to stop after cluster-up's kill -9"),
+            Duration::from_secs(30),
+            || async move {
+                // Gone, or a zombie its new parent has not reaped yet.
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+            },
+        )
+        .await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("standard input reached its end").count(),
+        3,
+        "each node says why it stopped: {}",
+        tail(&log)
+    );
+    for url in &urls {
+        assert!(
+            reqwest::get(format!("{url}/health")).await.is_err(),
+            "{url} no longer answers"
+        );
+    }
+}
+
 /// `reel cluster-up` on the repository's `cluster.toml`: a node killed with SIGKILL is started
 /// again and answers, and the cluster is whole again (the README tells users to try this).
 /// Stopping it stops every node side by side, a hung one included.
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_up_starts_a_killed_node_again() {
     let cwd = tempfile::tempdir().unwrap();
-    let urls = repository_cluster_toml(cwd.path());
-    let log = cwd.path().join("cluster-up.log");
-    let mut up = ReelProcess::start_in(
-        cwd.path(),
-        &["cluster-up", "--config", "cluster.toml"],
-        &[("REEL_CLUSTER_COOKIE", "cluster-up-test-cookie")],
-        log.clone(),
-    );
-    for url in &urls {
-        wait_healthy(url).await;
-    }
+    let (urls, log, mut up) = cluster_up_in(cwd.path()).await;
     // The child's PID, from cluster-up's own report.
     let pid = started_pid(&log, "node-2");
     nix::sys::signal::kill(
