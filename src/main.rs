@@ -334,6 +334,19 @@ async fn show_status(servers: &[String], video_id: &str, wait: bool) -> ExitCode
     }
 }
 
+/// A node `reel cluster-up` started.
+struct StartedNode {
+    /// Its `[[node]]` id.
+    id: String,
+    /// Its `reel serve` process.
+    process: tokio::process::Child,
+    /// The write end of the pipe the node reads (`serve --stop-on-stdin-eof`), which only
+    /// `cluster-up` holds: when `cluster-up` exits, even by `kill -9`, the kernel closes it
+    /// and the node stops instead of running on, orphaned. Held here, taken out of `process`:
+    /// tokio's `Child::wait` closes a stdin the child still holds.
+    _pipe: Option<tokio::process::ChildStdin>,
+}
+
 /// `reel cluster-up`: validate every node's config, start one `reel serve` child per node,
 /// start again any that exits, and stop them all on Ctrl-C / SIGTERM.
 async fn cluster_up(config: &std::path::Path) -> ExitCode {
@@ -380,10 +393,6 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Each node reads a pipe whose write end only this process holds, kept beside the child
-    // (taken out of it: tokio's `Child::wait` closes a stdin it still holds): when this
-    // process exits, even by `kill -9`, the kernel closes it and the node stops
-    // (`serve --stop-on-stdin-eof`) instead of running on, orphaned.
     let spawn = |id: &str| {
         tokio::process::Command::new(&exe)
             .args(["serve", "--stop-on-stdin-eof", "--config"])
@@ -392,17 +401,18 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             .stdin(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map(|mut child| {
-                let pipe = child.stdin.take();
-                (child, pipe)
+            .map(|mut process| StartedNode {
+                id: id.to_string(),
+                _pipe: process.stdin.take(),
+                process,
             })
     };
     let mut children = Vec::new();
     for id in &ids {
         match spawn(id) {
-            Ok((child, pipe)) => {
-                eprintln!("started {id} (pid {})", child.id().unwrap_or(0));
-                children.push((id.clone(), child, pipe));
+            Ok(node) => {
+                eprintln!("started {id} (pid {})", node.process.id().unwrap_or(0));
+                children.push(node);
             }
             Err(e) => {
                 eprintln!("error: cannot start {id}: {e}");
@@ -421,13 +431,13 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             children
                 .iter_mut()
                 .enumerate()
-                .map(|(i, (_, c, _))| Box::pin(async move { (i, c.wait().await) })),
+                .map(|(i, n)| Box::pin(async move { (i, n.process.wait().await) })),
         );
         let (i, status) = tokio::select! {
             _ = &mut shutdown => break ExitCode::SUCCESS,
             ((i, status), _, _) = any_exit => (i, status),
         };
-        let id = children[i].0.clone();
+        let id = children[i].id.clone();
         eprintln!(
             "{id} exited ({status:?}); starting it again in {}s",
             RESTART_DELAY.as_secs()
@@ -437,10 +447,12 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             _ = tokio::time::sleep(RESTART_DELAY) => {}
         }
         match spawn(&id) {
-            Ok((child, pipe)) => {
-                eprintln!("started {id} again (pid {})", child.id().unwrap_or(0));
-                children[i].1 = child;
-                children[i].2 = pipe;
+            Ok(node) => {
+                eprintln!(
+                    "started {id} again (pid {})",
+                    node.process.id().unwrap_or(0)
+                );
+                children[i] = node;
             }
             Err(e) => {
                 eprintln!("error: cannot start {id} again: {e}; stopping the others");
@@ -451,28 +463,32 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
     // Every node is told at once and they stop side by side: one after another, a cluster
     // took up to three stops to go down, and the nodes still running claimed the videos of
     // each that stopped, only to be stopped themselves.
-    for (_, child, _) in &children {
-        if let Some(pid) = child.id() {
+    for node in &children {
+        if let Some(pid) = node.process.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
     }
-    let stops = children.iter_mut().map(|(id, child, _)| async move {
-        match tokio::time::timeout(stop_bound, child.wait()).await {
-            Ok(_) => eprintln!("stopped {id}"),
-            Err(_) => {
-                let _ = child.kill().await;
-                eprintln!(
-                    "{id} had not stopped {} s after SIGTERM (limits.shutdown_drain_seconds \
+    let stops = children.iter_mut().map(
+        |StartedNode {
+             id, process: child, ..
+         }| async move {
+            match tokio::time::timeout(stop_bound, child.wait()).await {
+                Ok(_) => eprintln!("stopped {id}"),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    eprintln!(
+                        "{id} had not stopped {} s after SIGTERM (limits.shutdown_drain_seconds \
                      and {} s); killed",
-                    stop_bound.as_secs(),
-                    reel::config::Limits::STOP_MARGIN.as_secs()
-                );
+                        stop_bound.as_secs(),
+                        reel::config::Limits::STOP_MARGIN.as_secs()
+                    );
+                }
             }
-        }
-    });
+        },
+    );
     futures::future::join_all(stops).await;
     code
 }

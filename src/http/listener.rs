@@ -327,7 +327,7 @@ impl Admission {
         })
     }
 
-    /// Place `i`'s activity. Only places handed out by [`Admission::admit`] (whose chunk
+    /// Place `i`'s activity. Only places handed out by an admission (whose chunk
     /// exists) are asked for.
     fn slot(&self, i: u32) -> &Activity {
         let i = i as usize;
@@ -383,26 +383,27 @@ impl Admission {
         }
     }
 
-    /// Admit a connection from `ip`, or say why not. Within twice [`Admission::headroom`] of
-    /// the cap, first tell idle keep-alive connections to close ([`pick_idle`]), so that room
-    /// is made before the cap is reached; at the cap, a connection is admitted in
-    /// the place of one told to close that has not closed yet (so open connections may exceed
-    /// the cap by the headroom, which [`FD_RESERVE`] keeps descriptors for). Errors:
-    /// [`Refusal`] (the node is full of connections that are busy or idle for less than
-    /// [`REUSE_IDLE_MS`]; the address's cap).
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
+    /// One try to admit a connection, a refusal counted: the synchronous admission the tests
+    /// drive (the accept loop uses [`Admission::admit_waiting`]).
+    #[cfg(test)]
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
         self.try_admit(ip).inspect_err(|_| {
             self.refused.fetch_add(1, Ordering::Relaxed);
         })
     }
 
-    /// [`Admission::admit`], except that a connection finding the node at its cap while idle
-    /// connections told to close to make room have not closed yet waits for a place, up to
-    /// `wait` (the accept loop uses [`ADMIT_WAIT_MS`]), instead of being refused at once. A
-    /// place freed by any connection closing is taken. Errors: as [`Admission::admit`], at
-    /// once when nothing is closing (every connection busy, or active within
-    /// [`REUSE_IDLE_MS`]) or for the address's cap, else after `wait`; a connection that
-    /// waited and was refused counts as one refusal.
+    /// Admit a connection from `ip`, or say why not. Within twice [`Admission::headroom`] of
+    /// the cap, first tell idle keep-alive connections to close ([`pick_idle`]), so that room
+    /// is made before the cap is reached; at the cap, a connection is admitted in the place
+    /// of one told to close that has not closed yet (so open connections may exceed the cap by
+    /// the headroom, which [`FD_RESERVE`] keeps descriptors for). A connection finding the
+    /// node at its cap while connections told to close have not closed yet waits for a place,
+    /// up to `wait` (the accept loop uses [`ADMIT_WAIT_MS`]), instead of being refused at
+    /// once; a place freed by any connection closing is taken.
+    ///
+    /// Errors: [`Refusal`]: at once for the address's cap, or when the node is full and
+    /// nothing is closing (every connection busy, or active within [`REUSE_IDLE_MS`]); else
+    /// after `wait`. A connection that waited and was refused counts as one refusal.
     pub async fn admit_waiting(
         self: &Arc<Self>,
         ip: IpAddr,
@@ -427,7 +428,8 @@ impl Admission {
         Err(refused)
     }
 
-    /// One try of [`Admission::admit`], without counting a refusal.
+    /// One try of [`Admission::admit_waiting`]'s admission, without waiting and without
+    /// counting a refusal.
     fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
         let open = self.open.load(Ordering::Relaxed);
         if open + 2 * self.headroom() >= self.capacity {

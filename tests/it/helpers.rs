@@ -574,6 +574,33 @@ impl ReelProcess {
     }
 }
 
+/// `reel serve --config DIR/cluster.toml --node node-1` for a one-node file written there:
+/// `settings` (its top-level keys and tables: storage, `[processing]`, `[limits]`), then the
+/// node, on `addr`, with its data directory `DIR/data`; its log goes to `DIR/node.log`.
+pub fn serve_one_node(dir: &Path, addr: SocketAddr, settings: &str) -> ReelProcess {
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{settings}\n[[node]]\nid = \"node-1\"\nhttp = \"{addr}\"\ncluster = \"{}\"\n\
+             data_dir = \"data\"\n",
+            free_addr()
+        ),
+    )
+    .unwrap();
+    ReelProcess::start(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--node",
+            "node-1",
+        ],
+        &[],
+        dir.join("node.log"),
+    )
+}
+
 /// Wait until `GET {base}/health` answers.
 pub async fn wait_healthy(base: &str) {
     wait_until(

@@ -18,8 +18,7 @@ fn start_limited_node(
     per_address: usize,
     extra_limits: &str,
 ) -> ReelProcess {
-    let cluster = free_addr();
-    let toml = format!(
+    let settings = format!(
         r#"storage = "local:objects"
 [processing]
 segment_seconds = 2
@@ -33,26 +32,9 @@ audio_kbps = 64
 header_read_seconds = 8
 max_header_bytes = 8192
 max_connections_per_address = {per_address}
-{extra_limits}
-[[node]]
-id = "node-1"
-http = "{http}"
-cluster = "{cluster}"
-"#
+{extra_limits}"#
     );
-    let config = dir.join("cluster.toml");
-    std::fs::write(&config, toml).unwrap();
-    ReelProcess::start(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--node",
-            "node-1",
-        ],
-        &[],
-        dir.join("node.log"),
-    )
+    serve_one_node(dir, http, &settings)
 }
 
 /// Start one hostile child: `connections` slow connections from `source` for `seconds`.

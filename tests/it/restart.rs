@@ -77,28 +77,17 @@ async fn put_under_way(
     sock
 }
 
-/// A node from a one-node `cluster.toml` written in `dir` for `addr`, with `limits` (lines of
-/// its `[limits]` table), its data directory `dir/data`, its objects `dir/objects` and its
-/// log `dir/node.log`.
+/// A node on the local store (`dir/objects`) with `limits` (lines of its `[limits]` table),
+/// from a one-node `cluster.toml` in `dir` ([`serve_one_node`]).
 fn serve_with_limits(
     dir: &std::path::Path,
     addr: std::net::SocketAddr,
     limits: &str,
 ) -> ReelProcess {
-    let config = dir.join("cluster.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "storage = \"local:objects\"\n[limits]\n{limits}\n[[node]]\nid = \"node-1\"\n\
-             http = \"{addr}\"\ncluster = \"{}\"\ndata_dir = \"data\"\n",
-            free_addr()
-        ),
-    )
-    .unwrap();
-    ReelProcess::start(
-        &["serve", "--config", config.to_str().unwrap()],
-        &[],
-        dir.join("node.log"),
+    serve_one_node(
+        dir,
+        addr,
+        &format!("storage = \"local:objects\"\n[limits]\n{limits}"),
     )
 }
 
