@@ -471,24 +471,21 @@ async fn cluster_up(config: &std::path::Path) -> ExitCode {
             );
         }
     }
-    let stops = children.iter_mut().map(
-        |StartedNode {
-             id, process: child, ..
-         }| async move {
-            match tokio::time::timeout(stop_bound, child.wait()).await {
-                Ok(_) => eprintln!("stopped {id}"),
-                Err(_) => {
-                    let _ = child.kill().await;
-                    eprintln!(
-                        "{id} had not stopped {} s after SIGTERM (limits.shutdown_drain_seconds \
+    let stops = children.iter_mut().map(|node| async move {
+        match tokio::time::timeout(stop_bound, node.process.wait()).await {
+            Ok(_) => eprintln!("stopped {}", node.id),
+            Err(_) => {
+                let _ = node.process.kill().await;
+                eprintln!(
+                    "{} had not stopped {} s after SIGTERM (limits.shutdown_drain_seconds \
                      and {} s); killed",
-                        stop_bound.as_secs(),
-                        reel::config::Limits::STOP_MARGIN.as_secs()
-                    );
-                }
+                    node.id,
+                    stop_bound.as_secs(),
+                    reel::config::Limits::STOP_MARGIN.as_secs()
+                );
             }
-        },
-    );
+        }
+    });
     futures::future::join_all(stops).await;
     code
 }
